@@ -1,0 +1,11 @@
+//! straw-core: the sans-IO heart of straw.
+//!
+//! Nothing here touches sockets, threads or clocks: every state machine takes
+//! bytes (and the current time as a value) in, and hands bytes and events out.
+//! - [`wire`]: varints, frames and records, the byte layout on the tunnel.
+//! - [`codec`]: per-direction compression contexts, chosen per record.
+//! - [`session`]: streams, credit, scheduling, cork/flush, acks and replay.
+
+pub mod codec;
+pub mod session;
+pub mod wire;

@@ -1,0 +1,183 @@
+//! TOML configuration for `straw client` and `straw server`.
+//!
+//! Every key is documented in the README; `examples/*.toml` carry the same
+//! comments. Unknown keys are an error, so a typo never silently does nothing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Socket options for the tunnel connection (both sides) and local sockets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpOptions {
+    /// Disable Nagle: straw batches by itself.
+    pub nodelay: bool,
+    /// TCP_NOTSENT_LOWAT in bytes: keep unsent data in straw's scheduler, not the kernel.
+    pub notsent_lowat: u32,
+    /// Keepalive idle time in seconds (0 disables keepalive).
+    pub keepalive_secs: u64,
+    /// TCP_USER_TIMEOUT in milliseconds (0 leaves the kernel default).
+    pub user_timeout_ms: u32,
+    /// Optional TCP_MAXSEG cap for slow links.
+    pub max_segment: Option<u32>,
+    /// Optional congestion-control algorithm, e.g. "cubic" or "bbr".
+    pub congestion: Option<String>,
+    /// Optional SO_SNDBUF / SO_RCVBUF for the tunnel socket.
+    pub send_buffer: Option<usize>,
+    pub recv_buffer: Option<usize>,
+    /// SO_RCVBUF for sockets to local programs and upstream servers, small so
+    /// that backpressure reaches the program instead of piling up in the kernel.
+    pub local_recv_buffer: usize,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        Self {
+            nodelay: true,
+            notsent_lowat: 2048,
+            keepalive_secs: 30,
+            user_timeout_ms: 60_000,
+            max_segment: None,
+            congestion: None,
+            send_buffer: None,
+            recv_buffer: None,
+            local_recv_buffer: 4096,
+        }
+    }
+}
+
+/// Session tuning shared by both sides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionOptions {
+    /// Link rate assumed before the first measurement, in bits per second.
+    pub initial_rate_bps: u64,
+    /// Unacked data in flight is bounded by rate × this many seconds.
+    pub inflight_secs: f64,
+    /// A record occupies the link for at most about this many seconds.
+    pub record_secs: f64,
+    /// Receive window per stream, in raw bytes.
+    pub stream_window: u64,
+    /// Maximum concurrent streams per tunnel.
+    pub max_streams: usize,
+    /// Seconds allowed for the Noise handshake.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            initial_rate_bps: 2400,
+            inflight_secs: 2.0,
+            record_secs: 0.5,
+            stream_window: 256 * 1024,
+            max_streams: 1024,
+            handshake_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the tunnel listens on.
+    pub listen: SocketAddr,
+    /// The server's private key file (from `straw keygen`).
+    pub private_key: PathBuf,
+    /// File of authorised client public keys, one base64 key per line; `#` starts a comment.
+    pub authorized_keys: PathBuf,
+    /// Service name → upstream address.
+    pub services: std::collections::BTreeMap<String, ServerService>,
+    #[serde(default)]
+    pub tcp: TcpOptions,
+    #[serde(default)]
+    pub session: SessionOptions,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerService {
+    /// host:port of the real server.
+    pub upstream: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Generic byte stream, forwarded as is.
+    #[default]
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// host:port of `straw server`.
+    pub server: String,
+    /// The server's public key file (`server.key.pub`).
+    pub server_public_key: PathBuf,
+    /// This client's private key file.
+    pub private_key: PathBuf,
+    /// Local listeners.
+    #[serde(rename = "service", default)]
+    pub services: Vec<ClientService>,
+    #[serde(default)]
+    pub tcp: TcpOptions,
+    #[serde(default)]
+    pub session: SessionOptions,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientService {
+    /// Service name, as named in the server's `[services]`.
+    pub name: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Local address the mail program or browser connects to.
+    pub listen: SocketAddr,
+}
+
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+}
+
+/// Relative paths in a config file are relative to the file's folder.
+fn resolve(base: &Path, p: &mut PathBuf) {
+    if p.is_relative() {
+        if let Some(dir) = base.parent() {
+            *p = dir.join(&*p);
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let mut c: Self = read_toml(path)?;
+        resolve(path, &mut c.private_key);
+        resolve(path, &mut c.authorized_keys);
+        if c.services.is_empty() {
+            bail!("{}: no [services] configured", path.display());
+        }
+        Ok(c)
+    }
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let mut c: Self = read_toml(path)?;
+        resolve(path, &mut c.private_key);
+        resolve(path, &mut c.server_public_key);
+        if c.services.is_empty() {
+            bail!("{}: no [[service]] configured", path.display());
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,13 @@
+//! straw: the tokio drivers and command line around the sans-IO cores.
+//!
+//! - [`link`]: TCP socket options, Noise IK, keys.
+//! - [`tunnel`]: drives one `straw_core::session::Session` over one link.
+//! - [`client`] / [`server`]: local listeners and upstream dialers.
+//! - [`linksim`]: the satellite-link emulator used by tests and benchmarks.
+
+pub mod client;
+pub mod config;
+pub mod link;
+pub mod linksim;
+pub mod server;
+pub mod tunnel;
