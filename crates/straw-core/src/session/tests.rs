@@ -1,0 +1,479 @@
+//! Session tests over a deterministic in-memory link: two sessions, each
+//! direction serialised at a rate with a one-way delay, time stepped by hand.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+
+/// One direction of an emulated link. Records queue behind each other, each
+/// occupying the link for (len + per-packet overhead) / rate.
+struct Pipe {
+    rate: f64,
+    delay: Duration,
+    overhead: usize,
+    free_at: Instant,
+    in_flight: VecDeque<(Instant, Bytes)>,
+}
+
+impl Pipe {
+    fn new(now: Instant, rate: f64, delay: Duration) -> Self {
+        Self {
+            rate,
+            delay,
+            // Noise length + tag per record, plus a share of the TCP/IP header:
+            // records sent back to back share segments.
+            overhead: 18 + 12,
+            free_at: now,
+            in_flight: VecDeque::new(),
+        }
+    }
+
+    /// The sender may hand over a record only when the link is idle, as with a
+    /// small TCP_NOTSENT_LOWAT.
+    fn idle(&self, now: Instant) -> bool {
+        self.free_at <= now
+    }
+
+    fn push(&mut self, now: Instant, rec: Bytes) {
+        let start = self.free_at.max(now);
+        let busy = Duration::from_secs_f64((rec.len() + self.overhead) as f64 / self.rate);
+        self.free_at = start + busy;
+        self.in_flight.push_back((self.free_at + self.delay, rec));
+    }
+
+    fn pop(&mut self, now: Instant) -> Option<Bytes> {
+        if self.in_flight.front().is_some_and(|(t, _)| *t <= now) {
+            return self.in_flight.pop_front().map(|(_, r)| r);
+        }
+        None
+    }
+}
+
+struct Sim {
+    now: Instant,
+    client: Session,
+    server: Session,
+    up: Pipe,
+    down: Pipe,
+    /// Events seen by each side, in order.
+    client_events: Vec<(Instant, Event)>,
+    server_events: Vec<(Instant, Event)>,
+    /// Worst excess of unacked bytes over the in-flight limit at that moment.
+    max_client_overshoot: i64,
+    client_max_record: usize,
+}
+
+impl Sim {
+    fn new(rate: f64, delay: Duration) -> Self {
+        let now = Instant::now();
+        let mut c = SessionConfig::new(Role::Client);
+        let mut s = SessionConfig::new(Role::Server);
+        c.initial_rate = rate;
+        s.initial_rate = rate;
+        Self {
+            now,
+            client: Session::new(c, now),
+            server: Session::new(s, now),
+            up: Pipe::new(now, rate, delay),
+            down: Pipe::new(now, rate, delay),
+            client_events: Vec::new(),
+            server_events: Vec::new(),
+            max_client_overshoot: i64::MIN,
+            client_max_record: 0,
+        }
+    }
+
+    fn step(&mut self, dt: Duration) {
+        self.now += dt;
+        let now = self.now;
+        while let Some(r) = self.up.pop(now) {
+            self.server.handle_record(now, &r).unwrap();
+        }
+        while let Some(r) = self.down.pop(now) {
+            self.client.handle_record(now, &r).unwrap();
+        }
+        while self.up.idle(now) {
+            match self.client.poll_transmit(now) {
+                Some(r) => {
+                    self.client_max_record = self.client_max_record.max(r.len());
+                    self.up.push(now, r)
+                }
+                None => break,
+            }
+        }
+        while self.down.idle(now) {
+            match self.server.poll_transmit(now) {
+                Some(r) => self.down.push(now, r),
+                None => break,
+            }
+        }
+        let overshoot = self.client.unacked_bytes() as i64 - self.client.inflight_limit() as i64;
+        self.max_client_overshoot = self.max_client_overshoot.max(overshoot);
+        while let Some(e) = self.client.poll_event() {
+            self.client_events.push((now, e));
+        }
+        while let Some(e) = self.server.poll_event() {
+            self.server_events.push((now, e));
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step(Duration::from_millis(1));
+        }
+    }
+
+    fn received(events: &[(Instant, Event)], stream: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (_, e) in events {
+            if let Event::Data {
+                stream: s, payload, ..
+            } = e
+            {
+                if *s == stream {
+                    out.extend_from_slice(payload);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn stream_roundtrip_open_data_fin() {
+    let mut sim = Sim::new(100_000.0, Duration::from_millis(10));
+    let id = sim
+        .client
+        .open_stream(b"test", b"", Priority::Interactive)
+        .unwrap();
+    let payload = noise(50_000, 7);
+    sim.client.send(id, &payload).unwrap();
+    sim.client.finish(id);
+    sim.run_for(Duration::from_secs(2));
+    assert!(matches!(
+        &sim.server_events[0].1,
+        Event::Opened { stream, service, .. } if *stream == id && &service[..] == b"test"
+    ));
+    assert_eq!(Sim::received(&sim.server_events, id), payload);
+    assert!(matches!(
+        sim.server_events.last().unwrap().1,
+        Event::Fin { .. }
+    ));
+}
+
+#[test]
+fn credit_exhaustion_stops_sender_until_consumed() {
+    let mut sim = Sim::new(1_000_000.0, Duration::from_millis(5));
+    let window = sim.client.config().stream_window as usize;
+    let id = sim
+        .client
+        .open_stream(b"test", b"", Priority::Bulk)
+        .unwrap();
+    let payload = noise(window * 2, 3);
+    sim.client.send(id, &payload).unwrap();
+    sim.client.flush(id);
+    sim.run_for(Duration::from_secs(2));
+    // The server application consumed nothing: exactly one window arrives.
+    assert_eq!(Sim::received(&sim.server_events, id).len(), window);
+    assert_eq!(sim.client.send_capacity(id), 0);
+    sim.server.consumed(id, window);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(Sim::received(&sim.server_events, id), payload);
+}
+
+#[test]
+fn inflight_stays_within_rate_times_target() {
+    let rate = 300.0;
+    let mut sim = Sim::new(rate, Duration::from_millis(500));
+    let id = sim
+        .client
+        .open_stream(b"test", b"", Priority::Bulk)
+        .unwrap();
+    sim.client.send(id, &noise(20_000, 5)).unwrap();
+    sim.client.flush(id);
+    sim.run_for(Duration::from_secs(30));
+    // At most one record beyond the limit: the one that was sent while under it.
+    let record = sim.client_max_record as i64;
+    assert!(record <= 2 * sim.client.record_target() as i64);
+    assert!(
+        sim.max_client_overshoot <= record,
+        "unacked exceeded the limit by {} (record {record})",
+        sim.max_client_overshoot
+    );
+    // The window is large enough to keep the link busy: ~30 s at 300 B/s.
+    let got = Sim::received(&sim.server_events, id).len();
+    assert!(got > 5_000, "only {got} bytes in 30 s");
+}
+
+#[test]
+fn held_bytes_respect_bound_when_driver_obeys_capacity() {
+    let mut sim = Sim::new(300.0, Duration::from_millis(500));
+    let id = sim
+        .client
+        .open_stream(b"test", b"", Priority::Bulk)
+        .unwrap();
+    let data = noise(100_000, 9);
+    let mut offset = 0;
+    for _ in 0..20_000 {
+        let cap = sim.client.send_capacity(id).min(data.len() - offset);
+        if cap > 0 {
+            sim.client.send(id, &data[offset..offset + cap]).unwrap();
+            offset += cap;
+        }
+        sim.step(Duration::from_millis(1));
+    }
+    let st = sim.client.stats();
+    assert!(st.max_held <= st.held_bound_at_max, "{st:?}");
+    // Bound is a few seconds of link time, not the 100 KB the program offered.
+    assert!(st.max_held < 3_000, "{st:?}");
+    assert!(
+        offset < 20_000,
+        "accepted {offset} bytes in 20 s at 300 B/s"
+    );
+}
+
+#[test]
+fn interactive_goes_before_bulk() {
+    let now = Instant::now();
+    let mut s = Session::new(SessionConfig::new(Role::Client), now);
+    let bulk = s.open_stream(b"bulk", b"", Priority::Bulk).unwrap();
+    let chat = s.open_stream(b"chat", b"", Priority::Interactive).unwrap();
+    s.poll_transmit(now); // OPEN frames
+    s.send(bulk, &noise(10_000, 1)).unwrap();
+    s.flush(bulk);
+    s.send(chat, b"NOOP\r\n").unwrap();
+    s.flush(chat);
+    let rec = s.poll_transmit(now).unwrap();
+    let mut d = RecordDecoder::new(&DecoderLimits::default());
+    let mut out = Vec::new();
+    d.decode(&rec, &mut out).unwrap();
+    let frames: Vec<_> = FrameDecoder::new(Bytes::from(out))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let first_data = frames
+        .iter()
+        .find_map(|f| match f {
+            Frame::Data { stream, .. } => Some(*stream),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(first_data, chat);
+}
+
+#[test]
+fn cork_batches_small_writes_and_flush_sends_at_once() {
+    let now = Instant::now();
+    let mut s = Session::new(SessionConfig::new(Role::Client), now);
+    let id = s.open_stream(b"pop3", b"", Priority::Interactive).unwrap();
+    s.poll_transmit(now);
+    s.send(id, b"+OK user\r\n").unwrap();
+    // Not flushed: corked.
+    assert!(s.poll_transmit(now).is_none());
+    let deadline = s.poll_timeout().expect("cork timer");
+    assert!(deadline > now && deadline <= now + Duration::from_millis(50));
+    s.send(id, b"+OK logged in\r\n").unwrap();
+    let t = now + Duration::from_millis(5);
+    assert!(s.poll_transmit(t).is_none());
+    // Timer fires: both writes leave in one record.
+    let rec = s.poll_transmit(deadline).expect("record at cork deadline");
+    assert!(s.poll_transmit(deadline).is_none());
+    let mut d = RecordDecoder::new(&DecoderLimits::default());
+    let mut out = Vec::new();
+    d.decode(&rec, &mut out).unwrap();
+    let data: Vec<u8> = FrameDecoder::new(Bytes::from(out))
+        .filter_map(|f| match f.unwrap() {
+            Frame::Data { payload, .. } => Some(payload.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(data, b"+OK user\r\n+OK logged in\r\n");
+    // A flushed write leaves immediately.
+    s.send(id, b"STAT\r\n").unwrap();
+    s.flush(id);
+    assert!(s.poll_transmit(deadline).is_some());
+}
+
+#[test]
+fn interactive_reply_not_starved_by_bulk() {
+    // 2,400 bit/s, 500 ms one way: RTT 1 s.
+    let rate = 300.0;
+    let mut sim = Sim::new(rate, Duration::from_millis(500));
+    let bulk = sim
+        .client
+        .open_stream(b"bulk", b"", Priority::Bulk)
+        .unwrap();
+    let chat = sim
+        .client
+        .open_stream(b"chat", b"", Priority::Interactive)
+        .unwrap();
+    sim.run_for(Duration::from_secs(2));
+    // The server pushes 200 KB of bulk towards the client, obeying capacity.
+    let data = noise(200_000, 11);
+    let mut offset = 0;
+    let pump = |sim: &mut Sim, offset: &mut usize| {
+        let cap = sim.server.send_capacity(bulk).min(data.len() - *offset);
+        if cap > 0 {
+            sim.server
+                .send(bulk, &data[*offset..*offset + cap])
+                .unwrap();
+            sim.server.flush(bulk);
+            *offset += cap;
+        }
+    };
+    for _ in 0..20_000 {
+        pump(&mut sim, &mut offset);
+        sim.step(Duration::from_millis(1));
+    }
+    assert!(offset > 3_000 && offset < data.len(), "bulk is running");
+    let asked = sim.now;
+    sim.client.send(chat, b"a1 NOOP\r\n").unwrap();
+    sim.client.flush(chat);
+    let mut replied = None;
+    for _ in 0..20_000 {
+        pump(&mut sim, &mut offset);
+        sim.step(Duration::from_millis(1));
+        let got_request = Sim::received(&sim.server_events, chat) == b"a1 NOOP\r\n";
+        if got_request && replied.is_none() {
+            sim.server.send(chat, b"a1 OK\r\n").unwrap();
+            sim.server.flush(chat);
+            replied = Some(());
+        }
+        if Sim::received(&sim.client_events, chat) == b"a1 OK\r\n" {
+            break;
+        }
+    }
+    let took = sim.now - asked;
+    let rtt = Duration::from_secs(1);
+    let record = Duration::from_secs_f64(sim.server.record_target() as f64 / rate);
+    // One RTT of slack covers the bulk already in flight ahead of the reply.
+    let allowed = rtt * 2 + record + Duration::from_millis(1200);
+    assert!(
+        took <= allowed,
+        "reply took {took:?}, allowed {allowed:?} (record {record:?})"
+    );
+    eprintln!("interactive reply under bulk: {took:?} (allowed {allowed:?})");
+}
+
+#[test]
+fn peer_overrunning_credit_is_an_error() {
+    let now = Instant::now();
+    let mut server = Session::new(SessionConfig::new(Role::Server), now);
+    let mut frames = Vec::new();
+    Frame::Open(OpenFrame {
+        stream: 1,
+        service: Bytes::from_static(b"x"),
+        meta: Bytes::new(),
+    })
+    .encode(&mut frames);
+    Frame::Data {
+        stream: 1,
+        flags: 0,
+        payload: Bytes::from(vec![0u8; 300 * 1024]),
+    }
+    .encode(&mut frames);
+    let mut rec = vec![CodecId::Stored as u8];
+    rec.extend_from_slice(&frames);
+    let mut cfg = SessionConfig::new(Role::Server);
+    cfg.decoder_limits.max_record_bytes = 1 << 20;
+    let mut server2 = Session::new(cfg, now);
+    assert!(matches!(
+        server2.handle_record(now, &rec),
+        Err(SessionError::CreditExceeded { .. })
+    ));
+    // And the default decoder limit rejects such a record outright.
+    assert!(server.handle_record(now, &rec).is_err());
+}
+
+#[test]
+fn bad_ack_and_wrong_parity_are_errors() {
+    let now = Instant::now();
+    let mut s = Session::new(SessionConfig::new(Role::Server), now);
+    let mut frames = Vec::new();
+    Frame::Ack { record: 5 }.encode(&mut frames);
+    let mut rec = vec![0u8];
+    rec.extend_from_slice(&frames);
+    assert!(matches!(
+        s.handle_record(now, &rec),
+        Err(SessionError::BadAck(5))
+    ));
+    let mut frames = Vec::new();
+    Frame::Open(OpenFrame {
+        stream: 2,
+        service: Bytes::new(),
+        meta: Bytes::new(),
+    })
+    .encode(&mut frames);
+    let mut rec = vec![0u8];
+    rec.extend_from_slice(&frames);
+    assert!(matches!(
+        s.handle_record(now, &rec),
+        Err(SessionError::BadStreamId(2))
+    ));
+}
+
+#[test]
+fn reset_reaches_peer_and_drops_stream() {
+    let mut sim = Sim::new(100_000.0, Duration::from_millis(10));
+    let id = sim
+        .client
+        .open_stream(b"test", b"", Priority::Bulk)
+        .unwrap();
+    sim.client.send(id, b"hello").unwrap();
+    sim.client.flush(id);
+    sim.run_for(Duration::from_millis(200));
+    sim.client.reset(id, reset_code::ABORTED);
+    sim.run_for(Duration::from_millis(200));
+    assert!(sim.server_events.iter().any(|(_, e)| matches!(
+        e,
+        Event::Reset { stream, code } if *stream == id && *code == reset_code::ABORTED
+    )));
+    assert_eq!(sim.server.stream_count(), 0);
+    assert_eq!(sim.client.stream_count(), 0);
+}
+
+#[test]
+fn rtt_and_rate_are_measured() {
+    let mut sim = Sim::new(300.0, Duration::from_millis(500));
+    let id = sim
+        .client
+        .open_stream(b"test", b"", Priority::Bulk)
+        .unwrap();
+    sim.client.send(id, &noise(3_000, 2)).unwrap();
+    sim.client.flush(id);
+    sim.run_for(Duration::from_secs(15));
+    let rtt = sim.client.estimate().min_rtt().unwrap();
+    assert!(
+        rtt >= Duration::from_secs(1) && rtt < Duration::from_millis(1600),
+        "{rtt:?}"
+    );
+    let rate = sim.client.estimate().rate();
+    assert!(rate > 150.0 && rate < 450.0, "rate {rate}");
+}
+
+proptest! {
+    #[test]
+    fn garbage_records_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let now = Instant::now();
+        let mut s = Session::new(SessionConfig::new(Role::Server), now);
+        let _ = s.handle_record(now, &data);
+        let _ = s.poll_transmit(now);
+    }
+}
