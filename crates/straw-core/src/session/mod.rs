@@ -347,12 +347,13 @@ impl Session {
 
     /// Local end of input on `stream`: FIN follows the queued bytes.
     pub fn finish(&mut self, stream: u64) {
-        if let Some(s) = self.streams.get_mut(&stream) {
-            if !s.fin_queued && !s.reset {
-                s.fin_queued = true;
-                s.flush = true;
-                self.flush_requested = true;
-            }
+        if let Some(s) = self.streams.get_mut(&stream)
+            && !s.fin_queued
+            && !s.reset
+        {
+            s.fin_queued = true;
+            s.flush = true;
+            self.flush_requested = true;
         }
     }
 

@@ -134,10 +134,9 @@ impl Sim {
             if let Event::Data {
                 stream: s, payload, ..
             } = e
+                && *s == stream
             {
-                if *s == stream {
-                    out.extend_from_slice(payload);
-                }
+                out.extend_from_slice(payload);
             }
         }
         out
