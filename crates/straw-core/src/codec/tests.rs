@@ -51,6 +51,7 @@ fn stored_and_zstd_round_trip_basic() {
         for data in [&b""[..], b"x", b"hello hello hello hello"] {
             let rec = encode(&mut enc, codec, data);
             assert_eq!(rec[0], codec as u8);
+            println!("{codec:?} {} B -> record {} B", data.len(), rec.len());
             dec.decode(&rec, &mut out).unwrap();
             assert_eq!(out, data);
         }
@@ -245,6 +246,10 @@ fn window_above_limit_is_rejected() {
         ..DecoderLimits::default()
     });
     dec.decode(&rec, &mut out).unwrap();
+    println!(
+        "decoder memory for a window-22 stream: {} B",
+        dec.memory_bytes()
+    );
 }
 
 #[test]
