@@ -4,9 +4,15 @@
 //! of every record, so the peer can decode it at once, while the history stays
 //! shared across records and streams.
 //!
-//! (Placeholder: only `Stored` so far; zstd is being added.)
+//! Contexts are created lazily on first use (an unused codec costs nothing)
+//! and dropped by `reset()`, which both peers call at the same record
+//! boundary so that idle tunnels hold no compression state.
+
+mod zstd;
 
 use thiserror::Error;
+
+use self::zstd::{ZstdDecoder, ZstdEncoder};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -35,6 +41,12 @@ pub enum CodecError {
     TooLarge(usize),
     #[error("corrupt compressed data: {0}")]
     Corrupt(String),
+    /// A parameter in `CodecParams` / `DecoderLimits` is out of zstd's range.
+    #[error("invalid codec parameter: {0}")]
+    Params(String),
+    /// The compressor itself failed (out of memory, or a bug).
+    #[error("compressor failure: {0}")]
+    Internal(String),
 }
 
 #[derive(Debug, Clone)]
@@ -71,45 +83,122 @@ impl Default for DecoderLimits {
     }
 }
 
-pub struct RecordEncoder {}
+impl CodecParams {
+    /// Checks the parameters against zstd's ranges without compressing.
+    pub fn validate(&self) -> Result<(), CodecError> {
+        ZstdEncoder::new(self).map(drop)
+    }
+}
+
+impl DecoderLimits {
+    /// Checks the limits against zstd's ranges without decoding.
+    pub fn validate(&self) -> Result<(), CodecError> {
+        ZstdDecoder::new(self).map(drop)
+    }
+}
+
+/// The sending half: one compression context per codec.
+pub struct RecordEncoder {
+    params: CodecParams,
+    zstd: Option<ZstdEncoder>,
+}
 
 impl RecordEncoder {
-    pub fn new(_params: &CodecParams) -> Self {
-        Self {}
+    pub fn new(params: &CodecParams) -> Self {
+        Self {
+            params: params.clone(),
+            zstd: None,
+        }
     }
 
-    /// Appends `codec byte || compressed(frames)` to `out`, flushed.
+    /// Appends `codec byte || compressed(frames)` to `out`, flushed, so the
+    /// peer can decode the record on arrival. On error `out` is left as it was.
     pub fn encode(
         &mut self,
-        _codec: CodecId,
+        codec: CodecId,
         frames: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        out.push(CodecId::Stored as u8);
-        out.extend_from_slice(frames);
-        Ok(())
+        let start = out.len();
+        let res = self.encode_inner(codec, frames, out);
+        if res.is_err() {
+            out.truncate(start);
+        }
+        res
+    }
+
+    fn encode_inner(
+        &mut self,
+        codec: CodecId,
+        frames: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        out.push(codec as u8);
+        match codec {
+            CodecId::Stored => {
+                out.extend_from_slice(frames);
+                Ok(())
+            }
+            CodecId::Zstd => {
+                let enc = match &mut self.zstd {
+                    Some(enc) => enc,
+                    slot => slot.insert(ZstdEncoder::new(&self.params)?),
+                };
+                enc.encode(frames, out)
+            }
+        }
+    }
+
+    /// Drops all compression state. The peer's decoder must be reset at the
+    /// same record boundary.
+    pub fn reset(&mut self) {
+        self.zstd = None;
     }
 
     /// Bytes of compression state currently allocated.
     pub fn memory_bytes(&self) -> usize {
-        0
+        self.zstd.as_ref().map_or(0, ZstdEncoder::memory_bytes)
     }
 }
 
+/// The receiving half: one decompression context per codec.
 pub struct RecordDecoder {
     limits: DecoderLimits,
+    zstd: Option<ZstdDecoder>,
+    /// Set by the first error: the stream is out of step from then on, so
+    /// nothing more is decoded (not even a lucky-looking garbage record).
+    failed: bool,
 }
 
 impl RecordDecoder {
     pub fn new(limits: &DecoderLimits) -> Self {
         Self {
             limits: limits.clone(),
+            zstd: None,
+            failed: false,
         }
     }
 
-    /// Decodes one record into `out` (which is cleared first).
+    /// Decodes one record into `out` (which is cleared first). At most
+    /// `max_record_bytes` are produced; beyond that it is `TooLarge`. Any
+    /// error is final: later records fail too (until `reset`), since the
+    /// decoder is out of step with the peer. Close the tunnel.
     pub fn decode(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
         out.clear();
+        if self.failed {
+            return Err(CodecError::Corrupt(
+                "decoder failed on an earlier record".into(),
+            ));
+        }
+        let res = self.decode_inner(record, out);
+        if res.is_err() {
+            self.failed = true;
+            out.clear();
+        }
+        res
+    }
+
+    fn decode_inner(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
         let (&codec, body) = record.split_first().ok_or(CodecError::Empty)?;
         match CodecId::from_u8(codec) {
             Some(CodecId::Stored) => {
@@ -119,11 +208,28 @@ impl RecordDecoder {
                 out.extend_from_slice(body);
                 Ok(())
             }
-            _ => Err(CodecError::UnknownCodec(codec)),
+            Some(CodecId::Zstd) => {
+                let dec = match &mut self.zstd {
+                    Some(dec) => dec,
+                    slot => slot.insert(ZstdDecoder::new(&self.limits)?),
+                };
+                dec.decode(body, self.limits.max_record_bytes, out)
+            }
+            None => Err(CodecError::UnknownCodec(codec)),
         }
     }
 
+    /// Drops all decompression state, see [`RecordEncoder::reset`].
+    pub fn reset(&mut self) {
+        self.zstd = None;
+        self.failed = false;
+    }
+
+    /// Bytes of decompression state currently allocated.
     pub fn memory_bytes(&self) -> usize {
-        0
+        self.zstd.as_ref().map_or(0, ZstdDecoder::memory_bytes)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -67,8 +67,10 @@ pub struct SessionConfig {
     /// Smallest and largest record target, in wire bytes.
     pub min_record: usize,
     pub max_record: usize,
-    /// Per-stream receive window in raw bytes (both sides must agree).
+    /// Per-stream receive window in raw bytes we grant the peer.
     pub stream_window: u64,
+    /// The window the peer grants us (from its handshake).
+    pub peer_stream_window: u64,
     pub max_streams: usize,
     /// Longest the cork timer may hold data that wasn't flushed.
     pub max_cork: Duration,
@@ -92,6 +94,7 @@ impl SessionConfig {
             min_record: 96,
             max_record: 60 * 1024,
             stream_window: 256 * 1024,
+            peer_stream_window: 256 * 1024,
             max_streams: 1024,
             max_cork: Duration::from_millis(50),
             ack_delay: Duration::from_millis(100),
@@ -271,8 +274,14 @@ impl Session {
         }
         let id = self.next_local_stream;
         self.next_local_stream += 2;
-        self.streams
-            .insert(id, Stream::new(priority, self.cfg.stream_window));
+        self.streams.insert(
+            id,
+            Stream::new(
+                priority,
+                self.cfg.stream_window,
+                self.cfg.peer_stream_window,
+            ),
+        );
         self.control.push_back(Frame::Open(OpenFrame {
             stream: id,
             service: Bytes::copy_from_slice(service),
@@ -443,7 +452,11 @@ impl Session {
                 }
                 self.streams.insert(
                     open.stream,
-                    Stream::new(Priority::Interactive, self.cfg.stream_window),
+                    Stream::new(
+                        Priority::Interactive,
+                        self.cfg.stream_window,
+                        self.cfg.peer_stream_window,
+                    ),
                 );
                 self.events.push_back(Event::Opened {
                     stream: open.stream,

@@ -24,19 +24,19 @@ pub(super) struct Stream {
 }
 
 impl Stream {
-    pub fn new(priority: Priority, window: u64) -> Self {
+    pub fn new(priority: Priority, recv_window: u64, send_window: u64) -> Self {
         Self {
             priority,
             pending: BytesMut::new(),
             send_offset: 0,
-            send_limit: window,
+            send_limit: send_window,
             flush: false,
             fin_queued: false,
             fin_sent: false,
             reset: false,
             recv_offset: 0,
             recv_consumed: 0,
-            recv_limit: window,
+            recv_limit: recv_window,
             fin_received: false,
         }
     }

@@ -1,9 +1,11 @@
 //! The tunnel's byte layout: varints, frames and records (see `docs/wire.md`).
 
 mod frame;
+mod hello;
 mod varint;
 
 pub use frame::{Frame, FrameDecoder, FrameType, OpenFrame};
+pub use hello::{Hello, PROTOCOL_VERSION};
 pub use varint::{get_varint, put_varint, varint_len};
 
 use thiserror::Error;

@@ -1,0 +1,409 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn text_2k() -> Vec<u8> {
+    let mut s = String::new();
+    let mut i = 0u32;
+    while s.len() < 2048 {
+        // Varied enough that a single record compresses only moderately.
+        s.push_str(&format!(
+            "Received: from mx{i}.example.org (host-{h}.net [10.{a}.{b}.{c}]) id {h:x}\r\n",
+            h = i.wrapping_mul(2_654_435_761),
+            a = i % 251,
+            b = (i * 7) % 253,
+            c = (i * 13) % 247,
+        ));
+        i += 1;
+    }
+    s.into_bytes()
+}
+
+fn pair() -> (RecordEncoder, RecordDecoder) {
+    (
+        RecordEncoder::new(&CodecParams::default()),
+        RecordDecoder::new(&DecoderLimits::default()),
+    )
+}
+
+fn encode(enc: &mut RecordEncoder, codec: CodecId, data: &[u8]) -> Vec<u8> {
+    let mut rec = Vec::new();
+    enc.encode(codec, data, &mut rec).unwrap();
+    rec
+}
+
+/// Three valid zstd records, for the hostile-input tests to mangle.
+fn valid_zstd_records() -> Vec<Vec<u8>> {
+    let (mut enc, _) = pair();
+    let t = text_2k();
+    vec![
+        encode(&mut enc, CodecId::Zstd, &t),
+        encode(&mut enc, CodecId::Zstd, &t[..700]),
+        encode(&mut enc, CodecId::Zstd, b"DATA frame payload 123"),
+    ]
+}
+
+#[test]
+fn stored_and_zstd_round_trip_basic() {
+    let (mut enc, mut dec) = pair();
+    let mut out = Vec::new();
+    for codec in [CodecId::Stored, CodecId::Zstd] {
+        for data in [&b""[..], b"x", b"hello hello hello hello"] {
+            let rec = encode(&mut enc, codec, data);
+            assert_eq!(rec[0], codec as u8);
+            println!("{codec:?} {} B -> record {} B", data.len(), rec.len());
+            dec.decode(&rec, &mut out).unwrap();
+            assert_eq!(out, data);
+        }
+    }
+}
+
+#[test]
+fn history_is_shared_across_records() {
+    let (mut enc, mut dec) = pair();
+    let t = text_2k();
+    let mut out = Vec::new();
+    let first = encode(&mut enc, CodecId::Zstd, &t);
+    dec.decode(&first, &mut out).unwrap();
+    assert_eq!(out, t);
+    // Unrelated record in between: history must survive it too.
+    let mid = encode(&mut enc, CodecId::Zstd, b"PING 12345");
+    dec.decode(&mid, &mut out).unwrap();
+    let second = encode(&mut enc, CodecId::Zstd, &t);
+    dec.decode(&second, &mut out).unwrap();
+    assert_eq!(out, t);
+    println!(
+        "2 KB text: first record {} B, repeat {} B",
+        first.len(),
+        second.len()
+    );
+    assert!(
+        first.len() > 400,
+        "first copy should not be tiny: {}",
+        first.len()
+    );
+    assert!(
+        second.len() * 20 < first.len(),
+        "repeat {} B vs first {} B",
+        second.len(),
+        first.len()
+    );
+}
+
+#[test]
+fn reset_drops_state_and_restarts_in_step() {
+    let (mut enc, mut dec) = pair();
+    let t = text_2k();
+    let mut out = Vec::new();
+    assert_eq!(enc.memory_bytes(), 0, "no context before first use");
+    assert_eq!(dec.memory_bytes(), 0);
+    dec.decode(&encode(&mut enc, CodecId::Zstd, &t), &mut out)
+        .unwrap();
+    assert!(enc.memory_bytes() > 0 && dec.memory_bytes() > 0);
+    enc.reset();
+    dec.reset();
+    assert_eq!(enc.memory_bytes(), 0);
+    assert_eq!(dec.memory_bytes(), 0);
+    // After reset there is no history: the repeat costs a full record again.
+    let again = encode(&mut enc, CodecId::Zstd, &t);
+    assert!(again.len() > 400);
+    dec.decode(&again, &mut out).unwrap();
+    assert_eq!(out, t);
+}
+
+#[test]
+fn stored_records_leave_zstd_unallocated() {
+    let (mut enc, mut dec) = pair();
+    let mut out = Vec::new();
+    dec.decode(&encode(&mut enc, CodecId::Stored, b"jpeg"), &mut out)
+        .unwrap();
+    assert_eq!(enc.memory_bytes(), 0);
+    assert_eq!(dec.memory_bytes(), 0);
+}
+
+#[test]
+fn memory_figures_default_params() {
+    let (mut enc, mut dec) = pair();
+    let mut out = Vec::new();
+    // Push more than a window's worth so every table is in use.
+    let mut data = Vec::new();
+    while data.len() < 200_000 {
+        data.extend_from_slice(&text_2k());
+    }
+    for chunk in data.chunks(16 * 1024) {
+        dec.decode(&encode(&mut enc, CodecId::Zstd, chunk), &mut out)
+            .unwrap();
+        assert_eq!(out, chunk);
+    }
+    let (e, d) = (enc.memory_bytes(), dec.memory_bytes());
+    println!(
+        "default params: encoder {e} B ({:.2} MiB), decoder {d} B ({:.2} MiB)",
+        e as f64 / 1048576.0,
+        d as f64 / 1048576.0
+    );
+    assert!(e > 100_000, "implausibly small: {e}");
+    assert!(e < 2 * 1024 * 1024, "encoder uses {e} B");
+    assert!(d < 1024 * 1024, "decoder uses {d} B");
+}
+
+#[test]
+fn level_only_params_would_be_huge() {
+    // Guards the reason for explicit hash/chain logs (DESIGN §4): without them
+    // the level's own tables are used. Measured, not assumed.
+    let p = CodecParams {
+        hash_log: 0,
+        chain_log: 0,
+        ..CodecParams::default()
+    };
+    // 0 means "use the level's default" in zstd.
+    let mut enc = RecordEncoder::new(&p);
+    let mut rec = Vec::new();
+    enc.encode(CodecId::Zstd, &text_2k(), &mut rec).unwrap();
+    println!(
+        "level 19, windowLog 16, default hash/chain: {} B",
+        enc.memory_bytes()
+    );
+    assert!(enc.memory_bytes() > 4 * 1024 * 1024);
+}
+
+#[test]
+fn zstd_bomb_is_too_large() {
+    let mut enc = RecordEncoder::new(&CodecParams::default());
+    let zeros = vec![0u8; 10 * 1024 * 1024];
+    let rec = encode(&mut enc, CodecId::Zstd, &zeros);
+    assert!(rec.len() < 10_000, "bomb is {} B", rec.len());
+    let limits = DecoderLimits {
+        max_record_bytes: 256 * 1024,
+        ..DecoderLimits::default()
+    };
+    let mut dec = RecordDecoder::new(&limits);
+    let mut out = Vec::new();
+    let err = dec.decode(&rec, &mut out).unwrap_err();
+    assert!(
+        matches!(err, CodecError::TooLarge(n) if n == 256 * 1024),
+        "{err:?}"
+    );
+    assert!(
+        out.capacity() <= 2 * 256 * 1024,
+        "allocated {}",
+        out.capacity()
+    );
+}
+
+#[test]
+fn exactly_max_record_bytes_is_accepted() {
+    let limits = DecoderLimits {
+        max_record_bytes: 100_000,
+        ..DecoderLimits::default()
+    };
+    let mut enc = RecordEncoder::new(&CodecParams::default());
+    let mut dec = RecordDecoder::new(&limits);
+    let mut out = Vec::new();
+    let data = vec![7u8; 100_000];
+    dec.decode(&encode(&mut enc, CodecId::Zstd, &data), &mut out)
+        .unwrap();
+    assert_eq!(out, data);
+    let err = dec
+        .decode(
+            &encode(&mut enc, CodecId::Zstd, &vec![7u8; 100_001]),
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(matches!(err, CodecError::TooLarge(_)), "{err:?}");
+    let mut dec = RecordDecoder::new(&limits);
+    let err = dec
+        .decode(
+            &encode(&mut enc, CodecId::Stored, &vec![7u8; 100_001]),
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(matches!(err, CodecError::TooLarge(_)), "{err:?}");
+}
+
+#[test]
+fn window_above_limit_is_rejected() {
+    let params = CodecParams {
+        window_log: 22,
+        ..CodecParams::default()
+    };
+    let mut enc = RecordEncoder::new(&params);
+    let rec = encode(
+        &mut enc,
+        CodecId::Zstd,
+        b"small but the frame asks for 4 MiB",
+    );
+    let mut dec = RecordDecoder::new(&DecoderLimits {
+        max_window_log: 20,
+        ..DecoderLimits::default()
+    });
+    let mut out = Vec::new();
+    let err = dec.decode(&rec, &mut out).unwrap_err();
+    assert!(matches!(err, CodecError::Corrupt(_)), "{err:?}");
+    println!("window 22 vs max 20: {err}");
+    // The same window within the limit decodes.
+    let mut dec = RecordDecoder::new(&DecoderLimits {
+        max_window_log: 22,
+        ..DecoderLimits::default()
+    });
+    dec.decode(&rec, &mut out).unwrap();
+    println!(
+        "decoder memory for a window-22 stream: {} B",
+        dec.memory_bytes()
+    );
+}
+
+#[test]
+fn bad_params_are_errors_not_panics() {
+    let p = CodecParams {
+        window_log: 99,
+        ..CodecParams::default()
+    };
+    assert!(matches!(p.validate(), Err(CodecError::Params(_))));
+    let mut enc = RecordEncoder::new(&p);
+    let mut out = vec![1, 2];
+    assert!(matches!(
+        enc.encode(CodecId::Zstd, b"x", &mut out),
+        Err(CodecError::Params(_))
+    ));
+    assert_eq!(out, [1, 2], "failed encode leaves out untouched");
+    assert!(CodecParams::default().validate().is_ok());
+    assert!(DecoderLimits::default().validate().is_ok());
+    let l = DecoderLimits {
+        max_window_log: 99,
+        ..DecoderLimits::default()
+    };
+    assert!(matches!(l.validate(), Err(CodecError::Params(_))));
+}
+
+#[test]
+fn empty_and_unknown_records() {
+    let (_, mut dec) = pair();
+    let mut out = vec![9];
+    assert!(matches!(dec.decode(&[], &mut out), Err(CodecError::Empty)));
+    assert!(out.is_empty());
+    dec.reset();
+    assert!(matches!(
+        dec.decode(&[7, 1, 2], &mut out),
+        Err(CodecError::UnknownCodec(7))
+    ));
+}
+
+#[test]
+fn errors_are_final_until_reset() {
+    let (mut enc, mut dec) = pair();
+    let mut out = Vec::new();
+    assert!(dec.decode(&[9], &mut out).is_err());
+    let ok = encode(&mut enc, CodecId::Stored, b"fine");
+    assert!(matches!(
+        dec.decode(&ok, &mut out),
+        Err(CodecError::Corrupt(_))
+    ));
+    dec.reset();
+    dec.decode(&ok, &mut out).unwrap();
+    assert_eq!(out, b"fine");
+}
+
+#[test]
+fn truncated_record_is_corrupt() {
+    let recs = valid_zstd_records();
+    let (_, mut dec) = pair();
+    let mut out = Vec::new();
+    let r = &recs[0];
+    let err = dec.decode(&r[..r.len() - 1], &mut out).unwrap_err();
+    assert!(matches!(err, CodecError::Corrupt(_)), "{err:?}");
+}
+
+fn arb_codec() -> impl Strategy<Value = CodecId> {
+    prop_oneof![Just(CodecId::Stored), Just(CodecId::Zstd)]
+}
+
+/// Mostly compressible data: repeats from a small alphabet, plus noise.
+fn arb_data() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..600),
+        prop::collection::vec(prop::sample::select(b"abc \r\n".to_vec()), 0..3000),
+        (any::<u8>(), 0usize..70_000).prop_map(|(b, n)| vec![b; n]),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn prop_round_trip_mixed_codecs(
+        recs in prop::collection::vec((arb_codec(), arb_data()), 1..24),
+        reset_at in prop::option::of(0usize..24),
+    ) {
+        let (mut enc, mut dec) = pair();
+        let mut out = Vec::new();
+        for (i, (codec, data)) in recs.iter().enumerate() {
+            if reset_at == Some(i) {
+                enc.reset();
+                dec.reset();
+            }
+            let mut rec = Vec::new();
+            enc.encode(*codec, data, &mut rec).unwrap();
+            dec.decode(&rec, &mut out).unwrap();
+            prop_assert_eq!(&out, data);
+        }
+    }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn prop_arbitrary_bytes_never_panic(
+        recs in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..8),
+    ) {
+        let mut dec = RecordDecoder::new(&DecoderLimits::default());
+        let mut out = Vec::new();
+        for r in recs {
+            let _ = dec.decode(&r, &mut out);
+            prop_assert!(out.len() <= DecoderLimits::default().max_record_bytes);
+        }
+    }
+
+    #[test]
+    fn prop_arbitrary_zstd_body_never_panics(
+        body in prop::collection::vec(any::<u8>(), 0..400),
+    ) {
+        // Start with a valid header so the fuzz reaches the block decoder.
+        let recs = valid_zstd_records();
+        let mut dec = RecordDecoder::new(&DecoderLimits::default());
+        let mut out = Vec::new();
+        let mut rec = recs[0][..8.min(recs[0].len())].to_vec();
+        rec.extend_from_slice(&body);
+        let _ = dec.decode(&rec, &mut out);
+        let mut rec = vec![CodecId::Zstd as u8];
+        rec.extend_from_slice(&body);
+        let _ = RecordDecoder::new(&DecoderLimits::default()).decode(&rec, &mut out);
+    }
+
+    #[test]
+    fn prop_mangled_records_never_panic(
+        which in 0usize..3,
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 0u8..8), 0..4),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut recs = valid_zstd_records();
+        let r = &mut recs[which];
+        for (at, bit) in flips {
+            let i = 1 + at.index(r.len() - 1);
+            r[i] ^= 1 << bit;
+        }
+        if truncate {
+            let n = 1 + cut.index(r.len() - 1);
+            r.truncate(n);
+        }
+        let mut dec = RecordDecoder::new(&DecoderLimits::default());
+        let mut out = Vec::new();
+        for r in &recs {
+            if dec.decode(r, &mut out).is_err() {
+                break;
+            }
+        }
+    }
+}
