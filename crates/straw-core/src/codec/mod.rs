@@ -77,7 +77,7 @@ pub struct DecoderLimits {
 impl Default for DecoderLimits {
     fn default() -> Self {
         Self {
-            max_window_log: 20,
+            max_window_log: 16,
             max_record_bytes: 256 * 1024,
         }
     }
