@@ -3,6 +3,8 @@
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 STRAW_STATE="${STRAW_STATE:-$REPO_ROOT/.state}"
+# Absolute, because it ends up in daemon config files.
+case "$STRAW_STATE" in /*) ;; *) STRAW_STATE="$PWD/$STRAW_STATE" ;; esac
 export REPO_ROOT STRAW_STATE
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
