@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Seed the peer servers' data: Maildirs for alice/bob, a manifest, the www folder.
+
+Called by scripts/peers on every `up`; it resets everything to a known state.
+
+Maildir files are written with CRLF line endings: Dovecot serves LF files
+converted to CRLF, but serves CRLF files unchanged, so with CRLF on disk a
+message fetched over POP3/IMAP is byte-identical to its Maildir file.
+"""
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import sys
+
+UIDVALIDITY = 1700000000  # fixed, so IMAP UIDs and POP3 UIDLs are stable
+BASE_TIME = 1000000000  # Maildir name prefix and mtime (= IMAP INTERNALDATE)
+SEED_SET = "easy-ham-1"  # only this set may seed mailboxes
+USERS = [("alice", 0, 30), ("bob", 30, 40)]  # slices of the sorted set
+
+WWW_TEXT_SET = "easy-ham-2"  # filler text for the web pages
+
+
+def maildir_bytes(raw: bytes) -> bytes:
+    """Corpus file -> Maildir file: drop the mbox 'From ' line, LF -> CRLF."""
+    if raw.startswith(b"From "):
+        raw = raw.split(b"\n", 1)[1] if b"\n" in raw else b""
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if raw and not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
+    return raw
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def seed_mail(corpus: str, peers: str) -> None:
+    set_dir = os.path.join(corpus, SEED_SET)
+    files = sorted(n for n in os.listdir(set_dir) if n.endswith(".txt"))
+    need = max(end for _, _, end in USERS)
+    if len(files) < need:
+        sys.exit(f"peers_seed: {set_dir} has {len(files)} messages, need {need}")
+    rows = []
+    for user, start, end in USERS:
+        home = os.path.join(peers, "mail", user)
+        md = os.path.join(home, "Maildir")
+        if os.path.exists(md):
+            shutil.rmtree(md)  # also drops Dovecot's index/uidlist: fresh state
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(md, sub))
+        uidlist = [f"3 V{UIDVALIDITY} N{end - start + 1}\n"]
+        for uid, name in enumerate(files[start:end], 1):
+            src = os.path.join(set_dir, name)
+            with open(src, "rb") as f:
+                data = maildir_bytes(f.read())
+            t = BASE_TIME + uid
+            base = f"{t}.M{uid}P0.straw"
+            dst = os.path.join(md, "cur", base + ":2,")
+            write_atomic(dst, data)
+            os.utime(dst, (t, t))
+            uidlist.append(f"{uid} :{base}\n")
+            rows.append((user, uid, base, f"mail/{user}/Maildir/cur", src, len(data),
+                         hashlib.sha256(data).hexdigest()))
+        write_atomic(os.path.join(md, "dovecot-uidlist"), "".join(uidlist).encode())
+    header = "user\tuid\tbase\tdir\tcorpus_file\tsize\tsha256\n"
+    body = "".join("\t".join(str(c) for c in r) + "\n" for r in rows)
+    write_atomic(os.path.join(peers, "manifest.tsv"), (header + body).encode())
+
+
+def text_filler(corpus: str, size: int) -> bytes:
+    """Real mail text (deterministic) for realistic compressibility."""
+    set_dir = os.path.join(corpus, WWW_TEXT_SET)
+    out = bytearray()
+    for name in sorted(n for n in os.listdir(set_dir) if n.endswith(".txt")):
+        with open(os.path.join(set_dir, name), "rb") as f:
+            out += f.read()
+        if len(out) >= size:
+            break
+    return bytes(out[:size])
+
+
+def seed_www(corpus: str, peers: str) -> None:
+    www = os.path.join(peers, "www")
+    os.makedirs(www, exist_ok=True)
+    head = b"<!DOCTYPE html>\n<html><head><title>straw test page</title></head>\n<body><pre>\n"
+    tail = b"\n</pre></body></html>\n"
+    filler = text_filler(corpus, 6144 - len(head) - len(tail))
+    filler = filler.replace(b"&", b"+").replace(b"<", b"(").replace(b">", b")")
+    files = {
+        "page.html": head + filler + tail,  # 6 KiB
+        "big.txt": text_filler(corpus, 200 * 1024),
+        "random.bin": random.Random(2400).randbytes(100 * 1024),
+    }
+    for name, data in files.items():
+        path = os.path.join(www, name)
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    continue
+        except FileNotFoundError:
+            pass
+        write_atomic(path, data)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", required=True, help="corpus data folder")
+    ap.add_argument("--peers", required=True, help="$STRAW_STATE/peers")
+    a = ap.parse_args()
+    seed_mail(a.corpus, a.peers)
+    seed_www(a.corpus, a.peers)
+
+
+if __name__ == "__main__":
+    main()
