@@ -1,1 +1,494 @@
+//! Drives one [`Session`] over one encrypted link, and pumps bytes between
+//! the session's streams and local sockets (the mail program's on the client,
+//! the real servers' on the server).
+//!
+//! One task owns the session and the link. Each attached socket has a reader
+//! task and a writer task that talk to it over channels. A reader only reads
+//! as many bytes as the session granted it, so when the link is the
+//! bottleneck, the program's writes block: that is the backpressure.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use straw_core::session::{Event, Priority, Session, reset_code};
+use straw_proto::Accelerator;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::link::noise::{MessageReader, Transport};
+
+/// Largest single read from a local socket.
+const READ_CHUNK: usize = 64 * 1024;
+/// Encrypted bytes we let queue in user space before waiting for the socket.
+const WRITE_AHEAD: usize = 64 * 1024;
+
+pub trait LocalIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> LocalIo for T {}
+
+/// A local connection to attach to a new outgoing stream.
+pub struct OpenRequest {
+    pub service: String,
+    pub io: Box<dyn LocalIo>,
+    pub accel: Box<dyn Accelerator>,
+}
+
+/// Decides what to do with a stream the peer opened (server side).
+pub trait Dialer: Send + Sync + 'static {
+    /// Connects to the upstream for `service`; `Err` resets the stream.
+    fn dial(
+        &self,
+        service: &str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(Box<dyn LocalIo>, Box<dyn Accelerator>)>> + Send>,
+    >;
+}
+
+/// Counters shared with tests, metrics and `straw status`.
+#[derive(Debug, Default)]
+pub struct TunnelStats {
+    pub wire_bytes_sent: AtomicU64,
+    pub wire_bytes_received: AtomicU64,
+    pub raw_bytes_sent: AtomicU64,
+    pub raw_bytes_received: AtomicU64,
+    /// Peak of bytes held ahead of the link (session pending + unacked).
+    pub max_held: AtomicU64,
+    /// The session's bound on that, when it peaked.
+    pub held_bound: AtomicU64,
+    pub streams_opened: AtomicU64,
+    pub codec_memory: AtomicU64,
+}
+
+/// What a socket's pump tasks tell the tunnel.
+enum PumpMsg {
+    Data {
+        stream: u64,
+        bytes: Vec<u8>,
+        flush: bool,
+        bulk: bool,
+    },
+    Eof {
+        stream: u64,
+    },
+    Failed {
+        stream: u64,
+    },
+    Written {
+        stream: u64,
+        n: usize,
+    },
+    /// The writer delivered the peer's FIN (shut down the socket's write side).
+    Closed {
+        stream: u64,
+    },
+    Dialed {
+        stream: u64,
+        result: Result<(Box<dyn LocalIo>, Box<dyn Accelerator>)>,
+    },
+}
+
+/// What the tunnel tells a socket's writer task.
+enum Inbound {
+    Data(Bytes),
+    Fin,
+}
+
+struct Attached {
+    /// Grants to the reader: "you may read up to n bytes".
+    grant_tx: Option<mpsc::UnboundedSender<usize>>,
+    grant_outstanding: bool,
+    inbound_tx: mpsc::UnboundedSender<Inbound>,
+    /// Receiver kept until the socket exists (server side, while dialing).
+    inbound_rx: Option<mpsc::UnboundedReceiver<Inbound>>,
+    /// The local socket reached EOF / the writer delivered the peer's FIN.
+    reader_done: bool,
+    writer_done: bool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub struct Tunnel {
+    transport: Transport,
+    session: Session,
+    streams: HashMap<u64, Attached>,
+    pump_tx: mpsc::UnboundedSender<PumpMsg>,
+    pump_rx: mpsc::UnboundedReceiver<PumpMsg>,
+    dialer: Option<Arc<dyn Dialer>>,
+    stats: Arc<TunnelStats>,
+    label: String,
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Tunnel {
+    pub fn new(
+        transport: Transport,
+        session: Session,
+        dialer: Option<Arc<dyn Dialer>>,
+        stats: Arc<TunnelStats>,
+        label: String,
+    ) -> Self {
+        let (pump_tx, pump_rx) = mpsc::unbounded_channel();
+        Self {
+            transport,
+            session,
+            streams: HashMap::new(),
+            pump_tx,
+            pump_rx,
+            dialer,
+            stats,
+            label,
+        }
+    }
+
+    /// Runs until the link fails or `opens` closes and all streams are done.
+    /// Local connections to forward arrive on `opens`.
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        io: S,
+        opens: &mut mpsc::Receiver<OpenRequest>,
+    ) -> Result<()> {
+        let mut reader = MessageReader::new();
+        let mut rbuf = vec![0u8; 64 * 1024];
+        let mut out: Vec<u8> = Vec::new();
+        let mut out_pos = 0usize;
+        let mut plain = Vec::new();
+        let mut opens_open = true;
+        let (mut rd, mut wr) = tokio::io::split(io);
+        loop {
+            let t = now();
+            self.dispatch_events()?;
+            // Only build records when the socket has taken what we had, so that
+            // priorities apply to data still in our hands.
+            if out_pos == out.len() {
+                out.clear();
+                out_pos = 0;
+                while out.len() < WRITE_AHEAD {
+                    let Some(rec) = self.session.poll_transmit(t) else {
+                        break;
+                    };
+                    self.transport.encrypt(&rec, &mut out)?;
+                }
+            }
+            self.grant_capacity();
+            self.publish_stats();
+            if !opens_open && self.streams.is_empty() && out_pos == out.len() {
+                return Ok(());
+            }
+            let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                r = rd.read(&mut rbuf) => {
+                    let n = r.context("link read failed")?;
+                    if n == 0 {
+                        return Err(anyhow!("link closed by peer"));
+                    }
+                    reader.push(&rbuf[..n]);
+                    while let Some(msg) = reader.next_message() {
+                        self.transport.decrypt(&msg, &mut plain)?;
+                        self.session.handle_record(now(), &plain)?;
+                    }
+                }
+                r = wr.write(&out[out_pos..]), if out_pos < out.len() => {
+                    out_pos += r.context("link write failed")?;
+                }
+                msg = self.pump_rx.recv() => {
+                    // We hold a sender ourselves, so this never yields None.
+                    if let Some(msg) = msg {
+                        self.handle_pump(msg);
+                    }
+                }
+                req = opens.recv(), if opens_open => match req {
+                    Some(req) => self.open_local(req),
+                    None => opens_open = false,
+                },
+                _ = sleep_until_opt(deadline) => {}
+            }
+        }
+    }
+
+    fn publish_stats(&self) {
+        let st = self.session.stats();
+        let s = &self.stats;
+        s.wire_bytes_sent.store(st.wire_bytes_sent, Ordering::Relaxed);
+        s.wire_bytes_received
+            .store(st.wire_bytes_received, Ordering::Relaxed);
+        s.raw_bytes_sent.store(st.raw_bytes_sent, Ordering::Relaxed);
+        s.raw_bytes_received
+            .store(st.raw_bytes_received, Ordering::Relaxed);
+        s.max_held.store(st.max_held, Ordering::Relaxed);
+        s.held_bound.store(st.held_bound_at_max, Ordering::Relaxed);
+        s.codec_memory
+            .store(self.session.codec_memory_bytes() as u64, Ordering::Relaxed);
+    }
+
+    fn open_local(&mut self, req: OpenRequest) {
+        match self
+            .session
+            .open_stream(req.service.as_bytes(), b"", Priority::Interactive)
+        {
+            Ok(id) => {
+                self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+                debug!(tunnel = %self.label, stream = id, service = %req.service, "stream opened");
+                let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+                let mut a = Attached {
+                    grant_tx: None,
+                    grant_outstanding: false,
+                    inbound_tx,
+                    inbound_rx: Some(inbound_rx),
+                    reader_done: false,
+                    writer_done: false,
+                    tasks: Vec::new(),
+                };
+                self.start_pumps(id, &mut a, req.io, req.accel);
+                self.streams.insert(id, a);
+            }
+            Err(e) => warn!(tunnel = %self.label, "refusing local connection: {e}"),
+        }
+    }
+
+    fn start_pumps(
+        &self,
+        stream: u64,
+        a: &mut Attached,
+        io: Box<dyn LocalIo>,
+        accel: Box<dyn Accelerator>,
+    ) {
+        let (rd, wr) = tokio::io::split(io);
+        let accel = Arc::new(std::sync::Mutex::new(accel));
+        let (grant_tx, grant_rx) = mpsc::unbounded_channel();
+        a.grant_tx = Some(grant_tx);
+        let inbound_rx = a.inbound_rx.take().expect("pumps start once");
+        a.tasks.push(tokio::spawn(read_pump(
+            stream,
+            rd,
+            grant_rx,
+            accel.clone(),
+            self.pump_tx.clone(),
+        )));
+        a.tasks.push(tokio::spawn(write_pump(
+            stream,
+            wr,
+            inbound_rx,
+            accel,
+            self.pump_tx.clone(),
+        )));
+    }
+
+    fn handle_pump(&mut self, msg: PumpMsg) {
+        match msg {
+            PumpMsg::Data {
+                stream,
+                bytes,
+                flush,
+                bulk,
+            } => {
+                if let Some(a) = self.streams.get_mut(&stream) {
+                    a.grant_outstanding = false;
+                    // A stream the peer reset is gone from the session; drop quietly.
+                    let _ = self.session.send(stream, &bytes);
+                    if bulk {
+                        self.session.set_priority(stream, Priority::Bulk);
+                    }
+                    if flush {
+                        self.session.flush(stream);
+                    }
+                }
+            }
+            PumpMsg::Eof { stream } => {
+                if let Some(a) = self.streams.get_mut(&stream) {
+                    a.grant_tx = None;
+                    a.reader_done = true;
+                    self.session.finish(stream);
+                }
+            }
+            PumpMsg::Closed { stream } => {
+                if let Some(a) = self.streams.get_mut(&stream) {
+                    a.writer_done = true;
+                }
+            }
+            PumpMsg::Failed { stream } => {
+                self.session.reset(stream, reset_code::ABORTED);
+                self.streams.remove(&stream);
+            }
+            PumpMsg::Written { stream, n } => self.session.consumed(stream, n),
+            PumpMsg::Dialed { stream, result } => match result {
+                Ok((io, accel)) => {
+                    if let Some(mut a) = self.streams.remove(&stream) {
+                        self.start_pumps(stream, &mut a, io, accel);
+                        self.streams.insert(stream, a);
+                    }
+                }
+                Err(e) => {
+                    warn!(tunnel = %self.label, stream, "upstream unreachable: {e:#}");
+                    self.session.reset(stream, reset_code::UNREACHABLE);
+                    self.streams.remove(&stream);
+                }
+            },
+        }
+        // Both directions done: the sockets are closed, forget the stream.
+        self.streams.retain(|_, a| !(a.reader_done && a.writer_done));
+    }
+
+    /// Hands each idle reader a grant of what the session can take from it.
+    fn grant_capacity(&mut self) {
+        for (id, a) in self.streams.iter_mut() {
+            if a.grant_outstanding {
+                continue;
+            }
+            let Some(tx) = &a.grant_tx else { continue };
+            let cap = self.session.send_capacity(*id).min(READ_CHUNK);
+            if cap > 0 && tx.send(cap).is_ok() {
+                a.grant_outstanding = true;
+            }
+        }
+    }
+
+    fn dispatch_events(&mut self) -> Result<()> {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                Event::Opened {
+                    stream, service, ..
+                } => self.open_remote(stream, &service),
+                Event::Data {
+                    stream, payload, ..
+                } => {
+                    if let Some(a) = self.streams.get(&stream) {
+                        let _ = a.inbound_tx.send(Inbound::Data(payload));
+                    }
+                }
+                Event::Fin { stream } => {
+                    if let Some(a) = self.streams.get(&stream) {
+                        let _ = a.inbound_tx.send(Inbound::Fin);
+                    }
+                }
+                Event::Reset { stream, code } => {
+                    debug!(tunnel = %self.label, stream, code, "stream reset by peer");
+                    self.streams.remove(&stream);
+                }
+                Event::Proto { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn open_remote(&mut self, stream: u64, service: &[u8]) {
+        let Some(dialer) = self.dialer.clone() else {
+            self.session.reset(stream, reset_code::REFUSED);
+            return;
+        };
+        let service = String::from_utf8_lossy(service).into_owned();
+        self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+        let tx = self.pump_tx.clone();
+        let task = tokio::spawn(async move {
+            let result = dialer.dial(&service).await;
+            let _ = tx.send(PumpMsg::Dialed { stream, result });
+        });
+        self.streams.insert(
+            stream,
+            Attached {
+                grant_tx: None,
+                grant_outstanding: false,
+                inbound_tx,
+                inbound_rx: Some(inbound_rx),
+                reader_done: false,
+                writer_done: false,
+                tasks: vec![task],
+            },
+        );
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_pump(
+    stream: u64,
+    mut rd: tokio::io::ReadHalf<Box<dyn LocalIo>>,
+    mut grants: mpsc::UnboundedReceiver<usize>,
+    accel: Arc<std::sync::Mutex<Box<dyn Accelerator>>>,
+    tx: mpsc::UnboundedSender<PumpMsg>,
+) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    while let Some(grant) = grants.recv().await {
+        let want = grant.min(buf.len()).max(1);
+        match rd.read(&mut buf[..want]).await {
+            Ok(0) => {
+                let _ = tx.send(PumpMsg::Eof { stream });
+                return;
+            }
+            Ok(n) => {
+                let mut bytes = Vec::with_capacity(n);
+                // A short read means the socket had nothing more just now.
+                let drained = n < want;
+                let hints = accel
+                    .lock()
+                    .expect("accelerator lock")
+                    .from_local(&buf[..n], drained, &mut bytes);
+                let _ = tx.send(PumpMsg::Data {
+                    stream,
+                    bytes,
+                    flush: hints.flush,
+                    bulk: hints.bulk,
+                });
+            }
+            Err(e) => {
+                debug!(stream, "local read failed: {e}");
+                let _ = tx.send(PumpMsg::Failed { stream });
+                return;
+            }
+        }
+    }
+}
+
+async fn write_pump(
+    stream: u64,
+    mut wr: tokio::io::WriteHalf<Box<dyn LocalIo>>,
+    mut inbound: mpsc::UnboundedReceiver<Inbound>,
+    accel: Arc<std::sync::Mutex<Box<dyn Accelerator>>>,
+    tx: mpsc::UnboundedSender<PumpMsg>,
+) {
+    let mut out = Vec::new();
+    while let Some(msg) = inbound.recv().await {
+        match msg {
+            Inbound::Data(bytes) => {
+                out.clear();
+                accel
+                    .lock()
+                    .expect("accelerator lock")
+                    .from_tunnel(&bytes, &mut out);
+                if let Err(e) = wr.write_all(&out).await {
+                    debug!(stream, "local write failed: {e}");
+                    let _ = tx.send(PumpMsg::Failed { stream });
+                    return;
+                }
+                let _ = tx.send(PumpMsg::Written {
+                    stream,
+                    n: bytes.len(),
+                });
+            }
+            Inbound::Fin => {
+                let _ = wr.shutdown().await;
+                let _ = tx.send(PumpMsg::Closed { stream });
+                return;
+            }
+        }
+    }
+}

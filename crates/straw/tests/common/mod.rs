@@ -1,0 +1,165 @@
+//! In-process harness: a straw server and client on loopback with fresh keys.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use straw::config::{ClientConfig, ServerConfig};
+use straw::link::keys;
+use straw::tunnel::TunnelStats;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("straw-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub struct Keys {
+    pub dir: PathBuf,
+}
+
+/// Writes server and client key files plus the server's authorised list.
+pub fn make_keys(name: &str) -> Keys {
+    let dir = temp_dir(name);
+    for who in ["server", "client"] {
+        let kp = keys::generate();
+        std::fs::write(dir.join(format!("{who}.key")), keys::encode_key(&kp.private)).unwrap();
+        std::fs::write(dir.join(format!("{who}.key.pub")), keys::encode_key(&kp.public)).unwrap();
+    }
+    let client_pub = std::fs::read_to_string(dir.join("client.key.pub")).unwrap();
+    std::fs::write(dir.join("authorized_clients"), client_pub).unwrap();
+    Keys { dir }
+}
+
+pub fn server_config(keys: &Keys, listen: SocketAddr, upstream: SocketAddr) -> ServerConfig {
+    let text = format!(
+        r#"
+listen = "{listen}"
+private_key = "server.key"
+authorized_keys = "authorized_clients"
+[services]
+test = {{ upstream = "{upstream}" }}
+"#
+    );
+    let path = keys.dir.join("server.toml");
+    std::fs::write(&path, text).unwrap();
+    ServerConfig::load(&path).unwrap()
+}
+
+pub fn client_config(keys: &Keys, server: SocketAddr, local: SocketAddr, extra: &str) -> ClientConfig {
+    let text = format!(
+        r#"
+server = "{server}"
+server_public_key = "server.key.pub"
+private_key = "client.key"
+[[service]]
+name = "test"
+protocol = "tcp"
+listen = "{local}"
+{extra}
+"#
+    );
+    let path = keys.dir.join("client.toml");
+    std::fs::write(&path, text).unwrap();
+    ClientConfig::load(&path).unwrap()
+}
+
+/// An upstream that echoes every connection back.
+pub async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+pub struct Running {
+    pub local: SocketAddr,
+    pub server_addr: SocketAddr,
+    pub client_stats: Arc<TunnelStats>,
+}
+
+/// Starts server and client; the client dials `via` (e.g. a linksim) or the server directly.
+pub async fn start(
+    name: &str,
+    upstream: SocketAddr,
+    via: Option<SocketAddr>,
+    client_extra: &str,
+) -> Running {
+    let keys = make_keys(name);
+    let server_addr = free_port();
+    let local = free_port();
+    let scfg = server_config(&keys, server_addr, upstream);
+    let ccfg = client_config(&keys, via.unwrap_or(server_addr), local, client_extra);
+    tokio::spawn(async move {
+        if let Err(e) = straw::server::run(scfg).await {
+            panic!("server failed: {e:#}");
+        }
+    });
+    wait_for_port(server_addr).await;
+    let client_stats = Arc::new(TunnelStats::default());
+    let st = client_stats.clone();
+    tokio::spawn(async move {
+        let _ = straw::client::run_with_stats(ccfg, st).await;
+    });
+    wait_for_port(local).await;
+    Running {
+        local,
+        server_addr,
+        client_stats,
+    }
+}
+
+pub async fn wait_for_port(addr: SocketAddr) {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{addr} never came up");
+}
+
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Sends `data` through `addr` and returns what comes back before EOF.
+pub async fn roundtrip(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await.unwrap();
+    writer.await.unwrap();
+    back
+}
