@@ -1,26 +1,67 @@
 //! straw-proto: sans-IO protocol accelerators.
 //!
-//! Each accelerator sits between a local socket and a tunnel stream and turns
-//! bytes from one into bytes for the other, with hints for the session (flush,
-//! priority). So far there is only the generic byte-stream pass-through.
+//! An accelerator sits between a local socket and a tunnel stream. On the
+//! client the local socket is the mail program; on the server it is the real
+//! server. It turns bytes from one side into bytes for the other (and may
+//! answer locally, where the answer commits nothing), with hints for the
+//! session: flush now, or treat as bulk. Accelerators come in pairs, one per
+//! side, and may rewrite what crosses the stream between them.
 
 pub mod passthrough;
 
-/// What the session should do with the bytes an accelerator produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Hints {
-    /// The bytes complete a unit that needs an answer: don't cork them.
+/// What an accelerator wants done after one call.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Bytes to send to the peer accelerator over the stream.
+    pub to_tunnel: Vec<u8>,
+    /// Bytes to write to the local socket.
+    pub to_local: Vec<u8>,
+    /// `to_tunnel` completes a unit that needs an answer: don't cork it.
     pub flush: bool,
     /// Large transfer: schedule behind interactive traffic.
     pub bulk: bool,
+    /// Give up on this connection with this reason (e.g. a synthesised reply
+    /// turned out to differ from the real one). The stream is reset.
+    pub fail: Option<String>,
+    /// Values to remember for the next connection to this service (e.g. the
+    /// real greeting and capability list), as (key, value).
+    pub cache_put: Vec<(String, Vec<u8>)>,
 }
+
+impl Output {
+    pub fn clear(&mut self) {
+        self.to_tunnel.clear();
+        self.to_local.clear();
+        self.flush = false;
+        self.bulk = false;
+        self.fail = None;
+        self.cache_put.clear();
+    }
+}
+
+/// Counters an accelerator keeps for the logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AccelStats {
+    /// Times the local program had to wait for a reply that crossed the link.
+    pub link_waits: u64,
+    /// Replies answered locally.
+    pub local_replies: u64,
+}
+
+/// What the client side remembered from earlier connections to a service:
+/// key → value, as put by [`Output::cache_put`]. Handed to a new accelerator.
+pub type Cache = std::collections::HashMap<String, Vec<u8>>;
 
 /// One side of an accelerator pair.
 pub trait Accelerator: Send {
     /// Bytes read from the local socket. `drained` says the socket had nothing
-    /// more to read right now. Appends the bytes for the stream to `out`.
-    fn from_local(&mut self, data: &[u8], drained: bool, out: &mut Vec<u8>) -> Hints;
+    /// more to read right now.
+    fn from_local(&mut self, data: &[u8], drained: bool, out: &mut Output);
 
-    /// Bytes that arrived on the stream; appends what to write locally to `out`.
-    fn from_tunnel(&mut self, data: &[u8], out: &mut Vec<u8>);
+    /// Bytes that arrived from the peer accelerator over the stream.
+    fn from_tunnel(&mut self, data: &[u8], out: &mut Output);
+
+    fn stats(&self) -> AccelStats {
+        AccelStats::default()
+    }
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
 use straw_core::session::{Event, Priority, Session, reset_code};
-use straw_proto::Accelerator;
+use straw_proto::{Accelerator, Output};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -71,6 +71,10 @@ enum PumpMsg {
         flush: bool,
         bulk: bool,
     },
+    /// The reader used its grant and waits for the next.
+    GrantUsed {
+        stream: u64,
+    },
     Eof {
         stream: u64,
     },
@@ -91,11 +95,16 @@ enum PumpMsg {
     },
 }
 
-/// What the tunnel tells a socket's writer task.
+/// What a socket's writer task is asked to do.
 enum Inbound {
+    /// Stream bytes from the peer, through the accelerator.
     Data(Bytes),
+    /// Bytes the accelerator produced for the local socket itself.
+    Local(Vec<u8>),
     Fin,
 }
+
+type SharedAccel = Arc<std::sync::Mutex<Box<dyn Accelerator>>>;
 
 struct Attached {
     /// Grants to the reader: "you may read up to n bytes".
@@ -267,7 +276,7 @@ impl Tunnel {
         accel: Box<dyn Accelerator>,
     ) {
         let (rd, wr) = tokio::io::split(io);
-        let accel = Arc::new(std::sync::Mutex::new(accel));
+        let accel: SharedAccel = Arc::new(std::sync::Mutex::new(accel));
         let (grant_tx, grant_rx) = mpsc::unbounded_channel();
         a.grant_tx = Some(grant_tx);
         let inbound_rx = a.inbound_rx.take().expect("pumps start once");
@@ -277,6 +286,7 @@ impl Tunnel {
             grant_rx,
             accel.clone(),
             self.pump_tx.clone(),
+            a.inbound_tx.clone(),
         )));
         a.tasks.push(tokio::spawn(write_pump(
             stream,
@@ -284,6 +294,7 @@ impl Tunnel {
             inbound_rx,
             accel,
             self.pump_tx.clone(),
+            a.inbound_tx.clone(),
         )));
     }
 
@@ -295,8 +306,7 @@ impl Tunnel {
                 flush,
                 bulk,
             } => {
-                if let Some(a) = self.streams.get_mut(&stream) {
-                    a.grant_outstanding = false;
+                if self.streams.contains_key(&stream) {
                     // A stream the peer reset is gone from the session; drop quietly.
                     let _ = self.session.send(stream, &bytes);
                     if bulk {
@@ -305,6 +315,11 @@ impl Tunnel {
                     if flush {
                         self.session.flush(stream);
                     }
+                }
+            }
+            PumpMsg::GrantUsed { stream } => {
+                if let Some(a) = self.streams.get_mut(&stream) {
+                    a.grant_outstanding = false;
                 }
             }
             PumpMsg::Eof { stream } => {
@@ -419,14 +434,43 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Routes an accelerator's output: bytes for the peer go to the tunnel task,
+/// bytes for the local socket to the writer. Returns false if the stream failed.
+fn route(
+    stream: u64,
+    out: &mut Output,
+    tx: &mpsc::UnboundedSender<PumpMsg>,
+    local: &mpsc::UnboundedSender<Inbound>,
+) -> bool {
+    if let Some(reason) = out.fail.take() {
+        warn!(stream, "closing connection: {reason}");
+        let _ = tx.send(PumpMsg::Failed { stream });
+        return false;
+    }
+    if !out.to_local.is_empty() {
+        let _ = local.send(Inbound::Local(std::mem::take(&mut out.to_local)));
+    }
+    if !out.to_tunnel.is_empty() || out.flush {
+        let _ = tx.send(PumpMsg::Data {
+            stream,
+            bytes: std::mem::take(&mut out.to_tunnel),
+            flush: out.flush,
+            bulk: out.bulk,
+        });
+    }
+    true
+}
+
 async fn read_pump(
     stream: u64,
     mut rd: tokio::io::ReadHalf<Box<dyn LocalIo>>,
     mut grants: mpsc::UnboundedReceiver<usize>,
-    accel: Arc<std::sync::Mutex<Box<dyn Accelerator>>>,
+    accel: SharedAccel,
     tx: mpsc::UnboundedSender<PumpMsg>,
+    local: mpsc::UnboundedSender<Inbound>,
 ) {
     let mut buf = vec![0u8; READ_CHUNK];
+    let mut out = Output::default();
     while let Some(grant) = grants.recv().await {
         let want = grant.min(buf.len()).max(1);
         match rd.read(&mut buf[..want]).await {
@@ -435,19 +479,18 @@ async fn read_pump(
                 return;
             }
             Ok(n) => {
-                let mut bytes = Vec::with_capacity(n);
+                out.clear();
                 // A short read means the socket had nothing more just now.
                 let drained = n < want;
-                let hints = accel
+                accel
                     .lock()
                     .expect("accelerator lock")
-                    .from_local(&buf[..n], drained, &mut bytes);
-                let _ = tx.send(PumpMsg::Data {
-                    stream,
-                    bytes,
-                    flush: hints.flush,
-                    bulk: hints.bulk,
-                });
+                    .from_local(&buf[..n], drained, &mut out);
+                if !route(stream, &mut out, &tx, &local) {
+                    return;
+                }
+                // Answer every grant, even if nothing went to the tunnel.
+                let _ = tx.send(PumpMsg::GrantUsed { stream });
             }
             Err(e) => {
                 debug!(stream, "local read failed: {e}");
@@ -462,33 +505,42 @@ async fn write_pump(
     stream: u64,
     mut wr: tokio::io::WriteHalf<Box<dyn LocalIo>>,
     mut inbound: mpsc::UnboundedReceiver<Inbound>,
-    accel: Arc<std::sync::Mutex<Box<dyn Accelerator>>>,
+    accel: SharedAccel,
     tx: mpsc::UnboundedSender<PumpMsg>,
+    local: mpsc::UnboundedSender<Inbound>,
 ) {
-    let mut out = Vec::new();
+    let mut out = Output::default();
     while let Some(msg) = inbound.recv().await {
-        match msg {
+        let (bytes, consumed) = match msg {
             Inbound::Data(bytes) => {
                 out.clear();
                 accel
                     .lock()
                     .expect("accelerator lock")
                     .from_tunnel(&bytes, &mut out);
-                if let Err(e) = wr.write_all(&out).await {
-                    debug!(stream, "local write failed: {e}");
-                    let _ = tx.send(PumpMsg::Failed { stream });
+                let to_local = std::mem::take(&mut out.to_local);
+                if !route(stream, &mut out, &tx, &local) {
                     return;
                 }
-                let _ = tx.send(PumpMsg::Written {
-                    stream,
-                    n: bytes.len(),
-                });
+                (to_local, bytes.len())
             }
+            Inbound::Local(bytes) => (bytes, 0),
             Inbound::Fin => {
                 let _ = wr.shutdown().await;
                 let _ = tx.send(PumpMsg::Closed { stream });
                 return;
             }
+        };
+        if let Err(e) = wr.write_all(&bytes).await {
+            debug!(stream, "local write failed: {e}");
+            let _ = tx.send(PumpMsg::Failed { stream });
+            return;
+        }
+        if consumed > 0 {
+            let _ = tx.send(PumpMsg::Written {
+                stream,
+                n: consumed,
+            });
         }
     }
 }
