@@ -182,8 +182,11 @@ pub struct Session {
     decode_buf: Vec<u8>,
     streams: BTreeMap<u64, Stream>,
     next_local_stream: u64,
-    /// Control frames (OPEN, FIN, RESET, CREDIT, PONG) in order.
+    /// Control frames (OPEN, RESET, CREDIT, PONG, PROTO) in order.
     control: VecDeque<Frame>,
+    /// A queued control frame must leave now. OPEN alone may wait for the
+    /// cork timer, so that a request written right after connecting joins it.
+    urgent_control: bool,
     events: VecDeque<Event>,
 
     // Sending.
@@ -220,6 +223,7 @@ impl Session {
                 Role::Server => 2,
             },
             control: VecDeque::new(),
+            urgent_control: false,
             events: VecDeque::new(),
             next_send_seq: 0,
             replay: VecDeque::new(),
@@ -371,6 +375,7 @@ impl Session {
         if let Some(s) = self.streams.remove(&stream) {
             self.pending_raw -= s.pending.len() as u64;
             self.control.push_back(Frame::Reset { stream, code });
+            self.urgent_control = true;
         }
     }
 
@@ -380,6 +385,7 @@ impl Session {
         if let Some(s) = self.streams.get_mut(&stream) {
             if let Some(limit) = s.consume(n as u64, self.cfg.stream_window) {
                 self.control.push_back(Frame::Credit { stream, limit });
+                self.urgent_control = true;
             }
             self.maybe_forget(stream);
         }
@@ -388,6 +394,7 @@ impl Session {
     /// Sends a PROTO frame to the peer's accelerator on `stream`.
     pub fn send_proto(&mut self, stream: u64, payload: Bytes) {
         self.control.push_back(Frame::Proto { stream, payload });
+        self.urgent_control = true;
         self.flush_requested = true;
     }
 
@@ -448,6 +455,7 @@ impl Session {
                         stream: open.stream,
                         code: reset_code::REFUSED,
                     });
+                    self.urgent_control = true;
                     return Ok(());
                 }
                 self.streams.insert(
@@ -485,6 +493,7 @@ impl Session {
             Frame::Ack { record } => self.handle_ack(now, record)?,
             Frame::Ping { stamp } => {
                 self.control.push_back(Frame::Pong { stamp });
+                self.urgent_control = true;
                 self.flush_requested = true;
             }
             Frame::Pong { stamp } => {
@@ -575,15 +584,18 @@ impl Session {
     /// The next record to put on the link, if one is due. The driver calls this
     /// whenever the socket can take more (its unsent queue is low).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
-        if self.has_sendable_data() && self.cork_deadline.is_none() {
+        if (self.has_sendable_data() || !self.control.is_empty()) && self.cork_deadline.is_none() {
             self.cork_deadline = Some(now + self.cork_delay());
         }
         let window_open = self.unacked_bytes < self.inflight_limit();
         let want_data = window_open && self.data_ready(now);
+        let cork_expired = self.cork_deadline.is_some_and(|d| d <= now);
+        let want_control = !self.control.is_empty()
+            && (self.urgent_control || self.flush_requested || cork_expired || want_data);
         let want_ack = self.ack_due.is_some_and(|d| d <= now)
-            || (self.ack_due.is_some() && (want_data || !self.control.is_empty()));
+            || (self.ack_due.is_some() && (want_data || want_control));
         let ping = self.ping_due.is_some_and(|d| d <= now);
-        if !want_data && self.control.is_empty() && !want_ack && !ping {
+        if !want_data && !want_control && !want_ack && !ping {
             return None;
         }
 
@@ -600,8 +612,11 @@ impl Session {
             let stamp = now.saturating_duration_since(self.epoch).as_micros() as u64;
             Frame::Ping { stamp }.encode(&mut buf);
         }
-        while let Some(f) = self.control.pop_front() {
-            f.encode(&mut buf);
+        if want_control || want_data {
+            while let Some(f) = self.control.pop_front() {
+                f.encode(&mut buf);
+            }
+            self.urgent_control = false;
         }
         let mut raw_data = 0usize;
         if want_data {
@@ -609,7 +624,7 @@ impl Session {
         }
         self.flush_requested = self.streams.values().any(|s| s.flush && s.sendable() > 0);
         self.cork_deadline = None;
-        if self.has_sendable_data() {
+        if self.has_sendable_data() || !self.control.is_empty() {
             self.cork_deadline = Some(now + self.cork_delay());
         }
         if buf.is_empty() {
