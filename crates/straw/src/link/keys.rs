@@ -1,5 +1,317 @@
-//! Key files (placeholder, being written).
+//! x25519 static keys for Noise, and the files that hold them.
+//!
+//! - `PATH`: the private key, base64 (standard alphabet) on one line, mode 0600.
+//! - `PATH.pub`: the public key, base64 on one line.
+//! - authorised keys: one base64 public key per line; `#` starts a comment
+//!   line, blank lines are ignored, and anything after the key is a comment.
+//!
+//! Every error is one line naming the file (and line) and the problem.
 
-pub fn keygen_cli(_path: &std::path::Path) -> anyhow::Result<()> {
-    anyhow::bail!("keygen: not yet implemented")
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use snow::params::DHChoice;
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+
+/// The Noise parameters every straw key is used with.
+pub(crate) const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+
+/// A static x25519 key pair.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Keypair {
+    pub private: [u8; 32],
+    pub public: [u8; 32],
+}
+
+impl std::fmt::Debug for Keypair {
+    // Never print the private key, not even in a debug log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keypair")
+            .field("public", &encode_key(&self.public))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keypair {
+    /// The key pair for a private key: the public half is derived.
+    pub fn from_private(private: [u8; 32]) -> Keypair {
+        let mut dh = DefaultResolver
+            .resolve_dh(&DHChoice::Curve25519)
+            .expect("snow's default resolver always has Curve25519");
+        dh.set(&private);
+        let mut public = [0u8; 32];
+        public.copy_from_slice(dh.pubkey());
+        Keypair { private, public }
+    }
+}
+
+/// A fresh random key pair.
+pub fn generate() -> Keypair {
+    let params = NOISE_PARAMS.parse().expect("valid Noise parameters");
+    let kp = snow::Builder::new(params)
+        .generate_keypair()
+        .expect("snow's default resolver has an RNG and Curve25519");
+    let mut private = [0u8; 32];
+    let mut public = [0u8; 32];
+    private.copy_from_slice(&kp.private);
+    public.copy_from_slice(&kp.public);
+    Keypair { private, public }
+}
+
+/// Base64 (standard alphabet, padded) text of a key.
+pub fn encode_key(key: &[u8; 32]) -> String {
+    STANDARD.encode(key)
+}
+
+/// Parses one base64 32-byte key (surrounding whitespace ignored).
+pub fn decode_key(text: &str) -> Option<[u8; 32]> {
+    let bytes = STANDARD.decode(text.trim()).ok()?;
+    bytes.try_into().ok()
+}
+
+/// `PATH.pub` for `PATH`.
+pub fn public_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
+/// `straw keygen PATH`: writes `PATH` (0600) and `PATH.pub`, prints the public key.
+/// Refuses to overwrite either file.
+pub fn keygen_cli(path: &Path) -> Result<()> {
+    let pub_path = public_path(path);
+    for p in [path, pub_path.as_path()] {
+        if p.symlink_metadata().is_ok() {
+            bail!(
+                "{}: already exists; refusing to overwrite a key",
+                p.display()
+            );
+        }
+    }
+    let kp = generate();
+    write_new(path, &encode_key(&kp.private), 0o600)?;
+    write_new(&pub_path, &encode_key(&kp.public), 0o644)?;
+    println!("{}", encode_key(&kp.public));
+    Ok(())
+}
+
+fn write_new(path: &Path, line: &str, mode: u32) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| anyhow!("{}: cannot create: {e}", path.display()))?;
+    writeln!(f, "{line}")
+        .and_then(|()| f.sync_all())
+        .map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))
+}
+
+/// The single key in a key file: the first token of the first non-comment line.
+fn key_file(path: &Path) -> Result<[u8; 32]> {
+    let text = read_text(path)?;
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or_else(|| anyhow!("{}: empty key file", path.display()))?;
+    decode_key(token).ok_or_else(|| anyhow!("{}: not a base64 32-byte key", path.display()))
+}
+
+/// Loads a private key file and derives its public key.
+pub fn load_private(path: &Path) -> Result<Keypair> {
+    let private = key_file(path)?;
+    let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
+    if mode & 0o077 != 0 {
+        // A warning, not an error: git checkouts of the example keys are 0644.
+        tracing::warn!(
+            "{}: private key is readable by other users (chmod 600 it)",
+            path.display()
+        );
+    }
+    Ok(Keypair::from_private(private))
+}
+
+/// Loads a public key file (`PATH.pub`).
+pub fn load_public(path: &Path) -> Result<[u8; 32]> {
+    key_file(path)
+}
+
+/// The set of client public keys a server accepts.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizedKeys {
+    keys: HashSet<[u8; 32]>,
+}
+
+impl AuthorizedKeys {
+    /// Loads an authorised-keys file; errors read `PATH:LINE: problem`.
+    pub fn load(path: &Path) -> Result<AuthorizedKeys> {
+        let text = read_text(path)?;
+        Self::parse_lines(&text)
+            .map_err(|line| anyhow!("{}:{line}: not a base64 32-byte key", path.display()))
+    }
+
+    /// Parses authorised-keys text; errors read `line N: problem`.
+    pub fn parse(text: &str) -> Result<AuthorizedKeys> {
+        Self::parse_lines(text).map_err(|line| anyhow!("line {line}: not a base64 32-byte key"))
+    }
+
+    /// Err(line number) of the first bad line.
+    fn parse_lines(text: &str) -> std::result::Result<AuthorizedKeys, usize> {
+        let mut keys = HashSet::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let token = line.split_whitespace().next().unwrap_or_default();
+            keys.insert(decode_key(token).ok_or(i + 1)?);
+        }
+        Ok(AuthorizedKeys { keys })
+    }
+
+    pub fn contains(&self, key: &[u8; 32]) -> bool {
+        self.keys.contains(key)
+    }
+
+    pub fn insert(&mut self, key: [u8; 32]) {
+        self.keys.insert(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+impl FromIterator<[u8; 32]> for AuthorizedKeys {
+    fn from_iter<I: IntoIterator<Item = [u8; 32]>>(iter: I) -> Self {
+        AuthorizedKeys {
+            keys: iter.into_iter().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("straw-keys-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn generated_public_matches_derived() {
+        let kp = generate();
+        assert_ne!(kp.private, [0; 32]);
+        assert_eq!(Keypair::from_private(kp.private), kp);
+        assert_ne!(generate(), kp);
+    }
+
+    #[test]
+    fn keygen_writes_loadable_files_and_refuses_overwrite() {
+        let d = tmpdir("keygen");
+        let path = d.join("a.key");
+        keygen_cli(&path).unwrap();
+        let kp = load_private(&path).unwrap();
+        assert_eq!(load_public(&public_path(&path)).unwrap(), kp.public);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let before = std::fs::read(&path).unwrap();
+        let err = keygen_cli(&path).unwrap_err().to_string();
+        assert!(err.contains("already exists"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+
+        // A stray .pub alone also blocks keygen, and nothing is written.
+        let p2 = d.join("b.key");
+        std::fs::write(public_path(&p2), "x").unwrap();
+        assert!(keygen_cli(&p2).is_err());
+        assert!(!p2.exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn bad_key_files_give_one_line_errors_naming_the_file() {
+        let d = tmpdir("bad");
+        let cases: [(&str, &str); 4] = [
+            ("short", "AAAA\n"),
+            ("notb64", "this is not base64!!\n"),
+            ("empty", "\n# only a comment\n"),
+            ("long", &format!("{}\n", STANDARD.encode([1u8; 33]))),
+        ];
+        for (name, text) in cases {
+            let p = d.join(name);
+            std::fs::write(&p, text).unwrap();
+            let err = load_private(&p).unwrap_err().to_string();
+            assert!(err.starts_with(&p.display().to_string()), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+            assert!(load_public(&p).is_err());
+        }
+        let missing = d.join("missing");
+        let err = load_public(&missing).unwrap_err().to_string();
+        assert!(err.contains("missing: cannot read"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn authorized_keys_comments_and_errors() {
+        let a = generate().public;
+        let b = generate().public;
+        let text = format!(
+            "# clients\n\n  {}  alice's laptop\n{}\n# {}\n",
+            encode_key(&a),
+            encode_key(&b),
+            encode_key(&[7; 32])
+        );
+        let keys = AuthorizedKeys::parse(&text).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&a) && keys.contains(&b));
+        assert!(!keys.contains(&[7; 32]));
+
+        let d = tmpdir("auth");
+        let p = d.join("authorized");
+        std::fs::write(&p, format!("{}\nnot-a-key here\n", encode_key(&a))).unwrap();
+        let err = AuthorizedKeys::load(&p).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("{}:2: not a base64 32-byte key", p.display()),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn example_keys_are_consistent() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/keys");
+        let server = load_private(&dir.join("server.key")).unwrap();
+        assert_eq!(
+            load_public(&dir.join("server.key.pub")).unwrap(),
+            server.public
+        );
+        let client = load_private(&dir.join("client.key")).unwrap();
+        assert_eq!(
+            load_public(&dir.join("client.key.pub")).unwrap(),
+            client.public
+        );
+        let auth = AuthorizedKeys::load(&dir.join("authorized_clients")).unwrap();
+        assert!(auth.contains(&client.public));
+        assert!(!auth.contains(&server.public));
+    }
 }
