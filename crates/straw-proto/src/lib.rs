@@ -53,6 +53,8 @@ pub struct AccelStats {
 pub type Cache = std::collections::HashMap<String, Vec<u8>>;
 
 /// One side of an accelerator pair.
+// `from_*` reads as "bytes from the local side", not a conversion.
+#[allow(clippy::wrong_self_convention)]
 pub trait Accelerator: Send {
     /// Bytes read from the local socket. `drained` says the socket had nothing
     /// more to read right now.

@@ -54,9 +54,12 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     let server_key = keys::load_public(&cfg.server_public_key)?;
     let (open_tx, mut opens) = mpsc::channel::<OpenRequest>(64);
     for svc in &cfg.services {
-        let listener = tcp::bind_listener(svc.listen, Some(cfg.tcp.local_recv_buffer))
+        let listener = tcp::bind_local_listener(svc.listen, &cfg.tcp)
             .with_context(|| format!("service {}: cannot listen on {}", svc.name, svc.listen))?;
-        info!("service {} ({:?}) on {}", svc.name, svc.protocol, svc.listen);
+        info!(
+            "service {} ({:?}) on {}",
+            svc.name, svc.protocol, svc.listen
+        );
         tokio::spawn(accept_loop(
             listener,
             svc.name.clone(),
@@ -74,9 +77,14 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                 let mut scfg = session_config(Role::Client, &cfg.session);
                 scfg.peer_stream_window = hello.stream_window;
                 let session = Session::new(scfg, tokio::time::Instant::now().into_std());
-                let tunnel = Tunnel::new(transport, session, None, stats.clone(), cfg.server.clone());
+                let tunnel =
+                    Tunnel::new(transport, session, None, stats.clone(), cfg.server.clone());
                 let result = tunnel.run(sock, &mut opens).await;
-                warn!("tunnel to {} down: {}", cfg.server, describe_end(&result, &stats));
+                warn!(
+                    "tunnel to {} down: {}",
+                    cfg.server,
+                    describe_end(&result, &stats)
+                );
             }
             Err(e) => warn!("cannot open tunnel to {}: {e:#}", cfg.server),
         }
@@ -102,8 +110,7 @@ async fn connect(
     )
     .await
     .map_err(|_| anyhow!("handshake timed out"))??;
-    let server_hello =
-        Hello::decode(&payload).map_err(|e| anyhow!("bad server hello: {e}"))?;
+    let server_hello = Hello::decode(&payload).map_err(|e| anyhow!("bad server hello: {e}"))?;
     if server_hello.version != PROTOCOL_VERSION {
         bail!(
             "server speaks protocol {}, we speak {PROTOCOL_VERSION}",

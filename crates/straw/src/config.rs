@@ -28,9 +28,13 @@ pub struct TcpOptions {
     /// Optional SO_SNDBUF / SO_RCVBUF for the tunnel socket.
     pub send_buffer: Option<usize>,
     pub recv_buffer: Option<usize>,
-    /// SO_RCVBUF for sockets to local programs and upstream servers, small so
-    /// that backpressure reaches the program instead of piling up in the kernel.
+    /// SO_RCVBUF for sockets from local programs, small so that backpressure
+    /// reaches the program instead of piling up in the kernel.
     pub local_recv_buffer: usize,
+    /// TCP_MAXSEG for sockets from local programs (0 = kernel default).
+    pub local_max_segment: u32,
+    /// SO_RCVBUF for the server's sockets to real servers.
+    pub upstream_recv_buffer: usize,
 }
 
 impl Default for TcpOptions {
@@ -45,6 +49,8 @@ impl Default for TcpOptions {
             send_buffer: None,
             recv_buffer: None,
             local_recv_buffer: 4096,
+            local_max_segment: 1400,
+            upstream_recv_buffer: 65536,
         }
     }
 }
@@ -72,7 +78,7 @@ impl Default for SessionOptions {
         Self {
             initial_rate_bps: 2400,
             inflight_secs: 2.0,
-            record_secs: 0.5,
+            record_secs: 1.0,
             stream_window: 256 * 1024,
             max_streams: 1024,
             handshake_timeout_secs: 30,
@@ -151,10 +157,10 @@ fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 
 /// Relative paths in a config file are relative to the file's folder.
 fn resolve(base: &Path, p: &mut PathBuf) {
-    if p.is_relative() {
-        if let Some(dir) = base.parent() {
-            *p = dir.join(&*p);
-        }
+    if p.is_relative()
+        && let Some(dir) = base.parent()
+    {
+        *p = dir.join(&*p);
     }
 }
 

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::config::{ServerConfig, ServerService, TcpOptions};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
-use crate::tunnel::{Dialer, LocalIo, Tunnel, TunnelStats};
+use crate::tunnel::{DialFuture, Dialer, LocalIo, Tunnel, TunnelStats};
 
 /// How long dialing a real server may take before the stream is reset.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,9 +85,10 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, state: Arc<ServerState>) 
         warn!("tunnel from {peer}: socket options: {e}");
     }
     let hello = our_hello(cfg).encode();
-    let handshake = noise::server_handshake(&mut sock, &state.keypair, &state.authorized, |_, _| {
-        Ok(hello.clone())
-    });
+    let handshake =
+        noise::server_handshake(&mut sock, &state.keypair, &state.authorized, |_, _| {
+            Ok(hello.clone())
+        });
     let (transport, client_key, payload) = match tokio::time::timeout(
         Duration::from_secs(cfg.session.handshake_timeout_secs),
         handshake,
@@ -106,7 +107,10 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, state: Arc<ServerState>) 
     };
     let client_hello = Hello::decode(&payload).map_err(|e| anyhow!("bad client hello: {e}"))?;
     if client_hello.version != PROTOCOL_VERSION {
-        bail!("client speaks protocol {}, we speak {PROTOCOL_VERSION}", client_hello.version);
+        bail!(
+            "client speaks protocol {}, we speak {PROTOCOL_VERSION}",
+            client_hello.version
+        );
     }
     let label = format!("{peer}/{}", &keys::encode_key(&client_key)[..8]);
     info!(tunnel = %label, "tunnel up");
@@ -118,7 +122,13 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, state: Arc<ServerState>) 
         tcp: cfg.tcp.clone(),
     });
     let stats = Arc::new(TunnelStats::default());
-    let tunnel = Tunnel::new(transport, session, Some(dialer), stats.clone(), label.clone());
+    let tunnel = Tunnel::new(
+        transport,
+        session,
+        Some(dialer),
+        stats.clone(),
+        label.clone(),
+    );
     // The server never opens streams of its own.
     let (_tx, mut opens) = mpsc::channel(1);
     let result = tunnel.run(sock, &mut opens).await;
@@ -133,27 +143,17 @@ pub struct ServiceDialer {
 }
 
 impl Dialer for ServiceDialer {
-    fn dial(
-        &self,
-        service: &str,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<(Box<dyn LocalIo>, Box<dyn straw_proto::Accelerator>)>,
-                > + Send,
-        >,
-    > {
+    fn dial(&self, service: &str) -> DialFuture {
         let target = self.services.get(service).map(|s| s.upstream.clone());
         let service = service.to_owned();
         let tcp_opts = self.tcp.clone();
         Box::pin(async move {
             let upstream =
                 target.ok_or_else(|| anyhow!("service {service:?} is not configured"))?;
-            let sock = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&upstream))
+            let sock = tokio::time::timeout(DIAL_TIMEOUT, tcp::connect_local(&upstream, &tcp_opts))
                 .await
                 .map_err(|_| anyhow!("{service}: connecting to {upstream} timed out"))?
-                .with_context(|| format!("{service}: connecting to {upstream}"))?;
-            let _ = tcp::configure_local(&sock, &tcp_opts);
+                .with_context(|| format!("service {service}"))?;
             Ok((
                 Box::new(sock) as Box<dyn LocalIo>,
                 Box::new(Passthrough::default()) as Box<dyn straw_proto::Accelerator>,

