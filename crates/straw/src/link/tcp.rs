@@ -44,7 +44,7 @@ pub async fn connect_tunnel(addr: &str, opts: &TcpOptions) -> Result<TcpStream> 
     Ok(stream)
 }
 
-/// Dials an upstream server with a small receive buffer (`local_recv_buffer`)
+/// Dials an upstream server with a bounded receive buffer (`upstream_recv_buffer`)
 /// set before the SYN, then [`configure_local`].
 pub async fn connect_local(addr: &str, opts: &TcpOptions) -> Result<TcpStream> {
     let stream = connect_with(addr, |s| {
@@ -269,6 +269,8 @@ mod tests {
             send_buffer: Some(96 * 1024),
             recv_buffer: Some(96 * 1024),
             local_recv_buffer: 4096,
+            local_max_segment: 1400,
+            upstream_recv_buffer: 65536,
         }
     }
 
@@ -371,26 +373,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn local_sockets_get_small_receive_buffers() {
+    async fn local_sockets_get_small_receive_buffers_and_capped_mss() {
         let o = TcpOptions::default();
-        let listener = bind_listener(loopback(), Some(o.local_recv_buffer)).unwrap();
+        let listener = bind_local_listener(loopback(), &o).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (up, acc) = tokio::join!(connect_local(&addr, &o), listener.accept());
         let (accepted, _) = acc.unwrap();
         let up = up.unwrap();
         // Inherited from the listener, before any configure call.
-        let inherited = SockRef::from(&accepted).recv_buffer_size().unwrap();
+        let sock = SockRef::from(&accepted);
+        let inherited = sock.recv_buffer_size().unwrap();
         assert!(inherited <= 4 * o.local_recv_buffer, "{inherited}");
+        assert!(sock.tcp_mss().unwrap() <= o.local_max_segment, "mss");
         configure_local(&accepted, &o).unwrap();
-        for s in [&up, &accepted] {
-            let sock = SockRef::from(s);
-            assert!(sock.tcp_nodelay().unwrap());
-            let n = sock.recv_buffer_size().unwrap();
-            assert!(
-                (o.local_recv_buffer..=4 * o.local_recv_buffer).contains(&n),
-                "{n}"
-            );
-        }
+        assert!(sock.tcp_nodelay().unwrap());
+        let n = SockRef::from(&up).recv_buffer_size().unwrap();
+        assert!(
+            (o.upstream_recv_buffer..=4 * o.upstream_recv_buffer).contains(&n),
+            "{n}"
+        );
     }
 
     #[tokio::test]
