@@ -5,6 +5,7 @@
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
 //! - [`linksim`]: the satellite-link emulator used by tests and benchmarks.
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod link;

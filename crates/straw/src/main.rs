@@ -35,6 +35,8 @@ enum Command {
     },
     /// Emulate a slow, high-latency link as a TCP relay.
     Linksim(straw::linksim::LinksimArgs),
+    /// Measure compression on a corpus (see docs/codec.md).
+    Bench(straw::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,10 @@ fn main() -> ExitCode {
             .and_then(|c| runtime()?.block_on(straw::server::run(c))),
         Command::Client { config } => straw::config::ClientConfig::load(&config)
             .and_then(|c| runtime()?.block_on(straw::client::run(c))),
+        Command::Bench(args) => match args.what {
+            straw::bench::BenchCommand::Codec(a) => straw::bench::run_codec_cli(&a),
+            straw::bench::BenchCommand::TrainDict(a) => straw::bench::run_train_cli(&a),
+        },
         Command::Linksim(args) => {
             runtime().and_then(|rt| rt.block_on(straw::linksim::run_cli(args)))
         }

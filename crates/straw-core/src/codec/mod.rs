@@ -8,7 +8,10 @@
 //! and dropped by `reset()`, which both peers call at the same record
 //! boundary so that idle tunnels hold no compression state.
 
+mod dict;
 mod zstd;
+
+pub use self::dict::{DictKind, Dictionary, MAIL_V1, MAIL_V1_ID};
 
 use thiserror::Error;
 
@@ -55,6 +58,9 @@ pub struct CodecParams {
     pub window_log: u32,
     pub hash_log: u32,
     pub chain_log: u32,
+    /// Primes the context; the peer's `DecoderLimits::dictionary` must be the
+    /// same one (agreed by id in the handshake).
+    pub dictionary: Option<Dictionary>,
 }
 
 impl Default for CodecParams {
@@ -64,6 +70,7 @@ impl Default for CodecParams {
             window_log: 16,
             hash_log: 15,
             chain_log: 15,
+            dictionary: None,
         }
     }
 }
@@ -72,6 +79,8 @@ impl Default for CodecParams {
 pub struct DecoderLimits {
     pub max_window_log: u32,
     pub max_record_bytes: usize,
+    /// Must be the dictionary the peer's encoder uses.
+    pub dictionary: Option<Dictionary>,
 }
 
 impl Default for DecoderLimits {
@@ -79,18 +88,51 @@ impl Default for DecoderLimits {
         Self {
             max_window_log: 16,
             max_record_bytes: 256 * 1024,
+            dictionary: None,
         }
     }
 }
 
 impl CodecParams {
+    /// The tuned profile for slow links (mail): see docs/codec.md for the
+    /// measurements behind it. Pair with [`DecoderLimits::slow_link`].
+    pub fn slow_link() -> Self {
+        let window_log = SLOW_LINK_WINDOW_LOG;
+        let (hash_log, chain_log) = Self::tables_for_window(window_log);
+        Self {
+            zstd_level: 19,
+            window_log,
+            hash_log,
+            chain_log,
+            dictionary: Some(MAIL_V1),
+        }
+    }
+
+    /// Hash and chain logs that go with a window: sized so that the tables
+    /// cost about as much as the window itself.
+    pub fn tables_for_window(window_log: u32) -> (u32, u32) {
+        (window_log.saturating_sub(2), window_log.saturating_sub(1))
+    }
+
     /// Checks the parameters against zstd's ranges without compressing.
     pub fn validate(&self) -> Result<(), CodecError> {
         ZstdEncoder::new(self).map(drop)
     }
 }
 
+/// Window of the slow-link profile (see docs/codec.md).
+pub const SLOW_LINK_WINDOW_LOG: u32 = 20;
+
 impl DecoderLimits {
+    /// Decodes what [`CodecParams::slow_link`] produces.
+    pub fn slow_link() -> Self {
+        Self {
+            max_window_log: SLOW_LINK_WINDOW_LOG,
+            dictionary: Some(MAIL_V1),
+            ..Self::default()
+        }
+    }
+
     /// Checks the limits against zstd's ranges without decoding.
     pub fn validate(&self) -> Result<(), CodecError> {
         ZstdDecoder::new(self).map(drop)

@@ -407,3 +407,217 @@ proptest! {
         }
     }
 }
+
+// ---- Dictionaries ---------------------------------------------------------
+
+fn with_dict(d: Option<Dictionary>) -> (RecordEncoder, RecordDecoder) {
+    (
+        RecordEncoder::new(&CodecParams {
+            dictionary: d,
+            ..CodecParams::default()
+        }),
+        RecordDecoder::new(&DecoderLimits {
+            dictionary: d,
+            ..DecoderLimits::default()
+        }),
+    )
+}
+
+/// A message shaped like the mail the built-in dictionary was made from.
+fn mail_message() -> Vec<u8> {
+    b"Return-Path: <yyyy@example.com>\r\nDelivered-To: zzzz@localhost.example.com\r\n\
+Received: from localhost (localhost [127.0.0.1])\r\n\tby phobos.labs.example.com (Postfix) with ESMTP id 1A2B3C4D5E\r\n\
+\tfor <zzzz@localhost>; Thu, 22 Aug 2002 12:36:23 -0400 (EDT)\r\nMessage-ID: <1234.5678@example.com>\r\n\
+MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"us-ascii\"\r\nContent-Transfer-Encoding: 7bit\r\n\
+Subject: Re: New Sequences Window\r\n\r\nI think the problem is that the list is not being updated when you\r\n\
+unsubscribe from the mailing list. Please let me know if you have any questions.\r\n"
+        .to_vec()
+}
+
+#[test]
+fn builtin_dictionary_round_trips_and_shrinks_cold_records() {
+    let m = mail_message();
+    let mut sizes = Vec::new();
+    for d in [None, Some(MAIL_V1)] {
+        let (mut enc, mut dec) = with_dict(d);
+        let mut out = Vec::new();
+        let rec = encode(&mut enc, CodecId::Zstd, &m);
+        dec.decode(&rec, &mut out).unwrap();
+        assert_eq!(out, m);
+        // History keeps working on top of the dictionary.
+        let again = encode(&mut enc, CodecId::Zstd, b"second record, after the first");
+        dec.decode(&again, &mut out).unwrap();
+        assert_eq!(out, b"second record, after the first");
+        sizes.push(rec.len());
+    }
+    println!(
+        "cold mail record: {} B without, {} B with dictionary",
+        sizes[0], sizes[1]
+    );
+    assert!(sizes[1] * 10 < sizes[0] * 9, "{sizes:?}");
+}
+
+#[test]
+fn dictionary_is_shared_not_copied() {
+    let (mut e0, mut d0) = with_dict(None);
+    let (mut e1, mut d1) = with_dict(Some(MAIL_V1));
+    let mut out = Vec::new();
+    let m = mail_message();
+    d0.decode(&encode(&mut e0, CodecId::Zstd, &m), &mut out)
+        .unwrap();
+    d1.decode(&encode(&mut e1, CodecId::Zstd, &m), &mut out)
+        .unwrap();
+    // The 1 MiB prefix is referenced: contexts grow by far less than it.
+    let grow = (e1.memory_bytes() + d1.memory_bytes())
+        .saturating_sub(e0.memory_bytes() + d0.memory_bytes());
+    assert!(grow < MAIL_V1.bytes().len() / 4, "grew {grow} B");
+}
+
+#[test]
+fn dictionary_survives_reset() {
+    let (mut enc, mut dec) = with_dict(Some(MAIL_V1));
+    let mut out = Vec::new();
+    let m = mail_message();
+    let first = encode(&mut enc, CodecId::Zstd, &m);
+    dec.decode(&first, &mut out).unwrap();
+    enc.reset();
+    dec.reset();
+    // After a reset both sides start again from the dictionary alone.
+    let after = encode(&mut enc, CodecId::Zstd, &m);
+    assert_eq!(after, first);
+    dec.decode(&after, &mut out).unwrap();
+    assert_eq!(out, m);
+}
+
+#[test]
+fn mismatched_dictionary_never_yields_the_message() {
+    let m = mail_message();
+    let (mut enc, _) = with_dict(Some(MAIL_V1));
+    let rec = encode(&mut enc, CodecId::Zstd, &m);
+    let other =
+        Dictionary::leak(99, DictKind::Prefix, b"unrelated priming text ".repeat(500)).unwrap();
+    for d in [None, Some(other)] {
+        let (_, mut dec) = with_dict(d);
+        let mut out = Vec::new();
+        // zstd has no checksum here: a wrong dictionary is either an error or
+        // different bytes, never a panic. The handshake must agree on the id.
+        if dec.decode(&rec, &mut out).is_ok() {
+            assert_ne!(out, m);
+        }
+    }
+}
+
+#[test]
+fn trained_dictionary_round_trip_and_magic_check() {
+    let samples: Vec<Vec<u8>> = (0..400)
+        .map(|i| {
+            format!(
+                "Subject: order {i}\r\nFrom: shop{}@example.com\r\n\r\nYour order {} has shipped.\r\n",
+                i % 17,
+                i * 7919
+            )
+            .into_bytes()
+        })
+        .collect();
+    let bytes = ::zstd::dict::from_samples(&samples, 4096).unwrap();
+    let d = Dictionary::leak(7, DictKind::Trained, bytes).unwrap();
+    assert_eq!((d.id(), d.kind()), (7, DictKind::Trained));
+    let (mut enc, mut dec) = with_dict(Some(d));
+    let mut out = Vec::new();
+    let m = b"Subject: order 5000\r\nFrom: shop3@example.com\r\n\r\nYour order 1 has shipped.\r\n";
+    let rec = encode(&mut enc, CodecId::Zstd, m);
+    dec.decode(&rec, &mut out).unwrap();
+    assert_eq!(out, m);
+    assert!(rec.len() < m.len() / 2, "{} B", rec.len());
+    // Raw text is not a trained dictionary.
+    assert!(matches!(
+        Dictionary::leak(8, DictKind::Trained, b"plain text".to_vec()),
+        Err(CodecError::Params(_))
+    ));
+    assert!(Dictionary::trained(8, b"plain text").is_err());
+}
+
+#[test]
+fn builtin_lookup_and_slow_link_profile() {
+    assert_eq!(Dictionary::builtin(MAIL_V1_ID), Some(MAIL_V1));
+    assert_eq!(Dictionary::builtin(12345), None);
+    assert!(Dictionary::builtin_ids().contains(&MAIL_V1_ID));
+    assert!(
+        MAIL_V1.bytes().len() > 512 * 1024,
+        "dicts/mail-v1.prefix missing?"
+    );
+    let p = CodecParams::slow_link();
+    let l = DecoderLimits::slow_link();
+    p.validate().unwrap();
+    l.validate().unwrap();
+    assert_eq!(p.dictionary, l.dictionary);
+    assert_eq!(p.window_log, l.max_window_log);
+    // Budget (docs/codec.md): both directions of a tunnel within 8 MiB.
+    let mut enc = RecordEncoder::new(&p);
+    let mut dec = RecordDecoder::new(&l);
+    let mut out = Vec::new();
+    let mut data = Vec::new();
+    while data.len() < 3 << 20 {
+        data.extend_from_slice(&text_2k());
+        data.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    }
+    for c in data.chunks(64 * 1024) {
+        dec.decode(&encode(&mut enc, CodecId::Zstd, c), &mut out)
+            .unwrap();
+        assert_eq!(out, c);
+    }
+    let total = enc.memory_bytes() + dec.memory_bytes();
+    println!("slow_link: {total} B per tunnel (encoder + decoder)");
+    assert!(total <= 8 << 20, "{total} B");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn prop_dictionary_round_trip(
+        recs in prop::collection::vec((arb_codec(), arb_data()), 1..12),
+        reset_at in prop::option::of(0usize..12),
+    ) {
+        let (mut enc, mut dec) = with_dict(Some(MAIL_V1));
+        let mut out = Vec::new();
+        for (i, (codec, data)) in recs.iter().enumerate() {
+            if reset_at == Some(i) {
+                enc.reset();
+                dec.reset();
+            }
+            let mut rec = Vec::new();
+            enc.encode(*codec, data, &mut rec).unwrap();
+            dec.decode(&rec, &mut out).unwrap();
+            prop_assert_eq!(&out, data);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn prop_hostile_records_with_dictionary_never_panic(
+        body in prop::collection::vec(any::<u8>(), 0..400),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 0u8..8), 0..4),
+    ) {
+        let limits = DecoderLimits { dictionary: Some(MAIL_V1), ..DecoderLimits::default() };
+        let mut out = Vec::new();
+        // Arbitrary bytes after the codec byte.
+        let mut rec = vec![CodecId::Zstd as u8];
+        rec.extend_from_slice(&body);
+        let _ = RecordDecoder::new(&limits).decode(&rec, &mut out);
+        prop_assert!(out.len() <= limits.max_record_bytes);
+        // A valid dictionary record with bits flipped: offsets may now point
+        // anywhere into (or before) the dictionary.
+        let (mut enc, _) = with_dict(Some(MAIL_V1));
+        let mut good = encode(&mut enc, CodecId::Zstd, &mail_message());
+        for (at, bit) in flips {
+            let i = 1 + at.index(good.len() - 1);
+            good[i] ^= 1 << bit;
+        }
+        let _ = RecordDecoder::new(&limits).decode(&good, &mut out);
+        prop_assert!(out.len() <= limits.max_record_bytes);
+    }
+}

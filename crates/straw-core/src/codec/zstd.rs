@@ -8,7 +8,7 @@ use ::zstd::zstd_safe::{
     self, CCtx, CParameter, DCtx, DParameter, ErrorCode, FrameFormat, InBuffer, OutBuffer,
 };
 
-use super::{CodecError, CodecParams, DecoderLimits};
+use super::{CodecError, CodecParams, DecoderLimits, DictKind};
 
 /// zstd's block header size: the decoder asks for exactly this much next when
 /// it stands on a block boundary, which is where every record must end.
@@ -41,6 +41,13 @@ impl ZstdEncoder {
         for param in params {
             cctx.set_parameter(param)
                 .map_err(|c| CodecError::Params(format!("{param:?}: {}", err_name(c))))?;
+        }
+        if let Some(d) = p.dictionary {
+            let res = match d.kind() {
+                DictKind::Prefix => cctx.ref_prefix(d.bytes()),
+                DictKind::Trained => cctx.load_dictionary(d.bytes()),
+            };
+            res.map_err(|c| CodecError::Params(format!("dictionary {}: {}", d.id(), err_name(c))))?;
         }
         Ok(Self { cctx })
     }
@@ -82,6 +89,13 @@ impl ZstdDecoder {
         ] {
             dctx.set_parameter(param)
                 .map_err(|c| CodecError::Params(format!("{param:?}: {}", err_name(c))))?;
+        }
+        if let Some(d) = l.dictionary {
+            let res = match d.kind() {
+                DictKind::Prefix => dctx.ref_prefix(d.bytes()),
+                DictKind::Trained => dctx.load_dictionary(d.bytes()),
+            };
+            res.map_err(|c| CodecError::Params(format!("dictionary {}: {}", d.id(), err_name(c))))?;
         }
         Ok(Self { dctx })
     }

@@ -1,0 +1,656 @@
+//! `straw bench codec`: a mail corpus through the real session, record and
+//! codec path, next to what deflate and xz make of the same bytes.
+//!
+//! A server and a client [`Session`] run back to back in memory over a
+//! simulated link (rate, one-way delay), so record sizes, acks and flushes are
+//! those the tunnel would produce. Each message is sent server→client with a
+//! flush after it, as a POP3 RETR answer would be.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use straw_core::codec::{CodecParams, DecoderLimits, DictKind, Dictionary};
+use straw_core::session::{Event, Priority, Role, Session, SessionConfig};
+
+/// Bytes Noise adds to every record: a 2-byte length and a 16-byte tag.
+pub const NOISE_OVERHEAD: usize = 18;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Compress a corpus of messages through the real record and codec path.
+    Codec(CodecBenchArgs),
+    /// Build a dictionary from training corpora (used by scripts/train-dicts).
+    TrainDict(TrainDictArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainDictArgs {
+    /// Where to write the dictionary.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// `prefix` (raw sample text) or `trained` (zstd's ZDICT trainer).
+    #[arg(long, default_value = "prefix")]
+    pub kind: String,
+    /// Dictionary size in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub size: usize,
+    /// Training directories of `*.txt` messages. Never the evaluation sets.
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+}
+
+/// A prefix dictionary: whole messages from the end of each corpus (taken in
+/// equal shares, in name order), so the bytes nearest the data - which zstd
+/// reaches with the cheapest offsets - are typical recent mail.
+pub fn build_prefix(corpora: &[Vec<Vec<u8>>], size: usize) -> Vec<u8> {
+    let share = size / corpora.len().max(1);
+    let mut parts = Vec::new();
+    for msgs in corpora {
+        let mut taken: Vec<&[u8]> = Vec::new();
+        let mut n = 0;
+        for m in msgs.iter().rev() {
+            if n + m.len() > share {
+                break;
+            }
+            n += m.len();
+            taken.push(m);
+        }
+        taken.reverse();
+        parts.push(taken.concat());
+    }
+    parts.concat()
+}
+
+pub fn run_train_cli(args: &TrainDictArgs) -> anyhow::Result<()> {
+    let corpora = args
+        .dirs
+        .iter()
+        .map(|d| load_corpus(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let dict = match args.kind.as_str() {
+        "prefix" => build_prefix(&corpora, args.size),
+        "trained" => {
+            let samples: Vec<&Vec<u8>> = corpora.iter().flatten().collect();
+            zstd::dict::from_samples(&samples, args.size).context("training")?
+        }
+        k => bail!("--kind {k}: want prefix or trained"),
+    };
+    std::fs::write(&args.out, &dict).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("wrote {} ({} B)", args.out.display(), dict.len());
+    Ok(())
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CodecBenchArgs {
+    /// Directory of messages (`*.txt`), sent in name order.
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Dictionary: `builtin`, `none`, `prefix:FILE` or `trained:FILE`.
+    #[arg(long, default_value = "builtin")]
+    pub dict: String,
+    /// Override the zstd window log of the shipped parameters.
+    #[arg(long)]
+    pub window_log: Option<u32>,
+    #[arg(long)]
+    pub hash_log: Option<u32>,
+    #[arg(long)]
+    pub chain_log: Option<u32>,
+    #[arg(long)]
+    pub level: Option<i32>,
+    /// Also print wire bytes and memory for these window logs (e.g. 16,18,20).
+    #[arg(long, value_delimiter = ',')]
+    pub curve: Vec<u32>,
+    /// Experiment: also print the codec alone with records of these raw sizes
+    /// (0 = one record per message), without the session.
+    #[arg(long, value_delimiter = ',')]
+    pub chunks: Vec<usize>,
+    /// Skip xz -9e (slow on big corpora).
+    #[arg(long)]
+    pub no_xz: bool,
+    /// Simulated link rate, bytes per second.
+    #[arg(long, default_value_t = 240.0)]
+    pub rate: f64,
+    /// Simulated one-way delay, seconds.
+    #[arg(long, default_value_t = 0.5)]
+    pub delay: f64,
+}
+
+/// What one corpus cost through a simulated tunnel.
+#[derive(Debug, Clone, Serialize)]
+pub struct TunnelRun {
+    pub raw_bytes: u64,
+    /// Server→client records, codec byte included.
+    pub wire_bytes: u64,
+    pub records: u64,
+    /// `wire_bytes` plus Noise's length and tag per record.
+    pub wire_bytes_with_noise: u64,
+    pub server_codec_memory_bytes: usize,
+    pub client_codec_memory_bytes: usize,
+    /// Simulated link time until the client had every byte.
+    pub link_seconds: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LinkModel {
+    pub rate: f64,
+    pub delay: Duration,
+}
+
+impl Default for LinkModel {
+    fn default() -> Self {
+        Self {
+            rate: 240.0,
+            delay: Duration::from_millis(500),
+        }
+    }
+}
+
+struct Direction {
+    in_flight: VecDeque<(Instant, Bytes)>,
+    free_at: Instant,
+    bytes: u64,
+    records: u64,
+}
+
+impl Direction {
+    fn new(now: Instant) -> Self {
+        Self {
+            in_flight: VecDeque::new(),
+            free_at: now,
+            bytes: 0,
+            records: 0,
+        }
+    }
+
+    /// Puts every record the session has ready on the link while it is free.
+    fn transmit(&mut self, s: &mut Session, now: Instant, link: LinkModel) -> bool {
+        let mut sent = false;
+        while self.free_at <= now {
+            let Some(r) = s.poll_transmit(now) else { break };
+            let tx = Duration::from_secs_f64((r.len() + NOISE_OVERHEAD) as f64 / link.rate);
+            self.free_at = now + tx;
+            self.bytes += r.len() as u64;
+            self.records += 1;
+            self.in_flight.push_back((self.free_at + link.delay, r));
+            sent = true;
+        }
+        sent
+    }
+
+    /// Hands every record that has arrived by `now` to `s`.
+    fn deliver(&mut self, s: &mut Session, now: Instant) -> anyhow::Result<bool> {
+        let mut any = false;
+        while self.in_flight.front().is_some_and(|(at, _)| *at <= now) {
+            let (_, r) = self.in_flight.pop_front().expect("checked");
+            s.handle_record(now, &r)?;
+            any = true;
+        }
+        Ok(any)
+    }
+}
+
+/// Sends `messages` server→client through two sessions over `link`, each
+/// message flushed, and checks the client got exactly those bytes.
+pub fn run_tunnel(
+    messages: &[Vec<u8>],
+    params: &CodecParams,
+    limits: &DecoderLimits,
+    link: LinkModel,
+) -> anyhow::Result<TunnelRun> {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let cfg = |role| {
+        let mut c = SessionConfig::new(role);
+        c.codec_params = params.clone();
+        c.decoder_limits = limits.clone();
+        c
+    };
+    let mut server = Session::new(cfg(Role::Server), now);
+    let mut client = Session::new(cfg(Role::Client), now);
+    let cstream = client.open_stream(b"pop3", b"", Priority::Interactive)?;
+    let (mut s2c, mut c2s) = (Direction::new(now), Direction::new(now));
+    let expected: Vec<u8> = messages.concat();
+    let mut received = 0usize;
+    let mut sstream = None;
+    let (mut msg, mut off) = (0usize, 0usize);
+
+    while received < expected.len() {
+        let mut progress = s2c.deliver(&mut client, now)? | c2s.deliver(&mut server, now)?;
+        while let Some(ev) = server.poll_event() {
+            if let Event::Opened { stream, .. } = ev {
+                sstream = Some(stream);
+            }
+        }
+        while let Some(ev) = client.poll_event() {
+            if let Event::Data {
+                stream, payload, ..
+            } = ev
+            {
+                let end = received + payload.len();
+                if stream != cstream || expected.get(received..end) != Some(&payload[..]) {
+                    bail!("client received wrong bytes at offset {received}");
+                }
+                received = end;
+                client.consumed(stream, payload.len());
+                progress = true;
+            }
+        }
+        if let Some(st) = sstream {
+            while msg < messages.len() {
+                let m = &messages[msg];
+                let n = server.send_capacity(st).min(m.len() - off);
+                if n == 0 && !m.is_empty() {
+                    break;
+                }
+                server.send(st, &m[off..off + n])?;
+                off += n;
+                progress = true;
+                if off == m.len() {
+                    server.flush(st);
+                    msg += 1;
+                    off = 0;
+                }
+            }
+        }
+        progress |= s2c.transmit(&mut server, now, link);
+        progress |= c2s.transmit(&mut client, now, link);
+        if progress {
+            continue;
+        }
+        let next = [
+            s2c.in_flight.front().map(|(t, _)| *t),
+            c2s.in_flight.front().map(|(t, _)| *t),
+            Some(s2c.free_at),
+            Some(c2s.free_at),
+            server.poll_timeout(),
+            client.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t > now)
+        .min();
+        now = next.ok_or_else(|| anyhow!("tunnel stalled after {received} bytes"))?;
+    }
+    Ok(TunnelRun {
+        raw_bytes: expected.len() as u64,
+        wire_bytes: s2c.bytes,
+        records: s2c.records,
+        wire_bytes_with_noise: s2c.bytes + s2c.records * NOISE_OVERHEAD as u64,
+        server_codec_memory_bytes: server.codec_memory_bytes(),
+        client_codec_memory_bytes: client.codec_memory_bytes(),
+        link_seconds: (now - t0).as_secs_f64(),
+    })
+}
+
+/// The codec alone, no session: each message cut into records of at most
+/// `chunk` raw bytes (0: one record per message). Returns the record bytes.
+pub fn codec_only_bytes(
+    messages: &[Vec<u8>],
+    params: &CodecParams,
+    chunk: usize,
+) -> anyhow::Result<u64> {
+    let mut enc = straw_core::codec::RecordEncoder::new(params);
+    let mut total = 0u64;
+    let mut rec = Vec::new();
+    for m in messages {
+        let n = if chunk == 0 { m.len().max(1) } else { chunk };
+        for c in m.chunks(n) {
+            rec.clear();
+            enc.encode(straw_core::codec::CodecId::Zstd, c, &mut rec)?;
+            total += rec.len() as u64;
+        }
+    }
+    Ok(total)
+}
+
+/// One deflate stream (level 9) with a sync flush after every message, as
+/// IMAP COMPRESS or `ssh -C` would send it.
+pub fn deflate_stream_bytes(messages: &[Vec<u8>]) -> anyhow::Result<u64> {
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    for m in messages {
+        enc.write_all(m)?;
+        enc.flush()?;
+    }
+    Ok(enc.finish()?.len() as u64)
+}
+
+/// `xz -9e` on the whole concatenation, no flushes (runs the xz binary).
+pub fn xz_bytes(messages: &[Vec<u8>]) -> anyhow::Result<u64> {
+    let mut child = Command::new("xz")
+        .args(["-9e", "-T1", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running xz (install xz-utils, or pass --no-xz)")?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let data = messages.concat();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output()?;
+    writer.join().map_err(|_| anyhow!("xz writer panicked"))??;
+    if !out.status.success() {
+        bail!("xz failed: {}", out.status);
+    }
+    Ok(out.stdout.len() as u64)
+}
+
+/// The `*.txt` files of `dir`, in name order.
+pub fn load_corpus(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut paths = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "txt") && p.is_file() {
+            paths.push(p);
+        }
+    }
+    paths.sort();
+    if paths.is_empty() {
+        bail!("no *.txt messages in {}", dir.display());
+    }
+    paths
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .collect()
+}
+
+/// Parses `--dict`.
+pub fn parse_dict(spec: &str) -> anyhow::Result<Option<Dictionary>> {
+    let load = |kind, path: &str| -> anyhow::Result<Option<Dictionary>> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+        Ok(Some(Dictionary::leak(0xFFFF_FFFF, kind, bytes)?))
+    };
+    match spec.split_once(':') {
+        _ if spec == "builtin" => Ok(Some(straw_core::codec::MAIL_V1)),
+        _ if spec == "none" => Ok(None),
+        Some(("prefix", path)) => load(DictKind::Prefix, path),
+        Some(("trained", path)) => load(DictKind::Trained, path),
+        _ => bail!("--dict: want builtin, none, prefix:FILE or trained:FILE"),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    corpus: String,
+    messages: usize,
+    dictionary_id: Option<u32>,
+    dictionary_shared_bytes: usize,
+    window_log: u32,
+    hash_log: u32,
+    chain_log: u32,
+    level: i32,
+    raw_bytes: u64,
+    wire_bytes: u64,
+    wire_bytes_with_noise: u64,
+    records: u64,
+    deflate_stream_bytes: u64,
+    xz_bytes: Option<u64>,
+    ratio_raw_to_wire: f64,
+    wire_vs_xz: Option<f64>,
+    wire_with_noise_vs_xz: Option<f64>,
+    wire_vs_deflate: f64,
+    wire_with_noise_vs_deflate: f64,
+    /// Server encoder plus a decoder of the same parameters: what the server
+    /// holds per tunnel once both directions carry compressed records.
+    codec_memory_bytes_per_tunnel: usize,
+    server_encoder_memory_bytes: usize,
+    client_decoder_memory_bytes: usize,
+    link_seconds: f64,
+    curve: Vec<CurvePoint>,
+}
+
+#[derive(Debug, Serialize)]
+struct CurvePoint {
+    window_log: u32,
+    hash_log: u32,
+    chain_log: u32,
+    wire_bytes: u64,
+    wire_bytes_with_noise: u64,
+    codec_memory_bytes_per_tunnel: usize,
+}
+
+fn params_for(args: &CodecBenchArgs) -> anyhow::Result<(CodecParams, DecoderLimits)> {
+    let mut p = CodecParams::slow_link();
+    p.dictionary = parse_dict(&args.dict)?;
+    if let Some(w) = args.window_log {
+        p.window_log = w;
+    }
+    if let Some(h) = args.hash_log {
+        p.hash_log = h;
+    }
+    if let Some(c) = args.chain_log {
+        p.chain_log = c;
+    }
+    if let Some(l) = args.level {
+        p.zstd_level = l;
+    }
+    p.validate()?;
+    let l = DecoderLimits {
+        max_window_log: p.window_log,
+        dictionary: p.dictionary,
+        ..DecoderLimits::slow_link()
+    };
+    Ok((p, l))
+}
+
+fn per_tunnel(r: &TunnelRun) -> usize {
+    r.server_codec_memory_bytes + r.client_codec_memory_bytes
+}
+
+pub fn run_codec_cli(args: &CodecBenchArgs) -> anyhow::Result<()> {
+    let messages = load_corpus(&args.corpus)?;
+    let (params, limits) = params_for(args)?;
+    let link = LinkModel {
+        rate: args.rate,
+        delay: Duration::from_secs_f64(args.delay),
+    };
+    let run = run_tunnel(&messages, &params, &limits, link)?;
+    let deflate = deflate_stream_bytes(&messages)?;
+    let xz = if args.no_xz {
+        None
+    } else {
+        Some(xz_bytes(&messages)?)
+    };
+    for &c in &args.chunks {
+        eprintln!(
+            "codec only, chunk {c}: {} B",
+            codec_only_bytes(&messages, &params, c)?
+        );
+    }
+    let mut curve = Vec::new();
+    for &w in &args.curve {
+        let (h, c) = CodecParams::tables_for_window(w);
+        let p = CodecParams {
+            window_log: w,
+            hash_log: h,
+            chain_log: c,
+            ..params.clone()
+        };
+        let l = DecoderLimits {
+            max_window_log: w,
+            ..limits.clone()
+        };
+        let r = run_tunnel(&messages, &p, &l, link)?;
+        curve.push(CurvePoint {
+            window_log: w,
+            hash_log: h,
+            chain_log: c,
+            wire_bytes: r.wire_bytes,
+            wire_bytes_with_noise: r.wire_bytes_with_noise,
+            codec_memory_bytes_per_tunnel: per_tunnel(&r),
+        });
+    }
+    let ratio = |a: u64, b: u64| a as f64 / b as f64;
+    let report = Report {
+        corpus: args.corpus.display().to_string(),
+        messages: messages.len(),
+        dictionary_id: params.dictionary.map(|d| d.id()),
+        dictionary_shared_bytes: params.dictionary.map_or(0, |d| d.bytes().len()),
+        window_log: params.window_log,
+        hash_log: params.hash_log,
+        chain_log: params.chain_log,
+        level: params.zstd_level,
+        raw_bytes: run.raw_bytes,
+        wire_bytes: run.wire_bytes,
+        wire_bytes_with_noise: run.wire_bytes_with_noise,
+        records: run.records,
+        deflate_stream_bytes: deflate,
+        xz_bytes: xz,
+        ratio_raw_to_wire: ratio(run.raw_bytes, run.wire_bytes),
+        wire_vs_xz: xz.map(|x| ratio(run.wire_bytes, x)),
+        wire_with_noise_vs_xz: xz.map(|x| ratio(run.wire_bytes_with_noise, x)),
+        wire_vs_deflate: ratio(run.wire_bytes, deflate),
+        wire_with_noise_vs_deflate: ratio(run.wire_bytes_with_noise, deflate),
+        codec_memory_bytes_per_tunnel: per_tunnel(&run),
+        server_encoder_memory_bytes: run.server_codec_memory_bytes,
+        client_decoder_memory_bytes: run.client_codec_memory_bytes,
+        link_seconds: run.link_seconds,
+        curve,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(r: &Report) {
+    let mib = |b: usize| b as f64 / 1048576.0;
+    let of = |b: u64| format!("{:>10} B  raw/x {:>5.2}", b, r.raw_bytes as f64 / b as f64);
+    println!("corpus      {} ({} messages)", r.corpus, r.messages);
+    println!(
+        "codec       zstd level {} window {} hash {} chain {}, dictionary {}",
+        r.zstd_level_str(),
+        r.window_log,
+        r.hash_log,
+        r.chain_log,
+        r.dictionary_id.map_or("none".into(), |id| format!(
+            "{id} ({} B shared)",
+            r.dictionary_shared_bytes
+        ))
+    );
+    println!("raw         {:>10} B", r.raw_bytes);
+    println!("wire        {}  ({} records)", of(r.wire_bytes), r.records);
+    println!("wire+noise  {}", of(r.wire_bytes_with_noise));
+    println!(
+        "deflate -9  {}  (one stream, sync flush per message)",
+        of(r.deflate_stream_bytes)
+    );
+    if let Some(x) = r.xz_bytes {
+        println!("xz -9e      {}  (whole concatenation, no flushes)", of(x));
+        println!(
+            "wire/xz     {:.3}   wire+noise/xz      {:.3}",
+            r.wire_vs_xz.unwrap_or(0.0),
+            r.wire_with_noise_vs_xz.unwrap_or(0.0)
+        );
+    }
+    println!(
+        "wire/deflate {:.3}  wire+noise/deflate {:.3}",
+        r.wire_vs_deflate, r.wire_with_noise_vs_deflate
+    );
+    println!(
+        "memory      {:.2} MiB per tunnel (server encoder {:.2} + decoder {:.2})",
+        mib(r.codec_memory_bytes_per_tunnel),
+        mib(r.server_encoder_memory_bytes),
+        mib(r.client_decoder_memory_bytes)
+    );
+    println!("link time   {:.0} s at the simulated rate", r.link_seconds);
+    if !r.curve.is_empty() {
+        println!("window  hash chain      wire B  wire+noise B  MiB/tunnel");
+        for c in &r.curve {
+            println!(
+                "{:>6} {:>5} {:>5} {:>11} {:>13} {:>11.2}",
+                c.window_log,
+                c.hash_log,
+                c.chain_log,
+                c.wire_bytes,
+                c.wire_bytes_with_noise,
+                mib(c.codec_memory_bytes_per_tunnel)
+            );
+        }
+    }
+}
+
+impl Report {
+    fn zstd_level_str(&self) -> String {
+        self.level.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mails(n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "Received: from mx{i}.example.org\r\nSubject: note {i}\r\n\r\n{}\r\n",
+                    "Hello, this is a line of text that repeats.\r\n".repeat(20 + i % 7)
+                )
+                .into_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tunnel_delivers_every_byte_and_compresses() {
+        let m = mails(30);
+        let raw: usize = m.iter().map(Vec::len).sum();
+        for dict in [None, Some(straw_core::codec::MAIL_V1)] {
+            let p = CodecParams {
+                dictionary: dict,
+                ..CodecParams::slow_link()
+            };
+            let l = DecoderLimits {
+                dictionary: dict,
+                ..DecoderLimits::slow_link()
+            };
+            let r = run_tunnel(&m, &p, &l, LinkModel::default()).unwrap();
+            assert_eq!(r.raw_bytes as usize, raw);
+            assert!(r.wire_bytes * 5 < r.raw_bytes, "{r:?}");
+            assert_eq!(
+                r.wire_bytes_with_noise,
+                r.wire_bytes + r.records * NOISE_OVERHEAD as u64
+            );
+            assert!(r.server_codec_memory_bytes > 0 && r.client_codec_memory_bytes > 0);
+        }
+    }
+
+    #[test]
+    fn deflate_flushes_cost_bytes() {
+        let m = mails(30);
+        let flushed = deflate_stream_bytes(&m).unwrap();
+        let whole = deflate_stream_bytes(&[m.concat()]).unwrap();
+        assert!(flushed > whole, "{flushed} vs {whole}");
+    }
+
+    #[test]
+    fn corpus_loads_txt_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("straw-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("b.txt"), "second").unwrap();
+        std::fs::write(dir.join("a.txt"), "first").unwrap();
+        std::fs::write(dir.join("a.json"), "skip").unwrap();
+        let c = load_corpus(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c, vec![b"first".to_vec(), b"second".to_vec()]);
+        assert!(parse_dict("bogus").is_err());
+        assert!(parse_dict("none").unwrap().is_none());
+    }
+}
