@@ -1,0 +1,1 @@
+//! SMTP accelerator pair (in progress).
