@@ -125,12 +125,20 @@ impl ReplyReader {
 #[derive(Debug)]
 enum Disp {
     /// The real greeting; `served` is the cached one the program already has.
-    Greeting { served: Option<Vec<u8>>, id: Option<u64> },
+    Greeting {
+        served: Option<Vec<u8>>,
+        id: Option<u64>,
+    },
     /// Stream to the program; `capa` replies are rewritten first.
-    Deliver { id: u64, capa: bool },
+    Deliver {
+        id: u64,
+        capa: bool,
+    },
     /// The real reply to a `USER` answered locally.
     VerifyUser,
-    Pass { id: u64 },
+    Pass {
+        id: u64,
+    },
     Prefetch(usize),
 }
 
@@ -209,7 +217,10 @@ impl ClientAccel {
                 self.owe_local(g.clone());
                 self.expect.push_back(Expect {
                     multi: false,
-                    disp: Disp::Greeting { served: Some(g), id: None },
+                    disp: Disp::Greeting {
+                        served: Some(g),
+                        id: None,
+                    },
                     unblocks: false,
                 });
             }
@@ -217,7 +228,10 @@ impl ClientAccel {
                 let id = self.owe_remote();
                 self.expect.push_back(Expect {
                     multi: false,
-                    disp: Disp::Greeting { served: None, id: Some(id) },
+                    disp: Disp::Greeting {
+                        served: None,
+                        id: Some(id),
+                    },
                     unblocks: false,
                 });
             }
@@ -415,10 +429,13 @@ impl ClientAccel {
                 let apop = has_apop_timestamp(&reply);
                 if let Some(s) = &served {
                     if !ok {
-                        return self.fail(out, format!(
-                            "POP3 server greeting is now {:?}, not the cached +OK",
-                            String::from_utf8_lossy(text::trim_end(&reply))
-                        ));
+                        return self.fail(
+                            out,
+                            format!(
+                                "POP3 server greeting is now {:?}, not the cached +OK",
+                                String::from_utf8_lossy(text::trim_end(&reply))
+                            ),
+                        );
                     }
                     if apop {
                         out.cache_put.push((GREETING_KEY.into(), Vec::new()));
@@ -447,7 +464,13 @@ impl ClientAccel {
             }
             Disp::VerifyUser => {
                 if !ok {
-                    if !matches!(self.expect.front(), Some(Expect { disp: Disp::Pass { .. }, .. })) {
+                    if !matches!(
+                        self.expect.front(),
+                        Some(Expect {
+                            disp: Disp::Pass { .. },
+                            ..
+                        })
+                    ) {
                         return self.fail(
                             out,
                             format!(

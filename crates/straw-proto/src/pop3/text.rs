@@ -34,7 +34,7 @@ pub(crate) fn trim_end(line: &[u8]) -> &[u8] {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dot {
+enum St {
     Mid,
     Cr,
     Bol,
@@ -46,28 +46,28 @@ enum Dot {
 /// without holding lines (message lines may be arbitrarily long).
 #[derive(Debug, Clone)]
 pub(crate) struct DotScanner {
-    st: Dot,
+    st: St,
 }
 
 impl DotScanner {
     /// Starts right after a line end (the status line or the DATA reply).
     pub(crate) fn at_line_start() -> Self {
-        Self { st: Dot::Bol }
+        Self { st: St::Bol }
     }
 
     /// Bytes of `data` up to and including the terminator, if it is in `data`.
     pub(crate) fn scan(&mut self, data: &[u8]) -> Option<usize> {
         for (i, &b) in data.iter().enumerate() {
             self.st = match (self.st, b) {
-                (Dot::DotCr, b'\n') => {
-                    self.st = Dot::Bol;
+                (St::DotCr, b'\n') => {
+                    self.st = St::Bol;
                     return Some(i + 1);
                 }
-                (Dot::Cr, b'\n') => Dot::Bol,
-                (Dot::Bol, b'.') => Dot::Dot,
-                (Dot::Dot, b'\r') => Dot::DotCr,
-                (_, b'\r') => Dot::Cr,
-                _ => Dot::Mid,
+                (St::Cr, b'\n') => St::Bol,
+                (St::Bol, b'.') => St::Dot,
+                (St::Dot, b'\r') => St::DotCr,
+                (_, b'\r') => St::Cr,
+                _ => St::Mid,
             };
         }
         None
@@ -88,7 +88,11 @@ mod tests {
         let mut s = DotScanner::at_line_start();
         assert_eq!(s.scan(b".\r\n"), Some(3), "empty block");
         let mut s = DotScanner::at_line_start();
-        assert_eq!(s.scan(b"a\n.\r\nb\r\n.\r\n"), Some(11), "bare LF is not a line end");
+        assert_eq!(
+            s.scan(b"a\n.\r\nb\r\n.\r\n"),
+            Some(11),
+            "bare LF is not a line end"
+        );
     }
 
     #[test]
