@@ -15,7 +15,7 @@
 pub(crate) mod text;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::VecDeque;
 
