@@ -8,6 +8,8 @@
 //! side, and may rewrite what crosses the stream between them.
 
 pub mod passthrough;
+pub mod pop3;
+pub mod smtp;
 
 /// What an accelerator wants done after one call.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -1,0 +1,622 @@
+//! The pair wired back to back with a scripted Dovecot-like server.
+
+use super::*;
+use proptest::prelude::*;
+
+const GREETING: &[u8] = b"+OK Dovecot ready.\r\n";
+
+/// A tiny Dovecot-like POP3 server.
+#[derive(Debug, Clone)]
+pub(crate) struct FakeDovecot {
+    greeting: Vec<u8>,
+    inbuf: Vec<u8>,
+    user: Option<String>,
+    authed: bool,
+    sasl: bool,
+    msgs: Vec<Vec<u8>>,
+    deleted: Vec<bool>,
+    /// Everything the real server received.
+    seen: Vec<u8>,
+    /// Saw a second command before answering the first (not lockstep).
+    pipelined: bool,
+}
+
+fn stuff(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in msg.split_inclusive(|&b| b == b'\n') {
+        if l.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(l);
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+impl FakeDovecot {
+    fn new(n: usize) -> Self {
+        let msgs = (1..=n)
+            .map(|i| {
+                format!(
+                    "From: a@example.org\r\nSubject: m{i}\r\n\r\nline one\r\n.leading dot\r\n..two dots\r\n.\r\nend {}\r\n",
+                    "x".repeat(i * 50)
+                )
+                .into_bytes()
+            })
+            .collect();
+        Self {
+            greeting: GREETING.to_vec(),
+            inbuf: Vec::new(),
+            user: None,
+            authed: false,
+            sasl: false,
+            msgs,
+            deleted: vec![false; n],
+            seen: Vec::new(),
+            pipelined: false,
+        }
+    }
+
+    fn input(&mut self, data: &[u8]) -> Vec<u8> {
+        self.seen.extend_from_slice(data);
+        self.inbuf.extend_from_slice(data);
+        if self.inbuf.iter().filter(|&&b| b == b'\n').count() > 1 {
+            self.pipelined = true;
+        }
+        let mut out = Vec::new();
+        while let Some(p) = self.inbuf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.inbuf.drain(..=p).collect();
+            let line = String::from_utf8_lossy(text::trim_end(&line)).to_string();
+            out.extend(self.command(&line));
+        }
+        out
+    }
+
+    fn live(&self) -> impl Iterator<Item = (usize, &Vec<u8>)> {
+        self.msgs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.deleted[*i])
+            .map(|(i, m)| (i + 1, m))
+    }
+
+    fn msg(&self, arg: Option<&str>) -> Option<usize> {
+        let n: usize = arg?.parse().ok()?;
+        (n >= 1 && n <= self.msgs.len() && !self.deleted[n - 1]).then_some(n)
+    }
+
+    fn command(&mut self, line: &str) -> Vec<u8> {
+        if std::mem::take(&mut self.sasl) {
+            self.authed = true;
+            return b"+OK Logged in.\r\n".to_vec();
+        }
+        let mut parts = line.split(' ');
+        let cmd = parts.next().unwrap_or("").to_ascii_uppercase();
+        let arg = parts.next();
+        let s = |x: &str| x.as_bytes().to_vec();
+        match (self.authed, cmd.as_str()) {
+            (_, "CAPA") => s(
+                "+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\nSTLS\r\nUSER\r\nSASL PLAIN LOGIN\r\n.\r\n",
+            ),
+            (_, "QUIT") => s("+OK Logging out.\r\n"),
+            (false, "USER") => {
+                if arg == Some("nobody") {
+                    return s("-ERR [AUTH] No such user.\r\n");
+                }
+                self.user = arg.map(String::from);
+                s("+OK\r\n")
+            }
+            (false, "PASS") => {
+                if self.user.take().as_deref() == Some("bob") && arg == Some("secret") {
+                    self.authed = true;
+                    s("+OK Logged in.\r\n")
+                } else {
+                    s("-ERR [AUTH] Authentication failed.\r\n")
+                }
+            }
+            (false, "AUTH") if arg == Some("PLAIN") => {
+                self.sasl = true;
+                s("+ \r\n")
+            }
+            (false, _) => s("-ERR Unknown command.\r\n"),
+            (true, "STAT") => {
+                let (n, sz) = self
+                    .live()
+                    .fold((0, 0), |(n, sz), (_, m)| (n + 1, sz + m.len()));
+                s(&format!("+OK {n} {sz}\r\n"))
+            }
+            (true, "LIST") | (true, "UIDL") => {
+                let row = |i: usize, m: &Vec<u8>| {
+                    if cmd == "LIST" {
+                        format!("{i} {}", m.len())
+                    } else {
+                        format!("{i} uid-{i}")
+                    }
+                };
+                match arg {
+                    Some(a) => match self.msg(Some(a)) {
+                        Some(i) => s(&format!("+OK {}\r\n", row(i, &self.msgs[i - 1]))),
+                        None => s("-ERR There's no message.\r\n"),
+                    },
+                    None => {
+                        let mut o = format!("+OK {} messages:\r\n", self.live().count());
+                        for (i, m) in self.live() {
+                            o += &format!("{}\r\n", row(i, m));
+                        }
+                        o += ".\r\n";
+                        s(&o)
+                    }
+                }
+            }
+            (true, "RETR") | (true, "TOP") => match self.msg(arg) {
+                Some(i) => {
+                    let m = &self.msgs[i - 1];
+                    let mut o = format!("+OK {} octets\r\n", m.len()).into_bytes();
+                    o.extend(stuff(m));
+                    o
+                }
+                None => s("-ERR There's no message 99.\r\n"),
+            },
+            (true, "DELE") => match self.msg(arg) {
+                Some(i) => {
+                    self.deleted[i - 1] = true;
+                    s("+OK Marked to be deleted.\r\n")
+                }
+                None => s("-ERR There's no message.\r\n"),
+            },
+            (true, "RSET") => {
+                self.deleted.iter_mut().for_each(|d| *d = false);
+                s("+OK\r\n")
+            }
+            (true, "NOOP") => s("+OK\r\n"),
+            _ => s("-ERR Unknown command.\r\n"),
+        }
+    }
+}
+
+/// Program ↔ client accel ⇄ server accel ↔ fake Dovecot, run synchronously.
+struct Rig {
+    c: ClientAccel,
+    s: ServerAccel,
+    real: FakeDovecot,
+    program_saw: Vec<u8>,
+    fails: Vec<String>,
+    puts: Vec<(String, Vec<u8>)>,
+    tunnel_bulk: bool,
+}
+
+impl Rig {
+    fn new(cfg: Pop3Config, cache: &Cache, real: FakeDovecot) -> Self {
+        let mut r = Rig {
+            c: ClientAccel::new(cfg, cache),
+            s: ServerAccel::new(),
+            real,
+            program_saw: Vec::new(),
+            fails: Vec::new(),
+            puts: Vec::new(),
+            tunnel_bulk: false,
+        };
+        let mut o = Output::default();
+        r.c.start(&mut o);
+        r.settle(o, Vec::new());
+        let mut o = Output::default();
+        r.s.start(&mut o);
+        let greet = r.real.greeting.clone();
+        r.s.from_local(&greet, true, &mut o);
+        r.settle(Output::default(), std::mem::take(&mut o.to_tunnel));
+        r
+    }
+
+    /// Carries bytes around until nothing moves.
+    fn settle(&mut self, mut c_out: Output, mut s2c: Vec<u8>) {
+        loop {
+            self.collect(&mut c_out);
+            let c2s = std::mem::take(&mut c_out.to_tunnel);
+            if !c2s.is_empty() {
+                let mut o = Output::default();
+                self.s.from_tunnel(&c2s, &mut o);
+                self.serve(o, &mut s2c);
+            }
+            if s2c.is_empty() && c_out.to_tunnel.is_empty() {
+                return;
+            }
+            let d = std::mem::take(&mut s2c);
+            self.c.from_tunnel(&d, &mut c_out);
+        }
+    }
+
+    /// Server accel output: to the real server, its replies back, repeat.
+    fn serve(&mut self, mut o: Output, s2c: &mut Vec<u8>) {
+        loop {
+            self.meta(&mut o);
+            self.tunnel_bulk |= o.bulk;
+            s2c.append(&mut o.to_tunnel);
+            if o.to_local.is_empty() {
+                return;
+            }
+            let replies = self.real.input(&std::mem::take(&mut o.to_local));
+            let mut n = Output::default();
+            self.s.from_local(&replies, true, &mut n);
+            o = n;
+        }
+    }
+
+    fn collect(&mut self, o: &mut Output) {
+        self.program_saw.append(&mut o.to_local);
+        self.meta(o);
+    }
+
+    fn meta(&mut self, o: &mut Output) {
+        self.fails.extend(o.fail.take());
+        self.puts.append(&mut o.cache_put);
+    }
+
+    fn send(&mut self, data: &[u8]) -> Vec<u8> {
+        let before = self.program_saw.len();
+        let mut o = Output::default();
+        self.c.from_local(data, true, &mut o);
+        self.settle(o, Vec::new());
+        self.program_saw[before..].to_vec()
+    }
+
+    fn cache(&self) -> Cache {
+        self.puts.iter().cloned().collect()
+    }
+}
+
+#[track_caller]
+pub(crate) fn assert_text(got: &[u8], want: &[u8]) {
+    if got != want {
+        panic!(
+            "bytes differ\n got: {:?}\nwant: {:?}",
+            String::from_utf8_lossy(got),
+            String::from_utf8_lossy(want)
+        );
+    }
+}
+
+/// What a program talking straight to the server would see.
+fn direct(mut real: FakeDovecot, steps: &[&[u8]]) -> Vec<u8> {
+    let mut saw = real.greeting.clone();
+    for s in steps {
+        saw.extend(real.input(s));
+    }
+    saw
+}
+
+fn session() -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = [
+        "USER bob\r\n",
+        "PASS secret\r\n",
+        "STAT\r\n",
+        "UIDL\r\n",
+        "LIST\r\n",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    for i in 1..=10 {
+        v.push(format!("RETR {i}\r\n").into_bytes());
+    }
+    v.push(b"QUIT\r\n".to_vec());
+    v
+}
+
+fn warm() -> Cache {
+    let mut c = Cache::new();
+    c.insert(GREETING_KEY.into(), GREETING.to_vec());
+    c
+}
+
+const PF: Pop3Config = Pop3Config { prefetch: true };
+
+#[test]
+fn pop3_cold_then_warm_session_is_exact_and_waits_at_most_12() {
+    let steps = session();
+    let refs: Vec<&[u8]> = steps.iter().map(|s| s.as_slice()).collect();
+    let expected = direct(FakeDovecot::new(10), &refs);
+
+    let mut cold = Rig::new(PF, &Cache::new(), FakeDovecot::new(10));
+    for s in &steps {
+        cold.send(s);
+    }
+    assert_text(&cold.program_saw, &expected);
+    assert!(cold.fails.is_empty(), "{:?}", cold.fails);
+    assert_eq!(
+        cold.c.stats().link_waits,
+        13,
+        "greeting + PASS + 10 RETR + QUIT"
+    );
+    let cache = cold.cache();
+    assert_eq!(cache.get(GREETING_KEY).unwrap(), GREETING);
+
+    let mut rig = Rig::new(PF, &cache, FakeDovecot::new(10));
+    assert_eq!(
+        rig.program_saw, GREETING,
+        "greeting served before the real one"
+    );
+    for s in &steps {
+        rig.send(s);
+    }
+    assert_text(&rig.program_saw, &expected);
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+    let st = rig.c.stats();
+    assert!(st.link_waits <= 12, "waits {}", st.link_waits);
+    assert_eq!(st.link_waits, 12);
+    assert_eq!(st.local_replies, 5, "greeting, USER, STAT, UIDL, LIST");
+    let mut want = b"USER bob\r\nPASS secret\r\nSTAT\r\nUIDL\r\nLIST\r\n".to_vec();
+    for i in 1..=10 {
+        want.extend(format!("RETR {i}\r\n").bytes());
+    }
+    want.extend(b"QUIT\r\n");
+    assert_eq!(
+        rig.real.seen, want,
+        "STAT/UIDL/LIST asked once, by the prefetch"
+    );
+    assert!(!rig.real.pipelined, "server side runs lockstep");
+    assert!(rig.tunnel_bulk, "RETR replies are bulk");
+    assert!(rig.puts.is_empty(), "nothing changed: no cache writes");
+}
+
+#[test]
+fn pop3_without_prefetch_forwards_stat() {
+    let mut rig = Rig::new(Pop3Config::default(), &warm(), FakeDovecot::new(2));
+    rig.send(b"USER bob\r\n");
+    rig.send(b"PASS secret\r\n");
+    assert!(rig.send(b"STAT\r\n").starts_with(b"+OK 2 "));
+    assert_eq!(rig.real.seen, b"USER bob\r\nPASS secret\r\nSTAT\r\n");
+    assert_eq!(rig.c.stats().link_waits, 2);
+}
+
+#[test]
+fn pop3_greeting_text_change_is_tolerated_and_cached() {
+    let mut cache = warm();
+    cache.insert(GREETING_KEY.into(), b"+OK old text.\r\n".to_vec());
+    let rig = Rig::new(PF, &cache, FakeDovecot::new(1));
+    assert_eq!(rig.program_saw, b"+OK old text.\r\n");
+    assert!(rig.fails.is_empty());
+    assert_eq!(
+        rig.puts,
+        vec![(GREETING_KEY.to_string(), GREETING.to_vec())]
+    );
+}
+
+#[test]
+fn pop3_greeting_now_err_fails_and_is_cached() {
+    let mut real = FakeDovecot::new(1);
+    real.greeting = b"-ERR [SYS/TEMP] Maintenance.\r\n".to_vec();
+    let rig = Rig::new(PF, &warm(), real);
+    assert_eq!(rig.fails.len(), 1);
+    assert!(rig.fails[0].contains("Maintenance"), "{}", rig.fails[0]);
+}
+
+#[test]
+fn pop3_apop_greeting_is_never_served_from_cache() {
+    let apop = b"+OK Dovecot ready. <1896.697170952@dbc.mtview.ca.us>\r\n".to_vec();
+    // Cold: the APOP greeting passes, and the cache learns not to serve one.
+    let mut real = FakeDovecot::new(1);
+    real.greeting = apop.clone();
+    let rig = Rig::new(PF, &Cache::new(), real.clone());
+    assert_eq!(rig.program_saw, apop);
+    assert!(rig.fails.is_empty());
+    assert_eq!(rig.puts, vec![(GREETING_KEY.to_string(), Vec::new())]);
+    // A cached APOP greeting (or an empty entry) is never served.
+    for cached in [apop.clone(), Vec::new()] {
+        let mut cache = Cache::new();
+        cache.insert(GREETING_KEY.into(), cached);
+        let mut c = ClientAccel::new(PF, &cache);
+        let mut o = Output::default();
+        c.start(&mut o);
+        assert!(o.to_local.is_empty());
+        assert_eq!(c.stats().link_waits, 1);
+    }
+    // Served a plain cached greeting but the server now uses APOP: fail.
+    let rig = Rig::new(PF, &warm(), real);
+    assert_eq!(rig.fails.len(), 1, "{:?}", rig.fails);
+    assert!(rig.fails[0].contains("APOP"));
+    assert_eq!(rig.puts, vec![(GREETING_KEY.to_string(), Vec::new())]);
+}
+
+#[test]
+fn pop3_failed_pass_is_the_real_reply_and_prefetch_is_dropped() {
+    let steps: [&[u8]; 5] = [
+        b"USER bob\r\n",
+        b"PASS wrong\r\n",
+        b"USER bob\r\n",
+        b"PASS secret\r\n",
+        b"STAT\r\n",
+    ];
+    let expected = direct(FakeDovecot::new(3), &steps);
+    let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(3));
+    assert_eq!(rig.send(steps[0]), b"+OK\r\n");
+    assert_eq!(
+        rig.send(steps[1]),
+        b"-ERR [AUTH] Authentication failed.\r\n"
+    );
+    for s in &steps[2..] {
+        rig.send(s);
+    }
+    assert_text(&rig.program_saw, &expected);
+    // STAT after the second login is asked for real: the prefetch was made
+    // before it and is never reused.
+    assert!(
+        rig.real
+            .seen
+            .ends_with(b"USER bob\r\nPASS secret\r\nSTAT\r\n")
+    );
+    assert!(rig.fails.is_empty());
+}
+
+#[test]
+fn pop3_rejected_user_shows_as_failed_pass() {
+    let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(1));
+    assert_eq!(rig.send(b"USER nobody\r\n"), b"+OK\r\n");
+    assert_eq!(rig.send(b"PASS x\r\n"), b"-ERR [AUTH] No such user.\r\n");
+    assert!(rig.fails.is_empty());
+    // USER rejected and no PASS behind it: straw's +OK was a lie: fail.
+    let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(1));
+    rig.send(b"USER nobody\r\n");
+    rig.send(b"NOOP\r\n");
+    assert_eq!(rig.fails.len(), 1);
+}
+
+#[test]
+fn pop3_capa_drops_stls_keeps_pipelining_and_stls_is_refused_locally() {
+    let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(1));
+    let capa = rig.send(b"CAPA\r\n");
+    assert_text(
+        &capa,
+        b"+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\nUSER\r\nSASL PLAIN LOGIN\r\n.\r\n",
+    );
+    assert_eq!(
+        rewrite_capa(b"+OK\r\nSTLS\r\nUSER\r\n.\r\n"),
+        b"+OK\r\nUSER\r\nPIPELINING\r\n.\r\n"
+    );
+    assert!(rig.send(b"STLS\r\n").starts_with(b"-ERR"));
+    assert_eq!(rig.real.seen, b"CAPA\r\n", "STLS never reaches the server");
+}
+
+#[test]
+fn pop3_dele_invalidates_prefetched_lists() {
+    let steps: [&[u8]; 6] = [
+        b"USER bob\r\n",
+        b"PASS secret\r\n",
+        b"STAT\r\n",
+        b"DELE 1\r\n",
+        b"STAT\r\n",
+        b"LIST\r\n",
+    ];
+    let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(3));
+    for s in &steps {
+        rig.send(s);
+    }
+    assert_text(&rig.program_saw, &direct(FakeDovecot::new(3), &steps));
+    assert!(
+        rig.real
+            .seen
+            .ends_with(b"LIST\r\nDELE 1\r\nSTAT\r\nLIST\r\n")
+    );
+}
+
+#[test]
+fn pop3_auth_plain_continuation_is_opaque() {
+    // "UIDL" is valid base64: as a SASL response it must not be read as a command.
+    let steps: [&[u8]; 3] = [b"AUTH PLAIN\r\n", b"UIDL\r\n", b"STAT\r\n"];
+    let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(2));
+    for s in &steps {
+        rig.send(s);
+    }
+    assert_text(&rig.program_saw, &direct(FakeDovecot::new(2), &steps));
+    assert!(rig.fails.is_empty());
+}
+
+#[test]
+fn pop3_retr_streams_before_it_is_complete() {
+    let mut c = ClientAccel::new(PF, &warm());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(GREETING, &mut o);
+    c.from_local(b"RETR 1\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 1\r\n");
+    assert!(o.flush);
+    o.clear();
+    c.from_tunnel(b"+OK 9 octets\r\nSubj", &mut o);
+    assert_eq!(o.to_local, b"+OK 9 octets\r\nSubj");
+    o.clear();
+    c.from_tunnel(b"ect\r\n\r\n.\r", &mut o);
+    assert_eq!(o.to_local, b"ect\r\n\r\n.\r");
+    o.clear();
+    c.from_tunnel(b"\n", &mut o);
+    assert_eq!(o.to_local, b"\n");
+    assert_eq!(c.stats().link_waits, 1);
+    // The server side marks RETR bulk and flushes at the end of the reply.
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(GREETING, true, &mut o);
+    s.from_tunnel(b"RETR 1\r\nNOOP\r\n", &mut o);
+    assert_eq!(o.to_local, b"RETR 1\r\n", "lockstep");
+    o.clear();
+    s.from_local(b"+OK 9 octets\r\nab", false, &mut o);
+    assert!(o.bulk && !o.flush);
+    o.clear();
+    s.from_local(b"c\r\n.\r\n", false, &mut o);
+    assert!(o.flush);
+    assert_eq!(o.to_local, b"NOOP\r\n", "next command after the full reply");
+}
+
+#[test]
+fn pop3_garbage_and_oversized_lines_fail_cleanly() {
+    let mut c = ClientAccel::new(PF, &warm());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_local(&vec![b'A'; MAX_LINE + 10], false, &mut o);
+    assert!(o.fail.as_deref().unwrap().contains("longer"));
+
+    let mut c = ClientAccel::new(PF, &warm());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(b"HTTP/1.1 400 Bad\r\n", &mut o);
+    assert!(o.fail.is_some());
+    let mut o = Output::default();
+    c.from_tunnel(b"+OK more\r\n", &mut o);
+    c.from_local(b"NOOP\r\n", true, &mut o);
+    assert!(
+        o.to_local.is_empty() && o.to_tunnel.is_empty(),
+        "dead after failing"
+    );
+
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(GREETING, true, &mut o);
+    s.from_local(b"-ERR Disconnected for inactivity.\r\n", true, &mut o);
+    assert!(o.fail.is_some(), "unasked reply");
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(&vec![b'+'; MAX_LINE + 1], true, &mut o);
+    assert!(o.fail.is_some());
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_tunnel(&vec![b'x'; MAX_LINE + 1], &mut o);
+    s.from_local(GREETING, true, &mut o);
+    assert!(o.fail.is_some());
+}
+
+#[test]
+fn pop3_program_pipelining_everything_at_once() {
+    let steps = session();
+    let refs: Vec<&[u8]> = steps.iter().map(|s| s.as_slice()).collect();
+    let all: Vec<u8> = steps.concat();
+    let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(10));
+    rig.send(&all);
+    assert_text(&rig.program_saw, &direct(FakeDovecot::new(10), &refs));
+    assert!(!rig.real.pipelined);
+    assert_eq!(rig.c.stats().link_waits, 1, "one batch, one wait");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn pop3_any_split_of_the_program_stream_gives_the_same_result(
+        cuts in proptest::collection::vec(0usize..400, 0..12)
+    ) {
+        let steps = session();
+        let refs: Vec<&[u8]> = steps.iter().map(|s| s.as_slice()).collect();
+        let all: Vec<u8> = steps.concat();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % all.len()).collect();
+        cuts.sort();
+        let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(10));
+        let mut last = 0;
+        for c in cuts.into_iter().chain([all.len()]) {
+            rig.send(&all[last..c]);
+            last = c;
+        }
+        prop_assert_eq!(&rig.program_saw, &direct(FakeDovecot::new(10), &refs));
+        let mut want = b"USER bob\r\nPASS secret\r\nSTAT\r\nUIDL\r\nLIST\r\n".to_vec();
+        for i in 1..=10 {
+            want.extend(format!("RETR {i}\r\n").bytes());
+        }
+        want.extend(b"QUIT\r\n");
+        prop_assert_eq!(&rig.real.seen, &want);
+        prop_assert!(rig.fails.is_empty());
+    }
+}

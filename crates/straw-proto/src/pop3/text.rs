@@ -1,0 +1,108 @@
+//! Line and dot-terminator helpers shared by the POP3 and SMTP accelerators.
+
+/// Longest command or reply line accepted. RFCs say 512 (SMTP) or 255
+/// (POP3); real programs and servers go longer, but nothing near this.
+pub(crate) const MAX_LINE: usize = 8 * 1024;
+
+/// Removes and returns the first line (with its line end) from `buf`.
+/// `Ok(None)` means no complete line yet.
+pub(crate) fn take_line(buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, String> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(p) if p < MAX_LINE => Ok(Some(buf.drain(..=p).collect())),
+        Some(_) => Err(format!("line longer than {MAX_LINE} bytes")),
+        None if buf.len() > MAX_LINE => Err(format!("line longer than {MAX_LINE} bytes")),
+        None => Ok(None),
+    }
+}
+
+/// The first word of a command line, upper-cased, and whether an argument follows.
+pub(crate) fn verb(line: &[u8]) -> (String, bool) {
+    let t = trim_end(line);
+    let mut parts = t.splitn(2, |&b| b == b' ');
+    let v = String::from_utf8_lossy(parts.next().unwrap_or(b"")).to_ascii_uppercase();
+    let arg = parts.next().is_some_and(|a| a.iter().any(|&b| b != b' '));
+    (v, arg)
+}
+
+/// `line` without its trailing CR/LF.
+pub(crate) fn trim_end(line: &[u8]) -> &[u8] {
+    let mut e = line.len();
+    while e > 0 && (line[e - 1] == b'\n' || line[e - 1] == b'\r') {
+        e -= 1;
+    }
+    &line[..e]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    Mid,
+    Cr,
+    Bol,
+    Dot,
+    DotCr,
+}
+
+/// Finds the `CRLF . CRLF` end of a dot-stuffed block while it streams past,
+/// without holding lines (message lines may be arbitrarily long).
+#[derive(Debug, Clone)]
+pub(crate) struct DotScanner {
+    st: St,
+}
+
+impl DotScanner {
+    /// Starts right after a line end (the status line or the DATA reply).
+    pub(crate) fn at_line_start() -> Self {
+        Self { st: St::Bol }
+    }
+
+    /// Bytes of `data` up to and including the terminator, if it is in `data`.
+    pub(crate) fn scan(&mut self, data: &[u8]) -> Option<usize> {
+        for (i, &b) in data.iter().enumerate() {
+            self.st = match (self.st, b) {
+                (St::DotCr, b'\n') => {
+                    self.st = St::Bol;
+                    return Some(i + 1);
+                }
+                (St::Cr, b'\n') => St::Bol,
+                (St::Bol, b'.') => St::Dot,
+                (St::Dot, b'\r') => St::DotCr,
+                (_, b'\r') => St::Cr,
+                _ => St::Mid,
+            };
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_scanner_finds_only_a_real_terminator() {
+        let mut s = DotScanner::at_line_start();
+        assert_eq!(s.scan(b"a\r\n..\r\n.x\r\n"), None);
+        assert_eq!(s.scan(b"\r"), None);
+        assert_eq!(s.scan(b"\n.\r"), None);
+        assert_eq!(s.scan(b"\nrest"), Some(1));
+        let mut s = DotScanner::at_line_start();
+        assert_eq!(s.scan(b".\r\n"), Some(3), "empty block");
+        let mut s = DotScanner::at_line_start();
+        assert_eq!(
+            s.scan(b"a\n.\r\nb\r\n.\r\n"),
+            Some(11),
+            "bare LF is not a line end"
+        );
+    }
+
+    #[test]
+    fn take_line_caps_length() {
+        let mut b = b"USER a\r\nPA".to_vec();
+        assert_eq!(take_line(&mut b).unwrap().unwrap(), b"USER a\r\n");
+        assert_eq!(take_line(&mut b).unwrap(), None);
+        let mut big = vec![b'x'; MAX_LINE + 1];
+        assert!(take_line(&mut big).is_err());
+        assert_eq!(verb(b"list 3\r\n"), ("LIST".into(), true));
+        assert_eq!(verb(b"LIST \r\n"), ("LIST".into(), false));
+    }
+}

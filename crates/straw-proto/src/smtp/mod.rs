@@ -1,0 +1,715 @@
+//! SMTP accelerator pair.
+//!
+//! The stream carries plain SMTP: commands and message bodies one way, every
+//! real reply the other, in order. The client side answers what commits
+//! nothing — the cached greeting and EHLO reply, `MAIL FROM`, `DATA`'s 354
+//! once a recipient was accepted, and `QUIT` once every message is
+//! confirmed — and checks each against the real reply when it arrives. RCPT,
+//! end-of-data and AUTH results are always the real server's.
+//!
+//! One private line crosses the stream: [`SYNTH_DATA`] stands for a `DATA`
+//! whose 354 the program already has, so its body follows at once. The
+//! server side sends `DATA`; if the real server refuses it, the server side
+//! swallows the body and the client shows the refusal as the end-of-data
+//! reply. A failed `MAIL` shows as the reply to each `RCPT` after it.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+
+use crate::pop3::text::{DotScanner, MAX_LINE, take_line, trim_end, verb};
+use crate::{AccelStats, Accelerator, Cache, Output};
+
+pub const GREETING_KEY: &str = "smtp.greeting";
+/// The real EHLO reply, as the server sent it.
+pub const EHLO_KEY: &str = "smtp.ehlo";
+
+/// Stream-only stand-in for a DATA answered locally (see module docs).
+pub const SYNTH_DATA: &[u8] = b"XSTRAW-DATA\r\n";
+
+const MAIL_OK: &[u8] = b"250 2.1.0 Ok\r\n";
+const DATA_GO: &[u8] = b"354 End data with <CR><LF>.<CR><LF>\r\n";
+const BYE: &[u8] = b"221 2.0.0 Bye\r\n";
+/// Longest reply (all lines) accepted.
+const MAX_REPLY: usize = 64 * 1024;
+/// Bodies past this are scheduled as bulk.
+const BULK_AFTER: usize = 16 * 1024;
+
+/// Incremental reader of SMTP replies (`250-...` lines up to `250 ...`).
+#[derive(Debug, Default)]
+pub(crate) struct ReplyReader {
+    buf: Vec<u8>,
+    line_start: usize,
+}
+
+impl ReplyReader {
+    /// Bytes consumed, and the whole reply if it ended.
+    pub(crate) fn feed(&mut self, data: &[u8]) -> Result<(usize, Option<Vec<u8>>), String> {
+        for (i, &b) in data.iter().enumerate() {
+            self.buf.push(b);
+            if self.buf.len() - self.line_start > MAX_LINE || self.buf.len() > MAX_REPLY {
+                return Err("SMTP reply too long".into());
+            }
+            if b != b'\n' {
+                continue;
+            }
+            let line = &self.buf[self.line_start..];
+            let ok = line.len() >= 5
+                && line[..3].iter().all(u8::is_ascii_digit)
+                && matches!(line[3], b' ' | b'-' | b'\r')
+                && line[..3] == self.buf[..3];
+            if !ok {
+                return Err(format!(
+                    "not an SMTP reply: {:?}",
+                    String::from_utf8_lossy(trim_end(line))
+                ));
+            }
+            if line[3] == b'-' {
+                self.line_start = self.buf.len();
+            } else {
+                self.line_start = 0;
+                return Ok((i + 1, Some(std::mem::take(&mut self.buf))));
+            }
+        }
+        Ok((data.len(), None))
+    }
+}
+
+fn code(reply: &[u8]) -> u16 {
+    std::str::from_utf8(&reply[..3.min(reply.len())])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Text of each line of a reply, without code and separator.
+fn reply_lines(reply: &[u8]) -> Vec<&[u8]> {
+    reply
+        .split_inclusive(|&b| b == b'\n')
+        .map(|l| trim_end(l.get(4..).unwrap_or(b"")))
+        .collect()
+}
+
+/// EHLO keywords, upper-cased, in order: what the verification compares
+/// (the first line only echoes names).
+fn ehlo_caps(reply: &[u8]) -> Vec<String> {
+    reply_lines(reply)
+        .iter()
+        .skip(1)
+        .map(|l| String::from_utf8_lossy(l).to_ascii_uppercase())
+        .collect()
+}
+
+fn build_reply(code: u16, lines: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+        out.extend_from_slice(format!("{code}{sep}").as_bytes());
+        out.extend_from_slice(l);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// EHLO towards the program: no STARTTLS (the tunnel is encrypted), no
+/// CHUNKING/BINARYMIME (straw frames DATA only), PIPELINING added.
+fn rewrite_ehlo(reply: &[u8]) -> Vec<u8> {
+    let lines = reply_lines(reply);
+    let mut keep: Vec<Vec<u8>> = vec![lines.first().copied().unwrap_or(b"").to_vec()];
+    let mut pipelining = false;
+    for l in lines.iter().skip(1) {
+        let (v, _) = verb(l);
+        match v.as_str() {
+            "STARTTLS" | "CHUNKING" | "BINARYMIME" => continue,
+            "PIPELINING" => pipelining = true,
+            _ => {}
+        }
+        keep.push(l.to_vec());
+    }
+    if !pipelining {
+        keep.push(b"PIPELINING".to_vec());
+    }
+    build_reply(250, &keep)
+}
+
+fn is_complete_reply(r: &[u8], want: u16) -> bool {
+    let mut rd = ReplyReader::default();
+    matches!(rd.feed(r), Ok((n, Some(_))) if n == r.len()) && code(r) == want
+}
+
+// ---------------------------------------------------------------- client
+
+#[derive(Debug)]
+enum Disp {
+    Greeting {
+        served: Option<Vec<u8>>,
+        id: Option<u64>,
+    },
+    Ehlo {
+        served: Option<Vec<u8>>,
+        id: Option<u64>,
+    },
+    Mail,
+    Rcpt {
+        id: u64,
+        txn: u64,
+    },
+    SynthData,
+    PlainData {
+        id: u64,
+    },
+    Eod {
+        id: u64,
+    },
+    /// AUTH or a SASL response: a 334 makes the next line a SASL response.
+    Auth {
+        id: u64,
+    },
+    Deliver {
+        id: u64,
+        resets: bool,
+    },
+    Swallow,
+}
+
+#[derive(Debug)]
+enum Owed {
+    Local(Vec<u8>),
+    Remote { id: u64, reply: Option<Vec<u8>> },
+}
+
+/// Client side: next to the mail program.
+#[derive(Debug)]
+pub struct ClientAccel {
+    greeting: Option<Vec<u8>>,
+    ehlo: Option<Vec<u8>>,
+    inbuf: Vec<u8>,
+    expect: VecDeque<Disp>,
+    owed: VecDeque<Owed>,
+    next_id: u64,
+    reader: ReplyReader,
+    /// Parsing waits for a reply (plain DATA, AUTH).
+    blocked: bool,
+    sasl_next: bool,
+    /// Inside a message body from the program.
+    body: Option<DotScanner>,
+    body_len: usize,
+    /// Transaction counter (MAIL/RSET/HELO/EHLO start a new one).
+    txn: u64,
+    rcpt_ok_txn: Option<u64>,
+    /// The real reply to a locally accepted MAIL, if it was a refusal.
+    mail_err: Option<Vec<u8>>,
+    /// The real refusal of a locally accepted DATA, for the body's end.
+    data_err: Option<Vec<u8>>,
+    failed: bool,
+    stats: AccelStats,
+}
+
+impl ClientAccel {
+    pub fn new(cache: &Cache) -> Self {
+        Self {
+            greeting: cache
+                .get(GREETING_KEY)
+                .filter(|g| is_complete_reply(g, 220))
+                .cloned(),
+            ehlo: cache
+                .get(EHLO_KEY)
+                .filter(|e| is_complete_reply(e, 250))
+                .cloned(),
+            inbuf: Vec::new(),
+            expect: VecDeque::new(),
+            owed: VecDeque::new(),
+            next_id: 0,
+            reader: ReplyReader::default(),
+            blocked: false,
+            sasl_next: false,
+            body: None,
+            body_len: 0,
+            txn: 0,
+            rcpt_ok_txn: None,
+            mail_err: None,
+            data_err: None,
+            failed: false,
+            stats: AccelStats::default(),
+        }
+    }
+
+    /// Call once when the program connects: serves the cached greeting, or
+    /// waits for the real one.
+    pub fn start(&mut self, out: &mut Output) {
+        match self.greeting.clone() {
+            Some(g) => {
+                self.owe_local(g.clone());
+                self.expect.push_back(Disp::Greeting {
+                    served: Some(g),
+                    id: None,
+                });
+            }
+            None => {
+                let id = self.owe_remote();
+                self.expect.push_back(Disp::Greeting {
+                    served: None,
+                    id: Some(id),
+                });
+            }
+        }
+        self.pump(out);
+    }
+
+    fn owe_local(&mut self, r: Vec<u8>) {
+        self.stats.local_replies += 1;
+        self.owed.push_back(Owed::Local(r));
+    }
+
+    fn owe_remote(&mut self) -> u64 {
+        let waiting = self
+            .owed
+            .iter()
+            .any(|o| matches!(o, Owed::Remote { reply: None, .. }));
+        if !waiting {
+            self.stats.link_waits += 1;
+        }
+        self.next_id += 1;
+        self.owed.push_back(Owed::Remote {
+            id: self.next_id,
+            reply: None,
+        });
+        self.next_id
+    }
+
+    fn deliver(&mut self, id: u64, r: Vec<u8>) {
+        for o in &mut self.owed {
+            if let Owed::Remote { id: i, reply } = o
+                && *i == id
+            {
+                *reply = Some(r);
+                return;
+            }
+        }
+    }
+
+    fn pump(&mut self, out: &mut Output) {
+        while let Some(front) = self.owed.front_mut() {
+            match front {
+                Owed::Local(r) => out.to_local.append(r),
+                Owed::Remote { reply: Some(r), .. } => out.to_local.append(r),
+                Owed::Remote { reply: None, .. } => return,
+            }
+            self.owed.pop_front();
+        }
+    }
+
+    fn fail(&mut self, out: &mut Output, why: String) {
+        self.failed = true;
+        if out.fail.is_none() {
+            out.fail = Some(why);
+        }
+    }
+
+    /// Commands not yet confirmed that commit something.
+    fn commits_pending(&self) -> bool {
+        self.body.is_some()
+            || self.expect.iter().any(|d| {
+                matches!(
+                    d,
+                    Disp::SynthData | Disp::PlainData { .. } | Disp::Eod { .. }
+                )
+            })
+    }
+
+    fn forward(&mut self, line: &[u8], out: &mut Output, mk: impl FnOnce(u64) -> Disp) -> u64 {
+        out.to_tunnel.extend_from_slice(line);
+        out.flush = true;
+        let id = self.owe_remote();
+        self.expect.push_back(mk(id));
+        id
+    }
+
+    fn parse(&mut self, out: &mut Output) {
+        while !self.blocked && !self.failed {
+            if let Some(sc) = &mut self.body {
+                // The body passes as is (dot-stuffing included).
+                let end = sc.scan(&self.inbuf);
+                let n = end.unwrap_or(self.inbuf.len());
+                out.to_tunnel.extend(self.inbuf.drain(..n));
+                self.body_len += n;
+                out.bulk |= self.body_len > BULK_AFTER;
+                if end.is_none() {
+                    return;
+                }
+                self.body = None;
+                self.body_len = 0;
+                out.flush = true;
+                match self.data_err.take() {
+                    // DATA was refused: that refusal is the answer.
+                    Some(err) => self.owed.push_back(Owed::Local(err)),
+                    None => {
+                        let id = self.owe_remote();
+                        self.expect.push_back(Disp::Eod { id });
+                    }
+                }
+                continue;
+            }
+            let line = match take_line(&mut self.inbuf) {
+                Ok(Some(l)) => l,
+                Ok(None) => return,
+                Err(e) => return self.fail(out, format!("SMTP command: {e}")),
+            };
+            self.command(line, out);
+        }
+    }
+
+    fn command(&mut self, line: Vec<u8>, out: &mut Output) {
+        if std::mem::take(&mut self.sasl_next) {
+            self.forward(&line, out, |id| Disp::Auth { id });
+            self.blocked = true;
+            return;
+        }
+        let (v, _) = verb(&line);
+        match v.as_str() {
+            "EHLO" => {
+                self.txn += 1;
+                out.to_tunnel.extend_from_slice(&line);
+                match self.ehlo.clone() {
+                    Some(e) => {
+                        self.owe_local(rewrite_ehlo(&e));
+                        self.expect.push_back(Disp::Ehlo {
+                            served: Some(e),
+                            id: None,
+                        });
+                    }
+                    None => {
+                        out.flush = true;
+                        let id = self.owe_remote();
+                        self.expect.push_back(Disp::Ehlo {
+                            served: None,
+                            id: Some(id),
+                        });
+                    }
+                }
+            }
+            "HELO" | "RSET" => {
+                self.txn += 1;
+                self.forward(&line, out, |id| Disp::Deliver { id, resets: true });
+            }
+            "MAIL" => {
+                // Commits nothing; its real reply is checked, and a refusal
+                // shows at RCPT. Not flushed: it rides with the RCPT.
+                self.txn += 1;
+                out.to_tunnel.extend_from_slice(&line);
+                self.owe_local(MAIL_OK.to_vec());
+                self.expect.push_back(Disp::Mail);
+            }
+            "RCPT" => {
+                let txn = self.txn;
+                self.forward(&line, out, |id| Disp::Rcpt { id, txn });
+            }
+            "DATA" if self.rcpt_ok_txn == Some(self.txn) => {
+                out.to_tunnel.extend_from_slice(SYNTH_DATA);
+                self.owe_local(DATA_GO.to_vec());
+                self.expect.push_back(Disp::SynthData);
+                self.body = Some(DotScanner::at_line_start());
+            }
+            "DATA" => {
+                self.forward(&line, out, |id| Disp::PlainData { id });
+                self.blocked = true;
+            }
+            "QUIT" if !self.commits_pending() => {
+                out.to_tunnel.extend_from_slice(&line);
+                out.flush = true;
+                self.owe_local(BYE.to_vec());
+                self.expect.push_back(Disp::Swallow);
+            }
+            "AUTH" => {
+                self.forward(&line, out, |id| Disp::Auth { id });
+                self.blocked = true;
+            }
+            "STARTTLS" => self.owe_local(b"454 4.7.0 TLS not available through straw\r\n".to_vec()),
+            "BDAT" => self.fail(
+                out,
+                "SMTP BDAT (CHUNKING) was not offered; straw can't frame it".into(),
+            ),
+            _ if v.starts_with("XSTRAW") => {
+                self.owe_local(b"500 5.5.1 Command unrecognized\r\n".to_vec())
+            }
+            _ => {
+                self.forward(&line, out, |id| Disp::Deliver { id, resets: false });
+            }
+        }
+    }
+
+    fn reply_done(&mut self, d: Disp, reply: Vec<u8>, out: &mut Output) {
+        let c = code(&reply);
+        let show = |r: &[u8]| String::from_utf8_lossy(trim_end(r)).to_string();
+        match d {
+            Disp::Greeting { served, id } => {
+                if let Some(s) = served {
+                    if c != code(&s) {
+                        out.cache_put.push((GREETING_KEY.into(), reply.clone()));
+                        return self.fail(
+                            out,
+                            format!(
+                                "SMTP greeting is now {:?}, not the cached {:?}",
+                                show(&reply),
+                                show(&s)
+                            ),
+                        );
+                    }
+                    if s != reply {
+                        out.cache_put.push((GREETING_KEY.into(), reply));
+                    }
+                } else {
+                    if c == 220 && self.greeting.as_ref() != Some(&reply) {
+                        out.cache_put.push((GREETING_KEY.into(), reply.clone()));
+                    }
+                    if let Some(id) = id {
+                        self.deliver(id, reply);
+                    }
+                }
+            }
+            Disp::Ehlo { served, id } => {
+                self.mail_err = None;
+                if let Some(s) = served {
+                    if c != 250 || ehlo_caps(&s) != ehlo_caps(&reply) {
+                        if c == 250 {
+                            out.cache_put.push((EHLO_KEY.into(), reply.clone()));
+                        }
+                        self.fail(
+                            out,
+                            format!(
+                                "SMTP EHLO reply changed: {:?}, cached {:?}",
+                                show(&reply),
+                                show(&s)
+                            ),
+                        );
+                    }
+                } else {
+                    if c == 250 {
+                        out.cache_put.push((EHLO_KEY.into(), reply.clone()));
+                    }
+                    if let Some(id) = id {
+                        let shown = if c == 250 {
+                            rewrite_ehlo(&reply)
+                        } else {
+                            reply
+                        };
+                        self.deliver(id, shown);
+                    }
+                }
+            }
+            Disp::Mail => self.mail_err = (c / 100 != 2).then_some(reply),
+            Disp::Rcpt { id, txn } => {
+                let shown = match &self.mail_err {
+                    Some(e) => e.clone(),
+                    None => {
+                        if c / 100 == 2 {
+                            self.rcpt_ok_txn = Some(txn);
+                        }
+                        reply
+                    }
+                };
+                self.deliver(id, shown);
+            }
+            Disp::SynthData => {
+                if c != 354 {
+                    // The body was (or will be) swallowed by the server side.
+                    if let Some(Disp::Eod { .. }) = self.expect.front() {
+                        if let Some(Disp::Eod { id }) = self.expect.pop_front() {
+                            self.deliver(id, reply);
+                        }
+                    } else {
+                        self.data_err = Some(reply);
+                    }
+                }
+            }
+            Disp::PlainData { id } => {
+                self.blocked = false;
+                if c == 354 {
+                    self.body = Some(DotScanner::at_line_start());
+                }
+                self.deliver(id, reply);
+            }
+            Disp::Auth { id } => {
+                self.blocked = false;
+                self.sasl_next = c == 334;
+                self.deliver(id, reply);
+            }
+            Disp::Eod { id } => self.deliver(id, reply),
+            Disp::Deliver { id, resets } => {
+                if resets {
+                    self.mail_err = None;
+                }
+                self.deliver(id, reply);
+            }
+            Disp::Swallow => {}
+        }
+    }
+}
+
+impl Accelerator for ClientAccel {
+    fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.inbuf.extend_from_slice(data);
+        self.parse(out);
+        self.pump(out);
+    }
+
+    fn from_tunnel(&mut self, mut data: &[u8], out: &mut Output) {
+        while !data.is_empty() && !self.failed {
+            if self.expect.is_empty() {
+                return self.fail(out, "SMTP reply with no command outstanding".into());
+            }
+            let (n, reply) = match self.reader.feed(data) {
+                Ok(r) => r,
+                Err(e) => return self.fail(out, e),
+            };
+            data = &data[n..];
+            if let Some(r) = reply {
+                let d = self.expect.pop_front().expect("checked non-empty");
+                self.reply_done(d, r, out);
+            }
+        }
+        self.parse(out);
+        self.pump(out);
+    }
+
+    fn stats(&self) -> AccelStats {
+        self.stats
+    }
+}
+
+// ---------------------------------------------------------------- server
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Await {
+    Reply,
+    SynthData,
+    PlainData,
+    Auth,
+    Eod,
+}
+
+/// Server side: next to the real SMTP server; runs the dialogue in lockstep
+/// and forwards every reply.
+#[derive(Debug, Default)]
+pub struct ServerAccel {
+    inbuf: Vec<u8>,
+    greeted: bool,
+    inflight: Option<Await>,
+    reader: ReplyReader,
+    /// In a body: `true` forwards it to the real server, `false` swallows it.
+    body: Option<(DotScanner, bool)>,
+    sasl_next: bool,
+    failed: bool,
+}
+
+impl ServerAccel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Call once when the real server is connected (its greeting comes by itself).
+    pub fn start(&mut self, _out: &mut Output) {}
+
+    fn fail(&mut self, out: &mut Output, why: String) {
+        self.failed = true;
+        if out.fail.is_none() {
+            out.fail = Some(why);
+        }
+    }
+
+    fn step(&mut self, out: &mut Output) {
+        while self.greeted && self.inflight.is_none() && !self.failed {
+            if let Some((sc, pass)) = &mut self.body {
+                let end = sc.scan(&self.inbuf);
+                let n = end.unwrap_or(self.inbuf.len());
+                let chunk = self.inbuf.drain(..n);
+                if *pass {
+                    out.to_local.extend(chunk);
+                } else {
+                    drop(chunk);
+                }
+                if end.is_none() {
+                    return;
+                }
+                if *pass {
+                    self.inflight = Some(Await::Eod);
+                }
+                self.body = None;
+                continue;
+            }
+            let line = match take_line(&mut self.inbuf) {
+                Ok(Some(l)) => l,
+                Ok(None) => return,
+                Err(e) => return self.fail(out, format!("SMTP command from client: {e}")),
+            };
+            if std::mem::take(&mut self.sasl_next) {
+                out.to_local.extend_from_slice(&line);
+                self.inflight = Some(Await::Auth);
+                continue;
+            }
+            let (v, _) = verb(&line);
+            let wait = if line == SYNTH_DATA {
+                out.to_local.extend_from_slice(b"DATA\r\n");
+                Await::SynthData
+            } else {
+                out.to_local.extend_from_slice(&line);
+                match v.as_str() {
+                    "DATA" => Await::PlainData,
+                    "AUTH" => Await::Auth,
+                    _ => Await::Reply,
+                }
+            };
+            self.inflight = Some(wait);
+        }
+    }
+}
+
+impl Accelerator for ServerAccel {
+    /// Bytes from the real server.
+    fn from_local(&mut self, mut data: &[u8], _drained: bool, out: &mut Output) {
+        while !data.is_empty() && !self.failed {
+            if self.greeted && self.inflight.is_none() {
+                return self.fail(
+                    out,
+                    format!(
+                        "SMTP server said something unasked: {:?}",
+                        String::from_utf8_lossy(&data[..data.len().min(200)])
+                    ),
+                );
+            }
+            let (n, reply) = match self.reader.feed(data) {
+                Ok(r) => r,
+                Err(e) => return self.fail(out, e),
+            };
+            data = &data[n..];
+            let Some(r) = reply else { continue };
+            let c = code(&r);
+            out.to_tunnel.extend_from_slice(&r);
+            out.flush = true;
+            match std::mem::take(&mut self.inflight) {
+                None => self.greeted = true,
+                // A refused DATA whose 354 the program already has: swallow the body.
+                Some(Await::SynthData) => self.body = Some((DotScanner::at_line_start(), c == 354)),
+                Some(Await::PlainData) if c == 354 => {
+                    self.body = Some((DotScanner::at_line_start(), true))
+                }
+                Some(Await::Auth) => self.sasl_next = c == 334,
+                Some(_) => {}
+            }
+            self.step(out);
+        }
+    }
+
+    /// Commands and bodies from the client side.
+    fn from_tunnel(&mut self, data: &[u8], out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.inbuf.extend_from_slice(data);
+        self.step(out);
+    }
+}

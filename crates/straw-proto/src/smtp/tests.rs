@@ -1,0 +1,577 @@
+//! The pair wired back to back with a scripted OpenSMTPD-like server.
+
+use super::*;
+use crate::pop3::tests::assert_text;
+use proptest::prelude::*;
+
+const GREETING: &[u8] = b"220 mx.example.org ESMTP OpenSMTPD\r\n";
+const EHLO_REPLY: &[u8] = b"250-mx.example.org Hello client.local [127.0.0.1], pleased to meet you\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SIZE 36700160\r\n250-DSN\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 HELP\r\n";
+const SHOWN_EHLO: &[u8] = b"250-mx.example.org Hello client.local [127.0.0.1], pleased to meet you\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SIZE 36700160\r\n250-DSN\r\n250-AUTH PLAIN LOGIN\r\n250-HELP\r\n250 PIPELINING\r\n";
+const RCPT_OK: &[u8] = b"250 2.1.5 Destination address valid: Recipient ok\r\n";
+const QUEUED: &[u8] = b"250 2.0.0 7a3f1c2e Message accepted for delivery\r\n";
+const REAL_BYE: &[u8] = b"221 2.0.0 Bye, see you soon\r\n";
+
+#[derive(Debug, Clone, PartialEq)]
+enum Mode {
+    Cmd,
+    Body,
+    Sasl(u8),
+}
+
+/// A tiny OpenSMTPD-like server.
+#[derive(Debug, Clone)]
+struct FakeSmtpd {
+    greeting: Vec<u8>,
+    ehlo: Vec<u8>,
+    refuse_data: bool,
+    inbuf: Vec<u8>,
+    mode: Mode,
+    mail: bool,
+    rcpts: usize,
+    body: Vec<u8>,
+    /// Bodies accepted, raw (still dot-stuffed, with the terminator).
+    bodies: Vec<Vec<u8>>,
+    seen: Vec<u8>,
+    pipelined: bool,
+}
+
+impl FakeSmtpd {
+    fn new() -> Self {
+        Self {
+            greeting: GREETING.to_vec(),
+            ehlo: EHLO_REPLY.to_vec(),
+            refuse_data: false,
+            inbuf: Vec::new(),
+            mode: Mode::Cmd,
+            mail: false,
+            rcpts: 0,
+            body: Vec::new(),
+            bodies: Vec::new(),
+            seen: Vec::new(),
+            pipelined: false,
+        }
+    }
+
+    fn input(&mut self, data: &[u8]) -> Vec<u8> {
+        self.seen.extend_from_slice(data);
+        self.inbuf.extend_from_slice(data);
+        if self.mode != Mode::Body && self.inbuf.iter().filter(|&&b| b == b'\n').count() > 1 {
+            self.pipelined = true;
+        }
+        let mut out = Vec::new();
+        while let Some(p) = self.inbuf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.inbuf.drain(..=p).collect();
+            if self.mode == Mode::Body {
+                self.body.extend_from_slice(&line);
+                if line == b".\r\n" && (self.body.len() == 3 || self.body.ends_with(b"\r\n.\r\n")) {
+                    self.bodies.push(std::mem::take(&mut self.body));
+                    self.mode = Mode::Cmd;
+                    self.mail = false;
+                    self.rcpts = 0;
+                    out.extend_from_slice(QUEUED);
+                }
+                continue;
+            }
+            let l = String::from_utf8_lossy(trim_end(&line)).to_string();
+            out.extend(self.command(&l));
+        }
+        out
+    }
+
+    fn command(&mut self, l: &str) -> Vec<u8> {
+        let s = |x: &str| x.as_bytes().to_vec();
+        if let Mode::Sasl(left) = self.mode {
+            if left > 1 {
+                self.mode = Mode::Sasl(left - 1);
+                return s("334 UGFzc3dvcmQ6\r\n");
+            }
+            self.mode = Mode::Cmd;
+            return s("235 2.0.0 Authentication succeeded\r\n");
+        }
+        let up = l.to_ascii_uppercase();
+        let verb = up.split(' ').next().unwrap_or("").to_string();
+        match verb.as_str() {
+            "EHLO" => {
+                self.mail = false;
+                self.ehlo.clone()
+            }
+            "HELO" => {
+                s("250 mx.example.org Hello client.local [127.0.0.1], pleased to meet you\r\n")
+            }
+            "MAIL" if up.contains("BLOCKED") => s("553 5.1.8 Sender address rejected\r\n"),
+            "MAIL" => {
+                self.mail = true;
+                s("250 2.0.0 Ok\r\n")
+            }
+            "RCPT" if !self.mail => {
+                s("503 5.5.1 Invalid command: Must issue a MAIL command first\r\n")
+            }
+            "RCPT" if up.contains("NOBODY") => {
+                s("550 5.1.1 Invalid recipient: <nobody@example.org>\r\n")
+            }
+            "RCPT" => {
+                self.rcpts += 1;
+                RCPT_OK.to_vec()
+            }
+            "DATA" if self.rcpts == 0 => {
+                s("503 5.5.1 Invalid command: Must issue a RCPT command first\r\n")
+            }
+            "DATA" if self.refuse_data => s("451 4.3.0 Temporary failure, try again later\r\n"),
+            "DATA" => {
+                self.mode = Mode::Body;
+                s("354 Enter mail, end with \".\" on a line by itself\r\n")
+            }
+            "RSET" => {
+                self.mail = false;
+                self.rcpts = 0;
+                s("250 2.0.0 Reset state\r\n")
+            }
+            "NOOP" => s("250 2.0.0 Ok\r\n"),
+            "QUIT" => REAL_BYE.to_vec(),
+            "AUTH" if up == "AUTH PLAIN" => {
+                self.mode = Mode::Sasl(1);
+                s("334 \r\n")
+            }
+            "AUTH" if up == "AUTH LOGIN" => {
+                self.mode = Mode::Sasl(2);
+                s("334 VXNlcm5hbWU6\r\n")
+            }
+            _ => s("500 5.5.1 Invalid command: Command unrecognized\r\n"),
+        }
+    }
+}
+
+struct Rig {
+    c: ClientAccel,
+    s: ServerAccel,
+    real: FakeSmtpd,
+    program_saw: Vec<u8>,
+    fails: Vec<String>,
+    puts: Vec<(String, Vec<u8>)>,
+    client_bulk: bool,
+}
+
+impl Rig {
+    fn new(cache: &Cache, real: FakeSmtpd) -> Self {
+        let mut r = Rig {
+            c: ClientAccel::new(cache),
+            s: ServerAccel::new(),
+            real,
+            program_saw: Vec::new(),
+            fails: Vec::new(),
+            puts: Vec::new(),
+            client_bulk: false,
+        };
+        let mut o = Output::default();
+        r.c.start(&mut o);
+        r.settle(o, Vec::new());
+        let mut o = Output::default();
+        r.s.start(&mut o);
+        let greet = r.real.greeting.clone();
+        r.s.from_local(&greet, true, &mut o);
+        r.meta(&mut o);
+        r.settle(Output::default(), std::mem::take(&mut o.to_tunnel));
+        r
+    }
+
+    fn settle(&mut self, mut c_out: Output, mut s2c: Vec<u8>) {
+        loop {
+            self.program_saw.append(&mut c_out.to_local);
+            self.client_bulk |= c_out.bulk;
+            self.meta(&mut c_out);
+            let c2s = std::mem::take(&mut c_out.to_tunnel);
+            if !c2s.is_empty() {
+                let mut o = Output::default();
+                self.s.from_tunnel(&c2s, &mut o);
+                self.serve(o, &mut s2c);
+            }
+            if s2c.is_empty() {
+                return;
+            }
+            let d = std::mem::take(&mut s2c);
+            self.c.from_tunnel(&d, &mut c_out);
+        }
+    }
+
+    fn serve(&mut self, mut o: Output, s2c: &mut Vec<u8>) {
+        loop {
+            self.meta(&mut o);
+            s2c.append(&mut o.to_tunnel);
+            if o.to_local.is_empty() {
+                return;
+            }
+            let replies = self.real.input(&std::mem::take(&mut o.to_local));
+            let mut n = Output::default();
+            if !replies.is_empty() {
+                self.s.from_local(&replies, true, &mut n);
+            }
+            o = n;
+        }
+    }
+
+    fn meta(&mut self, o: &mut Output) {
+        self.fails.extend(o.fail.take());
+        self.puts.append(&mut o.cache_put);
+    }
+
+    fn send(&mut self, data: &[u8]) -> Vec<u8> {
+        let before = self.program_saw.len();
+        let mut o = Output::default();
+        self.c.from_local(data, true, &mut o);
+        self.settle(o, Vec::new());
+        self.program_saw[before..].to_vec()
+    }
+
+    fn cache(&self) -> Cache {
+        self.puts.iter().cloned().collect()
+    }
+}
+
+fn warm() -> Cache {
+    let mut c = Cache::new();
+    c.insert(GREETING_KEY.into(), GREETING.to_vec());
+    c.insert(EHLO_KEY.into(), EHLO_REPLY.to_vec());
+    c
+}
+
+const BODY: &[u8] = b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\n..a dot-stuffed line\r\n...\r\nbye\r\n.\r\n";
+
+/// What smtplib's `sendmail` writes, one element per wait-for-reply step.
+fn smtplib_steps(body: &[u8]) -> Vec<Vec<u8>> {
+    vec![
+        b"ehlo client.local\r\n".to_vec(),
+        b"mail FROM:<alice@example.org> size=97\r\n".to_vec(),
+        b"rcpt TO:<bob@example.org>\r\n".to_vec(),
+        b"data\r\n".to_vec(),
+        body.to_vec(),
+        b"quit\r\n".to_vec(),
+    ]
+}
+
+fn real_saw(body: &[u8]) -> Vec<u8> {
+    let mut v = b"ehlo client.local\r\nmail FROM:<alice@example.org> size=97\r\nrcpt TO:<bob@example.org>\r\nDATA\r\n".to_vec();
+    v.extend_from_slice(body);
+    v.extend_from_slice(b"quit\r\n");
+    v
+}
+
+#[test]
+fn smtp_smtplib_send_cold_then_warm_waits_at_most_2() {
+    let mut cold = Rig::new(&Cache::new(), FakeSmtpd::new());
+    assert_eq!(cold.program_saw, GREETING);
+    let replies: Vec<Vec<u8>> = smtplib_steps(BODY).iter().map(|s| cold.send(s)).collect();
+    assert_text(&replies[0], SHOWN_EHLO);
+    assert_eq!(replies[1], MAIL_OK);
+    assert_eq!(replies[2], RCPT_OK);
+    assert_eq!(replies[3], DATA_GO);
+    assert_eq!(replies[4], QUEUED);
+    assert_eq!(replies[5], BYE);
+    assert!(cold.fails.is_empty(), "{:?}", cold.fails);
+    assert_eq!(
+        cold.c.stats().link_waits,
+        4,
+        "greeting, EHLO, RCPT, end of data"
+    );
+    let cache = cold.cache();
+    assert_eq!(cache.get(GREETING_KEY).unwrap(), GREETING);
+    assert_eq!(cache.get(EHLO_KEY).unwrap(), EHLO_REPLY);
+
+    let mut rig = Rig::new(&cache, FakeSmtpd::new());
+    assert_eq!(rig.program_saw, GREETING);
+    let warm: Vec<Vec<u8>> = smtplib_steps(BODY).iter().map(|s| rig.send(s)).collect();
+    assert_eq!(warm, replies);
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+    assert!(rig.puts.is_empty());
+    let st = rig.c.stats();
+    assert!(st.link_waits <= 2, "waits {}", st.link_waits);
+    assert_eq!(st.local_replies, 5, "greeting, EHLO, MAIL, DATA, QUIT");
+    assert_text(&rig.real.seen, &real_saw(BODY));
+    assert_eq!(rig.real.bodies, vec![BODY.to_vec()], "dot-stuffing intact");
+    assert!(!rig.real.pipelined, "server side runs lockstep");
+}
+
+#[test]
+fn smtp_greeting_checks() {
+    // Text differs, same code: tolerated, cache updated.
+    let mut cache = warm();
+    cache.insert(
+        GREETING_KEY.into(),
+        b"220 old.example.org ESMTP\r\n".to_vec(),
+    );
+    let rig = Rig::new(&cache, FakeSmtpd::new());
+    assert!(rig.fails.is_empty());
+    assert_eq!(
+        rig.puts,
+        vec![(GREETING_KEY.to_string(), GREETING.to_vec())]
+    );
+    // Server now refuses service: fail loudly, remember it.
+    let mut real = FakeSmtpd::new();
+    real.greeting = b"554 5.3.2 mx.example.org not accepting mail\r\n".to_vec();
+    let rig = Rig::new(&warm(), real.clone());
+    assert_eq!(rig.fails.len(), 1);
+    assert!(rig.fails[0].contains("554"), "{}", rig.fails[0]);
+    assert_eq!(rig.puts[0].1, real.greeting);
+    // A refusing greeting is never cached for serving.
+    let rig = Rig::new(&Cache::new(), real.clone());
+    assert_eq!(rig.program_saw, real.greeting);
+    assert!(rig.puts.is_empty());
+}
+
+#[test]
+fn smtp_ehlo_capabilities_changed_fail_and_update_cache() {
+    let mut real = FakeSmtpd::new();
+    real.ehlo = b"250-mx.example.org Hello\r\n250-8BITMIME\r\n250 SIZE 1000\r\n".to_vec();
+    let mut rig = Rig::new(&warm(), real.clone());
+    assert_text(&rig.send(b"EHLO client.local\r\n"), SHOWN_EHLO);
+    rig.send(b"MAIL FROM:<a@example.org>\r\n");
+    rig.send(b"RCPT TO:<b@example.org>\r\n");
+    assert_eq!(rig.fails.len(), 1, "{:?}", rig.fails);
+    assert!(rig.fails[0].contains("EHLO"));
+    assert_eq!(rig.puts, vec![(EHLO_KEY.to_string(), real.ehlo.clone())]);
+    // Only the first line (the echoed names) differs: fine.
+    let mut real = FakeSmtpd::new();
+    real.ehlo = EHLO_REPLY.to_vec();
+    real.ehlo.splice(4..18, b"other.name".iter().copied());
+    let mut rig = Rig::new(&warm(), real);
+    rig.send(b"EHLO x\r\n");
+    rig.send(b"RCPT TO:<b@example.org>\r\n");
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+}
+
+#[test]
+fn smtp_failed_mail_shows_at_every_rcpt() {
+    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
+    rig.send(b"EHLO c\r\n");
+    assert_eq!(rig.send(b"MAIL FROM:<blocked@example.org>\r\n"), MAIL_OK);
+    let refusal = b"553 5.1.8 Sender address rejected\r\n";
+    assert_eq!(rig.send(b"RCPT TO:<b@example.org>\r\n"), refusal);
+    assert_eq!(rig.send(b"RCPT TO:<c@example.org>\r\n"), refusal);
+    assert!(
+        rig.send(b"DATA\r\n").starts_with(b"503"),
+        "DATA gets the real answer"
+    );
+    assert!(rig.real.seen.ends_with(b"DATA\r\n"));
+    // A new transaction starts clean.
+    rig.send(b"RSET\r\n");
+    rig.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert_eq!(rig.send(b"RCPT TO:<b@example.org>\r\n"), RCPT_OK);
+    assert!(rig.fails.is_empty());
+}
+
+#[test]
+fn smtp_refused_rcpts_mean_data_is_asked_for_real() {
+    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
+    rig.send(b"EHLO c\r\n");
+    rig.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert!(
+        rig.send(b"RCPT TO:<nobody@example.org>\r\n")
+            .starts_with(b"550")
+    );
+    let before = rig.c.stats().link_waits;
+    assert!(rig.send(b"DATA\r\n").starts_with(b"503 5.5.1"));
+    assert_eq!(rig.c.stats().link_waits, before + 1);
+}
+
+#[test]
+fn smtp_refused_data_swallows_the_body_and_shows_at_end_of_data() {
+    let mut real = FakeSmtpd::new();
+    real.refuse_data = true;
+    let mut rig = Rig::new(&warm(), real);
+    rig.send(b"EHLO c\r\n");
+    rig.send(b"MAIL FROM:<a@example.org>\r\n");
+    rig.send(b"RCPT TO:<b@example.org>\r\n");
+    assert_eq!(rig.send(b"DATA\r\n"), DATA_GO, "354 given locally");
+    // Body in two reads: the refusal arrives while it's still coming.
+    assert_eq!(rig.send(&BODY[..20]), b"");
+    assert_eq!(
+        rig.send(&BODY[20..]),
+        b"451 4.3.0 Temporary failure, try again later\r\n"
+    );
+    assert_eq!(rig.send(b"QUIT\r\n"), BYE);
+    assert!(rig.real.bodies.is_empty());
+    assert!(
+        rig.real
+            .seen
+            .ends_with(b"RCPT TO:<b@example.org>\r\nDATA\r\nQUIT\r\n"),
+        "body never reached the server"
+    );
+    assert!(rig.fails.is_empty());
+
+    // Body already complete when the refusal arrives (pipelined in one read).
+    let mut real = FakeSmtpd::new();
+    real.refuse_data = true;
+    let mut c = ClientAccel::new(&warm());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(GREETING, &mut o);
+    c.from_local(b"EHLO c\r\nMAIL FROM:<a>\r\nRCPT TO:<b>\r\n", true, &mut o);
+    c.from_tunnel(EHLO_REPLY, &mut o);
+    c.from_tunnel(b"250 2.0.0 Ok\r\n", &mut o);
+    c.from_tunnel(RCPT_OK, &mut o);
+    o.clear();
+    c.from_local(b"DATA\r\nbody\r\n.\r\n", true, &mut o);
+    assert_eq!(o.to_local, DATA_GO);
+    assert_eq!(o.to_tunnel, b"XSTRAW-DATA\r\nbody\r\n.\r\n");
+    o.clear();
+    c.from_tunnel(b"451 4.3.0 Try later\r\n", &mut o);
+    assert_eq!(o.to_local, b"451 4.3.0 Try later\r\n");
+    assert!(o.fail.is_none());
+}
+
+#[test]
+fn smtp_quit_is_real_while_a_message_is_unconfirmed() {
+    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
+    rig.send(b"EHLO c\r\n");
+    rig.send(b"MAIL FROM:<a@example.org>\r\n");
+    rig.send(b"RCPT TO:<b@example.org>\r\n");
+    rig.send(b"DATA\r\n");
+    let mut tail = BODY.to_vec();
+    tail.extend_from_slice(b"QUIT\r\n");
+    let r = rig.send(&tail);
+    let mut want = QUEUED.to_vec();
+    want.extend_from_slice(REAL_BYE);
+    assert_text(&r, &want);
+}
+
+#[test]
+fn smtp_auth_passes_through_in_lockstep() {
+    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
+    rig.send(b"EHLO c\r\n");
+    assert_eq!(rig.send(b"AUTH LOGIN\r\n"), b"334 VXNlcm5hbWU6\r\n");
+    // "RCPT" as a SASL response must not be read as a command.
+    assert_eq!(rig.send(b"RCPT\r\n"), b"334 UGFzc3dvcmQ6\r\n");
+    assert_eq!(
+        rig.send(b"DATA\r\n"),
+        b"235 2.0.0 Authentication succeeded\r\n"
+    );
+    assert_eq!(rig.send(b"AUTH PLAIN\r\n"), b"334 \r\n");
+    assert!(rig.send(b"AGJvYgBzZWNyZXQ=\r\n").starts_with(b"235"));
+    assert!(
+        rig.real
+            .seen
+            .ends_with(b"AUTH LOGIN\r\nRCPT\r\nDATA\r\nAUTH PLAIN\r\nAGJvYgBzZWNyZXQ=\r\n")
+    );
+    assert!(rig.fails.is_empty());
+}
+
+#[test]
+fn smtp_program_pipelining_groups() {
+    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
+    rig.send(b"EHLO c\r\n");
+    // RFC 2920 group: DATA last. No RCPT reply seen yet: DATA waits for real.
+    let r = rig.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n");
+    let mut want = MAIL_OK.to_vec();
+    want.extend_from_slice(RCPT_OK);
+    want.extend_from_slice(b"550 5.1.1 Invalid recipient: <nobody@example.org>\r\n");
+    want.extend_from_slice(b"354 Enter mail, end with \".\" on a line by itself\r\n");
+    assert_text(&r, &want);
+    assert_eq!(rig.send(BODY), QUEUED);
+    assert_eq!(rig.real.bodies, vec![BODY.to_vec()]);
+    assert_eq!(rig.send(b"QUIT\r\n"), BYE);
+    assert!(rig.fails.is_empty());
+}
+
+#[test]
+fn smtp_starttls_and_private_lines_never_reach_the_server() {
+    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
+    rig.send(b"EHLO c\r\n");
+    assert!(rig.send(b"STARTTLS\r\n").starts_with(b"454"));
+    assert!(rig.send(SYNTH_DATA).starts_with(b"500"));
+    assert_eq!(rig.real.seen, b"EHLO c\r\n");
+    let mut c = ClientAccel::new(&warm());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_local(b"BDAT 10 LAST\r\n", true, &mut o);
+    assert!(o.fail.is_some());
+}
+
+#[test]
+fn smtp_large_body_is_bulk_and_byte_exact() {
+    let mut body = Vec::new();
+    for i in 0..2000 {
+        body.extend_from_slice(
+            format!(
+                "{}line {i} with some text\r\n",
+                if i % 7 == 0 { ".." } else { "" }
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(b".\r\n");
+    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
+    for s in smtplib_steps(&body) {
+        rig.send(&s);
+    }
+    assert!(rig.client_bulk);
+    assert_eq!(rig.real.bodies, vec![body]);
+    assert!(rig.c.stats().link_waits <= 2);
+}
+
+#[test]
+fn smtp_garbage_and_oversized_lines_fail_cleanly() {
+    let mut c = ClientAccel::new(&warm());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_local(&vec![b'M'; MAX_LINE + 1], false, &mut o);
+    assert!(o.fail.as_deref().unwrap().contains("longer"));
+
+    let mut c = ClientAccel::new(&warm());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(b"+OK this is POP3\r\n", &mut o);
+    assert!(o.fail.is_some());
+
+    let mut c = ClientAccel::new(&warm());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(GREETING, &mut o);
+    c.from_tunnel(b"250 unasked\r\n", &mut o);
+    assert!(o.fail.is_some());
+
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    let mut long = Vec::new();
+    for _ in 0..2000 {
+        long.extend_from_slice(b"220-0123456789012345678901234567890123456789\r\n");
+    }
+    s.from_local(&long, true, &mut o);
+    assert!(o.fail.as_deref().unwrap().contains("too long"));
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(b"220 hi\r\n250 unasked\r\n", true, &mut o);
+    assert!(o.fail.is_some());
+    assert!(
+        ReplyReader::default().feed(b"250-a\r\n251 b\r\n").is_err(),
+        "codes must agree"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn smtp_any_split_of_each_step_gives_the_same_result(
+        cuts in proptest::collection::vec(0usize..300, 0..16)
+    ) {
+        let steps = smtplib_steps(BODY);
+        let mut rig = Rig::new(&warm(), FakeSmtpd::new());
+        let mut off = 0;
+        for s in &steps {
+            let mut at: Vec<usize> = cuts.iter().filter(|&&c| c > off && c < off + s.len()).map(|c| c - off).collect();
+            at.sort();
+            let mut last = 0;
+            for c in at.into_iter().chain([s.len()]) {
+                rig.send(&s[last..c]);
+                last = c;
+            }
+            off += s.len();
+        }
+        let mut want = GREETING.to_vec();
+        for r in [SHOWN_EHLO, MAIL_OK, RCPT_OK, DATA_GO, QUEUED, BYE] {
+            want.extend_from_slice(r);
+        }
+        prop_assert_eq!(&rig.program_saw, &want);
+        prop_assert_eq!(&rig.real.seen, &real_saw(BODY));
+        prop_assert!(rig.fails.is_empty());
+        prop_assert!(rig.c.stats().link_waits <= 2);
+    }
+}
