@@ -1,0 +1,1 @@
+//! HTTP accelerator pair (todo).
