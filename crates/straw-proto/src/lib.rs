@@ -7,6 +7,8 @@
 //! session: flush now, or treat as bulk. Accelerators come in pairs, one per
 //! side, and may rewrite what crosses the stream between them.
 
+pub mod http;
+pub mod imap;
 pub mod passthrough;
 pub mod pop3;
 pub mod smtp;

@@ -1,0 +1,759 @@
+//! IMAP accelerator pair (DESIGN §6).
+//!
+//! The stream between the pair carries plain IMAP, with two differences:
+//! every command literal crosses as non-synchronising (`{N+}`), and IDLE
+//! keep-alives never cross. The client answers locally only what commits
+//! nothing (cached greeting and pre-login CAPABILITY, literal continuations,
+//! LOGOUT once nothing else is outstanding) and checks each of those against
+//! the real reply when it arrives.
+
+mod framer;
+#[cfg(test)]
+mod tests;
+
+use crate::{AccelStats, Accelerator, Cache, Output};
+use framer::{Ev, Framer, content, with_literal};
+use std::collections::BTreeSet;
+
+/// Cache key: the real greeting line (no CRLF), as the real server sent it.
+pub const GREETING_KEY: &str = "imap.greeting";
+/// Cache key: the real pre-login `* CAPABILITY ...` line (no CRLF).
+pub const CAPABILITY_KEY: &str = "imap.capability";
+
+/// Literals bigger than this are scheduled as bulk.
+const BULK_LITERAL: u64 = 16 * 1024;
+/// LITERAL- (RFC 7888) allows non-synchronising literals up to this size.
+const LITERAL_MINUS_MAX: u64 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImapConfig {
+    /// Largest literal accepted in either direction.
+    pub max_literal: u64,
+    /// Longest line (outside literals) accepted in either direction.
+    pub max_line: usize,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            max_literal: 64 << 20,
+            max_line: 1 << 20,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn word(s: &[u8]) -> (&[u8], &[u8]) {
+    match s.iter().position(|&b| b == b' ') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, &[]),
+    }
+}
+
+fn upper(s: &[u8]) -> String {
+    String::from_utf8_lossy(s).to_ascii_uppercase()
+}
+
+fn show(s: &[u8]) -> String {
+    String::from_utf8_lossy(s).into_owned()
+}
+
+/// Capability atoms of a `* CAPABILITY` line or a `[CAPABILITY ...]` code.
+fn caps_of(line: &[u8]) -> Option<Vec<String>> {
+    let (star, rest) = word(line);
+    if star == b"*" {
+        let (w, atoms) = word(rest);
+        if w.eq_ignore_ascii_case(b"CAPABILITY") {
+            return Some(atoms_of(atoms));
+        }
+    }
+    let (start, end) = cap_code_span(line)?;
+    Some(atoms_of(&line[start..end]))
+}
+
+/// Span of the atoms inside a `[CAPABILITY ...]` response code.
+fn cap_code_span(line: &[u8]) -> Option<(usize, usize)> {
+    let pat = b"[CAPABILITY ";
+    let i = line
+        .windows(pat.len())
+        .position(|w| w.eq_ignore_ascii_case(pat))?;
+    let start = i + pat.len();
+    let end = start + line[start..].iter().position(|&b| b == b']')?;
+    Some((start, end))
+}
+
+fn atoms_of(s: &[u8]) -> Vec<String> {
+    s.split(|&b| b == b' ')
+        .filter(|a| !a.is_empty())
+        .map(show)
+        .collect()
+}
+
+/// The capability list the mail program sees: no STARTTLS (the tunnel is
+/// encrypted), no LOGINDISABLED when only TLS would lift it, no COMPRESS
+/// (it would blind the pair), and LITERAL+ (which the pair provides).
+pub fn rewrite_caps(atoms: &[String]) -> Vec<String> {
+    let starttls = atoms.iter().any(|a| a.eq_ignore_ascii_case("STARTTLS"));
+    let mut v: Vec<String> = atoms
+        .iter()
+        .filter(|a| {
+            let u = a.to_ascii_uppercase();
+            !(u == "STARTTLS"
+                || (u == "LOGINDISABLED" && starttls)
+                || u.starts_with("COMPRESS=")
+                || u == "LITERAL-")
+        })
+        .cloned()
+        .collect();
+    if !v.iter().any(|a| a.eq_ignore_ascii_case("LITERAL+")) {
+        v.push("LITERAL+".into());
+    }
+    v
+}
+
+fn cap_set(atoms: &[String]) -> BTreeSet<String> {
+    rewrite_caps(atoms)
+        .iter()
+        .map(|a| a.to_ascii_uppercase())
+        .collect()
+}
+
+/// `raw` (a whole line) with any capability list in it rewritten.
+fn rewrite_line(raw: &[u8]) -> Vec<u8> {
+    let line = content(raw);
+    let (star, rest) = word(line);
+    let (w, atoms) = word(rest);
+    if star == b"*" && w.eq_ignore_ascii_case(b"CAPABILITY") {
+        let mut v = line[..line.len() - atoms.len()].to_vec();
+        if atoms.is_empty() {
+            v.push(b' ');
+        }
+        v.extend_from_slice(rewrite_caps(&atoms_of(atoms)).join(" ").as_bytes());
+        v.extend_from_slice(b"\r\n");
+        return v;
+    }
+    match cap_code_span(line) {
+        Some((s, e)) => {
+            let mut v = line[..s].to_vec();
+            v.extend_from_slice(rewrite_caps(&atoms_of(&line[s..e])).join(" ").as_bytes());
+            v.extend_from_slice(&line[e..]);
+            v.extend_from_slice(b"\r\n");
+            v
+        }
+        None => raw.to_vec(),
+    }
+}
+
+/// What matters in a greeting: its status and capability list. The text may
+/// carry a date or host name, which commits nothing.
+fn greeting_sig(line: &[u8]) -> (String, Option<BTreeSet<String>>) {
+    let (_, rest) = word(line);
+    let (status, _) = word(rest);
+    (upper(status), caps_of(line).map(|c| cap_set(&c)))
+}
+
+// ---------------------------------------------------------------- client
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Greeting {
+    /// Waiting for the real greeting; `served` if the cached one was shown.
+    Awaiting {
+        served: bool,
+    },
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PendKind {
+    /// Forwarded; the program waits for the real reply.
+    Plain { auth: bool },
+    /// Answered from cache; the real reply is checked and swallowed.
+    LocalCap { seen: bool },
+    /// Answered locally; the real reply is checked and swallowed.
+    LocalLogout,
+}
+
+#[derive(Debug)]
+struct Pending {
+    tag: Vec<u8>,
+    kind: PendKind,
+}
+
+/// Client side: next to the mail program.
+#[derive(Debug)]
+pub struct ClientAccel {
+    cached_greeting: Option<Vec<u8>>,
+    cached_caps: Option<Vec<String>>,
+    cmds: Framer,
+    resps: Framer,
+    greeting: Greeting,
+    authed: bool,
+    pending: Vec<Pending>,
+    /// Forwarded commands the program is waiting on.
+    awaited: usize,
+    /// IDLE/AUTHENTICATE in progress: program lines are continuation data.
+    cont_tag: Option<Vec<u8>>,
+    cmd_bulk: bool,
+    unflushed: bool,
+    /// The current response is passed to the program (else swallowed).
+    resp_pass: bool,
+    resp_bulk: bool,
+    stats: AccelStats,
+    failed: bool,
+}
+
+impl ClientAccel {
+    pub fn new(cache: &Cache) -> Self {
+        Self::with_config(cache, ImapConfig::default())
+    }
+
+    pub fn with_config(cache: &Cache, cfg: ImapConfig) -> Self {
+        let cached_caps = cache.get(CAPABILITY_KEY).and_then(|l| caps_of(content(l)));
+        ClientAccel {
+            cached_greeting: cache.get(GREETING_KEY).map(|g| content(g).to_vec()),
+            cached_caps,
+            cmds: Framer::new(cfg.max_line, cfg.max_literal),
+            resps: Framer::new(cfg.max_line, cfg.max_literal),
+            greeting: Greeting::Awaiting { served: false },
+            authed: false,
+            pending: Vec::new(),
+            awaited: 0,
+            cont_tag: None,
+            cmd_bulk: false,
+            unflushed: false,
+            resp_pass: true,
+            resp_bulk: false,
+            stats: AccelStats::default(),
+            failed: false,
+        }
+    }
+
+    /// Called once at connection start: serves the cached greeting, if any.
+    pub fn start(&mut self, out: &mut Output) {
+        match &self.cached_greeting {
+            Some(g) => {
+                let mut raw = g.clone();
+                raw.extend_from_slice(b"\r\n");
+                out.to_local.extend_from_slice(&rewrite_line(&raw));
+                self.greeting = Greeting::Awaiting { served: true };
+                self.stats.local_replies += 1;
+                self.authed = greeting_sig(g).0 == "PREAUTH";
+            }
+            // The program waits for the real greeting to cross the link.
+            None => self.stats.link_waits += 1,
+        }
+    }
+
+    fn fail(&mut self, out: &mut Output, why: String) {
+        if out.fail.is_none() {
+            out.fail = Some(why);
+        }
+        self.failed = true;
+    }
+
+    fn begin_command(&mut self, raw: &[u8], has_lit: bool, out: &mut Output) -> bool {
+        let line = content(raw);
+        let (tag, rest) = word(line);
+        let (verb, _) = word(rest);
+        let verb = upper(verb);
+        let auth_pending = self
+            .pending
+            .iter()
+            .any(|p| p.kind == PendKind::Plain { auth: true });
+        let greeted = self.greeting != Greeting::Awaiting { served: false };
+        if verb == "CAPABILITY"
+            && !has_lit
+            && !self.authed
+            && !auth_pending
+            && greeted
+            && let Some(caps) = &self.cached_caps
+        {
+            let mut r = b"* CAPABILITY ".to_vec();
+            r.extend_from_slice(rewrite_caps(caps).join(" ").as_bytes());
+            r.extend_from_slice(b"\r\n");
+            r.extend_from_slice(tag);
+            r.extend_from_slice(b" OK CAPABILITY completed\r\n");
+            out.to_local.extend_from_slice(&r);
+            self.stats.local_replies += 1;
+            self.pending.push(Pending {
+                tag: tag.to_vec(),
+                kind: PendKind::LocalCap { seen: false },
+            });
+            return true;
+        }
+        if verb == "LOGOUT" && !has_lit && self.awaited == 0 && greeted {
+            // Nothing is outstanding, so the program learns every result
+            // before it goes; LOGOUT itself commits nothing (no expunge).
+            let mut r = b"* BYE Logging out\r\n".to_vec();
+            r.extend_from_slice(tag);
+            r.extend_from_slice(b" OK Logout completed.\r\n");
+            out.to_local.extend_from_slice(&r);
+            self.stats.local_replies += 1;
+            self.pending.push(Pending {
+                tag: tag.to_vec(),
+                kind: PendKind::LocalLogout,
+            });
+            return true;
+        }
+        let auth = verb == "LOGIN" || verb == "AUTHENTICATE";
+        self.pending.push(Pending {
+            tag: tag.to_vec(),
+            kind: PendKind::Plain { auth },
+        });
+        if self.awaited == 0 {
+            self.stats.link_waits += 1;
+        }
+        self.awaited += 1;
+        if verb == "IDLE" || verb == "AUTHENTICATE" {
+            self.cont_tag = Some(tag.to_vec());
+        }
+        false
+    }
+
+    fn on_cmd(&mut self, ev: Ev, out: &mut Output) {
+        match ev {
+            Ev::Line { raw, first, lit } => {
+                if first && self.cont_tag.is_none() {
+                    self.begin_command(&raw, lit.is_some(), out);
+                }
+                match lit {
+                    Some(l) => {
+                        if l.plus {
+                            out.to_tunnel.extend_from_slice(&raw);
+                        } else {
+                            // The continuation commits nothing; the server
+                            // side deals with a refusal.
+                            out.to_local.extend_from_slice(b"+ OK\r\n");
+                            self.stats.local_replies += 1;
+                            out.to_tunnel
+                                .extend_from_slice(&with_literal(&raw, &l, true));
+                        }
+                        self.cmd_bulk = l.n > BULK_LITERAL;
+                    }
+                    None => {
+                        out.to_tunnel.extend_from_slice(&raw);
+                        self.unflushed = true;
+                    }
+                }
+            }
+            Ev::Lit(data) => {
+                out.to_tunnel.extend_from_slice(&data);
+                out.bulk |= self.cmd_bulk;
+            }
+        }
+    }
+
+    /// The first line of a response: decide whether it reaches the program.
+    fn on_resp_start(&mut self, raw: &[u8], out: &mut Output) -> bool {
+        let line = content(raw);
+        if let Greeting::Awaiting { served } = self.greeting {
+            self.greeting = Greeting::Done;
+            if !served {
+                out.cache_put.push((GREETING_KEY.into(), line.to_vec()));
+                self.authed = greeting_sig(line).0 == "PREAUTH";
+                out.to_local.extend_from_slice(&rewrite_line(raw));
+                return true;
+            }
+            let cached = self.cached_greeting.clone().unwrap_or_default();
+            if greeting_sig(&cached) != greeting_sig(line) {
+                out.cache_put.push((GREETING_KEY.into(), line.to_vec()));
+                self.fail(
+                    out,
+                    format!(
+                        "IMAP greeting changed: cached {:?}, real {:?}",
+                        show(&cached),
+                        show(line)
+                    ),
+                );
+            }
+            return false;
+        }
+        if line.first() == Some(&b'+') {
+            out.to_local.extend_from_slice(raw);
+            return true;
+        }
+        let (tag, rest) = word(line);
+        let (w, _) = word(rest);
+        let w = upper(w);
+        if tag == b"*" {
+            if w == "CAPABILITY" {
+                let real = caps_of(line).unwrap_or_default();
+                let local = self
+                    .pending
+                    .iter_mut()
+                    .find(|p| p.kind == PendKind::LocalCap { seen: false });
+                if let Some(p) = local {
+                    p.kind = PendKind::LocalCap { seen: true };
+                    let cached = self.cached_caps.clone().unwrap_or_default();
+                    if cap_set(&cached) != cap_set(&real) {
+                        out.cache_put.push((CAPABILITY_KEY.into(), line.to_vec()));
+                        self.fail(
+                            out,
+                            format!(
+                                "IMAP capabilities changed: cached [{}], real [{}]",
+                                cached.join(" "),
+                                real.join(" ")
+                            ),
+                        );
+                    }
+                    return false;
+                }
+                let auth_pending = self
+                    .pending
+                    .iter()
+                    .any(|p| p.kind == PendKind::Plain { auth: true });
+                if !self.authed && !auth_pending {
+                    out.cache_put.push((CAPABILITY_KEY.into(), line.to_vec()));
+                }
+            }
+            if w == "BYE" && self.pending.iter().any(|p| p.kind == PendKind::LocalLogout) {
+                return false;
+            }
+            out.to_local.extend_from_slice(&rewrite_line(raw));
+            return true;
+        }
+        if self.cont_tag.as_deref() == Some(tag) {
+            self.cont_tag = None;
+        }
+        let Some(i) = self.pending.iter().position(|p| p.tag == tag) else {
+            out.to_local.extend_from_slice(&rewrite_line(raw));
+            return true;
+        };
+        let p = self.pending.remove(i);
+        match p.kind {
+            PendKind::LocalCap { seen } => {
+                if w != "OK" || !seen {
+                    self.fail(
+                        out,
+                        format!(
+                            "IMAP CAPABILITY was answered from cache but the real server said {:?}",
+                            show(line)
+                        ),
+                    );
+                }
+                false
+            }
+            PendKind::LocalLogout => {
+                if w != "OK" {
+                    self.fail(
+                        out,
+                        format!(
+                            "IMAP LOGOUT was answered locally but the real server said {:?}",
+                            show(line)
+                        ),
+                    );
+                }
+                false
+            }
+            PendKind::Plain { auth } => {
+                self.awaited -= 1;
+                if auth && w == "OK" {
+                    self.authed = true;
+                }
+                out.to_local.extend_from_slice(&rewrite_line(raw));
+                true
+            }
+        }
+    }
+
+    fn on_resp(&mut self, ev: Ev, out: &mut Output) {
+        match ev {
+            Ev::Line { raw, first, lit } => {
+                if first {
+                    self.resp_pass = self.on_resp_start(&raw, out);
+                } else if self.resp_pass {
+                    out.to_local.extend_from_slice(&raw);
+                }
+                self.resp_bulk = lit.is_some_and(|l| l.n > BULK_LITERAL);
+            }
+            Ev::Lit(data) => {
+                if self.resp_pass {
+                    out.to_local.extend_from_slice(&data);
+                    out.bulk |= self.resp_bulk;
+                }
+            }
+        }
+    }
+}
+
+impl Accelerator for ClientAccel {
+    fn from_local(&mut self, data: &[u8], drained: bool, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.cmds.push(data);
+        loop {
+            match self.cmds.next_ev() {
+                Ok(Some(ev)) => self.on_cmd(ev, out),
+                Ok(None) => break,
+                Err(e) => return self.fail(out, format!("from the mail program: {e}")),
+            }
+            if self.failed {
+                return;
+            }
+        }
+        if drained && self.unflushed {
+            out.flush = true;
+            self.unflushed = false;
+        }
+    }
+
+    fn from_tunnel(&mut self, data: &[u8], out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.resps.push(data);
+        loop {
+            match self.resps.next_ev() {
+                Ok(Some(ev)) => self.on_resp(ev, out),
+                Ok(None) => break,
+                Err(e) => return self.fail(out, format!("from the server side: {e}")),
+            }
+            if self.failed {
+                return;
+            }
+        }
+    }
+
+    fn stats(&self) -> AccelStats {
+        self.stats
+    }
+}
+
+// ---------------------------------------------------------------- server
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RespKind {
+    Greeting,
+    Cont,
+    Untagged { flush: bool },
+    Tagged,
+}
+
+/// Server side: next to the real IMAP server.
+#[derive(Debug)]
+pub struct ServerAccel {
+    cmds: Framer,
+    resps: Framer,
+    greeted: bool,
+    literal_plus: bool,
+    literal_minus: bool,
+    /// Sent a synchronising literal to the real server; waiting for its `+`
+    /// (or a refusal) for the command with this tag.
+    waiting: Option<Vec<u8>>,
+    /// The current command was refused: drop the rest of it.
+    swallow: bool,
+    cur_tag: Vec<u8>,
+    cont_tag: Option<Vec<u8>>,
+    idle_tag: Option<Vec<u8>>,
+    resp_kind: RespKind,
+    /// The current response is forwarded (else dropped).
+    resp_pass: bool,
+    resp_bulk: bool,
+    failed: bool,
+}
+
+impl Default for ServerAccel {
+    fn default() -> Self {
+        Self::new(ImapConfig::default())
+    }
+}
+
+impl ServerAccel {
+    pub fn new(cfg: ImapConfig) -> Self {
+        ServerAccel {
+            cmds: Framer::new(cfg.max_line, cfg.max_literal),
+            resps: Framer::new(cfg.max_line, cfg.max_literal),
+            greeted: false,
+            literal_plus: false,
+            literal_minus: false,
+            waiting: None,
+            swallow: false,
+            cur_tag: Vec::new(),
+            cont_tag: None,
+            idle_tag: None,
+            resp_kind: RespKind::Greeting,
+            resp_pass: true,
+            resp_bulk: false,
+            failed: false,
+        }
+    }
+
+    /// Nothing to do at start on this side; present for symmetry.
+    pub fn start(&mut self, _out: &mut Output) {}
+
+    fn fail(&mut self, out: &mut Output, why: String) {
+        if out.fail.is_none() {
+            out.fail = Some(why);
+        }
+        self.failed = true;
+    }
+
+    fn learn_caps(&mut self, line: &[u8]) {
+        if let Some(c) = caps_of(line) {
+            self.literal_plus = c.iter().any(|a| a.eq_ignore_ascii_case("LITERAL+"));
+            self.literal_minus = c.iter().any(|a| a.eq_ignore_ascii_case("LITERAL-"));
+        }
+    }
+
+    /// Feed the real server commands from the stream, stopping at a
+    /// synchronising literal until the real server answers it.
+    fn pump_cmds(&mut self, out: &mut Output) {
+        while self.waiting.is_none() && !self.failed {
+            let ev = match self.cmds.next_ev() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return,
+                Err(e) => return self.fail(out, format!("from the client side: {e}")),
+            };
+            match ev {
+                Ev::Line { raw, first, lit } => {
+                    if first && self.cont_tag.is_none() {
+                        self.swallow = false;
+                        let (tag, rest) = word(content(&raw));
+                        let (verb, _) = word(rest);
+                        self.cur_tag = tag.to_vec();
+                        let verb = upper(verb);
+                        if verb == "IDLE" {
+                            self.idle_tag = Some(tag.to_vec());
+                        }
+                        if verb == "IDLE" || verb == "AUTHENTICATE" {
+                            self.cont_tag = Some(tag.to_vec());
+                        }
+                    }
+                    if self.swallow {
+                        // A refused command's remaining segments.
+                        continue;
+                    }
+                    match lit {
+                        Some(l) => {
+                            let plus = self.literal_plus
+                                || (self.literal_minus && l.n <= LITERAL_MINUS_MAX);
+                            out.to_local
+                                .extend_from_slice(&with_literal(&raw, &l, plus));
+                            if !plus {
+                                self.waiting = Some(self.cur_tag.clone());
+                            }
+                        }
+                        None => out.to_local.extend_from_slice(&raw),
+                    }
+                }
+                Ev::Lit(data) => {
+                    if !self.swallow {
+                        out.to_local.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_resp_start(&mut self, raw: &[u8], out: &mut Output) -> bool {
+        let line = content(raw);
+        self.learn_caps(line);
+        if !self.greeted {
+            self.greeted = true;
+            self.resp_kind = RespKind::Greeting;
+            out.to_tunnel.extend_from_slice(raw);
+            return true;
+        }
+        if line.first() == Some(&b'+') {
+            if self.waiting.take().is_some() {
+                // The answer to our own synchronising literal.
+                self.resp_kind = RespKind::Untagged { flush: false };
+                self.pump_cmds(out);
+                return false;
+            }
+            self.resp_kind = RespKind::Cont;
+            out.to_tunnel.extend_from_slice(raw);
+            return true;
+        }
+        let (tag, rest) = word(line);
+        let (w, text) = word(rest);
+        if tag == b"*" {
+            let idling = self.idle_tag.is_some();
+            if idling && w.eq_ignore_ascii_case(b"OK") && text.first() != Some(&b'[') {
+                // IDLE keep-alive: meaningless across the link.
+                self.resp_kind = RespKind::Untagged { flush: false };
+                return false;
+            }
+            let bye = w.eq_ignore_ascii_case(b"BYE");
+            self.resp_kind = RespKind::Untagged {
+                flush: idling || bye,
+            };
+            out.to_tunnel.extend_from_slice(raw);
+            return true;
+        }
+        self.resp_kind = RespKind::Tagged;
+        if self.idle_tag.as_deref() == Some(tag) {
+            self.idle_tag = None;
+        }
+        if self.cont_tag.as_deref() == Some(tag) {
+            self.cont_tag = None;
+        }
+        if self.waiting.as_deref() == Some(tag) {
+            // The real server refused the literal: it will not read it, so
+            // the rest of the command never reaches it.
+            self.waiting = None;
+            self.swallow = true;
+            out.to_tunnel.extend_from_slice(raw);
+            self.pump_cmds(out);
+            return true;
+        }
+        out.to_tunnel.extend_from_slice(raw);
+        true
+    }
+
+    fn on_resp(&mut self, ev: Ev, out: &mut Output) {
+        match ev {
+            Ev::Line { raw, first, lit } => {
+                if first {
+                    self.resp_pass = self.on_resp_start(&raw, out);
+                } else if self.resp_pass {
+                    out.to_tunnel.extend_from_slice(&raw);
+                }
+                self.resp_bulk = lit.is_some_and(|l| l.n > BULK_LITERAL);
+                if lit.is_none() && self.resp_pass {
+                    out.flush |= match self.resp_kind {
+                        RespKind::Greeting | RespKind::Cont | RespKind::Tagged => true,
+                        RespKind::Untagged { flush } => flush,
+                    };
+                }
+            }
+            Ev::Lit(data) => {
+                if self.resp_pass {
+                    out.to_tunnel.extend_from_slice(&data);
+                    out.bulk |= self.resp_bulk;
+                }
+            }
+        }
+    }
+}
+
+impl Accelerator for ServerAccel {
+    /// Bytes from the real server.
+    fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.resps.push(data);
+        loop {
+            match self.resps.next_ev() {
+                Ok(Some(ev)) => self.on_resp(ev, out),
+                Ok(None) => break,
+                Err(e) => return self.fail(out, format!("from the real server: {e}")),
+            }
+            if self.failed {
+                return;
+            }
+        }
+    }
+
+    /// Commands from the client side.
+    fn from_tunnel(&mut self, data: &[u8], out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.cmds.push(data);
+        self.pump_cmds(out);
+    }
+}
