@@ -67,6 +67,13 @@ pub trait Accelerator: Send {
     /// Bytes that arrived from the peer accelerator over the stream.
     fn from_tunnel(&mut self, data: &[u8], out: &mut Output);
 
+    /// Called once when the connection starts, before any bytes (e.g. to
+    /// serve a cached greeting).
+    fn start(&mut self, _out: &mut Output) {}
+
+    /// The local socket reached end of input.
+    fn local_eof(&mut self, _out: &mut Output) {}
+
     fn stats(&self) -> AccelStats {
         AccelStats::default()
     }

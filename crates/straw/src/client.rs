@@ -9,14 +9,15 @@ use anyhow::{Context, Result, anyhow, bail};
 use straw_core::session::{Role, Session, SessionConfig};
 use straw_core::wire::{Hello, PROTOCOL_VERSION};
 use straw_proto::passthrough::Passthrough;
+use straw_proto::{Accelerator, http, imap, pop3, smtp};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::{ClientConfig, SessionOptions, TcpOptions};
+use crate::config::{ClientConfig, Protocol, SessionOptions, TcpOptions};
 use crate::link::keys::{self, Keypair};
 use crate::link::{noise, tcp};
-use crate::tunnel::{OpenRequest, Tunnel, TunnelStats};
+use crate::tunnel::{OpenRequest, SharedCache, Tunnel, TunnelStats};
 
 /// Session parameters from the config file.
 pub fn session_config(role: Role, o: &SessionOptions) -> SessionConfig {
@@ -63,6 +64,11 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
         tokio::spawn(accept_loop(
             listener,
             svc.name.clone(),
+            AccelFactory {
+                protocol: svc.protocol,
+                cfg: cfg.clone(),
+                cache: SharedCache::default(),
+            },
             open_tx.clone(),
             cfg.tcp.clone(),
         ));
@@ -120,9 +126,39 @@ async fn connect(
     Ok((sock, transport, server_hello))
 }
 
+/// Makes the client side of a service's accelerator pair, handing it what
+/// earlier connections cached (greetings, capabilities).
+struct AccelFactory {
+    protocol: Protocol,
+    cfg: ClientConfig,
+    cache: SharedCache,
+}
+
+impl AccelFactory {
+    fn make(&self) -> Box<dyn Accelerator> {
+        let cache = self.cache.lock().expect("cache lock").clone();
+        match self.protocol {
+            Protocol::Tcp => Box::new(Passthrough::default()),
+            Protocol::Pop3 => Box::new(pop3::ClientAccel::new(
+                pop3::Pop3Config {
+                    prefetch: self.cfg.pop3.prefetch,
+                },
+                &cache,
+            )),
+            Protocol::Smtp => Box::new(smtp::ClientAccel::new(&cache)),
+            Protocol::Imap => Box::new(imap::ClientAccel::new(&cache)),
+            Protocol::Http => Box::new(http::ClientAccel::new(http::HttpPolicy {
+                blocked_hosts: self.cfg.http.blocked_hosts.clone(),
+                ..Default::default()
+            })),
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     service: String,
+    accel: AccelFactory,
     opens: mpsc::Sender<OpenRequest>,
     tcp_opts: TcpOptions,
 ) {
@@ -139,7 +175,8 @@ async fn accept_loop(
         let req = OpenRequest {
             service: service.clone(),
             io: Box::new(sock),
-            accel: Box::new(Passthrough::default()),
+            accel: accel.make(),
+            cache: Some(accel.cache.clone()),
         };
         if opens.send(req).await.is_err() {
             return;

@@ -98,6 +98,8 @@ pub struct ServerConfig {
     /// Service name → upstream address.
     pub services: std::collections::BTreeMap<String, ServerService>,
     #[serde(default)]
+    pub http: ServerHttp,
+    #[serde(default)]
     pub tcp: TcpOptions,
     #[serde(default)]
     pub session: SessionOptions,
@@ -106,10 +108,43 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerService {
-    /// host:port of the real server.
-    pub upstream: String,
+    /// host:port of the real server. Not used by `http`, whose requests name
+    /// their origin.
+    #[serde(default)]
+    pub upstream: Option<String>,
     #[serde(default)]
     pub protocol: Protocol,
+}
+
+/// Server-side HTTP proxy policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerHttp {
+    /// Allow requests to loopback and private addresses (off: no SSRF).
+    pub allow_private: bool,
+}
+
+/// Client-side HTTP proxy policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientHttp {
+    /// Hosts (and their subdomains) answered with a local 403, never fetched.
+    pub blocked_hosts: Vec<String>,
+}
+
+/// Client-side POP3 options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientPop3 {
+    /// Ask for STAT, UIDL and LIST together with the login, and answer the
+    /// program's STAT/UIDL/LIST from those real replies.
+    pub prefetch: bool,
+}
+
+impl Default for ClientPop3 {
+    fn default() -> Self {
+        Self { prefetch: true }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -118,6 +153,12 @@ pub enum Protocol {
     /// Generic byte stream, forwarded as is.
     #[default]
     Tcp,
+    /// Accelerated mail protocols: cached greetings, batched commands.
+    Pop3,
+    Smtp,
+    Imap,
+    /// Forward HTTP proxy (absolute-URI requests, CONNECT).
+    Http,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +173,10 @@ pub struct ClientConfig {
     /// Local listeners.
     #[serde(rename = "service", default)]
     pub services: Vec<ClientService>,
+    #[serde(default)]
+    pub http: ClientHttp,
+    #[serde(default)]
+    pub pop3: ClientPop3,
     #[serde(default)]
     pub tcp: TcpOptions,
     #[serde(default)]
@@ -171,6 +216,11 @@ impl ServerConfig {
         resolve(path, &mut c.authorized_keys);
         if c.services.is_empty() {
             bail!("{}: no [services] configured", path.display());
+        }
+        for (name, svc) in &c.services {
+            if svc.protocol != Protocol::Http && svc.upstream.is_none() {
+                bail!("{}: service {name} needs an upstream", path.display());
+            }
         }
         Ok(c)
     }

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
 use straw_core::session::{Role, Session};
 use straw_core::wire::{Hello, PROTOCOL_VERSION};
 use straw_proto::passthrough::Passthrough;
+use straw_proto::{Accelerator, http, imap, pop3, smtp};
 use tokio::net::{TcpListener, TcpStream};
+
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::{ServerConfig, ServerService, TcpOptions};
+use crate::config::{Protocol, ServerConfig, ServerHttp, ServerService, TcpOptions};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
 use crate::tunnel::{DialFuture, Dialer, LocalIo, Tunnel, TunnelStats};
@@ -120,6 +123,7 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, state: Arc<ServerState>) 
     let dialer = Arc::new(ServiceDialer {
         services: cfg.services.clone(),
         tcp: cfg.tcp.clone(),
+        http: cfg.http.clone(),
     });
     let stats = Arc::new(TunnelStats::default());
     let tunnel = Tunnel::new(
@@ -136,28 +140,76 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, state: Arc<ServerState>) 
     Ok(())
 }
 
-/// Maps service names from OPEN frames to the configured upstreams.
+/// Maps service names from OPEN frames to the configured upstreams, and
+/// pairs each with the server side of its accelerator.
 pub struct ServiceDialer {
     pub services: BTreeMap<String, ServerService>,
     pub tcp: TcpOptions,
+    pub http: ServerHttp,
+}
+
+impl ServiceDialer {
+    fn http_policy(&self) -> http::HttpPolicy {
+        http::HttpPolicy {
+            allow_private: self.http.allow_private,
+            ..Default::default()
+        }
+    }
 }
 
 impl Dialer for ServiceDialer {
-    fn dial(&self, service: &str) -> DialFuture {
-        let target = self.services.get(service).map(|s| s.upstream.clone());
+    fn needs_first_data(&self, service: &str) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|s| s.protocol == Protocol::Http)
+    }
+
+    fn dial(&self, service: &str, first_data: Option<Bytes>) -> DialFuture {
+        let svc = self.services.get(service).cloned();
         let service = service.to_owned();
         let tcp_opts = self.tcp.clone();
+        let policy = self.http_policy();
         Box::pin(async move {
-            let upstream =
-                target.ok_or_else(|| anyhow!("service {service:?} is not configured"))?;
+            let svc = svc.ok_or_else(|| anyhow!("service {service:?} is not configured"))?;
+            let upstream = match svc.protocol {
+                Protocol::Http => http_origin(first_data.as_deref(), &policy).await?,
+                _ => svc
+                    .upstream
+                    .clone()
+                    .ok_or_else(|| anyhow!("service {service} has no upstream"))?,
+            };
             let sock = tokio::time::timeout(DIAL_TIMEOUT, tcp::connect_local(&upstream, &tcp_opts))
                 .await
                 .map_err(|_| anyhow!("{service}: connecting to {upstream} timed out"))?
                 .with_context(|| format!("service {service}"))?;
-            Ok((
-                Box::new(sock) as Box<dyn LocalIo>,
-                Box::new(Passthrough::default()) as Box<dyn straw_proto::Accelerator>,
-            ))
+            let accel: Box<dyn Accelerator> = match svc.protocol {
+                Protocol::Tcp => Box::new(Passthrough::default()),
+                Protocol::Pop3 => Box::new(pop3::ServerAccel::new()),
+                Protocol::Smtp => Box::new(smtp::ServerAccel::new()),
+                Protocol::Imap => Box::new(imap::ServerAccel::new(Default::default())),
+                Protocol::Http => Box::new(http::ServerAccel::new(policy)),
+            };
+            Ok((Box::new(sock) as Box<dyn LocalIo>, accel))
         })
     }
+}
+
+/// The origin an HTTP proxy stream's first request names, checked against
+/// the SSRF policy after DNS resolution (a name may point anywhere).
+async fn http_origin(first: Option<&[u8]>, policy: &http::HttpPolicy) -> Result<String> {
+    let first = first.ok_or_else(|| anyhow!("http: stream ended before a request"))?;
+    let (host, port) =
+        http::parse_target(first).ok_or_else(|| anyhow!("http: no absolute-URI request"))?;
+    let target = format!("{host}:{port}");
+    if !policy.allow_private {
+        for addr in tokio::net::lookup_host(&target)
+            .await
+            .with_context(|| format!("resolving {target}"))?
+        {
+            if http::is_private_ip(addr.ip()) {
+                bail!("http: {target} resolves to private address {}", addr.ip());
+            }
+        }
+    }
+    Ok(target)
 }

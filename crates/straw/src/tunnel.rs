@@ -18,7 +18,7 @@ use straw_core::session::{Event, Priority, Session, reset_code};
 use straw_proto::{Accelerator, Output};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::link::noise::{MessageReader, Transport};
 
@@ -35,7 +35,11 @@ pub struct OpenRequest {
     pub service: String,
     pub io: Box<dyn LocalIo>,
     pub accel: Box<dyn Accelerator>,
+    /// Where the accelerator's `cache_put`s go (the client's per-service cache).
+    pub cache: Option<SharedCache>,
 }
+
+pub type SharedCache = Arc<std::sync::Mutex<straw_proto::Cache>>;
 
 /// A dialled upstream: its socket and the accelerator for the stream.
 pub type Dialed = (Box<dyn LocalIo>, Box<dyn Accelerator>);
@@ -43,8 +47,14 @@ pub type DialFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<
 
 /// Decides what to do with a stream the peer opened (server side).
 pub trait Dialer: Send + Sync + 'static {
+    /// Whether dialing `service` needs the stream's first bytes (e.g. an HTTP
+    /// proxy request naming its origin) rather than happening at OPEN.
+    fn needs_first_data(&self, _service: &str) -> bool {
+        false
+    }
+
     /// Connects to the upstream for `service`; `Err` resets the stream.
-    fn dial(&self, service: &str) -> DialFuture;
+    fn dial(&self, service: &str, first_data: Option<Bytes>) -> DialFuture;
 }
 
 /// Counters shared with tests, metrics and `straw status`.
@@ -60,6 +70,10 @@ pub struct TunnelStats {
     pub held_bound: AtomicU64,
     pub streams_opened: AtomicU64,
     pub codec_memory: AtomicU64,
+    /// Times a local program waited for a reply that crossed the link
+    /// (summed over finished connections), and replies answered locally.
+    pub link_waits: AtomicU64,
+    pub local_replies: AtomicU64,
 }
 
 /// What a socket's pump tasks tell the tunnel.
@@ -116,6 +130,28 @@ struct Attached {
     reader_done: bool,
     writer_done: bool,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    accel: Option<SharedAccel>,
+    service: String,
+    /// Server side: the dial waits for the stream's first bytes.
+    dial_pending_data: bool,
+}
+
+impl Attached {
+    fn new(service: String) -> Self {
+        let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+        Self {
+            grant_tx: None,
+            grant_outstanding: false,
+            inbound_tx,
+            inbound_rx: Some(inbound_rx),
+            reader_done: false,
+            writer_done: false,
+            tasks: Vec::new(),
+            accel: None,
+            service,
+            dial_pending_data: false,
+        }
+    }
 }
 
 impl Drop for Attached {
@@ -258,17 +294,8 @@ impl Tunnel {
             Ok(id) => {
                 self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
                 debug!(tunnel = %self.label, stream = id, service = %req.service, "stream opened");
-                let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
-                let mut a = Attached {
-                    grant_tx: None,
-                    grant_outstanding: false,
-                    inbound_tx,
-                    inbound_rx: Some(inbound_rx),
-                    reader_done: false,
-                    writer_done: false,
-                    tasks: Vec::new(),
-                };
-                self.start_pumps(id, &mut a, req.io, req.accel);
+                let mut a = Attached::new(req.service);
+                self.start_pumps(id, &mut a, req.io, req.accel, req.cache);
                 self.streams.insert(id, a);
             }
             Err(e) => warn!(tunnel = %self.label, "refusing local connection: {e}"),
@@ -280,29 +307,54 @@ impl Tunnel {
         stream: u64,
         a: &mut Attached,
         io: Box<dyn LocalIo>,
-        accel: Box<dyn Accelerator>,
+        mut accel: Box<dyn Accelerator>,
+        cache: Option<SharedCache>,
     ) {
         let (rd, wr) = tokio::io::split(io);
-        let accel: SharedAccel = Arc::new(std::sync::Mutex::new(accel));
+        // A cached greeting goes out before anything else.
+        let mut out = Output::default();
+        accel.start(&mut out);
+        let ctx = PumpCtx {
+            stream,
+            accel: Arc::new(std::sync::Mutex::new(accel)),
+            tx: self.pump_tx.clone(),
+            local: a.inbound_tx.clone(),
+            cache,
+        };
+        ctx.route(&mut out);
+        a.accel = Some(ctx.accel.clone());
         let (grant_tx, grant_rx) = mpsc::unbounded_channel();
         a.grant_tx = Some(grant_tx);
         let inbound_rx = a.inbound_rx.take().expect("pumps start once");
-        a.tasks.push(tokio::spawn(read_pump(
-            stream,
-            rd,
-            grant_rx,
-            accel.clone(),
-            self.pump_tx.clone(),
-            a.inbound_tx.clone(),
-        )));
-        a.tasks.push(tokio::spawn(write_pump(
-            stream,
-            wr,
-            inbound_rx,
-            accel,
-            self.pump_tx.clone(),
-            a.inbound_tx.clone(),
-        )));
+        a.tasks
+            .push(tokio::spawn(read_pump(ctx.clone(), rd, grant_rx)));
+        a.tasks.push(tokio::spawn(write_pump(ctx, wr, inbound_rx)));
+    }
+
+    /// Drops a stream's sockets and tasks, keeping its accelerator's counters.
+    fn forget(&mut self, stream: u64) {
+        let Some(a) = self.streams.remove(&stream) else {
+            return;
+        };
+        if let Some(accel) = &a.accel {
+            let st = accel.lock().expect("accelerator lock").stats();
+            self.stats
+                .link_waits
+                .fetch_add(st.link_waits, Ordering::Relaxed);
+            self.stats
+                .local_replies
+                .fetch_add(st.local_replies, Ordering::Relaxed);
+            if st.link_waits + st.local_replies > 0 {
+                info!(
+                    tunnel = %self.label,
+                    stream,
+                    service = %a.service,
+                    link_waits = st.link_waits,
+                    local_replies = st.local_replies,
+                    "connection done"
+                );
+            }
+        }
     }
 
     fn handle_pump(&mut self, msg: PumpMsg) {
@@ -343,26 +395,33 @@ impl Tunnel {
             }
             PumpMsg::Failed { stream } => {
                 self.session.reset(stream, reset_code::ABORTED);
-                self.streams.remove(&stream);
+                self.forget(stream);
             }
             PumpMsg::Written { stream, n } => self.session.consumed(stream, n),
             PumpMsg::Dialed { stream, result } => match result {
                 Ok((io, accel)) => {
                     if let Some(mut a) = self.streams.remove(&stream) {
-                        self.start_pumps(stream, &mut a, io, accel);
+                        self.start_pumps(stream, &mut a, io, accel, None);
                         self.streams.insert(stream, a);
                     }
                 }
                 Err(e) => {
                     warn!(tunnel = %self.label, stream, "upstream unreachable: {e:#}");
                     self.session.reset(stream, reset_code::UNREACHABLE);
-                    self.streams.remove(&stream);
+                    self.forget(stream);
                 }
             },
         }
         // Both directions done: the sockets are closed, forget the stream.
-        self.streams
-            .retain(|_, a| !(a.reader_done && a.writer_done));
+        let done: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, a)| a.reader_done && a.writer_done)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            self.forget(id);
+        }
     }
 
     /// Hands each idle reader a grant of what the session can take from it.
@@ -388,8 +447,15 @@ impl Tunnel {
                 Event::Data {
                     stream, payload, ..
                 } => {
-                    if let Some(a) = self.streams.get(&stream) {
-                        let _ = a.inbound_tx.send(Inbound::Data(payload));
+                    if let Some(a) = self.streams.get_mut(&stream) {
+                        if a.dial_pending_data {
+                            a.dial_pending_data = false;
+                            let service = a.service.clone();
+                            self.spawn_dial(stream, service, Some(payload.clone()));
+                        }
+                        if let Some(a) = self.streams.get(&stream) {
+                            let _ = a.inbound_tx.send(Inbound::Data(payload));
+                        }
                     }
                 }
                 Event::Fin { stream } => {
@@ -399,7 +465,7 @@ impl Tunnel {
                 }
                 Event::Reset { stream, code } => {
                     debug!(tunnel = %self.label, stream, code, "stream reset by peer");
-                    self.streams.remove(&stream);
+                    self.forget(stream);
                 }
                 Event::Proto { .. } => {}
             }
@@ -414,24 +480,27 @@ impl Tunnel {
         };
         let service = String::from_utf8_lossy(service).into_owned();
         self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
-        let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+        let mut a = Attached::new(service.clone());
+        a.dial_pending_data = dialer.needs_first_data(&service);
+        let dial_now = !a.dial_pending_data;
+        self.streams.insert(stream, a);
+        if dial_now {
+            self.spawn_dial(stream, service, None);
+        }
+    }
+
+    fn spawn_dial(&mut self, stream: u64, service: String, first: Option<Bytes>) {
+        let Some(dialer) = self.dialer.clone() else {
+            return;
+        };
         let tx = self.pump_tx.clone();
         let task = tokio::spawn(async move {
-            let result = dialer.dial(&service).await;
+            let result = dialer.dial(&service, first).await;
             let _ = tx.send(PumpMsg::Dialed { stream, result });
         });
-        self.streams.insert(
-            stream,
-            Attached {
-                grant_tx: None,
-                grant_outstanding: false,
-                inbound_tx,
-                inbound_rx: Some(inbound_rx),
-                reader_done: false,
-                writer_done: false,
-                tasks: vec![task],
-            },
-        );
+        if let Some(a) = self.streams.get_mut(&stream) {
+            a.tasks.push(task);
+        }
     }
 }
 
@@ -442,67 +511,93 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Routes an accelerator's output: bytes for the peer go to the tunnel task,
-/// bytes for the local socket to the writer. Returns false if the stream failed.
-fn route(
+/// What both pump tasks of one socket share.
+#[derive(Clone)]
+struct PumpCtx {
     stream: u64,
-    out: &mut Output,
-    tx: &mpsc::UnboundedSender<PumpMsg>,
-    local: &mpsc::UnboundedSender<Inbound>,
-) -> bool {
-    if let Some(reason) = out.fail.take() {
-        warn!(stream, "closing connection: {reason}");
-        let _ = tx.send(PumpMsg::Failed { stream });
-        return false;
+    accel: SharedAccel,
+    /// To the tunnel task.
+    tx: mpsc::UnboundedSender<PumpMsg>,
+    /// To this socket's writer.
+    local: mpsc::UnboundedSender<Inbound>,
+    cache: Option<SharedCache>,
+}
+
+impl PumpCtx {
+    fn with_accel(&self, f: impl FnOnce(&mut dyn Accelerator, &mut Output), out: &mut Output) {
+        out.clear();
+        let mut guard = self.accel.lock().expect("accelerator lock");
+        f(guard.as_mut(), out);
     }
-    if !out.to_local.is_empty() {
-        let _ = local.send(Inbound::Local(std::mem::take(&mut out.to_local)));
+
+    /// Routes an accelerator's output: bytes for the peer go to the tunnel
+    /// task, bytes for the local socket to the writer, cache updates to the
+    /// cache. Returns false if the connection must close.
+    fn route(&self, out: &mut Output) -> bool {
+        if let Some(cache) = &self.cache
+            && !out.cache_put.is_empty()
+        {
+            let mut c = cache.lock().expect("cache lock");
+            for (k, v) in out.cache_put.drain(..) {
+                c.insert(k, v);
+            }
+        }
+        if let Some(reason) = out.fail.take() {
+            warn!(stream = self.stream, "closing connection: {reason}");
+            let _ = self.tx.send(PumpMsg::Failed {
+                stream: self.stream,
+            });
+            return false;
+        }
+        if !out.to_local.is_empty() {
+            let _ = self
+                .local
+                .send(Inbound::Local(std::mem::take(&mut out.to_local)));
+        }
+        if !out.to_tunnel.is_empty() || out.flush {
+            let _ = self.tx.send(PumpMsg::Data {
+                stream: self.stream,
+                bytes: std::mem::take(&mut out.to_tunnel),
+                flush: out.flush,
+                bulk: out.bulk,
+            });
+        }
+        true
     }
-    if !out.to_tunnel.is_empty() || out.flush {
-        let _ = tx.send(PumpMsg::Data {
-            stream,
-            bytes: std::mem::take(&mut out.to_tunnel),
-            flush: out.flush,
-            bulk: out.bulk,
-        });
-    }
-    true
 }
 
 async fn read_pump(
-    stream: u64,
+    ctx: PumpCtx,
     mut rd: tokio::io::ReadHalf<Box<dyn LocalIo>>,
     mut grants: mpsc::UnboundedReceiver<usize>,
-    accel: SharedAccel,
-    tx: mpsc::UnboundedSender<PumpMsg>,
-    local: mpsc::UnboundedSender<Inbound>,
 ) {
+    let stream = ctx.stream;
     let mut buf = vec![0u8; READ_CHUNK];
     let mut out = Output::default();
     while let Some(grant) = grants.recv().await {
         let want = grant.min(buf.len()).max(1);
         match rd.read(&mut buf[..want]).await {
             Ok(0) => {
-                let _ = tx.send(PumpMsg::Eof { stream });
+                ctx.with_accel(|a, out| a.local_eof(out), &mut out);
+                if !ctx.route(&mut out) {
+                    return;
+                }
+                let _ = ctx.tx.send(PumpMsg::Eof { stream });
                 return;
             }
             Ok(n) => {
-                out.clear();
                 // A short read means the socket had nothing more just now.
                 let drained = n < want;
-                accel
-                    .lock()
-                    .expect("accelerator lock")
-                    .from_local(&buf[..n], drained, &mut out);
-                if !route(stream, &mut out, &tx, &local) {
+                ctx.with_accel(|a, out| a.from_local(&buf[..n], drained, out), &mut out);
+                if !ctx.route(&mut out) {
                     return;
                 }
                 // Answer every grant, even if nothing went to the tunnel.
-                let _ = tx.send(PumpMsg::GrantUsed { stream });
+                let _ = ctx.tx.send(PumpMsg::GrantUsed { stream });
             }
             Err(e) => {
                 debug!(stream, "local read failed: {e}");
-                let _ = tx.send(PumpMsg::Failed { stream });
+                let _ = ctx.tx.send(PumpMsg::Failed { stream });
                 return;
             }
         }
@@ -510,24 +605,18 @@ async fn read_pump(
 }
 
 async fn write_pump(
-    stream: u64,
+    ctx: PumpCtx,
     mut wr: tokio::io::WriteHalf<Box<dyn LocalIo>>,
     mut inbound: mpsc::UnboundedReceiver<Inbound>,
-    accel: SharedAccel,
-    tx: mpsc::UnboundedSender<PumpMsg>,
-    local: mpsc::UnboundedSender<Inbound>,
 ) {
+    let stream = ctx.stream;
     let mut out = Output::default();
     while let Some(msg) = inbound.recv().await {
         let (bytes, consumed) = match msg {
             Inbound::Data(bytes) => {
-                out.clear();
-                accel
-                    .lock()
-                    .expect("accelerator lock")
-                    .from_tunnel(&bytes, &mut out);
+                ctx.with_accel(|a, out| a.from_tunnel(&bytes, out), &mut out);
                 let to_local = std::mem::take(&mut out.to_local);
-                if !route(stream, &mut out, &tx, &local) {
+                if !ctx.route(&mut out) {
                     return;
                 }
                 (to_local, bytes.len())
@@ -535,17 +624,19 @@ async fn write_pump(
             Inbound::Local(bytes) => (bytes, 0),
             Inbound::Fin => {
                 let _ = wr.shutdown().await;
-                let _ = tx.send(PumpMsg::Closed { stream });
+                let _ = ctx.tx.send(PumpMsg::Closed { stream });
                 return;
             }
         };
-        if let Err(e) = wr.write_all(&bytes).await {
+        if !bytes.is_empty()
+            && let Err(e) = wr.write_all(&bytes).await
+        {
             debug!(stream, "local write failed: {e}");
-            let _ = tx.send(PumpMsg::Failed { stream });
+            let _ = ctx.tx.send(PumpMsg::Failed { stream });
             return;
         }
         if consumed > 0 {
-            let _ = tx.send(PumpMsg::Written {
+            let _ = ctx.tx.send(PumpMsg::Written {
                 stream,
                 n: consumed,
             });

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 struct TestDialer;
 
 impl Dialer for TestDialer {
-    fn dial(&self, service: &str) -> DialFuture {
+    fn dial(&self, service: &str, _first: Option<bytes::Bytes>) -> DialFuture {
         let service = service.to_owned();
         Box::pin(async move {
             let (ours, mut theirs) = duplex(4096);
@@ -119,6 +119,7 @@ async fn interactive_reply_is_not_starved_by_bulk() {
             service: "bulk".into(),
             io: Box::new(bulk_local),
             accel: Box::new(Passthrough::default()),
+            cache: None,
         })
         .await
         .unwrap();
@@ -142,6 +143,7 @@ async fn interactive_reply_is_not_starved_by_bulk() {
             service: "chat".into(),
             io: Box::new(chat_local),
             accel: Box::new(Passthrough::default()),
+            cache: None,
         })
         .await
         .unwrap();

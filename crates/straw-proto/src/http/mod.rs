@@ -671,6 +671,10 @@ impl ClientAccel {
 }
 
 impl Accelerator for ClientAccel {
+    fn start(&mut self, out: &mut Output) {
+        ClientAccel::start(self, out)
+    }
+
     fn from_local(&mut self, data: &[u8], drained: bool, out: &mut Output) {
         if self.failed {
             return;
@@ -1026,6 +1030,14 @@ impl ServerAccel {
 }
 
 impl Accelerator for ServerAccel {
+    fn start(&mut self, out: &mut Output) {
+        ServerAccel::start(self, out)
+    }
+
+    fn local_eof(&mut self, out: &mut Output) {
+        self.local_closed(out)
+    }
+
     fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
         if self.failed {
             return;

@@ -478,6 +478,10 @@ impl ClientAccel {
 }
 
 impl Accelerator for ClientAccel {
+    fn start(&mut self, out: &mut Output) {
+        ClientAccel::start(self, out)
+    }
+
     fn from_local(&mut self, data: &[u8], drained: bool, out: &mut Output) {
         if self.failed {
             return;
@@ -730,6 +734,10 @@ impl ServerAccel {
 }
 
 impl Accelerator for ServerAccel {
+    fn start(&mut self, out: &mut Output) {
+        ServerAccel::start(self, out)
+    }
+
     /// Bytes from the real server.
     fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
         if self.failed {

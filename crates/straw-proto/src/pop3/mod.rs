@@ -524,6 +524,10 @@ fn rewrite_capa(reply: &[u8]) -> Vec<u8> {
 }
 
 impl Accelerator for ClientAccel {
+    fn start(&mut self, out: &mut Output) {
+        ClientAccel::start(self, out)
+    }
+
     fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
         if self.failed {
             return;
@@ -620,6 +624,10 @@ impl ServerAccel {
 }
 
 impl Accelerator for ServerAccel {
+    fn start(&mut self, out: &mut Output) {
+        ServerAccel::start(self, out)
+    }
+
     /// Bytes from the real server.
     fn from_local(&mut self, mut data: &[u8], drained: bool, out: &mut Output) {
         while !data.is_empty() && !self.failed {
