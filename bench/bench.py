@@ -317,12 +317,14 @@ def find_straw(a):
     return None
 
 
-def has_cmd(binary, sub):
+def has_cmd(binary, sub, needs=""):
+    """True if `binary sub --help` works and mentions `needs` (a placeholder
+    subcommand without the expected options doesn't count)."""
     if not binary:
         return False
-    r = subprocess.run([binary, sub, "--help"], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    return r.returncode == 0
+    r = subprocess.run([binary, sub, "--help"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    return r.returncode == 0 and needs in r.stdout
 
 
 def straw_setup(a, straw):
@@ -360,7 +362,7 @@ def way_straw(a, procs, cmd, straw):
     d = straw_setup(a, straw)
     ensure_free([STRAW_SERVER, STRAW_LINK, *STRAW_LOCAL.values()])
     env = dict(os.environ)
-    env.setdefault("RUST_LOG", "info")
+    env.setdefault("STRAW_LOG", "info")
     server = procs.start("straw-server", [straw, "server", "--config", os.path.join(d, "server.toml")],
                          env=env)
     try:
@@ -501,8 +503,8 @@ def main():
         peers_started = not was_up
 
         straw = find_straw(a)
-        use_straw_linksim = a.linksim == "straw" or (a.linksim == "auto" and has_cmd(straw, "linksim"))
-        if a.linksim == "straw" and not has_cmd(straw, "linksim"):
+        use_straw_linksim = a.linksim == "straw" or (a.linksim == "auto" and has_cmd(straw, "linksim", "--rate"))
+        if a.linksim == "straw" and not has_cmd(straw, "linksim", "--rate"):
             raise BenchError("--linksim straw: no straw binary with a linksim command")
         if use_straw_linksim:
             cmd, lname = [straw, "linksim"], "straw linksim"
@@ -517,7 +519,7 @@ def main():
         for name, on in plan:
             if not on:
                 continue
-            if name == "straw" and not has_cmd(straw, "server"):
+            if name == "straw" and not has_cmd(straw, "server", "--config"):
                 res["ways"][name] = {"ok": False, "skipped": "no straw binary with a server command "
                                      "(cargo build --release -p straw, or --straw PATH)"}
                 log(f"straw: skipped ({res['ways'][name]['skipped']})")
