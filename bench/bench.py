@@ -3,6 +3,7 @@
 (direct, ssh -C -L, straw) and print a comparison table. See scripts/bench."""
 
 import argparse
+import fcntl
 import json
 import os
 import pwd
@@ -488,6 +489,13 @@ def main():
 
     logdir = os.path.join(a.state, "bench", "logs")
     os.makedirs(logdir, exist_ok=True)
+    # `peers up` reseeds the Maildirs, which would break a concurrent run's session.
+    lock = open(os.path.join(a.state, "bench", "lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"another scripts/bench is running on {a.state}")
+        return 1
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     procs = Procs(logdir)
