@@ -115,7 +115,7 @@ class Linksim:
         self.out = os.path.join(procs.logdir, f"{name}.stats")
         self.procs = procs
         argv = cmd + ["--listen", f"127.0.0.1:{listen_port}", "--to", f"127.0.0.1:{to_port}",
-                      "--rate", str(a.rate), "--delay", str(a.delay),
+                      "--rate", str(a.rate), "--delay", str(a.delay_ms),
                       "--mss", str(a.mss), "--overhead", str(a.overhead)]
         self.proc = procs.start(name, argv, stdout=self.out)
         wait_listening([listen_port], self.proc, name)
@@ -464,7 +464,7 @@ def main():
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     ap.add_argument("--rate", type=int, default=int(env("STRAW_BENCH_RATE", "2400")),
                     help="link rate, bit/s (env STRAW_BENCH_RATE; default 2400)")
-    ap.add_argument("--delay", type=float, default=float(env("STRAW_BENCH_DELAY", "500")),
+    ap.add_argument("--delay", type=int, default=int(env("STRAW_BENCH_DELAY", "500")),
                     help="one-way delay, ms (env STRAW_BENCH_DELAY; default 500)")
     ap.add_argument("--mss", type=int, default=536)
     ap.add_argument("--overhead", type=int, default=40)
@@ -482,6 +482,7 @@ def main():
     ap.add_argument("--state", default=env("STRAW_STATE") or os.path.join(REPO, ".state"))
     a = ap.parse_args()
     a.messages = a.messages or (2 if a.quick else 10)
+    a.delay_ms = a.delay
     a.state = os.path.abspath(a.state)
     os.environ["STRAW_STATE"] = a.state
     if a.rate < 1 or a.delay < 0 or a.messages < 1 or a.mss < 1:

@@ -47,9 +47,11 @@ def split_addr(s):
     return host.strip("[]"), int(port)
 
 
-async def pump(link, d, reader, writer):
+async def pump(link, d, reader, writer, not_before):
     """Move reader -> writer through direction d; half-closes on EOF."""
     loop = asyncio.get_running_loop()
+    if not_before > loop.time():
+        await asyncio.sleep(not_before - loop.time())
     q = asyncio.Queue()
 
     async def deliver():
@@ -89,7 +91,23 @@ async def pump(link, d, reader, writer):
         task.cancel()
 
 
+def reserve(link, d, loop):
+    """A header-only segment (handshake): occupies the link, not counted."""
+    d.free_at = max(loop.time(), d.free_at) + link.overhead * 8 / link.rate
+    return d.free_at
+
+
+async def sleep_until(loop, t):
+    if t > loop.time():
+        await asyncio.sleep(t - loop.time())
+
+
 async def handle(link, to, reader, writer):
+    loop = asyncio.get_running_loop()
+    up, down = link.dirs
+    # TCP handshake over the link, as straw linksim: SYN up, then dial;
+    # SYN-ACK down before client data, final ACK up before server data.
+    await sleep_until(loop, reserve(link, up, loop) + link.delay)
     try:
         host, port = to
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -103,9 +121,12 @@ async def handle(link, to, reader, writer):
         return
     for w in (writer, uw):
         w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    synack_at = reserve(link, down, loop) + link.delay
+    await sleep_until(loop, synack_at)
+    ack_at = reserve(link, up, loop) + link.delay
     try:
-        await asyncio.gather(pump(link, link.dirs[0], reader, uw),
-                             pump(link, link.dirs[1], ur, writer))
+        await asyncio.gather(pump(link, up, reader, uw, synack_at),
+                             pump(link, down, ur, writer, ack_at))
     except (ConnectionError, OSError):
         pass
     finally:
