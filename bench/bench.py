@@ -263,11 +263,32 @@ LogLevel INFO
     return d
 
 
+def stop_stale_sshd(pidfile, cfg):
+    """A run killed with SIGKILL leaves its sshd behind: stop exactly that one."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            ours = cfg.encode() in f.read()
+    except (OSError, ValueError):
+        ours = False
+    if ours:
+        log(f"stopping a leftover sshd (pid {pid})")
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.1)
+    if os.path.exists(pidfile):
+        os.unlink(pidfile)
+
+
 def way_ssh(a, procs, cmd):
     ensure_sshd_installed()
     d = sshd_setup(a)
-    ensure_free([SSHD_PORT, SSH_LINK, *SSH_FWD.values()])
     cfg = os.path.join(d, "sshd_config")
+    stop_stale_sshd(os.path.join(d, "sshd.pid"), cfg)
+    ensure_free([SSHD_PORT, SSH_LINK, *SSH_FWD.values()])
     subprocess.run(["/usr/sbin/sshd", "-t", "-f", cfg], check=True)
     # sshd must be started by absolute path (it re-execs itself).
     sshd = procs.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", cfg])
