@@ -1,0 +1,595 @@
+#!/usr/bin/env python3
+"""Run one scripted mail session over a simulated satellite link three ways
+(direct, ssh -C -L, straw) and print a comparison table. See scripts/bench."""
+
+import argparse
+import fcntl
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SERVICES = ["pop3", "imap", "smtp", "http"]
+UPSTREAM = {"pop3": 10110, "imap": 10143, "smtp": 10025, "http": 10080}
+# Loopback ports used by the bench itself.
+DIRECT_LINK = {"pop3": 10711, "imap": 10712, "smtp": 10713, "http": 10714}
+SSHD_PORT = 10022
+SSH_LINK = 10721
+SSH_FWD = {"pop3": 10811, "imap": 10812, "smtp": 10813, "http": 10814}
+STRAW_SERVER = 10700
+STRAW_LINK = 10731
+STRAW_LOCAL = {"pop3": 10821, "imap": 10822, "smtp": 10823, "http": 10824}
+
+STATS_RE = re.compile(
+    r"linksim up bytes=(\d+) segments=(\d+) link_secs=([\d.]+) "
+    r"down bytes=(\d+) segments=(\d+) link_secs=([\d.]+)")
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+class Procs:
+    """Children we started, stopped in reverse order by PID on cleanup."""
+
+    def __init__(self, logdir):
+        self.logdir = logdir
+        self.procs = []
+
+    def start(self, name, argv, stdout=None, env=None):
+        err = open(os.path.join(self.logdir, f"{name}.log"), "wb")
+        out = open(stdout, "wb") if stdout else err
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                             start_new_session=True, env=env)
+        p.bench_name = name
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, timeout=10.0):
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"{p.bench_name} (pid {p.pid}) ignored SIGTERM; killing")
+                p.kill()
+                p.wait()
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in reversed(list(self.procs)):
+            self.stop(p)
+
+
+def listening(port):
+    """True if something listens on TCP port (any local address), without
+    connecting: a probe connection would cross the link and cost bytes."""
+    want = f":{port:04X}"
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[1].endswith(want) and cols[3] == "0A":
+                        return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def wait_listening(ports, proc, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not all(listening(p) for p in ports):
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what} exited (status {proc.returncode}) before listening on {ports}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} not listening on {ports} after {timeout:.0f}s")
+        time.sleep(0.01)
+
+
+def ensure_free(ports):
+    busy = [p for p in ports if listening(p)]
+    if busy:
+        raise BenchError(f"port(s) {busy} on loopback already in use (a leftover run?)")
+
+
+# ------------------------------------------------------------------ linksim
+
+class Linksim:
+    def __init__(self, procs, cmd, name, listen_port, to_port, a):
+        self.out = os.path.join(procs.logdir, f"{name}.stats")
+        self.procs = procs
+        argv = cmd + ["--listen", f"127.0.0.1:{listen_port}", "--to", f"127.0.0.1:{to_port}",
+                      "--rate", str(a.rate), "--delay", str(a.delay_ms),
+                      "--mss", str(a.mss), "--overhead", str(a.overhead)]
+        self.proc = procs.start(name, argv, stdout=self.out)
+        wait_listening([listen_port], self.proc, name)
+
+    def _lines(self):
+        with open(self.out) as f:
+            return [m.groups() for m in map(STATS_RE.search, f) if m]
+
+    @staticmethod
+    def _stats(g):
+        return {"up_bytes": int(g[0]), "up_segments": int(g[1]), "up_secs": float(g[2]),
+                "down_bytes": int(g[3]), "down_segments": int(g[4]), "down_secs": float(g[5])}
+
+    def _wait_line(self, n, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self._lines()
+            if len(lines) > n:
+                return self._stats(lines[n])
+            if time.monotonic() > deadline:
+                raise BenchError(f"linksim gave no stats line (see {self.out})")
+            time.sleep(0.01)
+
+    def snapshot(self):
+        n = len(self._lines())
+        self.proc.send_signal(signal.SIGUSR1)
+        return self._wait_line(n)
+
+    def stop(self):
+        n = len(self._lines())
+        self.procs.stop(self.proc)
+        return self._wait_line(n, timeout=1.0)
+
+
+def add_stats(a, b, sign=1):
+    return {k: a[k] + sign * b[k] for k in a}
+
+
+ZERO = {"up_bytes": 0, "up_segments": 0, "up_secs": 0.0,
+        "down_bytes": 0, "down_segments": 0, "down_secs": 0.0}
+
+
+# ------------------------------------------------------------------ workload
+
+def run_session(a, ports, logdir, name):
+    argv = [sys.executable, os.path.join(HERE, "mail_session.py"),
+            "--peers", os.path.join(a.state, "peers"), "--messages", str(a.messages)]
+    for s in SERVICES:
+        argv += [f"--{s}", f"127.0.0.1:{ports[s]}"]
+    log(f"{name}: running the mail session")
+    with open(os.path.join(logdir, f"{name}.session.log"), "wb") as err:
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        out = json.loads(r.stdout)
+    except ValueError:
+        raise BenchError(f"{name}: mail session crashed (see {logdir}/{name}.session.log)")
+    if not out.get("ok"):
+        raise BenchError(f"{name}: mail session failed: {out.get('error')}")
+    return out
+
+
+def settle(a):
+    # Let anything still in flight after setup (e.g. a lazy handshake's reply)
+    # land before the session starts, so setup and session don't overlap.
+    time.sleep(2 * a.delay / 1000.0 + 0.5)
+
+
+# --------------------------------------------------------------------- ways
+
+def way_direct(a, procs, cmd):
+    ensure_free(DIRECT_LINK.values())
+    links = {s: Linksim(procs, cmd, f"direct-link-{s}", DIRECT_LINK[s], UPSTREAM[s], a)
+             for s in SERVICES}
+    try:
+        out = run_session(a, DIRECT_LINK, procs.logdir, "direct")
+        link = ZERO
+        for s in SERVICES:
+            link = add_stats(link, links[s].snapshot())
+    finally:
+        for s in SERVICES:
+            links[s].stop()
+    return {"seconds": out["seconds"], "link": link, "setup": None}
+
+
+def ensure_sshd_installed():
+    if os.path.exists("/usr/sbin/sshd") and shutil.which("ssh") and shutil.which("ssh-keygen"):
+        return
+    if os.geteuid() != 0:
+        raise BenchError("openssh-server is not installed and we are not root to install it")
+    log("installing openssh-server")
+    # Keep the package's own sshd on port 22 from starting.
+    own_policy = not os.path.exists("/usr/sbin/policy-rc.d")
+    if own_policy:
+        with open("/usr/sbin/policy-rc.d", "w") as f:
+            f.write("#!/bin/sh\nexit 101\n")
+        os.chmod("/usr/sbin/policy-rc.d", 0o755)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                        "openssh-server", "openssh-client"], check=True, env=env, stdout=sys.stderr)
+    except subprocess.CalledProcessError as e:
+        raise BenchError(f"installing openssh-server failed: {e}")
+    finally:
+        if own_policy:
+            os.unlink("/usr/sbin/policy-rc.d")
+
+
+def sshd_setup(a):
+    """Own host key, client key, authorized_keys, known_hosts and sshd_config."""
+    d = os.path.join(a.state, "bench", "ssh")
+    os.makedirs(d, exist_ok=True)
+    for key in ("host_ed25519", "client_ed25519"):
+        p = os.path.join(d, key)
+        if not os.path.exists(p):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"straw-bench-{key}",
+                            "-f", p], check=True)
+    with open(os.path.join(d, "client_ed25519.pub")) as f:
+        client_pub = f.read()
+    with open(os.path.join(d, "authorized_keys"), "w") as f:
+        f.write(client_pub)
+    with open(os.path.join(d, "host_ed25519.pub")) as f:
+        host_pub = " ".join(f.read().split()[:2])
+    with open(os.path.join(d, "known_hosts"), "w") as f:
+        f.write(f"straw-bench-sshd {host_pub}\n")
+    with open(os.path.join(d, "sshd_config"), "w") as f:
+        f.write(f"""# Generated by scripts/bench: loopback only, key auth only.
+ListenAddress 127.0.0.1:{SSHD_PORT}
+HostKey {d}/host_ed25519
+AuthorizedKeysFile {d}/authorized_keys
+PidFile none
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+AllowTcpForwarding local
+X11Forwarding no
+PrintMotd no
+Compression yes
+LogLevel INFO
+""")
+    os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
+    return d
+
+
+def stop_stale_sshd(pidfile, cfg):
+    """A run killed with SIGKILL leaves its sshd behind: stop exactly that one."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            ours = cfg.encode() in f.read()
+    except (OSError, ValueError):
+        ours = False
+    if ours:
+        log(f"stopping a leftover sshd (pid {pid})")
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.1)
+    if os.path.exists(pidfile):
+        os.unlink(pidfile)
+
+
+def way_ssh(a, procs, cmd):
+    ensure_sshd_installed()
+    d = sshd_setup(a)
+    cfg = os.path.join(d, "sshd_config")
+    stop_stale_sshd(os.path.join(d, "sshd.pid"), cfg)
+    ensure_free([SSHD_PORT, SSH_LINK, *SSH_FWD.values()])
+    subprocess.run(["/usr/sbin/sshd", "-t", "-f", cfg], check=True)
+    # sshd must be started by absolute path (it re-execs itself).
+    sshd = procs.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", cfg])
+    with open(os.path.join(d, "sshd.pid"), "w") as f:
+        f.write(f"{sshd.pid}\n")
+    try:
+        wait_listening([SSHD_PORT], sshd, "sshd")
+        link = Linksim(procs, cmd, "ssh-link", SSH_LINK, SSHD_PORT, a)
+        argv = ["ssh", "-N", "-C", "-F", "/dev/null", "-p", str(SSH_LINK),
+                "-i", os.path.join(d, "client_ed25519"),
+                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", "HostKeyAlias=straw-bench-sshd",
+                "-o", f"UserKnownHostsFile={d}/known_hosts", "-o", "GlobalKnownHostsFile=/dev/null",
+                "-o", "StrictHostKeyChecking=yes", "-o", "UpdateHostKeys=no",
+                "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=0",
+                "-o", "ConnectTimeout=600"]
+        for s in SERVICES:
+            argv += ["-L", f"127.0.0.1:{SSH_FWD[s]}:127.0.0.1:{UPSTREAM[s]}"]
+        argv.append(f"{pwd.getpwuid(os.getuid()).pw_name}@127.0.0.1")
+        log("ssh: connecting through the link")
+        t0 = time.monotonic()
+        ssh = procs.start("ssh", argv)
+        wait_listening(SSH_FWD.values(), ssh, "ssh", timeout=600)
+        setup_secs = time.monotonic() - t0
+        settle(a)
+        setup_link = link.snapshot()
+        try:
+            out = run_session(a, SSH_FWD, procs.logdir, "ssh")
+            end = link.snapshot()
+        finally:
+            procs.stop(ssh)
+            link.stop()
+    finally:
+        procs.stop(sshd)
+        os.unlink(os.path.join(d, "sshd.pid"))
+    return {"seconds": out["seconds"], "link": add_stats(end, setup_link, -1),
+            "setup": {"seconds": setup_secs, "link": setup_link}}
+
+
+def find_straw(a):
+    cands = [a.straw, os.environ.get("STRAW_BIN")]
+    if os.environ.get("CARGO_TARGET_DIR"):
+        cands.append(os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "straw"))
+    cands.append(os.path.join(REPO, "target", "release", "straw"))
+    for c in cands:
+        if c and os.access(c, os.X_OK):
+            return os.path.abspath(c)
+    return None
+
+
+def has_cmd(binary, sub, needs=""):
+    """True if `binary sub --help` works and mentions `needs` (a placeholder
+    subcommand without the expected options doesn't count)."""
+    if not binary:
+        return False
+    r = subprocess.run([binary, sub, "--help"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    return r.returncode == 0 and needs in r.stdout
+
+
+def straw_setup(a, straw):
+    d = os.path.join(a.state, "bench", "straw")
+    os.makedirs(d, exist_ok=True)
+    for key in ("server.key", "client.key"):
+        if not (os.path.exists(os.path.join(d, key)) and os.path.exists(os.path.join(d, key + ".pub"))):
+            subprocess.run([straw, "keygen", os.path.join(d, key)], check=True,
+                           stdout=subprocess.DEVNULL)
+    with open(os.path.join(d, "client.key.pub")) as f:
+        client_pub = f.read().strip()
+    with open(os.path.join(d, "authorized_clients"), "w") as f:
+        f.write(client_pub + "\n")
+    lines = ["# Generated by scripts/bench.",
+             f'listen = "127.0.0.1:{STRAW_SERVER}"',
+             'private_key = "server.key"',
+             'authorized_keys = "authorized_clients"',
+             "", "[services]"]
+    lines += [f'{s} = {{ upstream = "127.0.0.1:{UPSTREAM[s]}" }}' for s in SERVICES]
+    with open(os.path.join(d, "server.toml"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    lines = ["# Generated by scripts/bench.",
+             f'server = "127.0.0.1:{STRAW_LINK}"',
+             'server_public_key = "server.key.pub"',
+             'private_key = "client.key"']
+    for s in SERVICES:
+        lines += ["", "[[service]]", f'name = "{s}"', f'protocol = "{a.straw_protocol}"',
+                  f'listen = "127.0.0.1:{STRAW_LOCAL[s]}"']
+    with open(os.path.join(d, "client.toml"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return d
+
+
+def way_straw(a, procs, cmd, straw):
+    d = straw_setup(a, straw)
+    ensure_free([STRAW_SERVER, STRAW_LINK, *STRAW_LOCAL.values()])
+    env = dict(os.environ)
+    env.setdefault("STRAW_LOG", "info")
+    server = procs.start("straw-server", [straw, "server", "--config", os.path.join(d, "server.toml")],
+                         env=env)
+    try:
+        wait_listening([STRAW_SERVER], server, "straw server")
+        link = Linksim(procs, cmd, "straw-link", STRAW_LINK, STRAW_SERVER, a)
+        log("straw: starting the client")
+        t0 = time.monotonic()
+        client = procs.start("straw-client",
+                             [straw, "client", "--config", os.path.join(d, "client.toml")], env=env)
+        wait_listening(STRAW_LOCAL.values(), client, "straw client", timeout=600)
+        setup_secs = time.monotonic() - t0
+        settle(a)
+        if client.poll() is not None:
+            raise BenchError(f"straw client exited (status {client.returncode})")
+        setup_link = link.snapshot()
+        try:
+            out = run_session(a, STRAW_LOCAL, procs.logdir, "straw")
+            end = link.snapshot()
+        finally:
+            procs.stop(client)
+            link.stop()
+    finally:
+        procs.stop(server)
+    return {"seconds": out["seconds"], "link": add_stats(end, setup_link, -1),
+            "setup": {"seconds": setup_secs, "link": setup_link}}
+
+
+# -------------------------------------------------------------------- report
+
+def link_bytes(w):
+    return w["link"]["up_bytes"] + w["link"]["down_bytes"]
+
+
+def ratios(ways):
+    out = {}
+    st = ways.get("straw")
+    for other in ("direct", "ssh"):
+        o = ways.get(other)
+        if not (st and st.get("ok") and o and o.get("ok")):
+            continue
+        r = {"seconds": st["seconds"]["total"] / o["seconds"]["total"],
+             "bytes": link_bytes(st) / max(1, link_bytes(o))}
+        if o["setup"] and st["setup"]:
+            so = o["seconds"]["total"] + o["setup"]["seconds"]
+            ss = st["seconds"]["total"] + st["setup"]["seconds"]
+            bo = link_bytes(o) + o["setup"]["link"]["up_bytes"] + o["setup"]["link"]["down_bytes"]
+            bs = link_bytes(st) + st["setup"]["link"]["up_bytes"] + st["setup"]["link"]["down_bytes"]
+            r["seconds_with_setup"] = ss / so
+            r["bytes_with_setup"] = bs / max(1, bo)
+        out[f"straw/{other}"] = r
+    return out
+
+
+def table(res):
+    p = res["params"]
+    lines = [f"straw bench: {p['rate']} bit/s, {p['delay_ms']:g} ms one way, mss {p['mss']}, "
+             f"overhead {p['overhead']} B/segment; POP3 RETR x{p['messages']}; "
+             f"linksim: {res['linksim']}",
+             "",
+             f"{'way':<8} {'pop3 s':>8} {'imap s':>8} {'smtp s':>8} {'http s':>8} {'total s':>9}"
+             f" {'up B':>8} {'down B':>8} {'link s up':>10} {'link s dn':>10}"]
+    names = {"direct": "direct", "ssh": "ssh -C", "straw": "straw"}
+    for k, w in res["ways"].items():
+        if not w.get("ok"):
+            lines.append(f"{names[k]:<8} {'FAILED' if 'error' in w else 'skipped'}: "
+                         f"{w.get('error') or w.get('skipped')}")
+            continue
+        s, ln = w["seconds"], w["link"]
+        lines.append(f"{names[k]:<8} {s['pop3']:8.1f} {s['imap']:8.1f} {s['smtp']:8.1f} "
+                     f"{s['http']:8.1f} {s['total']:9.1f} {ln['up_bytes']:8d} {ln['down_bytes']:8d} "
+                     f"{ln['up_secs']:10.1f} {ln['down_secs']:10.1f}")
+    setups = [(names[k], w["setup"]) for k, w in res["ways"].items() if w.get("ok") and w["setup"]]
+    if setups:
+        lines += ["", "setup (not in the figures above: connect, key exchange, auth, until the "
+                  "local ports accept):"]
+        for n, st in setups:
+            ln = st["link"]
+            lines.append(f"  {n:<8} {st['seconds']:7.1f} s   up {ln['up_bytes']} B, "
+                         f"down {ln['down_bytes']} B, link s {ln['up_secs']:.1f}/{ln['down_secs']:.1f}")
+    if res["ratios"]:
+        lines += ["", f"{'ratio':<14} {'seconds':>8} {'bytes':>8} {'s+setup':>8} {'B+setup':>8}"]
+        for k, r in res["ratios"].items():
+            extra = ""
+            if "seconds_with_setup" in r:
+                extra = f" {r['seconds_with_setup']:8.2f} {r['bytes_with_setup']:8.2f}"
+            lines.append(f"{k:<14} {r['seconds']:8.2f} {r['bytes']:8.2f}{extra}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- main
+
+def on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main():
+    env = os.environ.get
+    ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    ap.add_argument("--rate", type=int, default=int(env("STRAW_BENCH_RATE", "2400")),
+                    help="link rate, bit/s (env STRAW_BENCH_RATE; default 2400)")
+    ap.add_argument("--delay", type=int, default=int(env("STRAW_BENCH_DELAY", "500")),
+                    help="one-way delay, ms (env STRAW_BENCH_DELAY; default 500)")
+    ap.add_argument("--mss", type=int, default=536)
+    ap.add_argument("--overhead", type=int, default=40)
+    ap.add_argument("--messages", type=int, default=None, help="POP3 messages to RETR (default 10)")
+    ap.add_argument("--quick", action="store_true", help="2 POP3 messages instead of 10")
+    ap.add_argument("--no-direct", action="store_true")
+    ap.add_argument("--no-ssh", action="store_true")
+    ap.add_argument("--no-straw", action="store_true")
+    ap.add_argument("--straw", help="straw binary (default: $STRAW_BIN, "
+                    "$CARGO_TARGET_DIR/release/straw, target/release/straw)")
+    ap.add_argument("--straw-protocol", default="tcp", help="protocol for every straw service")
+    ap.add_argument("--linksim", choices=["auto", "straw", "python"], default="auto",
+                    help="link simulator: straw linksim, or bench/linksim.py (the stand-in)")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    ap.add_argument("--state", default=env("STRAW_STATE") or os.path.join(REPO, ".state"))
+    a = ap.parse_args()
+    a.messages = a.messages or (2 if a.quick else 10)
+    a.delay_ms = a.delay
+    a.state = os.path.abspath(a.state)
+    os.environ["STRAW_STATE"] = a.state
+    if a.rate < 1 or a.delay < 0 or a.messages < 1 or a.mss < 1:
+        ap.error("rate, mss and messages must be positive, delay not negative")
+
+    logdir = os.path.join(a.state, "bench", "logs")
+    os.makedirs(logdir, exist_ok=True)
+    # `peers up` reseeds the Maildirs, which would break a concurrent run's session.
+    lock = open(os.path.join(a.state, "bench", "lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"another scripts/bench is running on {a.state}")
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    procs = Procs(logdir)
+    peers = env("STRAW_PEERS_CMD") or os.path.join(REPO, "scripts", "peers")
+    peers_started = False
+    rc = 0
+    try:
+        if not os.access(peers, os.X_OK):
+            raise BenchError(f"{peers} not found: the peer servers come from scripts/peers")
+        was_up = subprocess.run([peers, "status"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL).returncode == 0
+        subprocess.run([peers, "up"], check=True, stdout=sys.stderr)
+        peers_started = not was_up
+
+        straw = find_straw(a)
+        use_straw_linksim = a.linksim == "straw" or (a.linksim == "auto" and has_cmd(straw, "linksim", "--rate"))
+        if a.linksim == "straw" and not has_cmd(straw, "linksim", "--rate"):
+            raise BenchError("--linksim straw: no straw binary with a linksim command")
+        if use_straw_linksim:
+            cmd, lname = [straw, "linksim"], "straw linksim"
+        else:
+            cmd, lname = [sys.executable, os.path.join(HERE, "linksim.py")], "bench/linksim.py (stand-in)"
+        log(f"link: {a.rate} bit/s, {a.delay:g} ms one way; linksim: {lname}")
+
+        res = {"params": {"rate": a.rate, "delay_ms": a.delay, "mss": a.mss,
+                          "overhead": a.overhead, "messages": a.messages},
+               "linksim": lname, "ways": {}}
+        plan = [("direct", not a.no_direct), ("ssh", not a.no_ssh), ("straw", not a.no_straw)]
+        for name, on in plan:
+            if not on:
+                continue
+            if name == "straw" and not has_cmd(straw, "server", "--config"):
+                res["ways"][name] = {"ok": False, "skipped": "no straw binary with a server command "
+                                     "(cargo build --release -p straw, or --straw PATH)"}
+                log(f"straw: skipped ({res['ways'][name]['skipped']})")
+                continue
+            log(f"{name}: start")
+            try:
+                if name == "direct":
+                    w = way_direct(a, procs, cmd)
+                elif name == "ssh":
+                    w = way_ssh(a, procs, cmd)
+                else:
+                    w = way_straw(a, procs, cmd, straw)
+                w["ok"] = True
+                log(f"{name}: {w['seconds']['total']:.1f} s, "
+                    f"{link_bytes(w)} link bytes")
+            except (BenchError, subprocess.CalledProcessError, OSError) as e:
+                w = {"ok": False, "error": str(e)}
+                log(f"{name}: FAILED: {e}")
+                rc = 1
+            finally:
+                procs.stop_all()
+            res["ways"][name] = w
+        res["ratios"] = ratios(res["ways"])
+        print(table(res), flush=True)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=2)
+                f.write("\n")
+    except BenchError as e:
+        log(f"error: {e}")
+        rc = 1
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e}); cleaning up")
+        rc = 130
+    finally:
+        procs.stop_all()
+        if peers_started:
+            subprocess.run([peers, "down"], stdout=sys.stderr, stderr=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
