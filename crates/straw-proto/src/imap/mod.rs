@@ -356,7 +356,16 @@ impl ClientAccel {
                 return true;
             }
             let cached = self.cached_greeting.clone().unwrap_or_default();
-            if greeting_sig(&cached) != greeting_sig(line) {
+            let (cached_status, cached_caps) = greeting_sig(&cached);
+            let (real_status, real_caps) = greeting_sig(line);
+            // A greeting without a CAPABILITY code (Dovecot's "Waiting for
+            // authentication process") contradicts nothing: capabilities are
+            // then verified when the CAPABILITY reply arrives.
+            let caps_differ = matches!((&cached_caps, &real_caps), (Some(a), Some(b)) if a != b);
+            if real_caps.is_some() && cached_caps.is_none() {
+                out.cache_put.push((GREETING_KEY.into(), line.to_vec()));
+            }
+            if cached_status != real_status || caps_differ {
                 out.cache_put.push((GREETING_KEY.into(), line.to_vec()));
                 self.fail(
                     out,

@@ -659,3 +659,24 @@ proptest! {
         s.from_local(&data, true, &mut o);
     }
 }
+
+#[test]
+fn greeting_without_capability_code_is_no_mismatch() {
+    // Dovecot greets so when its auth process is slow; it says nothing
+    // about capabilities, so it contradicts neither side.
+    let mut cache = warm_cache();
+    cache.insert(
+        GREETING_KEY.into(),
+        b"* OK Waiting for authentication process to respond..".to_vec(),
+    );
+    let r = Rig::new(&cache, false);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    // The real greeting, which names capabilities, replaces the cached one.
+    assert!(
+        r.puts
+            .iter()
+            .any(|(k, v)| k == GREETING_KEY && v.as_slice() == GREETING.as_bytes()),
+        "{:?}",
+        r.puts
+    );
+}
