@@ -50,13 +50,22 @@ pub fn make_keys(name: &str) -> Keys {
 }
 
 pub fn server_config(keys: &Keys, listen: SocketAddr, upstream: SocketAddr) -> ServerConfig {
+    server_config_proto(keys, listen, upstream, "tcp")
+}
+
+pub fn server_config_proto(
+    keys: &Keys,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    protocol: &str,
+) -> ServerConfig {
     let text = format!(
         r#"
 listen = "{listen}"
 private_key = "server.key"
 authorized_keys = "authorized_clients"
 [services]
-test = {{ upstream = "{upstream}" }}
+test = {{ upstream = "{upstream}", protocol = "{protocol}" }}
 "#
     );
     let path = keys.dir.join("server.toml");
@@ -70,6 +79,16 @@ pub fn client_config(
     local: SocketAddr,
     extra: &str,
 ) -> ClientConfig {
+    client_config_proto(keys, server, local, "tcp", extra)
+}
+
+pub fn client_config_proto(
+    keys: &Keys,
+    server: SocketAddr,
+    local: SocketAddr,
+    protocol: &str,
+    extra: &str,
+) -> ClientConfig {
     let text = format!(
         r#"
 server = "{server}"
@@ -77,7 +96,7 @@ server_public_key = "server.key.pub"
 private_key = "client.key"
 [[service]]
 name = "test"
-protocol = "tcp"
+protocol = "{protocol}"
 listen = "{local}"
 {extra}
 "#
@@ -122,12 +141,28 @@ pub async fn start(
     start_with_server(name, upstream, free_port(), via, client_extra).await
 }
 
+/// As [`start`], for a service of the given protocol.
+pub async fn start_proto(name: &str, upstream: SocketAddr, protocol: &str) -> Running {
+    start_full(name, upstream, free_port(), None, protocol, "").await
+}
+
 /// As [`start`], with the server's tunnel address chosen by the caller.
 pub async fn start_with_server(
     name: &str,
     upstream: SocketAddr,
     server_addr: SocketAddr,
     via: Option<SocketAddr>,
+    client_extra: &str,
+) -> Running {
+    start_full(name, upstream, server_addr, via, "tcp", client_extra).await
+}
+
+pub async fn start_full(
+    name: &str,
+    upstream: SocketAddr,
+    server_addr: SocketAddr,
+    via: Option<SocketAddr>,
+    protocol: &str,
     client_extra: &str,
 ) -> Running {
     let _ = tracing_subscriber::fmt()
@@ -139,8 +174,14 @@ pub async fn start_with_server(
         .try_init();
     let keys = make_keys(name);
     let local = free_port();
-    let scfg = server_config(&keys, server_addr, upstream);
-    let ccfg = client_config(&keys, via.unwrap_or(server_addr), local, client_extra);
+    let scfg = server_config_proto(&keys, server_addr, upstream, protocol);
+    let ccfg = client_config_proto(
+        &keys,
+        via.unwrap_or(server_addr),
+        local,
+        protocol,
+        client_extra,
+    );
     tokio::spawn(async move {
         if let Err(e) = straw::server::run(scfg).await {
             panic!("server failed: {e:#}");
