@@ -573,12 +573,19 @@ impl Accelerator for ClientAccel {
 
 // ---------------------------------------------------------------- server
 
+/// Most reply bytes the server side holds back to merge a batch's replies.
+const HOLD_LIMIT: usize = 16 * 1024;
+
 /// Server side: next to the real POP3 server. Sends one command at a time
 /// and forwards each reply whole and in order. Lockstep costs nothing here:
 /// the real server is close.
 #[derive(Debug, Default)]
 pub struct ServerAccel {
     inbuf: Vec<u8>,
+    /// Replies held back while more commands of the same batch are queued, so
+    /// that e.g. the PASS reply and the prefetched STAT/UIDL/LIST replies
+    /// cross the link together.
+    held: Vec<u8>,
     greeted: bool,
     /// Multi-line-if-OK and bulk flags of the command awaiting its reply.
     inflight: Option<(bool, bool)>,
@@ -630,6 +637,8 @@ impl Accelerator for ServerAccel {
 
     /// Bytes from the real server.
     fn from_local(&mut self, mut data: &[u8], drained: bool, out: &mut Output) {
+        let mut completed = false;
+        let mut completed_bulk = false;
         while !data.is_empty() && !self.failed {
             let (multi, bulk) = match (self.greeted, self.inflight) {
                 (false, _) => (false, false),
@@ -644,14 +653,15 @@ impl Accelerator for ServerAccel {
                     );
                 }
             };
-            let (n, done) = match self.reader.feed(data, multi, &mut out.to_tunnel) {
+            let (n, done) = match self.reader.feed(data, multi, &mut self.held) {
                 Ok(r) => r,
                 Err(e) => return self.fail(out, e),
             };
             data = &data[n..];
             out.bulk |= bulk;
             if done {
-                out.flush = true;
+                completed = true;
+                completed_bulk |= bulk;
                 if !self.greeted {
                     self.greeted = true;
                 } else {
@@ -661,8 +671,16 @@ impl Accelerator for ServerAccel {
                 self.send_next(out);
             }
         }
-        // Keep a long reply moving rather than corking it until its end.
-        out.flush |= drained && !out.to_tunnel.is_empty();
+        // Release what we hold when the batch is answered, when a bulk reply
+        // (RETR/TOP) is streaming, or when holding would cost memory.
+        let batch_done = self.inflight.is_none();
+        let streaming = matches!(self.inflight, Some((_, true)));
+        if batch_done || streaming || completed_bulk || self.held.len() >= HOLD_LIMIT {
+            out.to_tunnel.append(&mut self.held);
+            out.flush |= (batch_done && completed)
+                || completed_bulk
+                || (drained && !out.to_tunnel.is_empty());
+        }
     }
 
     /// Commands from the client side.

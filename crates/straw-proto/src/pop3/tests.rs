@@ -620,3 +620,35 @@ proptest! {
         prop_assert!(rig.fails.is_empty());
     }
 }
+
+#[test]
+fn pop3_batch_replies_cross_together() {
+    // The login batch's replies (USER, PASS, prefetched STAT/UIDL/LIST)
+    // leave the server side as one unit, so the program never waits on a
+    // reply that is already on its way.
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(GREETING, true, &mut o);
+    o.clear();
+    s.from_tunnel(b"USER a\r\nPASS b\r\nSTAT\r\nUIDL\r\nLIST\r\n", &mut o);
+    assert_eq!(o.to_local, b"USER a\r\n");
+    let replies: [&[u8]; 5] = [
+        b"+OK\r\n",
+        b"+OK Logged in.\r\n",
+        b"+OK 1 10\r\n",
+        b"+OK\r\n1 x\r\n.\r\n",
+        b"+OK 1 messages:\r\n1 10\r\n.\r\n",
+    ];
+    let mut crossed = Vec::new();
+    for (i, r) in replies.iter().enumerate() {
+        o.clear();
+        s.from_local(r, true, &mut o);
+        crossed.extend_from_slice(&o.to_tunnel);
+        if i < replies.len() - 1 {
+            assert!(o.to_tunnel.is_empty() && !o.flush, "reply {i} left alone");
+        } else {
+            assert!(o.flush);
+        }
+    }
+    assert_eq!(crossed, replies.concat());
+}
