@@ -448,3 +448,95 @@ async fn http_origin(first: Option<&[u8]>, policy: &http::HttpPolicy) -> Result<
     }
     Ok(target)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ServerConfig {
+        toml::from_str(
+            r#"
+listen = "127.0.0.1:1"
+private_key = "k"
+authorized_keys = "a"
+[services]
+test = { upstream = "127.0.0.1:2" }
+"#,
+        )
+        .unwrap()
+    }
+
+    fn hello(resume: Option<Resume>) -> Vec<u8> {
+        Hello {
+            version: PROTOCOL_VERSION,
+            stream_window: 1000,
+            max_record: 1000,
+            resume,
+        }
+        .encode()
+    }
+
+    /// Fresh session from a first Hello; returns the resume block granted.
+    fn fresh(sessions: &Sessions, key: &[u8; 32]) -> Resume {
+        let (p, reply) = plan(sessions, &cfg(), key, &hello(None)).unwrap();
+        assert!(matches!(p, Plan::Fresh { .. }));
+        Hello::decode(&reply).unwrap().resume.unwrap()
+    }
+
+    #[test]
+    fn ticket_only_resumes_for_its_own_key() {
+        let sessions = Sessions::default();
+        let alice = [1u8; 32];
+        let mallory = [2u8; 32];
+        let granted = fresh(&sessions, &alice);
+        assert_eq!(granted.records_received, 0);
+        let other = fresh(&sessions, &alice);
+        assert_ne!(granted.session_id, other.session_id);
+        assert_ne!(granted.ticket, other.ticket);
+
+        // Another authorised key replaying alice's ticket gets a new session.
+        let (p, reply) = plan(&sessions, &cfg(), &mallory, &hello(Some(granted.clone()))).unwrap();
+        assert!(matches!(p, Plan::Fresh { .. }));
+        assert_ne!(
+            Hello::decode(&reply).unwrap().resume.unwrap().session_id,
+            granted.session_id
+        );
+
+        // A wrong ticket, even from alice, too.
+        let mut forged = granted.clone();
+        forged.ticket[0] ^= 1;
+        let (p, _) = plan(&sessions, &cfg(), &alice, &hello(Some(forged))).unwrap();
+        assert!(matches!(p, Plan::Fresh { .. }));
+
+        // The right key and ticket while the old connection still runs: that
+        // connection is told to stop, and this attempt is refused (retry).
+        let stop = match &sessions.lock()[&granted.session_id].slot {
+            Slot::Running(n) => n.clone(),
+            Slot::Parked(_) => panic!("not parked yet"),
+        };
+        assert!(plan(&sessions, &cfg(), &alice, &hello(Some(granted))).is_err());
+        let notified = stop.notified();
+        tokio::pin!(notified);
+        // The permit was stored: the old connection's next poll sees it.
+        assert!(
+            futures_poll_ready(notified.as_mut()),
+            "old connection not told to stop"
+        );
+    }
+
+    fn futures_poll_ready<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        f.poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn bad_hellos_are_refused() {
+        let sessions = Sessions::default();
+        assert!(plan(&sessions, &cfg(), &[1; 32], b"").is_err());
+        let mut h = hello(None);
+        h[0] = 99;
+        assert!(plan(&sessions, &cfg(), &[1; 32], &h).is_err());
+        assert!(sessions.lock().is_empty());
+    }
+}
