@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use straw_core::session::{Role, Session, SessionConfig};
-use straw_core::wire::{Hello, PROTOCOL_VERSION};
+use straw_core::wire::{Hello, PROTOCOL_VERSION, Resume};
 use straw_proto::passthrough::Passthrough;
 use straw_proto::{Accelerator, http, imap, pop3, smtp};
 use tokio::net::TcpListener;
@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::config::{ClientConfig, Protocol, SessionOptions, TcpOptions};
 use crate::link::keys::{self, Keypair};
 use crate::link::{noise, tcp};
-use crate::tunnel::{OpenRequest, SharedCache, Tunnel, TunnelStats};
+use crate::tunnel::{LinkEnded, OpenRequest, SharedCache, Tunnel, TunnelStats};
 
 /// Session parameters from the config file.
 pub fn session_config(role: Role, o: &SessionOptions) -> SessionConfig {
@@ -74,41 +74,134 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
         ));
     }
     drop(open_tx);
-    let mut backoff = Duration::from_secs(1);
+    let min_backoff = Duration::from_millis(cfg.session.reconnect_min_ms.max(1));
+    let max_backoff = Duration::from_millis(cfg.session.reconnect_max_ms).max(min_backoff);
+    let grace = Duration::from_secs(cfg.session.resume_grace_secs);
+    let mut backoff = min_backoff;
+    // The session that outlives a dropped link, with what resumes it.
+    let mut kept: Option<(Tunnel, Resume)> = None;
+    let mut down_since: Option<tokio::time::Instant> = None;
     loop {
-        match connect(&cfg, &keypair, &server_key).await {
+        if kept.is_some() && down_since.is_some_and(|t| t.elapsed() > grace) {
+            let (t, _) = kept.take().expect("checked");
+            warn!(
+                "no tunnel for {}s: giving up the session, closing {} local connections",
+                grace.as_secs(),
+                t.stream_count()
+            );
+        }
+        let resume = kept.as_ref().map(|(t, r)| Resume {
+            records_received: t.records_received(),
+            ..r.clone()
+        });
+        match connect(&cfg, &keypair, &server_key, resume).await {
             Ok((sock, transport, hello)) => {
-                info!("tunnel to {} up", cfg.server);
-                backoff = Duration::from_secs(1);
-                let mut scfg = session_config(Role::Client, &cfg.session);
-                scfg.peer_stream_window = hello.stream_window;
-                let session = Session::new(scfg, tokio::time::Instant::now().into_std());
-                let tunnel =
-                    Tunnel::new(transport, session, None, stats.clone(), cfg.server.clone());
-                let result = tunnel.run(sock, &mut opens).await;
-                warn!(
-                    "tunnel to {} down: {}",
-                    cfg.server,
-                    describe_end(&result, &stats)
-                );
+                backoff = min_backoff;
+                let Some(granted) = hello.resume.clone() else {
+                    // A server without resume: never keep a session for it.
+                    warn!("server sent no session ticket; connections won't survive a drop");
+                    kept = None;
+                    let tunnel = new_tunnel(&cfg, transport, &hello, &stats);
+                    let result = tunnel.run(sock, &mut opens).await;
+                    warn!(
+                        "tunnel to {} down: {}",
+                        cfg.server,
+                        describe_end(&result, &stats)
+                    );
+                    down_since = None;
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                };
+                let mut tunnel = match kept.take() {
+                    Some((mut t, old)) if old.session_id == granted.session_id => {
+                        match t.resume(transport, granted.records_received) {
+                            Ok(()) => {
+                                info!("tunnel to {} up, session resumed", cfg.server);
+                                t
+                            }
+                            Err(e) => {
+                                // Can't happen with an honest server; the
+                                // connection's keys are spent, so redial.
+                                warn!("tunnel to {}: {e:#}; closing local connections", cfg.server);
+                                down_since = None;
+                                tokio::time::sleep(backoff).await;
+                                continue;
+                            }
+                        }
+                    }
+                    old => {
+                        if let Some((t, _)) = old {
+                            warn!(
+                                "server no longer has our session: closing {} local connections",
+                                t.stream_count()
+                            );
+                        }
+                        info!("tunnel to {} up", cfg.server);
+                        new_tunnel(&cfg, transport, &hello, &stats)
+                    }
+                };
+                down_since = None;
+                match tunnel.run_link(sock, &mut opens).await {
+                    Ok(LinkEnded::Lost(e)) => {
+                        warn!(
+                            "tunnel to {} down, keeping {} local connections for {}s: {}",
+                            cfg.server,
+                            tunnel.stream_count(),
+                            grace.as_secs(),
+                            describe_end(&Err(e), &stats)
+                        );
+                        kept = Some((tunnel, granted));
+                        down_since = Some(tokio::time::Instant::now());
+                    }
+                    Ok(LinkEnded::Stopped) => {
+                        kept = Some((tunnel, granted));
+                        down_since = Some(tokio::time::Instant::now());
+                    }
+                    Ok(LinkEnded::Closed) => {
+                        info!(
+                            "tunnel to {} closed: {}",
+                            cfg.server,
+                            describe_end(&Ok(()), &stats)
+                        );
+                    }
+                    Err(e) => warn!(
+                        "tunnel to {} failed, closing local connections: {}",
+                        cfg.server,
+                        describe_end(&Err(e), &stats)
+                    ),
+                }
             }
             Err(e) => warn!("cannot open tunnel to {}: {e:#}", cfg.server),
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(60));
+        backoff = (backoff * 2).min(max_backoff);
     }
+}
+
+fn new_tunnel(
+    cfg: &ClientConfig,
+    transport: noise::Transport,
+    hello: &Hello,
+    stats: &Arc<TunnelStats>,
+) -> Tunnel {
+    let mut scfg = session_config(Role::Client, &cfg.session);
+    scfg.peer_stream_window = hello.stream_window;
+    let session = Session::new(scfg, tokio::time::Instant::now().into_std());
+    Tunnel::new(transport, session, None, stats.clone(), cfg.server.clone())
 }
 
 async fn connect(
     cfg: &ClientConfig,
     keypair: &Keypair,
     server_key: &[u8; 32],
+    resume: Option<Resume>,
 ) -> Result<(tokio::net::TcpStream, noise::Transport, Hello)> {
     let mut sock = tcp::connect_tunnel(&cfg.server, &cfg.tcp).await?;
     let hello = Hello {
         version: PROTOCOL_VERSION,
         stream_window: cfg.session.stream_window,
         max_record: straw_core::codec::DecoderLimits::default().max_record_bytes as u64,
+        resume,
     };
     let (transport, payload) = tokio::time::timeout(
         Duration::from_secs(cfg.session.handshake_timeout_secs),

@@ -71,6 +71,12 @@ pub struct SessionOptions {
     pub max_streams: usize,
     /// Seconds allowed for the Noise handshake.
     pub handshake_timeout_secs: u64,
+    /// After the link drops, both sides keep the session and its local
+    /// connections this long for the client to reconnect and resume.
+    pub resume_grace_secs: u64,
+    /// Client: first and largest delay between reconnect attempts (doubling).
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
 }
 
 impl Default for SessionOptions {
@@ -82,6 +88,9 @@ impl Default for SessionOptions {
             stream_window: 256 * 1024,
             max_streams: 1024,
             handshake_timeout_secs: 30,
+            resume_grace_secs: 600,
+            reconnect_min_ms: 1000,
+            reconnect_max_ms: 60_000,
         }
     }
 }

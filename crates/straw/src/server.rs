@@ -1,7 +1,7 @@
 //! `straw server`: accepts tunnels from authorised clients and dials the real
 //! servers for the streams they open.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,18 +9,18 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use straw_core::session::{Role, Session};
-use straw_core::wire::{Hello, PROTOCOL_VERSION};
+use straw_core::wire::{Hello, PROTOCOL_VERSION, RESUME_ID_LEN, Resume};
 use straw_proto::passthrough::Passthrough;
 use straw_proto::{Accelerator, http, imap, pop3, smtp};
 use tokio::net::{TcpListener, TcpStream};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
 use crate::config::{Protocol, ServerConfig, ServerHttp, ServerService, TcpOptions};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
-use crate::tunnel::{DialFuture, Dialer, LocalIo, Tunnel, TunnelStats};
+use crate::tunnel::{DialFuture, Dialer, LinkEnded, LocalIo, Tunnel, TunnelStats};
 
 /// How long dialing a real server may take before the stream is reset.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,6 +55,7 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
 
 /// Accept loop; each tunnel runs in its own task.
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> Result<()> {
+    let sessions = Sessions::default();
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -66,77 +67,311 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> Result<()>
             }
         };
         let state = state.clone();
+        let sessions = sessions.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(sock, peer, state).await {
+            if let Err(e) = handle(sock, peer, state, sessions).await {
                 warn!("tunnel from {peer}: {e:#}");
             }
         });
     }
 }
 
-fn our_hello(cfg: &ServerConfig) -> Hello {
+fn our_hello(cfg: &ServerConfig, resume: Resume) -> Hello {
     Hello {
         version: PROTOCOL_VERSION,
         stream_window: cfg.session.stream_window,
         max_record: straw_core::codec::DecoderLimits::default().max_record_bytes as u64,
+        resume: Some(resume),
     }
 }
 
-async fn handle(mut sock: TcpStream, peer: SocketAddr, state: Arc<ServerState>) -> Result<()> {
-    let cfg = &state.cfg;
-    if let Err(e) = tcp::configure_tunnel(&sock, &cfg.tcp) {
-        warn!("tunnel from {peer}: socket options: {e}");
+type SessionId = [u8; RESUME_ID_LEN];
+
+/// Sessions alive on this server, by id, so that a reconnecting client can
+/// take its own back.
+#[derive(Clone, Default)]
+struct Sessions(Arc<std::sync::Mutex<HashMap<SessionId, Entry>>>);
+
+struct Entry {
+    /// Only the client key that created the session may resume it: Noise IK
+    /// authenticates that key, while a first handshake message (and the ticket
+    /// in it) can be replayed by anyone who saw it.
+    client: [u8; 32],
+    ticket: [u8; RESUME_ID_LEN],
+    slot: Slot,
+    /// Counts parkings, so that an expiry timer only drops the parking it was
+    /// started for.
+    parks: u64,
+}
+
+enum Slot {
+    /// A connection carries the session; notify to make it let go.
+    Running(Arc<Notify>),
+    /// No connection: waiting for the client, until the grace period ends.
+    Parked(Box<Tunnel>),
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
+        // A panic elsewhere can't leave the map inconsistent: keep serving.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
-    let hello = our_hello(cfg).encode();
-    let handshake =
-        noise::server_handshake(&mut sock, &state.keypair, &state.authorized, |_, _| {
-            Ok(hello.clone())
+
+    /// Puts a tunnel whose link dropped aside for `grace`, then drops it
+    /// (closing its upstream connections) unless a client took it back.
+    fn park(&self, id: SessionId, tunnel: Tunnel, grace: Duration, label: String) {
+        let parks = {
+            let mut map = self.lock();
+            let Some(e) = map.get_mut(&id) else { return };
+            e.parks += 1;
+            e.slot = Slot::Parked(Box::new(tunnel));
+            e.parks
+        };
+        let sessions = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let expired = {
+                let mut map = sessions.lock();
+                match map.get(&id) {
+                    Some(e) if e.parks == parks && matches!(e.slot, Slot::Parked(_)) => {
+                        map.remove(&id)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(e) = expired {
+                if let Slot::Parked(t) = &e.slot {
+                    info!(
+                        tunnel = %label,
+                        streams = t.stream_count(),
+                        "resume grace period over: session dropped"
+                    );
+                }
+                drop(e);
+            }
         });
-    let (transport, client_key, payload) = match tokio::time::timeout(
-        Duration::from_secs(cfg.session.handshake_timeout_secs),
-        handshake,
-    )
-    .await
-    {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            warn!("rejected connection from {peer}: {e:#}");
-            return Ok(());
-        }
-        Err(_) => {
-            warn!("rejected connection from {peer}: handshake timed out");
-            return Ok(());
-        }
-    };
-    let client_hello = Hello::decode(&payload).map_err(|e| anyhow!("bad client hello: {e}"))?;
+    }
+
+    fn remove(&self, id: &SessionId) {
+        let e = self.lock().remove(id);
+        drop(e);
+    }
+}
+
+fn random_id() -> Result<SessionId> {
+    let mut id = [0u8; RESUME_ID_LEN];
+    getrandom::fill(&mut id).map_err(|e| anyhow!("no system randomness: {e}"))?;
+    Ok(id)
+}
+
+/// Compares secrets without an early exit.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What the handshake decided for this connection.
+enum Plan {
+    Fresh {
+        id: SessionId,
+        stop: Arc<Notify>,
+        client_hello: Hello,
+    },
+    Resume {
+        id: SessionId,
+        tunnel: Box<Tunnel>,
+        peer_received: u64,
+    },
+}
+
+/// Chooses, inside the handshake, between resuming the client's session and
+/// starting a fresh one, and builds the reply Hello.
+fn plan(
+    sessions: &Sessions,
+    cfg: &ServerConfig,
+    client: &[u8; 32],
+    payload: &[u8],
+) -> Result<(Plan, Vec<u8>)> {
+    let client_hello = Hello::decode(payload).map_err(|e| anyhow!("bad client hello: {e}"))?;
     if client_hello.version != PROTOCOL_VERSION {
         bail!(
             "client speaks protocol {}, we speak {PROTOCOL_VERSION}",
             client_hello.version
         );
     }
-    let label = format!("{peer}/{}", &keys::encode_key(&client_key)[..8]);
-    info!(tunnel = %label, "tunnel up");
-    let mut scfg = crate::client::session_config(Role::Server, &cfg.session);
-    scfg.peer_stream_window = client_hello.stream_window;
-    let session = Session::new(scfg, tokio::time::Instant::now().into_std());
-    let dialer = Arc::new(ServiceDialer {
-        services: cfg.services.clone(),
-        tcp: cfg.tcp.clone(),
-        http: cfg.http.clone(),
-    });
-    let stats = Arc::new(TunnelStats::default());
-    let tunnel = Tunnel::new(
-        transport,
-        session,
-        Some(dialer),
-        stats.clone(),
-        label.clone(),
+    if let Some(r) = &client_hello.resume {
+        let mut map = sessions.lock();
+        if let Some(e) = map.get_mut(&r.session_id)
+            && e.client == *client
+            && ct_eq(&e.ticket, &r.ticket)
+        {
+            let stop = Arc::new(Notify::new());
+            match std::mem::replace(&mut e.slot, Slot::Running(stop.clone())) {
+                Slot::Parked(mut tunnel) => {
+                    tunnel.set_stop(stop);
+                    let reply = our_hello(
+                        cfg,
+                        Resume {
+                            session_id: r.session_id,
+                            ticket: e.ticket,
+                            records_received: tunnel.records_received(),
+                        },
+                    );
+                    return Ok((
+                        Plan::Resume {
+                            id: r.session_id,
+                            tunnel,
+                            peer_received: r.records_received,
+                        },
+                        reply.encode(),
+                    ));
+                }
+                Slot::Running(old) => {
+                    // Its old connection still looks alive to us: make it let
+                    // go; the client's next attempt finds the session parked.
+                    e.slot = Slot::Running(old.clone());
+                    old.notify_one();
+                    bail!("session still attached to an older connection; closing that one, retry");
+                }
+            }
+        }
+    }
+    let id = random_id()?;
+    let ticket = random_id()?;
+    let stop = Arc::new(Notify::new());
+    sessions.lock().insert(
+        id,
+        Entry {
+            client: *client,
+            ticket,
+            slot: Slot::Running(stop.clone()),
+            parks: 0,
+        },
     );
+    let reply = our_hello(
+        cfg,
+        Resume {
+            session_id: id,
+            ticket,
+            records_received: 0,
+        },
+    );
+    Ok((
+        Plan::Fresh {
+            id,
+            stop,
+            client_hello,
+        },
+        reply.encode(),
+    ))
+}
+
+async fn handle(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    state: Arc<ServerState>,
+    sessions: Sessions,
+) -> Result<()> {
+    let cfg = &state.cfg;
+    if let Err(e) = tcp::configure_tunnel(&sock, &cfg.tcp) {
+        warn!("tunnel from {peer}: socket options: {e}");
+    }
+    let mut decided: Option<Plan> = None;
+    let handshake = noise::server_handshake(
+        &mut sock,
+        &state.keypair,
+        &state.authorized,
+        |key, payload| {
+            let (p, reply) = plan(&sessions, cfg, key, payload)?;
+            decided = Some(p);
+            Ok(reply)
+        },
+    );
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(cfg.session.handshake_timeout_secs),
+        handshake,
+    )
+    .await;
+    let grace = Duration::from_secs(cfg.session.resume_grace_secs);
+    let (transport, client_key) = match outcome {
+        Ok(Ok((transport, key, _))) => (transport, key),
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => format!("{e:#}"),
+                _ => "handshake timed out".to_owned(),
+            };
+            warn!("rejected connection from {peer}: {why}");
+            // The reply may have been decided but never delivered.
+            match decided {
+                Some(Plan::Resume { id, tunnel, .. }) => {
+                    sessions.park(id, *tunnel, grace, peer.to_string())
+                }
+                Some(Plan::Fresh { id, .. }) => sessions.remove(&id),
+                None => {}
+            }
+            return Ok(());
+        }
+    };
+    let label = format!("{peer}/{}", &keys::encode_key(&client_key)[..8]);
+    let (id, mut tunnel) = match decided.ok_or_else(|| anyhow!("handshake without a plan"))? {
+        Plan::Resume {
+            id,
+            mut tunnel,
+            peer_received,
+        } => {
+            if let Err(e) = tunnel.resume(transport, peer_received) {
+                sessions.remove(&id);
+                return Err(e);
+            }
+            info!(tunnel = %label, "tunnel up, session resumed");
+            (id, tunnel)
+        }
+        Plan::Fresh {
+            id,
+            stop,
+            client_hello,
+        } => {
+            info!(tunnel = %label, "tunnel up");
+            let mut scfg = crate::client::session_config(Role::Server, &cfg.session);
+            scfg.peer_stream_window = client_hello.stream_window;
+            let session = Session::new(scfg, tokio::time::Instant::now().into_std());
+            let dialer = Arc::new(ServiceDialer {
+                services: cfg.services.clone(),
+                tcp: cfg.tcp.clone(),
+                http: cfg.http.clone(),
+            });
+            let stats = Arc::new(TunnelStats::default());
+            let mut tunnel = Tunnel::new(transport, session, Some(dialer), stats, label.clone());
+            tunnel.set_stop(stop);
+            (id, Box::new(tunnel))
+        }
+    };
     // The server never opens streams of its own.
     let (_tx, mut opens) = mpsc::channel(1);
-    let result = tunnel.run(sock, &mut opens).await;
-    info!(tunnel = %label, "tunnel down: {}", crate::client::describe_end(&result, &stats));
+    let result = tunnel.run_link(sock, &mut opens).await;
+    let stats = tunnel.stats();
+    match result {
+        Ok(LinkEnded::Lost(e)) => {
+            info!(
+                tunnel = %label,
+                "link lost, session kept {}s for resume: {}",
+                grace.as_secs(),
+                crate::client::describe_end(&Err(e), &stats)
+            );
+            sessions.park(id, *tunnel, grace, label);
+        }
+        Ok(LinkEnded::Stopped) => {
+            info!(tunnel = %label, "client reconnected; handing the session over");
+            sessions.park(id, *tunnel, grace, label);
+        }
+        Ok(LinkEnded::Closed) => {
+            sessions.remove(&id);
+            info!(tunnel = %label, "tunnel closed: {}", crate::client::describe_end(&Ok(()), &stats));
+        }
+        Err(e) => {
+            sessions.remove(&id);
+            warn!(tunnel = %label, "tunnel failed: {}", crate::client::describe_end(&Err(e), &stats));
+        }
+    }
     Ok(())
 }
 
@@ -212,4 +447,96 @@ async fn http_origin(first: Option<&[u8]>, policy: &http::HttpPolicy) -> Result<
         }
     }
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ServerConfig {
+        toml::from_str(
+            r#"
+listen = "127.0.0.1:1"
+private_key = "k"
+authorized_keys = "a"
+[services]
+test = { upstream = "127.0.0.1:2" }
+"#,
+        )
+        .unwrap()
+    }
+
+    fn hello(resume: Option<Resume>) -> Vec<u8> {
+        Hello {
+            version: PROTOCOL_VERSION,
+            stream_window: 1000,
+            max_record: 1000,
+            resume,
+        }
+        .encode()
+    }
+
+    /// Fresh session from a first Hello; returns the resume block granted.
+    fn fresh(sessions: &Sessions, key: &[u8; 32]) -> Resume {
+        let (p, reply) = plan(sessions, &cfg(), key, &hello(None)).unwrap();
+        assert!(matches!(p, Plan::Fresh { .. }));
+        Hello::decode(&reply).unwrap().resume.unwrap()
+    }
+
+    #[test]
+    fn ticket_only_resumes_for_its_own_key() {
+        let sessions = Sessions::default();
+        let alice = [1u8; 32];
+        let mallory = [2u8; 32];
+        let granted = fresh(&sessions, &alice);
+        assert_eq!(granted.records_received, 0);
+        let other = fresh(&sessions, &alice);
+        assert_ne!(granted.session_id, other.session_id);
+        assert_ne!(granted.ticket, other.ticket);
+
+        // Another authorised key replaying alice's ticket gets a new session.
+        let (p, reply) = plan(&sessions, &cfg(), &mallory, &hello(Some(granted.clone()))).unwrap();
+        assert!(matches!(p, Plan::Fresh { .. }));
+        assert_ne!(
+            Hello::decode(&reply).unwrap().resume.unwrap().session_id,
+            granted.session_id
+        );
+
+        // A wrong ticket, even from alice, too.
+        let mut forged = granted.clone();
+        forged.ticket[0] ^= 1;
+        let (p, _) = plan(&sessions, &cfg(), &alice, &hello(Some(forged))).unwrap();
+        assert!(matches!(p, Plan::Fresh { .. }));
+
+        // The right key and ticket while the old connection still runs: that
+        // connection is told to stop, and this attempt is refused (retry).
+        let stop = match &sessions.lock()[&granted.session_id].slot {
+            Slot::Running(n) => n.clone(),
+            Slot::Parked(_) => panic!("not parked yet"),
+        };
+        assert!(plan(&sessions, &cfg(), &alice, &hello(Some(granted))).is_err());
+        let notified = stop.notified();
+        tokio::pin!(notified);
+        // The permit was stored: the old connection's next poll sees it.
+        assert!(
+            futures_poll_ready(notified.as_mut()),
+            "old connection not told to stop"
+        );
+    }
+
+    fn futures_poll_ready<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        f.poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn bad_hellos_are_refused() {
+        let sessions = Sessions::default();
+        assert!(plan(&sessions, &cfg(), &[1; 32], b"").is_err());
+        let mut h = hello(None);
+        h[0] = 99;
+        assert!(plan(&sessions, &cfg(), &[1; 32], &h).is_err());
+        assert!(sessions.lock().is_empty());
+    }
 }

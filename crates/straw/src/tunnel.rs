@@ -17,7 +17,7 @@ use bytes::Bytes;
 use straw_core::session::{Event, Priority, Session, reset_code};
 use straw_proto::{Accelerator, Output};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::link::noise::{MessageReader, Transport};
@@ -74,6 +74,10 @@ pub struct TunnelStats {
     /// (summed over finished connections), and replies answered locally.
     pub link_waits: AtomicU64,
     pub local_replies: AtomicU64,
+    /// Times the session resumed on a new connection, and the wire bytes it
+    /// re-sent because the old connection lost them.
+    pub resumes: AtomicU64,
+    pub wire_bytes_resent: AtomicU64,
 }
 
 /// What a socket's pump tasks tell the tunnel.
@@ -162,8 +166,24 @@ impl Drop for Attached {
     }
 }
 
+/// How [`Tunnel::run_link`] ended without a protocol error.
+#[derive(Debug)]
+pub enum LinkEnded {
+    /// `opens` closed and every stream finished: nothing left to carry.
+    Closed,
+    /// The connection failed; the session and streams live on, ready for
+    /// [`Tunnel::resume`] over a new connection.
+    Lost(anyhow::Error),
+    /// Another connection took the session over ([`Tunnel::set_stop`]).
+    Stopped,
+}
+
+/// A session with its local streams. It outlives any one connection: when the
+/// link drops, [`Tunnel::run_link`] returns and the pump tasks wait (their
+/// grants run out), until [`Tunnel::resume`] puts it on a new connection.
 pub struct Tunnel {
     transport: Transport,
+    stop: Arc<Notify>,
     session: Session,
     streams: HashMap<u64, Attached>,
     pump_tx: mpsc::UnboundedSender<PumpMsg>,
@@ -188,6 +208,7 @@ impl Tunnel {
         let (pump_tx, pump_rx) = mpsc::unbounded_channel();
         Self {
             transport,
+            stop: Arc::new(Notify::new()),
             session,
             streams: HashMap::new(),
             pump_tx,
@@ -198,13 +219,69 @@ impl Tunnel {
         }
     }
 
-    /// Runs until the link fails or `opens` closes and all streams are done.
-    /// Local connections to forward arrive on `opens`.
+    /// Runs until the link fails or `opens` closes and all streams are done,
+    /// then drops everything. Local connections to forward arrive on `opens`.
     pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         mut self,
         io: S,
         opens: &mut mpsc::Receiver<OpenRequest>,
     ) -> Result<()> {
+        match self.run_link(io, opens).await? {
+            LinkEnded::Closed => Ok(()),
+            LinkEnded::Lost(e) => Err(e),
+            LinkEnded::Stopped => Err(anyhow!("taken over by another connection")),
+        }
+    }
+
+    /// Records received from the peer so far (for the resume handshake).
+    pub fn records_received(&self) -> u64 {
+        self.session.records_received()
+    }
+
+    /// Local streams attached.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn stats(&self) -> Arc<TunnelStats> {
+        self.stats.clone()
+    }
+
+    /// Makes the next [`Tunnel::run_link`] return [`LinkEnded::Stopped`] once
+    /// `stop` is notified (`notify_one`), e.g. when the client reconnected
+    /// while its old connection still looks alive to us.
+    pub fn set_stop(&mut self, stop: Arc<Notify>) {
+        self.stop = stop;
+    }
+
+    /// Moves the session onto a new connection whose handshake produced
+    /// `transport`, the peer having received `peer_received` records: the
+    /// unacked rest is re-sent first, unchanged. An error means the peer's
+    /// count is impossible; the tunnel must then be dropped.
+    pub fn resume(&mut self, transport: Transport, peer_received: u64) -> Result<()> {
+        self.transport = transport;
+        self.session
+            .resume(now(), peer_received)
+            .context("cannot resume session")?;
+        self.stats.resumes.fetch_add(1, Ordering::Relaxed);
+        info!(
+            tunnel = %self.label,
+            resend = self.session.resend_pending(),
+            streams = self.streams.len(),
+            "session resumed"
+        );
+        Ok(())
+    }
+
+    /// Carries the session over `io` until the link fails ([`LinkEnded::Lost`],
+    /// resumable), is stopped, or `opens` closes with all streams done. `Err`
+    /// means the peer broke the protocol: drop the tunnel.
+    pub async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: S,
+        opens: &mut mpsc::Receiver<OpenRequest>,
+    ) -> Result<LinkEnded> {
+        let stop = self.stop.clone();
         let mut reader = MessageReader::new();
         let mut rbuf = vec![0u8; 64 * 1024];
         let mut out: Vec<u8> = Vec::new();
@@ -230,7 +307,7 @@ impl Tunnel {
             self.grant_capacity();
             self.publish_stats();
             if !opens_open && self.streams.is_empty() && out_pos == out.len() {
-                return Ok(());
+                return Ok(LinkEnded::Closed);
             }
             // While the socket still has our bytes, only its progress matters.
             let deadline = if out_pos == out.len() {
@@ -242,10 +319,11 @@ impl Tunnel {
             };
             tokio::select! {
                 r = rd.read(&mut rbuf) => {
-                    let n = r.context("link read failed")?;
-                    if n == 0 {
-                        return Err(anyhow!("link closed by peer"));
-                    }
+                    let n = match r {
+                        Ok(0) => return Ok(LinkEnded::Lost(anyhow!("link closed by peer"))),
+                        Ok(n) => n,
+                        Err(e) => return Ok(LinkEnded::Lost(anyhow!(e).context("link read failed"))),
+                    };
                     reader.push(&rbuf[..n]);
                     while let Some(msg) = reader.next_message() {
                         self.transport.decrypt(&msg, &mut plain)?;
@@ -253,7 +331,11 @@ impl Tunnel {
                     }
                 }
                 r = wr.write(&out[out_pos..]), if out_pos < out.len() => {
-                    out_pos += r.context("link write failed")?;
+                    match r {
+                        Ok(0) => return Ok(LinkEnded::Lost(anyhow!("link write returned 0"))),
+                        Ok(n) => out_pos += n,
+                        Err(e) => return Ok(LinkEnded::Lost(anyhow!(e).context("link write failed"))),
+                    }
                 }
                 msg = self.pump_rx.recv() => {
                     // We hold a sender ourselves, so this never yields None.
@@ -265,6 +347,7 @@ impl Tunnel {
                     Some(req) => self.open_local(req),
                     None => opens_open = false,
                 },
+                _ = stop.notified() => return Ok(LinkEnded::Stopped),
                 _ = sleep_until_opt(deadline) => {}
             }
         }
@@ -281,6 +364,8 @@ impl Tunnel {
         s.raw_bytes_received
             .store(st.raw_bytes_received, Ordering::Relaxed);
         s.max_held.store(st.max_held, Ordering::Relaxed);
+        s.wire_bytes_resent
+            .store(st.wire_bytes_resent, Ordering::Relaxed);
         s.held_bound.store(st.held_bound_at_max, Ordering::Relaxed);
         s.codec_memory
             .store(self.session.codec_memory_bytes() as u64, Ordering::Relaxed);

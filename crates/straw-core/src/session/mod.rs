@@ -150,6 +150,10 @@ pub enum SessionError {
     TooManyStreams(usize),
     #[error("unknown stream {0}")]
     UnknownStream(u64),
+    #[error(
+        "peer resumes having received {peer} records, but we sent {first}..{next} and the rest were acked"
+    )]
+    BadResume { peer: u64, first: u64, next: u64 },
 }
 
 /// Counters the driver exports and tests assert on.
@@ -165,6 +169,10 @@ pub struct SessionStats {
     pub max_held: u64,
     /// The bound `max_held` is meant to respect, at the moment it peaked.
     pub held_bound_at_max: u64,
+    /// Records re-sent after resumes, and their wire bytes (also counted in
+    /// `wire_bytes_sent`).
+    pub records_resent: u64,
+    pub wire_bytes_resent: u64,
 }
 
 struct SentRecord {
@@ -192,6 +200,11 @@ pub struct Session {
     // Sending.
     next_send_seq: u64,
     replay: VecDeque<SentRecord>,
+    /// After a resume: how many replay records (from the front) to re-send
+    /// before any new record.
+    resend: usize,
+    /// PONGs for PINGs sent before this moment measure the outage, not the RTT.
+    rtt_valid_from: Instant,
     unacked_bytes: u64,
     pending_raw: u64,
     flush_requested: bool,
@@ -227,6 +240,8 @@ impl Session {
             events: VecDeque::new(),
             next_send_seq: 0,
             replay: VecDeque::new(),
+            resend: 0,
+            rtt_valid_from: now,
             unacked_bytes: 0,
             pending_raw: 0,
             flush_requested: false,
@@ -498,7 +513,7 @@ impl Session {
             }
             Frame::Pong { stamp } => {
                 let sent = self.epoch + Duration::from_micros(stamp);
-                if sent <= now {
+                if sent <= now && sent >= self.rtt_valid_from {
                     self.estimate.rtt_sample(now - sent);
                 }
             }
@@ -520,6 +535,7 @@ impl Session {
         let mut newest: Option<SentRecord> = None;
         while self.replay.front().is_some_and(|r| r.seq < received) {
             let r = self.replay.pop_front().expect("checked");
+            self.resend = self.resend.saturating_sub(1);
             self.unacked_bytes -= r.wire.len() as u64;
             self.delivered += r.wire.len() as u64;
             newest = Some(r);
@@ -584,6 +600,9 @@ impl Session {
     /// The next record to put on the link, if one is due. The driver calls this
     /// whenever the socket can take more (its unsent queue is low).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        if let Some(wire) = self.next_resend() {
+            return Some(wire);
+        }
         if (self.has_sendable_data() || !self.control.is_empty()) && self.cork_deadline.is_none() {
             self.cork_deadline = Some(now + self.cork_delay());
         }
@@ -737,6 +756,67 @@ impl Session {
         }
     }
 
+    // ---- Resume ----------------------------------------------------------------
+
+    /// Records received from the peer so far, in total: what a reconnecting
+    /// side tells its peer so that the peer re-sends exactly the rest.
+    pub fn records_received(&self) -> u64 {
+        self.records_received
+    }
+
+    /// The link was replaced and the peer says it has received
+    /// `peer_received` records in total. Drops the replay records it has and
+    /// schedules the others to be re-sent, byte for byte (the peer's decoder
+    /// expects exactly those compressed bytes), before any new record.
+    ///
+    /// Control frames in the lost records travel again with them, so no other
+    /// state needs re-sending. Rate and RTT samples skip the outage.
+    pub fn resume(&mut self, now: Instant, peer_received: u64) -> Result<(), SessionError> {
+        let first = self.replay.front().map_or(self.next_send_seq, |r| r.seq);
+        if peer_received < first || peer_received > self.next_send_seq {
+            return Err(SessionError::BadResume {
+                peer: peer_received,
+                first,
+                next: self.next_send_seq,
+            });
+        }
+        while self.replay.front().is_some_and(|r| r.seq < peer_received) {
+            let r = self.replay.pop_front().expect("checked");
+            self.unacked_bytes -= r.wire.len() as u64;
+            self.delivered += r.wire.len() as u64;
+        }
+        self.resend = self.replay.len();
+        for r in &mut self.replay {
+            r.sent_at = now;
+            r.delivered_at_send = self.delivered;
+            r.delivered_time_at_send = now;
+        }
+        self.delivered_time = now;
+        self.rtt_valid_from = now;
+        // A fresh RTT sample on the new connection.
+        self.ping_due = Some(now);
+        // The peer learnt our count from the handshake; an ACK may wait.
+        Ok(())
+    }
+
+    /// Records waiting to be re-sent after [`Session::resume`].
+    pub fn resend_pending(&self) -> usize {
+        self.resend
+    }
+
+    fn next_resend(&mut self) -> Option<Bytes> {
+        if self.resend == 0 {
+            return None;
+        }
+        let idx = self.replay.len() - self.resend;
+        self.resend -= 1;
+        let wire = self.replay[idx].wire.clone();
+        self.stats.records_resent += 1;
+        self.stats.wire_bytes_resent += wire.len() as u64;
+        self.stats.wire_bytes_sent += wire.len() as u64;
+        Some(wire)
+    }
+
     // ---- Time ------------------------------------------------------------------
 
     /// When the driver should call [`Session::poll_transmit`] again even if
@@ -745,6 +825,9 @@ impl Session {
         // A cork timer is only worth waking for if its record may be sent;
         // with the window closed, the next ACK is what moves things.
         let window_open = self.unacked_bytes < self.inflight_limit();
+        if self.resend > 0 {
+            return Some(self.epoch);
+        }
         let cork = self
             .cork_deadline
             .filter(|_| window_open || !self.control.is_empty());

@@ -5,6 +5,25 @@ use super::varint::{get_varint, put_varint};
 
 pub const PROTOCOL_VERSION: u8 = 1;
 
+/// Length of a session id and of a resume ticket.
+pub const RESUME_ID_LEN: usize = 16;
+
+/// Tag of the optional resume block after the fixed fields.
+const RESUME_TAG: u8 = 1;
+
+/// Session resumption state carried in a Hello.
+///
+/// Server → client: the session this connection carries (new or resumed),
+/// the ticket to resume it with, and how many records the server has
+/// received on it. Client → server, on reconnect: the session to resume,
+/// its ticket, and how many records the client has received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub session_id: [u8; RESUME_ID_LEN],
+    pub ticket: [u8; RESUME_ID_LEN],
+    pub records_received: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub version: u8,
@@ -12,6 +31,8 @@ pub struct Hello {
     pub stream_window: u64,
     /// Most decompressed bytes per record the sender accepts.
     pub max_record: u64,
+    /// Absent in a client's first Hello.
+    pub resume: Option<Resume>,
 }
 
 impl Hello {
@@ -19,17 +40,42 @@ impl Hello {
         let mut out = vec![self.version];
         put_varint(&mut out, self.stream_window);
         put_varint(&mut out, self.max_record);
+        if let Some(r) = &self.resume {
+            out.push(RESUME_TAG);
+            out.extend_from_slice(&r.session_id);
+            out.extend_from_slice(&r.ticket);
+            put_varint(&mut out, r.records_received);
+        }
         out
     }
 
-    /// Unknown trailing bytes are allowed so later versions can add fields.
+    /// Unknown trailing bytes are allowed so later versions can add fields:
+    /// an unknown tag after the fixed fields is ignored with the rest.
     pub fn decode(mut buf: &[u8]) -> Result<Self, WireError> {
         let (&version, rest) = buf.split_first().ok_or(WireError::Truncated)?;
         buf = rest;
+        let stream_window = get_varint(&mut buf)?;
+        let max_record = get_varint(&mut buf)?;
+        let resume = match buf.split_first() {
+            Some((&RESUME_TAG, rest)) => {
+                if rest.len() < 2 * RESUME_ID_LEN {
+                    return Err(WireError::Truncated);
+                }
+                let (sid, rest) = rest.split_at(RESUME_ID_LEN);
+                let (ticket, mut rest) = rest.split_at(RESUME_ID_LEN);
+                Some(Resume {
+                    session_id: sid.try_into().expect("split at length"),
+                    ticket: ticket.try_into().expect("split at length"),
+                    records_received: get_varint(&mut rest)?,
+                })
+            }
+            _ => None,
+        };
         Ok(Self {
             version,
-            stream_window: get_varint(&mut buf)?,
-            max_record: get_varint(&mut buf)?,
+            stream_window,
+            max_record,
+            resume,
         })
     }
 }
@@ -44,11 +90,39 @@ mod tests {
             version: PROTOCOL_VERSION,
             stream_window: 256 * 1024,
             max_record: 1 << 18,
+            resume: None,
         };
         let enc = h.encode();
         assert_eq!(enc.len(), 7);
         assert_eq!(Hello::decode(&enc).unwrap(), h);
         assert!(Hello::decode(&enc[..3]).is_err());
         assert!(Hello::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn resume_block_roundtrips_and_is_checked() {
+        let h = Hello {
+            version: PROTOCOL_VERSION,
+            stream_window: 256 * 1024,
+            max_record: 1 << 18,
+            resume: Some(Resume {
+                session_id: [7; RESUME_ID_LEN],
+                ticket: [9; RESUME_ID_LEN],
+                records_received: 300,
+            }),
+        };
+        let enc = h.encode();
+        assert_eq!(enc.len(), 7 + 1 + 32 + 2);
+        assert_eq!(Hello::decode(&enc).unwrap(), h);
+        for cut in 8..enc.len() {
+            assert!(Hello::decode(&enc[..cut]).is_err(), "cut at {cut}");
+        }
+        // Extra bytes after the block, or an unknown tag, are ignored.
+        let mut longer = enc.clone();
+        longer.extend_from_slice(b"future");
+        assert_eq!(Hello::decode(&longer).unwrap(), h);
+        let mut unknown = enc[..7].to_vec();
+        unknown.extend_from_slice(&[0xee, 1, 2, 3]);
+        assert_eq!(Hello::decode(&unknown).unwrap().resume, None);
     }
 }
