@@ -219,6 +219,8 @@ pub fn run_tunnel(
         let mut c = SessionConfig::new(role);
         c.codec_params = params.clone();
         c.decoder_limits = limits.clone();
+        c.bulk_codec_params = params.clone();
+        c.bulk_decoder_limits = limits.clone();
         c
     };
     let mut server = Session::new(cfg(Role::Server), now);
@@ -234,6 +236,8 @@ pub fn run_tunnel(
         let mut progress = s2c.deliver(&mut client, now)? | c2s.deliver(&mut server, now)?;
         while let Some(ev) = server.poll_event() {
             if let Event::Opened { stream, .. } = ev {
+                // As the POP3 accelerator marks RETR replies.
+                server.set_priority(stream, Priority::Bulk);
                 sstream = Some(stream);
             }
         }

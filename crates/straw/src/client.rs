@@ -27,6 +27,18 @@ pub fn session_config(role: Role, o: &SessionOptions) -> SessionConfig {
     c.record_secs = o.record_secs;
     c.stream_window = o.stream_window;
     c.max_streams = o.max_streams;
+    // Bulk (message bodies) gets the mail-tuned profile: a 512 KiB window
+    // primed with the shipped MAIL_V1 dictionary, part of protocol version 1
+    // (docs/codec.md has the window/memory curve). Interactive records keep
+    // the small default context.
+    let mut bulk = straw_core::codec::CodecParams::slow_link();
+    bulk.window_log = 19;
+    (bulk.hash_log, bulk.chain_log) = straw_core::codec::CodecParams::tables_for_window(19);
+    c.bulk_codec_params = bulk;
+    c.bulk_decoder_limits = straw_core::codec::DecoderLimits {
+        max_window_log: 19,
+        ..straw_core::codec::DecoderLimits::slow_link()
+    };
     c
 }
 

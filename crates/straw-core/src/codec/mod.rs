@@ -21,7 +21,12 @@ use self::zstd::{ZstdDecoder, ZstdEncoder};
 #[repr(u8)]
 pub enum CodecId {
     Stored = 0,
+    /// Records that each hold whole frames, flushed per record.
     Zstd = 1,
+    /// Slices of a bulk stream compressed in larger units: a record may end
+    /// mid-block and mid-frame; frames complete across records. A context of
+    /// its own, so interactive records can pass between the slices.
+    ZstdBulk = 2,
 }
 
 impl CodecId {
@@ -29,6 +34,7 @@ impl CodecId {
         match v {
             0 => Some(Self::Stored),
             1 => Some(Self::Zstd),
+            2 => Some(Self::ZstdBulk),
             _ => None,
         }
     }
@@ -143,14 +149,38 @@ impl DecoderLimits {
 pub struct RecordEncoder {
     params: CodecParams,
     zstd: Option<ZstdEncoder>,
+    bulk_params: CodecParams,
+    zstd_bulk: Option<ZstdEncoder>,
 }
 
 impl RecordEncoder {
     pub fn new(params: &CodecParams) -> Self {
+        Self::with_bulk(params, params)
+    }
+
+    /// With separate parameters for the bulk context ([`CodecId::ZstdBulk`]).
+    pub fn with_bulk(params: &CodecParams, bulk: &CodecParams) -> Self {
         Self {
             params: params.clone(),
             zstd: None,
+            bulk_params: bulk.clone(),
+            zstd_bulk: None,
         }
+    }
+
+    /// Compresses a bulk unit in the bulk context, flushed at its end, and
+    /// appends the bytes (no codec byte: they are cut into records later).
+    pub fn encode_bulk_unit(&mut self, frames: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let start = out.len();
+        let enc = match &mut self.zstd_bulk {
+            Some(enc) => enc,
+            slot => slot.insert(ZstdEncoder::new(&self.bulk_params)?),
+        };
+        let res = enc.encode(frames, out);
+        if res.is_err() {
+            out.truncate(start);
+        }
+        res
     }
 
     /// Appends `codec byte || compressed(frames)` to `out`, flushed, so the
@@ -188,6 +218,9 @@ impl RecordEncoder {
                 };
                 enc.encode(frames, out)
             }
+            CodecId::ZstdBulk => Err(CodecError::Internal(
+                "bulk slices come from encode_bulk_unit".into(),
+            )),
         }
     }
 
@@ -195,11 +228,13 @@ impl RecordEncoder {
     /// same record boundary.
     pub fn reset(&mut self) {
         self.zstd = None;
+        self.zstd_bulk = None;
     }
 
     /// Bytes of compression state currently allocated.
     pub fn memory_bytes(&self) -> usize {
         self.zstd.as_ref().map_or(0, ZstdEncoder::memory_bytes)
+            + self.zstd_bulk.as_ref().map_or(0, ZstdEncoder::memory_bytes)
     }
 }
 
@@ -207,6 +242,8 @@ impl RecordEncoder {
 pub struct RecordDecoder {
     limits: DecoderLimits,
     zstd: Option<ZstdDecoder>,
+    bulk_limits: DecoderLimits,
+    zstd_bulk: Option<ZstdDecoder>,
     /// Set by the first error: the stream is out of step from then on, so
     /// nothing more is decoded (not even a lucky-looking garbage record).
     failed: bool,
@@ -214,9 +251,16 @@ pub struct RecordDecoder {
 
 impl RecordDecoder {
     pub fn new(limits: &DecoderLimits) -> Self {
+        Self::with_bulk(limits, limits)
+    }
+
+    /// With separate limits (and dictionary) for the bulk context.
+    pub fn with_bulk(limits: &DecoderLimits, bulk: &DecoderLimits) -> Self {
         Self {
             limits: limits.clone(),
             zstd: None,
+            bulk_limits: bulk.clone(),
+            zstd_bulk: None,
             failed: false,
         }
     }
@@ -255,7 +299,15 @@ impl RecordDecoder {
                     Some(dec) => dec,
                     slot => slot.insert(ZstdDecoder::new(&self.limits)?),
                 };
-                dec.decode(body, self.limits.max_record_bytes, out)
+                dec.decode(body, self.limits.max_record_bytes, out, true)
+            }
+            Some(CodecId::ZstdBulk) => {
+                let dec = match &mut self.zstd_bulk {
+                    Some(dec) => dec,
+                    slot => slot.insert(ZstdDecoder::new(&self.bulk_limits)?),
+                };
+                // A slice may end anywhere inside the compressed unit.
+                dec.decode(body, self.bulk_limits.max_record_bytes, out, false)
             }
             None => Err(CodecError::UnknownCodec(codec)),
         }
@@ -264,12 +316,14 @@ impl RecordDecoder {
     /// Drops all decompression state, see [`RecordEncoder::reset`].
     pub fn reset(&mut self) {
         self.zstd = None;
+        self.zstd_bulk = None;
         self.failed = false;
     }
 
     /// Bytes of decompression state currently allocated.
     pub fn memory_bytes(&self) -> usize {
         self.zstd.as_ref().map_or(0, ZstdDecoder::memory_bytes)
+            + self.zstd_bulk.as_ref().map_or(0, ZstdDecoder::memory_bytes)
     }
 }
 

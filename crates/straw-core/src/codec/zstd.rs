@@ -108,6 +108,7 @@ impl ZstdDecoder {
         body: &[u8],
         max: usize,
         out: &mut Vec<u8>,
+        whole_blocks: bool,
     ) -> Result<(), CodecError> {
         debug_assert!(out.is_empty());
         if body.is_empty() {
@@ -146,7 +147,13 @@ impl ZstdDecoder {
             }
         }
         out.truncate(filled);
-        if hint != BLOCK_HEADER_SIZE {
+        if hint == 0 {
+            out.clear();
+            return Err(CodecError::Corrupt(
+                "zstd frame ended inside the stream".into(),
+            ));
+        }
+        if whole_blocks && hint != BLOCK_HEADER_SIZE {
             out.clear();
             return Err(CodecError::Corrupt(if hint == 0 {
                 "zstd frame ended inside the stream".into()

@@ -172,6 +172,11 @@ impl FrameDecoder {
         Self { buf: record }
     }
 
+    /// Bytes not yet decoded.
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     fn take_payload(&mut self, len: u64) -> Result<Bytes, WireError> {
         if len > self.buf.len() as u64 {
             return Err(WireError::BadLength(len));
