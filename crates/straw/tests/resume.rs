@@ -50,18 +50,7 @@ async fn setup(name: &str, upstream: SocketAddr, params: LinkParams, grace_secs:
              reconnect_min_ms = 50\nreconnect_max_ms = 200\n"
         ),
     );
-    tokio::spawn(async move {
-        if let Err(e) = straw::server::run(scfg).await {
-            panic!("server failed: {e:#}");
-        }
-    });
-    wait_for_port(server_addr).await;
-    let client_stats = Arc::new(TunnelStats::default());
-    let st = client_stats.clone();
-    tokio::spawn(async move {
-        let _ = straw::client::run_with_stats(ccfg, st).await;
-    });
-    wait_for_port(local).await;
+    let client_stats = spawn_pair(scfg, ccfg, server_addr, local).await;
     Setup {
         local,
         link,

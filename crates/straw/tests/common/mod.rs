@@ -182,6 +182,21 @@ pub async fn start_full(
         protocol,
         client_extra,
     );
+    let client_stats = spawn_pair(scfg, ccfg, server_addr, local).await;
+    Running {
+        local,
+        server_addr,
+        client_stats,
+    }
+}
+
+/// Runs a server and a client from their configs; returns once both listen.
+pub async fn spawn_pair(
+    scfg: ServerConfig,
+    ccfg: ClientConfig,
+    server_addr: SocketAddr,
+    local: SocketAddr,
+) -> Arc<TunnelStats> {
     tokio::spawn(async move {
         if let Err(e) = straw::server::run(scfg).await {
             panic!("server failed: {e:#}");
@@ -194,11 +209,7 @@ pub async fn start_full(
         let _ = straw::client::run_with_stats(ccfg, st).await;
     });
     wait_for_port(local).await;
-    Running {
-        local,
-        server_addr,
-        client_stats,
-    }
+    client_stats
 }
 
 pub async fn wait_for_port(addr: SocketAddr) {
