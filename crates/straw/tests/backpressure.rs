@@ -82,11 +82,13 @@ async fn program_writes_block_and_client_holds_at_most_its_bound() {
         max_held > 0 && max_held <= bound,
         "held {max_held} > bound {bound}"
     );
-    // The bound itself is a few seconds of link time at 300 B/s: the
-    // in-flight window (2 s) plus one bulk unit (2 s).
+    // The bound itself is a few seconds of link time (240 B/s here): the
+    // in-flight window (2 s, or the ack loop's round trip plus one 2 s bulk
+    // slice when that is longer; most of it is on the link, not queued) plus
+    // one bulk unit (2 s).
     assert!(
-        bound <= 5 * 300,
-        "bound {bound} B is more than 5 s of link time"
+        bound <= 7 * 240,
+        "bound {bound} B is more than 7 s of link time"
     );
     writer.abort();
 }

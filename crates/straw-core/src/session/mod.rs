@@ -91,6 +91,8 @@ pub struct SessionConfig {
     pub decoder_limits: DecoderLimits,
     /// Per-packet header cost the cork timer weighs against waiting.
     pub packet_overhead: usize,
+    /// What the link layer adds to each record (Noise: length + AEAD tag).
+    pub frame_overhead: usize,
     /// Bulk streams are compressed in units of about this many seconds of
     /// link time and cut into records ([`CodecId::ZstdBulk`]): a flush per
     /// small record costs ~25% on mail, a flush per unit far less, while
@@ -118,6 +120,7 @@ impl SessionConfig {
             codec_params: CodecParams::default(),
             decoder_limits: DecoderLimits::default(),
             packet_overhead: 40,
+            frame_overhead: 18,
             bulk_unit_secs: 2.0,
             bulk_codec_params: CodecParams::default(),
             bulk_decoder_limits: DecoderLimits::default(),
@@ -200,6 +203,8 @@ struct SentRecord {
     sent_at: Instant,
     delivered_at_send: u64,
     delivered_time_at_send: Instant,
+    /// When the newest record acked at this one's sending was itself sent.
+    first_sent_at_send: Instant,
 }
 
 pub struct Session {
@@ -237,6 +242,8 @@ pub struct Session {
     /// Total wire bytes acked, and when the last ack arrived (rate sampling).
     delivered: u64,
     delivered_time: Instant,
+    /// Send time of the newest acked record (BBR's first_sent_time).
+    last_acked_sent_at: Instant,
     estimate: LinkEstimate,
 
     // Receiving.
@@ -278,6 +285,7 @@ impl Session {
             cork_deadline: None,
             delivered: 0,
             delivered_time: now,
+            last_acked_sent_at: now,
             estimate,
             records_received: 0,
             last_ack_sent: 0,
@@ -340,10 +348,22 @@ impl Session {
         Ok(id)
     }
 
-    /// Unacked wire bytes allowed on the link.
+    /// Unacked wire bytes allowed on the link: `inflight_secs` of link time,
+    /// but never less than the ack loop needs to keep the link busy: the
+    /// bytes in the pipe (rate × round trip) plus one record queued behind
+    /// the one on the link. Any more only queues ahead of interactive records;
+    /// any less starves the link, the delivery rate it measures falls, and
+    /// the window with it (seen: 56% busy on Iridium at 2 s).
     pub fn inflight_limit(&self) -> u64 {
-        let by_rate = self.estimate.rate() * self.cfg.inflight_secs;
-        (by_rate as u64).max(2 * self.record_target() as u64)
+        let rate = self.estimate.rate();
+        let by_rate = rate * self.cfg.inflight_secs;
+        let record = self.record_target() as f64;
+        // min_rtt comes from the smallest records (acks): the bare round trip.
+        let ack_loop = self
+            .estimate
+            .min_rtt()
+            .map_or(0.0, |rtt| rate * rtt.as_secs_f64() + record);
+        (by_rate.max(ack_loop) as u64).max(2 * record as u64)
     }
 
     /// The most the session holds ahead of the link: the in-flight window plus
@@ -622,17 +642,28 @@ impl Session {
             return Err(SessionError::BadAck(received));
         }
         let mut newest: Option<SentRecord> = None;
+        let mut oldest_sent = None;
         while self.replay.front().is_some_and(|r| r.seq < received) {
             let r = self.replay.pop_front().expect("checked");
             self.resend = self.resend.saturating_sub(1);
             self.unacked_bytes -= r.wire.len() as u64;
-            self.delivered += r.wire.len() as u64;
+            self.delivered += self.link_bytes(&r.wire);
+            oldest_sent.get_or_insert(r.sent_at);
             newest = Some(r);
         }
         if let Some(r) = newest {
             // Delivery rate as BBR samples it: bytes delivered since this record
             // left, over the time since the delivery count it saw was current.
-            let interval = now.saturating_duration_since(r.delivered_time_at_send);
+            // Records here take seconds each and acks come every few records,
+            // so a batch's oldest record was often on the link before that
+            // count: the interval starts at its sending, not later (else the
+            // estimate climbs 50% above the link).
+            let ack_elapsed = now.saturating_duration_since(r.delivered_time_at_send);
+            let send_elapsed = r.sent_at.saturating_duration_since(r.first_sent_at_send);
+            let batch_elapsed =
+                oldest_sent.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+            let interval = ack_elapsed.max(send_elapsed).max(batch_elapsed);
+            self.last_acked_sent_at = r.sent_at;
             self.estimate
                 .rate_sample(self.delivered - r.delivered_at_send, interval);
             self.estimate
@@ -644,10 +675,19 @@ impl Session {
 
     // ---- Link side: records out -----------------------------------------------
 
-    /// Target wire size of one record: about `record_secs` of link time.
+    /// Target wire size of one record: about `record_secs` of link time,
+    /// headers included.
     pub fn record_target(&self) -> usize {
         let t = (self.estimate.rate() * self.cfg.record_secs) as usize;
-        t.clamp(self.cfg.min_record, self.cfg.max_record)
+        let overhead = self.cfg.packet_overhead + self.cfg.frame_overhead;
+        t.saturating_sub(overhead)
+            .clamp(self.cfg.min_record, self.cfg.max_record)
+    }
+
+    /// What a record costs on the link: the estimate's rate is measured in
+    /// these, so that small records can't talk it down.
+    fn link_bytes(&self, wire: &[u8]) -> u64 {
+        (wire.len() + self.cfg.packet_overhead + self.cfg.frame_overhead) as u64
     }
 
     /// The raw bytes that compress to about one record target.
@@ -810,7 +850,13 @@ impl Session {
             self.estimate.compression_sample(raw + 4, unit.len().max(1));
             self.bulk_out.extend_from_slice(&unit);
         }
-        let n = self.record_target().min(self.bulk_out.len());
+        // A short tail rides along rather than paying a packet of its own.
+        let target = self.record_target();
+        let n = if self.bulk_out.len() <= target + target / 2 {
+            self.bulk_out.len()
+        } else {
+            target
+        };
         let mut plain = Vec::new();
         self.encode_ack(&mut plain);
         let mut wire = Vec::with_capacity(n + plain.len() + 2);
@@ -844,6 +890,11 @@ impl Session {
             wire: wire.clone(),
             sent_at: now,
             delivered_at_send: self.delivered,
+            first_sent_at_send: if self.unacked_bytes == 0 {
+                now
+            } else {
+                self.last_acked_sent_at
+            },
             delivered_time_at_send: if self.unacked_bytes == 0 {
                 now
             } else {
@@ -957,13 +1008,14 @@ impl Session {
         while self.replay.front().is_some_and(|r| r.seq < peer_received) {
             let r = self.replay.pop_front().expect("checked");
             self.unacked_bytes -= r.wire.len() as u64;
-            self.delivered += r.wire.len() as u64;
+            self.delivered += self.link_bytes(&r.wire);
         }
         self.resend = self.replay.len();
         for r in &mut self.replay {
             r.sent_at = now;
             r.delivered_at_send = self.delivered;
             r.delivered_time_at_send = now;
+            r.first_sent_at_send = now;
         }
         self.delivered_time = now;
         self.rtt_valid_from = now;
