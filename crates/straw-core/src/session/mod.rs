@@ -679,15 +679,19 @@ impl Session {
     /// headers included.
     pub fn record_target(&self) -> usize {
         let t = (self.estimate.rate() * self.cfg.record_secs) as usize;
-        let overhead = self.cfg.packet_overhead + self.cfg.frame_overhead;
-        t.saturating_sub(overhead)
+        t.saturating_sub(self.record_overhead())
             .clamp(self.cfg.min_record, self.cfg.max_record)
+    }
+
+    /// Link bytes each record costs beyond its own: packet and Noise headers.
+    fn record_overhead(&self) -> usize {
+        self.cfg.packet_overhead + self.cfg.frame_overhead
     }
 
     /// What a record costs on the link: the estimate's rate is measured in
     /// these, so that small records can't talk it down.
     fn link_bytes(&self, wire: &[u8]) -> u64 {
-        (wire.len() + self.cfg.packet_overhead + self.cfg.frame_overhead) as u64
+        (wire.len() + self.record_overhead()) as u64
     }
 
     /// The raw bytes that compress to about one record target.
