@@ -13,7 +13,7 @@ use straw::tunnel::{DialFuture, Dialer, LocalIo, OpenRequest, Tunnel, TunnelStat
 use straw_core::session::{Role, Session};
 use straw_proto::Accelerator;
 use straw_proto::passthrough::Passthrough;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -55,6 +55,21 @@ impl Dialer for TestDialer {
             ))
         })
     }
+}
+
+/// Opens a stream to `service` on the client tunnel; returns the program's end.
+async fn open_passthrough(open_tx: &mpsc::Sender<OpenRequest>, service: &str) -> DuplexStream {
+    let (local, app) = duplex(4096);
+    open_tx
+        .send(OpenRequest {
+            service: service.into(),
+            io: Box::new(local),
+            accel: Box::new(Passthrough::default()),
+            cache: None,
+        })
+        .await
+        .unwrap();
+    app
 }
 
 #[tokio::test(start_paused = true)]
@@ -113,16 +128,7 @@ async fn interactive_reply_is_not_starved_by_bulk() {
     });
 
     // Start the bulk download and let it run for a while.
-    let (bulk_local, mut bulk_app) = duplex(4096);
-    open_tx
-        .send(OpenRequest {
-            service: "bulk".into(),
-            io: Box::new(bulk_local),
-            accel: Box::new(Passthrough::default()),
-            cache: None,
-        })
-        .await
-        .unwrap();
+    let mut bulk_app = open_passthrough(&open_tx, "bulk").await;
     let bulk_reader = tokio::spawn(async move {
         let mut total = 0usize;
         let mut buf = vec![0u8; 8192];
@@ -140,17 +146,8 @@ async fn interactive_reply_is_not_starved_by_bulk() {
     let mut waits = Vec::new();
     for k in 0..5u64 {
         tokio::time::sleep(Duration::from_millis(1300 + 370 * k)).await;
-        let (chat_local, mut chat_app) = duplex(4096);
         let asked = Instant::now();
-        open_tx
-            .send(OpenRequest {
-                service: "chat".into(),
-                io: Box::new(chat_local),
-                accel: Box::new(Passthrough::default()),
-                cache: None,
-            })
-            .await
-            .unwrap();
+        let mut chat_app = open_passthrough(&open_tx, "chat").await;
         chat_app.write_all(b"a1 NOOP\r\n").await.unwrap();
         let mut reply = Vec::new();
         let mut buf = [0u8; 64];
