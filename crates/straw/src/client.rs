@@ -19,6 +19,9 @@ use crate::link::keys::{self, Keypair};
 use crate::link::{noise, tcp};
 use crate::tunnel::{LinkEnded, OpenRequest, SharedCache, Tunnel, TunnelStats};
 
+/// How long the local connections of a given-up tunnel get to hear why.
+const GIVE_UP_LINGER: Duration = Duration::from_secs(5);
+
 /// Session parameters from the config file.
 pub fn session_config(role: Role, o: &SessionOptions) -> SessionConfig {
     let mut c = SessionConfig::new(role);
@@ -94,32 +97,49 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     let mut kept: Option<(Tunnel, Resume)> = None;
     let mut down_since: Option<tokio::time::Instant> = None;
     loop {
-        if kept.is_some() && down_since.is_some_and(|t| t.elapsed() > grace) {
+        let grace_end = down_since.map(|t| t + grace);
+        if kept.is_some() && grace_end.is_some_and(|t| tokio::time::Instant::now() >= t) {
             let (t, _) = kept.take().expect("checked");
             warn!(
                 "no tunnel for {}s: giving up the session, closing {} local connections",
                 grace.as_secs(),
                 t.stream_count()
             );
+            t.give_up(GIVE_UP_LINGER).await;
         }
         let resume = kept.as_ref().map(|(t, r)| Resume {
             records_received: t.records_received(),
             ..r.clone()
         });
-        match connect(&cfg, &keypair, &server_key, resume).await {
+        // While a session waits, its grace period bounds each attempt.
+        let deadline = grace_end.filter(|_| kept.is_some());
+        let attempt = tokio::select! {
+            r = connect(&cfg, &keypair, &server_key, resume) => Some(r),
+            _ = sleep_until_opt(deadline) => None,
+        };
+        let Some(attempt) = attempt else { continue };
+        match attempt {
             Ok((sock, transport, hello)) => {
                 backoff = min_backoff;
                 let Some(granted) = hello.resume.clone() else {
                     // A server without resume: never keep a session for it.
                     warn!("server sent no session ticket; connections won't survive a drop");
-                    kept = None;
-                    let tunnel = new_tunnel(&cfg, transport, &hello, &stats);
-                    let result = tunnel.run(sock, &mut opens).await;
+                    if let Some((t, _)) = kept.take() {
+                        t.give_up(GIVE_UP_LINGER).await;
+                    }
+                    let mut tunnel = new_tunnel(&cfg, transport, &hello, &stats);
+                    let result = match tunnel.run_link(sock, &mut opens).await {
+                        Ok(LinkEnded::Closed) => Ok(()),
+                        Ok(LinkEnded::Lost(e)) => Err(e),
+                        Ok(LinkEnded::Stopped) => Err(anyhow!("stopped")),
+                        Err(e) => Err(e),
+                    };
                     warn!(
                         "tunnel to {} down: {}",
                         cfg.server,
                         describe_end(&result, &stats)
                     );
+                    tunnel.give_up(GIVE_UP_LINGER).await;
                     down_since = None;
                     tokio::time::sleep(backoff).await;
                     continue;
@@ -135,6 +155,7 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                                 // Can't happen with an honest server; the
                                 // connection's keys are spent, so redial.
                                 warn!("tunnel to {}: {e:#}; closing local connections", cfg.server);
+                                t.give_up(GIVE_UP_LINGER).await;
                                 down_since = None;
                                 tokio::time::sleep(backoff).await;
                                 continue;
@@ -147,6 +168,7 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                                 "server no longer has our session: closing {} local connections",
                                 t.stream_count()
                             );
+                            t.give_up(GIVE_UP_LINGER).await;
                         }
                         info!("tunnel to {} up", cfg.server);
                         new_tunnel(&cfg, transport, &hello, &stats)
@@ -176,17 +198,29 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                             describe_end(&Ok(()), &stats)
                         );
                     }
-                    Err(e) => warn!(
-                        "tunnel to {} failed, closing local connections: {}",
-                        cfg.server,
-                        describe_end(&Err(e), &stats)
-                    ),
+                    Err(e) => {
+                        warn!(
+                            "tunnel to {} failed, closing local connections: {}",
+                            cfg.server,
+                            describe_end(&Err(e), &stats)
+                        );
+                        tunnel.give_up(GIVE_UP_LINGER).await;
+                    }
                 }
             }
             Err(e) => warn!("cannot open tunnel to {}: {e:#}", cfg.server),
         }
-        tokio::time::sleep(backoff).await;
+        let wake = tokio::time::Instant::now() + backoff;
+        let deadline = down_since.map(|t| t + grace).filter(|_| kept.is_some());
+        tokio::time::sleep_until(deadline.map_or(wake, |d| d.min(wake))).await;
         backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -22,6 +22,9 @@ use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
 use crate::tunnel::{DialFuture, Dialer, LinkEnded, LocalIo, Tunnel, TunnelStats};
 
+/// How long upstream connections of a dropped session get to be closed politely.
+const GIVE_UP_LINGER: Duration = Duration::from_secs(5);
+
 /// How long dialing a real server may take before the stream is reset.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -139,15 +142,17 @@ impl Sessions {
                     _ => None,
                 }
             };
-            if let Some(e) = expired {
-                if let Slot::Parked(t) = &e.slot {
-                    info!(
-                        tunnel = %label,
-                        streams = t.stream_count(),
-                        "resume grace period over: session dropped"
-                    );
-                }
-                drop(e);
+            if let Some(Entry {
+                slot: Slot::Parked(t),
+                ..
+            }) = expired
+            {
+                info!(
+                    tunnel = %label,
+                    streams = t.stream_count(),
+                    "resume grace period over: session dropped"
+                );
+                t.give_up(GIVE_UP_LINGER).await;
             }
         });
     }
@@ -370,6 +375,7 @@ async fn handle(
         Err(e) => {
             sessions.remove(&id);
             warn!(tunnel = %label, "tunnel failed: {}", crate::client::describe_end(&Err(e), &stats));
+            tunnel.give_up(GIVE_UP_LINGER).await;
         }
     }
     Ok(())

@@ -119,6 +119,8 @@ enum Inbound {
     /// Bytes the accelerator produced for the local socket itself.
     Local(Vec<u8>),
     Fin,
+    /// The tunnel is given up: let the accelerator say so, then close.
+    LinkLost,
 }
 
 type SharedAccel = Arc<std::sync::Mutex<Box<dyn Accelerator>>>;
@@ -134,6 +136,8 @@ struct Attached {
     reader_done: bool,
     writer_done: bool,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The socket's writer task, awaited by [`Tunnel::give_up`].
+    writer: Option<tokio::task::JoinHandle<()>>,
     accel: Option<SharedAccel>,
     service: String,
     /// Server side: the dial waits for the stream's first bytes.
@@ -151,6 +155,7 @@ impl Attached {
             reader_done: false,
             writer_done: false,
             tasks: Vec::new(),
+            writer: None,
             accel: None,
             service,
             dial_pending_data: false,
@@ -160,7 +165,7 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.writer) {
             t.abort();
         }
     }
@@ -413,7 +418,38 @@ impl Tunnel {
         let inbound_rx = a.inbound_rx.take().expect("pumps start once");
         a.tasks
             .push(tokio::spawn(read_pump(ctx.clone(), rd, grant_rx)));
-        a.tasks.push(tokio::spawn(write_pump(ctx, wr, inbound_rx)));
+        a.writer = Some(tokio::spawn(write_pump(ctx, wr, inbound_rx)));
+    }
+
+    /// Ends the tunnel for good: each local connection hears it in its
+    /// protocol's terms ([`Accelerator::link_lost`]) after whatever was
+    /// already on its way to it, and is closed. Waits up to `linger` for the
+    /// writes (a program that doesn't read can't hold us up).
+    pub async fn give_up(mut self, linger: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + linger;
+        let mut writers = Vec::new();
+        for a in self.streams.values_mut() {
+            if a.writer_done {
+                continue;
+            }
+            if let Some(w) = a.writer.take()
+                && a.inbound_tx.send(Inbound::LinkLost).is_ok()
+            {
+                writers.push(w);
+            }
+        }
+        let n = writers.len();
+        for w in writers {
+            let abort = w.abort_handle();
+            if tokio::time::timeout_at(deadline, w).await.is_err() {
+                abort.abort();
+            }
+        }
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.forget(id);
+        }
+        info!(tunnel = %self.label, connections = n, "tunnel given up: local connections told and closed");
     }
 
     /// Drops a stream's sockets and tasks, keeping its accelerator's counters.
@@ -707,6 +743,14 @@ async fn write_pump(
                 (to_local, bytes.len())
             }
             Inbound::Local(bytes) => (bytes, 0),
+            Inbound::LinkLost => {
+                ctx.with_accel(|a, out| a.link_lost(out), &mut out);
+                if !out.to_local.is_empty() {
+                    let _ = wr.write_all(&out.to_local).await;
+                }
+                let _ = wr.shutdown().await;
+                return;
+            }
             Inbound::Fin => {
                 let _ = wr.shutdown().await;
                 let _ = ctx.tx.send(PumpMsg::Closed { stream });
