@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::config::{ClientConfig, Protocol, SessionOptions, TcpOptions};
 use crate::link::keys::{self, Keypair};
 use crate::link::{noise, tcp};
-use crate::tunnel::{LinkEnded, OpenRequest, SharedCache, Tunnel, TunnelStats};
+use crate::tunnel::{LinkEnded, LivenessConfig, OpenRequest, SharedCache, Tunnel, TunnelStats};
 
 /// How long the local connections of a given-up tunnel get to hear why.
 const GIVE_UP_LINGER: Duration = Duration::from_secs(5);
@@ -43,6 +43,20 @@ pub fn session_config(role: Role, o: &SessionOptions) -> SessionConfig {
         ..straw_core::codec::DecoderLimits::slow_link()
     };
     c
+}
+
+/// Dead-link detection settings from the config file.
+pub fn liveness_config(s: &SessionOptions, t: &TcpOptions) -> LivenessConfig {
+    LivenessConfig {
+        min_dead: Duration::from_secs_f64(s.dead_after_min_secs.clamp(0.0, 86_400.0)),
+        idle_probe: Duration::from_secs(s.idle_ping_secs),
+        user_timeout_max: Duration::from_millis(t.user_timeout_ms.into()),
+    }
+}
+
+/// A second handle on the tunnel socket, for tuning its options later.
+pub fn socket_handle(sock: &tokio::net::TcpStream) -> Option<socket2::Socket> {
+    socket2::SockRef::from(sock).try_clone().ok()
 }
 
 /// One line for the log when a tunnel ends.
@@ -128,6 +142,7 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                         t.give_up(GIVE_UP_LINGER).await;
                     }
                     let mut tunnel = new_tunnel(&cfg, transport, &hello, &stats);
+                    tunnel.set_link_socket(socket_handle(&sock));
                     let result = match tunnel.run_link(sock, &mut opens).await {
                         Ok(LinkEnded::Closed) => Ok(()),
                         Ok(LinkEnded::Lost(e)) => Err(e),
@@ -175,6 +190,7 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                     }
                 };
                 down_since = None;
+                tunnel.set_link_socket(socket_handle(&sock));
                 match tunnel.run_link(sock, &mut opens).await {
                     Ok(LinkEnded::Lost(e)) => {
                         warn!(
@@ -233,7 +249,9 @@ fn new_tunnel(
     let mut scfg = session_config(Role::Client, &cfg.session);
     scfg.peer_stream_window = hello.stream_window;
     let session = Session::new(scfg, tokio::time::Instant::now().into_std());
-    Tunnel::new(transport, session, None, stats.clone(), cfg.server.clone())
+    let mut t = Tunnel::new(transport, session, None, stats.clone(), cfg.server.clone());
+    t.set_liveness(liveness_config(&cfg.session, &cfg.tcp));
+    t
 }
 
 async fn connect(

@@ -19,7 +19,9 @@ pub struct TcpOptions {
     pub notsent_lowat: u32,
     /// Keepalive idle time in seconds (0 disables keepalive).
     pub keepalive_secs: u64,
-    /// TCP_USER_TIMEOUT in milliseconds (0 leaves the kernel default).
+    /// TCP_USER_TIMEOUT in milliseconds (0 leaves the kernel default). On the
+    /// tunnel socket this is the ceiling: the tunnel lowers it to follow the
+    /// measured link (1.5 × its dead-link detection time).
     pub user_timeout_ms: u32,
     /// Optional TCP_MAXSEG cap for slow links.
     pub max_segment: Option<u32>,
@@ -77,6 +79,11 @@ pub struct SessionOptions {
     /// Client: first and largest delay between reconnect attempts (doubling).
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// Dead-link detection: a link that stays silent for a few loaded round
+    /// trips after a PING is dropped (and resumed); never sooner than this.
+    pub dead_after_min_secs: f64,
+    /// PING a link this quiet when nothing awaits an answer (0: never).
+    pub idle_ping_secs: u64,
 }
 
 impl Default for SessionOptions {
@@ -91,6 +98,8 @@ impl Default for SessionOptions {
             resume_grace_secs: 600,
             reconnect_min_ms: 1000,
             reconnect_max_ms: 60_000,
+            dead_after_min_secs: 10.0,
+            idle_ping_secs: 60,
         }
     }
 }

@@ -350,6 +350,8 @@ async fn handle(
             (id, Box::new(tunnel))
         }
     };
+    tunnel.set_liveness(crate::client::liveness_config(&cfg.session, &cfg.tcp));
+    tunnel.set_link_socket(crate::client::socket_handle(&sock));
     // The server never opens streams of its own.
     let (_tx, mut opens) = mpsc::channel(1);
     let result = tunnel.run_link(sock, &mut opens).await;
