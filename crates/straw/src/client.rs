@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::{ClientConfig, Protocol, SessionOptions, TcpOptions};
+use crate::config::{ClientConfig, Dial, Protocol, SessionOptions, TcpOptions};
 use crate::link::keys::{self, Keypair};
 use crate::link::{noise, tcp};
 use crate::tunnel::{LinkEnded, LivenessConfig, OpenRequest, SharedCache, Tunnel, TunnelStats};
@@ -110,7 +110,30 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     // The session that outlives a dropped link, with what resumes it.
     let mut kept: Option<(Tunnel, Resume)> = None;
     let mut down_since: Option<tokio::time::Instant> = None;
+    let on_demand = cfg.link.dial == Dial::OnDemand;
+    let idle_hangup = (on_demand && cfg.link.idle_hangup_secs > 0)
+        .then(|| Duration::from_secs(cfg.link.idle_hangup_secs));
+    let hook_timeout = Duration::from_secs(cfg.link.command_timeout_secs.max(1));
+    // Dial on demand: the connection that made us dial, attached once up.
+    let mut pending: Option<OpenRequest> = None;
     loop {
+        if on_demand
+            && pending.is_none()
+            && kept.as_ref().is_none_or(|(t, _)| t.stream_count() == 0)
+        {
+            match opens.recv().await {
+                Some(r) => pending = Some(r),
+                None => return Ok(()),
+            }
+        }
+        if let Some(cmd) = &cfg.link.on_dial
+            && let Err(e) = run_hook("on_dial", cmd, hook_timeout).await
+        {
+            warn!("not dialling: {e:#}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(max_backoff);
+            continue;
+        }
         let grace_end = down_since.map(|t| t + grace);
         if kept.is_some() && grace_end.is_some_and(|t| tokio::time::Instant::now() >= t) {
             let (t, _) = kept.take().expect("checked");
@@ -143,8 +166,11 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                     }
                     let mut tunnel = new_tunnel(&cfg, transport, &hello, &stats);
                     tunnel.set_link_socket(socket_handle(&sock));
+                    if let Some(r) = pending.take() {
+                        tunnel.attach(r);
+                    }
                     let result = match tunnel.run_link(sock, &mut opens).await {
-                        Ok(LinkEnded::Closed) => Ok(()),
+                        Ok(LinkEnded::Closed | LinkEnded::Idle) => Ok(()),
                         Ok(LinkEnded::Lost(e)) => Err(e),
                         Ok(LinkEnded::Stopped) => Err(anyhow!("stopped")),
                         Err(e) => Err(e),
@@ -191,7 +217,35 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                 };
                 down_since = None;
                 tunnel.set_link_socket(socket_handle(&sock));
-                match tunnel.run_link(sock, &mut opens).await {
+                tunnel.set_idle_hangup(idle_hangup);
+                if let Some(r) = pending.take() {
+                    tunnel.attach(r);
+                }
+                let call = Call::start(&stats);
+                let ended = tunnel.run_link(sock, &mut opens).await;
+                call.report(&stats, cfg.link.cost_per_minute);
+                if let Some(cmd) = &cfg.link.on_hangup
+                    && let Err(e) = run_hook("on_hangup", cmd, hook_timeout).await
+                {
+                    warn!("{e:#}");
+                }
+                match ended {
+                    Ok(LinkEnded::Idle) => {
+                        info!(
+                            "idle for {}s: hung up, session parked for the next dial",
+                            cfg.link.idle_hangup_secs
+                        );
+                        kept = Some((tunnel, granted));
+                        down_since = None;
+                        backoff = min_backoff;
+                        continue;
+                    }
+                    Ok(LinkEnded::Lost(e)) if on_demand && tunnel.stream_count() == 0 => {
+                        info!("link dropped with nothing in it: {e:#}; redial on demand");
+                        kept = Some((tunnel, granted));
+                        down_since = None;
+                        continue;
+                    }
                     Ok(LinkEnded::Lost(e)) => {
                         warn!(
                             "tunnel to {} down, keeping {} local connections for {}s: {}",
@@ -230,6 +284,52 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
         let deadline = down_since.map(|t| t + grace).filter(|_| kept.is_some());
         tokio::time::sleep_until(deadline.map_or(wake, |d| d.min(wake))).await;
         backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+/// One dial-up: for the log line (and cost) at hang-up.
+struct Call {
+    start: tokio::time::Instant,
+    sent: u64,
+    received: u64,
+}
+
+impl Call {
+    fn start(stats: &TunnelStats) -> Self {
+        stats.dials.fetch_add(1, Ordering::Relaxed);
+        Self {
+            start: tokio::time::Instant::now(),
+            sent: stats.wire_bytes_sent.load(Ordering::Relaxed),
+            received: stats.wire_bytes_received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Billed per started minute, as satellite airtime usually is.
+    fn report(&self, stats: &TunnelStats, cost_per_minute: f64) {
+        let secs = self.start.elapsed().as_secs_f64();
+        let minutes = (secs / 60.0).ceil().max(1.0);
+        info!(
+            "dial-up ended: connected {secs:.1} s, {} bytes up, {} bytes down, cost {:.2} ({minutes} started minutes at {cost_per_minute:.2})",
+            stats.wire_bytes_sent.load(Ordering::Relaxed) - self.sent,
+            stats.wire_bytes_received.load(Ordering::Relaxed) - self.received,
+            minutes * cost_per_minute,
+        );
+    }
+}
+
+/// Runs a hook with `sh -c`; an error if it fails or takes too long.
+async fn run_hook(name: &str, cmd: &str, timeout: Duration) -> Result<()> {
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("{name}: cannot run {cmd:?}"))?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(st)) if st.success() => Ok(()),
+        Ok(Ok(st)) => bail!("{name} {cmd:?} failed: {st}"),
+        Ok(Err(e)) => bail!("{name} {cmd:?}: {e}"),
+        Err(_) => bail!("{name} {cmd:?} timed out after {}s", timeout.as_secs()),
     }
 }
 

@@ -84,6 +84,9 @@ pub struct SessionOptions {
     pub dead_after_min_secs: f64,
     /// PING a link this quiet when nothing awaits an answer (0: never).
     pub idle_ping_secs: u64,
+    /// Server: how long to keep a session whose link ended with no
+    /// connections in it (a client's idle hang-up), for the next dial.
+    pub hangup_park_secs: u64,
 }
 
 impl Default for SessionOptions {
@@ -100,6 +103,7 @@ impl Default for SessionOptions {
             reconnect_max_ms: 60_000,
             dead_after_min_secs: 10.0,
             idle_ping_secs: 60,
+            hangup_park_secs: 6 * 3600,
         }
     }
 }
@@ -199,6 +203,51 @@ pub struct ClientConfig {
     pub tcp: TcpOptions,
     #[serde(default)]
     pub session: SessionOptions,
+    #[serde(default)]
+    pub link: ClientLink,
+}
+
+/// When the client dials the (expensive) link.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dial {
+    /// Keep a link up all the time.
+    #[default]
+    Always,
+    /// Dial when a program connects; hang up after `idle_hangup_secs`.
+    OnDemand,
+}
+
+/// Client `[link]`: dialling, hanging up, and what a call costs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLink {
+    pub dial: Dial,
+    /// Close the link after this long with no connections and nothing in
+    /// flight (0 = never). The session stays parked on both sides, so the
+    /// next dial resumes it warm.
+    pub idle_hangup_secs: u64,
+    /// Shell commands (`sh -c`) run before each dial (must succeed) and after
+    /// each hang-up, e.g. to bring a modem up and down.
+    pub on_dial: Option<String>,
+    pub on_hangup: Option<String>,
+    /// How long those commands may run.
+    pub command_timeout_secs: u64,
+    /// Airtime price per started minute, for the log line at hang-up.
+    pub cost_per_minute: f64,
+}
+
+impl Default for ClientLink {
+    fn default() -> Self {
+        Self {
+            dial: Dial::Always,
+            idle_hangup_secs: 0,
+            on_dial: None,
+            on_hangup: None,
+            command_timeout_secs: 60,
+            cost_per_minute: 1.50,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -358,14 +358,22 @@ async fn handle(
     let stats = tunnel.stats();
     match result {
         Ok(LinkEnded::Lost(e)) => {
+            // With no connections inside (a client's idle hang-up), keeping
+            // the session costs only memory and makes the next dial warm.
+            let keep = if tunnel.stream_count() == 0 {
+                Duration::from_secs(cfg.session.hangup_park_secs).max(grace)
+            } else {
+                grace
+            };
             info!(
                 tunnel = %label,
                 "link lost, session kept {}s for resume: {}",
-                grace.as_secs(),
+                keep.as_secs(),
                 crate::client::describe_end(&Err(e), &stats)
             );
-            sessions.park(id, *tunnel, grace, label);
+            sessions.park(id, *tunnel, keep, label);
         }
+        Ok(LinkEnded::Idle) => sessions.park(id, *tunnel, grace, label),
         Ok(LinkEnded::Stopped) => {
             info!(tunnel = %label, "client reconnected; handing the session over");
             sessions.park(id, *tunnel, grace, label);

@@ -78,6 +78,8 @@ pub struct TunnelStats {
     /// re-sent because the old connection lost them.
     pub resumes: AtomicU64,
     pub wire_bytes_resent: AtomicU64,
+    /// Client: links dialled that completed their handshake.
+    pub dials: AtomicU64,
 }
 
 /// What a socket's pump tasks tell the tunnel.
@@ -181,6 +183,9 @@ pub enum LinkEnded {
     Lost(anyhow::Error),
     /// Another connection took the session over ([`Tunnel::set_stop`]).
     Stopped,
+    /// Idle for the hang-up time ([`Tunnel::set_idle_hangup`]): the link was
+    /// closed on purpose; the session is kept for the next dial.
+    Idle,
 }
 
 /// Dead-link detection: when to probe a quiet link with a PING and when to
@@ -334,6 +339,7 @@ pub struct Tunnel {
     /// `TCP_USER_TIMEOUT` to the link (see [`Tunnel::set_link_socket`]).
     link_socket: Option<socket2::Socket>,
     user_timeout_set: Option<Duration>,
+    idle_hangup: Option<Duration>,
 }
 
 fn now() -> Instant {
@@ -362,7 +368,20 @@ impl Tunnel {
             liveness: LivenessConfig::default(),
             link_socket: None,
             user_timeout_set: None,
+            idle_hangup: None,
         }
+    }
+
+    /// Close the link after this long with no local connections and
+    /// nothing awaiting an answer ([`LinkEnded::Idle`]).
+    pub fn set_idle_hangup(&mut self, after: Option<Duration>) {
+        self.idle_hangup = after;
+    }
+
+    /// Attaches a local connection now, even between links (dial on
+    /// demand): its bytes wait in the session for the next link.
+    pub fn attach(&mut self, req: OpenRequest) {
+        self.open_local(req);
     }
 
     pub fn set_liveness(&mut self, cfg: LivenessConfig) {
@@ -433,6 +452,7 @@ impl Tunnel {
             LinkEnded::Closed => Ok(()),
             LinkEnded::Lost(e) => Err(e),
             LinkEnded::Stopped => Err(anyhow!("taken over by another connection")),
+            LinkEnded::Idle => Ok(()),
         }
     }
 
@@ -493,6 +513,7 @@ impl Tunnel {
         let mut opens_open = true;
         let (mut rd, mut wr) = tokio::io::split(io);
         let mut live = LivenessCheck::new(self.liveness, now());
+        let mut idle_since: Option<Instant> = None;
         loop {
             let t = now();
             self.dispatch_events()?;
@@ -511,6 +532,17 @@ impl Tunnel {
                 }
             }
             self.tune_user_timeout(&live, loaded_rtt);
+            let idle = self.streams.is_empty() && !expecting && out_pos == out.len();
+            if !idle {
+                idle_since = None;
+            } else if idle_since.is_none() {
+                idle_since = Some(t);
+            }
+            let hangup_at = self.idle_hangup.zip(idle_since).map(|(d, s)| s + d);
+            if hangup_at.is_some_and(|h| t >= h) {
+                let _ = wr.shutdown().await;
+                return Ok(LinkEnded::Idle);
+            }
             // Only build records when the socket has taken what we had, so that
             // priorities apply to data still in our hands.
             if out_pos == out.len() {
@@ -573,6 +605,7 @@ impl Tunnel {
                 _ = stop.notified() => return Ok(LinkEnded::Stopped),
                 _ = sleep_until_opt(deadline) => {}
                 _ = sleep_until_opt(live_check) => {}
+                _ = sleep_until_opt(hangup_at.map(tokio::time::Instant::from_std)) => {}
             }
         }
     }
