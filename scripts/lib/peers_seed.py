@@ -22,6 +22,57 @@ USERS = [("alice", 0, 30), ("bob", 30, 40)]  # slices of the sorted set
 
 WWW_TEXT_SET = "easy-ham-2"  # filler text for the web pages
 
+# Appended as the LAST message of bob's mailbox (earlier UIDs unchanged): a
+# ~300 KB mail with a real binary attachment, for the link-cut tests.
+ATTACH_USER = "bob"
+ATTACH_CANDIDATES = [
+    "/usr/share/doc/nodejs/contributing/doc_img/scatter-plot.png",
+    "/usr/share/doc/libtasn1-doc/libtasn1.pdf",
+    "/usr/share/doc/valgrind/html/images/dh-tree.png",
+]
+
+
+def attachment_source() -> str:
+    """A real PNG/PDF of 150-260 KB from the machine (base64: ~200-350 KB)."""
+    for p in ATTACH_CANDIDATES:
+        if os.path.isfile(p) and 150_000 <= os.path.getsize(p) <= 260_000:
+            return p
+    for root in ("/usr/share/doc", "/usr/share"):
+        for d, _, names in sorted(os.walk(root)):
+            for n in sorted(names):
+                p = os.path.join(d, n)
+                if n.endswith((".png", ".pdf")) and 150_000 <= os.path.getsize(p) <= 260_000:
+                    return p
+    sys.exit("peers_seed: no PNG or PDF of 150-260 KB under /usr/share")
+
+
+def attachment_message(path: str) -> bytes:
+    """A MIME mail (CRLF) carrying `path` base64-encoded, fixed headers."""
+    import base64
+    with open(path, "rb") as f:
+        blob = f.read()
+    name = os.path.basename(path)
+    ctype = "application/pdf" if name.endswith(".pdf") else "image/png"
+    b64 = base64.encodebytes(blob).decode().replace("\n", "\r\n")
+    head = (
+        "From: Alice Example <alice@example.org>\r\n"
+        "To: bob@example.org\r\n"
+        "Subject: the plot you asked for\r\n"
+        "Date: Mon, 09 Sep 2002 10:00:00 +0000\r\n"
+        "Message-ID: <attachment.1@example.org>\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="straw-boundary"\r\n'
+        "\r\n"
+        "--straw-boundary\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+        "Here it is.\r\n\r\n"
+        "--straw-boundary\r\n"
+        f'Content-Type: {ctype}; name="{name}"\r\n'
+        "Content-Transfer-Encoding: base64\r\n"
+        f'Content-Disposition: attachment; filename="{name}"\r\n\r\n'
+    )
+    return (head + b64 + "--straw-boundary--\r\n").encode()
+
 
 def maildir_bytes(raw: bytes) -> bytes:
     """Corpus file -> Maildir file: drop the mbox 'From ' line, LF -> CRLF."""
@@ -64,6 +115,19 @@ def seed_mail(corpus: str, peers: str) -> None:
             dst = os.path.join(md, "cur", base + ":2,")
             write_atomic(dst, data)
             os.utime(dst, (t, t))
+            uidlist.append(f"{uid} :{base}\n")
+            rows.append((user, uid, base, f"mail/{user}/Maildir/cur", src, len(data),
+                         hashlib.sha256(data).hexdigest()))
+        if user == ATTACH_USER:
+            src = attachment_source()
+            data = attachment_message(src)
+            uid = end - start + 1
+            t = BASE_TIME + uid
+            base = f"{t}.M{uid}P0.straw"
+            dst = os.path.join(md, "cur", base + ":2,")
+            write_atomic(dst, data)
+            os.utime(dst, (t, t))
+            uidlist[0] = f"3 V{UIDVALIDITY} N{uid + 1}\n"
             uidlist.append(f"{uid} :{base}\n")
             rows.append((user, uid, base, f"mail/{user}/Maildir/cur", src, len(data),
                          hashlib.sha256(data).hexdigest()))

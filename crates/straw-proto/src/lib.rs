@@ -74,6 +74,14 @@ pub trait Accelerator: Send {
     /// The local socket reached end of input.
     fn local_eof(&mut self, _out: &mut Output) {}
 
+    /// The tunnel is gone for good (resume grace over, or the session was
+    /// lost): say so in the protocol's own terms in `out.to_local`, if the
+    /// local side is at a point where a reply may go. The connection closes
+    /// right after. Nothing that was not confirmed may look successful, and
+    /// nothing is written in the middle of a reply (a truncated reply is an
+    /// honest failure; a terminated one would not be).
+    fn link_lost(&mut self, _out: &mut Output) {}
+
     fn stats(&self) -> AccelStats {
         AccelStats::default()
     }

@@ -14,10 +14,13 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::{ClientConfig, Protocol, SessionOptions, TcpOptions};
+use crate::config::{ClientConfig, Dial, Protocol, SessionOptions, TcpOptions};
 use crate::link::keys::{self, Keypair};
 use crate::link::{noise, tcp};
-use crate::tunnel::{LinkEnded, OpenRequest, SharedCache, Tunnel, TunnelStats};
+use crate::tunnel::{LinkEnded, LivenessConfig, OpenRequest, SharedCache, Tunnel, TunnelStats};
+
+/// How long the local connections of a given-up tunnel get to hear why.
+const GIVE_UP_LINGER: Duration = Duration::from_secs(5);
 
 /// Session parameters from the config file.
 pub fn session_config(role: Role, o: &SessionOptions) -> SessionConfig {
@@ -40,6 +43,20 @@ pub fn session_config(role: Role, o: &SessionOptions) -> SessionConfig {
         ..straw_core::codec::DecoderLimits::slow_link()
     };
     c
+}
+
+/// Dead-link detection settings from the config file.
+pub fn liveness_config(s: &SessionOptions, t: &TcpOptions) -> LivenessConfig {
+    LivenessConfig {
+        min_dead: Duration::from_secs_f64(s.dead_after_min_secs.clamp(0.0, 86_400.0)),
+        idle_probe: Duration::from_secs(s.idle_ping_secs),
+        user_timeout_max: Duration::from_millis(t.user_timeout_ms.into()),
+    }
+}
+
+/// A second handle on the tunnel socket, for tuning its options later.
+pub fn socket_handle(sock: &tokio::net::TcpStream) -> Option<socket2::Socket> {
+    socket2::SockRef::from(sock).try_clone().ok()
 }
 
 /// One line for the log when a tunnel ends.
@@ -93,33 +110,77 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     // The session that outlives a dropped link, with what resumes it.
     let mut kept: Option<(Tunnel, Resume)> = None;
     let mut down_since: Option<tokio::time::Instant> = None;
+    let on_demand = cfg.link.dial == Dial::OnDemand;
+    let idle_hangup = (on_demand && cfg.link.idle_hangup_secs > 0)
+        .then(|| Duration::from_secs(cfg.link.idle_hangup_secs));
+    let hook_timeout = Duration::from_secs(cfg.link.command_timeout_secs.max(1));
+    // Dial on demand: the connection that made us dial, attached once up.
+    let mut pending: Option<OpenRequest> = None;
     loop {
-        if kept.is_some() && down_since.is_some_and(|t| t.elapsed() > grace) {
+        if on_demand
+            && pending.is_none()
+            && kept.as_ref().is_none_or(|(t, _)| t.stream_count() == 0)
+        {
+            match opens.recv().await {
+                Some(r) => pending = Some(r),
+                None => return Ok(()),
+            }
+        }
+        if let Some(cmd) = &cfg.link.on_dial
+            && let Err(e) = run_hook("on_dial", cmd, hook_timeout).await
+        {
+            warn!("not dialling: {e:#}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(max_backoff);
+            continue;
+        }
+        let grace_end = down_since.map(|t| t + grace);
+        if kept.is_some() && grace_end.is_some_and(|t| tokio::time::Instant::now() >= t) {
             let (t, _) = kept.take().expect("checked");
             warn!(
                 "no tunnel for {}s: giving up the session, closing {} local connections",
                 grace.as_secs(),
                 t.stream_count()
             );
+            t.give_up(GIVE_UP_LINGER).await;
         }
         let resume = kept.as_ref().map(|(t, r)| Resume {
             records_received: t.records_received(),
             ..r.clone()
         });
-        match connect(&cfg, &keypair, &server_key, resume).await {
+        // While a session waits, its grace period bounds each attempt.
+        let deadline = grace_end.filter(|_| kept.is_some());
+        let attempt = tokio::select! {
+            r = connect(&cfg, &keypair, &server_key, resume) => Some(r),
+            _ = sleep_until_opt(deadline) => None,
+        };
+        let Some(attempt) = attempt else { continue };
+        match attempt {
             Ok((sock, transport, hello)) => {
                 backoff = min_backoff;
                 let Some(granted) = hello.resume.clone() else {
                     // A server without resume: never keep a session for it.
                     warn!("server sent no session ticket; connections won't survive a drop");
-                    kept = None;
-                    let tunnel = new_tunnel(&cfg, transport, &hello, &stats);
-                    let result = tunnel.run(sock, &mut opens).await;
+                    if let Some((t, _)) = kept.take() {
+                        t.give_up(GIVE_UP_LINGER).await;
+                    }
+                    let mut tunnel = new_tunnel(&cfg, transport, &hello, &stats);
+                    tunnel.set_link_socket(socket_handle(&sock));
+                    if let Some(r) = pending.take() {
+                        tunnel.attach(r);
+                    }
+                    let result = match tunnel.run_link(sock, &mut opens).await {
+                        Ok(LinkEnded::Closed | LinkEnded::Idle) => Ok(()),
+                        Ok(LinkEnded::Lost(e)) => Err(e),
+                        Ok(LinkEnded::Stopped) => Err(anyhow!("stopped")),
+                        Err(e) => Err(e),
+                    };
                     warn!(
                         "tunnel to {} down: {}",
                         cfg.server,
                         describe_end(&result, &stats)
                     );
+                    tunnel.give_up(GIVE_UP_LINGER).await;
                     down_since = None;
                     tokio::time::sleep(backoff).await;
                     continue;
@@ -135,6 +196,7 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                                 // Can't happen with an honest server; the
                                 // connection's keys are spent, so redial.
                                 warn!("tunnel to {}: {e:#}; closing local connections", cfg.server);
+                                t.give_up(GIVE_UP_LINGER).await;
                                 down_since = None;
                                 tokio::time::sleep(backoff).await;
                                 continue;
@@ -147,13 +209,43 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                                 "server no longer has our session: closing {} local connections",
                                 t.stream_count()
                             );
+                            t.give_up(GIVE_UP_LINGER).await;
                         }
                         info!("tunnel to {} up", cfg.server);
                         new_tunnel(&cfg, transport, &hello, &stats)
                     }
                 };
                 down_since = None;
-                match tunnel.run_link(sock, &mut opens).await {
+                tunnel.set_link_socket(socket_handle(&sock));
+                tunnel.set_idle_hangup(idle_hangup);
+                if let Some(r) = pending.take() {
+                    tunnel.attach(r);
+                }
+                let call = Call::start(&stats);
+                let ended = tunnel.run_link(sock, &mut opens).await;
+                call.report(&stats, cfg.link.cost_per_minute);
+                if let Some(cmd) = &cfg.link.on_hangup
+                    && let Err(e) = run_hook("on_hangup", cmd, hook_timeout).await
+                {
+                    warn!("{e:#}");
+                }
+                match ended {
+                    Ok(LinkEnded::Idle) => {
+                        info!(
+                            "idle for {}s: hung up, session parked for the next dial",
+                            cfg.link.idle_hangup_secs
+                        );
+                        kept = Some((tunnel, granted));
+                        down_since = None;
+                        backoff = min_backoff;
+                        continue;
+                    }
+                    Ok(LinkEnded::Lost(e)) if on_demand && tunnel.stream_count() == 0 => {
+                        info!("link dropped with nothing in it: {e:#}; redial on demand");
+                        kept = Some((tunnel, granted));
+                        down_since = None;
+                        continue;
+                    }
                     Ok(LinkEnded::Lost(e)) => {
                         warn!(
                             "tunnel to {} down, keeping {} local connections for {}s: {}",
@@ -176,17 +268,75 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                             describe_end(&Ok(()), &stats)
                         );
                     }
-                    Err(e) => warn!(
-                        "tunnel to {} failed, closing local connections: {}",
-                        cfg.server,
-                        describe_end(&Err(e), &stats)
-                    ),
+                    Err(e) => {
+                        warn!(
+                            "tunnel to {} failed, closing local connections: {}",
+                            cfg.server,
+                            describe_end(&Err(e), &stats)
+                        );
+                        tunnel.give_up(GIVE_UP_LINGER).await;
+                    }
                 }
             }
             Err(e) => warn!("cannot open tunnel to {}: {e:#}", cfg.server),
         }
-        tokio::time::sleep(backoff).await;
+        let wake = tokio::time::Instant::now() + backoff;
+        let deadline = down_since.map(|t| t + grace).filter(|_| kept.is_some());
+        tokio::time::sleep_until(deadline.map_or(wake, |d| d.min(wake))).await;
         backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+/// One dial-up: for the log line (and cost) at hang-up.
+struct Call {
+    start: tokio::time::Instant,
+    sent: u64,
+    received: u64,
+}
+
+impl Call {
+    fn start(stats: &TunnelStats) -> Self {
+        stats.dials.fetch_add(1, Ordering::Relaxed);
+        Self {
+            start: tokio::time::Instant::now(),
+            sent: stats.wire_bytes_sent.load(Ordering::Relaxed),
+            received: stats.wire_bytes_received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Billed per started minute, as satellite airtime usually is.
+    fn report(&self, stats: &TunnelStats, cost_per_minute: f64) {
+        let secs = self.start.elapsed().as_secs_f64();
+        let minutes = (secs / 60.0).ceil().max(1.0);
+        info!(
+            "dial-up ended: connected {secs:.1} s, {} bytes up, {} bytes down, cost {:.2} ({minutes} started minutes at {cost_per_minute:.2})",
+            stats.wire_bytes_sent.load(Ordering::Relaxed) - self.sent,
+            stats.wire_bytes_received.load(Ordering::Relaxed) - self.received,
+            minutes * cost_per_minute,
+        );
+    }
+}
+
+/// Runs a hook with `sh -c`; an error if it fails or takes too long.
+async fn run_hook(name: &str, cmd: &str, timeout: Duration) -> Result<()> {
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("{name}: cannot run {cmd:?}"))?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(st)) if st.success() => Ok(()),
+        Ok(Ok(st)) => bail!("{name} {cmd:?} failed: {st}"),
+        Ok(Err(e)) => bail!("{name} {cmd:?}: {e}"),
+        Err(_) => bail!("{name} {cmd:?} timed out after {}s", timeout.as_secs()),
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -199,7 +349,9 @@ fn new_tunnel(
     let mut scfg = session_config(Role::Client, &cfg.session);
     scfg.peer_stream_window = hello.stream_window;
     let session = Session::new(scfg, tokio::time::Instant::now().into_std());
-    Tunnel::new(transport, session, None, stats.clone(), cfg.server.clone())
+    let mut t = Tunnel::new(transport, session, None, stats.clone(), cfg.server.clone());
+    t.set_liveness(liveness_config(&cfg.session, &cfg.tcp));
+    t
 }
 
 async fn connect(

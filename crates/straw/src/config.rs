@@ -19,7 +19,9 @@ pub struct TcpOptions {
     pub notsent_lowat: u32,
     /// Keepalive idle time in seconds (0 disables keepalive).
     pub keepalive_secs: u64,
-    /// TCP_USER_TIMEOUT in milliseconds (0 leaves the kernel default).
+    /// TCP_USER_TIMEOUT in milliseconds (0 leaves the kernel default). On the
+    /// tunnel socket this is the ceiling: the tunnel lowers it to follow the
+    /// measured link (1.5 × its dead-link detection time).
     pub user_timeout_ms: u32,
     /// Optional TCP_MAXSEG cap for slow links.
     pub max_segment: Option<u32>,
@@ -77,6 +79,14 @@ pub struct SessionOptions {
     /// Client: first and largest delay between reconnect attempts (doubling).
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// Dead-link detection: a link that stays silent for a few loaded round
+    /// trips after a PING is dropped (and resumed); never sooner than this.
+    pub dead_after_min_secs: f64,
+    /// PING a link this quiet when nothing awaits an answer (0: never).
+    pub idle_ping_secs: u64,
+    /// Server: how long to keep a session whose link ended with no
+    /// connections in it (a client's idle hang-up), for the next dial.
+    pub hangup_park_secs: u64,
 }
 
 impl Default for SessionOptions {
@@ -91,6 +101,9 @@ impl Default for SessionOptions {
             resume_grace_secs: 600,
             reconnect_min_ms: 1000,
             reconnect_max_ms: 60_000,
+            dead_after_min_secs: 10.0,
+            idle_ping_secs: 60,
+            hangup_park_secs: 6 * 3600,
         }
     }
 }
@@ -190,6 +203,51 @@ pub struct ClientConfig {
     pub tcp: TcpOptions,
     #[serde(default)]
     pub session: SessionOptions,
+    #[serde(default)]
+    pub link: ClientLink,
+}
+
+/// When the client dials the (expensive) link.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dial {
+    /// Keep a link up all the time.
+    #[default]
+    Always,
+    /// Dial when a program connects; hang up after `idle_hangup_secs`.
+    OnDemand,
+}
+
+/// Client `[link]`: dialling, hanging up, and what a call costs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLink {
+    pub dial: Dial,
+    /// Close the link after this long with no connections and nothing in
+    /// flight (0 = never). The session stays parked on both sides, so the
+    /// next dial resumes it warm.
+    pub idle_hangup_secs: u64,
+    /// Shell commands (`sh -c`) run before each dial (must succeed) and after
+    /// each hang-up, e.g. to bring a modem up and down.
+    pub on_dial: Option<String>,
+    pub on_hangup: Option<String>,
+    /// How long those commands may run.
+    pub command_timeout_secs: u64,
+    /// Airtime price per started minute, for the log line at hang-up.
+    pub cost_per_minute: f64,
+}
+
+impl Default for ClientLink {
+    fn default() -> Self {
+        Self {
+            dial: Dial::Always,
+            idle_hangup_secs: 0,
+            on_dial: None,
+            on_hangup: None,
+            command_timeout_secs: 60,
+            cost_per_minute: 1.50,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -22,6 +22,9 @@ use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
 use crate::tunnel::{DialFuture, Dialer, LinkEnded, LocalIo, Tunnel, TunnelStats};
 
+/// How long upstream connections of a dropped session get to be closed politely.
+const GIVE_UP_LINGER: Duration = Duration::from_secs(5);
+
 /// How long dialing a real server may take before the stream is reset.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -139,15 +142,17 @@ impl Sessions {
                     _ => None,
                 }
             };
-            if let Some(e) = expired {
-                if let Slot::Parked(t) = &e.slot {
-                    info!(
-                        tunnel = %label,
-                        streams = t.stream_count(),
-                        "resume grace period over: session dropped"
-                    );
-                }
-                drop(e);
+            if let Some(Entry {
+                slot: Slot::Parked(t),
+                ..
+            }) = expired
+            {
+                info!(
+                    tunnel = %label,
+                    streams = t.stream_count(),
+                    "resume grace period over: session dropped"
+                );
+                t.give_up(GIVE_UP_LINGER).await;
             }
         });
     }
@@ -345,20 +350,30 @@ async fn handle(
             (id, Box::new(tunnel))
         }
     };
+    tunnel.set_liveness(crate::client::liveness_config(&cfg.session, &cfg.tcp));
+    tunnel.set_link_socket(crate::client::socket_handle(&sock));
     // The server never opens streams of its own.
     let (_tx, mut opens) = mpsc::channel(1);
     let result = tunnel.run_link(sock, &mut opens).await;
     let stats = tunnel.stats();
     match result {
         Ok(LinkEnded::Lost(e)) => {
+            // With no connections inside (a client's idle hang-up), keeping
+            // the session costs only memory and makes the next dial warm.
+            let keep = if tunnel.stream_count() == 0 {
+                Duration::from_secs(cfg.session.hangup_park_secs).max(grace)
+            } else {
+                grace
+            };
             info!(
                 tunnel = %label,
                 "link lost, session kept {}s for resume: {}",
-                grace.as_secs(),
+                keep.as_secs(),
                 crate::client::describe_end(&Err(e), &stats)
             );
-            sessions.park(id, *tunnel, grace, label);
+            sessions.park(id, *tunnel, keep, label);
         }
+        Ok(LinkEnded::Idle) => sessions.park(id, *tunnel, grace, label),
         Ok(LinkEnded::Stopped) => {
             info!(tunnel = %label, "client reconnected; handing the session over");
             sessions.park(id, *tunnel, grace, label);
@@ -370,6 +385,7 @@ async fn handle(
         Err(e) => {
             sessions.remove(&id);
             warn!(tunnel = %label, "tunnel failed: {}", crate::client::describe_end(&Err(e), &stats));
+            tunnel.give_up(GIVE_UP_LINGER).await;
         }
     }
     Ok(())

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
@@ -78,6 +78,8 @@ pub struct TunnelStats {
     /// re-sent because the old connection lost them.
     pub resumes: AtomicU64,
     pub wire_bytes_resent: AtomicU64,
+    /// Client: links dialled that completed their handshake.
+    pub dials: AtomicU64,
 }
 
 /// What a socket's pump tasks tell the tunnel.
@@ -119,6 +121,8 @@ enum Inbound {
     /// Bytes the accelerator produced for the local socket itself.
     Local(Vec<u8>),
     Fin,
+    /// The tunnel is given up: let the accelerator say so, then close.
+    LinkLost,
 }
 
 type SharedAccel = Arc<std::sync::Mutex<Box<dyn Accelerator>>>;
@@ -134,6 +138,8 @@ struct Attached {
     reader_done: bool,
     writer_done: bool,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The socket's writer task, awaited by [`Tunnel::give_up`].
+    writer: Option<tokio::task::JoinHandle<()>>,
     accel: Option<SharedAccel>,
     service: String,
     /// Server side: the dial waits for the stream's first bytes.
@@ -151,6 +157,7 @@ impl Attached {
             reader_done: false,
             writer_done: false,
             tasks: Vec::new(),
+            writer: None,
             accel: None,
             service,
             dial_pending_data: false,
@@ -160,7 +167,7 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.writer) {
             t.abort();
         }
     }
@@ -176,6 +183,142 @@ pub enum LinkEnded {
     Lost(anyhow::Error),
     /// Another connection took the session over ([`Tunnel::set_stop`]).
     Stopped,
+    /// Idle for the hang-up time ([`Tunnel::set_idle_hangup`]): the link was
+    /// closed on purpose; the session is kept for the next dial.
+    Idle,
+}
+
+/// Dead-link detection: when to probe a quiet link with a PING and when to
+/// give it up. See [`LivenessCheck`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LivenessConfig {
+    /// Never call a link dead after less silence than this.
+    pub min_dead: Duration,
+    /// With nothing awaiting an answer, probe after this much silence
+    /// (zero: never; a later send finds out instead).
+    pub idle_probe: Duration,
+    /// Upper bound for the tunnel socket's `TCP_USER_TIMEOUT`, which follows
+    /// the link's dead-after time (zero: leave the socket alone).
+    pub user_timeout_max: Duration,
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        Self {
+            min_dead: Duration::from_secs(10),
+            idle_probe: Duration::from_secs(60),
+            user_timeout_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What [`LivenessCheck::poll`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Fine,
+    /// Send a PING: the link has been quiet for a loaded round trip.
+    Probe,
+    /// Nothing came back for the dead-after time since the probe.
+    Dead,
+}
+
+/// Added to the dead-after time for scheduling jitter and ack delays.
+const LIVENESS_MARGIN: Duration = Duration::from_secs(2);
+/// RTT assumed before the first sample: a satellite hop, generously.
+const UNMEASURED_RTT: Duration = Duration::from_secs(3);
+
+/// Sans-IO dead-link detector. Anything received proves the link alive. A
+/// reply to what we send may be late by a *loaded* round trip: the RTT plus
+/// the time to drain what can sit ahead of our PING (our in-flight window and
+/// a record) and ahead of the peer's PONG (the same on its side). After that
+/// much silence while awaiting an answer (or `idle_probe` when not), PING;
+/// if still nothing after the dead-after time, the link is dead.
+#[derive(Debug, Clone)]
+pub struct LivenessCheck {
+    cfg: LivenessConfig,
+    last_rx: Instant,
+    probed_at: Option<Instant>,
+}
+
+impl LivenessCheck {
+    pub fn new(cfg: LivenessConfig, now: Instant) -> Self {
+        Self {
+            cfg,
+            last_rx: now,
+            probed_at: None,
+        }
+    }
+
+    /// Bytes arrived from the peer.
+    pub fn received(&mut self, now: Instant) {
+        self.last_rx = now;
+        self.probed_at = None;
+    }
+
+    /// `srtt` as measured (it already includes some queueing), plus twice
+    /// `queue_secs`: the link time of what one side may hold ahead of a
+    /// probe or its answer.
+    pub fn loaded_rtt(srtt: Option<Duration>, queue_secs: f64) -> Duration {
+        let q = Duration::from_secs_f64(queue_secs.clamp(0.0, 3600.0));
+        srtt.unwrap_or(UNMEASURED_RTT) + q * 2
+    }
+
+    /// Silence after a probe that means the link is dead.
+    pub fn dead_after(&self, loaded_rtt: Duration) -> Duration {
+        (loaded_rtt * 3 + LIVENESS_MARGIN).max(self.cfg.min_dead)
+    }
+
+    /// Longest silence before [`Liveness::Dead`] while awaiting an answer.
+    pub fn detection_bound(&self, loaded_rtt: Duration) -> Duration {
+        loaded_rtt + self.dead_after(loaded_rtt)
+    }
+
+    /// `expecting`: something we sent asks for an answer (data, PING).
+    pub fn poll(&mut self, now: Instant, loaded_rtt: Duration, expecting: bool) -> Liveness {
+        if let Some(p) = self.probed_at {
+            return if now.saturating_duration_since(p) >= self.dead_after(loaded_rtt) {
+                Liveness::Dead
+            } else {
+                Liveness::Fine
+            };
+        }
+        match self.probe_at(loaded_rtt, expecting) {
+            Some(t) if now >= t => {
+                self.probed_at = Some(now);
+                Liveness::Probe
+            }
+            _ => Liveness::Fine,
+        }
+    }
+
+    /// When [`LivenessCheck::poll`] has something to do, if nothing arrives.
+    pub fn next_check(&self, loaded_rtt: Duration, expecting: bool) -> Option<Instant> {
+        match self.probed_at {
+            Some(p) => Some(p + self.dead_after(loaded_rtt)),
+            None => self.probe_at(loaded_rtt, expecting),
+        }
+    }
+
+    fn probe_at(&self, loaded_rtt: Duration, expecting: bool) -> Option<Instant> {
+        if expecting {
+            Some(self.last_rx + loaded_rtt)
+        } else if !self.cfg.idle_probe.is_zero() {
+            Some(self.last_rx + self.cfg.idle_probe)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether the peer answers this (plaintext) record: any frame but ACK.
+/// Compressed records carry data, so they count.
+fn ack_eliciting(record: &[u8]) -> bool {
+    match record.split_first() {
+        Some((0, frames)) => straw_core::wire::FrameDecoder::new(Bytes::copy_from_slice(frames))
+            .any(|f| !matches!(f, Ok(straw_core::wire::Frame::Ack { .. }))),
+        Some(_) => true,
+        None => false,
+    }
 }
 
 /// A session with its local streams. It outlives any one connection: when the
@@ -191,6 +334,12 @@ pub struct Tunnel {
     dialer: Option<Arc<dyn Dialer>>,
     stats: Arc<TunnelStats>,
     label: String,
+    liveness: LivenessConfig,
+    /// A handle on the current connection's socket, to tune its
+    /// `TCP_USER_TIMEOUT` to the link (see [`Tunnel::set_link_socket`]).
+    link_socket: Option<socket2::Socket>,
+    user_timeout_set: Option<Duration>,
+    idle_hangup: Option<Duration>,
 }
 
 fn now() -> Instant {
@@ -216,6 +365,79 @@ impl Tunnel {
             dialer,
             stats,
             label,
+            liveness: LivenessConfig::default(),
+            link_socket: None,
+            user_timeout_set: None,
+            idle_hangup: None,
+        }
+    }
+
+    /// Close the link after this long with no local connections and
+    /// nothing awaiting an answer ([`LinkEnded::Idle`]).
+    pub fn set_idle_hangup(&mut self, after: Option<Duration>) {
+        self.idle_hangup = after;
+    }
+
+    /// Attaches a local connection now, even between links (dial on
+    /// demand): its bytes wait in the session for the next link.
+    pub fn attach(&mut self, req: OpenRequest) {
+        self.open_local(req);
+    }
+
+    pub fn set_liveness(&mut self, cfg: LivenessConfig) {
+        self.liveness = cfg;
+    }
+
+    /// The socket the next [`Tunnel::run_link`] runs over (a duplicate
+    /// handle), so its `TCP_USER_TIMEOUT` can follow the measured link.
+    pub fn set_link_socket(&mut self, sock: Option<socket2::Socket>) {
+        self.link_socket = sock;
+        self.user_timeout_set = None;
+    }
+
+    /// A reply may take this long on the link as measured now. What waits
+    /// ahead of a probe is our unacked bytes and a record; the rate is the
+    /// configured one when the estimate is lower (an interactive session's
+    /// samples are app-limited and say little about the link).
+    pub fn loaded_rtt(&self) -> Duration {
+        let est = self.session.estimate();
+        let ahead = self.session.unacked_bytes() + self.session.record_target() as u64;
+        let rate = est.rate().max(self.session.config().initial_rate).max(1.0);
+        LivenessCheck::loaded_rtt(est.srtt(), ahead as f64 / rate)
+    }
+
+    /// Something sent is still unanswered (not counting bare ACKs).
+    fn expecting_reply(&self) -> bool {
+        self.session.unacked_records().any(|r| ack_eliciting(r))
+    }
+
+    /// Keeps the kernel's own dead-link timer near ours (a bit longer, so
+    /// that ours, with its clearer message, normally fires first).
+    fn tune_user_timeout(&mut self, live: &LivenessCheck, loaded_rtt: Duration) {
+        let max = self.liveness.user_timeout_max;
+        let Some(sock) = &self.link_socket else {
+            return;
+        };
+        if max.is_zero() {
+            return;
+        }
+        let want = (live.detection_bound(loaded_rtt) * 3 / 2).min(max);
+        let close = self.user_timeout_set.is_some_and(|t| {
+            let (a, b) = (t.as_secs_f64(), want.as_secs_f64());
+            (a - b).abs() <= 0.2 * b
+        });
+        if close {
+            return;
+        }
+        match sock.set_tcp_user_timeout(Some(want)) {
+            Ok(()) => {
+                debug!(tunnel = %self.label, ms = want.as_millis() as u64, "TCP_USER_TIMEOUT tuned");
+                self.user_timeout_set = Some(want);
+            }
+            Err(e) => {
+                debug!(tunnel = %self.label, "TCP_USER_TIMEOUT: {e}");
+                self.link_socket = None;
+            }
         }
     }
 
@@ -230,6 +452,7 @@ impl Tunnel {
             LinkEnded::Closed => Ok(()),
             LinkEnded::Lost(e) => Err(e),
             LinkEnded::Stopped => Err(anyhow!("taken over by another connection")),
+            LinkEnded::Idle => Ok(()),
         }
     }
 
@@ -289,9 +512,37 @@ impl Tunnel {
         let mut plain = Vec::new();
         let mut opens_open = true;
         let (mut rd, mut wr) = tokio::io::split(io);
+        let mut live = LivenessCheck::new(self.liveness, now());
+        let mut idle_since: Option<Instant> = None;
         loop {
             let t = now();
             self.dispatch_events()?;
+            let loaded_rtt = self.loaded_rtt();
+            let expecting = self.expecting_reply();
+            match live.poll(t, loaded_rtt, expecting) {
+                Liveness::Fine => {}
+                Liveness::Probe => self.session.schedule_ping(t),
+                Liveness::Dead => {
+                    return Ok(LinkEnded::Lost(anyhow!(
+                        "link silent for {:.1} s (dead after {:.1} s on a loaded RTT of {:.1} s)",
+                        t.saturating_duration_since(live.last_rx).as_secs_f64(),
+                        live.dead_after(loaded_rtt).as_secs_f64(),
+                        loaded_rtt.as_secs_f64()
+                    )));
+                }
+            }
+            self.tune_user_timeout(&live, loaded_rtt);
+            let idle = self.streams.is_empty() && !expecting && out_pos == out.len();
+            if !idle {
+                idle_since = None;
+            } else if idle_since.is_none() {
+                idle_since = Some(t);
+            }
+            let hangup_at = self.idle_hangup.zip(idle_since).map(|(d, s)| s + d);
+            if hangup_at.is_some_and(|h| t >= h) {
+                let _ = wr.shutdown().await;
+                return Ok(LinkEnded::Idle);
+            }
             // Only build records when the socket has taken what we had, so that
             // priorities apply to data still in our hands.
             if out_pos == out.len() {
@@ -317,6 +568,9 @@ impl Tunnel {
             } else {
                 None
             };
+            let live_check = live
+                .next_check(loaded_rtt, expecting)
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 r = rd.read(&mut rbuf) => {
                     let n = match r {
@@ -324,6 +578,7 @@ impl Tunnel {
                         Ok(n) => n,
                         Err(e) => return Ok(LinkEnded::Lost(anyhow!(e).context("link read failed"))),
                     };
+                    live.received(now());
                     reader.push(&rbuf[..n]);
                     while let Some(msg) = reader.next_message() {
                         self.transport.decrypt(&msg, &mut plain)?;
@@ -349,6 +604,8 @@ impl Tunnel {
                 },
                 _ = stop.notified() => return Ok(LinkEnded::Stopped),
                 _ = sleep_until_opt(deadline) => {}
+                _ = sleep_until_opt(live_check) => {}
+                _ = sleep_until_opt(hangup_at.map(tokio::time::Instant::from_std)) => {}
             }
         }
     }
@@ -413,7 +670,38 @@ impl Tunnel {
         let inbound_rx = a.inbound_rx.take().expect("pumps start once");
         a.tasks
             .push(tokio::spawn(read_pump(ctx.clone(), rd, grant_rx)));
-        a.tasks.push(tokio::spawn(write_pump(ctx, wr, inbound_rx)));
+        a.writer = Some(tokio::spawn(write_pump(ctx, wr, inbound_rx)));
+    }
+
+    /// Ends the tunnel for good: each local connection hears it in its
+    /// protocol's terms ([`Accelerator::link_lost`]) after whatever was
+    /// already on its way to it, and is closed. Waits up to `linger` for the
+    /// writes (a program that doesn't read can't hold us up).
+    pub async fn give_up(mut self, linger: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + linger;
+        let mut writers = Vec::new();
+        for a in self.streams.values_mut() {
+            if a.writer_done {
+                continue;
+            }
+            if let Some(w) = a.writer.take()
+                && a.inbound_tx.send(Inbound::LinkLost).is_ok()
+            {
+                writers.push(w);
+            }
+        }
+        let n = writers.len();
+        for w in writers {
+            let abort = w.abort_handle();
+            if tokio::time::timeout_at(deadline, w).await.is_err() {
+                abort.abort();
+            }
+        }
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.forget(id);
+        }
+        info!(tunnel = %self.label, connections = n, "tunnel given up: local connections told and closed");
     }
 
     /// Drops a stream's sockets and tasks, keeping its accelerator's counters.
@@ -707,6 +995,14 @@ async fn write_pump(
                 (to_local, bytes.len())
             }
             Inbound::Local(bytes) => (bytes, 0),
+            Inbound::LinkLost => {
+                ctx.with_accel(|a, out| a.link_lost(out), &mut out);
+                if !out.to_local.is_empty() {
+                    let _ = wr.write_all(&out.to_local).await;
+                }
+                let _ = wr.shutdown().await;
+                return;
+            }
             Inbound::Fin => {
                 let _ = wr.shutdown().await;
                 let _ = ctx.tx.send(PumpMsg::Closed { stream });
@@ -726,5 +1022,77 @@ async fn write_pump(
                 n: consumed,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use straw_core::wire::Frame;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn liveness_probes_after_a_loaded_rtt_then_declares_dead() {
+        let t0 = Instant::now();
+        let mut l = LivenessCheck::new(LivenessConfig::default(), t0);
+        // 1.5 s RTT, 3 s of link time queued on a side.
+        let rtt = LivenessCheck::loaded_rtt(Some(secs(1.5)), 3.0);
+        assert_eq!(rtt, secs(7.5));
+        let dead = l.dead_after(rtt);
+        assert_eq!(dead, secs(24.5));
+        assert_eq!(l.next_check(rtt, true), Some(t0 + rtt));
+        assert_eq!(l.poll(t0 + secs(7.0), rtt, true), Liveness::Fine);
+        assert_eq!(l.poll(t0 + rtt, rtt, true), Liveness::Probe);
+        assert_eq!(l.next_check(rtt, true), Some(t0 + rtt + dead));
+        assert_eq!(
+            l.poll(t0 + rtt + dead - secs(0.1), rtt, true),
+            Liveness::Fine
+        );
+        // Anything received starts over.
+        let t1 = t0 + rtt + secs(1.0);
+        l.received(t1);
+        assert_eq!(l.poll(t1 + secs(7.0), rtt, true), Liveness::Fine);
+        assert_eq!(l.poll(t1 + rtt, rtt, true), Liveness::Probe);
+        assert_eq!(l.poll(t1 + rtt + dead, rtt, true), Liveness::Dead);
+        assert_eq!(l.detection_bound(rtt), rtt + dead);
+    }
+
+    #[test]
+    fn liveness_idle_link_probes_rarely_or_never() {
+        let t0 = Instant::now();
+        let cfg = LivenessConfig::default();
+        let mut l = LivenessCheck::new(cfg, t0);
+        let rtt = LivenessCheck::loaded_rtt(None, 0.0);
+        assert_eq!(rtt, UNMEASURED_RTT);
+        assert_eq!(l.poll(t0 + secs(59.0), rtt, false), Liveness::Fine);
+        assert_eq!(l.poll(t0 + secs(60.0), rtt, false), Liveness::Probe);
+        // A short RTT still gets the floor.
+        let fast = LivenessCheck::loaded_rtt(Some(secs(0.01)), 0.0);
+        assert_eq!(l.dead_after(fast), cfg.min_dead);
+
+        let mut never = LivenessCheck::new(
+            LivenessConfig {
+                idle_probe: Duration::ZERO,
+                ..cfg
+            },
+            t0,
+        );
+        assert_eq!(never.next_check(rtt, false), None);
+        assert_eq!(never.poll(t0 + secs(1e6), rtt, false), Liveness::Fine);
+    }
+
+    #[test]
+    fn only_records_with_more_than_acks_await_an_answer() {
+        let mut ack_only = vec![0u8];
+        Frame::Ack { record: 300 }.encode(&mut ack_only);
+        assert!(!ack_eliciting(&ack_only));
+        let mut ping = ack_only.clone();
+        Frame::Ping { stamp: 5 }.encode(&mut ping);
+        assert!(ack_eliciting(&ping));
+        assert!(ack_eliciting(&[1, 2, 3]), "compressed records carry data");
+        assert!(!ack_eliciting(&[]));
     }
 }

@@ -675,6 +675,22 @@ impl Accelerator for ClientAccel {
         ClientAccel::start(self, out)
     }
 
+    /// A request still waiting for its response head gets a 502 page; a
+    /// response already under way is cut (the browser sees it short).
+    fn link_lost(&mut self, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        if !self.raw && matches!(self.resp_state, RespState::Head) && !self.outstanding.is_empty() {
+            self.stats.local_replies += 1;
+            out.to_local.extend_from_slice(&local_reply(
+                "502 Bad Gateway",
+                "straw: the link to the server was lost before the response came. Try again later.",
+            ));
+        }
+    }
+
     fn from_local(&mut self, data: &[u8], drained: bool, out: &mut Output) {
         if self.failed {
             return;

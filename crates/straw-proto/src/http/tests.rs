@@ -369,3 +369,31 @@ proptest::proptest! {
         s.local_closed(&mut o);
     }
 }
+
+fn lost(c: &mut ClientAccel) -> String {
+    let mut out = Output::default();
+    Accelerator::link_lost(c, &mut out);
+    String::from_utf8_lossy(&out.to_local).into_owned()
+}
+
+#[test]
+fn link_lost_before_the_response_is_a_502_page() {
+    let mut r = Rig::new(policy());
+    r.browser_sends(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert!(r.take_browser().is_empty());
+    let page = lost(&mut r.c);
+    assert!(page.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{page}");
+    assert!(page.contains("Connection: close"));
+}
+
+#[test]
+fn link_lost_mid_response_or_idle_just_closes() {
+    let mut r = Rig::new(policy());
+    r.browser_sends(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    r.origin_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
+    assert!(r.take_browser().starts_with("HTTP/1.1 200 OK"));
+    assert!(lost(&mut r.c).is_empty(), "no page inside a body");
+
+    let mut idle = Rig::new(policy());
+    assert!(lost(&mut idle.c).is_empty(), "nothing asked, nothing said");
+}

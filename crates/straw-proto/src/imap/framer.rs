@@ -50,6 +50,12 @@ impl Framer {
         }
     }
 
+    /// No message is half through: the last line handed out ended one, and
+    /// no literal is pending.
+    pub fn between_messages(&self) -> bool {
+        self.first && self.lit_left == 0
+    }
+
     pub fn push(&mut self, data: &[u8]) {
         if self.pos == self.buf.len() {
             self.buf.clear();

@@ -19,6 +19,8 @@ use std::collections::BTreeSet;
 pub const GREETING_KEY: &str = "imap.greeting";
 /// Cache key: the real pre-login `* CAPABILITY ...` line (no CRLF).
 pub const CAPABILITY_KEY: &str = "imap.capability";
+/// Told to the program when the tunnel is gone for good.
+pub const LINK_LOST: &[u8] = b"* BYE straw: link lost\r\n";
 
 /// Literals bigger than this are scheduled as bulk.
 const BULK_LITERAL: u64 = 16 * 1024;
@@ -489,6 +491,20 @@ impl ClientAccel {
 impl Accelerator for ClientAccel {
     fn start(&mut self, out: &mut Output) {
         ClientAccel::start(self, out)
+    }
+
+    /// An untagged BYE may come at any time between responses (also as the
+    /// greeting). Commands in flight get no tagged reply, so the program
+    /// can't take them as done. Within a response (a FETCH literal cut
+    /// short) the connection just closes.
+    fn link_lost(&mut self, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        if self.resps.between_messages() {
+            out.to_local.extend_from_slice(LINK_LOST);
+        }
     }
 
     fn from_local(&mut self, data: &[u8], drained: bool, out: &mut Output) {

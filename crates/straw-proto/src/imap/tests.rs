@@ -680,3 +680,47 @@ fn greeting_without_capability_code_is_no_mismatch() {
         r.puts
     );
 }
+
+// ---------------------------------------------------------------- link lost
+
+fn lost(c: &mut ClientAccel) -> Vec<u8> {
+    let mut out = Output::default();
+    Accelerator::link_lost(c, &mut out);
+    out.to_local
+}
+
+#[test]
+fn link_lost_with_a_command_in_flight_is_bye_without_tagged_reply() {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    c.from_tunnel(format!("{GREETING}\r\n").as_bytes(), &mut out);
+    out.clear();
+    c.from_local(b"a1 LOGIN bob pw\r\n", true, &mut out);
+    assert!(out.to_local.is_empty());
+    assert_eq!(lost(&mut c), LINK_LOST);
+}
+
+#[test]
+fn link_lost_before_greeting_is_a_bye_greeting() {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    assert_eq!(lost(&mut c), LINK_LOST);
+}
+
+#[test]
+fn link_lost_inside_a_fetch_literal_just_closes() {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    c.from_tunnel(format!("{GREETING}\r\n").as_bytes(), &mut out);
+    c.from_local(b"a1 LOGIN bob pw\r\n", true, &mut out);
+    c.from_tunnel(b"a1 OK Logged in\r\n", &mut out);
+    c.from_local(b"a2 FETCH 1 BODY[]\r\n", true, &mut out);
+    out.clear();
+    c.from_tunnel(b"* 1 FETCH (BODY[] {100}\r\nSubject: half", &mut out);
+    assert!(out.fail.is_none(), "{:?}", out.fail);
+    assert!(out.to_local.ends_with(b"half"));
+    assert!(lost(&mut c).is_empty());
+}

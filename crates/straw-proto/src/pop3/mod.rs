@@ -24,6 +24,8 @@ use text::{DotScanner, MAX_LINE, take_line, verb};
 
 /// Cache key of the last real greeting (empty: don't serve one).
 pub const GREETING_KEY: &str = "pop3.greeting";
+/// The program's next reply when the tunnel is gone for good.
+pub const LINK_LOST: &[u8] = b"-ERR straw: link lost\r\n";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pop3Config {
@@ -177,6 +179,8 @@ pub struct ClientAccel {
     pf_usable: [bool; 3],
     pf_val: [Option<Vec<u8>>; 3],
     failed: bool,
+    /// Part of the front reply (a multi-line one) is already with the program.
+    partial: bool,
     stats: AccelStats,
 }
 
@@ -205,6 +209,7 @@ impl ClientAccel {
             pf_usable: [false; 3],
             pf_val: [None, None, None],
             failed: false,
+            partial: false,
             stats: AccelStats::default(),
         }
     }
@@ -291,6 +296,7 @@ impl ClientAccel {
             match front {
                 Owed::Local(r) => out.to_local.append(r),
                 Owed::Remote { buf, done, .. } => {
+                    self.partial |= !buf.is_empty();
                     out.to_local.append(buf);
                     if !*done {
                         return;
@@ -302,6 +308,7 @@ impl ClientAccel {
                 },
             }
             self.owed.pop_front();
+            self.partial = false;
         }
     }
 
@@ -526,6 +533,23 @@ fn rewrite_capa(reply: &[u8]) -> Vec<u8> {
 impl Accelerator for ClientAccel {
     fn start(&mut self, out: &mut Output) {
         ClientAccel::start(self, out)
+    }
+
+    /// `-ERR` stands for the first reply still owed. In the middle of a
+    /// multi-line reply (a RETR cut short) the connection just closes: the
+    /// missing terminating dot is the program's sign of failure, and an
+    /// `-ERR` line would read as message text.
+    fn link_lost(&mut self, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        self.pump(out);
+        if !self.partial {
+            out.to_local.extend_from_slice(LINK_LOST);
+        }
+        self.owed.clear();
+        self.expect.clear();
     }
 
     fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {

@@ -652,3 +652,54 @@ fn pop3_batch_replies_cross_together() {
     }
     assert_eq!(crossed, replies.concat());
 }
+
+// ---------------------------------------------------------------- link lost
+
+fn lost(c: &mut ClientAccel) -> Vec<u8> {
+    let mut out = Output::default();
+    Accelerator::link_lost(c, &mut out);
+    out.to_local
+}
+
+fn logged_in() -> ClientAccel {
+    let mut c = ClientAccel::new(Pop3Config { prefetch: false }, &Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    c.from_tunnel(GREETING, &mut out);
+    assert_eq!(out.to_local, GREETING);
+    out.clear();
+    c.from_local(b"USER bob\r\nPASS x\r\n", true, &mut out);
+    c.from_tunnel(b"+OK\r\n+OK Logged in.\r\n", &mut out);
+    assert!(out.fail.is_none());
+    c
+}
+
+#[test]
+fn link_lost_waiting_for_a_reply_is_err() {
+    let mut c = logged_in();
+    let mut out = Output::default();
+    c.from_local(b"DELE 1\r\n", true, &mut out);
+    assert!(out.to_local.is_empty());
+    assert_eq!(lost(&mut c), LINK_LOST);
+    // A reply arriving late is not shown after the -ERR.
+    c.from_tunnel(b"+OK deleted\r\n", &mut out);
+    assert!(out.to_local.is_empty());
+}
+
+#[test]
+fn link_lost_mid_retr_just_closes() {
+    let mut c = logged_in();
+    let mut out = Output::default();
+    c.from_local(b"RETR 1\r\n", true, &mut out);
+    c.from_tunnel(b"+OK 300 octets\r\nFrom: a\r\n\r\nfirst line\r\n", &mut out);
+    assert!(!out.to_local.is_empty(), "RETR streams");
+    assert!(!out.to_local.ends_with(b".\r\n"));
+    // No -ERR inside the message, and no terminating dot either.
+    assert!(lost(&mut c).is_empty());
+}
+
+#[test]
+fn link_lost_between_commands_is_err() {
+    let mut c = logged_in();
+    assert_eq!(lost(&mut c), LINK_LOST);
+}

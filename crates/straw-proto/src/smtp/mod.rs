@@ -31,6 +31,9 @@ pub const SYNTH_DATA: &[u8] = b"XSTRAW-DATA\r\n";
 const MAIL_OK: &[u8] = b"250 2.1.0 Ok\r\n";
 const DATA_GO: &[u8] = b"354 End data with <CR><LF>.<CR><LF>\r\n";
 const BYE: &[u8] = b"221 2.0.0 Bye\r\n";
+/// The program's next reply when the tunnel is gone for good: a 4xx, so a
+/// message whose end-of-data was not confirmed is retried, never lost.
+pub const LINK_LOST: &[u8] = b"421 4.4.2 straw: link to server lost, try again later\r\n";
 /// Longest reply (all lines) accepted.
 const MAX_REPLY: usize = 64 * 1024;
 /// Bodies past this are scheduled as bulk.
@@ -203,6 +206,8 @@ pub struct ClientAccel {
     /// The real refusal of a locally accepted DATA, for the body's end.
     data_err: Option<Vec<u8>>,
     failed: bool,
+    /// QUIT was answered: the program is done and expects nothing more.
+    quit_answered: bool,
     stats: AccelStats,
 }
 
@@ -231,6 +236,7 @@ impl ClientAccel {
             mail_err: None,
             data_err: None,
             failed: false,
+            quit_answered: false,
             stats: AccelStats::default(),
         }
     }
@@ -419,6 +425,7 @@ impl ClientAccel {
                 out.to_tunnel.extend_from_slice(&line);
                 out.flush = true;
                 self.owe_local(BYE.to_vec());
+                self.quit_answered = true;
                 self.expect.push_back(Disp::Swallow);
             }
             "AUTH" => {
@@ -550,6 +557,22 @@ impl ClientAccel {
 impl Accelerator for ClientAccel {
     fn start(&mut self, out: &mut Output) {
         ClientAccel::start(self, out)
+    }
+
+    /// Replies already complete go out first; the 421 then stands for the
+    /// first reply still owed (and ends the session, so none follow). A 354
+    /// answered locally is no commitment: the end-of-data reply is the 421.
+    fn link_lost(&mut self, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        self.pump(out);
+        if !self.quit_answered || !self.owed.is_empty() {
+            out.to_local.extend_from_slice(LINK_LOST);
+        }
+        self.owed.clear();
+        self.expect.clear();
     }
 
     fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {

@@ -575,3 +575,108 @@ proptest! {
         prop_assert!(rig.c.stats().link_waits <= 2);
     }
 }
+
+// ---------------------------------------------------------------- link lost
+
+/// The client side alone, fed by hand; returns what the program got.
+fn client_says(c: &mut ClientAccel, program: &[u8], real: &[u8]) -> Vec<u8> {
+    let mut out = Output::default();
+    let mut got = Vec::new();
+    if !program.is_empty() {
+        c.from_local(program, true, &mut out);
+        got.append(&mut out.to_local);
+    }
+    if !real.is_empty() {
+        c.from_tunnel(real, &mut out);
+        got.append(&mut out.to_local);
+    }
+    assert!(out.fail.is_none(), "{:?}", out.fail);
+    got
+}
+
+fn link_lost(c: &mut ClientAccel) -> Vec<u8> {
+    let mut out = Output::default();
+    Accelerator::link_lost(c, &mut out);
+    out.to_local
+}
+
+/// Up to an accepted recipient, with the message body sent.
+fn client_with_body_sent() -> ClientAccel {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    client_says(&mut c, b"", GREETING);
+    client_says(&mut c, b"EHLO me\r\n", EHLO_REPLY);
+    let got = client_says(
+        &mut c,
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n",
+        b"250 2.0.0 Ok\r\n",
+    );
+    assert_eq!(got, MAIL_OK);
+    assert_eq!(client_says(&mut c, b"", RCPT_OK), RCPT_OK);
+    let got = client_says(&mut c, b"DATA\r\nSubject: t\r\n\r\nbody\r\n.\r\n", b"");
+    assert_eq!(got, DATA_GO, "354 answered locally");
+    c
+}
+
+#[test]
+fn link_lost_after_end_of_data_is_421_not_success() {
+    let mut c = client_with_body_sent();
+    // The real 354 came, the end-of-data reply never did.
+    assert!(client_says(&mut c, b"", b"354 go ahead\r\n").is_empty());
+    assert_eq!(link_lost(&mut c), LINK_LOST);
+    // Nothing more afterwards, whatever arrives.
+    let mut out = Output::default();
+    c.from_tunnel(QUEUED, &mut out);
+    assert!(out.to_local.is_empty());
+}
+
+#[test]
+fn link_lost_mid_body_is_421_as_the_end_of_data_reply() {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    client_says(&mut c, b"", GREETING);
+    client_says(&mut c, b"EHLO me\r\n", EHLO_REPLY);
+    client_says(
+        &mut c,
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n",
+        b"250 2.0.0 Ok\r\n",
+    );
+    client_says(&mut c, b"", RCPT_OK);
+    client_says(&mut c, b"DATA\r\nSubject: t\r\n\r\nhalf a bo", b"");
+    assert_eq!(link_lost(&mut c), LINK_LOST);
+}
+
+#[test]
+fn link_lost_in_a_pipeline_answers_the_first_pending_reply_only() {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    client_says(&mut c, b"", GREETING);
+    client_says(&mut c, b"EHLO me\r\n", EHLO_REPLY);
+    // RSET waits for its real reply; MAIL after it is answered locally but
+    // must not be shown after the 421.
+    let got = client_says(&mut c, b"RSET\r\nMAIL FROM:<a@x>\r\n", b"");
+    assert!(got.is_empty());
+    assert_eq!(link_lost(&mut c), LINK_LOST);
+}
+
+#[test]
+fn link_lost_before_the_greeting_is_a_421_greeting() {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    assert!(out.to_local.is_empty());
+    assert_eq!(link_lost(&mut c), LINK_LOST);
+}
+
+#[test]
+fn link_lost_after_quit_says_nothing() {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    client_says(&mut c, b"", GREETING);
+    assert_eq!(client_says(&mut c, b"QUIT\r\n", b""), BYE);
+    assert!(link_lost(&mut c).is_empty());
+}

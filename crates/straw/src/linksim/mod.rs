@@ -32,7 +32,7 @@ use std::fmt;
 use std::future::pending;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -227,6 +227,7 @@ pub struct Link {
     refuse_until: Mutex<Option<Instant>>,
     next_conn: AtomicU64,
     queue_cap: usize,
+    black_hole: AtomicBool,
 }
 
 impl Link {
@@ -252,6 +253,7 @@ impl Link {
             refuse_until: Mutex::new(None),
             next_conn: AtomicU64::new(1),
             queue_cap,
+            black_hole: AtomicBool::new(false),
         })
     }
 
@@ -271,6 +273,18 @@ impl Link {
     pub fn cut_all(&self) {
         self.cut_tx.send_modify(|g| *g += 1);
         self.note_cut();
+    }
+
+    /// Black hole: while on, segments still occupy the link (and count in
+    /// the stats) but are never delivered, and nothing is closed, as when a
+    /// satellite link dies silently. Bytes lost this way are gone for good,
+    /// so a connection that lived through it is useless afterwards.
+    pub fn set_black_hole(&self, on: bool) {
+        self.black_hole.store(on, Ordering::Relaxed);
+    }
+
+    pub fn is_black_hole(&self) -> bool {
+        self.black_hole.load(Ordering::Relaxed)
     }
 
     /// Whether [`serve`] is currently refusing new connections after a cut.
@@ -498,6 +512,9 @@ async fn write_side<W: AsyncWrite + Unpin>(
 ) -> Result<(), Stop> {
     while let Some(seg) = rx.recv().await {
         sleep_until(seg.at).await;
+        if link.is_black_hole() {
+            continue;
+        }
         let Some(data) = seg.data else {
             dst.shutdown().await?;
             return Ok(());

@@ -406,3 +406,32 @@ async fn tcp_cut_after_bytes_then_refuse() {
     assert_eq!(got, b"pong");
     assert_eq!(server.await.unwrap(), b"ping");
 }
+
+#[tokio::test(start_paused = true)]
+async fn black_hole_swallows_without_closing() {
+    let link = Link::new(iridium());
+    let (mut client, mut server, h) = pair(&link);
+    client.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    server.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"before");
+
+    link.set_black_hole(true);
+    client.write_all(b"lost").await.unwrap();
+    server.write_all(b"lost too").await.unwrap();
+    let mut one = [0u8; 1];
+    // Nothing arrives either way, and neither side sees an end.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), server.read(&mut one))
+            .await
+            .is_err()
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), client.read(&mut one))
+            .await
+            .is_err()
+    );
+    assert!(!h.is_finished(), "the relay still runs");
+    // The swallowed bytes still took link time.
+    assert_eq!(link.stats().snapshot().up.bytes, 10);
+}

@@ -1,0 +1,252 @@
+//! Dead-link detection with paused time over the in-process link emulator:
+//! a link that silently stops forwarding is noticed within a few loaded
+//! round trips, and a long bulk transfer at 2,400 bit/s and 1.5 s RTT never
+//! trips it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use straw::client::{liveness_config, session_config};
+use straw::config::{SessionOptions, TcpOptions};
+use straw::link::keys::{self, AuthorizedKeys};
+use straw::link::noise;
+use straw::linksim::{Link, LinkParams, relay};
+use straw::tunnel::{
+    DialFuture, Dialer, LinkEnded, LivenessCheck, LocalIo, OpenRequest, Tunnel, TunnelStats,
+};
+use straw_core::session::{Role, Session};
+use straw_proto::Accelerator;
+use straw_proto::passthrough::Passthrough;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Every stream is an echo.
+struct Echo;
+
+impl Dialer for Echo {
+    fn dial(&self, _service: &str, _first: Option<bytes::Bytes>) -> DialFuture {
+        Box::pin(async move {
+            let (ours, theirs) = duplex(4096);
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(theirs);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+            Ok((
+                Box::new(ours) as Box<dyn LocalIo>,
+                Box::new(Passthrough::default()) as Box<dyn Accelerator>,
+            ))
+        })
+    }
+}
+
+struct Pair {
+    link: Arc<Link>,
+    opens: mpsc::Sender<OpenRequest>,
+    /// When each side's run_link ended, and how.
+    client_end: oneshot::Receiver<(Instant, String)>,
+    server_end: oneshot::Receiver<(Instant, String)>,
+}
+
+fn describe(r: anyhow::Result<LinkEnded>) -> String {
+    match r {
+        Ok(LinkEnded::Lost(e)) => format!("lost: {e:#}"),
+        Ok(other) => format!("{other:?}"),
+        Err(e) => format!("error: {e:#}"),
+    }
+}
+
+/// Client and server tunnels over a 2,400 bit/s link with 750 ms one way.
+async fn pair() -> Pair {
+    let link = Link::new(LinkParams::new(2400, Duration::from_millis(750)));
+    let (mut client_io, sim_a) = duplex(64 * 1024);
+    let (sim_b, mut server_io) = duplex(64 * 1024);
+    let l = link.clone();
+    tokio::spawn(async move {
+        let _ = relay(sim_a, sim_b, &l).await;
+    });
+    let server_keys = keys::generate();
+    let client_keys = keys::generate();
+    let mut authorized = AuthorizedKeys::default();
+    authorized.insert(client_keys.public);
+    let opts = SessionOptions::default();
+    let live = liveness_config(&opts, &TcpOptions::default());
+
+    let (server_tx, server_end) = oneshot::channel();
+    let sk = server_keys.clone();
+    let sopts = opts.clone();
+    tokio::spawn(async move {
+        let (transport, _, _) =
+            noise::server_handshake(&mut server_io, &sk, &authorized, |_, _| Ok(Vec::new()))
+                .await
+                .unwrap();
+        let session = Session::new(
+            session_config(Role::Server, &sopts),
+            Instant::now().into_std(),
+        );
+        let mut tunnel = Tunnel::new(
+            transport,
+            session,
+            Some(Arc::new(Echo)),
+            Arc::new(TunnelStats::default()),
+            "server".into(),
+        );
+        tunnel.set_liveness(live);
+        let (_tx, mut rx) = mpsc::channel(1);
+        let r = tunnel.run_link(server_io, &mut rx).await;
+        let _ = server_tx.send((Instant::now(), describe(r)));
+        // Keep the streams alive while the test looks.
+        tokio::time::sleep(Duration::from_secs(100_000)).await;
+    });
+
+    let (transport, _) =
+        noise::client_handshake(&mut client_io, &client_keys, &server_keys.public, &[])
+            .await
+            .unwrap();
+    let session = Session::new(
+        session_config(Role::Client, &opts),
+        Instant::now().into_std(),
+    );
+    let mut tunnel = Tunnel::new(
+        transport,
+        session,
+        None,
+        Arc::new(TunnelStats::default()),
+        "client".into(),
+    );
+    tunnel.set_liveness(live);
+    let (opens, mut open_rx) = mpsc::channel(4);
+    let (client_tx, client_end) = oneshot::channel();
+    tokio::spawn(async move {
+        let r = tunnel.run_link(client_io, &mut open_rx).await;
+        let _ = client_tx.send((Instant::now(), describe(r)));
+        tokio::time::sleep(Duration::from_secs(100_000)).await;
+    });
+    Pair {
+        link,
+        opens,
+        client_end,
+        server_end,
+    }
+}
+
+async fn open(p: &Pair) -> tokio::io::DuplexStream {
+    let (local, app) = duplex(4096);
+    p.opens
+        .send(OpenRequest {
+            service: "echo".into(),
+            io: Box::new(local),
+            accel: Box::new(Passthrough::default()),
+            cache: None,
+        })
+        .await
+        .unwrap();
+    app
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_dead_link_is_detected_within_the_bound() {
+    let mut p = pair().await;
+    let mut app = open(&p).await;
+    app.write_all(b"ping me\r\n").await.unwrap();
+    let mut buf = [0u8; 9];
+    app.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping me\r\n");
+    // Let RTT samples settle.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    p.link.set_black_hole(true);
+    let dead_at = Instant::now();
+    app.write_all(b"anyone there?\r\n").await.unwrap();
+    let (t, how) = tokio::time::timeout(Duration::from_secs(600), &mut p.client_end)
+        .await
+        .expect("client never noticed the dead link")
+        .unwrap();
+    let took = t - dead_at;
+    // Unloaded: RTT 1.5 s (plus serialisation); a side may hold its
+    // in-flight window (2 s) and a record (1 s) of link time ahead of a probe.
+    let loaded = LivenessCheck::loaded_rtt(Some(Duration::from_millis(1700)), 3.0);
+    let bound =
+        LivenessCheck::new(Default::default(), Instant::now().into_std()).detection_bound(loaded);
+    eprintln!("client noticed the black hole after {took:?} (bound {bound:?}): {how}");
+    assert!(how.starts_with("lost: link silent"), "{how}");
+    assert!(took <= bound, "{took:?} > {bound:?}");
+    assert!(
+        took >= Duration::from_secs(10),
+        "faster than the floor: {took:?}"
+    );
+
+    // The server awaited nothing: its idle probe finds out.
+    let (t, how) = tokio::time::timeout(Duration::from_secs(600), &mut p.server_end)
+        .await
+        .expect("server never noticed the dead link")
+        .unwrap();
+    let took = t - dead_at;
+    eprintln!("server noticed after {took:?}: {how}");
+    assert!(how.starts_with("lost: link silent"), "{how}");
+    assert!(took <= Duration::from_secs(60) + bound, "{took:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_bulk_transfer_on_a_slow_link_raises_no_false_alarm() {
+    bulk_echo(12_000).await;
+}
+
+/// Known straw-core bug, found here: with 24 KB echoed both ways the client's
+/// session reports a cork deadline in the past while `poll_transmit` has
+/// nothing to send, so the tunnel loop spins at one instant (CPU burn; under
+/// paused time it never ends). Not a liveness problem; run with --ignored.
+#[tokio::test(start_paused = true)]
+#[ignore]
+async fn bulk_echo_24kb_spins_in_session_poll_timeout() {
+    bulk_echo(24_000).await;
+}
+
+async fn bulk_echo(len: usize) {
+    let mut p = pair().await;
+    let mut app = open(&p).await;
+    // Incompressible, `len` bytes each way at once (12 KB: 150 s at 2,400 bit/s).
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    let start = Instant::now();
+    let (mut r, mut w) = tokio::io::split(&mut app);
+    let send = async {
+        w.write_all(&data).await.unwrap();
+    };
+    let recv = async {
+        let mut got = vec![0u8; data.len()];
+        r.read_exact(&mut got).await.unwrap();
+        got
+    };
+    let (_, got) = tokio::time::timeout(Duration::from_secs(3600), async {
+        tokio::join!(send, recv)
+    })
+    .await
+    .expect("echo did not finish");
+    assert!(got == data, "echoed bytes differ");
+    eprintln!(
+        "{len} B echoed in {:?}; {}",
+        start.elapsed(),
+        p.link.stats().snapshot()
+    );
+    assert!(
+        start.elapsed() > Duration::from_secs(60),
+        "not a long transfer"
+    );
+    assert!(
+        p.client_end.try_recv().is_err(),
+        "client dropped the link during bulk"
+    );
+    assert!(
+        p.server_end.try_recv().is_err(),
+        "server dropped the link during bulk"
+    );
+}
