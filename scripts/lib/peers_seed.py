@@ -32,28 +32,29 @@ ATTACH_CANDIDATES = [
 ]
 
 
-def attachment_source() -> str:
-    """A real PNG/PDF of 150-260 KB from the machine (base64: ~200-350 KB)."""
+# Text attachments after the picture: Debian always ships them.
+ATTACH_TEXTS = ["/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/GPL-2"]
+
+
+def attachment_sources() -> list:
+    """A real PNG/PDF of 150-260 KB from the machine plus the licence texts:
+    the mail is ~300 KB with base64."""
+    texts = [p for p in ATTACH_TEXTS if os.path.isfile(p)]
     for p in ATTACH_CANDIDATES:
         if os.path.isfile(p) and 150_000 <= os.path.getsize(p) <= 260_000:
-            return p
+            return [p] + texts
     for root in ("/usr/share/doc", "/usr/share"):
         for d, _, names in sorted(os.walk(root)):
             for n in sorted(names):
                 p = os.path.join(d, n)
                 if n.endswith((".png", ".pdf")) and 150_000 <= os.path.getsize(p) <= 260_000:
-                    return p
+                    return [p] + texts
     sys.exit("peers_seed: no PNG or PDF of 150-260 KB under /usr/share")
 
 
-def attachment_message(path: str) -> bytes:
-    """A MIME mail (CRLF) carrying `path` base64-encoded, fixed headers."""
+def attachment_message(paths: list) -> bytes:
+    """A MIME mail (CRLF) carrying `paths` base64-encoded, fixed headers."""
     import base64
-    with open(path, "rb") as f:
-        blob = f.read()
-    name = os.path.basename(path)
-    ctype = "application/pdf" if name.endswith(".pdf") else "image/png"
-    b64 = base64.encodebytes(blob).decode().replace("\n", "\r\n")
     head = (
         "From: Alice Example <alice@example.org>\r\n"
         "To: bob@example.org\r\n"
@@ -66,12 +67,23 @@ def attachment_message(path: str) -> bytes:
         "--straw-boundary\r\n"
         "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
         "Here it is.\r\n\r\n"
-        "--straw-boundary\r\n"
-        f'Content-Type: {ctype}; name="{name}"\r\n'
-        "Content-Transfer-Encoding: base64\r\n"
-        f'Content-Disposition: attachment; filename="{name}"\r\n\r\n'
     )
-    return (head + b64 + "--straw-boundary--\r\n").encode()
+    parts = []
+    for path in paths:
+        with open(path, "rb") as f:
+            blob = f.read()
+        name = os.path.basename(path)
+        ctype = ("application/pdf" if name.endswith(".pdf") else
+                 "image/png" if name.endswith(".png") else "text/plain; charset=us-ascii")
+        b64 = base64.encodebytes(blob).decode().replace("\n", "\r\n")
+        parts.append(
+            "--straw-boundary\r\n"
+            f'Content-Type: {ctype}; name="{name}"\r\n'
+            "Content-Transfer-Encoding: base64\r\n"
+            f'Content-Disposition: attachment; filename="{name}"\r\n\r\n'
+            + b64
+        )
+    return (head + "".join(parts) + "--straw-boundary--\r\n").encode()
 
 
 def maildir_bytes(raw: bytes) -> bytes:
@@ -119,8 +131,9 @@ def seed_mail(corpus: str, peers: str) -> None:
             rows.append((user, uid, base, f"mail/{user}/Maildir/cur", src, len(data),
                          hashlib.sha256(data).hexdigest()))
         if user == ATTACH_USER:
-            src = attachment_source()
-            data = attachment_message(src)
+            srcs = attachment_sources()
+            data = attachment_message(srcs)
+            src = "+".join(srcs)
             uid = end - start + 1
             t = BASE_TIME + uid
             base = f"{t}.M{uid}P0.straw"
