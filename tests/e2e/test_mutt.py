@@ -11,6 +11,7 @@ ports offer STARTTLS.
 
 import os
 import pty
+import re
 import select
 import shutil
 import subprocess
@@ -45,6 +46,9 @@ set sort=mailbox-order
 set pipe_decode=no
 set wait_key=no
 set move=no
+set mark_old=no
+set delete=no
+set quit=yes
 set copy=no
 set record=""
 set hostname="{domain}"
@@ -96,8 +100,11 @@ class MuttTest(unittest.TestCase):
         rc = self.muttrc(f'set {proto}_user="{user}"\nset {proto}_pass="{PASSWORD}"\n')
         out = self.home / "piped"
         push = f"<first-entry><pipe-message>cat > {out}<enter><quit>"
-        run_on_pty(self, ["mutt", "-n", "-F", str(rc), "-f", url, "-e", f"push '{push}'"], self.env, TIMEOUT * 3)
-        self.assertTrue(out.exists(), "mutt did not pipe the message")
+        screen = run_on_pty(
+            self, ["mutt", "-n", "-F", str(rc), "-f", url, "-e", f"push '{push}'"], self.env, TIMEOUT * 3
+        )
+        text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b" ", screen)[-800:]
+        self.assertTrue(out.exists(), f"mutt did not pipe the message; screen tail: {text!r}")
         return out.read_bytes()
 
     def check_first(self, got: bytes, user: str):
