@@ -128,11 +128,12 @@ def lf_to_crlf(b: bytes) -> bytes:
     return b.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def wait_for_delivery(user: str, msgid: bytes, timeout: float = TIMEOUT) -> Path:
-    """Poll the user's Maildir (new/ and cur/) for a file with this Message-ID."""
+def wait_for_delivery(user: str, msgid: bytes, timeout: float = TIMEOUT, header: bytes = b"Message-ID") -> Path:
+    """Poll the user's Maildir (new/ and cur/) for a file with this Message-ID
+    (or this value of another `header`)."""
     md = PEERS / "mail" / user / "Maildir"
     deadline = time.monotonic() + timeout
-    needle = b"\nMessage-ID: " + msgid + b"\n"
+    needle = b"\n" + header + b": " + msgid + b"\n"
     while True:
         for sub in ("new", "cur"):
             for p in (md / sub).iterdir():

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -136,6 +137,62 @@ pub struct ServerService {
     pub upstream: Option<String>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// TLS towards the real server: "none", "implicit" (TLS from the first
+    /// byte) or "starttls" (pop3, imap, smtp: upgraded before any command).
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    /// PEM file of the CA certificates to trust instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name the server's certificate must carry (and SNI); default: the
+    /// upstream's host.
+    #[serde(default)]
+    pub tls_name: Option<String>,
+    /// Built by [`ServerConfig::load`] so that a bad CA file stops startup.
+    #[serde(skip)]
+    pub tls_config: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    #[default]
+    None,
+    Implicit,
+    Starttls,
+}
+
+impl ServerService {
+    /// Checks the TLS settings and loads the trusted roots.
+    fn prepare_tls(&mut self, name: &str) -> Result<()> {
+        if self.tls == UpstreamTls::None {
+            if self.ca_file.is_some() || self.tls_name.is_some() {
+                bail!("service {name}: ca_file/tls_name need tls = \"implicit\" or \"starttls\"");
+            }
+            return Ok(());
+        }
+        let starttls_ok = matches!(
+            self.protocol,
+            Protocol::Pop3 | Protocol::Imap | Protocol::Smtp
+        );
+        match (self.tls, self.protocol) {
+            (_, Protocol::Http) => {
+                bail!("service {name}: tls is not supported for the http proxy")
+            }
+            (UpstreamTls::Starttls, _) if !starttls_ok => {
+                bail!("service {name}: starttls needs protocol pop3, imap or smtp")
+            }
+            _ => {}
+        }
+        let upstream = self.upstream.as_deref().unwrap_or_default();
+        crate::upstream::server_name(self.tls_name.as_deref(), upstream)
+            .with_context(|| format!("service {name}"))?;
+        self.tls_config = Some(
+            crate::upstream::client_config(self.ca_file.as_deref())
+                .with_context(|| format!("service {name}"))?,
+        );
+        Ok(())
+    }
 }
 
 /// Server-side HTTP proxy policy.
@@ -284,10 +341,15 @@ impl ServerConfig {
         if c.services.is_empty() {
             bail!("{}: no [services] configured", path.display());
         }
-        for (name, svc) in &c.services {
+        for (name, svc) in &mut c.services {
             if svc.protocol != Protocol::Http && svc.upstream.is_none() {
                 bail!("{}: service {name} needs an upstream", path.display());
             }
+            if let Some(ca) = &mut svc.ca_file {
+                resolve(path, ca);
+            }
+            svc.prepare_tls(name)
+                .with_context(|| path.display().to_string())?;
         }
         Ok(c)
     }
@@ -302,5 +364,74 @@ impl ClientConfig {
             bail!("{}: no [[service]] configured", path.display());
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    /// Loads a server config whose only service is `svc` (an inline table).
+    fn load_with(tag: &str, svc: &str, ca: Option<&[u8]>) -> Result<ServerConfig> {
+        let dir =
+            std::env::temp_dir().join(format!("straw-config-tls-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(ca) = ca {
+            std::fs::write(dir.join("ca.pem"), ca).unwrap();
+        }
+        let path = dir.join("server.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:1\"\nprivate_key = \"k\"\nauthorized_keys = \"a\"\n[services]\nmail = {svc}\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        ServerConfig::load(&path)
+    }
+
+    fn err(tag: &str, svc: &str, ca: Option<&[u8]>) -> String {
+        format!(
+            "{:#}",
+            load_with(tag, svc, ca).expect_err("config should be refused")
+        )
+    }
+
+    #[test]
+    fn tls_settings_are_checked_at_load() {
+        let e = err("http", r#"{ protocol = "http", tls = "implicit" }"#, None);
+        assert!(e.contains("not supported for the http proxy"), "{e}");
+        let e = err("tcp", r#"{ upstream = "h:1", tls = "starttls" }"#, None);
+        assert!(
+            e.contains("starttls needs protocol pop3, imap or smtp"),
+            "{e}"
+        );
+        let e = err(
+            "orphan",
+            r#"{ upstream = "h:1", protocol = "imap", ca_file = "ca.pem" }"#,
+            None,
+        );
+        assert!(e.contains("ca_file/tls_name need tls"), "{e}");
+        let e = err(
+            "typo",
+            r#"{ upstream = "h:1", protocol = "imap", tls = "yes" }"#,
+            None,
+        );
+        assert!(e.contains("unknown variant"), "{e}");
+        // A CA file without certificates stops startup, naming the service.
+        let e = err(
+            "junk",
+            r#"{ upstream = "h:1", protocol = "imap", tls = "implicit", ca_file = "ca.pem" }"#,
+            Some(b"junk"),
+        );
+        assert!(
+            e.contains("service mail") && e.contains("no PEM certificates"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn plain_services_need_no_tls_setup() {
+        let c = load_with("plain", r#"{ upstream = "h:1", protocol = "pop3" }"#, None).unwrap();
+        let svc = &c.services["mail"];
+        assert_eq!(svc.tls, UpstreamTls::None);
+        assert!(svc.tls_config.is_none());
     }
 }

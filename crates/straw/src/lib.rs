@@ -3,6 +3,7 @@
 //! - [`link`]: TCP socket options, Noise IK, keys.
 //! - [`tunnel`]: drives one `straw_core::session::Session` over one link.
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
+//! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 //! - [`linksim`]: the satellite-link emulator used by tests and benchmarks.
 
 pub mod bench;
@@ -12,3 +13,4 @@ pub mod link;
 pub mod linksim;
 pub mod server;
 pub mod tunnel;
+pub mod upstream;

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::config::{Protocol, ServerConfig, ServerHttp, ServerService, TcpOptions};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
-use crate::tunnel::{DialFuture, Dialer, LinkEnded, LocalIo, Tunnel, TunnelStats};
+use crate::tunnel::{DialFuture, Dialer, LinkEnded, Tunnel, TunnelStats};
 
 /// How long upstream connections of a dropped session get to be closed politely.
 const GIVE_UP_LINGER: Duration = Duration::from_secs(5);
@@ -433,6 +433,11 @@ impl Dialer for ServiceDialer {
                 .await
                 .map_err(|_| anyhow!("{service}: connecting to {upstream} timed out"))?
                 .with_context(|| format!("service {service}"))?;
+            let sock =
+                tokio::time::timeout(DIAL_TIMEOUT, crate::upstream::secure(sock, &svc, &upstream))
+                    .await
+                    .map_err(|_| anyhow!("{service}: TLS with {upstream} timed out"))?
+                    .with_context(|| format!("service {service}"))?;
             let accel: Box<dyn Accelerator> = match svc.protocol {
                 Protocol::Tcp => Box::new(Passthrough::default()),
                 Protocol::Pop3 => Box::new(pop3::ServerAccel::new()),
@@ -440,7 +445,7 @@ impl Dialer for ServiceDialer {
                 Protocol::Imap => Box::new(imap::ServerAccel::new(Default::default())),
                 Protocol::Http => Box::new(http::ServerAccel::new(policy)),
             };
-            Ok((Box::new(sock) as Box<dyn LocalIo>, accel))
+            Ok((sock, accel))
         })
     }
 }

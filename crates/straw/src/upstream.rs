@@ -1,0 +1,794 @@
+//! TLS from `straw server` to the real servers (rustls): implicit TLS, or
+//! STARTTLS negotiated here before the accelerator sees the connection.
+//!
+//! After STARTTLS the accelerator gets the TLS stream with the server's
+//! greeting replayed in front of it, so it sees what it would see on a plain
+//! connection (SMTP then sends EHLO again, as RFC 3207 requires). IMAP
+//! capabilities change with TLS (e.g. LOGINDISABLED goes away), so a
+//! `[CAPABILITY ...]` code in the greeting is replaced by the post-TLS list.
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+
+use crate::config::{Protocol, ServerService, UpstreamTls};
+use crate::tunnel::LocalIo;
+
+/// Longest line accepted from a server before TLS is up.
+const MAX_LINE: usize = 8192;
+/// Most lines in one reply (multi-line EHLO, untagged IMAP lines).
+const MAX_LINES: usize = 100;
+
+/// A rustls client config trusting the certificates in `ca_file` (PEM), or
+/// the system's roots when there is none.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading CA file {}", path.display()))?;
+            let mut n = 0;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| anyhow!("CA file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| anyhow!("CA file {}: bad certificate: {e}", path.display()))?;
+                n += 1;
+            }
+            if n == 0 {
+                bail!("CA file {}: no PEM certificates in it", path.display());
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                bail!(
+                    "no system root certificates found{why}: install ca-certificates or set ca_file"
+                );
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// The name the server's certificate must carry: `tls_name`, or the host
+/// part of `upstream` (an IP address is checked against IP SANs).
+pub fn server_name(tls_name: Option<&str>, upstream: &str) -> Result<ServerName<'static>> {
+    let host = match tls_name {
+        Some(n) => n,
+        None => upstream_host(upstream),
+    };
+    ServerName::try_from(host.to_owned())
+        .map_err(|_| anyhow!("{host:?} is not a valid TLS server name (set tls_name)"))
+}
+
+fn upstream_host(upstream: &str) -> &str {
+    if let Some(rest) = upstream.strip_prefix('[')
+        && let Some((h, _)) = rest.split_once(']')
+    {
+        return h;
+    }
+    upstream.rsplit_once(':').map_or(upstream, |(h, _)| h)
+}
+
+/// Puts TLS on a fresh upstream connection as `svc.tls` says. `None` returns
+/// the socket unchanged.
+pub async fn secure(
+    sock: TcpStream,
+    svc: &ServerService,
+    upstream: &str,
+) -> Result<Box<dyn LocalIo>> {
+    if svc.tls == UpstreamTls::None {
+        return Ok(Box::new(sock));
+    }
+    let config = match &svc.tls_config {
+        Some(c) => c.clone(),
+        None => client_config(svc.ca_file.as_deref())?,
+    };
+    let name = server_name(svc.tls_name.as_deref(), upstream)?;
+    let connector = TlsConnector::from(config);
+    let handshake = |sock: TcpStream| {
+        let name = name.clone();
+        let connector = connector.clone();
+        async move {
+            connector.connect(name.clone(), sock).await.map_err(|e| {
+                anyhow!(
+                    "TLS handshake with {upstream} (name {}) failed: {e}",
+                    name.to_str()
+                )
+            })
+        }
+    };
+    match svc.tls {
+        UpstreamTls::None => unreachable!("handled above"),
+        UpstreamTls::Implicit => Ok(Box::new(handshake(sock).await?)),
+        UpstreamTls::Starttls => {
+            let ehlo = match sock.local_addr() {
+                Ok(std::net::SocketAddr::V6(a)) => format!("[IPv6:{}]", a.ip()),
+                Ok(a) => format!("[{}]", a.ip()),
+                Err(_) => "[127.0.0.1]".to_owned(),
+            };
+            let mut plain = Lines::new(sock);
+            let greeting = match svc.protocol {
+                Protocol::Smtp => smtp_starttls(&mut plain, &ehlo).await?,
+                Protocol::Pop3 => pop3_stls(&mut plain).await?,
+                Protocol::Imap => imap_starttls(&mut plain).await?,
+                p => bail!("STARTTLS is not defined for protocol {p:?}"),
+            };
+            let (sock, rest) = plain.into_parts();
+            if !rest.is_empty() {
+                // Anything sent before the handshake could be injected by a
+                // man in the middle and must not be taken as a TLS-era reply.
+                bail!("{upstream} sent data after its STARTTLS reply; refusing the connection");
+            }
+            let tls = handshake(sock).await?;
+            let (tls, greeting) = if svc.protocol == Protocol::Imap {
+                let mut lines = Lines::new(tls);
+                let caps = imap_capability(&mut lines).await?;
+                let greeting = imap_greeting_with_caps(&greeting, &caps);
+                let (tls, rest) = lines.into_parts();
+                let mut prefix = greeting;
+                prefix.extend_from_slice(&rest);
+                (tls, prefix)
+            } else {
+                (tls, greeting)
+            };
+            Ok(Box::new(Prefixed::new(Bytes::from(greeting), tls)))
+        }
+    }
+}
+
+/// SMTP (RFC 3207): greeting, EHLO, STARTTLS, 220. Returns the greeting.
+async fn smtp_starttls<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut Lines<S>,
+    ehlo: &str,
+) -> Result<Vec<u8>> {
+    let (code, greeting) = c.smtp_reply().await?;
+    if code != 220 {
+        bail!("SMTP greeting refused: {}", show(&greeting));
+    }
+    c.send(format!("EHLO {ehlo}\r\n").as_bytes()).await?;
+    let (code, ehlo) = c.smtp_reply().await?;
+    if code != 250 {
+        bail!("SMTP EHLO refused: {}", show(&ehlo));
+    }
+    let offers = ehlo
+        .split(|&b| b == b'\n')
+        .any(|l| l.len() > 4 && l[4..].trim_ascii().eq_ignore_ascii_case(b"STARTTLS"));
+    if !offers {
+        bail!("SMTP server does not offer STARTTLS");
+    }
+    c.send(b"STARTTLS\r\n").await?;
+    let (code, reply) = c.smtp_reply().await?;
+    if code != 220 {
+        bail!("SMTP STARTTLS refused: {}", show(&reply));
+    }
+    Ok(greeting)
+}
+
+/// POP3 (RFC 2595): greeting, STLS, +OK. Returns the greeting.
+async fn pop3_stls<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Lines<S>) -> Result<Vec<u8>> {
+    let greeting = c.line().await?;
+    if !greeting.starts_with(b"+OK") {
+        bail!("POP3 greeting refused: {}", show(&greeting));
+    }
+    c.send(b"STLS\r\n").await?;
+    let reply = c.line().await?;
+    if !reply.starts_with(b"+OK") {
+        bail!("POP3 STLS refused: {}", show(&reply));
+    }
+    Ok(greeting)
+}
+
+/// IMAP (RFC 3501 6.2.1): greeting, STARTTLS, tagged OK. Returns the greeting.
+async fn imap_starttls<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Lines<S>) -> Result<Vec<u8>> {
+    let greeting = c.line().await?;
+    if !starts_with_ci(&greeting, b"* OK") {
+        bail!("IMAP greeting does not allow STARTTLS: {}", show(&greeting));
+    }
+    c.send(b"S1 STARTTLS\r\n").await?;
+    let reply = c.tagged(b"S1 ").await?;
+    if !starts_with_ci(&reply, b"S1 OK") {
+        bail!("IMAP STARTTLS refused: {}", show(&reply));
+    }
+    Ok(greeting)
+}
+
+/// The capability atoms after TLS (`S2 CAPABILITY`).
+async fn imap_capability<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Lines<S>) -> Result<Vec<u8>> {
+    c.send(b"S2 CAPABILITY\r\n").await?;
+    let mut caps = None;
+    for _ in 0..MAX_LINES {
+        let line = c.line().await?;
+        if starts_with_ci(&line, b"* CAPABILITY ") {
+            caps = Some(line[13..].trim_ascii().to_vec());
+        } else if line.starts_with(b"S2 ") {
+            if !starts_with_ci(&line, b"S2 OK") {
+                bail!("IMAP CAPABILITY after STARTTLS failed: {}", show(&line));
+            }
+            return caps.ok_or_else(|| anyhow!("IMAP CAPABILITY after STARTTLS: no capabilities"));
+        }
+    }
+    bail!("IMAP CAPABILITY after STARTTLS: reply too long")
+}
+
+/// `greeting` with the atoms of its `[CAPABILITY ...]` code (if any) replaced.
+fn imap_greeting_with_caps(greeting: &[u8], caps: &[u8]) -> Vec<u8> {
+    const CODE: &[u8] = b"[CAPABILITY ";
+    let start = greeting
+        .windows(CODE.len())
+        .position(|w| w.eq_ignore_ascii_case(CODE));
+    let Some(start) = start else {
+        return greeting.to_vec();
+    };
+    let atoms = start + CODE.len();
+    let Some(len) = greeting[atoms..].iter().position(|&b| b == b']') else {
+        return greeting.to_vec();
+    };
+    let mut out = greeting[..atoms].to_vec();
+    out.extend_from_slice(caps);
+    out.extend_from_slice(&greeting[atoms + len..]);
+    out
+}
+
+fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+fn show(line: &[u8]) -> String {
+    String::from_utf8_lossy(line).trim_end().to_owned()
+}
+
+/// Line-at-a-time reading that keeps what it read past the last line, so
+/// the caller can check that nothing followed it.
+struct Lines<S> {
+    io: S,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Lines<S> {
+    fn new(io: S) -> Self {
+        Self {
+            io,
+            buf: Vec::new(),
+        }
+    }
+
+    fn into_parts(self) -> (S, Vec<u8>) {
+        (self.io, self.buf)
+    }
+
+    async fn send(&mut self, data: &[u8]) -> Result<()> {
+        self.io.write_all(data).await.context("writing to server")?;
+        self.io.flush().await.context("writing to server")
+    }
+
+    /// One line including its CRLF.
+    async fn line(&mut self) -> Result<Vec<u8>> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                return Ok(self.buf.drain(..=i).collect());
+            }
+            if self.buf.len() > MAX_LINE {
+                bail!("server sent a line longer than {MAX_LINE} bytes");
+            }
+            let mut chunk = [0u8; 1024];
+            let n = self
+                .io
+                .read(&mut chunk)
+                .await
+                .context("reading from server")?;
+            if n == 0 {
+                bail!("server closed the connection");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// A whole (multi-line) SMTP reply: its code and all its lines.
+    async fn smtp_reply(&mut self) -> Result<(u16, Vec<u8>)> {
+        let mut all = Vec::new();
+        for _ in 0..MAX_LINES {
+            let line = self.line().await?;
+            all.extend_from_slice(&line);
+            let code = line
+                .get(..3)
+                .and_then(|c| std::str::from_utf8(c).ok())
+                .and_then(|c| c.parse::<u16>().ok())
+                .ok_or_else(|| anyhow!("bad SMTP reply: {}", show(&line)))?;
+            if line.get(3) != Some(&b'-') {
+                return Ok((code, all));
+            }
+        }
+        bail!("SMTP reply too long")
+    }
+
+    /// Lines up to the one starting with `tag`; returns that one.
+    async fn tagged(&mut self, tag: &[u8]) -> Result<Vec<u8>> {
+        for _ in 0..MAX_LINES {
+            let line = self.line().await?;
+            if line.starts_with(tag) {
+                return Ok(line);
+            }
+        }
+        bail!("no tagged reply from server")
+    }
+}
+
+/// A stream that first yields `prefix`, then reads from `inner`.
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    /// A CA (as PEM) and a server config with a certificate it signed for
+    /// localhost / 127.0.0.1 / straw.test.
+    struct Pki {
+        ca_pem: String,
+        acceptor: TlsAcceptor,
+    }
+
+    fn make_ca(cn: &str) -> (String, Issuer<'static, KeyPair>) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), Issuer::new(params, key))
+    }
+
+    fn pki() -> Pki {
+        let (ca_pem, issuer) = make_ca("test CA");
+        let names = vec!["localhost".into(), "127.0.0.1".into(), "straw.test".into()];
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        Pki {
+            ca_pem,
+            acceptor: TlsAcceptor::from(Arc::new(cfg)),
+        }
+    }
+
+    fn temp_file(tag: &str, data: &[u8]) -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "straw-upstream-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    fn service(protocol: Protocol, tls: UpstreamTls, ca_pem: &str) -> ServerService {
+        ServerService {
+            upstream: None,
+            protocol,
+            tls,
+            ca_file: Some(temp_file("ca.pem", ca_pem.as_bytes())),
+            tls_name: None,
+            tls_config: None,
+        }
+    }
+
+    /// Listens on loopback; `script` runs against the accepted connection.
+    async fn serve<F, Fut>(script: F) -> (String, tokio::task::JoinHandle<Result<()>>)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await?;
+            script(sock).await
+        });
+        (addr, task)
+    }
+
+    async fn dial(svc: &ServerService, addr: &str) -> Result<Box<dyn LocalIo>> {
+        let sock = TcpStream::connect(addr).await.unwrap();
+        secure(sock, svc, addr).await
+    }
+
+    async fn read_some(io: &mut Box<dyn LocalIo>, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        io.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn implicit_tls_carries_bytes_both_ways() {
+        let pki = pki();
+        let acceptor = pki.acceptor.clone();
+        let (addr, server) = serve(move |sock| async move {
+            let mut tls = acceptor.accept(sock).await?;
+            tls.write_all(b"+OK ready\r\n").await?;
+            let mut buf = [0u8; 6];
+            tls.read_exact(&mut buf).await?;
+            assert_eq!(&buf, b"QUIT\r\n");
+            tls.write_all(b"+OK bye\r\n").await?;
+            tls.shutdown().await?;
+            Ok(())
+        })
+        .await;
+        let svc = service(Protocol::Pop3, UpstreamTls::Implicit, &pki.ca_pem);
+        let mut io = dial(&svc, &addr).await.unwrap();
+        assert_eq!(read_some(&mut io, 11).await, b"+OK ready\r\n");
+        io.write_all(b"QUIT\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"+OK bye\r\n");
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn untrusted_ca_is_a_clear_error() {
+        let pki = pki();
+        let (other_ca, _) = make_ca("another CA");
+        let acceptor = pki.acceptor.clone();
+        let (addr, _server) = serve(move |sock| async move {
+            let _ = acceptor.accept(sock).await;
+            Ok(())
+        })
+        .await;
+        let svc = service(Protocol::Imap, UpstreamTls::Implicit, &other_ca);
+        let err = format!("{:#}", dial(&svc, &addr).await.err().unwrap());
+        assert!(err.contains("TLS handshake with 127.0.0.1:"), "{err}");
+        assert!(
+            err.contains("invalid peer certificate: UnknownIssuer"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_name_is_a_clear_error() {
+        let pki = pki();
+        let acceptor = pki.acceptor.clone();
+        let (addr, _server) = serve(move |sock| async move {
+            let _ = acceptor.accept(sock).await;
+            Ok(())
+        })
+        .await;
+        let mut svc = service(Protocol::Smtp, UpstreamTls::Implicit, &pki.ca_pem);
+        svc.tls_name = Some("mail.example.org".into());
+        let err = format!("{:#}", dial(&svc, &addr).await.err().unwrap());
+        assert!(err.contains("name mail.example.org"), "{err}");
+        assert!(err.contains("not valid for name"), "{err}");
+    }
+
+    #[test]
+    fn bad_ca_files_are_refused() {
+        let junk = temp_file("junk.pem", b"not a certificate\n");
+        let err = format!("{:#}", client_config(Some(&junk)).err().unwrap());
+        assert!(err.contains("no PEM certificates"), "{err}");
+        let broken = temp_file(
+            "broken.pem",
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        let err = format!("{:#}", client_config(Some(&broken)).err().unwrap());
+        assert!(err.contains("bad certificate"), "{err}");
+        let missing = std::env::temp_dir().join("straw-upstream-no-such-file.pem");
+        let err = format!("{:#}", client_config(Some(&missing)).err().unwrap());
+        assert!(err.contains("reading CA file"), "{err}");
+    }
+
+    #[test]
+    fn names_default_to_the_upstream_host() {
+        let n = server_name(None, "127.0.0.1:993").unwrap();
+        assert_eq!(n.to_str(), "127.0.0.1");
+        assert!(matches!(n, ServerName::IpAddress(_)));
+        assert_eq!(server_name(None, "[::1]:993").unwrap().to_str(), "::1");
+        assert_eq!(
+            server_name(None, "imap.example.org:993").unwrap().to_str(),
+            "imap.example.org"
+        );
+        assert_eq!(
+            server_name(Some("mx.example.org"), "10.0.0.1:25")
+                .unwrap()
+                .to_str(),
+            "mx.example.org"
+        );
+        assert!(server_name(Some("bad name!"), "x:1").is_err());
+    }
+
+    /// A plaintext STARTTLS dialogue: `(expect from us, reply)` pairs, the
+    /// first with nothing to expect (the greeting); then TLS, then `after`
+    /// runs on the TLS stream.
+    async fn starttls_server<F, Fut>(
+        pki: &Pki,
+        steps: Vec<(&'static [u8], &'static [u8])>,
+        after: F,
+    ) -> (String, tokio::task::JoinHandle<Result<()>>)
+    where
+        F: FnOnce(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send,
+    {
+        let acceptor = pki.acceptor.clone();
+        serve(move |sock| async move {
+            let mut c = Lines::new(sock);
+            for (expect, reply) in steps {
+                if !expect.is_empty() {
+                    let line = c.line().await?;
+                    assert_eq!(show(&line), show(expect));
+                }
+                c.send(reply).await?;
+            }
+            let (sock, rest) = c.into_parts();
+            assert!(rest.is_empty(), "client sent data before the handshake");
+            let tls = acceptor.accept(sock).await?;
+            after(tls).await
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn smtp_starttls_replays_the_original_greeting() {
+        let pki = pki();
+        let (addr, server) = starttls_server(
+            &pki,
+            vec![
+                (b"", b"220 mx.example.org ESMTP ready\r\n"),
+                (
+                    b"EHLO [127.0.0.1]\r\n",
+                    b"250-mx.example.org\r\n250-PIPELINING\r\n250 STARTTLS\r\n",
+                ),
+                (b"STARTTLS\r\n", b"220 2.0.0 go ahead\r\n"),
+            ],
+            |tls| async move {
+                let mut c = Lines::new(tls);
+                assert_eq!(c.line().await?, b"EHLO program\r\n");
+                c.send(b"250 mx.example.org\r\n").await?;
+                Ok(())
+            },
+        )
+        .await;
+        let svc = service(Protocol::Smtp, UpstreamTls::Starttls, &pki.ca_pem);
+        let mut io = dial(&svc, &addr).await.unwrap();
+        let greeting = b"220 mx.example.org ESMTP ready\r\n";
+        assert_eq!(read_some(&mut io, greeting.len()).await, greeting);
+        io.write_all(b"EHLO program\r\n").await.unwrap();
+        assert_eq!(read_some(&mut io, 20).await, b"250 mx.example.org\r\n");
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn pop3_stls_replays_the_greeting() {
+        let pki = pki();
+        let (addr, server) = starttls_server(
+            &pki,
+            vec![
+                (b"", b"+OK Dovecot ready.\r\n"),
+                (b"STLS\r\n", b"+OK Begin TLS negotiation now.\r\n"),
+            ],
+            |tls| async move {
+                let mut c = Lines::new(tls);
+                assert_eq!(c.line().await?, b"CAPA\r\n");
+                Ok(())
+            },
+        )
+        .await;
+        let svc = service(Protocol::Pop3, UpstreamTls::Starttls, &pki.ca_pem);
+        let mut io = dial(&svc, &addr).await.unwrap();
+        assert_eq!(read_some(&mut io, 20).await, b"+OK Dovecot ready.\r\n");
+        io.write_all(b"CAPA\r\n").await.unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn imap_starttls_greeting_gets_the_tls_capabilities() {
+        let pki = pki();
+        let (addr, server) = starttls_server(
+            &pki,
+            vec![
+                (
+                    b"",
+                    b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] Dovecot ready.\r\n",
+                ),
+                (b"S1 STARTTLS\r\n", b"S1 OK Begin TLS negotiation now.\r\n"),
+            ],
+            |tls| async move {
+                let mut c = Lines::new(tls);
+                assert_eq!(c.line().await?, b"S2 CAPABILITY\r\n");
+                c.send(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nS2 OK done\r\n")
+                    .await?;
+                assert_eq!(c.line().await?, b"a LOGIN x y\r\n");
+                Ok(())
+            },
+        )
+        .await;
+        let svc = service(Protocol::Imap, UpstreamTls::Starttls, &pki.ca_pem);
+        let mut io = dial(&svc, &addr).await.unwrap();
+        let want = b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] Dovecot ready.\r\n";
+        assert_eq!(read_some(&mut io, want.len()).await, want);
+        io.write_all(b"a LOGIN x y\r\n").await.unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    async fn starttls_error(
+        protocol: Protocol,
+        script: Vec<(&'static [u8], &'static [u8])>,
+    ) -> String {
+        let pki = pki();
+        let (addr, _server) = serve(move |sock| async move {
+            let mut c = Lines::new(sock);
+            for (expect, reply) in script {
+                if !expect.is_empty() {
+                    c.line().await?;
+                }
+                c.send(reply).await?;
+            }
+            // Hold the connection open: the error must come from the reply.
+            let _ = c.line().await;
+            Ok(())
+        })
+        .await;
+        let svc = service(protocol, UpstreamTls::Starttls, &pki.ca_pem);
+        format!("{:#}", dial(&svc, &addr).await.err().unwrap())
+    }
+
+    #[tokio::test]
+    async fn refused_starttls_is_a_clear_error() {
+        let e = starttls_error(
+            Protocol::Pop3,
+            vec![(b"", b"+OK hi\r\n"), (b"STLS", b"-ERR no TLS here\r\n")],
+        )
+        .await;
+        assert!(e.contains("POP3 STLS refused: -ERR no TLS here"), "{e}");
+        let e = starttls_error(
+            Protocol::Imap,
+            vec![(b"", b"* OK hi\r\n"), (b"S1", b"S1 BAD no\r\n")],
+        )
+        .await;
+        assert!(e.contains("IMAP STARTTLS refused: S1 BAD no"), "{e}");
+        let e = starttls_error(Protocol::Imap, vec![(b"", b"* PREAUTH hi\r\n")]).await;
+        assert!(e.contains("does not allow STARTTLS"), "{e}");
+        let e = starttls_error(
+            Protocol::Smtp,
+            vec![
+                (b"", b"220 hi\r\n"),
+                (b"EHLO", b"250-mx\r\n250 SIZE 10\r\n"),
+            ],
+        )
+        .await;
+        assert!(e.contains("does not offer STARTTLS"), "{e}");
+        let e = starttls_error(
+            Protocol::Smtp,
+            vec![
+                (b"", b"220 hi\r\n"),
+                (b"EHLO", b"250-mx\r\n250 STARTTLS\r\n"),
+                (b"STARTTLS", b"454 4.7.0 TLS not available\r\n"),
+            ],
+        )
+        .await;
+        assert!(e.contains("SMTP STARTTLS refused: 454"), "{e}");
+        let e = starttls_error(Protocol::Smtp, vec![(b"", b"554 go away\r\n")]).await;
+        assert!(e.contains("SMTP greeting refused: 554 go away"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn data_after_the_starttls_reply_is_refused() {
+        // A man in the middle could inject replies before the handshake.
+        let e = starttls_error(
+            Protocol::Smtp,
+            vec![
+                (b"", b"220 hi\r\n"),
+                (b"EHLO", b"250-mx\r\n250 STARTTLS\r\n"),
+                (b"STARTTLS", b"220 go\r\n250 injected\r\n"),
+            ],
+        )
+        .await;
+        assert!(e.contains("sent data after its STARTTLS reply"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_an_error_not_a_hang() {
+        let (addr, _server) = serve(|sock| async move {
+            drop(sock);
+            Ok(())
+        })
+        .await;
+        let svc = service(Protocol::Pop3, UpstreamTls::Starttls, &pki().ca_pem);
+        let e = format!("{:#}", dial(&svc, &addr).await.err().unwrap());
+        assert!(e.contains("server closed the connection"), "{e}");
+    }
+
+    #[test]
+    fn greeting_capabilities_are_replaced() {
+        assert_eq!(
+            imap_greeting_with_caps(b"* OK [capability A B] hi\r\n", b"C D"),
+            b"* OK [capability C D] hi\r\n"
+        );
+        assert_eq!(
+            imap_greeting_with_caps(b"* OK hi\r\n", b"C D"),
+            b"* OK hi\r\n"
+        );
+    }
+}
