@@ -773,11 +773,17 @@ impl Session {
             || (self.ack_due.is_some() && (want_data || want_control));
         let ping = self.ping_due.is_some_and(|d| d <= now);
         if !want_data && !want_control && !want_ack && !ping {
-            return if window_open {
+            let record = if window_open {
                 self.poll_bulk(now)
             } else {
                 None
             };
+            // The bulk lane may just have taken the last bytes the cork was
+            // waiting on; a stale deadline would wake the driver forever.
+            if !self.has_sendable_data() && self.control.is_empty() {
+                self.cork_deadline = None;
+            }
+            return record;
         }
 
         let target_raw = self.record_target_raw();

@@ -761,3 +761,34 @@ fn idle_peers_do_not_ack_each_others_acks() {
     assert_eq!(sim.client.stats().records_sent, c, "client kept sending");
     assert_eq!(sim.server.stats().records_sent, s, "server kept sending");
 }
+
+/// The driver sleeps until `poll_timeout`: a deadline already past while
+/// `poll_transmit` has nothing would make it spin at one instant.
+#[test]
+fn no_past_deadline_once_bulk_has_drained() {
+    let mut sim = Sim::new(300.0, Duration::from_millis(500));
+    let id = sim
+        .client
+        .open_stream(b"bulk", b"", Priority::Bulk)
+        .unwrap();
+    let data = noise(3_000, 7);
+    let mut offset = 0;
+    let mut spins = 0;
+    for _ in 0..60_000 {
+        let cap = sim.client.send_capacity(id).min(data.len() - offset);
+        if cap > 0 {
+            sim.client.send(id, &data[offset..offset + cap]).unwrap();
+            offset += cap;
+        }
+        sim.step(Duration::from_millis(1));
+        let now = sim.now;
+        if sim.up.idle(now)
+            && sim.client.poll_timeout().is_some_and(|t| t <= now)
+            && sim.client.poll_transmit(now).is_none()
+        {
+            spins += 1;
+        }
+    }
+    assert_eq!(Sim::received(&sim.server_events, id), data);
+    assert_eq!(spins, 0, "poll_timeout was due but nothing was sent");
+}
