@@ -149,7 +149,7 @@ impl Decoder {
                     let v = std::mem::take(&mut self.varint);
                     self.shift = 0;
                     if self.state == State::LineLen {
-                        if v < 4 || v > MAX_LINE as u64 || v % 4 != 0 {
+                        if !(4..=MAX_LINE as u64).contains(&v) || !v.is_multiple_of(4) {
                             return Err(TransformError::BadLineLength(v));
                         }
                         self.line_len = v as usize;
