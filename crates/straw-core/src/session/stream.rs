@@ -2,7 +2,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::Priority;
+use super::{Priority, data_flags};
+use crate::transform;
 
 pub(super) struct Stream {
     pub priority: Priority,
@@ -17,6 +18,11 @@ pub(super) struct Stream {
     pub fin_sent: bool,
     pub reset: bool,
 
+    /// Outgoing bytes go through the base64 transform (set by the sender).
+    pub tx: Option<transform::Encoder>,
+    /// The peer's transformed DATA is decoded here.
+    pub rx: Option<transform::Decoder>,
+
     pub recv_offset: u64,
     pub recv_consumed: u64,
     pub recv_limit: u64,
@@ -24,8 +30,10 @@ pub(super) struct Stream {
 }
 
 impl Stream {
-    pub fn new(priority: Priority, recv_window: u64, send_window: u64) -> Self {
+    pub fn new(priority: Priority, recv_window: u64, send_window: u64, transform: bool) -> Self {
         Self {
+            tx: transform.then(transform::Encoder::new),
+            rx: None,
             priority,
             pending: BytesMut::new(),
             send_offset: 0,
@@ -54,16 +62,47 @@ impl Stream {
     }
 
     pub fn fin_ready(&self) -> bool {
-        self.fin_queued && !self.fin_sent && self.pending.is_empty()
+        self.fin_queued && !self.fin_sent && self.pending.is_empty() && self.tx_held() == 0
     }
 
-    pub fn take(&mut self, n: usize) -> Bytes {
+    /// Bytes taken (and counted against credit) that the transform still holds.
+    pub fn tx_held(&self) -> usize {
+        self.tx.as_ref().map_or(0, |t| t.held())
+    }
+
+    /// Everything queued is taken but the transform holds some of it.
+    pub fn tx_flushable(&self) -> bool {
+        self.pending.is_empty() && self.tx_held() > 0
+    }
+
+    /// Something may be framed now (given a reason to flush the transform).
+    pub fn has_output(&self) -> bool {
+        self.sendable() > 0 || self.fin_ready() || self.tx_flushable()
+    }
+
+    /// Takes `n` queued bytes as a DATA payload and its flags. Credit counts
+    /// the bytes taken; with the transform the payload may be shorter or
+    /// longer, and the end of a line may wait in the encoder unless
+    /// `idle`, a flush or FIN says that nothing follows soon.
+    pub fn take(&mut self, n: usize, idle: bool) -> (Bytes, u8) {
         self.send_offset += n as u64;
-        let payload = self.pending.split_to(n).freeze();
-        if self.pending.is_empty() {
+        let raw = self.pending.split_to(n);
+        let drained = self.pending.is_empty();
+        let out = match &mut self.tx {
+            None => (raw.freeze(), 0),
+            Some(enc) => {
+                let mut out = Vec::with_capacity(raw.len() + 16);
+                enc.push(&raw, &mut out);
+                if drained && (idle || self.flush || self.fin_queued) {
+                    enc.flush(&mut out);
+                }
+                (Bytes::from(out), data_flags::TRANSFORM)
+            }
+        };
+        if drained && self.tx_held() == 0 {
             self.flush = false;
         }
-        payload
+        out
     }
 
     /// Accounts `n` received bytes; `Err(limit)` if the peer overran its credit.
