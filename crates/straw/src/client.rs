@@ -42,6 +42,17 @@ pub fn session_config(role: Role, o: &SessionOptions) -> SessionConfig {
     c
 }
 
+/// Services whose outgoing data takes the base64 transform: mail and HTTP
+/// carry base64 attachments; plain TCP streams are left alone.
+pub fn transform_services<'a>(
+    services: impl Iterator<Item = (&'a String, Protocol)>,
+) -> Vec<Vec<u8>> {
+    services
+        .filter(|(_, p)| *p != Protocol::Tcp)
+        .map(|(name, _)| name.clone().into_bytes())
+        .collect()
+}
+
 /// One line for the log when a tunnel ends.
 pub fn describe_end(result: &Result<()>, stats: &TunnelStats) -> String {
     let how = match result {
@@ -198,6 +209,8 @@ fn new_tunnel(
 ) -> Tunnel {
     let mut scfg = session_config(Role::Client, &cfg.session);
     scfg.peer_stream_window = hello.stream_window;
+    scfg.transform_services =
+        transform_services(cfg.services.iter().map(|s| (&s.name, s.protocol)));
     let session = Session::new(scfg, tokio::time::Instant::now().into_std());
     Tunnel::new(transport, session, None, stats.clone(), cfg.server.clone())
 }

@@ -958,3 +958,104 @@ fn bad_transformed_data_is_an_error() {
         })
     );
 }
+
+/// POP3 RETR of a message with the GPL-3 as a base64 text attachment
+/// (Python `email` layout) at 2,400 bit/s, codec settings as `straw client`
+/// uses them; wire bytes with and without the transform, and `xz -9e` of the
+/// raw message for scale. `cargo test -p straw-core gpl -- --nocapture`.
+#[test]
+fn pop3_gpl_attachment_wire_bytes() {
+    let Some(msg) = crate::transform::tests::gpl_mime_message() else {
+        eprintln!("no GPL-3 text; skipped");
+        return;
+    };
+    let mut reply = b"+OK message follows\r\n".to_vec();
+    reply.extend_from_slice(&msg); // no line starts with '.': no stuffing
+    reply.extend_from_slice(b".\r\n");
+    let run = |transform: bool| {
+        let cfg = |role| {
+            let mut c = SessionConfig::new(role);
+            let mut bulk = CodecParams::slow_link();
+            bulk.window_log = 19;
+            (bulk.hash_log, bulk.chain_log) = CodecParams::tables_for_window(19);
+            c.bulk_codec_params = bulk;
+            c.bulk_decoder_limits = DecoderLimits {
+                max_window_log: 19,
+                ..DecoderLimits::slow_link()
+            };
+            if transform {
+                c.transform_services = vec![b"pop3".to_vec()];
+            }
+            c
+        };
+        let mut sim = Sim::with_configs(
+            240.0,
+            Duration::from_millis(500),
+            cfg(Role::Client),
+            cfg(Role::Server),
+        );
+        let id = sim
+            .client
+            .open_stream(b"pop3", b"", Priority::Interactive)
+            .unwrap();
+        sim.client.send(id, b"RETR 1\r\n").unwrap();
+        sim.client.flush(id);
+        let mut off = 0;
+        let mut seen = 0;
+        for _ in 0..2_000_000 {
+            sim.step(Duration::from_millis(2));
+            if off == 0 && !sim.server_events.is_empty() {
+                sim.server.set_priority(id, Priority::Bulk);
+            }
+            if !sim.server_events.is_empty() && off < reply.len() {
+                let cap = sim.server.send_capacity(id).min(reply.len() - off);
+                if cap > 0 {
+                    sim.server.send(id, &reply[off..off + cap]).unwrap();
+                    off += cap;
+                    if off == reply.len() {
+                        sim.server.flush(id);
+                    }
+                }
+            }
+            for (_, e) in &sim.client_events[seen..] {
+                if let Event::Data { payload, .. } = e {
+                    sim.client.consumed(id, payload.len());
+                }
+            }
+            seen = sim.client_events.len();
+            if Sim::received(&sim.client_events, id).len() == reply.len() {
+                break;
+            }
+        }
+        assert!(Sim::received(&sim.client_events, id) == reply);
+        sim.server.stats().wire_bytes_sent
+    };
+    let (with, without) = (run(true), run(false));
+    let xz = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("xz -9e -c | wc -c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take()?.write_all(&reply).ok()?;
+            let out = c.wait_with_output().ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|n| *n > 0);
+    eprintln!(
+        "POP3 RETR, {} raw bytes: wire {with} with the transform, {without} without; xz -9e {}",
+        reply.len(),
+        xz.map_or("n/a".into(), |x| format!(
+            "{x} (transform/xz {:.2}, plain/xz {:.2})",
+            with as f64 / x as f64,
+            without as f64 / x as f64
+        )),
+    );
+    assert!(with * 100 < without * 85, "{with} vs {without}");
+}

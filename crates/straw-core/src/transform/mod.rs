@@ -25,7 +25,7 @@ mod decoder;
 mod encoder;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use decoder::Decoder;
 pub use encoder::Encoder;
