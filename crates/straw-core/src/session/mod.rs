@@ -408,6 +408,7 @@ impl Session {
             return Ok(());
         }
         s.pending.extend_from_slice(data);
+        s.tx_stale = false;
         self.pending_raw += data.len() as u64;
         self.note_held();
         Ok(())
@@ -444,7 +445,7 @@ impl Session {
     pub fn reset(&mut self, stream: u64, code: u64) {
         if let Some(s) = self.streams.remove(&stream) {
             self.pending_raw -= s.pending.len() as u64;
-            self.transform_held -= s.tx_held() as u64;
+            self.transform_held -= s.tx_held_lines() as u64;
             self.control.push_back(Frame::Reset { stream, code });
             self.urgent_control = true;
         }
@@ -630,7 +631,7 @@ impl Session {
             Frame::Reset { stream, code } => {
                 if let Some(s) = self.streams.remove(&stream) {
                     self.pending_raw -= s.pending.len() as u64;
-                    self.transform_held -= s.tx_held() as u64;
+                    self.transform_held -= s.tx_held_lines() as u64;
                     self.events.push_back(Event::Reset { stream, code });
                 }
             }
@@ -930,14 +931,16 @@ impl Session {
                     if used >= budget {
                         break;
                     }
+                    // Could the source have given us more? (Stream::tx_stale)
+                    let open = self.send_capacity(id) > 0;
                     let s = self.streams.get_mut(&id).expect("listed");
                     let n = s.sendable().min(share).min(budget - used);
-                    let held = s.tx_held();
+                    let (held, held_lines) = (s.tx_held(), s.tx_held_lines());
                     if n > 0 || s.tx_flushable() {
-                        let (payload, flags) = s.take(n, idle);
+                        let (payload, flags) = s.take(n, idle, open, lane == Lane::Interactive);
                         self.pending_raw -= n as u64;
                         self.transform_held =
-                            self.transform_held + s.tx_held() as u64 - held as u64;
+                            self.transform_held + s.tx_held_lines() as u64 - held_lines as u64;
                         if !payload.is_empty() {
                             Frame::Data {
                                 stream: id,

@@ -20,6 +20,9 @@ pub(super) struct Stream {
 
     /// Outgoing bytes go through the base64 transform (set by the sender).
     pub tx: Option<transform::Encoder>,
+    /// At the last take everything was taken and the session would have
+    /// accepted more, and no bytes came since: the source has paused.
+    pub tx_stale: bool,
     /// The peer's transformed DATA is decoded here.
     pub rx: Option<transform::Decoder>,
 
@@ -34,6 +37,7 @@ impl Stream {
         Self {
             tx: transform.then(transform::Encoder::new),
             rx: None,
+            tx_stale: false,
             priority,
             pending: BytesMut::new(),
             send_offset: 0,
@@ -70,6 +74,14 @@ impl Stream {
         self.tx.as_ref().map_or(0, |t| t.held())
     }
 
+    /// Raw lines the transform holds, counted in `Session::held`. The
+    /// decoded bytes of an unfinished chunk (≤ `MAX_CHUNK`) are not: the
+    /// source must go on to complete it, and a bound of ~2 KB on a slow link
+    /// would stop it first.
+    pub fn tx_held_lines(&self) -> usize {
+        self.tx.as_ref().map_or(0, |t| t.held_lines())
+    }
+
     /// Everything queued is taken but the transform holds some of it.
     pub fn tx_flushable(&self) -> bool {
         self.pending.is_empty() && self.tx_held() > 0
@@ -82,19 +94,31 @@ impl Stream {
 
     /// Takes `n` queued bytes as a DATA payload and its flags. Credit counts
     /// the bytes taken; with the transform the payload may be shorter or
-    /// longer, and the end of a line may wait in the encoder unless
-    /// `idle`, a flush or FIN says that nothing follows soon.
-    pub fn take(&mut self, n: usize, idle: bool) -> (Bytes, u8) {
+    /// longer, and the encoder may hold the end of a run back unless a flush
+    /// or FIN says that nothing follows soon, or the cork timer ran out
+    /// (`idle`) while the source is paused ([`Stream::tx_stale`]): on a slow
+    /// link the timer runs out all the time, and a flush cuts the run at
+    /// its open line (that cost 10% on a base64 attachment).
+    /// `open`: the session would have accepted more bytes before this take.
+    /// `cut`: the payload goes into a record of its own size, so the encoder
+    /// may not gather a chunk across takes (bulk units are sliced anyway).
+    pub fn take(&mut self, n: usize, idle: bool, open: bool, cut: bool) -> (Bytes, u8) {
         self.send_offset += n as u64;
         let raw = self.pending.split_to(n);
         let drained = self.pending.is_empty();
+        let stale = self.tx_stale;
+        if n > 0 {
+            self.tx_stale = drained && open;
+        }
         let out = match &mut self.tx {
             None => (raw.freeze(), 0),
             Some(enc) => {
                 let mut out = Vec::with_capacity(raw.len() + 16);
                 enc.push(&raw, &mut out);
-                if drained && (idle || self.flush || self.fin_queued) {
+                if drained && ((idle && stale) || self.flush || self.fin_queued) {
                     enc.flush(&mut out);
+                } else if cut {
+                    enc.cut(&mut out);
                 }
                 (Bytes::from(out), data_flags::TRANSFORM)
             }

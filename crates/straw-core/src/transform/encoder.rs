@@ -58,15 +58,23 @@ impl Encoder {
         Self::default()
     }
 
-    /// Input bytes held back (an incomplete line, a line that may start a
-    /// run) plus whether a flush would emit anything: at most
-    /// `MIN_RUN_LINES × (MAX_LINE + 2)` bytes.
+    /// Bytes held back (an incomplete line, a line that may start a run,
+    /// decoded run bytes of an unfinished chunk) plus whether a flush would
+    /// emit anything: at most [`MAX_HELD`](super::MAX_HELD).
     pub fn held(&self) -> usize {
-        self.line.len() + self.cand.len() + self.pending_esc as usize
+        self.held_lines() + self.chunk.len() + self.pending_esc as usize
+    }
+
+    /// Input lines held back: the open line and candidate lines
+    /// (≤ `MIN_RUN_LINES × (MAX_LINE + 2)`), without the decoded chunk.
+    pub fn held_lines(&self) -> usize {
+        self.line.len() + self.cand.len()
     }
 
     /// Encodes `input`, appending to `out`. Holds back only what may still
-    /// become part of a run.
+    /// become part of a run, and a run's decoded bytes until a chunk is full
+    /// (a chunk per read cost ~8% on the wire: headers, and the codec's units
+    /// sized from a worse-looking ratio).
     pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
         let mut rest = input;
         while !rest.is_empty() {
@@ -118,7 +126,11 @@ impl Encoder {
                 }
             }
         }
-        // Stream what the run has so far; only the open line waits.
+    }
+
+    /// Emits the decoded bytes gathered for the current chunk; the run goes
+    /// on. For callers whose output must stay about as long as their input.
+    pub fn cut(&mut self, out: &mut Vec<u8>) {
         self.emit_chunk(out);
     }
 

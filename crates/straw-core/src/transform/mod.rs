@@ -4,7 +4,10 @@
 //! lines of one length and line ending, optionally closed by a shorter padded
 //! line) by its decoded bytes plus the layout; the [`Decoder`] re-encodes them
 //! byte for byte. Everything else passes through unchanged. Both are sans-IO
-//! and streaming: any split of the input gives the same output.
+//! and streaming: any split of the input decodes to the same bytes. The
+//! encoder holds back at most [`MAX_HELD`] bytes: the open line, a line that
+//! may start a run, and a run's decoded bytes until a chunk is full
+//! ([`Encoder::cut`] emits them early, [`Encoder::flush`] emits everything).
 //!
 //! Encoded stream (docs/wire.md §4):
 //! - any byte other than [`ESC`] is itself;
@@ -54,6 +57,8 @@ pub const MAX_LINE: usize = 1000;
 /// The encoder cuts runs into chunks of at most this many decoded bytes, so
 /// a big attachment streams.
 pub const MAX_CHUNK: usize = 4096;
+/// Most bytes an [`Encoder`] holds back between flushes.
+pub const MAX_HELD: usize = MAX_CHUNK + MIN_RUN_LINES * (MAX_LINE + 2) + 1;
 /// The decoder refuses chunks longer than this.
 pub const MAX_CHUNK_DECODE: u64 = 64 * 1024;
 

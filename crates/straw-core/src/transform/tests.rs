@@ -24,7 +24,7 @@ fn roundtrip(input: &[u8], cuts: &[usize], flushes: &[bool]) -> Vec<u8> {
     for (i, &c) in cuts.iter().enumerate() {
         let end = (at + c).min(input.len());
         enc.push(&input[at..end], &mut wire);
-        assert!(enc.held() <= MIN_RUN_LINES * (MAX_LINE + 2) + 1);
+        assert!(enc.held() <= MAX_HELD);
         if flushes.get(i).copied().unwrap_or(false) {
             enc.flush(&mut wire);
             assert_eq!(enc.held(), 0);
@@ -231,28 +231,31 @@ fn literal_esc_costs_nothing_unless_a_tag_follows() {
 }
 
 #[test]
-fn encoder_streams_long_runs_and_holds_at_most_a_line() {
+fn encoder_streams_long_runs_and_holds_at_most_a_chunk() {
     let data: Vec<u8> = (0..60_000u32).map(|i| (i * 13 + (i >> 8)) as u8).collect();
     let msg = wrap(&data, 76, b"\r\n");
     let mut enc = Encoder::new();
     let mut wire = Vec::new();
     let mut dec = Decoder::new();
     let mut back = Vec::new();
+    let mut fed = 0;
     for piece in msg.chunks(1000) {
         let before = wire.len();
         enc.push(piece, &mut wire);
-        assert!(enc.held() <= 2 * 78, "held {}", enc.held());
+        fed += piece.len();
+        assert!(enc.held() <= MAX_CHUNK + 2 * 78, "held {}", enc.held());
         dec.push(&wire[before..], &mut back).unwrap();
+        // It streams: at most a chunk (≈ 5.6 KB of base64) and a line behind.
+        assert!(back.len() + 5700 >= fed, "{} of {fed}", back.len());
     }
-    // Almost everything came out before the flush.
-    assert!(back.len() + 2 * 78 >= msg.len());
     let before = wire.len();
     enc.flush(&mut wire);
+    assert_eq!(enc.held(), 0);
     dec.push(&wire[before..], &mut back).unwrap();
     assert_eq!(back, msg);
-    // Chunks stay ≤ MAX_CHUNK decoded bytes: one header per chunk.
+    // Chunks of MAX_CHUNK decoded bytes: few headers.
     let headers = wire.windows(2).filter(|w| w == &[ESC, T_B64]).count();
-    assert!(headers >= data.len() / MAX_CHUNK);
+    assert_eq!(headers, data.len().div_ceil(MAX_CHUNK / 57 * 57));
 }
 
 #[test]
@@ -379,4 +382,26 @@ fn gpl_attachment_roundtrips_and_shrinks_by_a_quarter() {
     let wire = roundtrip(&msg, &[100, 777, 5000, 13], &[false, false, true]);
     eprintln!("GPL-3 message: {} -> {} bytes", msg.len(), wire.len());
     assert!(wire.len() * 100 < msg.len() * 76);
+}
+
+#[test]
+fn cut_emits_the_gathered_chunk_and_the_run_goes_on() {
+    let data: Vec<u8> = (0..1140u32).map(|i| (i * 7) as u8).collect();
+    let msg = wrap(&data, 76, b"\r\n");
+    let (a, b) = msg.split_at(780); // ten lines, then the rest
+    let mut enc = Encoder::new();
+    let mut wire = Vec::new();
+    enc.push(a, &mut wire);
+    assert!(wire.is_empty(), "gathered, not emitted");
+    assert_eq!(enc.held(), 570);
+    assert_eq!(enc.held_lines(), 0);
+    enc.cut(&mut wire);
+    assert_eq!(wire.len(), 6 + 570); // ESC tag flags L(1) D(2)
+    enc.push(b, &mut wire);
+    enc.flush(&mut wire);
+    // Two chunks, no text.
+    assert_eq!(wire.len(), 2 * 6 + data.len());
+    let mut back = Vec::new();
+    Decoder::new().push(&wire, &mut back).unwrap();
+    assert_eq!(back, msg);
 }
