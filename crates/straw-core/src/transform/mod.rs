@@ -21,8 +21,9 @@
 //!   [`ContentClass`] of the run's decoded bytes; bits 1–3 are zero.
 //! - `0x82`, `0x83` are reserved tags (an error today).
 //!
-//! `ESC` is 0xF7: never in UTF-8, absent from the SpamAssassin corpus, and
-//! the pairs `F7 80..83` are rarer in binary data than those of 0x00 or 0xFF.
+//! `ESC` is 0xF7: never in UTF-8, rare in the SpamAssassin corpus and never
+//! followed by a tag there, and the pairs `F7 80..83` are far rarer in binary
+//! data than `00 xx` or `FF xx` pairs (measured; docs/wire.md §4).
 
 mod decoder;
 mod encoder;
