@@ -841,6 +841,9 @@ impl Session {
             let idle = self.cork_deadline.is_some_and(|d| d <= now);
             let raw = self.fill_data(&mut frames, self.bulk_unit_raw(), Lane::Bulk, idle);
             if frames.is_empty() {
+                // Only a transform's held bytes, not yet due: look again
+                // after a cork delay rather than at once.
+                self.cork_deadline = Some(now + self.cork_delay());
                 return None;
             }
             self.stats.raw_bytes_sent += raw as u64;

@@ -20,8 +20,9 @@ pub(super) struct Stream {
 
     /// Outgoing bytes go through the base64 transform (set by the sender).
     pub tx: Option<transform::Encoder>,
-    /// At the last take everything was taken and the session would have
-    /// accepted more, and no bytes came since: the source has paused.
+    /// At the last take (a cork delay ago or more) everything was taken and
+    /// the session would have accepted more, and no bytes came since: the
+    /// source has paused.
     pub tx_stale: bool,
     /// The peer's transformed DATA is decoded here.
     pub rx: Option<transform::Decoder>,
@@ -106,10 +107,7 @@ impl Stream {
         self.send_offset += n as u64;
         let raw = self.pending.split_to(n);
         let drained = self.pending.is_empty();
-        let stale = self.tx_stale;
-        if n > 0 {
-            self.tx_stale = drained && open;
-        }
+        let stale = std::mem::replace(&mut self.tx_stale, drained && open);
         let out = match &mut self.tx {
             None => (raw.freeze(), 0),
             Some(enc) => {

@@ -1112,3 +1112,54 @@ fn transform_bulk_source_pausing_mid_run_is_delivered() {
     // It travelled decoded: well under the base64 size.
     assert!(sim.client.stats().wire_bytes_sent < data.len() as u64 / 3);
 }
+
+/// Credit runs out while the encoder holds part of a run: the session does
+/// not spin on the held bytes (its timer lies ahead), and once the receiver
+/// consumes and grants more, the rest arrives although the source is silent.
+#[test]
+fn transform_held_bytes_at_credit_limit_neither_spin_nor_stall() {
+    use base64::Engine;
+    let mut c = SessionConfig::new(Role::Client);
+    let mut s = SessionConfig::new(Role::Server);
+    c.transform_services = vec![b"test".to_vec()];
+    s.stream_window = 6000;
+    c.peer_stream_window = 6000;
+    let mut sim = Sim::with_configs(5_000.0, Duration::from_millis(50), c, s);
+    let id = sim
+        .client
+        .open_stream(b"test", b"", Priority::Bulk)
+        .unwrap();
+    let mut data = Vec::new();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(mail_text(12_000));
+    for l in b64.as_bytes().chunks(76) {
+        data.extend_from_slice(l);
+        data.extend_from_slice(b"\r\n");
+    }
+    data.truncate(data.len() - 10);
+    let mut off = 0;
+    let mut consumed = 0;
+    for step in 0..20_000 {
+        let cap = sim.client.send_capacity(id).min(data.len() - off);
+        if cap > 0 {
+            sim.client.send(id, &data[off..off + cap]).unwrap();
+            off += cap;
+        }
+        sim.step(Duration::from_millis(1));
+        if step == 3_000 {
+            // Stuck at the credit limit: nothing due, and no busy timer.
+            let got = Sim::received(&sim.server_events, id).len();
+            assert!(got <= 6000 && got < data.len(), "{got}");
+            assert!(sim.client.poll_transmit(sim.now).is_none());
+            assert!(sim.client.poll_timeout().is_none_or(|t| t > sim.now));
+        }
+        if step >= 3_000 {
+            let got = Sim::received(&sim.server_events, id).len();
+            sim.server.consumed(id, got - consumed);
+            consumed = got;
+            if got == data.len() {
+                break;
+            }
+        }
+    }
+    assert!(Sim::received(&sim.server_events, id) == data);
+}
