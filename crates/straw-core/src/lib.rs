@@ -5,7 +5,9 @@
 //! - [`wire`]: varints, frames and records, the byte layout on the tunnel.
 //! - [`codec`]: per-direction compression contexts, chosen per record.
 //! - [`session`]: streams, credit, scheduling, cork/flush, acks and replay.
+//! - [`transform`]: the lossless base64 transform on stream data.
 
 pub mod codec;
 pub mod session;
+pub mod transform;
 pub mod wire;

@@ -59,6 +59,17 @@ pub fn socket_handle(sock: &tokio::net::TcpStream) -> Option<socket2::Socket> {
     socket2::SockRef::from(sock).try_clone().ok()
 }
 
+/// Services whose outgoing data takes the base64 transform: mail and HTTP
+/// carry base64 attachments; plain TCP streams are left alone.
+pub fn transform_services<'a>(
+    services: impl Iterator<Item = (&'a String, Protocol)>,
+) -> Vec<Vec<u8>> {
+    services
+        .filter(|(_, p)| *p != Protocol::Tcp)
+        .map(|(name, _)| name.clone().into_bytes())
+        .collect()
+}
+
 /// One line for the log when a tunnel ends.
 pub fn describe_end(result: &Result<()>, stats: &TunnelStats) -> String {
     let how = match result {
@@ -348,6 +359,8 @@ fn new_tunnel(
 ) -> Tunnel {
     let mut scfg = session_config(Role::Client, &cfg.session);
     scfg.peer_stream_window = hello.stream_window;
+    scfg.transform_services =
+        transform_services(cfg.services.iter().map(|s| (&s.name, s.protocol)));
     let session = Session::new(scfg, tokio::time::Instant::now().into_std());
     let mut t = Tunnel::new(transport, session, None, stats.clone(), cfg.server.clone());
     t.set_liveness(liveness_config(&cfg.session, &cfg.tcp));

@@ -338,6 +338,9 @@ async fn handle(
             info!(tunnel = %label, "tunnel up");
             let mut scfg = crate::client::session_config(Role::Server, &cfg.session);
             scfg.peer_stream_window = client_hello.stream_window;
+            scfg.transform_services = crate::client::transform_services(
+                cfg.services.iter().map(|(n, s)| (n, s.protocol)),
+            );
             let session = Session::new(scfg, tokio::time::Instant::now().into_std());
             let dialer = Arc::new(ServiceDialer {
                 services: cfg.services.clone(),

@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::codec::{CodecError, CodecId, CodecParams, DecoderLimits, RecordDecoder, RecordEncoder};
+use crate::transform::{self, TransformError};
 use crate::wire::{Frame, FrameDecoder, OpenFrame, WireError};
 
 pub use estimate::LinkEstimate;
@@ -50,6 +51,13 @@ enum Lane {
 pub enum Priority {
     Interactive,
     Bulk,
+}
+
+/// DATA frame flags (the frame's high nibble).
+pub mod data_flags {
+    /// The payload is part of the stream's base64-transformed byte stream
+    /// ([`crate::transform`]); the receiver decodes it before delivery.
+    pub const TRANSFORM: u8 = 0x1;
 }
 
 /// RESET codes.
@@ -100,6 +108,10 @@ pub struct SessionConfig {
     pub bulk_unit_secs: f64,
     pub bulk_codec_params: CodecParams,
     pub bulk_decoder_limits: DecoderLimits,
+    /// Services whose outgoing stream data goes through the base64
+    /// transform (mail, HTTP). Each side decides for what it sends; the DATA
+    /// flag tells the peer, so the two configs need not agree.
+    pub transform_services: Vec<Vec<u8>>,
 }
 
 impl SessionConfig {
@@ -124,6 +136,7 @@ impl SessionConfig {
             bulk_unit_secs: 2.0,
             bulk_codec_params: CodecParams::default(),
             bulk_decoder_limits: DecoderLimits::default(),
+            transform_services: Vec::new(),
         }
     }
 }
@@ -172,6 +185,8 @@ pub enum SessionError {
     TooManyStreams(usize),
     #[error("unknown stream {0}")]
     UnknownStream(u64),
+    #[error("stream {stream}: bad transformed data: {error}")]
+    Transform { stream: u64, error: TransformError },
     #[error(
         "peer resumes having received {peer} records, but we sent {first}..{next} and the rest were acked"
     )]
@@ -231,6 +246,8 @@ pub struct Session {
     rtt_valid_from: Instant,
     unacked_bytes: u64,
     pending_raw: u64,
+    /// Raw bytes taken from streams that their transform encoders hold.
+    transform_held: u64,
     /// A compressed bulk unit not yet cut into records, and the streams whose
     /// frames it holds (they stay out of interactive records until it's sent).
     bulk_out: BytesMut,
@@ -278,6 +295,7 @@ impl Session {
             rtt_valid_from: now,
             unacked_bytes: 0,
             pending_raw: 0,
+            transform_held: 0,
             bulk_out: BytesMut::new(),
             bulk_unit: BTreeSet::new(),
             bulk_in: BytesMut::new(),
@@ -338,6 +356,7 @@ impl Session {
                 priority,
                 self.cfg.stream_window,
                 self.cfg.peer_stream_window,
+                self.transforms(service),
             ),
         );
         self.control.push_back(Frame::Open(OpenFrame {
@@ -346,6 +365,10 @@ impl Session {
             meta: Bytes::copy_from_slice(meta),
         }));
         Ok(id)
+    }
+
+    fn transforms(&self, service: &[u8]) -> bool {
+        self.cfg.transform_services.iter().any(|s| s == service)
     }
 
     /// Unacked wire bytes allowed on the link: `inflight_secs` of link time,
@@ -375,7 +398,7 @@ impl Session {
     /// Bytes currently held ahead of the link: waiting raw bytes, a compressed
     /// bulk unit not yet sent, and sent but unacked records.
     pub fn held(&self) -> u64 {
-        self.unacked_bytes + self.pending_raw + self.bulk_out.len() as u64
+        self.unacked_bytes + self.pending_raw + self.transform_held + self.bulk_out.len() as u64
     }
 
     /// How many bytes the driver should read from the local socket of `stream`
@@ -405,6 +428,7 @@ impl Session {
             return Ok(());
         }
         s.pending.extend_from_slice(data);
+        s.tx_stale = false;
         self.pending_raw += data.len() as u64;
         self.note_held();
         Ok(())
@@ -441,6 +465,7 @@ impl Session {
     pub fn reset(&mut self, stream: u64, code: u64) {
         if let Some(s) = self.streams.remove(&stream) {
             self.pending_raw -= s.pending.len() as u64;
+            self.transform_held -= s.tx_held_lines() as u64;
             self.control.push_back(Frame::Reset { stream, code });
             self.urgent_control = true;
         }
@@ -553,6 +578,23 @@ impl Session {
                 let Some(s) = self.streams.get_mut(&stream) else {
                     return Ok(()); // late data for a stream we reset
                 };
+                let transformed = flags & data_flags::TRANSFORM != 0;
+                let flags = flags & !data_flags::TRANSFORM;
+                let payload = if transformed {
+                    // Credit counts decoded bytes: the sender counted them
+                    // before its encoder saw them.
+                    let mut out = Vec::with_capacity(payload.len() * 4 / 3 + 8);
+                    s.rx.get_or_insert_with(transform::Decoder::new)
+                        .push(&payload, &mut out)
+                        .map_err(|error| SessionError::Transform { stream, error })?;
+                    Bytes::from(out)
+                } else {
+                    check_transform_clean(stream, s)?;
+                    payload
+                };
+                if transformed && payload.is_empty() {
+                    return Ok(()); // a chunk header split from its data
+                }
                 s.receive(payload.len() as u64)
                     .map_err(|limit| SessionError::CreditExceeded {
                         stream,
@@ -582,12 +624,14 @@ impl Session {
                     self.urgent_control = true;
                     return Ok(());
                 }
+                let transform = self.transforms(&open.service);
                 self.streams.insert(
                     open.stream,
                     Stream::new(
                         Priority::Interactive,
                         self.cfg.stream_window,
                         self.cfg.peer_stream_window,
+                        transform,
                     ),
                 );
                 self.events.push_back(Event::Opened {
@@ -598,6 +642,7 @@ impl Session {
             }
             Frame::Fin { stream } => {
                 if let Some(s) = self.streams.get_mut(&stream) {
+                    check_transform_clean(stream, s)?;
                     s.fin_received = true;
                     self.events.push_back(Event::Fin { stream });
                     self.maybe_forget(stream);
@@ -606,6 +651,7 @@ impl Session {
             Frame::Reset { stream, code } => {
                 if let Some(s) = self.streams.remove(&stream) {
                     self.pending_raw -= s.pending.len() as u64;
+                    self.transform_held -= s.tx_held_lines() as u64;
                     self.events.push_back(Event::Reset { stream, code });
                 }
             }
@@ -708,9 +754,7 @@ impl Session {
     }
 
     fn has_sendable_data(&self) -> bool {
-        self.streams
-            .values()
-            .any(|s| s.sendable() > 0 || s.fin_ready())
+        self.streams.values().any(Stream::has_output)
     }
 
     /// Which lane a stream's next frames take, if any may go now.
@@ -735,9 +779,9 @@ impl Session {
         let mut flush = lane == Lane::Interactive && self.flush_requested;
         let mut raw = 0;
         for (_, s) in self.lane_streams(lane) {
-            if s.sendable() > 0 || s.fin_ready() {
+            if s.has_output() {
                 any = true;
-                flush |= s.flush || s.fin_ready();
+                flush |= s.flush || s.fin_ready() || (s.tx_flushable() && s.fin_queued);
                 raw += s.sendable();
             }
         }
@@ -803,7 +847,7 @@ impl Session {
         }
         let mut raw_data = 0usize;
         if want_data {
-            raw_data = self.fill_data(&mut buf, target_raw, Lane::Interactive);
+            raw_data = self.fill_data(&mut buf, target_raw, Lane::Interactive, cork_expired);
         }
         self.flush_requested = self.streams.values().any(|s| s.flush && s.sendable() > 0);
         self.cork_deadline = None;
@@ -844,8 +888,12 @@ impl Session {
                 return None;
             }
             let mut frames = Vec::new();
-            let raw = self.fill_data(&mut frames, self.bulk_unit_raw(), Lane::Bulk);
+            let idle = self.cork_deadline.is_some_and(|d| d <= now);
+            let raw = self.fill_data(&mut frames, self.bulk_unit_raw(), Lane::Bulk, idle);
             if frames.is_empty() {
+                // Only a transform's held bytes, not yet due: look again
+                // after a cork delay rather than at once.
+                self.cork_deadline = Some(now + self.cork_delay());
                 return None;
             }
             self.stats.raw_bytes_sent += raw as u64;
@@ -924,13 +972,14 @@ impl Session {
 
     /// Moves up to `budget` raw bytes of stream data into `buf`: interactive
     /// streams first, round-robin within a class, FINs after their data.
-    fn fill_data(&mut self, buf: &mut Vec<u8>, budget: usize, lane: Lane) -> usize {
+    /// `idle`: the cork timer ran out, so transforms release held lines.
+    fn fill_data(&mut self, buf: &mut Vec<u8>, budget: usize, lane: Lane, idle: bool) -> usize {
         let mut used = 0usize;
         for class in [Priority::Interactive, Priority::Bulk] {
             loop {
                 let ids: Vec<u64> = self
                     .lane_streams(lane)
-                    .filter(|(_, s)| s.priority == class && (s.sendable() > 0 || s.fin_ready()))
+                    .filter(|(_, s)| s.priority == class && s.has_output())
                     .map(|(id, _)| *id)
                     .collect();
                 if lane == Lane::Bulk {
@@ -946,19 +995,26 @@ impl Session {
                     if used >= budget {
                         break;
                     }
+                    // Could the source have given us more? (Stream::tx_stale)
+                    let open = self.send_capacity(id) > 0;
                     let s = self.streams.get_mut(&id).expect("listed");
                     let n = s.sendable().min(share).min(budget - used);
-                    if n > 0 {
-                        let payload = s.take(n);
+                    let (held, held_lines) = (s.tx_held(), s.tx_held_lines());
+                    if n > 0 || s.tx_flushable() {
+                        let (payload, flags) = s.take(n, idle, open, lane == Lane::Interactive);
                         self.pending_raw -= n as u64;
-                        Frame::Data {
-                            stream: id,
-                            flags: 0,
-                            payload,
+                        self.transform_held =
+                            self.transform_held + s.tx_held_lines() as u64 - held_lines as u64;
+                        if !payload.is_empty() {
+                            Frame::Data {
+                                stream: id,
+                                flags,
+                                payload,
+                            }
+                            .encode(buf);
                         }
-                        .encode(buf);
                         used += n;
-                        progressed = true;
+                        progressed |= n > 0 || s.tx_held() < held;
                     }
                     if s.fin_ready() {
                         s.fin_sent = true;
@@ -1085,5 +1141,15 @@ impl Session {
 
     pub fn unacked_bytes(&self) -> u64 {
         self.unacked_bytes
+    }
+}
+
+/// Untransformed DATA or FIN may not cut a transformed item in two.
+fn check_transform_clean(stream: u64, s: &Stream) -> Result<(), SessionError> {
+    match &s.rx {
+        Some(d) => d
+            .finish()
+            .map_err(|error| SessionError::Transform { stream, error }),
+        None => Ok(()),
     }
 }
