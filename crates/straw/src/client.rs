@@ -87,6 +87,25 @@ pub fn codec_model_id(c: &SessionConfig) -> u32 {
     straw_core::codec::model_id(&[c2s[0], c2s[1], s2c[0], s2c[1]])
 }
 
+/// Primes the CM models of `role`'s config in the background, so the first
+/// record of a tunnel does not wait for it.
+pub fn warm_up_codec(role: Role, o: &SessionOptions) {
+    let c = session_config(role, o);
+    let cms = [
+        c.bulk_codec_params.cm,
+        c.bulk_decoder_limits.cm,
+        c.codec_params.cm,
+        c.decoder_limits.cm,
+    ];
+    std::thread::spawn(move || {
+        for cm in cms.into_iter().flatten() {
+            if let Err(e) = cm.warm_up() {
+                warn!("codec warm-up: {e}");
+            }
+        }
+    });
+}
+
 /// Refuses a peer whose codec model differs from ours.
 pub fn check_codec_model(ours: u32, theirs: Option<u32>) -> Result<()> {
     match theirs {
@@ -119,6 +138,7 @@ pub async fn run(cfg: ClientConfig) -> Result<()> {
 
 /// Runs the client; `stats` is updated live (tests read the backpressure bound from it).
 pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Result<()> {
+    warm_up_codec(Role::Client, &cfg.session);
     let keypair = keys::load_private(&cfg.private_key)?;
     let server_key = keys::load_public(&cfg.server_public_key)?;
     let (open_tx, mut opens) = mpsc::channel::<OpenRequest>(64);

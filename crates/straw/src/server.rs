@@ -32,6 +32,7 @@ pub struct ServerState {
 }
 
 pub async fn run(cfg: ServerConfig) -> Result<()> {
+    crate::client::warm_up_codec(Role::Server, &cfg.session);
     let keypair = keys::load_private(&cfg.private_key)?;
     let authorized = AuthorizedKeys::load(&cfg.authorized_keys)?;
     let listener = tcp::bind_listener(cfg.listen, cfg.tcp.recv_buffer)

@@ -55,6 +55,12 @@ impl CmParams {
         Ok(())
     }
 
+    /// Primes the shared model now (it is otherwise primed on first use,
+    /// which costs about a second of CPU).
+    pub fn warm_up(&self) -> Result<(), CodecError> {
+        primed(self).map(drop)
+    }
+
     /// Bytes a context of these sizes allocates.
     pub fn memory_bytes(&self) -> usize {
         let buf = 1usize << self.match_log;
