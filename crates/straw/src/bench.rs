@@ -16,8 +16,11 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use straw_core::codec::{CodecParams, DecoderLimits, DictKind, Dictionary};
+use straw_core::codec::{CmParams, CodecParams, DictKind, Dictionary};
 use straw_core::session::{Event, Priority, Role, Session, SessionConfig};
+
+use crate::client::{LinkCodec, session_config, set_codec};
+use crate::config::SessionOptions;
 
 /// Bytes Noise adds to every record: a 2-byte length and a 16-byte tag.
 pub const NOISE_OVERHEAD: usize = 18;
@@ -41,7 +44,8 @@ pub struct TrainDictArgs {
     /// Where to write the dictionary.
     #[arg(long)]
     pub out: PathBuf,
-    /// `prefix` (raw sample text) or `trained` (zstd's ZDICT trainer).
+    /// `prefix` (raw sample text), `trained` (zstd's ZDICT trainer) or
+    /// `prime` (a CM priming text: a prefix, zstd-compressed).
     #[arg(long, default_value = "prefix")]
     pub kind: String,
     /// Dictionary size in bytes.
@@ -82,11 +86,12 @@ pub fn run_train_cli(args: &TrainDictArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let dict = match args.kind.as_str() {
         "prefix" => build_prefix(&corpora, args.size),
+        "prime" => zstd::bulk::compress(&build_prefix(&corpora, args.size), 19)?,
         "trained" => {
             let samples: Vec<&Vec<u8>> = corpora.iter().flatten().collect();
             zstd::dict::from_samples(&samples, args.size).context("training")?
         }
-        k => bail!("--kind {k}: want prefix or trained"),
+        k => bail!("--kind {k}: want prefix, prime or trained"),
     };
     std::fs::write(&args.out, &dict).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {} ({} B)", args.out.display(), dict.len());
@@ -101,7 +106,21 @@ pub struct CodecBenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Dictionary: `builtin`, `none`, `prefix:FILE` or `trained:FILE`.
+    /// Codec of both lanes: `cm` (the slow-link default) or `zstd`.
+    #[arg(long, default_value = "cm")]
+    pub codec: String,
+    /// CM: override the server→client bulk context's table / match logs.
+    #[arg(long)]
+    pub cm_table_log: Option<u8>,
+    #[arg(long)]
+    pub cm_match_log: Option<u8>,
+    /// CM priming: `builtin`, `none`, or a text file (all contexts).
+    #[arg(long, default_value = "builtin")]
+    pub prime: String,
+    /// CM: also print wire bytes for these bulk table logs (e.g. 18,20,22).
+    #[arg(long, value_delimiter = ',')]
+    pub cm_curve: Vec<u8>,
+    /// zstd dictionary: `builtin`, `none`, `prefix:FILE` or `trained:FILE`.
     #[arg(long, default_value = "builtin")]
     pub dict: String,
     /// Override the zstd window log of the shipped parameters.
@@ -206,23 +225,15 @@ impl Direction {
 }
 
 /// Sends `messages` server→client through two sessions over `link`, each
-/// message flushed, and checks the client got exactly those bytes.
+/// message flushed, and checks the client got exactly those bytes. `cfg`
+/// makes each side's session config.
 pub fn run_tunnel(
     messages: &[Vec<u8>],
-    params: &CodecParams,
-    limits: &DecoderLimits,
+    cfg: &dyn Fn(Role) -> SessionConfig,
     link: LinkModel,
 ) -> anyhow::Result<TunnelRun> {
     let t0 = Instant::now();
     let mut now = t0;
-    let cfg = |role| {
-        let mut c = SessionConfig::new(role);
-        c.codec_params = params.clone();
-        c.decoder_limits = limits.clone();
-        c.bulk_codec_params = params.clone();
-        c.bulk_decoder_limits = limits.clone();
-        c
-    };
     let mut server = Session::new(cfg(Role::Server), now);
     let mut client = Session::new(cfg(Role::Client), now);
     let cstream = client.open_stream(b"pop3", b"", Priority::Interactive)?;
@@ -391,6 +402,13 @@ pub fn parse_dict(spec: &str) -> anyhow::Result<Option<Dictionary>> {
 struct Report {
     corpus: String,
     messages: usize,
+    codec: String,
+    /// The model id the Hello would carry.
+    codec_model_id: u32,
+    /// CM sizes of the server→client bulk context.
+    cm_table_log: Option<u8>,
+    cm_match_log: Option<u8>,
+    cm_priming: Option<u32>,
     dictionary_id: Option<u32>,
     dictionary_shared_bytes: usize,
     window_log: u32,
@@ -408,12 +426,15 @@ struct Report {
     wire_with_noise_vs_xz: Option<f64>,
     wire_vs_deflate: f64,
     wire_with_noise_vs_deflate: f64,
-    /// Server encoder plus a decoder of the same parameters: what the server
-    /// holds per tunnel once both directions carry compressed records.
+    /// What the server holds per tunnel with every context in use: for CM the
+    /// four contexts' allocation (encoder and decoder, both lanes); for zstd
+    /// the server encoder plus a decoder of the same parameters, measured.
     codec_memory_bytes_per_tunnel: usize,
     server_encoder_memory_bytes: usize,
     client_decoder_memory_bytes: usize,
     link_seconds: f64,
+    /// Raw megabytes per second of the whole simulated run (both sides).
+    throughput_mb_per_s: f64,
     curve: Vec<CurvePoint>,
 }
 
@@ -422,47 +443,129 @@ struct CurvePoint {
     window_log: u32,
     hash_log: u32,
     chain_log: u32,
+    cm_table_log: Option<u8>,
     wire_bytes: u64,
     wire_bytes_with_noise: u64,
     codec_memory_bytes_per_tunnel: usize,
 }
 
-fn params_for(args: &CodecBenchArgs) -> anyhow::Result<(CodecParams, DecoderLimits)> {
-    let mut p = CodecParams::slow_link();
-    p.dictionary = parse_dict(&args.dict)?;
-    if let Some(w) = args.window_log {
-        p.window_log = w;
-    }
-    if let Some(h) = args.hash_log {
-        p.hash_log = h;
-    }
-    if let Some(c) = args.chain_log {
-        p.chain_log = c;
-    }
-    if let Some(l) = args.level {
-        p.zstd_level = l;
-    }
-    p.validate()?;
-    let l = DecoderLimits {
-        max_window_log: p.window_log,
-        dictionary: p.dictionary,
-        ..DecoderLimits::slow_link()
-    };
-    Ok((p, l))
+/// What the bench changes in the shipped slow-link session config.
+#[derive(Debug, Clone)]
+struct Overrides {
+    codec: LinkCodec,
+    /// CM sizes of the server→client bulk context.
+    cm_table_log: Option<u8>,
+    cm_match_log: Option<u8>,
+    /// `Some(p)`: priming of every CM context.
+    prime: Option<Option<u32>>,
+    dict: Option<Dictionary>,
+    window_log: Option<u32>,
+    hash_log: Option<u32>,
+    chain_log: Option<u32>,
+    level: Option<i32>,
 }
 
-fn per_tunnel(r: &TunnelRun) -> usize {
-    r.server_codec_memory_bytes + r.client_codec_memory_bytes
+impl Overrides {
+    fn from_args(args: &CodecBenchArgs) -> anyhow::Result<Self> {
+        let codec = match args.codec.as_str() {
+            "cm" => LinkCodec::Cm,
+            "zstd" => LinkCodec::Zstd,
+            c => bail!("--codec {c}: want cm or zstd"),
+        };
+        let prime = match args.prime.as_str() {
+            "builtin" => None,
+            "none" => Some(None),
+            path => {
+                let text = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+                Some(Some(straw_core::codec::register_priming_text(text)))
+            }
+        };
+        Ok(Self {
+            codec,
+            cm_table_log: args.cm_table_log,
+            cm_match_log: args.cm_match_log,
+            prime,
+            dict: parse_dict(&args.dict)?,
+            window_log: args.window_log,
+            hash_log: args.hash_log,
+            chain_log: args.chain_log,
+            level: args.level,
+        })
+    }
+
+    /// The slow-link session config for `role` with these changes.
+    fn config(&self, role: Role) -> SessionConfig {
+        let mut c = session_config(role, &SessionOptions::default());
+        set_codec(&mut c, role, self.codec);
+        let cms = [
+            &mut c.codec_params.cm,
+            &mut c.bulk_codec_params.cm,
+            &mut c.decoder_limits.cm,
+            &mut c.bulk_decoder_limits.cm,
+        ];
+        for cm in cms.into_iter().flatten() {
+            if let Some(p) = self.prime {
+                cm.priming = p;
+            }
+        }
+        // The server→client bulk context: the server's encoder, the client's decoder.
+        let (enc, dec) = (&mut c.bulk_codec_params, &mut c.bulk_decoder_limits);
+        let s2c_cm = match role {
+            Role::Server => &mut enc.cm,
+            Role::Client => &mut dec.cm,
+        };
+        if let Some(cm) = s2c_cm {
+            cm.table_log = self.cm_table_log.unwrap_or(cm.table_log);
+            cm.match_log = self.cm_match_log.unwrap_or(cm.match_log);
+        }
+        if self.codec == LinkCodec::Zstd {
+            enc.dictionary = self.dict;
+            dec.dictionary = self.dict;
+            if let Some(w) = self.window_log {
+                enc.window_log = w;
+                dec.max_window_log = w;
+                (enc.hash_log, enc.chain_log) = CodecParams::tables_for_window(w);
+            }
+            enc.hash_log = self.hash_log.unwrap_or(enc.hash_log);
+            enc.chain_log = self.chain_log.unwrap_or(enc.chain_log);
+            enc.zstd_level = self.level.unwrap_or(enc.zstd_level);
+        }
+        c
+    }
+}
+
+/// Bytes of codec state a server holds per tunnel with all four CM contexts
+/// in use, or `None` if the config has no CM context.
+fn cm_budget(server: &SessionConfig) -> Option<usize> {
+    let cms = [
+        server.codec_params.cm,
+        server.bulk_codec_params.cm,
+        server.decoder_limits.cm,
+        server.bulk_decoder_limits.cm,
+    ];
+    if cms.iter().all(Option::is_none) {
+        return None;
+    }
+    Some(cms.iter().flatten().map(CmParams::memory_bytes).sum())
+}
+
+fn per_tunnel(o: &Overrides, r: &TunnelRun) -> usize {
+    cm_budget(&o.config(Role::Server))
+        .unwrap_or(r.server_codec_memory_bytes + r.client_codec_memory_bytes)
 }
 
 pub fn run_codec_cli(args: &CodecBenchArgs) -> anyhow::Result<()> {
     let messages = load_corpus(&args.corpus)?;
-    let (params, limits) = params_for(args)?;
+    let o = Overrides::from_args(args)?;
+    let server_cfg = o.config(Role::Server);
+    server_cfg.bulk_codec_params.validate()?;
     let link = LinkModel {
         rate: args.rate,
         delay: Duration::from_secs_f64(args.delay),
     };
-    let run = run_tunnel(&messages, &params, &limits, link)?;
+    let started = Instant::now();
+    let run = run_tunnel(&messages, &|role| o.config(role), link)?;
+    let secs = started.elapsed().as_secs_f64();
     let deflate = deflate_stream_bytes(&messages)?;
     let xz = if args.no_xz {
         None
@@ -472,42 +575,63 @@ pub fn run_codec_cli(args: &CodecBenchArgs) -> anyhow::Result<()> {
     for &c in &args.chunks {
         eprintln!(
             "codec only, chunk {c}: {} B",
-            codec_only_bytes(&messages, &params, c)?
+            codec_only_bytes(&messages, &server_cfg.bulk_codec_params, c)?
         );
     }
     let mut curve = Vec::new();
+    let bulk = &server_cfg.bulk_codec_params;
     for &w in &args.curve {
         let (h, c) = CodecParams::tables_for_window(w);
-        let p = CodecParams {
-            window_log: w,
-            hash_log: h,
-            chain_log: c,
-            ..params.clone()
+        let o = Overrides {
+            codec: LinkCodec::Zstd,
+            window_log: Some(w),
+            hash_log: Some(h),
+            chain_log: Some(c),
+            ..o.clone()
         };
-        let l = DecoderLimits {
-            max_window_log: w,
-            ..limits.clone()
-        };
-        let r = run_tunnel(&messages, &p, &l, link)?;
+        let r = run_tunnel(&messages, &|role| o.config(role), link)?;
         curve.push(CurvePoint {
             window_log: w,
             hash_log: h,
             chain_log: c,
+            cm_table_log: None,
             wire_bytes: r.wire_bytes,
             wire_bytes_with_noise: r.wire_bytes_with_noise,
-            codec_memory_bytes_per_tunnel: per_tunnel(&r),
+            codec_memory_bytes_per_tunnel: per_tunnel(&o, &r),
+        });
+    }
+    for &t in &args.cm_curve {
+        let o = Overrides {
+            codec: LinkCodec::Cm,
+            cm_table_log: Some(t),
+            ..o.clone()
+        };
+        let r = run_tunnel(&messages, &|role| o.config(role), link)?;
+        curve.push(CurvePoint {
+            window_log: 0,
+            hash_log: 0,
+            chain_log: 0,
+            cm_table_log: Some(t),
+            wire_bytes: r.wire_bytes,
+            wire_bytes_with_noise: r.wire_bytes_with_noise,
+            codec_memory_bytes_per_tunnel: per_tunnel(&o, &r),
         });
     }
     let ratio = |a: u64, b: u64| a as f64 / b as f64;
     let report = Report {
         corpus: args.corpus.display().to_string(),
         messages: messages.len(),
-        dictionary_id: params.dictionary.map(|d| d.id()),
-        dictionary_shared_bytes: params.dictionary.map_or(0, |d| d.bytes().len()),
-        window_log: params.window_log,
-        hash_log: params.hash_log,
-        chain_log: params.chain_log,
-        level: params.zstd_level,
+        codec: args.codec.clone(),
+        codec_model_id: crate::client::codec_model_id(&server_cfg),
+        cm_table_log: bulk.cm.map(|c| c.table_log),
+        cm_match_log: bulk.cm.map(|c| c.match_log),
+        cm_priming: bulk.cm.and_then(|c| c.priming),
+        dictionary_id: bulk.dictionary.map(|d| d.id()),
+        dictionary_shared_bytes: bulk.dictionary.map_or(0, |d| d.bytes().len()),
+        window_log: bulk.window_log,
+        hash_log: bulk.hash_log,
+        chain_log: bulk.chain_log,
+        level: bulk.zstd_level,
         raw_bytes: run.raw_bytes,
         wire_bytes: run.wire_bytes,
         wire_bytes_with_noise: run.wire_bytes_with_noise,
@@ -519,10 +643,11 @@ pub fn run_codec_cli(args: &CodecBenchArgs) -> anyhow::Result<()> {
         wire_with_noise_vs_xz: xz.map(|x| ratio(run.wire_bytes_with_noise, x)),
         wire_vs_deflate: ratio(run.wire_bytes, deflate),
         wire_with_noise_vs_deflate: ratio(run.wire_bytes_with_noise, deflate),
-        codec_memory_bytes_per_tunnel: per_tunnel(&run),
+        codec_memory_bytes_per_tunnel: per_tunnel(&o, &run),
         server_encoder_memory_bytes: run.server_codec_memory_bytes,
         client_decoder_memory_bytes: run.client_codec_memory_bytes,
         link_seconds: run.link_seconds,
+        throughput_mb_per_s: run.raw_bytes as f64 / 1e6 / secs,
         curve,
     };
     if args.json {
@@ -537,17 +662,24 @@ fn print_table(r: &Report) {
     let mib = |b: usize| b as f64 / 1048576.0;
     let of = |b: u64| format!("{:>10} B  raw/x {:>5.2}", b, r.raw_bytes as f64 / b as f64);
     println!("corpus      {} ({} messages)", r.corpus, r.messages);
-    println!(
-        "codec       zstd level {} window {} hash {} chain {}, dictionary {}",
-        r.zstd_level_str(),
-        r.window_log,
-        r.hash_log,
-        r.chain_log,
-        r.dictionary_id.map_or("none".into(), |id| format!(
-            "{id} ({} B shared)",
-            r.dictionary_shared_bytes
-        ))
-    );
+    if let (Some(t), Some(m)) = (r.cm_table_log, r.cm_match_log) {
+        println!(
+            "codec       cm (bulk s2c table 2^{t} B, match history 2^{m} B, priming {:?}), model id {:08x}",
+            r.cm_priming, r.codec_model_id
+        );
+    } else {
+        println!(
+            "codec       zstd level {} window {} hash {} chain {}, dictionary {}",
+            r.level,
+            r.window_log,
+            r.hash_log,
+            r.chain_log,
+            r.dictionary_id.map_or("none".into(), |id| format!(
+                "{id} ({} B shared)",
+                r.dictionary_shared_bytes
+            ))
+        );
+    }
     println!("raw         {:>10} B", r.raw_bytes);
     println!("wire        {}  ({} records)", of(r.wire_bytes), r.records);
     println!("wire+noise  {}", of(r.wire_bytes_with_noise));
@@ -568,31 +700,30 @@ fn print_table(r: &Report) {
         r.wire_vs_deflate, r.wire_with_noise_vs_deflate
     );
     println!(
-        "memory      {:.2} MiB per tunnel (server encoder {:.2} + decoder {:.2})",
+        "memory      {:.2} MiB per tunnel (measured: server {:.2}, client {:.2})",
         mib(r.codec_memory_bytes_per_tunnel),
         mib(r.server_encoder_memory_bytes),
         mib(r.client_decoder_memory_bytes)
     );
+    println!(
+        "speed       {:.2} MB/s raw through both sessions",
+        r.throughput_mb_per_s
+    );
     println!("link time   {:.0} s at the simulated rate", r.link_seconds);
     if !r.curve.is_empty() {
-        println!("window  hash chain      wire B  wire+noise B  MiB/tunnel");
+        println!("window  hash chain cm-table      wire B  wire+noise B  MiB/tunnel");
         for c in &r.curve {
             println!(
-                "{:>6} {:>5} {:>5} {:>11} {:>13} {:>11.2}",
+                "{:>6} {:>5} {:>5} {:>8} {:>11} {:>13} {:>11.2}",
                 c.window_log,
                 c.hash_log,
                 c.chain_log,
+                c.cm_table_log.map_or("-".into(), |t| t.to_string()),
                 c.wire_bytes,
                 c.wire_bytes_with_noise,
                 mib(c.codec_memory_bytes_per_tunnel)
             );
         }
-    }
-}
-
-impl Report {
-    fn zstd_level_str(&self) -> String {
-        self.level.to_string()
     }
 }
 
@@ -616,16 +747,13 @@ mod tests {
     fn tunnel_delivers_every_byte_and_compresses() {
         let m = mails(30);
         let raw: usize = m.iter().map(Vec::len).sum();
-        for dict in [None, Some(straw_core::codec::MAIL_V1)] {
-            let p = CodecParams {
-                dictionary: dict,
-                ..CodecParams::slow_link()
+        for codec in [LinkCodec::Cm, LinkCodec::Zstd] {
+            let cfg = |role| {
+                let mut c = session_config(role, &SessionOptions::default());
+                set_codec(&mut c, role, codec);
+                c
             };
-            let l = DecoderLimits {
-                dictionary: dict,
-                ..DecoderLimits::slow_link()
-            };
-            let r = run_tunnel(&m, &p, &l, LinkModel::default()).unwrap();
+            let r = run_tunnel(&m, &cfg, LinkModel::default()).unwrap();
             assert_eq!(r.raw_bytes as usize, raw);
             assert!(r.wire_bytes * 5 < r.raw_bytes, "{r:?}");
             assert_eq!(

@@ -30,18 +30,7 @@ pub fn session_config(role: Role, o: &SessionOptions) -> SessionConfig {
     c.record_secs = o.record_secs;
     c.stream_window = o.stream_window;
     c.max_streams = o.max_streams;
-    // Bulk (message bodies) gets the mail-tuned profile: a 512 KiB window
-    // primed with the shipped MAIL_V1 dictionary, part of protocol version 1
-    // (docs/codec.md has the window/memory curve). Interactive records keep
-    // the small default context.
-    let mut bulk = straw_core::codec::CodecParams::slow_link();
-    bulk.window_log = 19;
-    (bulk.hash_log, bulk.chain_log) = straw_core::codec::CodecParams::tables_for_window(19);
-    c.bulk_codec_params = bulk;
-    c.bulk_decoder_limits = straw_core::codec::DecoderLimits {
-        max_window_log: 19,
-        ..straw_core::codec::DecoderLimits::slow_link()
-    };
+    set_codec(&mut c, role, LinkCodec::Cm);
     c
 }
 
@@ -70,6 +59,92 @@ pub fn transform_services<'a>(
         .collect()
 }
 
+/// Which codec family a tunnel's records use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkCodec {
+    /// zstd: interactive records in a small default context; bulk in a
+    /// 512 KiB window primed with the shipped MAIL_V1 dictionary.
+    Zstd,
+    /// Context mixing for both lanes, primed with the shipped mail text,
+    /// sized per direction and lane (docs/codec.md).
+    Cm,
+}
+
+/// Sets the codec of both lanes for `role`'s side of the tunnel.
+pub fn set_codec(c: &mut SessionConfig, role: Role, codec: LinkCodec) {
+    use straw_core::codec::{CodecId, CodecParams, DecoderLimits, Direction, Lane};
+    match codec {
+        LinkCodec::Zstd => {
+            c.codec = CodecId::Zstd;
+            c.codec_params = CodecParams::default();
+            c.decoder_limits = DecoderLimits::default();
+            let mut bulk = CodecParams::slow_link();
+            bulk.window_log = 19;
+            (bulk.hash_log, bulk.chain_log) = CodecParams::tables_for_window(19);
+            c.bulk_codec_params = bulk;
+            c.bulk_decoder_limits = DecoderLimits {
+                max_window_log: 19,
+                ..DecoderLimits::slow_link()
+            };
+        }
+        LinkCodec::Cm => {
+            let (send, recv) = match role {
+                Role::Client => (Direction::ClientToServer, Direction::ServerToClient),
+                Role::Server => (Direction::ServerToClient, Direction::ClientToServer),
+            };
+            c.codec = CodecId::Cm;
+            c.codec_params = CodecParams::slow_link_cm(send, Lane::Interactive);
+            c.decoder_limits = DecoderLimits::slow_link_cm(recv, Lane::Interactive);
+            c.bulk_codec_params = CodecParams::slow_link_cm(send, Lane::Bulk);
+            c.bulk_decoder_limits = DecoderLimits::slow_link_cm(recv, Lane::Bulk);
+        }
+    }
+}
+
+/// The codec model id this side announces in its Hello: both peers must
+/// have the same CM model (algorithm, priming text, sizes per direction).
+pub fn codec_model_id(c: &SessionConfig) -> u32 {
+    let (sent, received) = (
+        [c.codec_params.cm, c.bulk_codec_params.cm],
+        [c.decoder_limits.cm, c.bulk_decoder_limits.cm],
+    );
+    let (c2s, s2c) = match c.role {
+        Role::Client => (sent, received),
+        Role::Server => (received, sent),
+    };
+    straw_core::codec::model_id(&[c2s[0], c2s[1], s2c[0], s2c[1]])
+}
+
+/// Primes the CM models of `role`'s config in the background, so the first
+/// record of a tunnel does not wait for it.
+pub fn warm_up_codec(role: Role, o: &SessionOptions) {
+    let c = session_config(role, o);
+    let cms = [
+        c.bulk_codec_params.cm,
+        c.bulk_decoder_limits.cm,
+        c.codec_params.cm,
+        c.decoder_limits.cm,
+    ];
+    std::thread::spawn(move || {
+        for cm in cms.into_iter().flatten() {
+            if let Err(e) = cm.warm_up() {
+                warn!("codec warm-up: {e}");
+            }
+        }
+    });
+}
+
+/// Refuses a peer whose codec model differs from ours.
+pub fn check_codec_model(ours: u32, theirs: Option<u32>) -> Result<()> {
+    match theirs {
+        Some(id) if id == ours => Ok(()),
+        Some(id) => bail!(
+            "peer's codec model {id:08x} differs from ours {ours:08x}: run the same straw version on both ends"
+        ),
+        None => bail!("peer announced no codec model (older straw?); ours is {ours:08x}"),
+    }
+}
+
 /// One line for the log when a tunnel ends.
 pub fn describe_end(result: &Result<()>, stats: &TunnelStats) -> String {
     let how = match result {
@@ -91,6 +166,7 @@ pub async fn run(cfg: ClientConfig) -> Result<()> {
 
 /// Runs the client; `stats` is updated live (tests read the backpressure bound from it).
 pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Result<()> {
+    warm_up_codec(Role::Client, &cfg.session);
     let keypair = keys::load_private(&cfg.private_key)?;
     let server_key = keys::load_public(&cfg.server_public_key)?;
     let (open_tx, mut opens) = mpsc::channel::<OpenRequest>(64);
@@ -379,6 +455,7 @@ async fn connect(
         stream_window: cfg.session.stream_window,
         max_record: straw_core::codec::DecoderLimits::default().max_record_bytes as u64,
         resume,
+        codec_model: Some(codec_model_id(&session_config(Role::Client, &cfg.session))),
     };
     let (transport, payload) = tokio::time::timeout(
         Duration::from_secs(cfg.session.handshake_timeout_secs),
@@ -393,6 +470,10 @@ async fn connect(
             server_hello.version
         );
     }
+    check_codec_model(
+        codec_model_id(&session_config(Role::Client, &cfg.session)),
+        server_hello.codec_model,
+    )?;
     Ok((sock, transport, server_hello))
 }
 

@@ -35,6 +35,7 @@ pub struct ServerState {
 }
 
 pub async fn run(cfg: ServerConfig) -> Result<()> {
+    crate::client::warm_up_codec(Role::Server, &cfg.session);
     let keypair = keys::load_private(&cfg.private_key)?;
     let authorized = AuthorizedKeys::load(&cfg.authorized_keys)?;
     let listener = tcp::bind_listener(cfg.listen, cfg.tcp.recv_buffer)
@@ -85,7 +86,12 @@ fn our_hello(cfg: &ServerConfig, resume: Resume) -> Hello {
         stream_window: cfg.session.stream_window,
         max_record: straw_core::codec::DecoderLimits::default().max_record_bytes as u64,
         resume: Some(resume),
+        codec_model: Some(our_codec_model(cfg)),
     }
+}
+
+fn our_codec_model(cfg: &ServerConfig) -> u32 {
+    crate::client::codec_model_id(&crate::client::session_config(Role::Server, &cfg.session))
 }
 
 type SessionId = [u8; RESUME_ID_LEN];
@@ -203,6 +209,7 @@ fn plan(
             client_hello.version
         );
     }
+    crate::client::check_codec_model(our_codec_model(cfg), client_hello.codec_model)?;
     if let Some(r) = &client_hello.resume {
         let mut map = sessions.lock();
         if let Some(e) = map.get_mut(&r.session_id)
@@ -496,6 +503,7 @@ test = { upstream = "127.0.0.1:2" }
             stream_window: 1000,
             max_record: 1000,
             resume,
+            codec_model: Some(our_codec_model(&cfg())),
         }
         .encode()
     }
@@ -561,6 +569,20 @@ test = { upstream = "127.0.0.1:2" }
         let mut h = hello(None);
         h[0] = 99;
         assert!(plan(&sessions, &cfg(), &[1; 32], &h).is_err());
+        // Another codec model, or none announced: refused with a clear error.
+        for model in [None, Some(our_codec_model(&cfg()) ^ 1)] {
+            let h = Hello {
+                version: PROTOCOL_VERSION,
+                stream_window: 1000,
+                max_record: 1000,
+                resume: None,
+                codec_model: model,
+            };
+            let err = plan(&sessions, &cfg(), &[1; 32], &h.encode())
+                .err()
+                .unwrap();
+            assert!(format!("{err:#}").contains("codec model"), "{err:#}");
+        }
         assert!(sessions.lock().is_empty());
     }
 }

@@ -8,13 +8,18 @@
 //! and dropped by `reset()`, which both peers call at the same record
 //! boundary so that idle tunnels hold no compression state.
 
+mod cm;
 mod dict;
 mod zstd;
 
+pub use self::cm::{
+    CM_ALGORITHM_VERSION, CmParams, PRIMING_MAIL_V1, model_id, priming_text, register_priming_text,
+};
 pub use self::dict::{DictKind, Dictionary, MAIL_V1, MAIL_V1_ID};
 
 use thiserror::Error;
 
+use self::cm::{CmBulkDecoder, CmDecoder, CmEncoder};
 use self::zstd::{ZstdDecoder, ZstdEncoder};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,6 +32,11 @@ pub enum CodecId {
     /// mid-block and mid-frame; frames complete across records. A context of
     /// its own, so interactive records can pass between the slices.
     ZstdBulk = 2,
+    /// Context mixing ([`CmParams`]), one flushed segment per record.
+    Cm = 3,
+    /// Slices of bulk units coded by a CM context of their own, like
+    /// [`CodecId::ZstdBulk`].
+    CmBulk = 4,
 }
 
 impl CodecId {
@@ -35,8 +45,16 @@ impl CodecId {
             0 => Some(Self::Stored),
             1 => Some(Self::Zstd),
             2 => Some(Self::ZstdBulk),
+            3 => Some(Self::Cm),
+            4 => Some(Self::CmBulk),
             _ => None,
         }
+    }
+
+    /// Records of this codec carry slices of bulk units
+    /// (`id | varint n | n bytes of plain frames | slice`).
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Self::ZstdBulk | Self::CmBulk)
     }
 }
 
@@ -67,6 +85,9 @@ pub struct CodecParams {
     /// Primes the context; the peer's `DecoderLimits::dictionary` must be the
     /// same one (agreed by id in the handshake).
     pub dictionary: Option<Dictionary>,
+    /// The CM context: used for [`CodecId::Cm`] records, and for bulk units
+    /// instead of zstd when set. The peer's `DecoderLimits::cm` must match.
+    pub cm: Option<CmParams>,
 }
 
 impl Default for CodecParams {
@@ -77,6 +98,7 @@ impl Default for CodecParams {
             hash_log: 15,
             chain_log: 15,
             dictionary: None,
+            cm: None,
         }
     }
 }
@@ -87,6 +109,8 @@ pub struct DecoderLimits {
     pub max_record_bytes: usize,
     /// Must be the dictionary the peer's encoder uses.
     pub dictionary: Option<Dictionary>,
+    /// Must be the CM parameters the peer's encoder uses.
+    pub cm: Option<CmParams>,
 }
 
 impl Default for DecoderLimits {
@@ -95,6 +119,7 @@ impl Default for DecoderLimits {
             max_window_log: 16,
             max_record_bytes: 256 * 1024,
             dictionary: None,
+            cm: None,
         }
     }
 }
@@ -111,6 +136,16 @@ impl CodecParams {
             hash_log,
             chain_log,
             dictionary: Some(MAIL_V1),
+            cm: None,
+        }
+    }
+
+    /// The slow-link profile with the CM codec for `dir` and `lane` (sizes
+    /// from docs/codec.md). Pair with [`DecoderLimits::slow_link_cm`].
+    pub fn slow_link_cm(dir: Direction, lane: Lane) -> Self {
+        Self {
+            cm: Some(CmParams::slow_link(dir, lane)),
+            ..Self::slow_link()
         }
     }
 
@@ -120,9 +155,55 @@ impl CodecParams {
         (window_log.saturating_sub(2), window_log.saturating_sub(1))
     }
 
-    /// Checks the parameters against zstd's ranges without compressing.
+    /// Checks the parameters against zstd's (and CM's) ranges without compressing.
     pub fn validate(&self) -> Result<(), CodecError> {
+        if let Some(cm) = &self.cm {
+            cm.validate()?;
+        }
         ZstdEncoder::new(self).map(drop)
+    }
+
+    /// The codec of this context's bulk slices.
+    pub fn bulk_codec(&self) -> CodecId {
+        if self.cm.is_some() {
+            CodecId::CmBulk
+        } else {
+            CodecId::ZstdBulk
+        }
+    }
+}
+
+/// Which way data flows, for the per-direction CM sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Mostly commands and uploads: small contexts.
+    ClientToServer,
+    /// Mail downloads: the big bulk context.
+    ServerToClient,
+}
+
+/// Which session lane a context serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Interactive,
+    Bulk,
+}
+
+impl CmParams {
+    /// Sizes for the slow-link profile: together at most 8 MiB per tunnel
+    /// on the server (both directions, both lanes; see docs/codec.md).
+    pub fn slow_link(dir: Direction, lane: Lane) -> Self {
+        let (table_log, match_log) = match (dir, lane) {
+            (Direction::ServerToClient, Lane::Bulk) => (22, 20),
+            (Direction::ServerToClient, Lane::Interactive) => (17, 16),
+            (Direction::ClientToServer, Lane::Bulk) => (17, 16),
+            (Direction::ClientToServer, Lane::Interactive) => (16, 15),
+        };
+        Self {
+            table_log,
+            match_log,
+            priming: Some(PRIMING_MAIL_V1),
+        }
     }
 }
 
@@ -139,8 +220,19 @@ impl DecoderLimits {
         }
     }
 
-    /// Checks the limits against zstd's ranges without decoding.
+    /// Decodes what [`CodecParams::slow_link_cm`] produces.
+    pub fn slow_link_cm(dir: Direction, lane: Lane) -> Self {
+        Self {
+            cm: Some(CmParams::slow_link(dir, lane)),
+            ..Self::slow_link()
+        }
+    }
+
+    /// Checks the limits against zstd's (and CM's) ranges without decoding.
     pub fn validate(&self) -> Result<(), CodecError> {
+        if let Some(cm) = &self.cm {
+            cm.validate()?;
+        }
         ZstdDecoder::new(self).map(drop)
     }
 }
@@ -151,6 +243,8 @@ pub struct RecordEncoder {
     zstd: Option<ZstdEncoder>,
     bulk_params: CodecParams,
     zstd_bulk: Option<ZstdEncoder>,
+    cm: Option<CmEncoder>,
+    cm_bulk: Option<CmEncoder>,
 }
 
 impl RecordEncoder {
@@ -165,18 +259,34 @@ impl RecordEncoder {
             zstd: None,
             bulk_params: bulk.clone(),
             zstd_bulk: None,
+            cm: None,
+            cm_bulk: None,
         }
+    }
+
+    /// The codec byte of the records that carry [`Self::encode_bulk_unit`]'s
+    /// output: [`CodecId::CmBulk`] if the bulk parameters have a CM context.
+    pub fn bulk_codec(&self) -> CodecId {
+        self.bulk_params.bulk_codec()
     }
 
     /// Compresses a bulk unit in the bulk context, flushed at its end, and
     /// appends the bytes (no codec byte: they are cut into records later).
     pub fn encode_bulk_unit(&mut self, frames: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
         let start = out.len();
-        let enc = match &mut self.zstd_bulk {
-            Some(enc) => enc,
-            slot => slot.insert(ZstdEncoder::new(&self.bulk_params)?),
+        let res = if let Some(p) = &self.bulk_params.cm {
+            let enc = match &mut self.cm_bulk {
+                Some(enc) => enc,
+                slot => slot.insert(CmEncoder::new(p)?),
+            };
+            enc.encode_unit(frames, out)
+        } else {
+            let enc = match &mut self.zstd_bulk {
+                Some(enc) => enc,
+                slot => slot.insert(ZstdEncoder::new(&self.bulk_params)?),
+            };
+            enc.encode(frames, out)
         };
-        let res = enc.encode(frames, out);
         if res.is_err() {
             out.truncate(start);
         }
@@ -218,7 +328,19 @@ impl RecordEncoder {
                 };
                 enc.encode(frames, out)
             }
-            CodecId::ZstdBulk => Err(CodecError::Internal(
+            CodecId::Cm => {
+                let p = self
+                    .params
+                    .cm
+                    .as_ref()
+                    .ok_or_else(|| CodecError::Params("no cm parameters".into()))?;
+                let enc = match &mut self.cm {
+                    Some(enc) => enc,
+                    slot => slot.insert(CmEncoder::new(p)?),
+                };
+                enc.encode_record(frames, out)
+            }
+            CodecId::ZstdBulk | CodecId::CmBulk => Err(CodecError::Internal(
                 "bulk slices come from encode_bulk_unit".into(),
             )),
         }
@@ -229,12 +351,16 @@ impl RecordEncoder {
     pub fn reset(&mut self) {
         self.zstd = None;
         self.zstd_bulk = None;
+        self.cm = None;
+        self.cm_bulk = None;
     }
 
     /// Bytes of compression state currently allocated.
     pub fn memory_bytes(&self) -> usize {
         self.zstd.as_ref().map_or(0, ZstdEncoder::memory_bytes)
             + self.zstd_bulk.as_ref().map_or(0, ZstdEncoder::memory_bytes)
+            + self.cm.as_ref().map_or(0, CmEncoder::memory_bytes)
+            + self.cm_bulk.as_ref().map_or(0, CmEncoder::memory_bytes)
     }
 }
 
@@ -244,6 +370,8 @@ pub struct RecordDecoder {
     zstd: Option<ZstdDecoder>,
     bulk_limits: DecoderLimits,
     zstd_bulk: Option<ZstdDecoder>,
+    cm: Option<CmDecoder>,
+    cm_bulk: Option<CmBulkDecoder>,
     /// Set by the first error: the stream is out of step from then on, so
     /// nothing more is decoded (not even a lucky-looking garbage record).
     failed: bool,
@@ -261,6 +389,8 @@ impl RecordDecoder {
             zstd: None,
             bulk_limits: bulk.clone(),
             zstd_bulk: None,
+            cm: None,
+            cm_bulk: None,
             failed: false,
         }
     }
@@ -309,6 +439,30 @@ impl RecordDecoder {
                 // A slice may end anywhere inside the compressed unit.
                 dec.decode(body, self.bulk_limits.max_record_bytes, out, false)
             }
+            Some(CodecId::Cm) => {
+                let p = self
+                    .limits
+                    .cm
+                    .as_ref()
+                    .ok_or(CodecError::UnknownCodec(codec))?;
+                let dec = match &mut self.cm {
+                    Some(dec) => dec,
+                    slot => slot.insert(CmDecoder::new(p)?),
+                };
+                dec.decode_record(body, self.limits.max_record_bytes, out)
+            }
+            Some(CodecId::CmBulk) => {
+                let p = self
+                    .bulk_limits
+                    .cm
+                    .as_ref()
+                    .ok_or(CodecError::UnknownCodec(codec))?;
+                let dec = match &mut self.cm_bulk {
+                    Some(dec) => dec,
+                    slot => slot.insert(CmBulkDecoder::new(p)?),
+                };
+                dec.decode_slice(body, self.bulk_limits.max_record_bytes, out)
+            }
             None => Err(CodecError::UnknownCodec(codec)),
         }
     }
@@ -317,6 +471,8 @@ impl RecordDecoder {
     pub fn reset(&mut self) {
         self.zstd = None;
         self.zstd_bulk = None;
+        self.cm = None;
+        self.cm_bulk = None;
         self.failed = false;
     }
 
@@ -324,6 +480,8 @@ impl RecordDecoder {
     pub fn memory_bytes(&self) -> usize {
         self.zstd.as_ref().map_or(0, ZstdDecoder::memory_bytes)
             + self.zstd_bulk.as_ref().map_or(0, ZstdDecoder::memory_bytes)
+            + self.cm.as_ref().map_or(0, CmDecoder::memory_bytes)
+            + self.cm_bulk.as_ref().map_or(0, CmBulkDecoder::memory_bytes)
     }
 }
 

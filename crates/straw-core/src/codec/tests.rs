@@ -621,3 +621,357 @@ proptest! {
         prop_assert!(out.len() <= limits.max_record_bytes);
     }
 }
+
+// ---- CM codec ------------------------------------------------------------------
+
+/// Small and unprimed, so that tests run fast.
+const SMALL_CM: CmParams = CmParams {
+    table_log: 16,
+    match_log: 12,
+    priming: None,
+};
+
+fn cm_pair(cm: CmParams) -> (RecordEncoder, RecordDecoder) {
+    let p = CodecParams {
+        cm: Some(cm),
+        ..CodecParams::default()
+    };
+    let l = DecoderLimits {
+        cm: Some(cm),
+        ..DecoderLimits::default()
+    };
+    (
+        RecordEncoder::with_bulk(&p, &p),
+        RecordDecoder::with_bulk(&l, &l),
+    )
+}
+
+/// Sends `data` as one bulk unit cut at `cuts` (offsets into the compressed
+/// unit) and returns what the decoder produced after each slice.
+fn bulk_through(
+    enc: &mut RecordEncoder,
+    dec: &mut RecordDecoder,
+    data: &[u8],
+    cuts: &[usize],
+) -> Vec<Vec<u8>> {
+    assert_eq!(enc.bulk_codec(), CodecId::CmBulk);
+    let mut unit = Vec::new();
+    enc.encode_bulk_unit(data, &mut unit).unwrap();
+    let mut at: Vec<usize> = cuts.iter().map(|c| c % (unit.len() + 1)).collect();
+    at.push(0);
+    at.push(unit.len());
+    at.sort_unstable();
+    at.dedup();
+    let mut outs = Vec::new();
+    let mut out = Vec::new();
+    for w in at.windows(2) {
+        let mut rec = vec![CodecId::CmBulk as u8];
+        rec.extend_from_slice(&unit[w[0]..w[1]]);
+        dec.decode(&rec, &mut out).unwrap();
+        outs.push(out.clone());
+    }
+    outs
+}
+
+#[test]
+fn cm_records_round_trip_and_learn_across_records() {
+    let (mut enc, mut dec) = cm_pair(SMALL_CM);
+    let m = mail_message();
+    let mut out = Vec::new();
+    let mut sizes = Vec::new();
+    // Many records: the model must stay in step all the way.
+    for i in 0..200 {
+        let data = if i % 3 == 0 {
+            m.clone()
+        } else {
+            format!("A{i:04} FETCH {i} (FLAGS (\\Seen) UID {})\r\n", i * 7).into_bytes()
+        };
+        let rec = encode(&mut enc, CodecId::Cm, &data);
+        assert_eq!(rec[0], CodecId::Cm as u8);
+        dec.decode(&rec, &mut out).unwrap();
+        assert_eq!(out, data, "record {i}");
+        if i % 3 == 0 {
+            sizes.push(rec.len());
+        }
+    }
+    println!("mail message {} B: records {sizes:?}", m.len());
+    // Seen before: far smaller than the first time.
+    assert!(sizes[10] * 4 < sizes[0], "{sizes:?}");
+    for data in [&b""[..], b"x"] {
+        let rec = encode(&mut enc, CodecId::Cm, data);
+        dec.decode(&rec, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+}
+
+#[test]
+fn cm_bulk_units_decode_incrementally_from_any_slices() {
+    let (mut enc, mut dec) = cm_pair(SMALL_CM);
+    let m = mail_message().repeat(3);
+    for round in 0..5 {
+        let outs = bulk_through(&mut enc, &mut dec, &m, &[7, 100, 101, 350, 351, 352]);
+        let all: Vec<u8> = outs.concat();
+        assert_eq!(all, m, "round {round}");
+        // Bytes come out before the unit is complete (the first, cold unit
+        // is long enough for the cuts to fall inside it).
+        if round == 0 {
+            assert!(!outs[1].is_empty() && !outs[2].is_empty());
+        }
+    }
+    // Interactive records between bulk slices use their own context.
+    let rec = encode(&mut enc, CodecId::Cm, b"* OK still here");
+    let mut out = Vec::new();
+    dec.decode(&rec, &mut out).unwrap();
+    assert_eq!(out, b"* OK still here");
+    // Several units in one slice, and a unit split in its header.
+    let mut two = Vec::new();
+    enc.encode_bulk_unit(b"first unit ", &mut two).unwrap();
+    enc.encode_bulk_unit(b"second unit", &mut two).unwrap();
+    let mut got = Vec::new();
+    for part in [&two[..1], &two[1..]] {
+        let mut rec = vec![CodecId::CmBulk as u8];
+        rec.extend_from_slice(part);
+        dec.decode(&rec, &mut out).unwrap();
+        got.extend_from_slice(&out);
+    }
+    assert_eq!(got, b"first unit second unit");
+}
+
+#[test]
+fn cm_incompressible_data_goes_raw_and_stays_in_step() {
+    let (mut enc, mut dec) = cm_pair(SMALL_CM);
+    let mut x = 0x1234_5678u32;
+    let noise: Vec<u8> = (0..3000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let mut out = Vec::new();
+    let rec = encode(&mut enc, CodecId::Cm, &noise);
+    assert!(rec.len() <= noise.len() + 4, "{}", rec.len());
+    dec.decode(&rec, &mut out).unwrap();
+    assert_eq!(out, noise);
+    let outs = bulk_through(&mut enc, &mut dec, &noise, &[1, 2, 1000]);
+    assert_eq!(outs.concat(), noise);
+    let m = mail_message();
+    let rec = encode(&mut enc, CodecId::Cm, &m);
+    dec.decode(&rec, &mut out).unwrap();
+    assert_eq!(out, m);
+}
+
+#[test]
+fn cm_reset_matches_a_fresh_context() {
+    let (mut enc, mut dec) = cm_pair(SMALL_CM);
+    let m = mail_message();
+    let mut out = Vec::new();
+    dec.decode(&encode(&mut enc, CodecId::Cm, &m), &mut out)
+        .unwrap();
+    bulk_through(&mut enc, &mut dec, &m, &[50]);
+    assert!(enc.memory_bytes() > 0 && dec.memory_bytes() > 0);
+    enc.reset();
+    dec.reset();
+    assert_eq!(enc.memory_bytes(), 0);
+    assert_eq!(dec.memory_bytes(), 0);
+    let (mut fresh, _) = cm_pair(SMALL_CM);
+    let a = encode(&mut enc, CodecId::Cm, &m);
+    let b = encode(&mut fresh, CodecId::Cm, &m);
+    assert_eq!(a, b);
+    dec.decode(&a, &mut out).unwrap();
+    assert_eq!(out, m);
+}
+
+#[test]
+fn cm_memory_bytes_is_the_allocation() {
+    let (mut enc, mut dec) = cm_pair(SMALL_CM);
+    let mut out = Vec::new();
+    dec.decode(&encode(&mut enc, CodecId::Cm, b"hello there"), &mut out)
+        .unwrap();
+    let want = SMALL_CM.memory_bytes();
+    // The hashed table alone is 2^table_log bytes.
+    assert!(want > 1 << SMALL_CM.table_log);
+    assert_eq!(enc.memory_bytes(), want);
+    assert_eq!(dec.memory_bytes(), want);
+    let big = CmParams::slow_link(Direction::ServerToClient, Lane::Bulk);
+    assert!(big.memory_bytes() >= (1 << big.table_log) + (2 << big.match_log));
+}
+
+#[test]
+fn cm_slow_link_profile_fits_8_mib_per_tunnel() {
+    let mut total = 0;
+    for dir in [Direction::ClientToServer, Direction::ServerToClient] {
+        for lane in [Lane::Interactive, Lane::Bulk] {
+            let p = CmParams::slow_link(dir, lane);
+            p.validate().unwrap();
+            total += p.memory_bytes();
+        }
+    }
+    println!("cm slow link: {total} B per tunnel");
+    assert!(total <= 8 << 20, "{total}");
+    assert_eq!(
+        CodecParams::slow_link_cm(Direction::ServerToClient, Lane::Bulk).bulk_codec(),
+        CodecId::CmBulk
+    );
+    assert_eq!(CodecParams::slow_link().bulk_codec(), CodecId::ZstdBulk);
+}
+
+#[test]
+fn cm_primed_model_compresses_cold_mail_and_is_shared() {
+    let p = CmParams {
+        priming: Some(PRIMING_MAIL_V1),
+        ..SMALL_CM
+    };
+    let (mut cold, _) = cm_pair(SMALL_CM);
+    let (mut enc, mut dec) = cm_pair(p);
+    let m = mail_message();
+    let unprimed = encode(&mut cold, CodecId::Cm, &m);
+    let primed = encode(&mut enc, CodecId::Cm, &m);
+    println!(
+        "cold mail {} B: unprimed {} B, primed {} B",
+        m.len(),
+        unprimed.len(),
+        primed.len()
+    );
+    assert!(primed.len() < unprimed.len());
+    let mut out = Vec::new();
+    dec.decode(&primed, &mut out).unwrap();
+    assert_eq!(out, m);
+    // A second tunnel starts from the same primed copy.
+    let (mut enc2, _) = cm_pair(p);
+    assert_eq!(encode(&mut enc2, CodecId::Cm, &m), primed);
+    assert!(priming_text(PRIMING_MAIL_V1).unwrap().len() > 100_000);
+}
+
+#[test]
+fn cm_bad_params_and_missing_model_are_errors() {
+    let bad = CmParams {
+        table_log: 40,
+        ..SMALL_CM
+    };
+    assert!(bad.validate().is_err());
+    let unknown = CmParams {
+        priming: Some(77),
+        ..SMALL_CM
+    };
+    assert!(unknown.validate().is_err());
+    let (mut enc, _) = cm_pair(bad);
+    let mut out = Vec::new();
+    assert!(enc.encode(CodecId::Cm, b"x", &mut out).is_err());
+    assert!(out.is_empty());
+    // A decoder without CM parameters refuses CM records.
+    let (mut enc, _) = cm_pair(SMALL_CM);
+    let rec = encode(&mut enc, CodecId::Cm, b"hello");
+    let (_, mut plain) = pair();
+    assert!(matches!(
+        plain.decode(&rec, &mut out),
+        Err(CodecError::UnknownCodec(3))
+    ));
+    assert_ne!(
+        model_id(&[Some(SMALL_CM)]),
+        model_id(&[Some(CmParams {
+            match_log: 13,
+            ..SMALL_CM
+        })])
+    );
+}
+
+#[test]
+fn cm_oversized_records_are_too_large() {
+    let (mut enc, mut dec) = cm_pair(SMALL_CM);
+    let mut out = Vec::new();
+    let zeros = vec![0u8; 300_000];
+    let rec = encode(&mut enc, CodecId::Cm, &zeros);
+    assert!(rec.len() < 2000, "{}", rec.len());
+    assert!(matches!(
+        dec.decode(&rec, &mut out),
+        Err(CodecError::TooLarge(_))
+    ));
+    assert!(out.is_empty());
+    let (mut enc, mut dec) = cm_pair(SMALL_CM);
+    let mut unit = vec![CodecId::CmBulk as u8];
+    enc.encode_bulk_unit(&zeros, &mut unit).unwrap();
+    assert!(matches!(
+        dec.decode(&unit, &mut out),
+        Err(CodecError::TooLarge(_))
+    ));
+}
+
+fn arb_cm_codec() -> impl Strategy<Value = CodecId> {
+    prop_oneof![
+        Just(CodecId::Stored),
+        Just(CodecId::Cm),
+        Just(CodecId::CmBulk)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn prop_cm_round_trip_records_and_sliced_units(
+        items in proptest::collection::vec(
+            (arb_cm_codec(), arb_data(), proptest::collection::vec(any::<usize>(), 0..6)),
+            1..12,
+        )
+    ) {
+        let (mut enc, mut dec) = cm_pair(SMALL_CM);
+        let mut out = Vec::new();
+        for (codec, data, cuts) in items {
+            if codec == CodecId::CmBulk {
+                let outs = bulk_through(&mut enc, &mut dec, &data, &cuts);
+                let mut so_far = Vec::new();
+                for o in &outs {
+                    so_far.extend_from_slice(o);
+                    prop_assert!(data.starts_with(&so_far));
+                }
+                prop_assert_eq!(so_far, data);
+            } else {
+                let rec = encode(&mut enc, codec, &data);
+                dec.decode(&rec, &mut out).unwrap();
+                prop_assert_eq!(&out, &data);
+            }
+        }
+    }
+
+    #[test]
+    fn prop_cm_hostile_input_never_panics_and_stays_capped(
+        records in proptest::collection::vec(
+            (prop_oneof![Just(3u8), Just(4u8)], proptest::collection::vec(any::<u8>(), 0..300)),
+            1..8,
+        )
+    ) {
+        let cm = SMALL_CM;
+        let l = DecoderLimits {
+            cm: Some(cm),
+            max_record_bytes: 4096,
+            ..DecoderLimits::default()
+        };
+        let mut dec = RecordDecoder::with_bulk(&l, &l);
+        let mut out = Vec::new();
+        for (codec, body) in records {
+            let mut rec = vec![codec];
+            rec.extend_from_slice(&body);
+            match dec.decode(&rec, &mut out) {
+                Ok(()) => prop_assert!(out.len() <= 4096),
+                Err(_) => prop_assert!(out.is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn prop_cm_mangled_records_never_panic(flip in any::<usize>(), bit in 0u8..8, cut in any::<usize>()) {
+        let (mut enc, _) = cm_pair(SMALL_CM);
+        let m = mail_message();
+        let mut rec = encode(&mut enc, CodecId::Cm, &m);
+        let i = 1 + flip % (rec.len() - 1);
+        rec[i] ^= 1 << bit;
+        let cut = 1 + cut % rec.len();
+        let (_, mut dec) = cm_pair(SMALL_CM);
+        let mut out = Vec::new();
+        if dec.decode(&rec[..cut], &mut out).is_ok() {
+            prop_assert!(out.len() <= DecoderLimits::default().max_record_bytes);
+        }
+    }
+}

@@ -499,7 +499,11 @@ impl Session {
     /// Handles one decrypted record from the peer. An error means the peer is
     /// broken or hostile: the driver closes the tunnel.
     pub fn handle_record(&mut self, now: Instant, record: &[u8]) -> Result<(), SessionError> {
-        if record.first() == Some(&(CodecId::ZstdBulk as u8)) {
+        if record
+            .first()
+            .and_then(|&c| CodecId::from_u8(c))
+            .is_some_and(CodecId::is_bulk)
+        {
             return self.handle_bulk_record(now, record);
         }
         self.decoder.decode(record, &mut self.decode_buf)?;
@@ -530,7 +534,7 @@ impl Session {
         }
         let (plain, slice) = rest.split_at(n as usize);
         let mut body = Vec::with_capacity(slice.len() + 1);
-        body.push(CodecId::ZstdBulk as u8);
+        body.push(record[0]);
         body.extend_from_slice(slice);
         self.decoder.decode(&body, &mut self.decode_buf)?;
         self.records_received += 1;
@@ -918,7 +922,7 @@ impl Session {
         let mut plain = Vec::new();
         self.encode_ack(&mut plain);
         let mut wire = Vec::with_capacity(n + plain.len() + 2);
-        wire.push(CodecId::ZstdBulk as u8);
+        wire.push(self.encoder.bulk_codec() as u8);
         crate::wire::put_varint(&mut wire, plain.len() as u64);
         wire.extend_from_slice(&plain);
         wire.extend_from_slice(&self.bulk_out.split_to(n));

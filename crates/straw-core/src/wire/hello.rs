@@ -8,8 +8,9 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// Length of a session id and of a resume ticket.
 pub const RESUME_ID_LEN: usize = 16;
 
-/// Tag of the optional resume block after the fixed fields.
+/// Tags of the optional blocks after the fixed fields, in this order.
 const RESUME_TAG: u8 = 1;
+const CODEC_MODEL_TAG: u8 = 2;
 
 /// Session resumption state carried in a Hello.
 ///
@@ -33,6 +34,9 @@ pub struct Hello {
     pub max_record: u64,
     /// Absent in a client's first Hello.
     pub resume: Option<Resume>,
+    /// Id of the sender's compression model (`codec::model_id`): peers with
+    /// different ids cannot decode each other's CM records.
+    pub codec_model: Option<u32>,
 }
 
 impl Hello {
@@ -45,6 +49,10 @@ impl Hello {
             out.extend_from_slice(&r.session_id);
             out.extend_from_slice(&r.ticket);
             put_varint(&mut out, r.records_received);
+        }
+        if let Some(id) = self.codec_model {
+            out.push(CODEC_MODEL_TAG);
+            put_varint(&mut out, id as u64);
         }
         out
     }
@@ -63,11 +71,20 @@ impl Hello {
                 }
                 let (sid, rest) = rest.split_at(RESUME_ID_LEN);
                 let (ticket, mut rest) = rest.split_at(RESUME_ID_LEN);
+                let records_received = get_varint(&mut rest)?;
+                buf = rest;
                 Some(Resume {
                     session_id: sid.try_into().expect("split at length"),
                     ticket: ticket.try_into().expect("split at length"),
-                    records_received: get_varint(&mut rest)?,
+                    records_received,
                 })
+            }
+            _ => None,
+        };
+        let codec_model = match buf.split_first() {
+            Some((&CODEC_MODEL_TAG, mut rest)) => {
+                let id = get_varint(&mut rest)?;
+                Some(u32::try_from(id).map_err(|_| WireError::BadLength(id))?)
             }
             _ => None,
         };
@@ -76,6 +93,7 @@ impl Hello {
             stream_window,
             max_record,
             resume,
+            codec_model,
         })
     }
 }
@@ -91,6 +109,7 @@ mod tests {
             stream_window: 256 * 1024,
             max_record: 1 << 18,
             resume: None,
+            codec_model: None,
         };
         let enc = h.encode();
         assert_eq!(enc.len(), 7);
@@ -110,6 +129,7 @@ mod tests {
                 ticket: [9; RESUME_ID_LEN],
                 records_received: 300,
             }),
+            codec_model: None,
         };
         let enc = h.encode();
         assert_eq!(enc.len(), 7 + 1 + 32 + 2);
@@ -124,5 +144,41 @@ mod tests {
         let mut unknown = enc[..7].to_vec();
         unknown.extend_from_slice(&[0xee, 1, 2, 3]);
         assert_eq!(Hello::decode(&unknown).unwrap().resume, None);
+    }
+
+    #[test]
+    fn codec_model_block_roundtrips_with_and_without_resume() {
+        for resume in [
+            None,
+            Some(Resume {
+                session_id: [1; RESUME_ID_LEN],
+                ticket: [2; RESUME_ID_LEN],
+                records_received: 5,
+            }),
+        ] {
+            let h = Hello {
+                version: PROTOCOL_VERSION,
+                stream_window: 1000,
+                max_record: 1000,
+                resume,
+                codec_model: Some(0xDEAD_BEEF),
+            };
+            let enc = h.encode();
+            assert_eq!(Hello::decode(&enc).unwrap(), h);
+            // Cut inside the id: an error, not a missing id.
+            assert!(Hello::decode(&enc[..enc.len() - 1]).is_err());
+        }
+        // An id beyond 32 bits is malformed.
+        let mut enc = Hello {
+            version: PROTOCOL_VERSION,
+            stream_window: 1,
+            max_record: 1,
+            resume: None,
+            codec_model: None,
+        }
+        .encode();
+        enc.push(CODEC_MODEL_TAG);
+        put_varint(&mut enc, 1 << 40);
+        assert!(Hello::decode(&enc).is_err());
     }
 }
