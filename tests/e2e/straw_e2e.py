@@ -108,7 +108,7 @@ def header_value(msg: bytes, name: str) -> bytes | None:
 
 
 def corpus_message(name_prefix: str) -> tuple[bytes, bytes]:
-    """A corpus message from easy-ham-1 (LF endings, mbox From line removed),
+    """A corpus message from the seed set (LF endings, mbox From line removed),
     with its Message-ID replaced by a fresh unique one. Returns (msg, msgid)."""
     seeded = manifest(USER_A)
     set_dir = seeded[0].corpus_file.parent
