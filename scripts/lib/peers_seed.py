@@ -18,7 +18,7 @@ import sys
 UIDVALIDITY = 1700000000  # fixed, so IMAP UIDs and POP3 UIDLs are stable
 BASE_TIME = 1000000000  # Maildir name prefix and mtime (= IMAP INTERNALDATE)
 SEED_SET = "easy-ham-2"  # held out from training: tests and benches measure on unseen mail
-USERS = [("alice", 0, 30), ("bob", 30, 40)]  # slices of the sorted set
+USERS = [("alice", 14, 44), ("bob", 44, 54)]  # slices of the sorted set; alice's last has a dot line
 
 WWW_TEXT_SET = "easy-ham-2"  # filler text for the web pages
 
