@@ -106,6 +106,12 @@ pub struct SessionConfig {
     /// small record costs ~25% on mail, a flush per unit far less, while
     /// interactive records still pass between the slices. 0 turns it off.
     pub bulk_unit_secs: f64,
+    /// Bulk slices are records too, but slicing costs no compression, only
+    /// headers. A link cut wastes the record in flight, so on links where a
+    /// record is many KB the slices are kept to about this much link time,
+    /// and never below `min_bulk_slice` bytes (header cost stays < 1%).
+    pub bulk_slice_secs: f64,
+    pub min_bulk_slice: usize,
     pub bulk_codec_params: CodecParams,
     pub bulk_decoder_limits: DecoderLimits,
     /// Services whose outgoing stream data goes through the base64
@@ -134,6 +140,8 @@ impl SessionConfig {
             packet_overhead: 40,
             frame_overhead: 18,
             bulk_unit_secs: 2.0,
+            bulk_slice_secs: 0.25,
+            min_bulk_slice: 4096,
             bulk_codec_params: CodecParams::default(),
             bulk_decoder_limits: DecoderLimits::default(),
             transform_services: Vec::new(),
@@ -733,6 +741,14 @@ impl Session {
             .clamp(self.cfg.min_record, self.cfg.max_record)
     }
 
+    /// Wire bytes of one bulk slice: a record, but bounded so that a link cut
+    /// (which wastes the record in flight) costs little on faster links.
+    fn bulk_slice_target(&self) -> usize {
+        let by_time = (self.estimate.rate() * self.cfg.bulk_slice_secs) as usize;
+        self.record_target()
+            .min(by_time.max(self.cfg.min_bulk_slice))
+    }
+
     /// Link bytes each record costs beyond its own: packet and Noise headers.
     fn record_overhead(&self) -> usize {
         self.cfg.packet_overhead + self.cfg.frame_overhead
@@ -913,7 +929,7 @@ impl Session {
             self.bulk_out.extend_from_slice(&unit);
         }
         // A short tail rides along rather than paying a packet of its own.
-        let target = self.record_target();
+        let target = self.bulk_slice_target();
         let n = if self.bulk_out.len() <= target + target / 2 {
             self.bulk_out.len()
         } else {

@@ -1241,3 +1241,37 @@ fn transform_held_bytes_at_credit_limit_neither_spin_nor_stall() {
     }
     assert!(Sim::received(&sim.server_events, id) == data);
 }
+
+/// A cut wastes the record in flight: on a 128 kbit/s link (a record is
+/// 8 KB) bulk slices stay near `min_bulk_slice`, and the bytes arrive exactly.
+#[test]
+fn bulk_slices_stay_small_on_faster_links() {
+    let mut sim = Sim::new(16_000.0, Duration::from_millis(100));
+    let id = sim
+        .client
+        .open_stream(b"bulk", b"", Priority::Bulk)
+        .unwrap();
+    let data = noise(60_000, 3);
+    let mut offset = 0;
+    for _ in 0..60_000 {
+        let cap = sim.client.send_capacity(id).min(data.len() - offset);
+        if cap > 0 {
+            sim.client.send(id, &data[offset..offset + cap]).unwrap();
+            offset += cap;
+        }
+        sim.step(Duration::from_millis(1));
+        if Sim::received(&sim.server_events, id).len() == data.len() {
+            break;
+        }
+    }
+    assert!(Sim::received(&sim.server_events, id) == data);
+    let min_slice = sim.client.config().min_bulk_slice;
+    // One slice plus a short tail (≤ half a slice) and the record header.
+    assert!(
+        sim.client_max_record <= min_slice * 3 / 2 + 64,
+        "largest record {} B",
+        sim.client_max_record
+    );
+    // Without the bound, slices would be a whole record.
+    assert!(sim.client.record_target() > min_slice * 3 / 2 + 64);
+}
