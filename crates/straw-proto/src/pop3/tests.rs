@@ -187,8 +187,21 @@ struct Rig {
 
 impl Rig {
     fn new(cfg: Pop3Config, cache: &Cache, real: FakeDovecot) -> Self {
+        Self::with_store(cfg, cache, real, None)
+    }
+
+    fn with_store(
+        cfg: Pop3Config,
+        cache: &Cache,
+        real: FakeDovecot,
+        store: Option<crate::partial::SharedStore>,
+    ) -> Self {
+        let c = ClientAccel::new(cfg, cache);
         let mut r = Rig {
-            c: ClientAccel::new(cfg, cache),
+            c: match store {
+                Some(s) => c.with_store(s),
+                None => c,
+            },
             s: ServerAccel::new(),
             real,
             program_saw: Vec::new(),
@@ -702,4 +715,205 @@ fn link_lost_mid_retr_just_closes() {
 fn link_lost_between_commands_is_err() {
     let mut c = logged_in();
     assert_eq!(lost(&mut c), LINK_LOST);
+}
+
+// ------------------------------------------------------- message resume
+
+use crate::partial::{MemStore, PartialStore, SharedStore};
+use std::sync::Arc;
+
+/// A ~40 KB message with dot-stuffed lines, as message 1 of three.
+fn big_server(variant: u8) -> FakeDovecot {
+    let mut real = FakeDovecot::new(3);
+    let mut m = b"From: a@example.org\r\nSubject: big\r\n\r\n".to_vec();
+    for i in 0..1000 {
+        m.extend(format!(".line {i} of the big message, variant {variant}\r\n").as_bytes());
+    }
+    real.msgs[0] = m;
+    real
+}
+
+/// The program's bytes for a login and `RETR 1` straight to the server.
+fn direct_retr(real: FakeDovecot, login: &[&[u8]]) -> Vec<u8> {
+    let mut steps = login.to_vec();
+    steps.push(b"RETR 1\r\n");
+    direct(real, &steps)
+}
+
+const LOGIN: [&[u8]; 2] = [b"USER bob\r\n", b"PASS secret\r\n"];
+
+/// First attempt: log in, `RETR 1`, and the link dies after `keep` bytes of
+/// the server side's reply stream reached the client side. Returns what
+/// the program saw.
+fn cut_attempt(cfg: Pop3Config, real: FakeDovecot, store: &SharedStore, keep: usize) -> Vec<u8> {
+    let mut r = Rig::with_store(cfg, &warm(), real, Some(store.clone()));
+    for l in LOGIN {
+        r.send(l);
+    }
+    let mut o = Output::default();
+    r.c.from_local(b"RETR 1\r\n", true, &mut o);
+    let mut s2c = Vec::new();
+    let mut so = Output::default();
+    r.s.from_tunnel(&std::mem::take(&mut o.to_tunnel), &mut so);
+    r.serve(so, &mut s2c);
+    assert!(s2c.len() > keep, "reply shorter than the cut point");
+    r.c.from_tunnel(&s2c[..keep], &mut o);
+    r.collect(&mut o);
+    let mut o = Output::default();
+    r.c.link_lost(&mut o);
+    r.collect(&mut o);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    r.program_saw
+}
+
+/// A fresh pair with `store`: log in, `RETR 1`; returns the rig and the
+/// bytes the server side sent for the RETR.
+fn second_attempt(
+    cfg: Pop3Config,
+    real: FakeDovecot,
+    store: &SharedStore,
+    login: &[&[u8]],
+) -> (Rig, usize) {
+    let mut r = Rig::with_store(cfg, &warm(), real, Some(store.clone()));
+    for l in login {
+        r.send(l);
+    }
+    let mut o = Output::default();
+    r.c.from_local(b"RETR 1\r\n", true, &mut o);
+    // Carry by hand, counting what crosses towards the client.
+    let mut down = 0;
+    loop {
+        r.collect(&mut o);
+        let up = std::mem::take(&mut o.to_tunnel);
+        if up.is_empty() {
+            break;
+        }
+        let mut so = Output::default();
+        r.s.from_tunnel(&up, &mut so);
+        let mut s2c = Vec::new();
+        r.serve(so, &mut s2c);
+        down += s2c.len();
+        r.c.from_tunnel(&s2c, &mut o);
+    }
+    (r, down)
+}
+
+fn mem() -> (Arc<MemStore>, SharedStore) {
+    let m = Arc::new(MemStore::new());
+    let s: SharedStore = m.clone();
+    (m, s)
+}
+
+#[test]
+fn retr_resume_sends_only_the_rest_and_is_exact() {
+    let (mem, store) = mem();
+    let full = direct_retr(big_server(0), &LOGIN);
+    let saw = cut_attempt(PF, big_server(0), &store, 20_000);
+    assert!(full.starts_with(&saw) && saw.len() > 10_000);
+    assert!(!saw.ends_with(b"\r\n.\r\n"), "no terminator after a cut");
+    let key = resume::key("bob", "uid-1");
+    let kept = mem.get(&key).expect("partial kept");
+    assert!(kept.len() > 10_000);
+
+    let (r, down) = second_attempt(PF, big_server(0), &store, &LOGIN);
+    assert_text(&r.program_saw, &full);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    let body_len = stuff(&big_server(0).msgs[0]).len();
+    assert!(
+        down < body_len - kept.len() + 200,
+        "{down} bytes crossed for {} missing",
+        body_len - kept.len()
+    );
+    assert!(mem.is_empty(), "partial deleted once complete");
+}
+
+#[test]
+fn retr_resume_with_changed_prefix_falls_back_to_full() {
+    let (mem, store) = mem();
+    cut_attempt(PF, big_server(0), &store, 20_000);
+    let full = direct_retr(big_server(1), &LOGIN);
+    let (r, down) = second_attempt(PF, big_server(1), &store, &LOGIN);
+    assert_text(&r.program_saw, &full);
+    assert!(down > stuff(&big_server(1).msgs[0]).len());
+    assert!(mem.is_empty());
+}
+
+#[test]
+fn retr_resume_without_prefetch_asks_uidl_first() {
+    let cfg = Pop3Config { prefetch: false };
+    let (mem, store) = mem();
+    let full = direct_retr(big_server(0), &LOGIN);
+    let saw = cut_attempt(cfg, big_server(0), &store, 15_000);
+    assert!(full.starts_with(&saw));
+    let kept = mem
+        .get(&resume::key("bob", "uid-1"))
+        .expect("keyed by our own UIDL 1");
+    let (r, down) = second_attempt(cfg, big_server(0), &store, &LOGIN);
+    assert_text(&r.program_saw, &full);
+    let missing = stuff(&big_server(0).msgs[0]).len() - kept.len();
+    assert!(down < missing + 200, "{down} for {missing}");
+    assert!(mem.is_empty());
+    // The real server saw our UIDL 1 each time, never the private line.
+    let seen = String::from_utf8_lossy(&r.real.seen).into_owned();
+    assert!(seen.contains("UIDL 1\r\nRETR 1\r\n"), "{seen}");
+    assert!(!seen.contains("XSTRAW"), "{seen}");
+}
+
+#[test]
+fn retr_resume_uses_the_programs_uidl_listing() {
+    let cfg = Pop3Config { prefetch: false };
+    let (mem, store) = mem();
+    cut_attempt(cfg, big_server(0), &store, 15_000);
+    let kept = mem.get(&resume::key("bob", "uid-1")).unwrap();
+    let login: [&[u8]; 3] = [b"USER bob\r\n", b"PASS secret\r\n", b"UIDL\r\n"];
+    let full = direct_retr(big_server(0), &login);
+    let (r, down) = second_attempt(cfg, big_server(0), &store, &login);
+    assert_text(&r.program_saw, &full);
+    let missing = stuff(&big_server(0).msgs[0]).len() - kept.len();
+    assert!(down < missing + 300, "{down} for {missing}");
+    let seen = String::from_utf8_lossy(&r.real.seen).into_owned();
+    assert!(!seen.contains("UIDL 1"), "UIDL already known: {seen}");
+}
+
+#[test]
+fn retr_resume_against_an_old_server_side_is_a_full_transfer() {
+    // An older server side passes the private line to the real server.
+    let (_mem, store) = mem();
+    cut_attempt(PF, big_server(0), &store, 15_000);
+    let mut c = ClientAccel::new(PF, &warm()).with_store(store.clone());
+    let mut real = big_server(0);
+    let mut saw = Vec::new();
+    let mut o = Output::default();
+    c.start(&mut o);
+    let mut input: Vec<&[u8]> = LOGIN.to_vec();
+    input.push(b"RETR 1\r\n");
+    input.push(b"RETR 1\r\n");
+    let greet = real.greeting.clone();
+    c.from_tunnel(&greet, &mut o);
+    for l in input {
+        c.from_local(l, true, &mut o);
+        let up = std::mem::take(&mut o.to_tunnel);
+        let down = real.input(&up);
+        c.from_tunnel(&down, &mut o);
+        saw.append(&mut o.to_local);
+        assert!(o.fail.is_none(), "{:?}", o.fail);
+    }
+    let mut want = LOGIN.to_vec();
+    want.push(b"RETR 1\r\n");
+    want.push(b"RETR 1\r\n");
+    assert!(
+        saw == direct(big_server(0), &want),
+        "not the real server's bytes"
+    );
+    let seen = String::from_utf8_lossy(&real.seen).into_owned();
+    assert_eq!(seen.matches("XSTRAW").count(), 1, "tried once: {seen}");
+}
+
+#[test]
+fn retr_cut_before_the_body_keeps_nothing_useful() {
+    let (mem, store) = mem();
+    cut_attempt(PF, big_server(0), &store, 5);
+    let (r, _) = second_attempt(PF, big_server(0), &store, &LOGIN);
+    assert_text(&r.program_saw, &direct_retr(big_server(0), &LOGIN));
+    assert!(mem.is_empty());
 }
