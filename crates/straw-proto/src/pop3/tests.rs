@@ -183,6 +183,8 @@ struct Rig {
     fails: Vec<String>,
     puts: Vec<(String, Vec<u8>)>,
     tunnel_bulk: bool,
+    /// The real server's replies reach the server side this many bytes at a time.
+    server_chunk: usize,
 }
 
 impl Rig {
@@ -208,6 +210,7 @@ impl Rig {
             fails: Vec::new(),
             puts: Vec::new(),
             tunnel_bulk: false,
+            server_chunk: usize::MAX,
         };
         let mut o = Output::default();
         r.c.start(&mut o);
@@ -249,7 +252,15 @@ impl Rig {
             }
             let replies = self.real.input(&std::mem::take(&mut o.to_local));
             let mut n = Output::default();
-            self.s.from_local(&replies, true, &mut n);
+            for piece in replies.chunks(self.server_chunk) {
+                let mut m = Output::default();
+                self.s.from_local(piece, true, &mut m);
+                self.fails.extend(m.fail.take());
+                n.to_tunnel.append(&mut m.to_tunnel);
+                n.to_local.append(&mut m.to_local);
+                n.bulk |= m.bulk;
+                n.cache_put.append(&mut m.cache_put);
+            }
             o = n;
         }
     }
@@ -774,7 +785,19 @@ fn second_attempt(
     store: &SharedStore,
     login: &[&[u8]],
 ) -> (Rig, usize) {
+    second_attempt_chunked(cfg, real, store, login, usize::MAX)
+}
+
+/// As [`second_attempt`], the server side's bytes arriving `chunk` at a time.
+fn second_attempt_chunked(
+    cfg: Pop3Config,
+    real: FakeDovecot,
+    store: &SharedStore,
+    login: &[&[u8]],
+    chunk: usize,
+) -> (Rig, usize) {
     let mut r = Rig::with_store(cfg, &warm(), real, Some(store.clone()));
+    r.server_chunk = chunk;
     for l in login {
         r.send(l);
     }
@@ -793,7 +816,9 @@ fn second_attempt(
         let mut s2c = Vec::new();
         r.serve(so, &mut s2c);
         down += s2c.len();
-        r.c.from_tunnel(&s2c, &mut o);
+        for piece in s2c.chunks(chunk) {
+            r.c.from_tunnel(piece, &mut o);
+        }
     }
     (r, down)
 }
@@ -916,4 +941,45 @@ fn retr_cut_before_the_body_keeps_nothing_useful() {
     let (r, _) = second_attempt(PF, big_server(0), &store, &LOGIN);
     assert_text(&r.program_saw, &direct_retr(big_server(0), &LOGIN));
     assert!(mem.is_empty());
+}
+
+#[test]
+fn retr_waiting_for_its_uidl_keeps_pipelined_replies_in_order() {
+    let cfg = Pop3Config { prefetch: false };
+    let (mem, store) = mem();
+    cut_attempt(cfg, big_server(0), &store, 15_000);
+    // Another message of the same account in the store, too.
+    mem.put(&resume::key("bob", "uid-3"), &[b'x'; 600]);
+    let steps: [&[u8]; 4] = [
+        b"USER bob\r\n",
+        b"PASS secret\r\n",
+        b"RETR 2\r\nRETR 1\r\nSTAT\r\nRETR 3\r\n",
+        b"QUIT\r\n",
+    ];
+    let want = direct(big_server(0), &steps);
+    let mut r = Rig::with_store(cfg, &warm(), big_server(0), Some(store.clone()));
+    for s in steps {
+        r.send(s);
+    }
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert!(
+        r.program_saw == want,
+        "not the real server's bytes, in order"
+    );
+    // uid-1 resumed and done; uid-3's junk prefix failed the check and was
+    // replaced by the real body, then removed when it completed.
+    assert!(mem.is_empty(), "{} left", mem.len());
+}
+
+#[test]
+fn retr_resume_splices_whatever_the_chunking() {
+    let full = direct_retr(big_server(0), &LOGIN);
+    for chunk in [1, 2, 5, 17, 512, 4096] {
+        let (mem, store) = mem();
+        cut_attempt(PF, big_server(0), &store, 9_000 + chunk);
+        let (r, _) = second_attempt_chunked(PF, big_server(0), &store, &LOGIN, chunk);
+        assert!(r.fails.is_empty(), "chunk {chunk}: {:?}", r.fails);
+        assert!(r.program_saw == full, "chunk {chunk}: not byte-exact");
+        assert!(mem.is_empty());
+    }
 }
