@@ -420,6 +420,22 @@ impl ClientAccel {
                 self.forward(&line, true, false, out);
                 return true;
             }
+            None if self.prefetch_uidl_pending() => {
+                // The prefetched listing arrives before the RETR reply.
+                if store.any_with_prefix(&resume::account_prefix(&user)) {
+                    if let Some(e) = self
+                        .expect
+                        .iter_mut()
+                        .find(|e| matches!(e.disp, Disp::Prefetch(1)))
+                    {
+                        e.unblocks = true;
+                        self.blocked = true;
+                    }
+                    self.inbuf.splice(0..0, line);
+                    return false;
+                }
+                None
+            }
             None => {
                 out.to_tunnel
                     .extend_from_slice(format!("UIDL {msg}\r\n").as_bytes());
@@ -462,6 +478,13 @@ impl ClientAccel {
         }));
         self.forward_tracked(&line, true, false, track, out);
         true
+    }
+
+    /// The UIDL listing prefetched with the login is still on its way.
+    fn prefetch_uidl_pending(&self) -> bool {
+        self.expect
+            .iter()
+            .any(|e| matches!(e.disp, Disp::Prefetch(1)))
     }
 
     /// Learns msg → UIDL pairs from a UIDL reply.

@@ -983,3 +983,36 @@ fn retr_resume_splices_whatever_the_chunking() {
         assert!(mem.is_empty());
     }
 }
+
+#[test]
+fn retr_pipelined_with_the_login_uses_the_prefetched_uidl() {
+    let (mem, store) = mem();
+    cut_attempt(PF, big_server(0), &store, 15_000);
+    let kept = mem.get(&resume::key("bob", "uid-1")).unwrap();
+    let steps: [&[u8]; 2] = [
+        b"USER bob\r\nPASS secret\r\nRETR 1\r\nRETR 2\r\n",
+        b"QUIT\r\n",
+    ];
+    let want = direct(big_server(0), &steps);
+    let mut r = Rig::with_store(PF, &warm(), big_server(0), Some(store.clone()));
+    let before = r.real.seen.len();
+    r.send(steps[0]);
+    r.send(steps[1]);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert!(r.program_saw == want, "not the real server's bytes");
+    let seen = String::from_utf8_lossy(&r.real.seen[before..]).into_owned();
+    assert!(
+        !seen.contains("UIDL 1"),
+        "prefetched UIDL was on its way: {seen}"
+    );
+    assert!(mem.is_empty() && kept.len() > 10_000);
+    // Without anything stored, nothing waits and nothing extra is asked.
+    let (_m, empty) = mem();
+    let mut r = Rig::with_store(PF, &warm(), big_server(0), Some(empty));
+    r.send(steps[0]);
+    let seen = String::from_utf8_lossy(&r.real.seen).into_owned();
+    assert!(
+        !seen.contains("UIDL 1") && !seen.contains("XSTRAW"),
+        "{seen}"
+    );
+}
