@@ -1007,7 +1007,7 @@ fn retr_pipelined_with_the_login_uses_the_prefetched_uidl() {
     );
     assert!(mem.is_empty() && kept.len() > 10_000);
     // Without anything stored, nothing waits and nothing extra is asked.
-    let (_m, empty) = mem();
+    let empty: SharedStore = Arc::new(MemStore::new());
     let mut r = Rig::with_store(PF, &warm(), big_server(0), Some(empty));
     r.send(steps[0]);
     let seen = String::from_utf8_lossy(&r.real.seen).into_owned();
