@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod imap;
+pub mod partial;
 pub mod passthrough;
 pub mod pop3;
 pub mod smtp;
@@ -30,6 +31,8 @@ pub struct Output {
     /// Values to remember for the next connection to this service (e.g. the
     /// real greeting and capability list), as (key, value).
     pub cache_put: Vec<(String, Vec<u8>)>,
+    /// Lines for the log (e.g. why a resume fell back to a full transfer).
+    pub notes: Vec<String>,
 }
 
 impl Output {
@@ -40,6 +43,7 @@ impl Output {
         self.bulk = false;
         self.fail = None;
         self.cache_put.clear();
+        self.notes.clear();
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use straw_core::session::{Role, Session, SessionConfig};
 use straw_core::wire::{Hello, PROTOCOL_VERSION, Resume};
+use straw_proto::partial::SharedStore;
 use straw_proto::passthrough::Passthrough;
 use straw_proto::{Accelerator, http, imap, pop3, smtp};
 use tokio::net::TcpListener;
@@ -17,6 +18,7 @@ use tracing::{info, warn};
 use crate::config::{ClientConfig, Dial, Protocol, SessionOptions, TcpOptions};
 use crate::link::keys::{self, Keypair};
 use crate::link::{noise, tcp};
+use crate::partial::FileStore;
 use crate::tunnel::{LinkEnded, LivenessConfig, OpenRequest, SharedCache, Tunnel, TunnelStats};
 
 /// How long the local connections of a given-up tunnel get to hear why.
@@ -170,6 +172,7 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     let keypair = keys::load_private(&cfg.private_key)?;
     let server_key = keys::load_public(&cfg.server_public_key)?;
     let (open_tx, mut opens) = mpsc::channel::<OpenRequest>(64);
+    let partials = open_partials(&cfg);
     for svc in &cfg.services {
         let listener = tcp::bind_local_listener(svc.listen, &cfg.tcp)
             .with_context(|| format!("service {}: cannot listen on {}", svc.name, svc.listen))?;
@@ -184,6 +187,7 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                 protocol: svc.protocol,
                 cfg: cfg.clone(),
                 cache: SharedCache::default(),
+                partials: partials.as_ref().map(|p| p.for_service(&svc.name)),
             },
             open_tx.clone(),
             cfg.tcp.clone(),
@@ -483,6 +487,29 @@ struct AccelFactory {
     protocol: Protocol,
     cfg: ClientConfig,
     cache: SharedCache,
+    partials: Option<SharedStore>,
+}
+
+/// The store of interrupted transfers, if enabled and usable (a store that
+/// can't be opened only costs full transfers: warn and go on).
+fn open_partials(cfg: &ClientConfig) -> Option<Arc<FileStore>> {
+    if !cfg.partial.enabled {
+        return None;
+    }
+    let Some(dir) = cfg.partial.dir() else {
+        warn!("no [partial] dir and no HOME: interrupted messages will be fetched whole again");
+        return None;
+    };
+    match FileStore::open(&dir, cfg.partial.max_bytes) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            warn!(
+                "partial store {}: {e}; interrupted messages will be fetched whole again",
+                dir.display()
+            );
+            None
+        }
+    }
 }
 
 impl AccelFactory {
@@ -490,12 +517,18 @@ impl AccelFactory {
         let cache = self.cache.lock().expect("cache lock").clone();
         match self.protocol {
             Protocol::Tcp => Box::new(Passthrough::default()),
-            Protocol::Pop3 => Box::new(pop3::ClientAccel::new(
-                pop3::Pop3Config {
-                    prefetch: self.cfg.pop3.prefetch,
-                },
-                &cache,
-            )),
+            Protocol::Pop3 => {
+                let a = pop3::ClientAccel::new(
+                    pop3::Pop3Config {
+                        prefetch: self.cfg.pop3.prefetch,
+                    },
+                    &cache,
+                );
+                match &self.partials {
+                    Some(p) => Box::new(a.with_store(p.clone())),
+                    None => Box::new(a),
+                }
+            }
             Protocol::Smtp => Box::new(smtp::ClientAccel::new(&cache)),
             Protocol::Imap => Box::new(imap::ClientAccel::new(&cache)),
             Protocol::Http => Box::new(http::ClientAccel::new(http::HttpPolicy {

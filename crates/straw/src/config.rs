@@ -226,6 +226,47 @@ impl Default for ClientPop3 {
     }
 }
 
+/// Client `[partial]`: where interrupted message transfers are kept, so
+/// that the next attempt only fetches the rest (POP3 RETR).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientPartial {
+    pub enabled: bool,
+    /// Directory for the partial files; default
+    /// `$XDG_STATE_HOME/straw/partial` (or `~/.local/state/straw/partial`).
+    pub dir: Option<PathBuf>,
+    /// Bound on the bytes kept; the least recently written go first.
+    pub max_bytes: u64,
+}
+
+impl Default for ClientPartial {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl ClientPartial {
+    /// The directory to use: the configured one, else the user's state dir
+    /// (None if there is no home to put it in).
+    pub fn dir(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.dir {
+            return Some(d.clone());
+        }
+        let env = |k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        env("XDG_STATE_HOME")
+            .or_else(|| env("HOME").map(|h| h.join(".local/state")))
+            .map(|d| d.join("straw/partial"))
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -256,6 +297,8 @@ pub struct ClientConfig {
     pub http: ClientHttp,
     #[serde(default)]
     pub pop3: ClientPop3,
+    #[serde(default)]
+    pub partial: ClientPartial,
     #[serde(default)]
     pub tcp: TcpOptions,
     #[serde(default)]
@@ -360,6 +403,9 @@ impl ClientConfig {
         let mut c: Self = read_toml(path)?;
         resolve(path, &mut c.private_key);
         resolve(path, &mut c.server_public_key);
+        if let Some(d) = &mut c.partial.dir {
+            resolve(path, d);
+        }
         if c.services.is_empty() {
             bail!("{}: no [[service]] configured", path.display());
         }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod link;
 pub mod linksim;
+pub mod partial;
 pub mod server;
 pub mod tunnel;
 pub mod upstream;

@@ -915,6 +915,9 @@ impl PumpCtx {
                 c.insert(k, v);
             }
         }
+        for note in out.notes.drain(..) {
+            info!(stream = self.stream, "{note}");
+        }
         if let Some(reason) = out.fail.take() {
             warn!(stream = self.stream, "closing connection: {reason}");
             let _ = self.tx.send(PumpMsg::Failed {

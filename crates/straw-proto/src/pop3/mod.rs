@@ -12,13 +12,15 @@
 //! reply to `PASS` (and the real `PASS` reply, which is then meaningless, is
 //! swallowed): the program sees a failed login, which is the truth.
 
+pub mod resume;
 pub(crate) mod text;
 
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
+use crate::partial::SharedStore;
 use crate::{AccelStats, Accelerator, Cache, Output};
 use text::{DotScanner, MAX_LINE, take_line, verb};
 
@@ -71,6 +73,11 @@ pub(crate) struct ReplyReader {
 }
 
 impl ReplyReader {
+    /// Past a `+OK` status line, inside a multi-line body.
+    pub(crate) fn in_body(&self) -> bool {
+        self.body.is_some()
+    }
+
     /// Appends the reply bytes found in `data` to `sink` (the status line only
     /// once complete). Returns bytes consumed and whether the reply ended.
     pub(crate) fn feed(
@@ -135,13 +142,46 @@ enum Disp {
     Deliver {
         id: u64,
         capa: bool,
+        track: Track,
     },
+    /// Our own `UIDL n`, to key a RETR's partial: swallowed.
+    OwnUidl(u32),
+    /// The server side's answer to a resume request (see [`resume`]).
+    Resume,
     /// The real reply to a `USER` answered locally.
     VerifyUser,
     Pass {
         id: u64,
     },
     Prefetch(usize),
+}
+
+/// What else a delivered reply is watched for.
+#[derive(Debug, Default)]
+enum Track {
+    #[default]
+    None,
+    /// A UIDL listing or `UIDL n`: learn msg → UIDL (`multi`: a listing).
+    Uidl {
+        multi: bool,
+    },
+    Retr(Box<RetrTrack>),
+}
+
+/// A RETR whose body is kept in the partial store as it arrives.
+#[derive(Debug)]
+struct RetrTrack {
+    msg: u32,
+    /// Known once the UIDL is (it may arrive with our own `UIDL n`).
+    key: Option<String>,
+    /// The prefix offered with a resume request.
+    offered: Option<Vec<u8>>,
+    /// The server side agreed: the stored prefix goes to the program after
+    /// the status line, then the remainder from the stream.
+    resumed: bool,
+    spliced: bool,
+    /// The store holds this transfer's body so far.
+    storing: bool,
 }
 
 #[derive(Debug)]
@@ -182,6 +222,14 @@ pub struct ClientAccel {
     /// Part of the front reply (a multi-line one) is already with the program.
     partial: bool,
     stats: AccelStats,
+    /// Where interrupted RETR bodies are kept (none: no message resume).
+    store: Option<SharedStore>,
+    /// The login name given with `USER`/`APOP`: half of a partial's key.
+    user: Option<String>,
+    /// msg number → UIDL, as far as known (None: the server has none).
+    uidls: HashMap<u32, Option<String>>,
+    /// The server side doesn't know resume requests (an older straw).
+    resume_refused: bool,
 }
 
 impl ClientAccel {
@@ -211,7 +259,17 @@ impl ClientAccel {
             failed: false,
             partial: false,
             stats: AccelStats::default(),
+            store: None,
+            user: None,
+            uidls: HashMap::new(),
+            resume_refused: false,
         }
+    }
+
+    /// Keeps interrupted RETR bodies in `store` and resumes them.
+    pub fn with_store(mut self, store: SharedStore) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Call once when the program connects: serves the cached greeting, or
@@ -320,15 +378,120 @@ impl ClientAccel {
     }
 
     fn forward(&mut self, line: &[u8], multi: bool, capa: bool, out: &mut Output) -> u64 {
+        self.forward_tracked(line, multi, capa, Track::None, out)
+    }
+
+    fn forward_tracked(
+        &mut self,
+        line: &[u8],
+        multi: bool,
+        capa: bool,
+        track: Track,
+        out: &mut Output,
+    ) -> u64 {
         out.to_tunnel.extend_from_slice(line);
         out.flush = true;
         let id = self.owe_remote();
         self.expect.push_back(Expect {
             multi,
-            disp: Disp::Deliver { id, capa },
+            disp: Disp::Deliver { id, capa, track },
             unblocks: false,
         });
         id
+    }
+
+    /// `RETR n` with a partial store: learn the message's UIDL if needed,
+    /// offer a stored prefix, and watch the body. Returns false if the line
+    /// was put back to wait for our own `UIDL n`.
+    fn retr(&mut self, line: Vec<u8>, out: &mut Output) -> bool {
+        let msg = String::from_utf8_lossy(text::trim_end(&line))
+            .split_ascii_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<u32>().ok());
+        let (Some(store), Some(user), Some(msg)) = (self.store.clone(), self.user.clone(), msg)
+        else {
+            self.forward(&line, true, false, out);
+            return true;
+        };
+        let key = match self.uidls.get(&msg) {
+            Some(Some(uid)) => Some(resume::key(&user, uid)),
+            Some(None) => {
+                // The server gives no UIDL for it: nothing to key a partial by.
+                self.forward(&line, true, false, out);
+                return true;
+            }
+            None if self.prefetch_uidl_pending() => {
+                // The prefetched listing arrives before the RETR reply.
+                if store.any_with_prefix(&resume::account_prefix(&user)) {
+                    if let Some(e) = self
+                        .expect
+                        .iter_mut()
+                        .find(|e| matches!(e.disp, Disp::Prefetch(1)))
+                    {
+                        e.unblocks = true;
+                        self.blocked = true;
+                    }
+                    self.inbuf.splice(0..0, line);
+                    return false;
+                }
+                None
+            }
+            None => {
+                out.to_tunnel
+                    .extend_from_slice(format!("UIDL {msg}\r\n").as_bytes());
+                self.expect.push_back(Expect {
+                    multi: false,
+                    disp: Disp::OwnUidl(msg),
+                    unblocks: false,
+                });
+                if store.any_with_prefix(&resume::account_prefix(&user)) {
+                    // A partial of this account may be this message: wait
+                    // for the UIDL (one round trip) before asking for it.
+                    out.flush = true;
+                    self.block_on_last();
+                    self.inbuf.splice(0..0, line);
+                    return false;
+                }
+                None
+            }
+        };
+        let offered = key
+            .as_ref()
+            .filter(|_| !self.resume_refused)
+            .and_then(|k| store.get(k))
+            .filter(|p| p.len() >= resume::MIN_PREFIX);
+        if let Some(p) = &offered {
+            out.to_tunnel.extend_from_slice(&resume::request(p));
+            self.expect.push_back(Expect {
+                multi: false,
+                disp: Disp::Resume,
+                unblocks: false,
+            });
+        }
+        let track = Track::Retr(Box::new(RetrTrack {
+            msg,
+            key,
+            offered,
+            resumed: false,
+            spliced: false,
+            storing: false,
+        }));
+        self.forward_tracked(&line, true, false, track, out);
+        true
+    }
+
+    /// The UIDL listing prefetched with the login is still on its way.
+    fn prefetch_uidl_pending(&self) -> bool {
+        self.expect
+            .iter()
+            .any(|e| matches!(e.disp, Disp::Prefetch(1)))
+    }
+
+    /// Learns msg → UIDL pairs from a UIDL reply.
+    fn learn_uidls(&mut self, reply: &[u8], multi: bool) {
+        for (n, uid) in resume::parse_uidl(reply, multi) {
+            self.uidls.insert(n, Some(uid));
+        }
     }
 
     fn release_user(&mut self, out: &mut Output) {
@@ -377,6 +540,13 @@ impl ClientAccel {
             ("LIST", false) => Some(2),
             _ => None,
         };
+        if matches!(verb.as_str(), "USER" | "APOP") {
+            self.user = String::from_utf8_lossy(text::trim_end(&line))
+                .split_ascii_whitespace()
+                .nth(1)
+                .map(str::to_owned);
+            self.uidls.clear();
+        }
         match verb.as_str() {
             "USER" => {
                 self.held_user = Some(line);
@@ -413,8 +583,17 @@ impl ClientAccel {
                 self.owe_prefetched(slot.unwrap_or_default());
             }
             "AUTH" => {
+                // The account name is inside SASL: no message resume.
+                self.user = None;
                 self.forward(&line, !arg, false, out);
                 self.block_on_last();
+            }
+            "RETR" if arg => {
+                self.retr(line, out);
+            }
+            "UIDL" => {
+                let track = Track::Uidl { multi: !arg };
+                self.forward_tracked(&line, !arg, false, track, out);
             }
             _ => {
                 self.forward(&line, multi_if_ok(&verb, arg), verb == "CAPA", out);
@@ -462,11 +641,45 @@ impl ClientAccel {
                     self.deliver(id, &reply, true);
                 }
             }
-            Disp::Deliver { id, capa } => {
+            Disp::Deliver { id, capa, track } => {
+                match track {
+                    Track::Uidl { multi } => self.learn_uidls(&reply, multi),
+                    Track::Retr(t) => self.retr_done(&t),
+                    Track::None => {}
+                }
                 if capa && ok {
                     self.deliver(id, &rewrite_capa(&reply), true);
                 } else {
                     self.deliver(id, &reply, true);
+                }
+            }
+            Disp::OwnUidl(n) => {
+                let uid = resume::parse_uidl(&reply, false)
+                    .into_iter()
+                    .find(|(m, _)| *m == n)
+                    .map(|(_, u)| u);
+                self.uidls.insert(n, uid);
+                if e.unblocks {
+                    self.blocked = false;
+                }
+                return;
+            }
+            Disp::Resume => {
+                if reply.starts_with(resume::RESUMED) {
+                    if let Some(Expect {
+                        disp:
+                            Disp::Deliver {
+                                track: Track::Retr(t),
+                                ..
+                            },
+                        ..
+                    }) = self.expect.front_mut()
+                    {
+                        t.resumed = t.offered.is_some();
+                    }
+                } else if !reply.starts_with(b"-ERR straw:") {
+                    // Not from a straw server side: it passed the line on.
+                    self.resume_refused = true;
                 }
             }
             Disp::VerifyUser => {
@@ -497,7 +710,12 @@ impl ClientAccel {
                 }
                 self.deliver(id, &shown, true);
             }
-            Disp::Prefetch(s) => self.pf_val[s] = Some(reply),
+            Disp::Prefetch(s) => {
+                if s == 1 {
+                    self.learn_uidls(&reply, true);
+                }
+                self.pf_val[s] = Some(reply)
+            }
         }
         if e.unblocks {
             self.blocked = false;
@@ -566,15 +784,30 @@ impl Accelerator for ClientAccel {
             let Some(e) = self.expect.front() else {
                 return self.fail(out, "POP3 reply with no command outstanding".into());
             };
-            let (multi, streamed) = match e.disp {
-                Disp::Deliver { id, capa: false } => (e.multi, Some(id)),
+            let (multi, streamed) = match &e.disp {
+                Disp::Deliver {
+                    id,
+                    capa: false,
+                    track: Track::None | Track::Retr(_),
+                } => (e.multi, Some(*id)),
                 _ => (e.multi, None),
             };
-            let (n, done) = match self.reader.feed(data, multi, &mut self.cur) {
+            // A resumed RETR's status line is read alone: the stored prefix
+            // goes right after it.
+            let splice = matches!(&e.disp, Disp::Deliver { track: Track::Retr(t), .. } if t.resumed && !t.spliced);
+            let was_body = self.reader.in_body();
+            let limit = match data.iter().position(|&b| b == b'\n') {
+                Some(p) if splice && !was_body => p + 1,
+                _ => data.len(),
+            };
+            let (n, mut done) = match self.reader.feed(&data[..limit], multi, &mut self.cur) {
                 Ok(r) => r,
                 Err(err) => return self.fail(out, err),
             };
             data = &data[n..];
+            if let Err(err) = self.track_retr(was_body, &mut done) {
+                return self.fail(out, err);
+            }
             if let Some(id) = streamed {
                 // Stream long replies (RETR) to the program as they come.
                 let piece = std::mem::take(&mut self.cur);
@@ -592,6 +825,86 @@ impl Accelerator for ClientAccel {
 
     fn stats(&self) -> AccelStats {
         self.stats
+    }
+}
+
+impl ClientAccel {
+    /// For the RETR at the front, after a piece of its reply went into
+    /// `cur`: keeps the body (as it came over the stream) in the store, and
+    /// splices the stored prefix in after the status line of a resumed one.
+    fn track_retr(&mut self, was_body: bool, done: &mut bool) -> Result<(), String> {
+        let Some(Expect {
+            disp:
+                Disp::Deliver {
+                    track: Track::Retr(t),
+                    ..
+                },
+            ..
+        }) = self.expect.front_mut()
+        else {
+            return Ok(());
+        };
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let ok = self.reader.first.starts_with(b"+OK");
+        let status_now = !was_body && !self.cur.is_empty();
+        let body_from = if status_now {
+            self.reader.first.len()
+        } else {
+            0
+        };
+        if !ok || self.cur.len() < body_from {
+            if t.resumed && status_now {
+                return Err(
+                    "POP3 RETR: server side agreed to resume, then the reply failed".into(),
+                );
+            }
+            return Ok(());
+        }
+        if t.key.is_none() {
+            let user = self.user.clone().unwrap_or_default();
+            t.key = self
+                .uidls
+                .get(&t.msg)
+                .cloned()
+                .flatten()
+                .map(|u| resume::key(&user, &u));
+        }
+        let Some(key) = t.key.clone() else {
+            return Ok(());
+        };
+        let body = &self.cur[body_from..];
+        if t.resumed {
+            if status_now && !t.spliced {
+                // Our prefix is the body's start; it's in the store already.
+                t.spliced = true;
+                let prefix = t.offered.take().unwrap_or_default();
+                let (n, end) = self.reader.feed(&prefix, true, &mut self.cur)?;
+                if n != prefix.len() {
+                    return Err("POP3 RETR: stored prefix runs past the end of the message".into());
+                }
+                t.storing = true;
+                *done |= end;
+            } else if t.storing {
+                store.append(&key, body);
+            }
+        } else if status_now {
+            store.put(&key, body);
+            t.storing = true;
+        } else if t.storing {
+            store.append(&key, body);
+        }
+        Ok(())
+    }
+
+    /// A RETR reply ended: its partial is no longer needed.
+    fn retr_done(&mut self, t: &RetrTrack) {
+        if let (Some(store), Some(key)) = (&self.store, &t.key)
+            && t.storing
+        {
+            store.remove(key);
+        }
     }
 }
 
@@ -616,6 +929,9 @@ pub struct ServerAccel {
     reader: ReplyReader,
     sasl_next: bool,
     failed: bool,
+    /// A resume request waiting for its RETR, and the RETR being resumed.
+    resume_req: Option<(usize, String)>,
+    resume: Option<resume::ServerResume>,
 }
 
 impl ServerAccel {
@@ -638,10 +954,34 @@ impl ServerAccel {
         if !self.greeted || self.inflight.is_some() || self.failed {
             return;
         }
-        let line = match take_line(&mut self.inbuf) {
-            Ok(Some(l)) => l,
-            Ok(None) => return,
-            Err(e) => return self.fail(out, format!("POP3 command from client: {e}")),
+        let line = loop {
+            let line = match take_line(&mut self.inbuf) {
+                Ok(Some(l)) => l,
+                Ok(None) => return,
+                Err(e) => return self.fail(out, format!("POP3 command from client: {e}")),
+            };
+            if self.sasl_next {
+                break line;
+            }
+            let (v, arg) = verb(&line);
+            if let Some(req) = self.resume_req.take() {
+                if v == "RETR" && arg {
+                    self.resume = Some(resume::ServerResume::new(req.0, req.1));
+                } else {
+                    self.held.extend_from_slice(resume::NOT_RESUMED);
+                }
+            }
+            if v != resume::VERB {
+                break line;
+            }
+            // Ours, never the real server's: answered with the next RETR.
+            match resume::parse_request(&line) {
+                Ok(req) => self.resume_req = Some(req),
+                Err(e) => {
+                    out.notes.push(format!("POP3 resume request refused: {e}"));
+                    self.held.extend_from_slice(resume::NOT_RESUMED);
+                }
+            }
         };
         let kind = if std::mem::take(&mut self.sasl_next) {
             (false, false)
@@ -677,9 +1017,24 @@ impl Accelerator for ServerAccel {
                     );
                 }
             };
-            let (n, done) = match self.reader.feed(data, multi, &mut self.held) {
-                Ok(r) => r,
-                Err(e) => return self.fail(out, e),
+            let (n, done) = match &mut self.resume {
+                None => match self.reader.feed(data, multi, &mut self.held) {
+                    Ok(r) => r,
+                    Err(e) => return self.fail(out, e),
+                },
+                Some(r) => {
+                    let mut piece = Vec::new();
+                    let (n, done) = match self.reader.feed(data, multi, &mut piece) {
+                        Ok(r) => r,
+                        Err(e) => return self.fail(out, e),
+                    };
+                    let status_len = self.reader.first.len();
+                    r.feed(&piece, status_len, done, &mut self.held, &mut out.notes);
+                    if done {
+                        self.resume = None;
+                    }
+                    (n, done)
+                }
             };
             data = &data[n..];
             out.bulk |= bulk;

@@ -183,18 +183,34 @@ struct Rig {
     fails: Vec<String>,
     puts: Vec<(String, Vec<u8>)>,
     tunnel_bulk: bool,
+    /// The real server's replies reach the server side this many bytes at a time.
+    server_chunk: usize,
 }
 
 impl Rig {
     fn new(cfg: Pop3Config, cache: &Cache, real: FakeDovecot) -> Self {
+        Self::with_store(cfg, cache, real, None)
+    }
+
+    fn with_store(
+        cfg: Pop3Config,
+        cache: &Cache,
+        real: FakeDovecot,
+        store: Option<crate::partial::SharedStore>,
+    ) -> Self {
+        let c = ClientAccel::new(cfg, cache);
         let mut r = Rig {
-            c: ClientAccel::new(cfg, cache),
+            c: match store {
+                Some(s) => c.with_store(s),
+                None => c,
+            },
             s: ServerAccel::new(),
             real,
             program_saw: Vec::new(),
             fails: Vec::new(),
             puts: Vec::new(),
             tunnel_bulk: false,
+            server_chunk: usize::MAX,
         };
         let mut o = Output::default();
         r.c.start(&mut o);
@@ -236,7 +252,15 @@ impl Rig {
             }
             let replies = self.real.input(&std::mem::take(&mut o.to_local));
             let mut n = Output::default();
-            self.s.from_local(&replies, true, &mut n);
+            for piece in replies.chunks(self.server_chunk) {
+                let mut m = Output::default();
+                self.s.from_local(piece, true, &mut m);
+                self.fails.extend(m.fail.take());
+                n.to_tunnel.append(&mut m.to_tunnel);
+                n.to_local.append(&mut m.to_local);
+                n.bulk |= m.bulk;
+                n.cache_put.append(&mut m.cache_put);
+            }
             o = n;
         }
     }
@@ -702,4 +726,293 @@ fn link_lost_mid_retr_just_closes() {
 fn link_lost_between_commands_is_err() {
     let mut c = logged_in();
     assert_eq!(lost(&mut c), LINK_LOST);
+}
+
+// ------------------------------------------------------- message resume
+
+use crate::partial::{MemStore, PartialStore, SharedStore};
+use std::sync::Arc;
+
+/// A ~40 KB message with dot-stuffed lines, as message 1 of three.
+fn big_server(variant: u8) -> FakeDovecot {
+    let mut real = FakeDovecot::new(3);
+    let mut m = b"From: a@example.org\r\nSubject: big\r\n\r\n".to_vec();
+    for i in 0..1000 {
+        m.extend(format!(".line {i} of the big message, variant {variant}\r\n").as_bytes());
+    }
+    real.msgs[0] = m;
+    real
+}
+
+/// The program's bytes for a login and `RETR 1` straight to the server.
+fn direct_retr(real: FakeDovecot, login: &[&[u8]]) -> Vec<u8> {
+    let mut steps = login.to_vec();
+    steps.push(b"RETR 1\r\n");
+    direct(real, &steps)
+}
+
+const LOGIN: [&[u8]; 2] = [b"USER bob\r\n", b"PASS secret\r\n"];
+
+/// First attempt: log in, `RETR 1`, and the link dies after `keep` bytes of
+/// the server side's reply stream reached the client side. Returns what
+/// the program saw.
+fn cut_attempt(cfg: Pop3Config, real: FakeDovecot, store: &SharedStore, keep: usize) -> Vec<u8> {
+    let mut r = Rig::with_store(cfg, &warm(), real, Some(store.clone()));
+    for l in LOGIN {
+        r.send(l);
+    }
+    let mut o = Output::default();
+    r.c.from_local(b"RETR 1\r\n", true, &mut o);
+    let mut s2c = Vec::new();
+    let mut so = Output::default();
+    r.s.from_tunnel(&std::mem::take(&mut o.to_tunnel), &mut so);
+    r.serve(so, &mut s2c);
+    assert!(s2c.len() > keep, "reply shorter than the cut point");
+    r.c.from_tunnel(&s2c[..keep], &mut o);
+    r.collect(&mut o);
+    let mut o = Output::default();
+    r.c.link_lost(&mut o);
+    r.collect(&mut o);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    r.program_saw
+}
+
+/// A fresh pair with `store`: log in, `RETR 1`; returns the rig and the
+/// bytes the server side sent for the RETR.
+fn second_attempt(
+    cfg: Pop3Config,
+    real: FakeDovecot,
+    store: &SharedStore,
+    login: &[&[u8]],
+) -> (Rig, usize) {
+    second_attempt_chunked(cfg, real, store, login, usize::MAX)
+}
+
+/// As [`second_attempt`], the server side's bytes arriving `chunk` at a time.
+fn second_attempt_chunked(
+    cfg: Pop3Config,
+    real: FakeDovecot,
+    store: &SharedStore,
+    login: &[&[u8]],
+    chunk: usize,
+) -> (Rig, usize) {
+    let mut r = Rig::with_store(cfg, &warm(), real, Some(store.clone()));
+    r.server_chunk = chunk;
+    for l in login {
+        r.send(l);
+    }
+    let mut o = Output::default();
+    r.c.from_local(b"RETR 1\r\n", true, &mut o);
+    // Carry by hand, counting what crosses towards the client.
+    let mut down = 0;
+    loop {
+        r.collect(&mut o);
+        let up = std::mem::take(&mut o.to_tunnel);
+        if up.is_empty() {
+            break;
+        }
+        let mut so = Output::default();
+        r.s.from_tunnel(&up, &mut so);
+        let mut s2c = Vec::new();
+        r.serve(so, &mut s2c);
+        down += s2c.len();
+        for piece in s2c.chunks(chunk) {
+            r.c.from_tunnel(piece, &mut o);
+        }
+    }
+    (r, down)
+}
+
+fn mem() -> (Arc<MemStore>, SharedStore) {
+    let m = Arc::new(MemStore::new());
+    let s: SharedStore = m.clone();
+    (m, s)
+}
+
+#[test]
+fn retr_resume_sends_only_the_rest_and_is_exact() {
+    let (mem, store) = mem();
+    let full = direct_retr(big_server(0), &LOGIN);
+    let saw = cut_attempt(PF, big_server(0), &store, 20_000);
+    assert!(full.starts_with(&saw) && saw.len() > 10_000);
+    assert!(!saw.ends_with(b"\r\n.\r\n"), "no terminator after a cut");
+    let key = resume::key("bob", "uid-1");
+    let kept = mem.get(&key).expect("partial kept");
+    assert!(kept.len() > 10_000);
+
+    let (r, down) = second_attempt(PF, big_server(0), &store, &LOGIN);
+    assert_text(&r.program_saw, &full);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    let body_len = stuff(&big_server(0).msgs[0]).len();
+    assert!(
+        down < body_len - kept.len() + 200,
+        "{down} bytes crossed for {} missing",
+        body_len - kept.len()
+    );
+    assert!(mem.is_empty(), "partial deleted once complete");
+}
+
+#[test]
+fn retr_resume_with_changed_prefix_falls_back_to_full() {
+    let (mem, store) = mem();
+    cut_attempt(PF, big_server(0), &store, 20_000);
+    let full = direct_retr(big_server(1), &LOGIN);
+    let (r, down) = second_attempt(PF, big_server(1), &store, &LOGIN);
+    assert_text(&r.program_saw, &full);
+    assert!(down > stuff(&big_server(1).msgs[0]).len());
+    assert!(mem.is_empty());
+}
+
+#[test]
+fn retr_resume_without_prefetch_asks_uidl_first() {
+    let cfg = Pop3Config { prefetch: false };
+    let (mem, store) = mem();
+    let full = direct_retr(big_server(0), &LOGIN);
+    let saw = cut_attempt(cfg, big_server(0), &store, 15_000);
+    assert!(full.starts_with(&saw));
+    let kept = mem
+        .get(&resume::key("bob", "uid-1"))
+        .expect("keyed by our own UIDL 1");
+    let (r, down) = second_attempt(cfg, big_server(0), &store, &LOGIN);
+    assert_text(&r.program_saw, &full);
+    let missing = stuff(&big_server(0).msgs[0]).len() - kept.len();
+    assert!(down < missing + 200, "{down} for {missing}");
+    assert!(mem.is_empty());
+    // The real server saw our UIDL 1 each time, never the private line.
+    let seen = String::from_utf8_lossy(&r.real.seen).into_owned();
+    assert!(seen.contains("UIDL 1\r\nRETR 1\r\n"), "{seen}");
+    assert!(!seen.contains("XSTRAW"), "{seen}");
+}
+
+#[test]
+fn retr_resume_uses_the_programs_uidl_listing() {
+    let cfg = Pop3Config { prefetch: false };
+    let (mem, store) = mem();
+    cut_attempt(cfg, big_server(0), &store, 15_000);
+    let kept = mem.get(&resume::key("bob", "uid-1")).unwrap();
+    let login: [&[u8]; 3] = [b"USER bob\r\n", b"PASS secret\r\n", b"UIDL\r\n"];
+    let full = direct_retr(big_server(0), &login);
+    let (r, down) = second_attempt(cfg, big_server(0), &store, &login);
+    assert_text(&r.program_saw, &full);
+    let missing = stuff(&big_server(0).msgs[0]).len() - kept.len();
+    assert!(down < missing + 300, "{down} for {missing}");
+    let seen = String::from_utf8_lossy(&r.real.seen).into_owned();
+    assert!(!seen.contains("UIDL 1"), "UIDL already known: {seen}");
+}
+
+#[test]
+fn retr_resume_against_an_old_server_side_is_a_full_transfer() {
+    // An older server side passes the private line to the real server.
+    let (_mem, store) = mem();
+    cut_attempt(PF, big_server(0), &store, 15_000);
+    let mut c = ClientAccel::new(PF, &warm()).with_store(store.clone());
+    let mut real = big_server(0);
+    let mut saw = Vec::new();
+    let mut o = Output::default();
+    c.start(&mut o);
+    let mut input: Vec<&[u8]> = LOGIN.to_vec();
+    input.push(b"RETR 1\r\n");
+    input.push(b"RETR 1\r\n");
+    let greet = real.greeting.clone();
+    c.from_tunnel(&greet, &mut o);
+    for l in input {
+        c.from_local(l, true, &mut o);
+        let up = std::mem::take(&mut o.to_tunnel);
+        let down = real.input(&up);
+        c.from_tunnel(&down, &mut o);
+        saw.append(&mut o.to_local);
+        assert!(o.fail.is_none(), "{:?}", o.fail);
+    }
+    let mut want = LOGIN.to_vec();
+    want.push(b"RETR 1\r\n");
+    want.push(b"RETR 1\r\n");
+    assert!(
+        saw == direct(big_server(0), &want),
+        "not the real server's bytes"
+    );
+    let seen = String::from_utf8_lossy(&real.seen).into_owned();
+    assert_eq!(seen.matches("XSTRAW").count(), 1, "tried once: {seen}");
+}
+
+#[test]
+fn retr_cut_before_the_body_keeps_nothing_useful() {
+    let (mem, store) = mem();
+    cut_attempt(PF, big_server(0), &store, 5);
+    let (r, _) = second_attempt(PF, big_server(0), &store, &LOGIN);
+    assert_text(&r.program_saw, &direct_retr(big_server(0), &LOGIN));
+    assert!(mem.is_empty());
+}
+
+#[test]
+fn retr_waiting_for_its_uidl_keeps_pipelined_replies_in_order() {
+    let cfg = Pop3Config { prefetch: false };
+    let (mem, store) = mem();
+    cut_attempt(cfg, big_server(0), &store, 15_000);
+    // Another message of the same account in the store, too.
+    mem.put(&resume::key("bob", "uid-3"), &[b'x'; 600]);
+    let steps: [&[u8]; 4] = [
+        b"USER bob\r\n",
+        b"PASS secret\r\n",
+        b"RETR 2\r\nRETR 1\r\nSTAT\r\nRETR 3\r\n",
+        b"QUIT\r\n",
+    ];
+    let want = direct(big_server(0), &steps);
+    let mut r = Rig::with_store(cfg, &warm(), big_server(0), Some(store.clone()));
+    for s in steps {
+        r.send(s);
+    }
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert!(
+        r.program_saw == want,
+        "not the real server's bytes, in order"
+    );
+    // uid-1 resumed and done; uid-3's junk prefix failed the check and was
+    // replaced by the real body, then removed when it completed.
+    assert!(mem.is_empty(), "{} left", mem.len());
+}
+
+#[test]
+fn retr_resume_splices_whatever_the_chunking() {
+    let full = direct_retr(big_server(0), &LOGIN);
+    for chunk in [1, 2, 5, 17, 512, 4096] {
+        let (mem, store) = mem();
+        cut_attempt(PF, big_server(0), &store, 9_000 + chunk);
+        let (r, _) = second_attempt_chunked(PF, big_server(0), &store, &LOGIN, chunk);
+        assert!(r.fails.is_empty(), "chunk {chunk}: {:?}", r.fails);
+        assert!(r.program_saw == full, "chunk {chunk}: not byte-exact");
+        assert!(mem.is_empty());
+    }
+}
+
+#[test]
+fn retr_pipelined_with_the_login_uses_the_prefetched_uidl() {
+    let (mem, store) = mem();
+    cut_attempt(PF, big_server(0), &store, 15_000);
+    let kept = mem.get(&resume::key("bob", "uid-1")).unwrap();
+    let steps: [&[u8]; 2] = [
+        b"USER bob\r\nPASS secret\r\nRETR 1\r\nRETR 2\r\n",
+        b"QUIT\r\n",
+    ];
+    let want = direct(big_server(0), &steps);
+    let mut r = Rig::with_store(PF, &warm(), big_server(0), Some(store.clone()));
+    let before = r.real.seen.len();
+    r.send(steps[0]);
+    r.send(steps[1]);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert!(r.program_saw == want, "not the real server's bytes");
+    let seen = String::from_utf8_lossy(&r.real.seen[before..]).into_owned();
+    assert!(
+        !seen.contains("UIDL 1"),
+        "prefetched UIDL was on its way: {seen}"
+    );
+    assert!(mem.is_empty() && kept.len() > 10_000);
+    // Without anything stored, nothing waits and nothing extra is asked.
+    let empty: SharedStore = Arc::new(MemStore::new());
+    let mut r = Rig::with_store(PF, &warm(), big_server(0), Some(empty));
+    r.send(steps[0]);
+    let seen = String::from_utf8_lossy(&r.real.seen).into_owned();
+    assert!(
+        !seen.contains("UIDL 1") && !seen.contains("XSTRAW"),
+        "{seen}"
+    );
 }
