@@ -32,6 +32,7 @@ pub fn session_config(role: Role, o: &SessionOptions) -> SessionConfig {
     c.record_secs = o.record_secs;
     c.stream_window = o.stream_window;
     c.max_streams = o.max_streams;
+    c.codec_idle_reset = Duration::from_secs(o.codec_idle_reset_secs);
     set_codec(&mut c, role, LinkCodec::Cm);
     c
 }

@@ -88,6 +88,11 @@ pub struct SessionOptions {
     /// Server: how long to keep a session whose link ended with no
     /// connections in it (a client's idle hang-up), for the next dial.
     pub hangup_park_secs: u64,
+    /// After this many seconds without compressed traffic, both directions'
+    /// compression contexts go back to their primed state, so an idle tunnel
+    /// holds no codec state (0: never). The next message pays a little
+    /// warm-up; a redial within this time resumes warm.
+    pub codec_idle_reset_secs: u64,
 }
 
 impl Default for SessionOptions {
@@ -105,6 +110,7 @@ impl Default for SessionOptions {
             dead_after_min_secs: 10.0,
             idle_ping_secs: 60,
             hangup_park_secs: 6 * 3600,
+            codec_idle_reset_secs: 300,
         }
     }
 }

@@ -118,6 +118,11 @@ pub struct SessionConfig {
     /// transform (mail, HTTP). Each side decides for what it sends; the DATA
     /// flag tells the peer, so the two configs need not agree.
     pub transform_services: Vec<Vec<u8>>,
+    /// After this long without a compressed record, the sender resets its
+    /// compression contexts to their primed state and tells the peer
+    /// ([`Frame::CodecReset`]), so an idle tunnel holds no codec state on
+    /// either side. Zero: never.
+    pub codec_idle_reset: Duration,
 }
 
 impl SessionConfig {
@@ -145,6 +150,7 @@ impl SessionConfig {
             bulk_codec_params: CodecParams::default(),
             bulk_decoder_limits: DecoderLimits::default(),
             transform_services: Vec::new(),
+            codec_idle_reset: Duration::from_secs(300),
         }
     }
 }
@@ -218,6 +224,8 @@ pub struct SessionStats {
     /// `wire_bytes_sent`).
     pub records_resent: u64,
     pub wire_bytes_resent: u64,
+    /// Idle codec resets this side sent.
+    pub codec_resets: u64,
 }
 
 struct SentRecord {
@@ -277,6 +285,10 @@ pub struct Session {
     last_ack_sent: u64,
     ack_due: Option<Instant>,
     ping_due: Option<Instant>,
+    /// When a compressed record last left (the codec idle clock).
+    last_codec_use: Instant,
+    /// A CodecReset arrived in the record being handled.
+    reset_decoder: bool,
     epoch: Instant,
 
     stats: SessionStats,
@@ -317,6 +329,8 @@ impl Session {
             last_ack_sent: 0,
             ack_due: None,
             ping_due: Some(now),
+            last_codec_use: now,
+            reset_decoder: false,
             epoch: now,
             stats: SessionStats::default(),
             cfg,
@@ -525,6 +539,14 @@ impl Session {
             ack_eliciting |= !matches!(frame, Frame::Ack { .. });
             self.handle_frame(now, frame)?;
         }
+        if std::mem::take(&mut self.reset_decoder) {
+            if !self.bulk_in.is_empty() {
+                return Err(SessionError::Codec(CodecError::Corrupt(
+                    "codec reset inside a bulk unit".into(),
+                )));
+            }
+            self.decoder.reset();
+        }
         // A record of ACKs alone is acked with the next real one: acking it
         // at once would make two idle peers ack each other's acks forever.
         if ack_eliciting {
@@ -552,7 +574,13 @@ impl Session {
         for frame in FrameDecoder::new(Bytes::copy_from_slice(plain)) {
             self.handle_frame(now, frame?)?;
         }
-        self.handle_bulk_slice(now)
+        self.handle_bulk_slice(now)?;
+        if self.reset_decoder {
+            return Err(SessionError::Codec(CodecError::Corrupt(
+                "codec reset in a bulk record".into(),
+            )));
+        }
+        Ok(())
     }
 
     /// A bulk slice: frames may straddle slices, so keep the tail.
@@ -685,6 +713,7 @@ impl Session {
                 }
             }
             Frame::Caps { .. } => {}
+            Frame::CodecReset => self.reset_decoder = true,
             Frame::Proto { stream, payload } => {
                 if self.streams.contains_key(&stream) {
                     self.events.push_back(Event::Proto { stream, payload });
@@ -825,6 +854,9 @@ impl Session {
         if let Some(wire) = self.next_resend() {
             return Some(wire);
         }
+        if self.codec_reset_due().is_some_and(|t| t <= now) {
+            return Some(self.send_codec_reset(now));
+        }
         if (self.has_sendable_data() || !self.control.is_empty()) && self.cork_deadline.is_none() {
             self.cork_deadline = Some(now + self.cork_delay());
         }
@@ -899,6 +931,36 @@ impl Session {
         Some(self.finish_record(now, wire))
     }
 
+    /// When the idle codec contexts are to be reset, if they hold anything
+    /// and nothing waits to be sent (which would use them again).
+    fn codec_reset_due(&self) -> Option<Instant> {
+        let idle = self.cfg.codec_idle_reset;
+        if idle.is_zero()
+            || self.encoder.memory_bytes() == 0
+            || !self.bulk_out.is_empty()
+            || self.has_sendable_data()
+        {
+            return None;
+        }
+        Some(self.last_codec_use + idle)
+    }
+
+    /// A stored record with any pending control frames and a CodecReset;
+    /// the encoder starts from its primed state with the next record.
+    fn send_codec_reset(&mut self, now: Instant) -> Bytes {
+        let mut wire = vec![CodecId::Stored as u8];
+        self.ack_due = None;
+        self.encode_ack(&mut wire);
+        while let Some(f) = self.control.pop_front() {
+            f.encode(&mut wire);
+        }
+        self.urgent_control = false;
+        Frame::CodecReset.encode(&mut wire);
+        self.encoder.reset();
+        self.stats.codec_resets += 1;
+        self.finish_record(now, wire)
+    }
+
     /// The next slice of the bulk unit, compressing a new unit if the last
     /// one is sent and bulk data is due.
     fn poll_bulk(&mut self, now: Instant) -> Option<Bytes> {
@@ -962,6 +1024,9 @@ impl Session {
 
     /// Numbers a record, keeps it for replay, and accounts it.
     fn finish_record(&mut self, now: Instant, wire: Vec<u8>) -> Bytes {
+        if wire.first() != Some(&(CodecId::Stored as u8)) {
+            self.last_codec_use = now;
+        }
         let wire = Bytes::from(wire);
         self.replay.push_back(SentRecord {
             seq: self.next_send_seq,
@@ -1143,7 +1208,7 @@ impl Session {
         let cork = self
             .cork_deadline
             .filter(|_| window_open || !self.control.is_empty());
-        [self.ack_due, cork, self.ping_due]
+        [self.ack_due, cork, self.ping_due, self.codec_reset_due()]
             .into_iter()
             .flatten()
             .min()

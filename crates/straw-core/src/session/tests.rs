@@ -1275,3 +1275,98 @@ fn bulk_slices_stay_small_on_faster_links() {
     // Without the bound, slices would be a whole record.
     assert!(sim.client.record_target() > min_slice * 3 / 2 + 64);
 }
+
+/// After `codec_idle_reset` without compressed records, each side resets its
+/// encoder and tells the peer: an idle tunnel then holds no codec state on
+/// either side (the bound is 64 KiB), and later traffic still
+/// decodes, so both ends reset at the same record.
+fn idle_reset_frees_codec_state(c: SessionConfig, s: SessionConfig) {
+    let mut sim = Sim::with_configs(2_000.0, Duration::from_millis(200), c, s);
+    let idle = sim.client.config().codec_idle_reset;
+    let id = sim
+        .client
+        .open_stream(b"mail", b"", Priority::Interactive)
+        .unwrap();
+    let mut sent = Vec::new();
+    let mut echo = |sim: &mut Sim, text: &[u8]| {
+        sim.client.send(id, text).unwrap();
+        sim.client.flush(id);
+        sent.extend_from_slice(text);
+        sim.run_for(Duration::from_secs(5));
+        let got = Sim::received(&sim.server_events, id);
+        assert!(got == sent, "{} of {} bytes", got.len(), sent.len());
+        let sid = id;
+        sim.server.send(sid, text).unwrap();
+        sim.server.flush(sid);
+        sim.run_for(Duration::from_secs(5));
+    };
+    echo(&mut sim, &mail_text(3000));
+    let busy = (
+        sim.client.codec_memory_bytes(),
+        sim.server.codec_memory_bytes(),
+    );
+    assert!(busy.0 > 64 * 1024 && busy.1 > 64 * 1024, "{busy:?}");
+    sim.run_for(idle + Duration::from_secs(5));
+    let idle_mem = (
+        sim.client.codec_memory_bytes(),
+        sim.server.codec_memory_bytes(),
+    );
+    eprintln!("codec memory busy {busy:?}, idle {idle_mem:?}");
+    assert!(
+        idle_mem.0 <= 64 * 1024 && idle_mem.1 <= 64 * 1024,
+        "{idle_mem:?}"
+    );
+    assert_eq!(sim.client.stats().codec_resets, 1);
+    assert_eq!(sim.server.stats().codec_resets, 1);
+    // Both ends start again from the primed state, in step.
+    echo(&mut sim, &mail_text(2000));
+    let back = Sim::received(&sim.client_events, id);
+    assert_eq!(back.len(), 5000);
+}
+
+#[test]
+fn idle_reset_frees_zstd_state() {
+    let mut c = SessionConfig::new(Role::Client);
+    let mut s = SessionConfig::new(Role::Server);
+    for cfg in [&mut c, &mut s] {
+        cfg.codec_idle_reset = Duration::from_secs(60);
+    }
+    idle_reset_frees_codec_state(c, s);
+}
+
+#[test]
+fn idle_reset_frees_cm_state() {
+    use crate::codec::{CmParams, CodecParams, DecoderLimits};
+    let cm = CmParams {
+        table_log: 16,
+        match_log: 14,
+        priming: None,
+    };
+    let mut c = SessionConfig::new(Role::Client);
+    let mut s = SessionConfig::new(Role::Server);
+    for cfg in [&mut c, &mut s] {
+        cfg.codec = CodecId::Cm;
+        cfg.codec_params = CodecParams {
+            cm: Some(cm),
+            ..CodecParams::default()
+        };
+        cfg.decoder_limits = DecoderLimits {
+            cm: Some(cm),
+            ..DecoderLimits::default()
+        };
+        cfg.codec_idle_reset = Duration::from_secs(60);
+    }
+    idle_reset_frees_codec_state(c, s);
+}
+
+#[test]
+fn codec_reset_inside_a_bulk_record_is_an_error() {
+    let now = Instant::now();
+    let mut s = Session::new(SessionConfig::new(Role::Server), now);
+    let mut plain = Vec::new();
+    Frame::CodecReset.encode(&mut plain);
+    let mut rec = vec![CodecId::ZstdBulk as u8];
+    crate::wire::put_varint(&mut rec, plain.len() as u64);
+    rec.extend_from_slice(&plain);
+    assert!(s.handle_record(now, &rec).is_err());
+}

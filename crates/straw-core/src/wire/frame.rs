@@ -22,6 +22,7 @@ pub enum FrameType {
     Pong = 7,
     Caps = 8,
     Proto = 9,
+    CodecReset = 10,
 }
 
 impl FrameType {
@@ -37,6 +38,7 @@ impl FrameType {
             7 => Self::Pong,
             8 => Self::Caps,
             9 => Self::Proto,
+            10 => Self::CodecReset,
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -92,6 +94,10 @@ pub enum Frame {
         stream: u64,
         payload: Bytes,
     },
+    /// The sender's compression contexts go back to their primed state after
+    /// this record; the receiver resets its decoders at the same boundary.
+    /// Sent after an idle period so that idle tunnels hold no codec state.
+    CodecReset,
 }
 
 impl Frame {
@@ -107,6 +113,7 @@ impl Frame {
             Frame::Pong { .. } => FrameType::Pong,
             Frame::Caps { .. } => FrameType::Caps,
             Frame::Proto { .. } => FrameType::Proto,
+            Frame::CodecReset => FrameType::CodecReset,
         }
     }
 
@@ -151,6 +158,7 @@ impl Frame {
                 put_varint(out, payload.len() as u64);
                 out.extend_from_slice(payload);
             }
+            Frame::CodecReset => {}
         }
     }
 
@@ -238,6 +246,7 @@ impl FrameDecoder {
             FrameType::Fin => Frame::Fin {
                 stream: self.varint()?,
             },
+            FrameType::CodecReset => Frame::CodecReset,
             FrameType::Reset => Frame::Reset {
                 stream: self.varint()?,
                 code: self.varint()?,
@@ -313,6 +322,7 @@ mod tests {
             any::<u64>().prop_map(|stamp| Frame::Pong { stamp }),
             bytes().prop_map(|payload| Frame::Caps { payload }),
             (any::<u64>(), bytes()).prop_map(|(stream, payload)| Frame::Proto { stream, payload }),
+            Just(Frame::CodecReset),
         ]
     }
 
