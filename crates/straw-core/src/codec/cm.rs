@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::CodecError;
 
 /// Bumped whenever the model's arithmetic changes: part of the model id.
-pub const CM_ALGORITHM_VERSION: u32 = 1;
+pub const CM_ALGORITHM_VERSION: u32 = 2;
 
 /// Id of the built-in priming text `dicts/mail-cm-v1.zst`.
 pub const PRIMING_MAIL_V1: u32 = 1;
@@ -599,6 +599,47 @@ impl ArithEncoder {
     }
 }
 
+/// Already-compressed bytes (JPEG, PNG, ZIP, gzip, PDF streams, ciphertext):
+/// byte values nearly uniform, i.e. a collision probability within 1.5× of
+/// 1/256. Such segments travel raw and the model does not learn them, so
+/// they never pollute the text history. Both peers apply it to the same raw
+/// segment, so no flag is needed. Integer-only: bit-identical everywhere.
+pub(super) fn is_binary(data: &[u8]) -> bool {
+    if data.len() < 512 {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for &b in data {
+        counts[b as usize] += 1;
+    }
+    let n = data.len() as u64;
+    let sum_sq: u64 = counts.iter().map(|&c| u64::from(c) * u64::from(c)).sum();
+    256 * sum_sq <= 3 * n * n / 2 + 256 * n
+}
+
+/// Splits a unit into runs of like content: 4 KiB blocks classed by
+/// [`is_binary`], neighbours of one class merged, a short tail kept with the
+/// run before it.
+fn content_runs(data: &[u8]) -> Vec<&[u8]> {
+    const BLOCK: usize = 4096;
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + BLOCK).min(data.len());
+        let bin = if end - at < BLOCK && !runs.is_empty() {
+            runs.last().expect("not empty").2
+        } else {
+            is_binary(&data[at..end])
+        };
+        match runs.last_mut() {
+            Some(last) if last.2 == bin => last.1 = end,
+            _ => runs.push((at, end, bin)),
+        }
+        at = end;
+    }
+    runs.into_iter().map(|(a, b, _)| &data[a..b]).collect()
+}
+
 /// Encodes `data` with `m` as one segment. Returns false (and leaves `out`
 /// as it was) if coding did not pay, in which case the caller sends it raw;
 /// the model has learnt `data` either way.
@@ -766,7 +807,7 @@ impl CmEncoder {
     ) -> Result<(), CodecError> {
         let m = self.slot.get()?;
         let mut coded = Vec::with_capacity(data.len() / 2 + 8);
-        if encode_segment(m, data, &mut coded) {
+        if !is_binary(data) && encode_segment(m, data, &mut coded) {
             put_varint(out, (data.len() as u64) << 1);
             out.extend_from_slice(&coded);
         } else {
@@ -776,17 +817,20 @@ impl CmEncoder {
         Ok(())
     }
 
-    /// A bulk unit: `varint (n<<1|raw)`, `varint clen` if coded, the bytes.
+    /// A bulk unit, one segment per run of like content ([`content_runs`]):
+    /// `varint (n<<1|raw)`, `varint clen` if coded, the bytes.
     pub(super) fn encode_unit(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
         let m = self.slot.get()?;
-        let mut coded = Vec::with_capacity(data.len() / 2 + 8);
-        if encode_segment(m, data, &mut coded) {
-            put_varint(out, (data.len() as u64) << 1);
-            put_varint(out, coded.len() as u64);
-            out.extend_from_slice(&coded);
-        } else {
-            put_varint(out, (data.len() as u64) << 1 | 1);
-            out.extend_from_slice(data);
+        for run in content_runs(data) {
+            let mut coded = Vec::with_capacity(run.len() / 2 + 8);
+            if !is_binary(run) && encode_segment(m, run, &mut coded) {
+                put_varint(out, (run.len() as u64) << 1);
+                put_varint(out, coded.len() as u64);
+                out.extend_from_slice(&coded);
+            } else {
+                put_varint(out, (run.len() as u64) << 1 | 1);
+                out.extend_from_slice(run);
+            }
         }
         Ok(())
     }
@@ -830,7 +874,9 @@ impl CmDecoder {
                     "raw cm record of the wrong length".into(),
                 ));
             }
-            m.learn(rest);
+            if !is_binary(rest) {
+                m.learn(rest);
+            }
             out.extend_from_slice(rest);
             return Ok(());
         }
@@ -863,6 +909,8 @@ pub(super) struct CmBulkDecoder {
     state: BulkState,
     /// Received bytes not yet consumed (a header's start, coder lookahead).
     pending: Vec<u8>,
+    /// The raw segment being received (at most one unit).
+    raw_segment: Vec<u8>,
 }
 
 impl CmBulkDecoder {
@@ -871,6 +919,7 @@ impl CmBulkDecoder {
             slot: Slot::new(*p)?,
             state: BulkState::Header,
             pending: Vec::new(),
+            raw_segment: Vec::new(),
         })
     }
 
@@ -931,13 +980,19 @@ impl CmBulkDecoder {
                         return Err(CodecError::TooLarge(max));
                     }
                     let bytes = &inp[*ip..*ip + k];
-                    self.slot.get()?.learn(bytes);
+                    // Learnt (or not) as a whole once complete: the class
+                    // is decided on the whole segment, as the sender did.
+                    self.raw_segment.extend_from_slice(bytes);
                     out.extend_from_slice(bytes);
                     room -= k;
                     *ip += k;
                     *left -= k;
                     if *left > 0 {
                         return Ok(());
+                    }
+                    let seg = std::mem::take(&mut self.raw_segment);
+                    if !is_binary(&seg) {
+                        self.slot.get()?.learn(&seg);
                     }
                     self.state = BulkState::Header;
                 }
@@ -974,7 +1029,7 @@ impl CmBulkDecoder {
     }
 
     pub(super) fn memory_bytes(&self) -> usize {
-        self.slot.memory_bytes() + self.pending.capacity()
+        self.slot.memory_bytes() + self.pending.capacity() + self.raw_segment.capacity()
     }
 }
 

@@ -762,6 +762,78 @@ fn cm_incompressible_data_goes_raw_and_stays_in_step() {
     assert_eq!(out, m);
 }
 
+fn xorshift_bytes(len: usize, mut x: u32) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Compressed content (a PNG's bytes, say) inside a bulk unit travels raw
+/// and never enters the text model: text after it codes exactly as if the
+/// binary had never been sent, and everything decodes byte-exact.
+#[test]
+fn cm_binary_runs_bypass_the_text_model() {
+    // Runs are classed in 4 KiB blocks: align the parts to them.
+    let mut m = mail_message().repeat(4096 / mail_message().len() + 1);
+    m.truncate(4096);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&xorshift_bytes(5 * 4096 - 8, 99));
+    let mut mixed = m.clone();
+    mixed.extend_from_slice(&png);
+    mixed.extend_from_slice(&m);
+
+    let (mut enc, mut dec) = cm_pair(SMALL_CM);
+    let (mut twin, _) = cm_pair(SMALL_CM);
+    let mut unit = Vec::new();
+    enc.encode_bulk_unit(&mixed, &mut unit).unwrap();
+    // The twin sees the same text without the binary in between.
+    let mut twin_unit = Vec::new();
+    twin.encode_bulk_unit(&[&m[..], &m[..]].concat(), &mut twin_unit)
+        .unwrap();
+    // Binary goes raw: the unit is hardly bigger than text + binary.
+    assert!(
+        unit.len() <= twin_unit.len() + png.len() + 16,
+        "{} vs {} + {}",
+        unit.len(),
+        twin_unit.len(),
+        png.len()
+    );
+    let mut twin_out = Vec::new();
+    twin.encode_bulk_unit(&m, &mut twin_out).unwrap();
+    let mut again = Vec::new();
+    enc.encode_bulk_unit(&m, &mut again).unwrap();
+    assert_eq!(again, twin_out, "the binary changed the text model");
+    // The decoder stays in step through the raw run, from any slices.
+    let (mut enc, mut dec) = cm_pair(SMALL_CM);
+    for _ in 0..2 {
+        let outs = bulk_through(&mut enc, &mut dec, &mixed, &[5, 3000, 3001, 9000, 20_000]);
+        assert_eq!(outs.concat(), mixed);
+    }
+    let rec = encode(&mut enc, CodecId::Cm, &png);
+    let mut out = Vec::new();
+    dec.decode(&rec, &mut out).unwrap();
+    assert_eq!(out, png);
+}
+
+#[test]
+fn binary_class_is_near_uniform_bytes_only() {
+    use super::cm::is_binary;
+    assert!(is_binary(&xorshift_bytes(600, 5)));
+    assert!(is_binary(&xorshift_bytes(100_000, 6)));
+    assert!(!is_binary(&xorshift_bytes(400, 7)), "too short to tell");
+    assert!(!is_binary(&mail_message()));
+    let b64 = xorshift_bytes(3000, 8)
+        .iter()
+        .map(|b| b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(*b & 63) as usize])
+        .collect::<Vec<u8>>();
+    assert!(!is_binary(&b64), "base64 text has 64 symbols");
+}
+
 #[test]
 fn cm_reset_matches_a_fresh_context() {
     let (mut enc, mut dec) = cm_pair(SMALL_CM);
