@@ -98,7 +98,28 @@ pub struct SessionConfig {
     pub bulk_unit_secs: f64,
     pub bulk_codec_params: CodecParams,
     pub bulk_decoder_limits: DecoderLimits,
+    /// The cheap codec for fast links ([`CodecId::Lz4`]); `None` keeps the
+    /// strong codecs at any rate.
+    pub fast_codec: Option<CodecId>,
+    /// Measured delivery rate (wire bytes/s) above which new records use
+    /// `fast_codec` and bulk streams skip the bulk lane, and below which the
+    /// strong codecs come back (hysteresis). See docs/codec.md.
+    pub fast_enter_rate: f64,
+    pub fast_exit_rate: f64,
+    /// Hard cap on unacked wire bytes, whatever the rate: bounds the replay
+    /// buffer (and so memory) on fast links.
+    pub max_inflight: u64,
 }
+
+/// Default of [`SessionConfig::fast_enter_rate`]: 64 KB/s of wire. The CM
+/// codec codes ~0.6 MB/s of mail on one core and shrinks it ~5x, so it makes
+/// ~120 KB/s of wire at best; above 64 KB/s it would soon be the bottleneck.
+pub const FAST_ENTER_RATE: f64 = 64_000.0;
+/// Default of [`SessionConfig::fast_exit_rate`]: back to the strong codec
+/// only well below the entry point, so a noisy estimate doesn't flap.
+pub const FAST_EXIT_RATE: f64 = 16_000.0;
+/// Default of [`SessionConfig::max_inflight`].
+pub const MAX_INFLIGHT: u64 = 4 << 20;
 
 impl SessionConfig {
     pub fn new(role: Role) -> Self {
@@ -121,6 +142,10 @@ impl SessionConfig {
             bulk_unit_secs: 2.0,
             bulk_codec_params: CodecParams::default(),
             bulk_decoder_limits: DecoderLimits::default(),
+            fast_codec: Some(CodecId::Lz4),
+            fast_enter_rate: FAST_ENTER_RATE,
+            fast_exit_rate: FAST_EXIT_RATE,
+            max_inflight: MAX_INFLIGHT,
         }
     }
 }
@@ -192,6 +217,12 @@ pub struct SessionStats {
     /// `wire_bytes_sent`).
     pub records_resent: u64,
     pub wire_bytes_resent: u64,
+    /// Raw stream bytes sent, by the codec byte of the record that carried
+    /// them (bulk bytes under the bulk codec), indexed by `CodecId as usize`.
+    pub raw_bytes_by_codec: [u64; 8],
+    /// Times the sender switched to the fast codec, and back.
+    pub fast_switches: u64,
+    pub slow_switches: u64,
 }
 
 struct SentRecord {
@@ -238,6 +269,8 @@ pub struct Session {
     delivered: u64,
     delivered_time: Instant,
     estimate: LinkEstimate,
+    /// The link is fast: new records use `cfg.fast_codec`.
+    fast: bool,
 
     // Receiving.
     records_received: u64,
@@ -279,6 +312,7 @@ impl Session {
             delivered: 0,
             delivered_time: now,
             estimate,
+            fast: false,
             records_received: 0,
             last_ack_sent: 0,
             ack_due: None,
@@ -342,8 +376,10 @@ impl Session {
 
     /// Unacked wire bytes allowed on the link.
     pub fn inflight_limit(&self) -> u64 {
-        let by_rate = self.estimate.rate() * self.cfg.inflight_secs;
-        (by_rate as u64).max(2 * self.record_target() as u64)
+        let by_rate = (self.estimate.rate() * self.cfg.inflight_secs) as u64;
+        by_rate
+            .min(self.cfg.max_inflight)
+            .max(2 * self.record_target() as u64)
     }
 
     /// The most the session holds ahead of the link: the in-flight window plus
@@ -475,7 +511,7 @@ impl Session {
         // A record of ACKs alone is acked with the next real one: acking it
         // at once would make two idle peers ack each other's acks forever.
         if ack_eliciting {
-            self.ack_due.get_or_insert(now + self.cfg.ack_delay);
+            self.ack_due.get_or_insert(now + self.ack_delay());
         }
         Ok(())
     }
@@ -495,7 +531,7 @@ impl Session {
         self.records_received += 1;
         self.stats.records_received += 1;
         self.stats.wire_bytes_received += record.len() as u64;
-        self.ack_due.get_or_insert(now + self.cfg.ack_delay);
+        self.ack_due.get_or_insert(now + self.ack_delay());
         for frame in FrameDecoder::new(Bytes::copy_from_slice(plain)) {
             self.handle_frame(now, frame?)?;
         }
@@ -642,8 +678,48 @@ impl Session {
             self.estimate
                 .rtt_sample(now.saturating_duration_since(r.sent_at));
             self.delivered_time = now;
+            self.update_fast();
         }
         Ok(())
+    }
+
+    /// Picks the codec tier from the measured rate, with hysteresis.
+    fn update_fast(&mut self) {
+        if self.cfg.fast_codec.is_none() {
+            return;
+        }
+        let rate = self.estimate.rate();
+        if !self.fast && rate > self.cfg.fast_enter_rate {
+            self.fast = true;
+            self.stats.fast_switches += 1;
+        } else if self.fast && rate < self.cfg.fast_exit_rate {
+            self.fast = false;
+            self.stats.slow_switches += 1;
+        }
+    }
+
+    /// Whether new records use the fast codec (the link outruns the strong one).
+    pub fn is_fast(&self) -> bool {
+        self.fast
+    }
+
+    /// The codec of the next interactive record worth compressing.
+    pub fn record_codec(&self) -> CodecId {
+        match self.cfg.fast_codec {
+            Some(c) if self.fast => c,
+            _ => self.cfg.codec,
+        }
+    }
+
+    /// How long a received record may wait for its ACK to ride on traffic.
+    /// Never more than half the smoothed RTT: on a fast link a 100 ms delay
+    /// would stall a sender whose window drains in a millisecond, while a
+    /// satellite link's RTT leaves the configured delay as it is.
+    fn ack_delay(&self) -> Duration {
+        match self.estimate.srtt() {
+            Some(rtt) => self.cfg.ack_delay.min(rtt / 2),
+            None => self.cfg.ack_delay,
+        }
     }
 
     // ---- Link side: records out -----------------------------------------------
@@ -675,7 +751,8 @@ impl Session {
 
     /// Which lane a stream's next frames take, if any may go now.
     fn lane_of(&self, id: u64, s: &Stream) -> Option<Lane> {
-        if self.cfg.bulk_unit_secs > 0.0 && s.priority == Priority::Bulk {
+        // Fast links skip the bulk lane: its strong codec can't keep up.
+        if self.cfg.bulk_unit_secs > 0.0 && s.priority == Priority::Bulk && !self.fast {
             Some(Lane::Bulk)
         } else if self.bulk_unit.contains(&id) {
             None // its earlier frames are still in the unsent bulk unit
@@ -772,7 +849,7 @@ impl Session {
         let codec = if buf.len() < 24 {
             CodecId::Stored
         } else {
-            self.cfg.codec
+            self.record_codec()
         };
         let mut wire = Vec::with_capacity(buf.len() + 16);
         if self.encoder.encode(codec, &buf, &mut wire).is_err() {
@@ -786,6 +863,7 @@ impl Session {
                 .compression_sample(raw_data + 4, wire.len().max(1));
         }
         self.stats.raw_bytes_sent += raw_data as u64;
+        self.stats.raw_bytes_by_codec[wire[0] as usize % 8] += raw_data as u64;
         Some(self.finish_record(now, wire))
     }
 
@@ -809,9 +887,11 @@ impl Session {
                 let mut wire = vec![CodecId::Stored as u8];
                 wire.extend_from_slice(&frames);
                 self.bulk_unit.clear();
+                self.stats.raw_bytes_by_codec[CodecId::Stored as usize] += raw as u64;
                 return Some(self.finish_record(now, wire));
             }
             self.estimate.compression_sample(raw + 4, unit.len().max(1));
+            self.stats.raw_bytes_by_codec[self.encoder.bulk_codec() as usize] += raw as u64;
             self.bulk_out.extend_from_slice(&unit);
         }
         let n = self.record_target().min(self.bulk_out.len());
