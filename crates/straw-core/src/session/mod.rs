@@ -220,6 +220,8 @@ pub struct SessionStats {
     /// Raw stream bytes sent, by the codec byte of the record that carried
     /// them (bulk bytes under the bulk codec), indexed by `CodecId as usize`.
     pub raw_bytes_by_codec: [u64; 8],
+    /// Raw stream bytes received, by the codec byte of their record.
+    pub raw_bytes_received_by_codec: [u64; 8],
     /// Times the sender switched to the fast codec, and back.
     pub fast_switches: u64,
     pub slow_switches: u64,
@@ -271,6 +273,8 @@ pub struct Session {
     estimate: LinkEstimate,
     /// The link is fast: new records use `cfg.fast_codec`.
     fast: bool,
+    /// Codec byte of the record being handled (for the received counters).
+    rx_codec: u8,
 
     // Receiving.
     records_received: u64,
@@ -313,6 +317,7 @@ impl Session {
             delivered_time: now,
             estimate,
             fast: false,
+            rx_codec: 0,
             records_received: 0,
             last_ack_sent: 0,
             ack_due: None,
@@ -498,6 +503,7 @@ impl Session {
             return self.handle_bulk_record(now, record);
         }
         self.decoder.decode(record, &mut self.decode_buf)?;
+        self.rx_codec = record[0];
         self.records_received += 1;
         self.stats.records_received += 1;
         self.stats.wire_bytes_received += record.len() as u64;
@@ -528,6 +534,7 @@ impl Session {
         body.push(record[0]);
         body.extend_from_slice(slice);
         self.decoder.decode(&body, &mut self.decode_buf)?;
+        self.rx_codec = record[0];
         self.records_received += 1;
         self.stats.records_received += 1;
         self.stats.wire_bytes_received += record.len() as u64;
@@ -580,6 +587,8 @@ impl Session {
                         limit,
                     })?;
                 self.stats.raw_bytes_received += payload.len() as u64;
+                self.stats.raw_bytes_received_by_codec[self.rx_codec as usize % 8] +=
+                    payload.len() as u64;
                 self.events.push_back(Event::Data {
                     stream,
                     flags,
