@@ -45,6 +45,18 @@ enum Lane {
     Bulk,
 }
 
+/// Codec tier of new records, chosen by the measured delivery rate so that
+/// the codec is never slower than the link (docs/codec.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// `SessionConfig::codec` and the bulk lane: slow links.
+    Strong,
+    /// `SessionConfig::fast_codec` (LZ4).
+    Fast,
+    /// Faster than LZ4 codes: records go stored.
+    Stored,
+}
+
 /// Scheduling class of a stream's data. Control frames always go first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
@@ -106,18 +118,31 @@ pub struct SessionConfig {
     /// strong codecs come back (hysteresis). See docs/codec.md.
     pub fast_enter_rate: f64,
     pub fast_exit_rate: f64,
+    /// Above this rate even `fast_codec` can't keep up: records go stored
+    /// (back to `fast_codec` below `stored_exit_rate`).
+    pub stored_enter_rate: f64,
+    pub stored_exit_rate: f64,
     /// Hard cap on unacked wire bytes, whatever the rate: bounds the replay
     /// buffer (and so memory) on fast links.
     pub max_inflight: u64,
 }
 
-/// Default of [`SessionConfig::fast_enter_rate`]: 64 KB/s of wire. The CM
-/// codec codes ~0.6 MB/s of mail on one core and shrinks it ~5x, so it makes
-/// ~120 KB/s of wire at best; above 64 KB/s it would soon be the bottleneck.
-pub const FAST_ENTER_RATE: f64 = 64_000.0;
+/// Default of [`SessionConfig::fast_enter_rate`]: 16 KB/s of wire (128
+/// kbit/s, 66x Iridium). CM codes ~1.2 MB/s of mail per core (encoder and
+/// decoder alike) and shrinks it ~4-6x: ~250 KB/s of wire. The rate we
+/// measure includes the peer's decoding, so while CM is in use it can never
+/// show more than CM's own speed: the threshold must sit far below that, or
+/// a busy CPU would keep a fast link on CM for good. At 16 KB/s CM has a
+/// 15x margin.
+pub const FAST_ENTER_RATE: f64 = 16_000.0;
 /// Default of [`SessionConfig::fast_exit_rate`]: back to the strong codec
 /// only well below the entry point, so a noisy estimate doesn't flap.
-pub const FAST_EXIT_RATE: f64 = 16_000.0;
+pub const FAST_EXIT_RATE: f64 = 4_000.0;
+/// Default of [`SessionConfig::stored_enter_rate`]: 100 MB/s of wire. LZ4
+/// codes ~400 MB/s of mail on one core and halves it, ~200 MB/s of wire;
+/// a link faster than about half that would wait for it.
+pub const STORED_ENTER_RATE: f64 = 100e6;
+pub const STORED_EXIT_RATE: f64 = 50e6;
 /// Default of [`SessionConfig::max_inflight`].
 pub const MAX_INFLIGHT: u64 = 4 << 20;
 
@@ -145,6 +170,8 @@ impl SessionConfig {
             fast_codec: Some(CodecId::Lz4),
             fast_enter_rate: FAST_ENTER_RATE,
             fast_exit_rate: FAST_EXIT_RATE,
+            stored_enter_rate: STORED_ENTER_RATE,
+            stored_exit_rate: STORED_EXIT_RATE,
             max_inflight: MAX_INFLIGHT,
         }
     }
@@ -271,8 +298,8 @@ pub struct Session {
     delivered: u64,
     delivered_time: Instant,
     estimate: LinkEstimate,
-    /// The link is fast: new records use `cfg.fast_codec`.
-    fast: bool,
+    /// Which codec new records use, by the measured rate.
+    tier: Tier,
     /// Codec byte of the record being handled (for the received counters).
     rx_codec: u8,
 
@@ -316,7 +343,7 @@ impl Session {
             delivered: 0,
             delivered_time: now,
             estimate,
-            fast: false,
+            tier: Tier::Strong,
             rx_codec: 0,
             records_received: 0,
             last_ack_sent: 0,
@@ -697,26 +724,40 @@ impl Session {
         if self.cfg.fast_codec.is_none() {
             return;
         }
-        let rate = self.estimate.rate();
-        if !self.fast && rate > self.cfg.fast_enter_rate {
-            self.fast = true;
-            self.stats.fast_switches += 1;
-        } else if self.fast && rate < self.cfg.fast_exit_rate {
-            self.fast = false;
-            self.stats.slow_switches += 1;
+        let (rate, c) = (self.estimate.rate(), &self.cfg);
+        let tier = match self.tier {
+            Tier::Strong if rate > c.stored_enter_rate => Tier::Stored,
+            Tier::Strong if rate > c.fast_enter_rate => Tier::Fast,
+            Tier::Fast | Tier::Stored if rate < c.fast_exit_rate => Tier::Strong,
+            Tier::Fast if rate > c.stored_enter_rate => Tier::Stored,
+            Tier::Stored if rate < c.stored_exit_rate => Tier::Fast,
+            t => t,
+        };
+        if (self.tier == Tier::Strong) != (tier == Tier::Strong) {
+            if tier == Tier::Strong {
+                self.stats.slow_switches += 1;
+            } else {
+                self.stats.fast_switches += 1;
+            }
         }
+        self.tier = tier;
     }
 
-    /// Whether new records use the fast codec (the link outruns the strong one).
+    /// Whether new records use a cheap codec (the link outruns the strong one).
     pub fn is_fast(&self) -> bool {
-        self.fast
+        self.tier != Tier::Strong
+    }
+
+    pub fn tier(&self) -> Tier {
+        self.tier
     }
 
     /// The codec of the next interactive record worth compressing.
     pub fn record_codec(&self) -> CodecId {
-        match self.cfg.fast_codec {
-            Some(c) if self.fast => c,
-            _ => self.cfg.codec,
+        match (self.tier, self.cfg.fast_codec) {
+            (Tier::Strong, _) | (_, None) => self.cfg.codec,
+            (Tier::Fast, Some(c)) => c,
+            (Tier::Stored, Some(_)) => CodecId::Stored,
         }
     }
 
@@ -761,7 +802,7 @@ impl Session {
     /// Which lane a stream's next frames take, if any may go now.
     fn lane_of(&self, id: u64, s: &Stream) -> Option<Lane> {
         // Fast links skip the bulk lane: its strong codec can't keep up.
-        if self.cfg.bulk_unit_secs > 0.0 && s.priority == Priority::Bulk && !self.fast {
+        if self.cfg.bulk_unit_secs > 0.0 && s.priority == Priority::Bulk && !self.is_fast() {
             Some(Lane::Bulk)
         } else if self.bulk_unit.contains(&id) {
             None // its earlier frames are still in the unsent bulk unit

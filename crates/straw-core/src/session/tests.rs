@@ -812,9 +812,9 @@ fn link_slowing_down_goes_back_to_strong_codec() {
         Duration::from_secs(5),
     );
     assert!(sim.client.is_fast());
-    // The link drops to 4 KB/s with a satellite's delay.
+    // The link drops to 2 KB/s with a satellite's delay.
     for p in [&mut sim.up, &mut sim.down] {
-        p.rate = 4_000.0;
+        p.rate = 2_000.0;
         p.delay = Duration::from_millis(300);
     }
     push_stream(
@@ -861,4 +861,35 @@ fn inflight_is_capped_however_fast_the_link() {
         unacked > MAX_INFLIGHT / 2 && unacked <= MAX_INFLIGHT + 64 * 1024,
         "{unacked}"
     );
+}
+
+#[test]
+fn tiers_follow_the_rate_with_hysteresis() {
+    let mut s = Session::new(SessionConfig::new(Role::Client), Instant::now());
+    let mut feed = |s: &mut Session, rate: f64| {
+        // Eight samples flush the max filter.
+        for _ in 0..8 {
+            s.estimate.rate_sample(rate as u64, Duration::from_secs(1));
+        }
+        s.update_fast();
+        (s.tier(), s.record_codec())
+    };
+    assert_eq!(s.record_codec(), CodecId::Zstd);
+    assert_eq!(feed(&mut s, 240.0), (Tier::Strong, CodecId::Zstd));
+    assert_eq!(feed(&mut s, 12_000.0), (Tier::Strong, CodecId::Zstd));
+    assert_eq!(feed(&mut s, 20_000.0), (Tier::Fast, CodecId::Lz4));
+    assert_eq!(feed(&mut s, 5_000.0), (Tier::Fast, CodecId::Lz4));
+    assert_eq!(feed(&mut s, 200e6), (Tier::Stored, CodecId::Stored));
+    assert_eq!(feed(&mut s, 60e6), (Tier::Stored, CodecId::Stored));
+    assert_eq!(feed(&mut s, 40e6), (Tier::Fast, CodecId::Lz4));
+    assert_eq!(feed(&mut s, 3_000.0), (Tier::Strong, CodecId::Zstd));
+    assert_eq!(feed(&mut s, 1e9), (Tier::Stored, CodecId::Stored));
+    assert_eq!(feed(&mut s, 1_000.0), (Tier::Strong, CodecId::Zstd));
+    let st = s.stats();
+    assert_eq!((st.fast_switches, st.slow_switches), (2, 2));
+    // Without a fast codec the strong one stays.
+    let mut c = SessionConfig::new(Role::Client);
+    c.fast_codec = None;
+    let mut s = Session::new(c, Instant::now());
+    assert_eq!(feed(&mut s, 1e9), (Tier::Strong, CodecId::Zstd));
 }
