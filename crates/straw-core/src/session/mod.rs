@@ -534,7 +534,8 @@ impl Session {
         self.records_received += 1;
         self.stats.records_received += 1;
         self.stats.wire_bytes_received += record.len() as u64;
-        let frames = Bytes::copy_from_slice(&self.decode_buf);
+        // Handed over, not copied: payloads are slices of it.
+        let frames = Bytes::from(std::mem::take(&mut self.decode_buf));
         let mut ack_eliciting = false;
         for frame in FrameDecoder::new(frames) {
             let frame = frame?;
@@ -868,7 +869,9 @@ impl Session {
         }
 
         let target_raw = self.record_target_raw();
+        // Frames follow a codec byte, so a stored record needs no copy.
         let mut buf = Vec::with_capacity(target_raw.min(64 * 1024) + 64);
+        buf.push(CodecId::Stored as u8);
         self.ack_due = None;
         self.encode_ack(&mut buf);
         if ping {
@@ -891,23 +894,27 @@ impl Session {
         if self.has_sendable_data() || !self.control.is_empty() {
             self.cork_deadline = Some(now + self.cork_delay());
         }
-        if buf.is_empty() {
+        let frames = &buf[1..];
+        if frames.is_empty() {
             return None;
         }
 
         // Tiny records (acks, pongs) don't pay for a compressor's block header.
-        let codec = if buf.len() < 24 {
+        let codec = if frames.len() < 24 {
             CodecId::Stored
         } else {
             self.record_codec()
         };
-        let mut wire = Vec::with_capacity(buf.len() + 16);
-        if self.encoder.encode(codec, &buf, &mut wire).is_err() {
-            wire.clear();
-            self.encoder
-                .encode(CodecId::Stored, &buf, &mut wire)
-                .expect("stored never fails");
-        }
+        let wire = match codec {
+            CodecId::Stored => buf,
+            _ => {
+                let mut wire = Vec::with_capacity(frames.len() + 16);
+                match self.encoder.encode(codec, frames, &mut wire) {
+                    Ok(()) => wire,
+                    Err(_) => buf,
+                }
+            }
+        };
         if raw_data > 0 {
             self.estimate
                 .compression_sample(raw_data + 4, wire.len().max(1));
