@@ -866,7 +866,7 @@ fn inflight_is_capped_however_fast_the_link() {
 #[test]
 fn tiers_follow_the_rate_with_hysteresis() {
     let mut s = Session::new(SessionConfig::new(Role::Client), Instant::now());
-    let mut feed = |s: &mut Session, rate: f64| {
+    let feed = |s: &mut Session, rate: f64| {
         // Eight samples flush the max filter.
         for _ in 0..8 {
             s.estimate.rate_sample(rate as u64, Duration::from_secs(1));

@@ -72,8 +72,8 @@ pub struct ThroughputReport {
     pub mb_per_s: f64,
     /// From the first byte to the last (without tunnel ramp-up).
     pub mb_per_s_after_first_byte: f64,
-    /// Raw bytes received by the client (`down`) or sent by it (`up`), by
-    /// the codec of the record that carried them.
+    /// Raw bytes received by the client (`down`) or sent by it (`up`, with
+    /// the 9-byte request), by the codec of the record that carried them.
     pub codec_raw_bytes: Vec<(String, u64)>,
     pub wire_bytes: u64,
     /// The sender's delivery-rate estimate at the end, wire bytes/s.
@@ -541,5 +541,75 @@ fn print_report(r: &ThroughputReport) {
             s.ratio_raw_to_wire,
             s.encode_wire_kb_per_s
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole bench, small: it terminates, checks the bytes, and the
+    /// loopback link (fast) picks a cheap codec for nearly all of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bench_moves_checked_bytes_through_a_cheap_codec() {
+        for direction in ["down", "up"] {
+            let args = ThroughputArgs {
+                bytes: 8 << 20,
+                direction: direction.into(),
+                port: 0,
+                timeout: 60,
+                json: false,
+                codec_speeds: false,
+                local_recv_buffer: None,
+            };
+            let r = tokio::time::timeout(Duration::from_secs(60), run(&args))
+                .await
+                .expect("bench finished")
+                .unwrap();
+            let total: u64 = r.codec_raw_bytes.iter().map(|(_, b)| b).sum();
+            // `up` also counts the 9-byte request.
+            assert!((r.bytes..=r.bytes + 9).contains(&total), "{r:?}");
+            let cheap: u64 = r
+                .codec_raw_bytes
+                .iter()
+                .filter(|(c, _)| c == "Lz4" || c == "Stored")
+                .map(|(_, b)| b)
+                .sum();
+            assert!(cheap > r.bytes * 9 / 10, "{r:?}");
+            assert!(r.mb_per_s > 0.0 && r.wire_bytes > 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn short_or_wrong_streams_are_errors() {
+        let pat = pattern();
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let p = pat.clone();
+        tokio::spawn(async move {
+            let _ = b.write_all(&p[..100]).await;
+        });
+        let e = recv_pattern(&mut a, 200, &pat).await.unwrap_err();
+        assert!(e.to_string().contains("ended after 100"), "{e}");
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let _ = b.write_all(b"not the pattern").await;
+        });
+        let e = recv_pattern(&mut a, 15, &pat).await.unwrap_err();
+        assert!(e.to_string().contains("wrong bytes"), "{e}");
+    }
+
+    #[test]
+    fn bad_direction_is_an_error() {
+        let args = ThroughputArgs {
+            bytes: 1,
+            direction: "sideways".into(),
+            port: 0,
+            timeout: 5,
+            json: false,
+            codec_speeds: false,
+            local_recv_buffer: None,
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        assert!(rt.block_on(run(&args)).is_err());
     }
 }
