@@ -905,7 +905,7 @@ impl Session {
         } else {
             self.record_codec()
         };
-        let wire = match codec {
+        let mut wire = match codec {
             CodecId::Stored => buf,
             _ => {
                 let mut wire = Vec::with_capacity(frames.len() + 16);
@@ -915,6 +915,12 @@ impl Session {
                 }
             }
         };
+        // The replay buffer keeps the allocation, not just the bytes: a small
+        // or well-compressed record must not hold a big buffer (shrinking
+        // reallocs in place).
+        if wire.capacity() > wire.len() + wire.len() / 4 + 256 {
+            wire.shrink_to_fit();
+        }
         if raw_data > 0 {
             self.estimate
                 .compression_sample(raw_data + 4, wire.len().max(1));
