@@ -22,6 +22,8 @@ use straw_core::session::{Event, Priority, Role, Session, SessionConfig};
 use crate::client::{LinkCodec, session_config, set_codec};
 use crate::config::SessionOptions;
 
+pub mod throughput;
+
 /// Bytes Noise adds to every record: a 2-byte length and a 16-byte tag.
 pub const NOISE_OVERHEAD: usize = 18;
 
@@ -37,6 +39,9 @@ pub enum BenchCommand {
     Codec(CodecBenchArgs),
     /// Build a dictionary from training corpora (used by scripts/train-dicts).
     TrainDict(TrainDictArgs),
+    /// One stream through a real server and client on loopback: MB/s and
+    /// the codec that carried it (see docs/codec.md).
+    Throughput(throughput::ThroughputArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => match args.what {
             straw::bench::BenchCommand::Codec(a) => straw::bench::run_codec_cli(&a),
             straw::bench::BenchCommand::TrainDict(a) => straw::bench::run_train_cli(&a),
+            straw::bench::BenchCommand::Throughput(a) => straw::bench::throughput::run_cli(&a),
         },
         Command::Linksim(args) => {
             runtime().and_then(|rt| rt.block_on(straw::linksim::run_cli(args)))

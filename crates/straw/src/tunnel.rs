@@ -80,6 +80,12 @@ pub struct TunnelStats {
     pub wire_bytes_resent: AtomicU64,
     /// Client: links dialled that completed their handshake.
     pub dials: AtomicU64,
+    /// Raw stream bytes by the codec of the records that carried them,
+    /// indexed by `CodecId as usize`.
+    pub raw_bytes_sent_by_codec: [AtomicU64; 8],
+    pub raw_bytes_received_by_codec: [AtomicU64; 8],
+    /// The session's delivery-rate estimate, wire bytes per second.
+    pub rate_estimate: AtomicU64,
 }
 
 /// What a socket's pump tasks tell the tunnel.
@@ -626,6 +632,13 @@ impl Tunnel {
         s.held_bound.store(st.held_bound_at_max, Ordering::Relaxed);
         s.codec_memory
             .store(self.session.codec_memory_bytes() as u64, Ordering::Relaxed);
+        s.rate_estimate
+            .store(self.session.estimate().rate() as u64, Ordering::Relaxed);
+        for i in 0..8 {
+            s.raw_bytes_sent_by_codec[i].store(st.raw_bytes_by_codec[i], Ordering::Relaxed);
+            s.raw_bytes_received_by_codec[i]
+                .store(st.raw_bytes_received_by_codec[i], Ordering::Relaxed);
+        }
     }
 
     fn open_local(&mut self, req: OpenRequest) {

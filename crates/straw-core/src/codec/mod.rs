@@ -10,6 +10,7 @@
 
 mod cm;
 mod dict;
+mod lz4;
 mod zstd;
 
 pub use self::cm::{
@@ -37,6 +38,9 @@ pub enum CodecId {
     /// Slices of bulk units coded by a CM context of their own, like
     /// [`CodecId::ZstdBulk`].
     CmBulk = 4,
+    /// LZ4 block per record, no shared history: the cheap codec for fast
+    /// links. A record that would not shrink goes out [`CodecId::Stored`].
+    Lz4 = 5,
 }
 
 impl CodecId {
@@ -47,6 +51,7 @@ impl CodecId {
             2 => Some(Self::ZstdBulk),
             3 => Some(Self::Cm),
             4 => Some(Self::CmBulk),
+            5 => Some(Self::Lz4),
             _ => None,
         }
     }
@@ -340,6 +345,14 @@ impl RecordEncoder {
                 };
                 enc.encode_record(frames, out)
             }
+            CodecId::Lz4 => {
+                if !lz4::encode(frames, out) {
+                    let at = out.len() - 1;
+                    out[at] = CodecId::Stored as u8;
+                    out.extend_from_slice(frames);
+                }
+                Ok(())
+            }
             CodecId::ZstdBulk | CodecId::CmBulk => Err(CodecError::Internal(
                 "bulk slices come from encode_bulk_unit".into(),
             )),
@@ -463,6 +476,7 @@ impl RecordDecoder {
                 };
                 dec.decode_slice(body, self.bulk_limits.max_record_bytes, out)
             }
+            Some(CodecId::Lz4) => lz4::decode(body, self.limits.max_record_bytes, out),
             None => Err(CodecError::UnknownCodec(codec)),
         }
     }

@@ -787,7 +787,7 @@ fn cm_binary_runs_bypass_the_text_model() {
     mixed.extend_from_slice(&png);
     mixed.extend_from_slice(&m);
 
-    let (mut enc, mut dec) = cm_pair(SMALL_CM);
+    let (mut enc, _) = cm_pair(SMALL_CM);
     let (mut twin, _) = cm_pair(SMALL_CM);
     let mut unit = Vec::new();
     enc.encode_bulk_unit(&mixed, &mut unit).unwrap();
@@ -829,7 +829,9 @@ fn binary_class_is_near_uniform_bytes_only() {
     assert!(!is_binary(&mail_message()));
     let b64 = xorshift_bytes(3000, 8)
         .iter()
-        .map(|b| b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(*b & 63) as usize])
+        .map(|b| {
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(*b & 63) as usize]
+        })
         .collect::<Vec<u8>>();
     assert!(!is_binary(&b64), "base64 text has 64 symbols");
 }
@@ -1041,6 +1043,180 @@ proptest! {
         rec[i] ^= 1 << bit;
         let cut = 1 + cut % rec.len();
         let (_, mut dec) = cm_pair(SMALL_CM);
+        let mut out = Vec::new();
+        if dec.decode(&rec[..cut], &mut out).is_ok() {
+            prop_assert!(out.len() <= DecoderLimits::default().max_record_bytes);
+        }
+    }
+}
+
+// ---- LZ4 (fast links) -------------------------------------------------------
+
+#[test]
+fn lz4_round_trips_shrinks_text_and_stores_noise() {
+    let (mut enc, mut dec) = pair();
+    let mut out = Vec::new();
+    let m = [mail_message(), text_2k(), mail_message()].concat();
+    let rec = encode(&mut enc, CodecId::Lz4, &m);
+    assert_eq!(rec[0], CodecId::Lz4 as u8);
+    assert!(rec.len() < m.len() * 3 / 4, "{} of {}", rec.len(), m.len());
+    dec.decode(&rec, &mut out).unwrap();
+    assert_eq!(out, m);
+    // Noise does not shrink: it goes stored, one byte of overhead.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..5000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let rec = encode(&mut enc, CodecId::Lz4, &noise);
+    assert_eq!(rec[0], CodecId::Stored as u8);
+    assert_eq!(rec.len(), noise.len() + 1);
+    dec.decode(&rec, &mut out).unwrap();
+    assert_eq!(out, noise);
+    for data in [&b""[..], b"x"] {
+        let rec = encode(&mut enc, CodecId::Lz4, data);
+        dec.decode(&rec, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+    // No state: nothing allocated.
+    assert_eq!(enc.memory_bytes() + dec.memory_bytes(), 0);
+}
+
+/// Records switch codecs as the link speeds up and slows down: the strong
+/// codecs' histories only see their own records, in the same order on both
+/// sides, so interleaved LZ4 records never put them out of step.
+#[test]
+fn lz4_interleaved_with_cm_and_zstd_keeps_histories_in_step() {
+    let (mut enc, mut dec) = cm_pair(SMALL_CM);
+    let m = mail_message();
+    let mut out = Vec::new();
+    let codecs = [
+        CodecId::Cm,
+        CodecId::Lz4,
+        CodecId::Zstd,
+        CodecId::Lz4,
+        CodecId::Cm,
+        CodecId::Lz4,
+        CodecId::Lz4,
+        CodecId::Zstd,
+        CodecId::Cm,
+    ];
+    let mut cm_sizes = Vec::new();
+    for (i, &c) in codecs.iter().enumerate() {
+        let data = [&m[..], format!("record {i}\r\n").as_bytes()].concat();
+        let rec = encode(&mut enc, c, &data);
+        if c == CodecId::Cm {
+            cm_sizes.push(rec.len());
+        }
+        dec.decode(&rec, &mut out).unwrap();
+        assert_eq!(out, data, "record {i} ({c:?})");
+    }
+    // The CM history learnt across the LZ4 records in between.
+    assert!(cm_sizes[2] < cm_sizes[0] / 2, "{cm_sizes:?}");
+}
+
+#[test]
+fn lz4_length_above_cap_is_refused_before_allocating() {
+    let l = DecoderLimits {
+        max_record_bytes: 4096,
+        ..DecoderLimits::default()
+    };
+    let mut dec = RecordDecoder::new(&l);
+    let mut out = Vec::new();
+    // A valid block of 4097 zeros: refused on its declared length.
+    let mut enc = RecordEncoder::new(&CodecParams::default());
+    let rec = encode(&mut enc, CodecId::Lz4, &[0u8; 4097]);
+    assert_eq!(rec[0], CodecId::Lz4 as u8);
+    let err = dec.decode(&rec, &mut out).unwrap_err();
+    assert!(matches!(err, CodecError::TooLarge(4096)), "{err:?}");
+    // A huge declared length with a tiny body: refused, nothing allocated.
+    let mut dec = RecordDecoder::new(&l);
+    let mut rec = vec![CodecId::Lz4 as u8];
+    crate::wire::put_varint(&mut rec, u64::MAX / 3);
+    rec.extend_from_slice(&[0x1f, 0, 0x01, 0x00]);
+    let err = dec.decode(&rec, &mut out).unwrap_err();
+    assert!(matches!(err, CodecError::TooLarge(4096)), "{err:?}");
+    assert!(out.capacity() < 4096);
+    // Exactly the cap is fine.
+    let mut dec = RecordDecoder::new(&l);
+    let rec = encode(&mut enc, CodecId::Lz4, &[7u8; 4096]);
+    dec.decode(&rec, &mut out).unwrap();
+    assert_eq!(out, vec![7u8; 4096]);
+}
+
+#[test]
+fn lz4_length_mismatch_and_truncation_are_corrupt() {
+    let (mut enc, _) = pair();
+    let m = mail_message();
+    let rec = encode(&mut enc, CodecId::Lz4, &m);
+    let mut out = Vec::new();
+    // Declared length one more than the block holds.
+    let mut body = &rec[1..];
+    let n = crate::wire::get_varint(&mut body).unwrap();
+    let mut lied = vec![CodecId::Lz4 as u8];
+    crate::wire::put_varint(&mut lied, n + 1);
+    lied.extend_from_slice(body);
+    let (_, mut dec) = pair();
+    assert!(matches!(
+        dec.decode(&lied, &mut out),
+        Err(CodecError::Corrupt(_))
+    ));
+    let (_, mut dec) = pair();
+    assert!(dec.decode(&rec[..rec.len() - 3], &mut out).is_err());
+    assert!(out.is_empty());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn prop_lz4_round_trip(data in arb_data()) {
+        let (mut enc, mut dec) = pair();
+        let rec = encode(&mut enc, CodecId::Lz4, &data);
+        prop_assert!(rec.len() <= data.len() + 1);
+        let mut out = Vec::new();
+        dec.decode(&rec, &mut out).unwrap();
+        prop_assert_eq!(out, data);
+    }
+
+    /// Arbitrary bodies, with and without a plausible length prefix: an
+    /// error or at most the cap, never a panic.
+    #[test]
+    fn prop_lz4_hostile_bodies_never_panic(
+        len in prop_oneof![0u64..5000, any::<u64>()],
+        prefixed in any::<bool>(),
+        body in prop::collection::vec(any::<u8>(), 0..2000),
+    ) {
+        let l = DecoderLimits {
+            max_record_bytes: 4096,
+            ..DecoderLimits::default()
+        };
+        let mut dec = RecordDecoder::new(&l);
+        let mut rec = vec![CodecId::Lz4 as u8];
+        if prefixed {
+            crate::wire::put_varint(&mut rec, len);
+        }
+        rec.extend_from_slice(&body);
+        let mut out = Vec::new();
+        match dec.decode(&rec, &mut out) {
+            Ok(()) => prop_assert!(out.len() <= 4096),
+            Err(_) => prop_assert!(out.is_empty()),
+        }
+    }
+
+    #[test]
+    fn prop_lz4_mangled_records_never_panic(flip in any::<usize>(), bit in 0u8..8, cut in any::<usize>()) {
+        let (mut enc, _) = pair();
+        let m = mail_message();
+        let mut rec = encode(&mut enc, CodecId::Lz4, &m);
+        let i = 1 + flip % (rec.len() - 1);
+        rec[i] ^= 1 << bit;
+        let cut = 1 + cut % rec.len();
+        let (_, mut dec) = pair();
         let mut out = Vec::new();
         if dec.decode(&rec[..cut], &mut out).is_ok() {
             prop_assert!(out.len() <= DecoderLimits::default().max_record_bytes);

@@ -46,6 +46,18 @@ enum Lane {
     Bulk,
 }
 
+/// Codec tier of new records, chosen by the measured delivery rate so that
+/// the codec is never slower than the link (docs/codec.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// `SessionConfig::codec` and the bulk lane: slow links.
+    Strong,
+    /// `SessionConfig::fast_codec` (LZ4).
+    Fast,
+    /// Faster than LZ4 codes: records go stored.
+    Stored,
+}
+
 /// Scheduling class of a stream's data. Control frames always go first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
@@ -123,7 +135,41 @@ pub struct SessionConfig {
     /// ([`Frame::CodecReset`]), so an idle tunnel holds no codec state on
     /// either side. Zero: never.
     pub codec_idle_reset: Duration,
+    /// The cheap codec for fast links ([`CodecId::Lz4`]); `None` keeps the
+    /// strong codecs at any rate.
+    pub fast_codec: Option<CodecId>,
+    /// Measured delivery rate (wire bytes/s) above which new records use
+    /// `fast_codec` and bulk streams skip the bulk lane, and below which the
+    /// strong codecs come back (hysteresis). See docs/codec.md.
+    pub fast_enter_rate: f64,
+    pub fast_exit_rate: f64,
+    /// Above this rate even `fast_codec` can't keep up: records go stored
+    /// (back to `fast_codec` below `stored_exit_rate`).
+    pub stored_enter_rate: f64,
+    pub stored_exit_rate: f64,
+    /// Hard cap on unacked wire bytes, whatever the rate: bounds the replay
+    /// buffer (and so memory) on fast links.
+    pub max_inflight: u64,
 }
+
+/// Default of [`SessionConfig::fast_enter_rate`]: 16 KB/s of wire (128
+/// kbit/s, 66x Iridium). CM codes ~1.2 MB/s of mail per core (encoder and
+/// decoder alike) and shrinks it ~4-6x: ~250 KB/s of wire. The rate we
+/// measure includes the peer's decoding, so while CM is in use it can never
+/// show more than CM's own speed: the threshold must sit far below that, or
+/// a busy CPU would keep a fast link on CM for good. At 16 KB/s CM has a
+/// 15x margin.
+pub const FAST_ENTER_RATE: f64 = 16_000.0;
+/// Default of [`SessionConfig::fast_exit_rate`]: back to the strong codec
+/// only well below the entry point, so a noisy estimate doesn't flap.
+pub const FAST_EXIT_RATE: f64 = 4_000.0;
+/// Default of [`SessionConfig::stored_enter_rate`]: 100 MB/s of wire. LZ4
+/// codes ~400 MB/s of mail on one core and halves it, ~200 MB/s of wire;
+/// a link faster than about half that would wait for it.
+pub const STORED_ENTER_RATE: f64 = 100e6;
+pub const STORED_EXIT_RATE: f64 = 50e6;
+/// Default of [`SessionConfig::max_inflight`].
+pub const MAX_INFLIGHT: u64 = 4 << 20;
 
 impl SessionConfig {
     pub fn new(role: Role) -> Self {
@@ -151,6 +197,12 @@ impl SessionConfig {
             bulk_decoder_limits: DecoderLimits::default(),
             transform_services: Vec::new(),
             codec_idle_reset: Duration::from_secs(300),
+            fast_codec: Some(CodecId::Lz4),
+            fast_enter_rate: FAST_ENTER_RATE,
+            fast_exit_rate: FAST_EXIT_RATE,
+            stored_enter_rate: STORED_ENTER_RATE,
+            stored_exit_rate: STORED_EXIT_RATE,
+            max_inflight: MAX_INFLIGHT,
         }
     }
 }
@@ -226,6 +278,14 @@ pub struct SessionStats {
     pub wire_bytes_resent: u64,
     /// Idle codec resets this side sent.
     pub codec_resets: u64,
+    /// Raw stream bytes sent, by the codec byte of the record that carried
+    /// them (bulk bytes under the bulk codec), indexed by `CodecId as usize`.
+    pub raw_bytes_by_codec: [u64; 8],
+    /// Raw stream bytes received, by the codec byte of their record.
+    pub raw_bytes_received_by_codec: [u64; 8],
+    /// Times the sender switched to the fast codec, and back.
+    pub fast_switches: u64,
+    pub slow_switches: u64,
 }
 
 struct SentRecord {
@@ -278,6 +338,10 @@ pub struct Session {
     /// Send time of the newest acked record (BBR's first_sent_time).
     last_acked_sent_at: Instant,
     estimate: LinkEstimate,
+    /// Which codec new records use, by the measured rate.
+    tier: Tier,
+    /// Codec byte of the record being handled (for the received counters).
+    rx_codec: u8,
 
     // Receiving.
     records_received: u64,
@@ -325,6 +389,8 @@ impl Session {
             delivered_time: now,
             last_acked_sent_at: now,
             estimate,
+            tier: Tier::Strong,
+            rx_codec: 0,
             records_received: 0,
             last_ack_sent: 0,
             ack_due: None,
@@ -408,7 +474,9 @@ impl Session {
             .estimate
             .min_rtt()
             .map_or(0.0, |rtt| rate * rtt.as_secs_f64() + record);
-        (by_rate.max(ack_loop) as u64).max(2 * record as u64)
+        (by_rate.max(ack_loop) as u64)
+            .min(self.cfg.max_inflight)
+            .max(2 * record as u64)
     }
 
     /// The most the session holds ahead of the link: the in-flight window plus
@@ -529,10 +597,12 @@ impl Session {
             return self.handle_bulk_record(now, record);
         }
         self.decoder.decode(record, &mut self.decode_buf)?;
+        self.rx_codec = record[0];
         self.records_received += 1;
         self.stats.records_received += 1;
         self.stats.wire_bytes_received += record.len() as u64;
-        let frames = Bytes::copy_from_slice(&self.decode_buf);
+        // Handed over, not copied: payloads are slices of it.
+        let frames = Bytes::from(std::mem::take(&mut self.decode_buf));
         let mut ack_eliciting = false;
         for frame in FrameDecoder::new(frames) {
             let frame = frame?;
@@ -550,7 +620,7 @@ impl Session {
         // A record of ACKs alone is acked with the next real one: acking it
         // at once would make two idle peers ack each other's acks forever.
         if ack_eliciting {
-            self.ack_due.get_or_insert(now + self.cfg.ack_delay);
+            self.ack_due.get_or_insert(now + self.ack_delay());
         }
         Ok(())
     }
@@ -567,10 +637,11 @@ impl Session {
         body.push(record[0]);
         body.extend_from_slice(slice);
         self.decoder.decode(&body, &mut self.decode_buf)?;
+        self.rx_codec = record[0];
         self.records_received += 1;
         self.stats.records_received += 1;
         self.stats.wire_bytes_received += record.len() as u64;
-        self.ack_due.get_or_insert(now + self.cfg.ack_delay);
+        self.ack_due.get_or_insert(now + self.ack_delay());
         for frame in FrameDecoder::new(Bytes::copy_from_slice(plain)) {
             self.handle_frame(now, frame?)?;
         }
@@ -642,6 +713,8 @@ impl Session {
                         limit,
                     })?;
                 self.stats.raw_bytes_received += payload.len() as u64;
+                self.stats.raw_bytes_received_by_codec[self.rx_codec as usize % 8] +=
+                    payload.len() as u64;
                 self.events.push_back(Event::Data {
                     stream,
                     flags,
@@ -756,8 +829,62 @@ impl Session {
             self.estimate
                 .rtt_sample(now.saturating_duration_since(r.sent_at));
             self.delivered_time = now;
+            self.update_fast();
         }
         Ok(())
+    }
+
+    /// Picks the codec tier from the measured rate, with hysteresis.
+    fn update_fast(&mut self) {
+        if self.cfg.fast_codec.is_none() {
+            return;
+        }
+        let (rate, c) = (self.estimate.rate(), &self.cfg);
+        let tier = match self.tier {
+            Tier::Strong if rate > c.stored_enter_rate => Tier::Stored,
+            Tier::Strong if rate > c.fast_enter_rate => Tier::Fast,
+            Tier::Fast | Tier::Stored if rate < c.fast_exit_rate => Tier::Strong,
+            Tier::Fast if rate > c.stored_enter_rate => Tier::Stored,
+            Tier::Stored if rate < c.stored_exit_rate => Tier::Fast,
+            t => t,
+        };
+        if (self.tier == Tier::Strong) != (tier == Tier::Strong) {
+            if tier == Tier::Strong {
+                self.stats.slow_switches += 1;
+            } else {
+                self.stats.fast_switches += 1;
+            }
+        }
+        self.tier = tier;
+    }
+
+    /// Whether new records use a cheap codec (the link outruns the strong one).
+    pub fn is_fast(&self) -> bool {
+        self.tier != Tier::Strong
+    }
+
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// The codec of the next interactive record worth compressing.
+    pub fn record_codec(&self) -> CodecId {
+        match (self.tier, self.cfg.fast_codec) {
+            (Tier::Strong, _) | (_, None) => self.cfg.codec,
+            (Tier::Fast, Some(c)) => c,
+            (Tier::Stored, Some(_)) => CodecId::Stored,
+        }
+    }
+
+    /// How long a received record may wait for its ACK to ride on traffic.
+    /// Never more than half the smoothed RTT: on a fast link a 100 ms delay
+    /// would stall a sender whose window drains in a millisecond, while a
+    /// satellite link's RTT leaves the configured delay as it is.
+    fn ack_delay(&self) -> Duration {
+        match self.estimate.srtt() {
+            Some(rtt) => self.cfg.ack_delay.min(rtt / 2),
+            None => self.cfg.ack_delay,
+        }
     }
 
     // ---- Link side: records out -----------------------------------------------
@@ -808,7 +935,8 @@ impl Session {
 
     /// Which lane a stream's next frames take, if any may go now.
     fn lane_of(&self, id: u64, s: &Stream) -> Option<Lane> {
-        if self.cfg.bulk_unit_secs > 0.0 && s.priority == Priority::Bulk {
+        // Fast links skip the bulk lane: its strong codec can't keep up.
+        if self.cfg.bulk_unit_secs > 0.0 && s.priority == Priority::Bulk && !self.is_fast() {
             Some(Lane::Bulk)
         } else if self.bulk_unit.contains(&id) {
             None // its earlier frames are still in the unsent bulk unit
@@ -883,7 +1011,9 @@ impl Session {
         }
 
         let target_raw = self.record_target_raw();
+        // Frames follow a codec byte, so a stored record needs no copy.
         let mut buf = Vec::with_capacity(target_raw.min(64 * 1024) + 64);
+        buf.push(CodecId::Stored as u8);
         self.ack_due = None;
         self.encode_ack(&mut buf);
         if ping {
@@ -906,28 +1036,39 @@ impl Session {
         if self.has_sendable_data() || !self.control.is_empty() {
             self.cork_deadline = Some(now + self.cork_delay());
         }
-        if buf.is_empty() {
+        let frames = &buf[1..];
+        if frames.is_empty() {
             return None;
         }
 
         // Tiny records (acks, pongs) don't pay for a compressor's block header.
-        let codec = if buf.len() < 24 {
+        let codec = if frames.len() < 24 {
             CodecId::Stored
         } else {
-            self.cfg.codec
+            self.record_codec()
         };
-        let mut wire = Vec::with_capacity(buf.len() + 16);
-        if self.encoder.encode(codec, &buf, &mut wire).is_err() {
-            wire.clear();
-            self.encoder
-                .encode(CodecId::Stored, &buf, &mut wire)
-                .expect("stored never fails");
+        let mut wire = match codec {
+            CodecId::Stored => buf,
+            _ => {
+                let mut wire = Vec::with_capacity(frames.len() + 16);
+                match self.encoder.encode(codec, frames, &mut wire) {
+                    Ok(()) => wire,
+                    Err(_) => buf,
+                }
+            }
+        };
+        // The replay buffer keeps the allocation, not just the bytes: a small
+        // or well-compressed record must not hold a big buffer (shrinking
+        // reallocs in place).
+        if wire.capacity() > wire.len() + wire.len() / 4 + 256 {
+            wire.shrink_to_fit();
         }
         if raw_data > 0 {
             self.estimate
                 .compression_sample(raw_data + 4, wire.len().max(1));
         }
         self.stats.raw_bytes_sent += raw_data as u64;
+        self.stats.raw_bytes_by_codec[wire[0] as usize % 8] += raw_data as u64;
         Some(self.finish_record(now, wire))
     }
 
@@ -985,9 +1126,11 @@ impl Session {
                 let mut wire = vec![CodecId::Stored as u8];
                 wire.extend_from_slice(&frames);
                 self.bulk_unit.clear();
+                self.stats.raw_bytes_by_codec[CodecId::Stored as usize] += raw as u64;
                 return Some(self.finish_record(now, wire));
             }
             self.estimate.compression_sample(raw + 4, unit.len().max(1));
+            self.stats.raw_bytes_by_codec[self.encoder.bulk_codec() as usize] += raw as u64;
             self.bulk_out.extend_from_slice(&unit);
         }
         // A short tail rides along rather than paying a packet of its own.

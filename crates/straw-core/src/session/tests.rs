@@ -78,6 +78,7 @@ struct Sim {
     server_events: Vec<(Instant, Event)>,
     /// Worst excess of unacked bytes over the in-flight limit at that moment.
     max_client_overshoot: i64,
+    max_client_unacked: u64,
     client_max_record: usize,
 }
 
@@ -89,6 +90,24 @@ impl Sim {
             SessionConfig::new(Role::Client),
             SessionConfig::new(Role::Server),
         )
+    }
+
+    /// As `new`, with sessions that assume `initial` until they measure.
+    fn with_initial_rate(rate: f64, delay: Duration, initial: f64) -> Self {
+        let mut sim = Self::with_configs(
+            rate,
+            delay,
+            SessionConfig::new(Role::Client),
+            SessionConfig::new(Role::Server),
+        );
+        let now = sim.now;
+        let mut c = SessionConfig::new(Role::Client);
+        let mut s = SessionConfig::new(Role::Server);
+        c.initial_rate = initial;
+        s.initial_rate = initial;
+        sim.client = Session::new(c, now);
+        sim.server = Session::new(s, now);
+        sim
     }
 
     /// Both sides transform what they send on every service used here.
@@ -119,6 +138,7 @@ impl Sim {
             client_events: Vec::new(),
             server_events: Vec::new(),
             max_client_overshoot: i64::MIN,
+            max_client_unacked: 0,
             client_max_record: 0,
         }
     }
@@ -149,6 +169,7 @@ impl Sim {
         }
         let overshoot = self.client.unacked_bytes() as i64 - self.client.inflight_limit() as i64;
         self.max_client_overshoot = self.max_client_overshoot.max(overshoot);
+        self.max_client_unacked = self.max_client_unacked.max(self.client.unacked_bytes());
         while let Some(e) = self.client.poll_event() {
             self.client_events.push((now, e));
         }
@@ -1369,4 +1390,175 @@ fn codec_reset_inside_a_bulk_record_is_an_error() {
     crate::wire::put_varint(&mut rec, plain.len() as u64);
     rec.extend_from_slice(&plain);
     assert!(s.handle_record(now, &rec).is_err());
+}
+
+// ---- Fast links: the cheap codec ---------------------------------------------
+
+/// Sends `data` client→server on a new stream as a program would (keeping to
+/// `send_capacity`, the server consuming what arrives), for at most `limit`
+/// of simulated time, and checks it arrived intact. Returns the time taken.
+fn push_stream(sim: &mut Sim, data: &[u8], priority: Priority, limit: Duration) -> Duration {
+    let id = sim.client.open_stream(b"bulk", b"", priority).unwrap();
+    let start = sim.now;
+    let (mut offset, mut seen) = (0, sim.server_events.len());
+    let mut got = Vec::new();
+    while got.len() < data.len() && sim.now - start < limit {
+        let cap = sim.client.send_capacity(id).min(data.len() - offset);
+        if cap > 0 {
+            sim.client.send(id, &data[offset..offset + cap]).unwrap();
+            sim.client.flush(id);
+            offset += cap;
+        }
+        sim.step(Duration::from_millis(1));
+        let new = Sim::received(&sim.server_events[seen..], id);
+        seen = sim.server_events.len();
+        sim.server.consumed(id, new.len());
+        got.extend_from_slice(&new);
+    }
+    assert!(got == data, "{} of {} bytes arrived", got.len(), data.len());
+    sim.now - start
+}
+
+fn by_codec(st: &SessionStats, c: CodecId) -> u64 {
+    st.raw_bytes_by_codec[c as usize]
+}
+
+#[test]
+fn fast_link_switches_to_cheap_codec() {
+    // 10 MB/s, 1 ms each way; the sessions start out assuming 300 B/s.
+    let mut sim = Sim::with_initial_rate(10e6, Duration::from_millis(1), 300.0);
+    let data = mail_text(4 << 20);
+    let took = push_stream(&mut sim, &data, Priority::Bulk, Duration::from_secs(5));
+    let c = &sim.client;
+    let st = c.stats();
+    assert!(c.is_fast());
+    assert_eq!((st.fast_switches, st.slow_switches), (1, 0));
+    // All but the first few records went LZ4 (the bulk lane skipped).
+    let cheap = by_codec(st, CodecId::Lz4);
+    assert!(cheap > data.len() as u64 * 95 / 100, "{st:?}");
+    assert!(st.wire_bytes_sent < data.len() as u64 * 3 / 4, "{st:?}");
+    // The window opens fast: quick ACKs, not a 100 ms ack delay per round.
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(c.inflight_limit() <= MAX_INFLIGHT);
+    assert!(st.max_held <= MAX_INFLIGHT + 64 * 1024, "{st:?}");
+    // The receiving side, sending only ACKs and credit, never switched.
+    assert!(!sim.server.is_fast());
+}
+
+#[test]
+fn slow_link_never_switches() {
+    // Iridium: 240 B/s, 0.5 s each way.
+    let mut sim = Sim::new(240.0, Duration::from_millis(500));
+    push_stream(
+        &mut sim,
+        &mail_text(12_000),
+        Priority::Bulk,
+        Duration::from_secs(200),
+    );
+    push_stream(
+        &mut sim,
+        &mail_text(3_000),
+        Priority::Interactive,
+        Duration::from_secs(100),
+    );
+    for s in [&sim.client, &sim.server] {
+        assert!(!s.is_fast());
+        assert_eq!(s.stats().fast_switches, 0);
+        assert_eq!(by_codec(s.stats(), CodecId::Lz4), 0);
+    }
+    let st = sim.client.stats();
+    assert!(by_codec(st, CodecId::ZstdBulk) >= 12_000, "{st:?}");
+    assert!(by_codec(st, CodecId::Zstd) > 0, "{st:?}");
+}
+
+#[test]
+fn link_slowing_down_goes_back_to_strong_codec() {
+    let mut sim = Sim::with_initial_rate(10e6, Duration::from_millis(1), 300.0);
+    push_stream(
+        &mut sim,
+        &mail_text(1 << 20),
+        Priority::Bulk,
+        Duration::from_secs(5),
+    );
+    assert!(sim.client.is_fast());
+    // The link drops to 2 KB/s with a satellite's delay.
+    for p in [&mut sim.up, &mut sim.down] {
+        p.rate = 2_000.0;
+        p.delay = Duration::from_millis(300);
+    }
+    push_stream(
+        &mut sim,
+        &mail_text(600_000),
+        Priority::Bulk,
+        Duration::from_secs(300),
+    );
+    let st = sim.client.stats().clone();
+    assert!(!sim.client.is_fast(), "{st:?}");
+    assert_eq!((st.fast_switches, st.slow_switches), (1, 1));
+    // New data goes through the strong bulk codec again, every byte arriving
+    // intact across the switches (checked by push_stream).
+    let data = mail_text(50_000);
+    push_stream(&mut sim, &data, Priority::Bulk, Duration::from_secs(100));
+    let now = sim.client.stats();
+    assert_eq!(by_codec(now, CodecId::Lz4), by_codec(&st, CodecId::Lz4));
+    let strong = by_codec(now, CodecId::ZstdBulk) - by_codec(&st, CodecId::ZstdBulk);
+    assert_eq!(strong, data.len() as u64, "{now:?}");
+    assert!(!sim.client.is_fast());
+}
+
+#[test]
+fn inflight_is_capped_however_fast_the_link() {
+    // A session that believes in 1 GB/s: x 2 s would be 2 GB in flight.
+    let mut sim = Sim::new(1e9, Duration::from_millis(50));
+    assert_eq!(sim.client.inflight_limit(), MAX_INFLIGHT);
+    assert!(sim.client.held_bound() <= MAX_INFLIGHT + 64 * 1024);
+    // Stream credit for a whole second, so only the in-flight cap binds.
+    sim.server.cfg.stream_window = 64 << 20;
+    sim.client.cfg.peer_stream_window = 64 << 20;
+    push_stream(
+        &mut sim,
+        &noise(8 << 20, 9),
+        Priority::Bulk,
+        Duration::from_secs(5),
+    );
+    let st = sim.client.stats();
+    assert!(st.wire_bytes_sent > MAX_INFLIGHT, "{st:?}");
+    assert!(st.max_held <= MAX_INFLIGHT + 64 * 1024, "{st:?}");
+    // Never more than one record beyond the cap.
+    let unacked = sim.max_client_unacked;
+    assert!(
+        unacked > MAX_INFLIGHT / 2 && unacked <= MAX_INFLIGHT + 64 * 1024,
+        "{unacked}"
+    );
+}
+
+#[test]
+fn tiers_follow_the_rate_with_hysteresis() {
+    let mut s = Session::new(SessionConfig::new(Role::Client), Instant::now());
+    let feed = |s: &mut Session, rate: f64| {
+        // Eight samples flush the max filter.
+        for _ in 0..8 {
+            s.estimate.rate_sample(rate as u64, Duration::from_secs(1));
+        }
+        s.update_fast();
+        (s.tier(), s.record_codec())
+    };
+    assert_eq!(s.record_codec(), CodecId::Zstd);
+    assert_eq!(feed(&mut s, 240.0), (Tier::Strong, CodecId::Zstd));
+    assert_eq!(feed(&mut s, 12_000.0), (Tier::Strong, CodecId::Zstd));
+    assert_eq!(feed(&mut s, 20_000.0), (Tier::Fast, CodecId::Lz4));
+    assert_eq!(feed(&mut s, 5_000.0), (Tier::Fast, CodecId::Lz4));
+    assert_eq!(feed(&mut s, 200e6), (Tier::Stored, CodecId::Stored));
+    assert_eq!(feed(&mut s, 60e6), (Tier::Stored, CodecId::Stored));
+    assert_eq!(feed(&mut s, 40e6), (Tier::Fast, CodecId::Lz4));
+    assert_eq!(feed(&mut s, 3_000.0), (Tier::Strong, CodecId::Zstd));
+    assert_eq!(feed(&mut s, 1e9), (Tier::Stored, CodecId::Stored));
+    assert_eq!(feed(&mut s, 1_000.0), (Tier::Strong, CodecId::Zstd));
+    let st = s.stats();
+    assert_eq!((st.fast_switches, st.slow_switches), (2, 2));
+    // Without a fast codec the strong one stays.
+    let mut c = SessionConfig::new(Role::Client);
+    c.fast_codec = None;
+    let mut s = Session::new(c, Instant::now());
+    assert_eq!(feed(&mut s, 1e9), (Tier::Strong, CodecId::Zstd));
 }
