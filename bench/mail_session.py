@@ -56,29 +56,46 @@ class Turns:
         return n
 
 
+T0 = time.monotonic()
+
+
+def trace(what):
+    """A timeline of the client's turns on stderr (the bench's session log)."""
+    print(f"{time.monotonic() - T0:9.3f} {what}", file=sys.stderr, flush=True)
+
+
+def show(data):
+    line = bytes(data[:40]).split(b"\r\n")[0]
+    return repr(b"PASS ***" if line.upper().startswith(b"PASS ") else line)
+
+
 class CountingSocket(socket.socket):
     # poplib, imaplib, smtplib and http.client all write with sendall and
     # read through makefile(), whose SocketIO calls recv_into.
     def sendall(self, data, *args):
         Turns.pending = True
+        trace(f"> {show(data)} ({len(data)} B)")
         return super().sendall(data, *args)
 
     def send(self, data, *args):
         Turns.pending = True
+        trace(f"> {show(data)} ({len(data)} B)")
         return super().send(data, *args)
 
-    def _got(self, n):
-        if n and Turns.pending:
+    def _got(self, data):
+        if data and Turns.pending:
             Turns.n += 1
             Turns.pending = False
-        return n
+            trace(f"< {show(data)}")
 
     def recv_into(self, buf, *args):
-        return self._got(super().recv_into(buf, *args))
+        n = super().recv_into(buf, *args)
+        self._got(memoryview(buf)[:n])
+        return n
 
     def recv(self, *args):
         data = super().recv(*args)
-        self._got(len(data))
+        self._got(data)
         return data
 
 
@@ -95,6 +112,7 @@ def counting_create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT,
                 s.bind(source_address)
             s.connect(sa)
             Turns.pending = True  # the greeting is a wait too
+            trace(f"connected to {host}:{port}")
             return s
         except OSError as e:
             err = e
@@ -369,6 +387,7 @@ def main():
     t0 = time.monotonic()
     try:
         for ph in PHASES:
+            trace(f"== {ph}")
             Turns.take()
             t = time.monotonic()
             r = runs[ph]()
