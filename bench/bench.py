@@ -263,6 +263,28 @@ def straw_waits(path, since, want, timeout=10.0):
         time.sleep(0.1)
 
 
+def warm_up(a, ports, logdir, name):
+    """--warm: one short connection per mail service before the session,
+    counted as setup (straw caches greetings/capabilities and primes its
+    codec on first use)."""
+    argv = [sys.executable, os.path.join(HERE, "mail_session.py"), "--warm",
+            "--peers", os.path.join(a.state, "peers")]
+    for s in ("pop3", "imap", "smtp"):
+        argv += [f"--{s}", f"127.0.0.1:{ports[s]}"]
+    log(f"{name}: warm-up (greetings, capabilities)")
+    t0 = time.monotonic()
+    with open(os.path.join(logdir, f"{name}.warm.log"), "wb") as err:
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        out = json.loads(r.stdout)
+    except ValueError:
+        raise BenchError(f"{name}: warm-up crashed (see {logdir}/{name}.warm.log)")
+    if not out.get("ok"):
+        raise BenchError(f"{name}: warm-up failed: {out.get('error')}")
+    settle(a)
+    return time.monotonic() - t0
+
+
 def settle(a):
     # Let anything still in flight after setup (e.g. a lazy handshake's reply)
     # land before the session starts, so setup and session don't overlap.
@@ -405,6 +427,7 @@ def way_ssh(a, procs, cmd):
         wait_listening(SSH_FWD.values(), ssh, "ssh", timeout=600)
         setup_secs = time.monotonic() - t0
         settle(a)
+        warm_secs = warm_up(a, SSH_FWD, procs.logdir, "ssh") if a.warm else None
         setup_link = link.snapshot()
         try:
             out = run_session(a, SSH_FWD, procs.logdir, "ssh", [link])
@@ -415,7 +438,7 @@ def way_ssh(a, procs, cmd):
     finally:
         procs.stop(sshd)
         os.unlink(os.path.join(d, "sshd.pid"))
-    return way_result(out, ttfb, {"seconds": setup_secs, "link": setup_link})
+    return way_result(out, ttfb, {"seconds": setup_secs, "link": setup_link, "warm_seconds": warm_secs})
 
 
 def find_straw(a):
@@ -499,6 +522,7 @@ def way_straw(a, procs, cmd, straw):
         wait_listening(STRAW_LOCAL.values(), client, "straw client", timeout=600)
         setup_secs = time.monotonic() - t0
         settle(a)
+        warm_secs = warm_up(a, STRAW_LOCAL, procs.logdir, "straw") if a.warm else None
         if client.poll() is not None:
             raise BenchError(f"straw client exited (status {client.returncode})")
         setup_link = link.snapshot()
@@ -522,7 +546,8 @@ def way_straw(a, procs, cmd, straw):
     waits = {s: out["turns"][s] if straw_proto(a, s) == "tcp" else
              sw[s]["link_waits"] if s in sw else None for s in SERVICES}
     waits["total"] = None if None in waits.values() else sum(waits[s] for s in SERVICES)
-    w = way_result(out, ttfb, {"seconds": setup_secs, "link": setup_link}, waits)
+    w = way_result(out, ttfb, {"seconds": setup_secs, "link": setup_link, "warm_seconds": warm_secs},
+                   waits)
     w["straw_waits"] = sw
     return w
 
@@ -590,7 +615,7 @@ def table(res):
     p = res["params"]
     lines = [f"straw bench: {p['rate']} bit/s, {p['delay_ms']:g} ms one way, mss {p['mss']}, "
              f"overhead {p['overhead']} B/segment; POP3 RETR x{p['messages']}; "
-             f"linksim: {res['linksim']}"]
+             f"linksim: {res['linksim']}" + ("; warm (ssh/straw warmed up in setup)" if p.get("warm") else "")]
     ways = res["ways"]
     ok = [k for k, w in ways.items() if w.get("ok")]
     for k, w in ways.items():
@@ -663,7 +688,8 @@ def table(res):
                   "local ports accept):"]
         for n, st in setups:
             ln = st["link"]
-            lines.append(f"  {n:<8} {st['seconds']:7.1f} s   up {ln['up_bytes']} B, "
+            warm = f" (+ warm-up {st['warm_seconds']:.1f} s)" if st.get("warm_seconds") else ""
+            lines.append(f"  {n:<8} {st['seconds']:7.1f} s{warm}   up {ln['up_bytes']} B, "
                          f"down {ln['down_bytes']} B, link s {ln['up_secs']:.1f}/{ln['down_secs']:.1f}")
     if rat:
         lines += ["", f"{'ratio':<14} {'seconds':>8} {'bytes':>8} {'s+setup':>8} {'B+setup':>8}"]
@@ -707,6 +733,9 @@ def main():
                     help="protocol for every straw service (auto: pop3/imap/smtp accelerators, tcp for http)")
     ap.add_argument("--linksim", choices=["auto", "straw", "python"], default="auto",
                     help="link simulator: straw linksim, or bench/linksim.py (the stand-in)")
+    ap.add_argument("--warm", action="store_true",
+                    help="ssh and straw: one short connection per mail service (greeting, capabilities) "
+                    "before the session, counted as setup: a proxy that has run a while")
     ap.add_argument("--no-ttfb", action="store_true",
                     help="skip the big-message phase (time to first byte of a ~300 KB RETR)")
     ap.add_argument("--ttfb-message", type=int, default=11,
@@ -758,7 +787,7 @@ def main():
 
         res = {"params": {"rate": a.rate, "delay_ms": a.delay, "mss": a.mss,
                           "overhead": a.overhead, "messages": a.messages,
-                          "ttfb_message": None if a.no_ttfb else a.ttfb_message},
+                          "ttfb_message": None if a.no_ttfb else a.ttfb_message, "warm": a.warm},
                "linksim": lname, "ways": {}}
         plan = [("direct", not a.no_direct), ("ssh", not a.no_ssh), ("straw", not a.no_straw)]
         for name, on in plan:

@@ -14,6 +14,9 @@ client connected or wrote (each one crosses the link unless a proxy answers
 locally). `--signal PID,...` sends SIGUSR1 to those PIDs (linksims: a stats
 line each) after every protocol, so link figures can be split per protocol.
 
+`--warm` instead connects once per mail service (greeting, capabilities,
+quit), as a proxy that has been running a while would have seen.
+
 `--ttfb` instead logs in as --ttfb-user, sends RETR of --ttfb-message (a big
 one), times the +OK line and the first body byte, checks the body's first
 line against the Maildir file, and closes mid-message; then a short POP3
@@ -120,8 +123,10 @@ def counting_create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT,
     raise err or OSError(f"cannot resolve {host}")
 
 
-# The mail libraries look this up at call time.
-socket.create_connection = counting_create_connection
+def install():
+    """Count turns on every connection the mail libraries open (they look
+    socket.create_connection up at call time)."""
+    socket.create_connection = counting_create_connection
 
 
 def hostport(s):
@@ -363,10 +368,15 @@ def main():
     ap.add_argument("--ttfb-message", type=int, default=11)
     ap.add_argument("--recover-timeout", type=float, default=120.0,
                     help="--ttfb: seconds per socket operation of the recovery check")
+    ap.add_argument("--warm", action="store_true",
+                    help="warm-up instead: per service connect, greeting, CAPA/CAPABILITY/EHLO, quit")
     a = ap.parse_args()
+    install()
     pids = [int(p) for p in a.signal.split(",") if p]
     if a.ttfb:
         return main_ttfb(a)
+    if a.warm:
+        return main_warm(a)
     if not (a.imap and a.smtp and a.http):
         ap.error("--imap, --smtp and --http are needed for the session")
 
@@ -405,6 +415,31 @@ def main():
         out["ok"] = True
     except (VerifyError, OSError, EOFError, poplib.error_proto, imaplib.IMAP4.error,
             smtplib.SMTPException, http.client.HTTPException) as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    json.dump(out, sys.stdout)
+    print()
+    return 0 if out["ok"] else 1
+
+
+def main_warm(a):
+    """What a proxy that has run for a while has seen: each service's
+    greeting and capabilities (straw caches them; its codec is primed)."""
+    out = {"ok": False}
+    try:
+        host, port = hostport(a.pop3)
+        p = poplib.POP3(host, port, timeout=TIMEOUT)
+        p.capa()
+        p.quit()
+        if a.imap:
+            host, port = hostport(a.imap)
+            imaplib.IMAP4(host, port, timeout=TIMEOUT).logout()  # CAPABILITY on connect
+        if a.smtp:
+            host, port = hostport(a.smtp)
+            s = smtplib.SMTP(host, port, local_hostname="client.straw.test", timeout=TIMEOUT)
+            s.ehlo()
+            s.quit()
+        out["ok"] = True
+    except (OSError, EOFError, poplib.error_proto, imaplib.IMAP4.error, smtplib.SMTPException) as e:
         out["error"] = f"{type(e).__name__}: {e}"
     json.dump(out, sys.stdout)
     print()
