@@ -310,6 +310,7 @@ def way_result(out, ttfb, setup, waits=None):
     """Direct and ssh: every client turn crosses the link, so waits = turns."""
     return {"seconds": out["seconds"], "link": out["link"], "phases": out["phases"],
             "turns": out["turns"], "waits": waits or dict(out["turns"]),
+            "payload_bytes": out["bytes"],
             "ttfb": ttfb, "setup": setup}
 
 
