@@ -657,12 +657,15 @@ def table(res):
                          + "; answered locally by straw: "
                          + ", ".join(f"{ph} {sw[ph]['local_replies']}" for ph in SERVICES if ph in sw))
         lines += ["", f"{'way':<8} {'up B':>8} {'down B':>8} {'up segs':>8} {'dn segs':>8}"
-                  f" {'link s up':>10} {'link s dn':>10}  (session totals)"]
+                  f" {'link s up':>10} {'link s dn':>10} {'mail B':>8} {'mail/link':>9}  (session totals;"
+                  " mail B = what the programs sent and got)"]
         for k in ok:
             ln = ways[k]["link"]
+            pb = sum(ways[k].get("payload_bytes", {}).get(s, 0) for s in SERVICES) or None
             lines.append(f"{NAMES[k]:<8} {ln['up_bytes']:8d} {ln['down_bytes']:8d} "
                          f"{ln['up_segments']:8d} {ln['down_segments']:8d} "
-                         f"{ln['up_secs']:10.1f} {ln['down_secs']:10.1f}")
+                         f"{ln['up_secs']:10.1f} {ln['down_secs']:10.1f} {fmt(pb, 'd', 8)} "
+                         f"{fmt(pb and pb / max(1, link_bytes(ways[k])), '.2f', 9)}")
     tt = [(k, ways[k]["ttfb"]) for k in ok if ways[k].get("ttfb")]
     if tt:
         size = next((t.get("message_size") for _, t in tt if t.get("message_size")), None)
