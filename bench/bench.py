@@ -139,6 +139,13 @@ class Linksim:
                 raise BenchError(f"linksim gave no stats line (see {self.out})")
             time.sleep(0.01)
 
+    def count(self):
+        return len(self._lines())
+
+    def line(self, n, timeout=10.0):
+        """Stats line n (0-based), waiting for it to appear."""
+        return self._wait_line(n, timeout)
+
     def snapshot(self):
         n = len(self._lines())
         self.proc.send_signal(signal.SIGUSR1)
@@ -160,9 +167,22 @@ ZERO = {"up_bytes": 0, "up_segments": 0, "up_secs": 0.0,
 
 # ------------------------------------------------------------------ workload
 
-def run_session(a, ports, logdir, name):
+def sum_stats(stats):
+    out = ZERO
+    for st in stats:
+        out = add_stats(out, st)
+    return out
+
+
+def run_session(a, ports, logdir, name, links):
+    """The mail session, with a link snapshot of every linksim in links
+    before it and after each protocol (mail_session signals them), so link
+    figures split per protocol."""
+    start = sum_stats(ln.snapshot() for ln in links)
+    base = [ln.count() for ln in links]
     argv = [sys.executable, os.path.join(HERE, "mail_session.py"),
-            "--peers", os.path.join(a.state, "peers"), "--messages", str(a.messages)]
+            "--peers", os.path.join(a.state, "peers"), "--messages", str(a.messages),
+            "--signal", ",".join(str(ln.proc.pid) for ln in links)]
     for s in SERVICES:
         argv += [f"--{s}", f"127.0.0.1:{ports[s]}"]
     log(f"{name}: running the mail session")
@@ -174,7 +194,95 @@ def run_session(a, ports, logdir, name):
         raise BenchError(f"{name}: mail session crashed (see {logdir}/{name}.session.log)")
     if not out.get("ok"):
         raise BenchError(f"{name}: mail session failed: {out.get('error')}")
+    phases, prev = {}, start
+    for i, ph in enumerate(SERVICES):
+        cur = sum_stats(ln.line(b + i) for ln, b in zip(links, base))
+        phases[ph] = add_stats(cur, prev, -1)
+        prev = cur
+    out["phases"] = phases
+    out["link"] = add_stats(prev, start, -1)
     return out
+
+
+def run_ttfb(a, port, logdir, name, links):
+    """Last phase: time to the first byte of bob's big message, RETR aborted
+    mid-message, then a short POP3 session to check the path recovered."""
+    settle(a)
+    start = sum_stats(ln.snapshot() for ln in links)
+    argv = [sys.executable, os.path.join(HERE, "mail_session.py"), "--ttfb",
+            "--peers", os.path.join(a.state, "peers"), "--pop3", f"127.0.0.1:{port}",
+            "--ttfb-message", str(a.ttfb_message), "--recover-timeout", str(a.recover_timeout)]
+    log(f"{name}: time to first byte of POP3 RETR {a.ttfb_message} (bob), then a recovery check")
+    with open(os.path.join(logdir, f"{name}.ttfb.log"), "wb") as err:
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        out = json.loads(r.stdout)
+    except ValueError:
+        out = {"ok": False, "error": f"crashed (see {logdir}/{name}.ttfb.log)"}
+    out["link"] = add_stats(sum_stats(ln.snapshot() for ln in links), start, -1)
+    return out
+
+
+def ttfb_safely(a, port, logdir, name, links):
+    if a.no_ttfb:
+        return None
+    try:
+        return run_ttfb(a, port, logdir, name, links)
+    except BenchError as e:
+        return {"ok": False, "error": str(e)}
+
+
+# straw client: one line per finished accelerated local connection.
+DONE_RE = re.compile(r"connection done .*service=(\w+) link_waits=(\d+) local_replies=(\d+)")
+
+
+def straw_done_lines(path):
+    try:
+        with open(path, errors="replace") as f:
+            return [(m.group(1), int(m.group(2)), int(m.group(3)))
+                    for m in map(DONE_RE.search, f) if m]
+    except FileNotFoundError:
+        return []
+
+
+def straw_waits(path, since, want, timeout=10.0):
+    """{service: {"link_waits", "local_replies", "connections"}} from the done
+    lines after the first `since`, waiting until every service in want has
+    one (a connection is logged when straw forgets its stream)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = {}
+        for svc, w, r in straw_done_lines(path)[since:]:
+            g = got.setdefault(svc, {"link_waits": 0, "local_replies": 0, "connections": 0})
+            g["link_waits"] += w
+            g["local_replies"] += r
+            g["connections"] += 1
+        if all(got.get(s, {}).get("connections", 0) >= n for s, n in want.items()) \
+                or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def warm_up(a, ports, logdir, name):
+    """--warm: one short connection per mail service before the session,
+    counted as setup (straw caches greetings/capabilities and primes its
+    codec on first use)."""
+    argv = [sys.executable, os.path.join(HERE, "mail_session.py"), "--warm",
+            "--peers", os.path.join(a.state, "peers")]
+    for s in ("pop3", "imap", "smtp"):
+        argv += [f"--{s}", f"127.0.0.1:{ports[s]}"]
+    log(f"{name}: warm-up (greetings, capabilities)")
+    t0 = time.monotonic()
+    with open(os.path.join(logdir, f"{name}.warm.log"), "wb") as err:
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        out = json.loads(r.stdout)
+    except ValueError:
+        raise BenchError(f"{name}: warm-up crashed (see {logdir}/{name}.warm.log)")
+    if not out.get("ok"):
+        raise BenchError(f"{name}: warm-up failed: {out.get('error')}")
+    settle(a)
+    return time.monotonic() - t0
 
 
 def settle(a):
@@ -190,14 +298,20 @@ def way_direct(a, procs, cmd):
     links = {s: Linksim(procs, cmd, f"direct-link-{s}", DIRECT_LINK[s], UPSTREAM[s], a)
              for s in SERVICES}
     try:
-        out = run_session(a, DIRECT_LINK, procs.logdir, "direct")
-        link = ZERO
-        for s in SERVICES:
-            link = add_stats(link, links[s].snapshot())
+        out = run_session(a, DIRECT_LINK, procs.logdir, "direct", list(links.values()))
+        ttfb = ttfb_safely(a, DIRECT_LINK["pop3"], procs.logdir, "direct", list(links.values()))
     finally:
         for s in SERVICES:
             links[s].stop()
-    return {"seconds": out["seconds"], "link": link, "setup": None}
+    return way_result(out, ttfb, None)
+
+
+def way_result(out, ttfb, setup, waits=None):
+    """Direct and ssh: every client turn crosses the link, so waits = turns."""
+    return {"seconds": out["seconds"], "link": out["link"], "phases": out["phases"],
+            "turns": out["turns"], "waits": waits or dict(out["turns"]),
+            "payload_bytes": out["bytes"],
+            "ttfb": ttfb, "setup": setup}
 
 
 def ensure_sshd_installed():
@@ -314,18 +428,18 @@ def way_ssh(a, procs, cmd):
         wait_listening(SSH_FWD.values(), ssh, "ssh", timeout=600)
         setup_secs = time.monotonic() - t0
         settle(a)
+        warm_secs = warm_up(a, SSH_FWD, procs.logdir, "ssh") if a.warm else None
         setup_link = link.snapshot()
         try:
-            out = run_session(a, SSH_FWD, procs.logdir, "ssh")
-            end = link.snapshot()
+            out = run_session(a, SSH_FWD, procs.logdir, "ssh", [link])
+            ttfb = ttfb_safely(a, SSH_FWD["pop3"], procs.logdir, "ssh", [link])
         finally:
             procs.stop(ssh)
             link.stop()
     finally:
         procs.stop(sshd)
         os.unlink(os.path.join(d, "sshd.pid"))
-    return {"seconds": out["seconds"], "link": add_stats(end, setup_link, -1),
-            "setup": {"seconds": setup_secs, "link": setup_link}}
+    return way_result(out, ttfb, {"seconds": setup_secs, "link": setup_link, "warm_seconds": warm_secs})
 
 
 def find_straw(a):
@@ -366,7 +480,7 @@ def straw_setup(a, straw):
              'authorized_keys = "authorized_clients"',
              "", "[services]"]
     lines += [f'{s} = {{ upstream = "127.0.0.1:{UPSTREAM[s]}", protocol = '
-              f'"{ACCELERATED[s] if a.straw_protocol == "auto" else a.straw_protocol}" }}'
+              f'"{straw_proto(a, s)}" }}'
               for s in SERVICES]
     with open(os.path.join(d, "server.toml"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -375,7 +489,7 @@ def straw_setup(a, straw):
              'server_public_key = "server.key.pub"',
              'private_key = "client.key"']
     for s in SERVICES:
-        proto = ACCELERATED[s] if a.straw_protocol == "auto" else a.straw_protocol
+        proto = straw_proto(a, s)
         lines += ["", "[[service]]", f'name = "{s}"', f'protocol = "{proto}"',
                   f'listen = "127.0.0.1:{STRAW_LOCAL[s]}"']
     with open(os.path.join(d, "client.toml"), "w") as f:
@@ -386,6 +500,10 @@ def straw_setup(a, straw):
 # straw's accelerators per service; the workload's HTTP GET is origin-form
 # (not a proxy request), so it rides a plain `tcp` service.
 ACCELERATED = {"pop3": "pop3", "imap": "imap", "smtp": "smtp", "http": "tcp"}
+
+
+def straw_proto(a, service):
+    return ACCELERATED[service] if a.straw_protocol == "auto" else a.straw_protocol
 
 
 def way_straw(a, procs, cmd, straw):
@@ -405,25 +523,47 @@ def way_straw(a, procs, cmd, straw):
         wait_listening(STRAW_LOCAL.values(), client, "straw client", timeout=600)
         setup_secs = time.monotonic() - t0
         settle(a)
+        warm_secs = warm_up(a, STRAW_LOCAL, procs.logdir, "straw") if a.warm else None
         if client.poll() is not None:
             raise BenchError(f"straw client exited (status {client.returncode})")
         setup_link = link.snapshot()
+        clog = os.path.join(procs.logdir, "straw-client.log")
         try:
-            out = run_session(a, STRAW_LOCAL, procs.logdir, "straw")
-            end = link.snapshot()
+            n0 = len(straw_done_lines(clog))
+            out = run_session(a, STRAW_LOCAL, procs.logdir, "straw", [link])
+            sw = straw_waits(clog, n0, {s: 1 for s in SERVICES if straw_proto(a, s) != "tcp"})
+            n1 = len(straw_done_lines(clog))
+            ttfb = ttfb_safely(a, STRAW_LOCAL["pop3"], procs.logdir, "straw", [link])
+            if straw_proto(a, "pop3") != "tcp":
+                ttfb["straw_waits"] = straw_waits(clog, n1, {"pop3": 2}).get("pop3")
+            ttfb["alive"] = {"client": client.poll() is None, "server": server.poll() is None}
         finally:
             procs.stop(client)
             link.stop()
     finally:
         procs.stop(server)
-    return {"seconds": out["seconds"], "link": add_stats(end, setup_link, -1),
-            "setup": {"seconds": setup_secs, "link": setup_link}}
+    # straw counts the waits of its accelerated services itself; http rides a
+    # plain tcp stream, where every client turn is one link wait.
+    waits = {s: out["turns"][s] if straw_proto(a, s) == "tcp" else
+             sw[s]["link_waits"] if s in sw else None for s in SERVICES}
+    waits["total"] = None if None in waits.values() else sum(waits[s] for s in SERVICES)
+    w = way_result(out, ttfb, {"seconds": setup_secs, "link": setup_link, "warm_seconds": warm_secs},
+                   waits)
+    w["straw_waits"] = sw
+    return w
 
 
 # -------------------------------------------------------------------- report
 
 def link_bytes(w):
     return w["link"]["up_bytes"] + w["link"]["down_bytes"]
+
+
+def phase_bytes(w, ph):
+    if ph == "total":
+        return link_bytes(w)
+    st = w.get("phases", {}).get(ph)
+    return None if st is None else st["up_bytes"] + st["down_bytes"]
 
 
 def ratios(ways):
@@ -442,43 +582,132 @@ def ratios(ways):
             bs = link_bytes(st) + st["setup"]["link"]["up_bytes"] + st["setup"]["link"]["down_bytes"]
             r["seconds_with_setup"] = ss / so
             r["bytes_with_setup"] = bs / max(1, bo)
+        phases = {}
+        for ph in SERVICES:
+            if ph in st["seconds"] and ph in o["seconds"]:
+                pr = {"seconds": st["seconds"][ph] / max(1e-9, o["seconds"][ph])}
+                bs, bo = phase_bytes(st, ph), phase_bytes(o, ph)
+                if bs is not None and bo is not None:
+                    pr["bytes"] = bs / max(1, bo)
+                phases[ph] = pr
+        if phases:
+            r["phases"] = phases
         out[f"straw/{other}"] = r
     return out
+
+
+# The issue's target for the whole mail session, ssh's setup not counted.
+TARGETS = {"straw/direct": 0.3, "straw/ssh": 0.5}
+
+
+def targets(rat):
+    return {k: {"ratio": rat[k]["seconds"], "max": m, "pass": rat[k]["seconds"] <= m}
+            for k, m in TARGETS.items() if k in rat}
+
+
+NAMES = {"direct": "direct", "ssh": "ssh -C", "straw": "straw"}
+
+
+def fmt(v, spec, width):
+    return f"{'-':>{width}}" if v is None else f"{v:{width}{spec}}"
 
 
 def table(res):
     p = res["params"]
     lines = [f"straw bench: {p['rate']} bit/s, {p['delay_ms']:g} ms one way, mss {p['mss']}, "
              f"overhead {p['overhead']} B/segment; POP3 RETR x{p['messages']}; "
-             f"linksim: {res['linksim']}",
-             "",
-             f"{'way':<8} {'pop3 s':>8} {'imap s':>8} {'smtp s':>8} {'http s':>8} {'total s':>9}"
-             f" {'up B':>8} {'down B':>8} {'link s up':>10} {'link s dn':>10}"]
-    names = {"direct": "direct", "ssh": "ssh -C", "straw": "straw"}
-    for k, w in res["ways"].items():
+             f"linksim: {res['linksim']}" + ("; warm (ssh/straw warmed up in setup)" if p.get("warm") else "")]
+    ways = res["ways"]
+    ok = [k for k, w in ways.items() if w.get("ok")]
+    for k, w in ways.items():
         if not w.get("ok"):
-            lines.append(f"{names[k]:<8} {'FAILED' if 'error' in w else 'skipped'}: "
+            lines.append(f"{NAMES[k]:<8} {'FAILED' if 'error' in w else 'skipped'}: "
                          f"{w.get('error') or w.get('skipped')}")
-            continue
-        s, ln = w["seconds"], w["link"]
-        lines.append(f"{names[k]:<8} {s['pop3']:8.1f} {s['imap']:8.1f} {s['smtp']:8.1f} "
-                     f"{s['http']:8.1f} {s['total']:9.1f} {ln['up_bytes']:8d} {ln['down_bytes']:8d} "
-                     f"{ln['up_secs']:10.1f} {ln['down_secs']:10.1f}")
-    setups = [(names[k], w["setup"]) for k, w in res["ways"].items() if w.get("ok") and w["setup"]]
+    rat = res.get("ratios", {})
+    rkeys = [k for k in ("straw/direct", "straw/ssh") if k in rat]
+    if ok:
+        lines += ["", "per protocol: seconds, link bytes (up+down payload), waits (request->reply "
+                  "turns that crossed the link)"]
+        head1 = f"{'':<6}"
+        head2 = f"{'proto':<6}"
+        for k in ok:
+            head1 += f" | {NAMES[k]:^24}"
+            head2 += f" | {'s':>7} {'link B':>8} {'waits':>7}"
+        for k in rkeys:
+            head1 += f" | {k:^13}"
+            head2 += f" | {'s':>6} {'B':>6}"
+        lines += [head1, head2]
+        for ph in SERVICES + ["total"]:
+            row = f"{ph:<6}"
+            for k in ok:
+                w = ways[k]
+                row += (f" | {fmt(w['seconds'].get(ph), '.1f', 7)} {fmt(phase_bytes(w, ph), 'd', 8)}"
+                        f" {fmt(w.get('waits', {}).get(ph), 'd', 7)}")
+            for k in rkeys:
+                r = rat[k] if ph == "total" else rat[k].get("phases", {}).get(ph, {})
+                row += f" | {fmt(r.get('seconds'), '.2f', 6)} {fmt(r.get('bytes'), '.2f', 6)}"
+            lines.append(row)
+        st = ways.get("straw")
+        if st and st.get("ok") and st.get("turns"):
+            t = st["turns"]
+            sw = st.get("straw_waits", {})
+            lines.append("straw waits: counted by straw client (accelerated services; http = client "
+                         "turns); the mail programs' own turns through straw: "
+                         + ", ".join(f"{ph} {t[ph]}" for ph in SERVICES)
+                         + "; answered locally by straw: "
+                         + ", ".join(f"{ph} {sw[ph]['local_replies']}" for ph in SERVICES if ph in sw))
+        lines += ["", f"{'way':<8} {'up B':>8} {'down B':>8} {'up segs':>8} {'dn segs':>8}"
+                  f" {'link s up':>10} {'link s dn':>10} {'mail B':>8} {'mail/link':>9}  (session totals;"
+                  " mail B = what the programs sent and got)"]
+        for k in ok:
+            ln = ways[k]["link"]
+            pb = sum(ways[k].get("payload_bytes", {}).get(s, 0) for s in SERVICES) or None
+            lines.append(f"{NAMES[k]:<8} {ln['up_bytes']:8d} {ln['down_bytes']:8d} "
+                         f"{ln['up_segments']:8d} {ln['down_segments']:8d} "
+                         f"{ln['up_secs']:10.1f} {ln['down_secs']:10.1f} {fmt(pb, 'd', 8)} "
+                         f"{fmt(pb and pb / max(1, link_bytes(ways[k])), '.2f', 9)}")
+    tt = [(k, ways[k]["ttfb"]) for k in ok if ways[k].get("ttfb")]
+    if tt:
+        size = next((t.get("message_size") for _, t in tt if t.get("message_size")), None)
+        lines += ["", f"big message (POP3 RETR {p.get('ttfb_message', 11)} of bob, "
+                  f"{size or '?'} B), read up to the first body line, then closed; "
+                  "not in the session figures:",
+                  f"{'way':<8} {'+OK s':>7} {'1st byte s':>10} {'1st line s':>10} {'link B':>8}"
+                  f"  recovery (POP3 login+STAT+QUIT after the abort)"]
+        for k, t in tt:
+            if not t.get("ok"):
+                lines.append(f"{NAMES[k]:<8} FAILED: {t.get('error')}")
+                continue
+            rc = t.get("recover", {})
+            rtxt = (f"ok in {rc['seconds']:.1f} s" if rc.get("ok")
+                    else f"FAILED after {rc.get('seconds', 0):.1f} s: {rc.get('error', rc)}")
+            if "alive" in t and not all(t["alive"].values()):
+                rtxt += f"; straw processes alive: {t['alive']}"
+            ln = t.get("link", ZERO)
+            lines.append(f"{NAMES[k]:<8} {t['ok_seconds']:7.1f} {t['first_byte_seconds']:10.1f} "
+                         f"{t['first_line_seconds']:10.1f} {ln['up_bytes'] + ln['down_bytes']:8d}  {rtxt}")
+    setups = [(NAMES[k], w["setup"]) for k, w in ways.items() if w.get("ok") and w["setup"]]
     if setups:
         lines += ["", "setup (not in the figures above: connect, key exchange, auth, until the "
                   "local ports accept):"]
         for n, st in setups:
             ln = st["link"]
-            lines.append(f"  {n:<8} {st['seconds']:7.1f} s   up {ln['up_bytes']} B, "
+            warm = f" (+ warm-up {st['warm_seconds']:.1f} s)" if st.get("warm_seconds") else ""
+            lines.append(f"  {n:<8} {st['seconds']:7.1f} s{warm}   up {ln['up_bytes']} B, "
                          f"down {ln['down_bytes']} B, link s {ln['up_secs']:.1f}/{ln['down_secs']:.1f}")
-    if res["ratios"]:
+    if rat:
         lines += ["", f"{'ratio':<14} {'seconds':>8} {'bytes':>8} {'s+setup':>8} {'B+setup':>8}"]
-        for k, r in res["ratios"].items():
+        for k, r in rat.items():
             extra = ""
             if "seconds_with_setup" in r:
                 extra = f" {r['seconds_with_setup']:8.2f} {r['bytes_with_setup']:8.2f}"
             lines.append(f"{k:<14} {r['seconds']:8.2f} {r['bytes']:8.2f}{extra}")
+    tg = res.get("targets") or {}
+    if tg:
+        lines += ["", "TARGET (whole mail session time, ssh setup not counted):"]
+        for k, t in tg.items():
+            lines.append(f"  {k:<13} {t['ratio']:5.2f}  (target <= {t['max']:.1f})  "
+                         f"{'PASS' if t['pass'] else 'MISS'}")
     return "\n".join(lines)
 
 
@@ -508,6 +737,15 @@ def main():
                     help="protocol for every straw service (auto: pop3/imap/smtp accelerators, tcp for http)")
     ap.add_argument("--linksim", choices=["auto", "straw", "python"], default="auto",
                     help="link simulator: straw linksim, or bench/linksim.py (the stand-in)")
+    ap.add_argument("--warm", action="store_true",
+                    help="ssh and straw: one short connection per mail service (greeting, capabilities) "
+                    "before the session, counted as setup: a proxy that has run a while")
+    ap.add_argument("--no-ttfb", action="store_true",
+                    help="skip the big-message phase (time to first byte of a ~300 KB RETR)")
+    ap.add_argument("--ttfb-message", type=int, default=11,
+                    help="bob's POP3 message for the time-to-first-byte phase (default 11, ~300 KB)")
+    ap.add_argument("--recover-timeout", type=float, default=120.0,
+                    help="seconds per socket operation of the check after the aborted RETR")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--state", default=env("STRAW_STATE") or os.path.join(REPO, ".state"))
     a = ap.parse_args()
@@ -552,7 +790,8 @@ def main():
         log(f"link: {a.rate} bit/s, {a.delay:g} ms one way; linksim: {lname}")
 
         res = {"params": {"rate": a.rate, "delay_ms": a.delay, "mss": a.mss,
-                          "overhead": a.overhead, "messages": a.messages},
+                          "overhead": a.overhead, "messages": a.messages,
+                          "ttfb_message": None if a.no_ttfb else a.ttfb_message, "warm": a.warm},
                "linksim": lname, "ways": {}}
         plan = [("direct", not a.no_direct), ("ssh", not a.no_ssh), ("straw", not a.no_straw)]
         for name, on in plan:
@@ -582,6 +821,7 @@ def main():
                 procs.stop_all()
             res["ways"][name] = w
         res["ratios"] = ratios(res["ways"])
+        res["targets"] = targets(res["ratios"])
         print(table(res), flush=True)
         if a.json:
             with open(a.json, "w") as f:

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -92,6 +93,125 @@ class Ratios(unittest.TestCase):
     def test_no_ratio_for_failed_way(self):
         r = bench.ratios({"direct": {"ok": False, "error": "x"}, "straw": way(50, 1, 1)})
         self.assertEqual(r, {})
+
+
+def full_way(secs, link_b, waits, ttfb=None):
+    ph = {s: dict(bench.ZERO, up_bytes=link_b[s] // 10, down_bytes=link_b[s] - link_b[s] // 10)
+          for s in bench.SERVICES}
+    w = {"ok": True, "seconds": dict(secs, total=sum(secs.values())), "phases": ph,
+         "link": bench.sum_stats(ph.values()), "setup": None,
+         "waits": dict(waits, total=sum(waits.values())), "turns": dict(waits), "ttfb": ttfb}
+    return w
+
+
+class PerProtocol(unittest.TestCase):
+    def res(self):
+        secs = {"pop3": 100.0, "imap": 40.0, "smtp": 20.0, "http": 40.0}
+        link_b = {"pop3": 30000, "imap": 6000, "smtp": 1000, "http": 6000}
+        waits = {"pop3": 16, "imap": 6, "smtp": 7, "http": 1}
+        ttfb = {"ok": True, "ok_seconds": 1.1, "first_byte_seconds": 1.2, "first_line_seconds": 1.5,
+                "message_size": 307439, "link": bench.ZERO,
+                "recover": {"ok": True, "seconds": 3.0}}
+        st = full_way({k: v / 4 for k, v in secs.items()}, {k: v // 5 for k, v in link_b.items()},
+                      {"pop3": 3, "imap": 4, "smtp": 2, "http": 1},
+                      dict(ttfb, recover={"ok": False, "seconds": 120, "error": "timeout"}))
+        st["straw_waits"] = {"pop3": {"link_waits": 3, "local_replies": 5, "connections": 1}}
+        ways = {"direct": full_way(secs, link_b, waits, ttfb),
+                "ssh": full_way({k: v / 2 for k, v in secs.items()}, link_b, waits),
+                "straw": st}
+        res = {"params": {"rate": 2400, "delay_ms": 500, "mss": 536, "overhead": 40, "messages": 10,
+                          "ttfb_message": 11},
+               "linksim": "test", "ways": ways}
+        res["ratios"] = bench.ratios(ways)
+        res["targets"] = bench.targets(res["ratios"])
+        return res
+
+    def test_phase_ratios_and_targets(self):
+        res = self.res()
+        r = res["ratios"]["straw/direct"]
+        self.assertAlmostEqual(r["seconds"], 0.25)
+        self.assertAlmostEqual(r["phases"]["pop3"]["seconds"], 0.25)
+        self.assertAlmostEqual(r["phases"]["imap"]["bytes"], 0.2)
+        self.assertAlmostEqual(res["ratios"]["straw/ssh"]["phases"]["http"]["seconds"], 0.5)
+        self.assertTrue(res["targets"]["straw/direct"]["pass"])
+        self.assertTrue(res["targets"]["straw/ssh"]["pass"])
+        res["ways"]["straw"]["seconds"]["total"] = 60.0  # 0.6 of ssh's 100 s
+        t = bench.targets(bench.ratios(res["ways"]))
+        self.assertTrue(t["straw/direct"]["pass"])
+        self.assertFalse(t["straw/ssh"]["pass"])
+
+    def test_table(self):
+        out = bench.table(self.res())
+        rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.split()}
+        for ph in bench.SERVICES + ["total"]:
+            self.assertIn(ph, rows)
+        # pop3: direct 100 s, 30000 B, 16 waits ... straw 25 s, 6000 B, 3 waits, ratios 0.25/0.20
+        self.assertEqual(rows["pop3"].replace("|", " ").split(),
+                         ["pop3", "100.0", "30000", "16", "50.0", "30000", "16", "25.0", "6000", "3",
+                          "0.25", "0.20", "0.50", "0.20"])
+        self.assertRegex(out, r"straw/direct +0\.25 +\(target <= 0\.3\) +PASS")
+        self.assertIn("answered locally by straw: pop3 5", out)
+        self.assertRegex(out, r"direct\s+1\.1\s+1\.2\s+1\.5\s+0\s+ok in 3\.0 s")
+        self.assertIn("FAILED after 120.0 s: timeout", out)
+
+    def test_straw_waits_from_log(self):
+        with tempfile.NamedTemporaryFile("w", delete=False) as f:
+            f.write("x INFO straw::client: tunnel up\n"
+                    "x INFO straw::tunnel: connection done tunnel=a stream=1 service=pop3 link_waits=5 local_replies=3\n"
+                    "x INFO straw::tunnel: connection done tunnel=a stream=3 service=imap link_waits=4 local_replies=1\n"
+                    "x INFO straw::tunnel: connection done tunnel=a stream=5 service=pop3 link_waits=2 local_replies=2\n")
+        try:
+            self.assertEqual(len(bench.straw_done_lines(f.name)), 3)
+            w = bench.straw_waits(f.name, 0, {"pop3": 2, "imap": 1})
+            self.assertEqual(w["pop3"], {"link_waits": 7, "local_replies": 5, "connections": 2})
+            self.assertEqual(w["imap"]["link_waits"], 4)
+            w = bench.straw_waits(f.name, 1, {"imap": 1})
+            self.assertEqual(w["pop3"]["link_waits"], 2)
+            t0 = time.monotonic()
+            w = bench.straw_waits(f.name, 3, {"smtp": 1}, timeout=0.3)
+            self.assertEqual(w, {})
+            self.assertGreaterEqual(time.monotonic() - t0, 0.3)
+        finally:
+            os.unlink(f.name)
+
+
+class ClientTurns(unittest.TestCase):
+    def test_turns_count_waits_not_reads(self):
+        import mail_session
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+
+        def serve():
+            c, _ = srv.accept()
+            c.sendall(b"+OK hi\r\n")  # greeting: turn 1
+            f = c.makefile("rb")
+            f.readline()
+            c.sendall(b"+OK one\r\n")  # turn 2, sent in three pieces
+            time.sleep(0.05)
+            c.sendall(b"line\r\n")
+            time.sleep(0.05)
+            c.sendall(b".\r\n")
+            f.readline()
+            f.readline()  # two pipelined commands, one wait: turn 3
+            c.sendall(b"+OK a\r\n+OK b\r\n")
+            c.close()
+
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        mail_session.Turns.take()
+        s = mail_session.counting_create_connection(srv.getsockname(), timeout=5)
+        with s:
+            r = s.makefile("rb")
+            self.assertEqual(r.readline(), b"+OK hi\r\n")
+            s.sendall(b"CMD\r\n")
+            self.assertEqual([r.readline() for _ in range(3)], [b"+OK one\r\n", b"line\r\n", b".\r\n"])
+            s.sendall(b"A\r\n")
+            s.sendall(b"B\r\n")
+            self.assertEqual([r.readline() for _ in range(2)], [b"+OK a\r\n", b"+OK b\r\n"])
+        th.join(5)
+        srv.close()
+        self.assertEqual(mail_session.Turns.take(), 3)
 
 
 if __name__ == "__main__":
