@@ -10,6 +10,8 @@
 mod framer;
 pub mod resume;
 #[cfg(test)]
+mod resume_tests;
+#[cfg(test)]
 mod tests;
 
 use crate::partial::{SharedStore, prefix_hash};
@@ -223,6 +225,10 @@ pub struct ClientAccel {
     /// Offer the server side took: the next literal of its item carries
     /// only the remainder.
     armed: Option<ClientOffer>,
+    /// A CLOSE/UNSELECT in flight: its tag.
+    closing: Option<Vec<u8>>,
+    /// Commands wait for a SELECT's answer (see `drain_cmds`).
+    select_wait: bool,
     /// The untagged FETCH response being read: sequence number, UID if seen.
     fetch_resp: Option<(u32, Option<u32>)>,
     /// Literal being kept in the store: key, bytes still to come.
@@ -270,6 +276,8 @@ impl ClientAccel {
             own_seq: 0,
             offers: Vec::new(),
             armed: None,
+            closing: None,
+            select_wait: false,
             fetch_resp: None,
             keeping: None,
         }
@@ -364,6 +372,31 @@ impl ClientAccel {
         false
     }
 
+    /// Hands the program's commands on, pausing after a SELECT while it is
+    /// in flight if the store holds partials for this account: a FETCH
+    /// pipelined behind it can only be offered once UIDVALIDITY is known.
+    fn drain_cmds(&mut self, out: &mut Output) {
+        loop {
+            if self.selecting.is_some()
+                && self.cmds.between_messages()
+                && self.cont_tag.is_none()
+                && let (Some(store), Some(user)) = (&self.store, &self.user)
+                && store.any_with_prefix(&resume::account_prefix(user))
+            {
+                self.select_wait = true;
+                return;
+            }
+            match self.cmds.next_ev() {
+                Ok(Some(ev)) => self.on_cmd(ev, out),
+                Ok(None) => return,
+                Err(e) => return self.fail(out, format!("from the mail program: {e}")),
+            }
+            if self.failed {
+                return;
+            }
+        }
+    }
+
     /// Follows what a partial's key is made of (account, mailbox,
     /// UIDVALIDITY) and offers a stored prefix before a FETCH.
     fn track_command(
@@ -381,22 +414,20 @@ impl ClientAccel {
             "LOGIN" => self.user = resume::astring(args).map(|(u, _)| u),
             // The account name is inside SASL: no message resume.
             "AUTHENTICATE" => self.user = None,
+            // Responses to earlier commands still belong to the old
+            // mailbox: it changes with the tagged reply.
             "SELECT" | "EXAMINE" => {
-                self.mailbox = None;
-                self.seq_uids.clear();
-                self.selecting = resume::astring(args).map(|(m, _)| {
-                    let m = if m.eq_ignore_ascii_case("INBOX") {
+                let tag = word(line).0.to_vec();
+                let name = resume::astring(args).map(|(m, _)| {
+                    if m.eq_ignore_ascii_case("INBOX") {
                         "INBOX".into()
                     } else {
                         m
-                    };
-                    (word(line).0.to_vec(), m, None)
+                    }
                 });
+                self.selecting = Some((tag, name.unwrap_or_default(), None));
             }
-            "CLOSE" | "UNSELECT" | "LOGOUT" => {
-                self.mailbox = None;
-                self.seq_uids.clear();
-            }
+            "CLOSE" | "UNSELECT" => self.closing = Some(word(line).0.to_vec()),
             "FETCH" | "UID" if !has_lit => self.offer(line, out),
             _ => {}
         }
@@ -407,7 +438,7 @@ impl ClientAccel {
         else {
             return;
         };
-        if self.resume_refused {
+        if self.resume_refused || self.selecting.is_some() || self.closing.is_some() {
             return;
         }
         let Some((by_uid, n, item)) = resume::fetch_command(line) else {
@@ -657,9 +688,17 @@ impl ClientAccel {
             return false;
         }
         if self.selecting.as_ref().is_some_and(|s| s.0 == tag) {
+            // A failed SELECT leaves no mailbox selected.
             let (_, name, uv) = self.selecting.take().unwrap_or_default();
+            let ok = w == "OK" && !name.is_empty();
+            self.mailbox = uv.filter(|_| ok).map(|uv| (name, uv));
+            self.seq_uids.clear();
+        }
+        if self.closing.as_deref() == Some(tag) {
+            self.closing = None;
             if w == "OK" {
-                self.mailbox = uv.map(|uv| (name, uv));
+                self.mailbox = None;
+                self.seq_uids.clear();
             }
         }
         if self.cont_tag.as_deref() == Some(tag) {
@@ -774,16 +813,7 @@ impl Accelerator for ClientAccel {
             return;
         }
         self.cmds.push(data);
-        loop {
-            match self.cmds.next_ev() {
-                Ok(Some(ev)) => self.on_cmd(ev, out),
-                Ok(None) => break,
-                Err(e) => return self.fail(out, format!("from the mail program: {e}")),
-            }
-            if self.failed {
-                return;
-            }
-        }
+        self.drain_cmds(out);
         if drained && self.unflushed {
             out.flush = true;
             self.unflushed = false;
@@ -803,6 +833,14 @@ impl Accelerator for ClientAccel {
             }
             if self.failed {
                 return;
+            }
+        }
+        if self.select_wait {
+            self.select_wait = false;
+            self.drain_cmds(out);
+            if self.unflushed {
+                out.flush = true;
+                self.unflushed = false;
             }
         }
     }

@@ -157,7 +157,7 @@ pub(crate) fn fetch_command(line: &[u8]) -> Option<(bool, u32, String)> {
                 if u.starts_with("BODY[")
                     || u.starts_with("BODY.PEEK[")
                     || u.starts_with("BINARY")
-                    || u.starts_with("RFC822")
+                    || (u.starts_with("RFC822") && u != "RFC822.SIZE")
                 {
                     found.push(it);
                 }
@@ -219,6 +219,10 @@ pub(crate) fn key(user: &str, mailbox: &str, uidvalidity: u32, uid: u32, item: &
         mailbox_prefix(user, mailbox, uidvalidity),
         key_item(item)
     )
+}
+
+pub(crate) fn account_prefix(user: &str) -> String {
+    format!("imap\0{user}\0")
 }
 
 pub(crate) fn mailbox_prefix(user: &str, mailbox: &str, uidvalidity: u32) -> String {
