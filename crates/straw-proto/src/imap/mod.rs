@@ -225,6 +225,13 @@ pub struct ClientAccel {
     /// Offer the server side took: the next literal of its item carries
     /// only the remainder.
     armed: Option<ClientOffer>,
+    /// Own `FETCH n (UID)` lookups in flight: tag, sequence number.
+    lookups: Vec<(Vec<u8>, u32)>,
+    /// A program FETCH waiting for its UID lookup.
+    stashed: Option<Vec<u8>>,
+    lookup_wait: bool,
+    /// The stashed FETCH is being handled: no second lookup.
+    replaying: bool,
     /// A CLOSE/UNSELECT in flight: its tag.
     closing: Option<Vec<u8>>,
     /// Commands wait for a SELECT's answer (see `drain_cmds`).
@@ -276,6 +283,10 @@ impl ClientAccel {
             own_seq: 0,
             offers: Vec::new(),
             armed: None,
+            lookups: Vec::new(),
+            stashed: None,
+            lookup_wait: false,
+            replaying: false,
             closing: None,
             select_wait: false,
             fetch_resp: None,
@@ -377,6 +388,9 @@ impl ClientAccel {
     /// pipelined behind it can only be offered once UIDVALIDITY is known.
     fn drain_cmds(&mut self, out: &mut Output) {
         loop {
+            if self.lookup_wait {
+                return;
+            }
             if self.selecting.is_some()
                 && self.cmds.between_messages()
                 && self.cont_tag.is_none()
@@ -431,6 +445,35 @@ impl ClientAccel {
             "FETCH" | "UID" if !has_lit => self.offer(line, out),
             _ => {}
         }
+    }
+
+    /// A FETCH by number of one message whose UID is unknown: asks the
+    /// server for it (own tag, pipelined) so its literal can be kept.
+    /// Returns true if the FETCH must wait for the answer: the store holds
+    /// something for this mailbox, so there may be a prefix to offer.
+    fn uid_lookup(&mut self, raw: &[u8], out: &mut Output) -> bool {
+        let (Some(store), Some(user), Some((mb, uv))) = (&self.store, &self.user, &self.mailbox)
+        else {
+            return false;
+        };
+        if self.selecting.is_some() || self.closing.is_some() {
+            return false;
+        }
+        let Some((false, n, _)) = resume::fetch_command(content(raw)) else {
+            return false;
+        };
+        if self.seq_uids.contains_key(&n) {
+            return false;
+        }
+        let wait =
+            !self.resume_refused && store.any_with_prefix(&resume::mailbox_prefix(user, mb, *uv));
+        self.own_seq += 1;
+        let tag = format!("{}{}", resume::TAG_PREFIX, self.own_seq);
+        out.to_tunnel
+            .extend_from_slice(format!("{tag} FETCH {n} (UID)\r\n").as_bytes());
+        out.flush |= wait;
+        self.lookups.push((tag.into_bytes(), n));
+        wait
     }
 
     fn offer(&mut self, line: &[u8], out: &mut Output) {
@@ -571,6 +614,17 @@ impl ClientAccel {
     fn on_cmd(&mut self, ev: Ev, out: &mut Output) {
         match ev {
             Ev::Line { raw, first, lit } => {
+                if first
+                    && lit.is_none()
+                    && self.cont_tag.is_none()
+                    && !std::mem::take(&mut self.replaying)
+                    && self.uid_lookup(&raw, out)
+                {
+                    // Sent on once the UID is known.
+                    self.stashed = Some(raw);
+                    self.lookup_wait = true;
+                    return;
+                }
                 if first && self.cont_tag.is_none() {
                     self.begin_command(&raw, lit.is_some(), out);
                 }
@@ -644,6 +698,13 @@ impl ClientAccel {
         let w = upper(w);
         if tag == b"*" {
             self.track_untagged(line);
+            if let Some((seq, Some(uid))) = self.fetch_resp
+                && self.lookups.iter().any(|l| l.1 == seq)
+                && line == format!("* {seq} FETCH (UID {uid})").as_bytes()
+            {
+                // The answer to our own UID lookup.
+                return false;
+            }
             if w == "CAPABILITY" {
                 let real = caps_of(line).unwrap_or_default();
                 let local = self
@@ -679,6 +740,13 @@ impl ClientAccel {
             }
             out.to_local.extend_from_slice(&rewrite_line(raw));
             return true;
+        }
+        if let Some(i) = self.lookups.iter().position(|l| l.0 == tag) {
+            self.lookups.remove(i);
+            if self.lookups.is_empty() {
+                self.lookup_wait = false;
+            }
+            return false;
         }
         if let Some(i) = self.offers.iter().position(|o| o.tag == tag) {
             let o = self.offers.remove(i);
@@ -835,8 +903,17 @@ impl Accelerator for ClientAccel {
                 return;
             }
         }
-        if self.select_wait {
+        if self.select_wait || (self.stashed.is_some() && !self.lookup_wait) {
             self.select_wait = false;
+            if let Some(raw) = self.stashed.take() {
+                self.replaying = true;
+                let ev = Ev::Line {
+                    raw,
+                    first: true,
+                    lit: None,
+                };
+                self.on_cmd(ev, out);
+            }
             self.drain_cmds(out);
             if self.unflushed {
                 out.flush = true;
