@@ -18,7 +18,7 @@ fn body(variant: u8, len: usize) -> Vec<u8> {
         x ^= x >> 17;
         x ^= x << 5;
         v.push(b'A' + (x % 26) as u8);
-        if x % 70 == 0 {
+        if x.is_multiple_of(70) {
             v.extend_from_slice(b"\r\n");
         }
     }
