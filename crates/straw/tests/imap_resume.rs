@@ -65,6 +65,15 @@ fn answer(line: &str, big: &[u8]) -> Option<Vec<u8>> {
             o.extend(format!(")\r\n{tag} OK Fetch completed.\r\n").bytes());
             o
         }
+        "FETCH" if args == "2 (UID)" => {
+            format!("* 2 FETCH (UID 11)\r\n{tag} OK Fetch completed.\r\n").into_bytes()
+        }
+        "FETCH" if args == "2 (RFC822)" => {
+            let mut o = format!("* 2 FETCH (RFC822 {{{}}}\r\n", big.len()).into_bytes();
+            o.extend_from_slice(big);
+            o.extend(format!(")\r\n{tag} OK Fetch completed.\r\n").bytes());
+            o
+        }
         "LOGOUT" => return None,
         _ => format!("{tag} BAD Error in IMAP command {verb}: Unknown command.\r\n").into_bytes(),
     })
@@ -175,9 +184,17 @@ fn link_bytes(link: &Link) -> u64 {
 const SESSION: &[u8] =
     b"a LOGIN bob pw\r\nb SELECT INBOX\r\nc UID FETCH 11 (BODY.PEEK[])\r\nd LOGOUT\r\n";
 
+/// imaplib's `fetch(n, "(RFC822)")`: by sequence number, no UID asked.
+const SEQ_SESSION: &[u8] =
+    b"a LOGIN bob pw\r\nb SELECT INBOX\r\nc FETCH 2 (RFC822)\r\nd LOGOUT\r\n";
+
 async fn fetch(local: SocketAddr) -> Vec<u8> {
+    fetch_session(local, SESSION).await
+}
+
+async fn fetch_session(local: SocketAddr, session: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(local).await.unwrap();
-    s.write_all(SESSION).await.unwrap();
+    s.write_all(session).await.unwrap();
     let mut got = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
         .await
@@ -187,9 +204,9 @@ async fn fetch(local: SocketAddr) -> Vec<u8> {
 }
 
 /// The same session, the link cut once the program has `cut_at` bytes.
-async fn fetch_cut(local: SocketAddr, link: &Link, cut_at: usize) -> Vec<u8> {
+async fn fetch_cut(local: SocketAddr, link: &Link, cut_at: usize, session: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(local).await.unwrap();
-    s.write_all(SESSION).await.unwrap();
+    s.write_all(session).await.unwrap();
     let mut got = Vec::new();
     let mut buf = vec![0u8; 4096];
     let mut cut = false;
@@ -213,8 +230,12 @@ async fn fetch_cut(local: SocketAddr, link: &Link, cut_at: usize) -> Vec<u8> {
 
 /// What the program gets for [`SESSION`] straight from the fake server.
 fn expected(mail: &[u8]) -> Vec<u8> {
+    expected_session(mail, SESSION)
+}
+
+fn expected_session(mail: &[u8], session: &[u8]) -> Vec<u8> {
     let mut e = GREETING.to_vec();
-    for l in SESSION.split_inclusive(|&b| b == b'\n') {
+    for l in session.split_inclusive(|&b| b == b'\n') {
         match answer(std::str::from_utf8(l).unwrap(), mail) {
             Some(r) => e.extend(r),
             None => e.extend_from_slice(b"* BYE Logging out\r\nd OK Logout completed.\r\n"),
@@ -251,12 +272,23 @@ fn partial_files(dir: &Path) -> usize {
 /// Cut mid-literal; grace expires; the connection closes without the
 /// FETCH's tagged reply. Returns the literal bytes the program got.
 async fn first_attempt(c: &Client, s: &Setup, mail: &[u8], cut_frac: f64) -> usize {
-    let full = expected(mail);
+    first_attempt_session(c, s, mail, cut_frac, SESSION).await
+}
+
+async fn first_attempt_session(
+    c: &Client,
+    s: &Setup,
+    mail: &[u8],
+    cut_frac: f64,
+    session: &[u8],
+) -> usize {
+    let full = expected_session(mail, session);
     let lit_at = full.windows(3).position(|w| w == b"}\r\n").unwrap() + 3;
     let got = fetch_cut(
         c.local,
         &s.link,
         lit_at + (mail.len() as f64 * cut_frac) as usize,
+        session,
     )
     .await;
     assert!(full.starts_with(&got), "not a prefix of the real responses");
@@ -340,5 +372,33 @@ async fn imap_changed_message_is_fetched_whole_and_exact() {
     assert!(got == expected(&changed), "fallback not byte-exact");
     eprintln!("imap changed prefix: full transfer, {wire} link B (clean run {clean} link B)");
     assert!(wire * 10 >= clean * 8, "must have been a full transfer");
+    assert_eq!(partial_files(&s.partial_dir), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_fetch_by_number_resumes_with_the_client_sides_uid_lookup() {
+    let mail = big_mail(3);
+    let upstream = fake_imap(Arc::new(Mutex::new(mail.clone()))).await;
+    let s = setup("imapres-seq", upstream).await;
+    let c = client(&s).await;
+    let kept = first_attempt_session(&c, &s, &mail, 0.3, SEQ_SESSION).await;
+    wait_dials(&c, 2).await;
+    let before = link_bytes(&s.link);
+    let got = fetch_session(c.local, SEQ_SESSION).await;
+    let second_wire = link_bytes(&s.link) - before;
+    assert!(
+        got == expected_session(&mail, SEQ_SESSION),
+        "not byte-exact"
+    );
+    eprintln!(
+        "imap resume by number: {kept} of {} B kept, second run {second_wire} link B",
+        mail.len()
+    );
+    // What is left, sent compressed at worst about 1:1.
+    assert!(
+        (second_wire as usize) < mail.len() - kept + mail.len() / 10,
+        "second run moved {second_wire} link bytes for {} missing",
+        mail.len() - kept
+    );
     assert_eq!(partial_files(&s.partial_dir), 0);
 }

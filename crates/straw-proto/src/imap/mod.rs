@@ -452,21 +452,26 @@ impl ClientAccel {
     /// Returns true if the FETCH must wait for the answer: the store holds
     /// something for this mailbox, so there may be a prefix to offer.
     fn uid_lookup(&mut self, raw: &[u8], out: &mut Output) -> bool {
-        let (Some(store), Some(user), Some((mb, uv))) = (&self.store, &self.user, &self.mailbox)
-        else {
+        let (Some(store), Some(user)) = (&self.store, &self.user) else {
             return false;
         };
-        if self.selecting.is_some() || self.closing.is_some() {
+        // Behind a SELECT in flight the lookup still runs in the new
+        // mailbox; the store then holds nothing for this account, or the
+        // FETCH would have waited for the SELECT.
+        if self.closing.is_some() || (self.mailbox.is_none() && self.selecting.is_none()) {
             return false;
         }
         let Some((false, n, _)) = resume::fetch_command(content(raw)) else {
             return false;
         };
-        if self.seq_uids.contains_key(&n) {
+        if self.selecting.is_none() && self.seq_uids.contains_key(&n) {
             return false;
         }
-        let wait =
-            !self.resume_refused && store.any_with_prefix(&resume::mailbox_prefix(user, mb, *uv));
+        let wait = !self.resume_refused
+            && self.selecting.is_none()
+            && self.mailbox.as_ref().is_some_and(|(mb, uv)| {
+                store.any_with_prefix(&resume::mailbox_prefix(user, mb, *uv))
+            });
         self.own_seq += 1;
         let tag = format!("{}{}", resume::TAG_PREFIX, self.own_seq);
         out.to_tunnel
