@@ -225,6 +225,8 @@ pub struct ClientAccel {
     /// Offer the server side took: the next literal of its item carries
     /// only the remainder.
     armed: Option<ClientOffer>,
+    /// `armed` was set by the response that just ended.
+    armed_fresh: bool,
     /// Own `FETCH n (UID)` lookups in flight: tag, sequence number.
     lookups: Vec<(Vec<u8>, u32)>,
     /// A program FETCH waiting for its UID lookup.
@@ -283,6 +285,7 @@ impl ClientAccel {
             own_seq: 0,
             offers: Vec::new(),
             armed: None,
+            armed_fresh: false,
             lookups: Vec::new(),
             stashed: None,
             lookup_wait: false,
@@ -522,6 +525,7 @@ impl ClientAccel {
         let text = String::from_utf8_lossy(line);
         if status.eq_ignore_ascii_case(b"OK") && text.contains("[XSTRAW-RESUMED]") {
             self.armed = Some(o);
+            self.armed_fresh = true;
         } else if !text.contains("[XSTRAW-") {
             // Not from a straw server side: the real server refused it.
             out.notes.push(format!(
@@ -839,6 +843,15 @@ impl ClientAccel {
                         // The response ended.
                         if let Some((seq, Some(uid))) = self.fetch_resp.take() {
                             self.seq_uids.insert(seq, uid);
+                        }
+                        // The resumed literal comes in the response right
+                        // after the answer, or the stream is not ours to
+                        // splice: better no bytes than wrong ones.
+                        if self.armed.is_some() && !std::mem::take(&mut self.armed_fresh) {
+                            self.fail(
+                                out,
+                                "IMAP resume: the server side's resumed literal never came".into(),
+                            );
                         }
                     }
                 }

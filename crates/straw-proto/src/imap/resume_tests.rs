@@ -449,3 +449,32 @@ fn seq_fetch_asks_for_the_uid_itself() {
     assert!(r.down < 20_000 + 600, "{} bytes crossed", r.down);
     assert!(m.is_empty());
 }
+
+#[test]
+fn resumed_answer_without_its_literal_fails_the_connection() {
+    let (m, store) = mem();
+    m.put(&key(), &body(10, 5_000)[..4_000]);
+    let mut c = ClientAccel::new(&Cache::new()).with_store(store);
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(b"* OK ready\r\n", &mut o);
+    c.from_local(LOGIN, true, &mut o);
+    c.from_tunnel(
+        b"a OK in\r\n* OK [UIDVALIDITY 1700000000] x\r\nb OK sel\r\n",
+        &mut o,
+    );
+    let mut o = Output::default();
+    c.from_local(b"c UID FETCH 11 (BODY.PEEK[])\r\n", true, &mut o);
+    assert!(
+        o.to_tunnel
+            .starts_with(b"xstraw.1 XSTRAW-PARTIAL 1 11 BODY[] 4000 ")
+    );
+    let mut o = Output::default();
+    c.from_tunnel(
+        b"xstraw.1 OK [XSTRAW-RESUMED] straw: resumed\r\n* 5 FETCH (FLAGS (\\Seen))\r\n",
+        &mut o,
+    );
+    assert!(o.fail.is_some(), "a splice with no literal must fail");
+    // The real response passes; nothing is spliced anywhere.
+    assert_eq!(o.to_local, b"* 5 FETCH (FLAGS (\\Seen))\r\n");
+}
