@@ -531,7 +531,13 @@ impl AccelFactory {
                 }
             }
             Protocol::Smtp => Box::new(smtp::ClientAccel::new(&cache)),
-            Protocol::Imap => Box::new(imap::ClientAccel::new(&cache)),
+            Protocol::Imap => {
+                let a = imap::ClientAccel::new(&cache);
+                match &self.partials {
+                    Some(p) => Box::new(a.with_store(p.clone())),
+                    None => Box::new(a),
+                }
+            }
             Protocol::Http => Box::new(http::ClientAccel::new(http::HttpPolicy {
                 blocked_hosts: self.cfg.http.blocked_hosts.clone(),
                 ..Default::default()
