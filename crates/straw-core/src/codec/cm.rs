@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::CodecError;
 
 /// Bumped whenever the model's arithmetic changes: part of the model id.
-pub const CM_ALGORITHM_VERSION: u32 = 1;
+pub const CM_ALGORITHM_VERSION: u32 = 2;
 
 /// Id of the built-in priming text `dicts/mail-cm-v1.zst`.
 pub const PRIMING_MAIL_V1: u32 = 1;
@@ -65,8 +65,9 @@ impl CmParams {
     pub fn memory_bytes(&self) -> usize {
         let buf = 1usize << self.match_log;
         std::mem::size_of::<Model>()
-            + 2 * ((1usize << (self.table_log - 1))
-                + (1 << 16)
+            + (1usize << self.table_log)
+            + 4 * NH * 256
+            + 2 * ((1 << 16)
                 + 256
                 + 64
                 + 33 * (256 + (1 << A2_LOG)))
@@ -184,23 +185,151 @@ fn ctr_update(v: &mut u16, bit: u32, limit: u16) {
     *v = ((np as u16) << 4) | (n + 1).min(limit);
 }
 
+// ---- Bit histories -------------------------------------------------------------
+
+/// A nonstationary bit history in one byte: an index into a table of
+/// (n0, n1) count pairs. On each bit its count grows and the opposite count
+/// is partly discarded (old evidence counts less once the bits disagree).
+/// Adaptive `StateMap`s turn a state into a probability per context kind.
+struct States {
+    next: [[u8; 2]; 256],
+    /// Total count of each state: the slot replacement priority.
+    total: [u8; 256],
+    /// Initial p(1) of each state for the state maps, 22 bits.
+    init: [u32; 256],
+    /// Confidence input: +k for a run of ones, -k for zeros, else 0.
+    run: [i16; 256],
+}
+
+/// Most a count may reach while the opposite count is `min` (index).
+const STATE_CAP: [u8; 8] = [40, 30, 20, 12, 8, 6, 5, 4];
+
+fn discount(n: u8) -> u8 {
+    if n > 2 { n / 2 + 1 } else { n }
+}
+
+/// Brings a pair within the caps, giving up counts of the larger side.
+fn fit(mut a: u8, mut b: u8) -> (u8, u8) {
+    loop {
+        let m = a.min(b) as usize;
+        if m < STATE_CAP.len() && a.max(b) <= STATE_CAP[m] {
+            return (a, b);
+        }
+        if a > b {
+            a -= 1;
+        } else {
+            b -= 1;
+        }
+    }
+}
+
+fn states() -> &'static States {
+    static S: OnceLock<Box<States>> = OnceLock::new();
+    S.get_or_init(|| {
+        let mut pairs: Vec<(u8, u8)> = vec![(0, 0)];
+        let mut index: HashMap<(u8, u8), u8> = HashMap::new();
+        index.insert((0, 0), 0);
+        let mut next = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < pairs.len() {
+            let (n0, n1) = pairs[i];
+            for y in 0..2 {
+                let (a, b) = if y == 1 { (n1, n0) } else { (n0, n1) };
+                let (a, b) = fit(a + 1, discount(b));
+                let pair = if y == 1 { (b, a) } else { (a, b) };
+                let id = match index.get(&pair) {
+                    Some(&id) => id,
+                    None => {
+                        let id = pairs.len();
+                        assert!(id < 256, "too many bit-history states");
+                        pairs.push(pair);
+                        index.insert(pair, id as u8);
+                        id as u8
+                    }
+                };
+                next[i][y] = id;
+            }
+            i += 1;
+        }
+        let mut total = [0u8; 256];
+        let mut init = [1u32 << 21; 256];
+        let mut run = [0i16; 256];
+        for (i, &(n0, n1)) in pairs.iter().enumerate() {
+            total[i] = n0.saturating_add(n1);
+            init[i] = ((2 * n1 as u64 + 1) << 22) as u32 / (2 * (n0 as u32 + n1 as u32) + 2);
+            let k = (n0.max(n1) as i16 * 64).min(1024);
+            run[i] = match (n0, n1) {
+                (0, 0) => 0,
+                (0, _) => k,
+                (_, 0) => -k,
+                _ => 0,
+            };
+        }
+        Box::new(States {
+            next,
+            total,
+            init,
+            run,
+        })
+    })
+}
+
+/// 65536 * 2 / (2n + 3): the state maps' adaptation rate 1/(n + 1.5).
+const SM_RATE: [i32; 1024] = {
+    let mut r = [0i32; 1024];
+    let mut n = 0;
+    while n < 1024 {
+        r[n] = 131072 / (2 * n as i32 + 3);
+        n += 1;
+    }
+    r
+};
+
+/// A state map entry: p(1) in the top 22 bits, a count in the low 10.
+#[inline]
+fn sm_update(e: &mut u32, bit: u32, limit: u32) {
+    let n = *e & 1023;
+    let p = (*e >> 10) as i64;
+    let target = if bit != 0 { (1i64 << 22) - 1 } else { 0 };
+    let np = (p + (((target - p) * SM_RATE[n as usize] as i64) >> 16)).clamp(0, (1 << 22) - 1);
+    *e = (np as u32) << 10 | (n + 1).min(limit);
+}
+
+#[cfg(test)]
+fn knob(i: usize, d: i32) -> i32 {
+    std::env::var(format!("CM_K{i}"))
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(d)
+}
+
+#[cfg(not(test))]
+fn knob(_: usize, d: i32) -> i32 {
+    d
+}
+
 // ---- The model ---------------------------------------------------------------
 
 /// Hashed contexts: orders 2, 3, 4, 6 and the current word.
 const NH: usize = 5;
-/// Mixer inputs: hashed contexts, order 1, order 0, match (2), bias.
-const NI: usize = NH + 5;
+/// Mixer inputs: hashed contexts (2 each), order 1, order 0, match (2), bias.
+const NI: usize = 2 * NH + 5;
+/// First input after the hashed contexts'.
+const XO: usize = 2 * NH;
 const MINLEN: u32 = 6;
 const A2_LOG: u32 = 10;
-const LIMIT_HASHED: u16 = 15;
+const SM_LIMIT: u32 = 255;
 const LIMIT_DIRECT: u16 = 15;
 /// Mixer weights stay within ±64.0 whatever the input.
 const W_MAX: i32 = 1 << 22;
 
 #[derive(Clone)]
 pub(super) struct Model {
-    /// Slots of 16 u16: a check word, then 15 counters for a nibble's tree.
-    t: Vec<u16>,
+    /// Slots of 16 bytes: a check byte, then 15 bit histories for a
+    /// nibble's tree.
+    t: Vec<u8>,
+    /// State maps of the hashed contexts.
+    sm: Vec<u32>,
     slot_mask: usize,
     o1: Vec<u16>,
     o0: Vec<u16>,
@@ -218,6 +347,8 @@ pub(super) struct Model {
     nib: usize,
     hashes: [u32; NH],
     slots: [usize; NH],
+    /// The history of each hashed context for the current bit.
+    hist: [u8; NH],
     word: u32,
     pos: u32,
     mptr: u32,
@@ -230,6 +361,7 @@ pub(super) struct Model {
     a2i: usize,
     a_w: i32,
     pr: i32,
+    k: [i32; 8],
 }
 
 fn hash64(a: u32, b: u32) -> u64 {
@@ -253,11 +385,12 @@ fn apm_init(contexts: usize) -> Vec<u16> {
 
 impl Model {
     pub(super) fn new(p: &CmParams) -> Self {
-        let t_len = 1usize << (p.table_log - 1);
+        let t_len = 1usize << p.table_log;
         let buf_len = 1usize << p.match_log;
         let mut m = Self {
             t: vec![0; t_len],
             slot_mask: (t_len >> 4) - 1,
+            sm: (0..NH * 256).map(|i| states().init[i & 255] << 10).collect(),
             o1: vec![0; 1 << 16],
             o0: vec![0; 256],
             buf: vec![0; buf_len],
@@ -273,6 +406,7 @@ impl Model {
             nib: 1,
             hashes: [0; NH],
             slots: [0; NH],
+            hist: [0; NH],
             word: 0,
             pos: 0,
             mptr: 0,
@@ -284,6 +418,16 @@ impl Model {
             a2i: 0,
             a_w: 0,
             pr: 2048,
+            k: [
+                knob(0, 255),
+                knob(1, 20),
+                knob(2, 7),
+                knob(3, 16),
+                knob(4, 1),
+                knob(5, 1),
+                knob(6, 0),
+                knob(7, 0),
+            ],
         };
         m.byte_contexts();
         m.find_slots();
@@ -293,8 +437,9 @@ impl Model {
 
     pub(super) fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + 2 * (self.t.capacity()
-                + self.o1.capacity()
+            + self.t.capacity()
+            + 4 * self.sm.capacity()
+            + 2 * (self.o1.capacity()
                 + self.o0.capacity()
                 + self.mm.capacity()
                 + self.a1.capacity()
@@ -331,12 +476,13 @@ impl Model {
     /// Finds (or claims) the slot of each hashed context for this nibble.
     fn find_slots(&mut self) {
         let key = if self.bitpos == 0 { 0 } else { self.c0 };
+        let st = states();
         for i in 0..NH {
             let h = hash64(self.hashes[i], key);
-            let chk = (h & 0xFFFF) as u16;
+            let chk = (h & 0xFF) as u8;
             let base = (h >> 32) as usize;
             let mut best = usize::MAX;
-            let mut best_prio = u16::MAX;
+            let mut best_prio = u8::MAX;
             let mut found = None;
             for j in 0..3 {
                 let s = ((base ^ j) & self.slot_mask) << 4;
@@ -344,7 +490,7 @@ impl Model {
                     found = Some(s);
                     break;
                 }
-                let prio = self.t[s + 1] & 15;
+                let prio = st.total[self.t[s + 1] as usize];
                 if prio < best_prio {
                     best_prio = prio;
                     best = s;
@@ -354,7 +500,7 @@ impl Model {
                 Some(s) => s,
                 None => {
                     self.t[best] = chk;
-                    self.t[best + 1..best + 16].fill(CTR_INIT);
+                    self.t[best + 1..best + 16].fill(0);
                     best
                 }
             };
@@ -370,12 +516,17 @@ impl Model {
                 st[(v >> 4) as usize] as i32
             }
         };
+        let ss = states();
         for i in 0..NH {
-            self.x[i] = input(self.t[self.slots[i] + self.nib]);
+            let h = self.t[self.slots[i] + self.nib];
+            self.hist[i] = h;
+            let p = self.sm[i << 8 | h as usize] >> 20;
+            self.x[2 * i] = st[p as usize] as i32;
+            self.x[2 * i + 1] = (ss.run[h as usize] as i32 * self.k[3]) >> 4;
         }
         let c1 = (self.c4 & 0xFF) as usize;
-        self.x[NH] = input(self.o1[c1 << 8 | self.c0 as usize]);
-        self.x[NH + 1] = input(self.o0[self.c0 as usize]);
+        self.x[XO] = input(self.o1[c1 << 8 | self.c0 as usize]);
+        self.x[XO + 1] = input(self.o0[self.c0 as usize]);
         // Match model: the bit the longest earlier occurrence predicts.
         if self.mlen > 0 {
             let pb = self.buf[self.mptr as usize & (self.buf.len() - 1)] as u32 | 0x100;
@@ -392,15 +543,15 @@ impl Model {
                 (16 + (self.mlen - 16) / 8).min(31)
             };
             self.mctx = (lq as usize) << 1 | bit as usize;
-            self.x[NH + 2] = input(self.mm[self.mctx]);
+            self.x[XO + 2] = input(self.mm[self.mctx]);
             let conf = (lq as i32 * 64).min(2047);
-            self.x[NH + 3] = if bit != 0 { conf } else { -conf };
+            self.x[XO + 3] = if bit != 0 { conf } else { -conf };
         } else {
             self.mctx = 0;
-            self.x[NH + 2] = 0;
-            self.x[NH + 3] = 0;
+            self.x[XO + 2] = 0;
+            self.x[XO + 3] = 0;
         }
-        self.x[NH + 4] = 256;
+        self.x[XO + 4] = 256;
         // Mixer, weights chosen by the partial byte.
         let wb = self.c0 as usize * NI;
         let mut dot: i64 = 0;
@@ -420,12 +571,17 @@ impl Model {
             |t: &[u16], i: usize, w: i32| (t[i] as i32 * (128 - w) + t[i + 1] as i32 * w) >> 11;
         let p1 = ap(&self.a1, self.a1i, self.a_w);
         let p2 = ap(&self.a2, self.a2i, self.a_w);
-        self.pr = ((self.pr_mix + p1 + 2 * p2 + 2) >> 2).clamp(1, 4095);
+        let k4 = self.k[4];
+        let k5 = self.k[5];
+        self.pr = ((self.pr_mix * k4 + p1 * k5 + p2 * (4 - k4 - k5) + 2) >> 2).clamp(1, 4095);
     }
 
     pub(super) fn update(&mut self, bit: u32) {
+        let ss = states();
         for i in 0..NH {
-            ctr_update(&mut self.t[self.slots[i] + self.nib], bit, LIMIT_HASHED);
+            let h = self.hist[i] as usize;
+            sm_update(&mut self.sm[i << 8 | h], bit, self.k[0] as u32);
+            self.t[self.slots[i] + self.nib] = ss.next[h][bit as usize];
         }
         let c1 = (self.c4 & 0xFF) as usize;
         ctr_update(&mut self.o1[c1 << 8 | self.c0 as usize], bit, LIMIT_DIRECT);
@@ -437,13 +593,14 @@ impl Model {
         let err = ((bit as i32) << 12) - self.pr_mix;
         let wb = self.c0 as usize * NI;
         for i in 0..NI {
-            self.w[wb + i] = (self.w[wb + i] + ((self.x[i] * err) >> 10)).clamp(-W_MAX, W_MAX);
+            self.w[wb + i] =
+                (self.w[wb + i] + ((self.x[i] * err * self.k[1]) >> 16)).clamp(-W_MAX, W_MAX);
         }
         // APMs: both neighbouring bins move towards the bit.
         let g = ((bit as i32) << 16) + ((bit as i32) << 7) - bit as i32 - bit as i32;
         for (t, i) in [(&mut self.a1, self.a1i), (&mut self.a2, self.a2i)] {
             for v in &mut t[i..i + 2] {
-                *v = (*v as i32 + ((g - *v as i32) >> 7)) as u16;
+                *v = (*v as i32 + ((g - *v as i32) >> self.k[2])) as u16;
             }
         }
         // Next bit.
@@ -992,4 +1149,64 @@ pub fn model_id(contexts: &[Option<CmParams>]) -> u32 {
         }
     }
     h
+}
+
+#[cfg(test)]
+mod tune {
+    use super::*;
+
+    /// Experiment loop: `CM_TUNE=dir1:dir2 cargo test --release -p straw-core
+    /// cm_tune -- --ignored --nocapture` codes every `*.txt` of each dir in
+    /// name order, per message, in bulk units of `CM_UNIT` bytes (3000),
+    /// with the server→client bulk sizes and the shipped priming.
+    #[test]
+    #[ignore]
+    fn cm_tune() {
+        let Ok(dirs) = std::env::var("CM_TUNE") else {
+            return;
+        };
+        let unit: usize = std::env::var("CM_UNIT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3000);
+        let p = crate::codec::CmParams::slow_link(
+            crate::codec::Direction::ServerToClient,
+            crate::codec::Lane::Bulk,
+        );
+        let t0 = std::time::Instant::now();
+        let base = primed(&p).unwrap();
+        println!("prime {:?}", t0.elapsed());
+        let mut total = 0;
+        for dir in dirs.split(':') {
+            let mut names: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+                .collect();
+            names.sort();
+            let mut enc = CmEncoder {
+                slot: Slot {
+                    params: p,
+                    model: Some(Box::new(Model::clone(&base))),
+                },
+            };
+            let (mut raw, mut out) = (0, Vec::new());
+            let t = std::time::Instant::now();
+            for n in &names {
+                let data = std::fs::read(n).unwrap();
+                raw += data.len();
+                for c in data.chunks(unit) {
+                    enc.encode_unit(c, &mut out).unwrap();
+                }
+            }
+            println!(
+                "{dir}: {} files raw {raw} coded {} ({:.3} MB/s)",
+                names.len(),
+                out.len(),
+                raw as f64 / 1e6 / t.elapsed().as_secs_f64()
+            );
+            total += out.len();
+        }
+        println!("TOTAL {total}");
+    }
 }
