@@ -72,7 +72,7 @@ impl CmParams {
                 + 64
                 + 33 * (256 + (1 << A2_LOG)))
             + buf
-            + 4 * (buf / 4 + NI * 256)
+            + 4 * (buf / 4 + NI * MIXER_SETS)
     }
 
     /// Feeds the fingerprint of these parameters into an FNV-1a hash.
@@ -310,12 +310,17 @@ fn knob(_: usize, d: i32) -> i32 {
 
 // ---- The model ---------------------------------------------------------------
 
-/// Hashed contexts: orders 2, 3, 4, 6 and the current word.
-const NH: usize = 5;
+/// Hashed contexts: orders 2, 3, 4, the current word, word bigram, the
+/// line's first token (mail header field name) and the byte above in the
+/// previous line. (Order 6 and a sparse context lost more to table
+/// pressure than they gained; the match model covers long contexts.)
+const NH: usize = 7;
 /// Mixer inputs: hashed contexts (2 each), order 1, order 0, match (2), bias.
 const NI: usize = 2 * NH + 5;
 /// First input after the hashed contexts'.
 const XO: usize = 2 * NH;
+/// Weight sets: 256 by partial byte, then (hits, match bucket, bit position).
+const MIXER_SETS: usize = 256 + (NH + 1) * 4 * 8;
 const MINLEN: u32 = 6;
 const A2_LOG: u32 = 10;
 const SM_LIMIT: u32 = 255;
@@ -350,6 +355,14 @@ pub(super) struct Model {
     /// The history of each hashed context for the current bit.
     hist: [u8; NH],
     word: u32,
+    word1: u32,
+    /// Hash of the current line's first token (a header's field name); a
+    /// continuation line (leading white space) keeps the previous one.
+    field: u32,
+    field_done: bool,
+    col: u32,
+    line_start: u32,
+    prev_line: u32,
     pos: u32,
     mptr: u32,
     mlen: u32,
@@ -357,6 +370,9 @@ pub(super) struct Model {
     x: [i32; NI],
     mctx: usize,
     pr_mix: i32,
+    /// Weight set of each mixer and its output.
+    wb: [usize; 2],
+    pr_m: [i32; 2],
     a1i: usize,
     a2i: usize,
     a_w: i32,
@@ -396,7 +412,9 @@ impl Model {
             buf: vec![0; buf_len],
             mtab: vec![0; buf_len >> 2],
             mm: vec![0; 64],
-            w: vec![20_000; NI * 256],
+            w: vec![20_000; NI * MIXER_SETS],
+            wb: [0; 2],
+            pr_m: [2048; 2],
             a1: apm_init(256),
             a2: apm_init(1 << A2_LOG),
             c0: 1,
@@ -408,6 +426,12 @@ impl Model {
             slots: [0; NH],
             hist: [0; NH],
             word: 0,
+            word1: 0,
+            field: 0,
+            field_done: false,
+            col: 0,
+            line_start: 0,
+            prev_line: 0,
             pos: 0,
             mptr: 0,
             mlen: 0,
@@ -425,7 +449,7 @@ impl Model {
                 knob(3, 16),
                 knob(4, 1),
                 knob(5, 1),
-                knob(6, 0),
+                knob(6, 0x7F),
                 knob(7, 0),
             ],
         };
@@ -462,14 +486,25 @@ impl Model {
         }
     }
 
+    /// The byte at this column in the previous line, or 0.
+    fn above(&self) -> u32 {
+        let at = self.prev_line.wrapping_add(self.col);
+        if at >= self.line_start || self.pos.wrapping_sub(at) as usize >= self.buf.len() {
+            return 0;
+        }
+        self.buf[at as usize & (self.buf.len() - 1)] as u32
+    }
+
     fn byte_contexts(&mut self) {
         let c4 = self.c4;
         self.hashes = [
             hash32(c4 & 0xFFFF, 2),
             hash32(c4 & 0xFF_FFFF, 3),
             hash32(c4, 4),
-            hash32(c4, (self.c8 & 0xFFFF) | 6 << 24),
             hash32(self.word, (c4 & 0xFF) | 7 << 24),
+            hash32(self.word ^ self.word1.rotate_left(16), (c4 & 0xFF) | 8 << 24),
+            hash32(self.field, (c4 & 0xFFFF) | (self.field_done as u32) << 16 | 10 << 24),
+            hash32(self.above() | (c4 & 0xFF) << 8, self.col.min(80) | 11 << 24),
         ];
     }
 
@@ -478,6 +513,9 @@ impl Model {
         let key = if self.bitpos == 0 { 0 } else { self.c0 };
         let st = states();
         for i in 0..NH {
+            if self.k[6] >> i & 1 == 0 {
+                continue;
+            }
             let h = hash64(self.hashes[i], key);
             let chk = (h & 0xFF) as u8;
             let base = (h >> 32) as usize;
@@ -518,6 +556,9 @@ impl Model {
         };
         let ss = states();
         for i in 0..NH {
+            if self.k[6] >> i & 1 == 0 {
+                continue;
+            }
             let h = self.t[self.slots[i] + self.nib];
             self.hist[i] = h;
             let p = self.sm[i << 8 | h as usize] >> 20;
@@ -552,13 +593,30 @@ impl Model {
             self.x[XO + 3] = 0;
         }
         self.x[XO + 4] = 256;
-        // Mixer, weights chosen by the partial byte.
-        let wb = self.c0 as usize * NI;
-        let mut dot: i64 = 0;
-        for i in 0..NI {
-            dot += self.x[i] as i64 * self.w[wb + i] as i64;
+        // Two mixers, weights chosen by the partial byte and by how many
+        // hashed contexts were seen before with the match length; their
+        // outputs are averaged in the stretch domain.
+        let hits = self.hist.iter().filter(|&&h| h != 0).count();
+        let mb = match self.mlen {
+            0 => 0,
+            1..=15 => 1,
+            16..=31 => 2,
+            _ => 3,
+        };
+        self.wb = [
+            self.c0 as usize * NI,
+            (256 + (hits * 4 + mb) * 8 + self.bitpos as usize) * NI,
+        ];
+        let mut d = [0i32; 2];
+        for (j, &wb) in self.wb.iter().enumerate() {
+            let mut dot: i64 = 0;
+            for i in 0..NI {
+                dot += self.x[i] as i64 * self.w[wb + i] as i64;
+            }
+            d[j] = ((dot >> 16) as i32).clamp(-2047, 2047);
+            self.pr_m[j] = squash(d[j]);
         }
-        let dot = ((dot >> 16) as i32).clamp(-2047, 2047);
+        let dot = (d[0] + d[1]) >> 1;
         self.pr_mix = squash(dot);
         // APMs: refine by order 0 and by a hash of order 1.
         let s = dot + 2048;
@@ -579,6 +637,9 @@ impl Model {
     pub(super) fn update(&mut self, bit: u32) {
         let ss = states();
         for i in 0..NH {
+            if self.k[6] >> i & 1 == 0 {
+                continue;
+            }
             let h = self.hist[i] as usize;
             sm_update(&mut self.sm[i << 8 | h], bit, self.k[0] as u32);
             self.t[self.slots[i] + self.nib] = ss.next[h][bit as usize];
@@ -590,11 +651,13 @@ impl Model {
             ctr_update(&mut self.mm[self.mctx], bit, LIMIT_DIRECT);
         }
         // Mixer: gradient step on coding cost.
-        let err = ((bit as i32) << 12) - self.pr_mix;
-        let wb = self.c0 as usize * NI;
-        for i in 0..NI {
-            self.w[wb + i] =
-                (self.w[wb + i] + ((self.x[i] * err * self.k[1]) >> 16)).clamp(-W_MAX, W_MAX);
+        for j in 0..2 {
+            let err = ((bit as i32) << 12) - self.pr_m[j];
+            let wb = self.wb[j];
+            for i in 0..NI {
+                self.w[wb + i] =
+                    (self.w[wb + i] + ((self.x[i] * err * self.k[1]) >> 16)).clamp(-W_MAX, W_MAX);
+            }
         }
         // APMs: both neighbouring bins move towards the bit.
         let g = ((bit as i32) << 16) + ((bit as i32) << 7) - bit as i32 - bit as i32;
@@ -626,14 +689,36 @@ impl Model {
         self.c4 = self.c4 << 8 | byte as u32;
         if byte.is_ascii_alphabetic() {
             self.word = (self.word ^ byte.to_ascii_lowercase() as u32).wrapping_mul(0x2F0F_3D4B);
-        } else {
+        } else if self.word != 0 {
+            self.word1 = self.word;
             self.word = 0;
         }
-        self.byte_contexts();
-        // Match model.
         let mask = self.buf.len() - 1;
         self.buf[self.pos as usize & mask] = byte;
         self.pos = self.pos.wrapping_add(1);
+        // Lines: column, previous line, first token.
+        if byte == b'\n' {
+            self.prev_line = self.line_start;
+            self.line_start = self.pos;
+            self.col = 0;
+        } else {
+            if self.col == 0 && !(byte == b' ' || byte == b'\t') {
+                self.field = 0;
+                self.field_done = false;
+            } else if self.col == 0 {
+                self.field_done = true;
+            }
+            self.col += 1;
+            if !self.field_done {
+                if byte == b':' || byte == b' ' || self.col > 24 {
+                    self.field_done = true;
+                } else {
+                    self.field = (self.field ^ byte as u32).wrapping_mul(0x0100_0193);
+                }
+            }
+        }
+        self.byte_contexts();
+        // Match model.
         if self.mlen > 0 {
             self.mlen = (self.mlen + 1).min(65535);
             self.mptr = self.mptr.wrapping_add(1);
@@ -1169,10 +1254,17 @@ mod tune {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(3000);
-        let p = crate::codec::CmParams::slow_link(
+        let mut p = crate::codec::CmParams::slow_link(
             crate::codec::Direction::ServerToClient,
             crate::codec::Lane::Bulk,
         );
+        if let Some(v) = std::env::var("CM_TLOG").ok().and_then(|s| s.parse().ok()) {
+            p.table_log = v;
+        }
+        if let Some(v) = std::env::var("CM_MLOG").ok().and_then(|s| s.parse().ok()) {
+            p.match_log = v;
+        }
+        println!("params {p:?} memory {}", p.memory_bytes());
         let t0 = std::time::Instant::now();
         let base = primed(&p).unwrap();
         println!("prime {:?}", t0.elapsed());
