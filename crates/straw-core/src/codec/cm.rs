@@ -72,7 +72,7 @@ impl CmParams {
                 + 64
                 + 33 * (256 + (1 << A2_LOG)))
             + buf
-            + 4 * (buf / 4 + NI * MIXER_SETS)
+            + 4 * (buf / 4 + NI * MIXER_SETS + NM * 256)
     }
 
     /// Feeds the fingerprint of these parameters into an FNV-1a hash.
@@ -320,7 +320,9 @@ const NI: usize = 2 * NH + 5;
 /// First input after the hashed contexts'.
 const XO: usize = 2 * NH;
 /// Weight sets: 256 by partial byte, then (hits, match bucket, bit position).
-const MIXER_SETS: usize = 256 + (NH + 1) * 4 * 8;
+const MIXER_SETS: usize = 256 + (NH + 1) * 4 * 8 + 256;
+/// Mixers.
+const NM: usize = 3;
 const MINLEN: u32 = 6;
 const A2_LOG: u32 = 10;
 const SM_LIMIT: u32 = 255;
@@ -371,8 +373,12 @@ pub(super) struct Model {
     mctx: usize,
     pr_mix: i32,
     /// Weight set of each mixer and its output.
-    wb: [usize; 2],
-    pr_m: [i32; 2],
+    wb: [usize; NM],
+    /// Final mixer: weights, the set in use, its inputs.
+    fw: Vec<i32>,
+    fb: usize,
+    d: [i32; NM],
+    pr_m: [i32; NM],
     a1i: usize,
     a2i: usize,
     a_w: i32,
@@ -410,11 +416,14 @@ impl Model {
             o1: vec![0; 1 << 16],
             o0: vec![0; 256],
             buf: vec![0; buf_len],
-            mtab: vec![0; buf_len >> 2],
+            mtab: vec![0; buf_len >> knob(7, 2)],
             mm: vec![0; 64],
             w: vec![20_000; NI * MIXER_SETS],
-            wb: [0; 2],
-            pr_m: [2048; 2],
+            wb: [0; NM],
+            fw: vec![65536 / NM as i32; 256 * NM],
+            fb: 0,
+            d: [0; NM],
+            pr_m: [2048; NM],
             a1: apm_init(256),
             a2: apm_init(1 << A2_LOG),
             c0: 1,
@@ -448,7 +457,7 @@ impl Model {
                 knob(2, 7),
                 knob(3, 16),
                 knob(4, 1),
-                knob(5, 1),
+                knob(5, 4),
                 knob(6, 0x7F),
                 knob(7, 0),
             ],
@@ -469,7 +478,7 @@ impl Model {
                 + self.a1.capacity()
                 + self.a2.capacity())
             + self.buf.capacity()
-            + 4 * (self.mtab.capacity() + self.w.capacity())
+            + 4 * (self.mtab.capacity() + self.w.capacity() + self.fw.capacity())
     }
 
     /// Probability (12 bits) that the next bit is 1.
@@ -606,8 +615,9 @@ impl Model {
         self.wb = [
             self.c0 as usize * NI,
             (256 + (hits * 4 + mb) * 8 + self.bitpos as usize) * NI,
+            (MIXER_SETS - 256 + c1) * NI,
         ];
-        let mut d = [0i32; 2];
+        let mut d = [0i32; NM];
         for (j, &wb) in self.wb.iter().enumerate() {
             let mut dot: i64 = 0;
             for i in 0..NI {
@@ -616,7 +626,14 @@ impl Model {
             d[j] = ((dot >> 16) as i32).clamp(-2047, 2047);
             self.pr_m[j] = squash(d[j]);
         }
-        let dot = (d[0] + d[1]) >> 1;
+        // Final mixer over the three, by partial byte.
+        self.fb = self.c0 as usize * NM;
+        let mut dot: i64 = 0;
+        for j in 0..NM {
+            self.d[j] = d[j];
+            dot += d[j] as i64 * self.fw[self.fb + j] as i64;
+        }
+        let dot = ((dot >> 16) as i32).clamp(-2047, 2047);
         self.pr_mix = squash(dot);
         // APMs: refine by order 0 and by a hash of order 1.
         let s = dot + 2048;
@@ -630,8 +647,7 @@ impl Model {
         let p1 = ap(&self.a1, self.a1i, self.a_w);
         let p2 = ap(&self.a2, self.a2i, self.a_w);
         let k4 = self.k[4];
-        let k5 = self.k[5];
-        self.pr = ((self.pr_mix * k4 + p1 * k5 + p2 * (4 - k4 - k5) + 2) >> 2).clamp(1, 4095);
+        self.pr = ((self.pr_mix * k4 + p1 + p2 * (3 - k4) + 2) >> 2).clamp(1, 4095);
     }
 
     pub(super) fn update(&mut self, bit: u32) {
@@ -651,7 +667,12 @@ impl Model {
             ctr_update(&mut self.mm[self.mctx], bit, LIMIT_DIRECT);
         }
         // Mixer: gradient step on coding cost.
-        for j in 0..2 {
+        let err = ((bit as i32) << 12) - self.pr_mix;
+        for j in 0..NM {
+            let v = &mut self.fw[self.fb + j];
+            *v = (*v + ((self.d[j] * err * self.k[5]) >> 16)).clamp(-W_MAX, W_MAX);
+        }
+        for j in 0..NM {
             let err = ((bit as i32) << 12) - self.pr_m[j];
             let wb = self.wb[j];
             for i in 0..NI {
