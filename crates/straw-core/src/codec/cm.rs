@@ -202,17 +202,24 @@ struct States {
 }
 
 /// Most a count may reach while the opposite count is `min` (index).
-const STATE_CAP: [u8; 8] = [40, 30, 20, 12, 8, 6, 5, 4];
+const STATE_CAP: [u8; 8] = [50, 37, 25, 15, 10, 7, 6, 5];
 
 fn discount(n: u8) -> u8 {
-    if n > 2 { n / 2 + 1 } else { n }
+    match knob(8, 0) {
+        1 => if n > 3 { n / 2 + 1 } else { n },
+        2 => n.min(2),
+        3 => if n > 1 { n / 2 + 1 } else { n },
+        4 => if n > 2 { (n + 2) / 3 + 1 } else { n },
+        _ => if n > 2 { n / 2 + 1 } else { n },
+    }
 }
 
 /// Brings a pair within the caps, giving up counts of the larger side.
 fn fit(mut a: u8, mut b: u8) -> (u8, u8) {
     loop {
         let m = a.min(b) as usize;
-        if m < STATE_CAP.len() && a.max(b) <= STATE_CAP[m] {
+        let cap = (STATE_CAP[m.min(STATE_CAP.len() - 1)] as i32 * knob(9, 4) / 4).min(250) as u8;
+        if m < STATE_CAP.len() && a.max(b) <= cap {
             return (a, b);
         }
         if a > b {
@@ -310,11 +317,11 @@ fn knob(_: usize, d: i32) -> i32 {
 
 // ---- The model ---------------------------------------------------------------
 
-/// Hashed contexts: orders 2, 3, 4, the current word, word bigram, the
-/// line's first token (mail header field name) and the byte above in the
-/// previous line. (Order 6 and a sparse context lost more to table
-/// pressure than they gained; the match model covers long contexts.)
-const NH: usize = 7;
+/// Hashed contexts: orders 2, 3, 4, the current word, word bigram and the
+/// line's first token (mail header field name). Order 6, a sparse context
+/// and the byte above in the previous line lost more to table pressure than
+/// they gained (the match model covers long contexts).
+const NH: usize = 6;
 /// Mixer inputs: hashed contexts (2 each), order 1, order 0, match (2), bias.
 const NI: usize = 2 * NH + 5;
 /// First input after the hashed contexts'.
@@ -363,8 +370,6 @@ pub(super) struct Model {
     field: u32,
     field_done: bool,
     col: u32,
-    line_start: u32,
-    prev_line: u32,
     pos: u32,
     mptr: u32,
     mlen: u32,
@@ -439,8 +444,6 @@ impl Model {
             field: 0,
             field_done: false,
             col: 0,
-            line_start: 0,
-            prev_line: 0,
             pos: 0,
             mptr: 0,
             mlen: 0,
@@ -458,7 +461,7 @@ impl Model {
                 knob(3, 16),
                 knob(4, 1),
                 knob(5, 4),
-                knob(6, 0x7F),
+                knob(6, 0x3F),
                 knob(7, 0),
             ],
         };
@@ -495,15 +498,6 @@ impl Model {
         }
     }
 
-    /// The byte at this column in the previous line, or 0.
-    fn above(&self) -> u32 {
-        let at = self.prev_line.wrapping_add(self.col);
-        if at >= self.line_start || self.pos.wrapping_sub(at) as usize >= self.buf.len() {
-            return 0;
-        }
-        self.buf[at as usize & (self.buf.len() - 1)] as u32
-    }
-
     fn byte_contexts(&mut self) {
         let c4 = self.c4;
         self.hashes = [
@@ -513,7 +507,6 @@ impl Model {
             hash32(self.word, (c4 & 0xFF) | 7 << 24),
             hash32(self.word ^ self.word1.rotate_left(16), (c4 & 0xFF) | 8 << 24),
             hash32(self.field, (c4 & 0xFFFF) | (self.field_done as u32) << 16 | 10 << 24),
-            hash32(self.above() | (c4 & 0xFF) << 8, self.col.min(80) | 11 << 24),
         ];
     }
 
@@ -719,8 +712,6 @@ impl Model {
         self.pos = self.pos.wrapping_add(1);
         // Lines: column, previous line, first token.
         if byte == b'\n' {
-            self.prev_line = self.line_start;
-            self.line_start = self.pos;
             self.col = 0;
         } else {
             if self.col == 0 && !(byte == b' ' || byte == b'\t') {
