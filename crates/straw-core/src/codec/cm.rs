@@ -455,11 +455,11 @@ impl Model {
             a_w: 0,
             pr: 2048,
             k: [
-                knob(0, 255),
+                knob(0, 1023),
                 knob(1, 20),
                 knob(2, 7),
                 knob(3, 16),
-                knob(4, 1),
+                0,
                 knob(5, 4),
                 knob(6, 0x3F),
                 knob(7, 0),
@@ -612,10 +612,12 @@ impl Model {
         ];
         let mut d = [0i32; NM];
         for (j, &wb) in self.wb.iter().enumerate() {
-            let mut dot: i64 = 0;
-            for i in 0..NI {
-                dot += self.x[i] as i64 * self.w[wb + i] as i64;
-            }
+            let w = &self.w[wb..wb + NI];
+            let dot: i64 = w
+                .iter()
+                .zip(&self.x)
+                .map(|(&w, &x)| w as i64 * x as i64)
+                .sum();
             d[j] = ((dot >> 16) as i32).clamp(-2047, 2047);
             self.pr_m[j] = squash(d[j]);
         }
@@ -639,8 +641,7 @@ impl Model {
             |t: &[u16], i: usize, w: i32| (t[i] as i32 * (128 - w) + t[i + 1] as i32 * w) >> 11;
         let p1 = ap(&self.a1, self.a1i, self.a_w);
         let p2 = ap(&self.a2, self.a2i, self.a_w);
-        let k4 = self.k[4];
-        self.pr = ((self.pr_mix * k4 + p1 + p2 * (3 - k4) + 2) >> 2).clamp(1, 4095);
+        self.pr = ((self.pr_mix + p1 + 2 * p2 + 2) >> 2).clamp(1, 4095);
     }
 
     pub(super) fn update(&mut self, bit: u32) {
@@ -666,11 +667,11 @@ impl Model {
             *v = (*v + ((self.d[j] * err * self.k[5]) >> 16)).clamp(-W_MAX, W_MAX);
         }
         for j in 0..NM {
-            let err = ((bit as i32) << 12) - self.pr_m[j];
+            let e = (((bit as i32) << 12) - self.pr_m[j]) * self.k[1];
             let wb = self.wb[j];
-            for i in 0..NI {
-                self.w[wb + i] =
-                    (self.w[wb + i] + ((self.x[i] * err * self.k[1]) >> 16)).clamp(-W_MAX, W_MAX);
+            let w = &mut self.w[wb..wb + NI];
+            for (w, &x) in w.iter_mut().zip(&self.x) {
+                *w = (*w + ((x * e) >> 16)).clamp(-W_MAX, W_MAX);
             }
         }
         // APMs: both neighbouring bins move towards the bit.
@@ -1275,6 +1276,9 @@ mod tune {
         }
         if let Some(v) = std::env::var("CM_MLOG").ok().and_then(|s| s.parse().ok()) {
             p.match_log = v;
+        }
+        if let Ok(f) = std::env::var("CM_PRIME") {
+            p.priming = Some(register_priming_text(std::fs::read(f).unwrap()));
         }
         println!("params {p:?} memory {}", p.memory_bytes());
         let t0 = std::time::Instant::now();
