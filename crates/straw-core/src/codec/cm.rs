@@ -326,10 +326,12 @@ const NH: usize = 6;
 const NI: usize = 2 * NH + 5;
 /// First input after the hashed contexts'.
 const XO: usize = 2 * NH;
-/// Weight sets: 256 by partial byte, then (hits, match bucket, bit position).
-const MIXER_SETS: usize = 256 + (NH + 1) * 4 * 8 + 256;
+/// Weight sets: 256 by partial byte, then (hits, match bucket, bit position),
+/// then the previous byte, then the line context (column bucket, what the line
+/// starts with, header field name done).
+const MIXER_SETS: usize = 256 + (NH + 1) * 4 * 8 + 256 + 64;
 /// Mixers.
-const NM: usize = 3;
+const NM: usize = 4;
 const MINLEN: u32 = 6;
 const A2_LOG: u32 = 10;
 const SM_LIMIT: u32 = 255;
@@ -369,6 +371,8 @@ pub(super) struct Model {
     /// continuation line (leading white space) keeps the previous one.
     field: u32,
     field_done: bool,
+    /// What the line starts with: 0 letter, 1 space, 2 '<' or '>', 3 other.
+    line_class: u8,
     col: u32,
     pos: u32,
     mptr: u32,
@@ -443,6 +447,7 @@ impl Model {
             word1: 0,
             field: 0,
             field_done: false,
+            line_class: 0,
             col: 0,
             pos: 0,
             mptr: 0,
@@ -496,6 +501,21 @@ impl Model {
                 self.update(((b >> i) & 1) as u32);
             }
         }
+    }
+
+    /// Column bucket x the class of the line's first byte x field done.
+    fn line_ctx(&self) -> usize {
+        let col = match self.col {
+            0 => 0,
+            1 => 1,
+            2..=3 => 2,
+            4..=7 => 3,
+            8..=15 => 4,
+            16..=31 => 5,
+            32..=63 => 6,
+            _ => 7,
+        };
+        (col * 4 + self.line_class as usize) * 2 + self.field_done as usize
     }
 
     fn byte_contexts(&mut self) {
@@ -608,7 +628,8 @@ impl Model {
         self.wb = [
             self.c0 as usize * NI,
             (256 + (hits * 4 + mb) * 8 + self.bitpos as usize) * NI,
-            (MIXER_SETS - 256 + c1) * NI,
+            (MIXER_SETS - 320 + c1) * NI,
+            (MIXER_SETS - 64 + self.line_ctx()) * NI,
         ];
         let mut d = [0i32; NM];
         for (j, &wb) in self.wb.iter().enumerate() {
@@ -715,6 +736,14 @@ impl Model {
         if byte == b'\n' {
             self.col = 0;
         } else {
+            if self.col == 0 {
+                self.line_class = match byte {
+                    b'a'..=b'z' | b'A'..=b'Z' => 0,
+                    b' ' | b'\t' => 1,
+                    b'<' | b'>' => 2,
+                    _ => 3,
+                };
+            }
             if self.col == 0 && !(byte == b' ' || byte == b'\t') {
                 self.field = 0;
                 self.field_done = false;
