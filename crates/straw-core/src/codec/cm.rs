@@ -161,11 +161,9 @@ fn stretch_table() -> &'static [i16; 4096] {
     })
 }
 
-/// Adaptive probability counter in a u16: 12-bit p(1) above a 4-bit count.
-/// The count sets the rate (1/(n+1.5)), so young contexts learn fast.
-const CTR_INIT: u16 = 2048 << 4;
-
-/// 65536 * 2 / (2n + 3).
+/// Adaptive probability counters (direct order 0/1, match) are u16s: 12-bit
+/// p(1) above a 4-bit count. The count sets the rate 1/(n+1.5), so young
+/// contexts learn fast: 65536 * 2 / (2n + 3).
 const RATE: [i32; 16] = {
     let mut r = [0i32; 16];
     let mut n = 0;
@@ -302,6 +300,8 @@ fn sm_update(e: &mut u32, bit: u32, limit: u32) {
     *e = (np as u32) << 10 | (n + 1).min(limit);
 }
 
+/// Tuning hook: in tests, `CM_K<i>` overrides a constant (the `cm_tune`
+/// harness); in the build, the constant.
 #[cfg(test)]
 fn knob(i: usize, d: i32) -> i32 {
     std::env::var(format!("CM_K{i}"))
@@ -334,7 +334,15 @@ const MIXER_SETS: usize = 256 + (NH + 1) * 4 * 8 + 256 + 64;
 const NM: usize = 4;
 const MINLEN: u32 = 6;
 const A2_LOG: u32 = 10;
-const SM_LIMIT: u32 = 255;
+/// Most a state map entry's count reaches (its slowest rate 1/(n+1.5)).
+const SM_LIMIT: i32 = 1023;
+/// Mixer learning rate (x * err * rate >> 16) and the final mixer's.
+const MIXER_RATE: i32 = 32;
+const FINAL_RATE: i32 = 4;
+/// APM rate shift (7 is the fastest: bins are u16 and must not overflow).
+const APM_SHIFT: i32 = 7;
+/// Scale of the run (confidence) inputs, /16.
+const RUN_SCALE: i32 = 16;
 const LIMIT_DIRECT: u16 = 15;
 /// Mixer weights stay within ±64.0 whatever the input.
 const W_MAX: i32 = 1 << 22;
@@ -392,6 +400,8 @@ pub(super) struct Model {
     a2i: usize,
     a_w: i32,
     pr: i32,
+    /// Rates and switches (see `knob`): state map limit, mixer rate, APM
+    /// shift, run scale, unused, final rate, context mask, match index shift.
     k: [i32; 8],
 }
 
@@ -460,12 +470,12 @@ impl Model {
             a_w: 0,
             pr: 2048,
             k: [
-                knob(0, 1023),
-                knob(1, 20),
-                knob(2, 7),
-                knob(3, 16),
+                knob(0, SM_LIMIT),
+                knob(1, MIXER_RATE),
+                knob(2, APM_SHIFT),
+                knob(3, RUN_SCALE),
                 0,
-                knob(5, 4),
+                knob(5, FINAL_RATE),
                 knob(6, 0x3F),
                 knob(7, 0),
             ],
