@@ -554,7 +554,7 @@ impl Model {
             let mut best = usize::MAX;
             let mut best_prio = u8::MAX;
             let mut found = None;
-            for j in 0..3 {
+            for j in 0..4 {
                 let s = ((base ^ j) & self.slot_mask) << 4;
                 if self.t[s] == chk {
                     found = Some(s);
