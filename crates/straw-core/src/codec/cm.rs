@@ -67,10 +67,7 @@ impl CmParams {
         std::mem::size_of::<Model>()
             + (1usize << self.table_log)
             + 4 * NH * 256
-            + 2 * ((1 << 16)
-                + 256
-                + 64
-                + 33 * (256 + (1 << A2_LOG)))
+            + 2 * ((1 << 16) + 256 + 64 + 33 * (256 + (1 << A2_LOG)))
             + buf
             + 4 * (buf / 4 + NI * MIXER_SETS + NM * 256)
     }
@@ -203,21 +200,14 @@ struct States {
 const STATE_CAP: [u8; 8] = [50, 37, 25, 15, 10, 7, 6, 5];
 
 fn discount(n: u8) -> u8 {
-    match knob(8, 0) {
-        1 => if n > 3 { n / 2 + 1 } else { n },
-        2 => n.min(2),
-        3 => if n > 1 { n / 2 + 1 } else { n },
-        4 => if n > 2 { (n + 2) / 3 + 1 } else { n },
-        _ => if n > 2 { n / 2 + 1 } else { n },
-    }
+    if n > 2 { n / 2 + 1 } else { n }
 }
 
 /// Brings a pair within the caps, giving up counts of the larger side.
 fn fit(mut a: u8, mut b: u8) -> (u8, u8) {
     loop {
         let m = a.min(b) as usize;
-        let cap = (STATE_CAP[m.min(STATE_CAP.len() - 1)] as i32 * knob(9, 4) / 4).min(250) as u8;
-        if m < STATE_CAP.len() && a.max(b) <= cap {
+        if m < STATE_CAP.len() && a.max(b) <= STATE_CAP[m] {
             return (a, b);
         }
         if a > b {
@@ -238,7 +228,7 @@ fn states() -> &'static States {
         let mut i = 0;
         while i < pairs.len() {
             let (n0, n1) = pairs[i];
-            for y in 0..2 {
+            for (y, nx) in next[i].iter_mut().enumerate() {
                 let (a, b) = if y == 1 { (n1, n0) } else { (n0, n1) };
                 let (a, b) = fit(a + 1, discount(b));
                 let pair = if y == 1 { (b, a) } else { (a, b) };
@@ -252,7 +242,7 @@ fn states() -> &'static States {
                         id as u8
                     }
                 };
-                next[i][y] = id;
+                *nx = id;
             }
             i += 1;
         }
@@ -431,7 +421,9 @@ impl Model {
         let mut m = Self {
             t: vec![0; t_len],
             slot_mask: (t_len >> 4) - 1,
-            sm: (0..NH * 256).map(|i| states().init[i & 255] << 10).collect(),
+            sm: (0..NH * 256)
+                .map(|i| states().init[i & 255] << 10)
+                .collect(),
             o1: vec![0; 1 << 16],
             o0: vec![0; 256],
             buf: vec![0; buf_len],
@@ -535,8 +527,14 @@ impl Model {
             hash32(c4 & 0xFF_FFFF, 3),
             hash32(c4, 4),
             hash32(self.word, (c4 & 0xFF) | 7 << 24),
-            hash32(self.word ^ self.word1.rotate_left(16), (c4 & 0xFF) | 8 << 24),
-            hash32(self.field, (c4 & 0xFFFF) | (self.field_done as u32) << 16 | 10 << 24),
+            hash32(
+                self.word ^ self.word1.rotate_left(16),
+                (c4 & 0xFF) | 8 << 24,
+            ),
+            hash32(
+                self.field,
+                (c4 & 0xFFFF) | (self.field_done as u32) << 16 | 10 << 24,
+            ),
         ];
     }
 
@@ -652,12 +650,12 @@ impl Model {
             d[j] = ((dot >> 16) as i32).clamp(-2047, 2047);
             self.pr_m[j] = squash(d[j]);
         }
-        // Final mixer over the three, by partial byte.
+        // Final mixer over the four, by partial byte.
         self.fb = self.c0 as usize * NM;
         let mut dot: i64 = 0;
-        for j in 0..NM {
-            self.d[j] = d[j];
-            dot += d[j] as i64 * self.fw[self.fb + j] as i64;
+        self.d = d;
+        for (&d, &w) in d.iter().zip(&self.fw[self.fb..self.fb + NM]) {
+            dot += d as i64 * w as i64;
         }
         let dot = ((dot >> 16) as i32).clamp(-2047, 2047);
         self.pr_mix = squash(dot);
