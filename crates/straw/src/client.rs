@@ -122,11 +122,13 @@ pub fn codec_model_id(c: &SessionConfig) -> u32 {
 /// record of a tunnel does not wait for it.
 pub fn warm_up_codec(role: Role, o: &SessionOptions) {
     let c = session_config(role, o);
+    // Small (interactive) contexts first: a tunnel's first records use them,
+    // and priming the big bulk context takes seconds.
     let cms = [
-        c.bulk_codec_params.cm,
-        c.bulk_decoder_limits.cm,
         c.codec_params.cm,
         c.decoder_limits.cm,
+        c.bulk_codec_params.cm,
+        c.bulk_decoder_limits.cm,
     ];
     std::thread::spawn(move || {
         for cm in cms.into_iter().flatten() {

@@ -65,13 +65,11 @@ impl CmParams {
     pub fn memory_bytes(&self) -> usize {
         let buf = 1usize << self.match_log;
         std::mem::size_of::<Model>()
-            + 2 * ((1usize << (self.table_log - 1))
-                + (1 << 16)
-                + 256
-                + 64
-                + 33 * (256 + (1 << A2_LOG)))
+            + (1usize << self.table_log)
+            + 4 * NH * 256
+            + 2 * ((1 << 16) + 256 + 64 + 33 * (256 + (1 << A2_LOG)))
             + buf
-            + 4 * (buf / 4 + NI * 256)
+            + 4 * (buf / 4 + NI * MIXER_SETS + NM * 256)
     }
 
     /// Feeds the fingerprint of these parameters into an FNV-1a hash.
@@ -160,11 +158,9 @@ fn stretch_table() -> &'static [i16; 4096] {
     })
 }
 
-/// Adaptive probability counter in a u16: 12-bit p(1) above a 4-bit count.
-/// The count sets the rate (1/(n+1.5)), so young contexts learn fast.
-const CTR_INIT: u16 = 2048 << 4;
-
-/// 65536 * 2 / (2n + 3).
+/// Adaptive probability counters (direct order 0/1, match) are u16s: 12-bit
+/// p(1) above a 4-bit count. The count sets the rate 1/(n+1.5), so young
+/// contexts learn fast: 65536 * 2 / (2n + 3).
 const RATE: [i32; 16] = {
     let mut r = [0i32; 16];
     let mut n = 0;
@@ -184,23 +180,170 @@ fn ctr_update(v: &mut u16, bit: u32, limit: u16) {
     *v = ((np as u16) << 4) | (n + 1).min(limit);
 }
 
+// ---- Bit histories -------------------------------------------------------------
+
+/// A nonstationary bit history in one byte: an index into a table of
+/// (n0, n1) count pairs. On each bit its count grows and the opposite count
+/// is partly discarded (old evidence counts less once the bits disagree).
+/// Adaptive `StateMap`s turn a state into a probability per context kind.
+struct States {
+    next: [[u8; 2]; 256],
+    /// Total count of each state: the slot replacement priority.
+    total: [u8; 256],
+    /// Initial p(1) of each state for the state maps, 22 bits.
+    init: [u32; 256],
+    /// Confidence input: +k for a run of ones, -k for zeros, else 0.
+    run: [i16; 256],
+}
+
+/// Most a count may reach while the opposite count is `min` (index).
+const STATE_CAP: [u8; 8] = [50, 37, 25, 15, 10, 7, 6, 5];
+
+fn discount(n: u8) -> u8 {
+    if n > 2 { n / 2 + 1 } else { n }
+}
+
+/// Brings a pair within the caps, giving up counts of the larger side.
+fn fit(mut a: u8, mut b: u8) -> (u8, u8) {
+    loop {
+        let m = a.min(b) as usize;
+        if m < STATE_CAP.len() && a.max(b) <= STATE_CAP[m] {
+            return (a, b);
+        }
+        if a > b {
+            a -= 1;
+        } else {
+            b -= 1;
+        }
+    }
+}
+
+fn states() -> &'static States {
+    static S: OnceLock<Box<States>> = OnceLock::new();
+    S.get_or_init(|| {
+        let mut pairs: Vec<(u8, u8)> = vec![(0, 0)];
+        let mut index: HashMap<(u8, u8), u8> = HashMap::new();
+        index.insert((0, 0), 0);
+        let mut next = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < pairs.len() {
+            let (n0, n1) = pairs[i];
+            for (y, nx) in next[i].iter_mut().enumerate() {
+                let (a, b) = if y == 1 { (n1, n0) } else { (n0, n1) };
+                let (a, b) = fit(a + 1, discount(b));
+                let pair = if y == 1 { (b, a) } else { (a, b) };
+                let id = match index.get(&pair) {
+                    Some(&id) => id,
+                    None => {
+                        let id = pairs.len();
+                        assert!(id < 256, "too many bit-history states");
+                        pairs.push(pair);
+                        index.insert(pair, id as u8);
+                        id as u8
+                    }
+                };
+                *nx = id;
+            }
+            i += 1;
+        }
+        let mut total = [0u8; 256];
+        let mut init = [1u32 << 21; 256];
+        let mut run = [0i16; 256];
+        for (i, &(n0, n1)) in pairs.iter().enumerate() {
+            total[i] = n0.saturating_add(n1);
+            init[i] = ((2 * n1 as u64 + 1) << 22) as u32 / (2 * (n0 as u32 + n1 as u32) + 2);
+            let k = (n0.max(n1) as i16 * 64).min(1024);
+            run[i] = match (n0, n1) {
+                (0, 0) => 0,
+                (0, _) => k,
+                (_, 0) => -k,
+                _ => 0,
+            };
+        }
+        Box::new(States {
+            next,
+            total,
+            init,
+            run,
+        })
+    })
+}
+
+/// 65536 * 2 / (2n + 3): the state maps' adaptation rate 1/(n + 1.5).
+const SM_RATE: [i32; 1024] = {
+    let mut r = [0i32; 1024];
+    let mut n = 0;
+    while n < 1024 {
+        r[n] = 131072 / (2 * n as i32 + 3);
+        n += 1;
+    }
+    r
+};
+
+/// A state map entry: p(1) in the top 22 bits, a count in the low 10.
+#[inline]
+fn sm_update(e: &mut u32, bit: u32, limit: u32) {
+    let n = *e & 1023;
+    let p = (*e >> 10) as i64;
+    let target = if bit != 0 { (1i64 << 22) - 1 } else { 0 };
+    let np = (p + (((target - p) * SM_RATE[n as usize] as i64) >> 16)).clamp(0, (1 << 22) - 1);
+    *e = (np as u32) << 10 | (n + 1).min(limit);
+}
+
+/// Tuning hook: in tests, `CM_K<i>` overrides a constant (the `cm_tune`
+/// harness); in the build, the constant.
+#[cfg(test)]
+fn knob(i: usize, d: i32) -> i32 {
+    std::env::var(format!("CM_K{i}"))
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(d)
+}
+
+#[cfg(not(test))]
+fn knob(_: usize, d: i32) -> i32 {
+    d
+}
+
 // ---- The model ---------------------------------------------------------------
 
-/// Hashed contexts: orders 2, 3, 4, 6 and the current word.
-const NH: usize = 5;
-/// Mixer inputs: hashed contexts, order 1, order 0, match (2), bias.
-const NI: usize = NH + 5;
+/// Hashed contexts: orders 2, 3, 4, the current word, word bigram and the
+/// line's first token (mail header field name). Order 6, a sparse context
+/// and the byte above in the previous line lost more to table pressure than
+/// they gained (the match model covers long contexts).
+const NH: usize = 6;
+/// Mixer inputs: hashed contexts (2 each), order 1, order 0, match (2), bias.
+const NI: usize = 2 * NH + 5;
+/// First input after the hashed contexts'.
+const XO: usize = 2 * NH;
+/// Weight sets: 256 by partial byte, then (hits, match bucket, bit position),
+/// then the previous byte, then the line context (column bucket, what the line
+/// starts with, header field name done).
+const MIXER_SETS: usize = 256 + (NH + 1) * 4 * 8 + 256 + 64;
+/// Mixers.
+const NM: usize = 4;
 const MINLEN: u32 = 6;
 const A2_LOG: u32 = 10;
-const LIMIT_HASHED: u16 = 15;
+/// Most a state map entry's count reaches (its slowest rate 1/(n+1.5)).
+const SM_LIMIT: i32 = 1023;
+/// Mixer learning rate (x * err * rate >> 16) and the final mixer's.
+const MIXER_RATE: i32 = 32;
+const FINAL_RATE: i32 = 4;
+/// APM rate shift (7 is the fastest: bins are u16 and must not overflow).
+const APM_SHIFT: i32 = 7;
+/// Scale of the run (confidence) inputs, /16.
+const RUN_SCALE: i32 = 16;
 const LIMIT_DIRECT: u16 = 15;
 /// Mixer weights stay within ±64.0 whatever the input.
 const W_MAX: i32 = 1 << 22;
 
 #[derive(Clone)]
 pub(super) struct Model {
-    /// Slots of 16 u16: a check word, then 15 counters for a nibble's tree.
-    t: Vec<u16>,
+    /// Slots of 16 bytes: a check byte, then 15 bit histories for a
+    /// nibble's tree.
+    t: Vec<u8>,
+    /// State maps of the hashed contexts.
+    sm: Vec<u32>,
     slot_mask: usize,
     o1: Vec<u16>,
     o0: Vec<u16>,
@@ -218,7 +361,17 @@ pub(super) struct Model {
     nib: usize,
     hashes: [u32; NH],
     slots: [usize; NH],
+    /// The history of each hashed context for the current bit.
+    hist: [u8; NH],
     word: u32,
+    word1: u32,
+    /// Hash of the current line's first token (a header's field name); a
+    /// continuation line (leading white space) keeps the previous one.
+    field: u32,
+    field_done: bool,
+    /// What the line starts with: 0 letter, 1 space, 2 '<' or '>', 3 other.
+    line_class: u8,
+    col: u32,
     pos: u32,
     mptr: u32,
     mlen: u32,
@@ -226,10 +379,20 @@ pub(super) struct Model {
     x: [i32; NI],
     mctx: usize,
     pr_mix: i32,
+    /// Weight set of each mixer and its output.
+    wb: [usize; NM],
+    /// Final mixer: weights, the set in use, its inputs.
+    fw: Vec<i32>,
+    fb: usize,
+    d: [i32; NM],
+    pr_m: [i32; NM],
     a1i: usize,
     a2i: usize,
     a_w: i32,
     pr: i32,
+    /// Rates and switches (see `knob`): state map limit, mixer rate, APM
+    /// shift, run scale, unused, final rate, context mask, match index shift.
+    k: [i32; 8],
 }
 
 fn hash64(a: u32, b: u32) -> u64 {
@@ -253,17 +416,25 @@ fn apm_init(contexts: usize) -> Vec<u16> {
 
 impl Model {
     pub(super) fn new(p: &CmParams) -> Self {
-        let t_len = 1usize << (p.table_log - 1);
+        let t_len = 1usize << p.table_log;
         let buf_len = 1usize << p.match_log;
         let mut m = Self {
             t: vec![0; t_len],
             slot_mask: (t_len >> 4) - 1,
+            sm: (0..NH * 256)
+                .map(|i| states().init[i & 255] << 10)
+                .collect(),
             o1: vec![0; 1 << 16],
             o0: vec![0; 256],
             buf: vec![0; buf_len],
-            mtab: vec![0; buf_len >> 2],
+            mtab: vec![0; buf_len >> knob(7, 2)],
             mm: vec![0; 64],
-            w: vec![20_000; NI * 256],
+            w: vec![20_000; NI * MIXER_SETS],
+            wb: [0; NM],
+            fw: vec![65536 / NM as i32; 256 * NM],
+            fb: 0,
+            d: [0; NM],
+            pr_m: [2048; NM],
             a1: apm_init(256),
             a2: apm_init(1 << A2_LOG),
             c0: 1,
@@ -273,7 +444,13 @@ impl Model {
             nib: 1,
             hashes: [0; NH],
             slots: [0; NH],
+            hist: [0; NH],
             word: 0,
+            word1: 0,
+            field: 0,
+            field_done: false,
+            line_class: 0,
+            col: 0,
             pos: 0,
             mptr: 0,
             mlen: 0,
@@ -284,6 +461,16 @@ impl Model {
             a2i: 0,
             a_w: 0,
             pr: 2048,
+            k: [
+                knob(0, SM_LIMIT),
+                knob(1, MIXER_RATE),
+                knob(2, APM_SHIFT),
+                knob(3, RUN_SCALE),
+                0,
+                knob(5, FINAL_RATE),
+                knob(6, 0x3F),
+                knob(7, 0),
+            ],
         };
         m.byte_contexts();
         m.find_slots();
@@ -293,14 +480,15 @@ impl Model {
 
     pub(super) fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + 2 * (self.t.capacity()
-                + self.o1.capacity()
+            + self.t.capacity()
+            + 4 * self.sm.capacity()
+            + 2 * (self.o1.capacity()
                 + self.o0.capacity()
                 + self.mm.capacity()
                 + self.a1.capacity()
                 + self.a2.capacity())
             + self.buf.capacity()
-            + 4 * (self.mtab.capacity() + self.w.capacity())
+            + 4 * (self.mtab.capacity() + self.w.capacity() + self.fw.capacity())
     }
 
     /// Probability (12 bits) that the next bit is 1.
@@ -317,34 +505,60 @@ impl Model {
         }
     }
 
+    /// Column bucket x the class of the line's first byte x field done.
+    fn line_ctx(&self) -> usize {
+        let col = match self.col {
+            0 => 0,
+            1 => 1,
+            2..=3 => 2,
+            4..=7 => 3,
+            8..=15 => 4,
+            16..=31 => 5,
+            32..=63 => 6,
+            _ => 7,
+        };
+        (col * 4 + self.line_class as usize) * 2 + self.field_done as usize
+    }
+
     fn byte_contexts(&mut self) {
         let c4 = self.c4;
         self.hashes = [
             hash32(c4 & 0xFFFF, 2),
             hash32(c4 & 0xFF_FFFF, 3),
             hash32(c4, 4),
-            hash32(c4, (self.c8 & 0xFFFF) | 6 << 24),
             hash32(self.word, (c4 & 0xFF) | 7 << 24),
+            hash32(
+                self.word ^ self.word1.rotate_left(16),
+                (c4 & 0xFF) | 8 << 24,
+            ),
+            hash32(
+                self.field,
+                (c4 & 0xFFFF) | (self.field_done as u32) << 16 | 10 << 24,
+            ),
         ];
     }
 
     /// Finds (or claims) the slot of each hashed context for this nibble.
     fn find_slots(&mut self) {
         let key = if self.bitpos == 0 { 0 } else { self.c0 };
+        let st = states();
         for i in 0..NH {
+            if self.k[6] >> i & 1 == 0 {
+                continue;
+            }
             let h = hash64(self.hashes[i], key);
-            let chk = (h & 0xFFFF) as u16;
+            let chk = (h & 0xFF) as u8;
             let base = (h >> 32) as usize;
             let mut best = usize::MAX;
-            let mut best_prio = u16::MAX;
+            let mut best_prio = u8::MAX;
             let mut found = None;
-            for j in 0..3 {
+            for j in 0..4 {
                 let s = ((base ^ j) & self.slot_mask) << 4;
                 if self.t[s] == chk {
                     found = Some(s);
                     break;
                 }
-                let prio = self.t[s + 1] & 15;
+                let prio = st.total[self.t[s + 1] as usize];
                 if prio < best_prio {
                     best_prio = prio;
                     best = s;
@@ -354,7 +568,7 @@ impl Model {
                 Some(s) => s,
                 None => {
                     self.t[best] = chk;
-                    self.t[best + 1..best + 16].fill(CTR_INIT);
+                    self.t[best + 1..best + 16].fill(0);
                     best
                 }
             };
@@ -370,12 +584,20 @@ impl Model {
                 st[(v >> 4) as usize] as i32
             }
         };
+        let ss = states();
         for i in 0..NH {
-            self.x[i] = input(self.t[self.slots[i] + self.nib]);
+            if self.k[6] >> i & 1 == 0 {
+                continue;
+            }
+            let h = self.t[self.slots[i] + self.nib];
+            self.hist[i] = h;
+            let p = self.sm[i << 8 | h as usize] >> 20;
+            self.x[2 * i] = st[p as usize] as i32;
+            self.x[2 * i + 1] = (ss.run[h as usize] as i32 * self.k[3]) >> 4;
         }
         let c1 = (self.c4 & 0xFF) as usize;
-        self.x[NH] = input(self.o1[c1 << 8 | self.c0 as usize]);
-        self.x[NH + 1] = input(self.o0[self.c0 as usize]);
+        self.x[XO] = input(self.o1[c1 << 8 | self.c0 as usize]);
+        self.x[XO + 1] = input(self.o0[self.c0 as usize]);
         // Match model: the bit the longest earlier occurrence predicts.
         if self.mlen > 0 {
             let pb = self.buf[self.mptr as usize & (self.buf.len() - 1)] as u32 | 0x100;
@@ -392,20 +614,48 @@ impl Model {
                 (16 + (self.mlen - 16) / 8).min(31)
             };
             self.mctx = (lq as usize) << 1 | bit as usize;
-            self.x[NH + 2] = input(self.mm[self.mctx]);
+            self.x[XO + 2] = input(self.mm[self.mctx]);
             let conf = (lq as i32 * 64).min(2047);
-            self.x[NH + 3] = if bit != 0 { conf } else { -conf };
+            self.x[XO + 3] = if bit != 0 { conf } else { -conf };
         } else {
             self.mctx = 0;
-            self.x[NH + 2] = 0;
-            self.x[NH + 3] = 0;
+            self.x[XO + 2] = 0;
+            self.x[XO + 3] = 0;
         }
-        self.x[NH + 4] = 256;
-        // Mixer, weights chosen by the partial byte.
-        let wb = self.c0 as usize * NI;
+        self.x[XO + 4] = 256;
+        // Two mixers, weights chosen by the partial byte and by how many
+        // hashed contexts were seen before with the match length; their
+        // outputs are averaged in the stretch domain.
+        let hits = self.hist.iter().filter(|&&h| h != 0).count();
+        let mb = match self.mlen {
+            0 => 0,
+            1..=15 => 1,
+            16..=31 => 2,
+            _ => 3,
+        };
+        self.wb = [
+            self.c0 as usize * NI,
+            (256 + (hits * 4 + mb) * 8 + self.bitpos as usize) * NI,
+            (MIXER_SETS - 320 + c1) * NI,
+            (MIXER_SETS - 64 + self.line_ctx()) * NI,
+        ];
+        let mut d = [0i32; NM];
+        for (j, &wb) in self.wb.iter().enumerate() {
+            let w = &self.w[wb..wb + NI];
+            let dot: i64 = w
+                .iter()
+                .zip(&self.x)
+                .map(|(&w, &x)| w as i64 * x as i64)
+                .sum();
+            d[j] = ((dot >> 16) as i32).clamp(-2047, 2047);
+            self.pr_m[j] = squash(d[j]);
+        }
+        // Final mixer over the four, by partial byte.
+        self.fb = self.c0 as usize * NM;
         let mut dot: i64 = 0;
-        for i in 0..NI {
-            dot += self.x[i] as i64 * self.w[wb + i] as i64;
+        self.d = d;
+        for (&d, &w) in d.iter().zip(&self.fw[self.fb..self.fb + NM]) {
+            dot += d as i64 * w as i64;
         }
         let dot = ((dot >> 16) as i32).clamp(-2047, 2047);
         self.pr_mix = squash(dot);
@@ -424,8 +674,14 @@ impl Model {
     }
 
     pub(super) fn update(&mut self, bit: u32) {
+        let ss = states();
         for i in 0..NH {
-            ctr_update(&mut self.t[self.slots[i] + self.nib], bit, LIMIT_HASHED);
+            if self.k[6] >> i & 1 == 0 {
+                continue;
+            }
+            let h = self.hist[i] as usize;
+            sm_update(&mut self.sm[i << 8 | h], bit, self.k[0] as u32);
+            self.t[self.slots[i] + self.nib] = ss.next[h][bit as usize];
         }
         let c1 = (self.c4 & 0xFF) as usize;
         ctr_update(&mut self.o1[c1 << 8 | self.c0 as usize], bit, LIMIT_DIRECT);
@@ -435,15 +691,23 @@ impl Model {
         }
         // Mixer: gradient step on coding cost.
         let err = ((bit as i32) << 12) - self.pr_mix;
-        let wb = self.c0 as usize * NI;
-        for i in 0..NI {
-            self.w[wb + i] = (self.w[wb + i] + ((self.x[i] * err) >> 10)).clamp(-W_MAX, W_MAX);
+        for j in 0..NM {
+            let v = &mut self.fw[self.fb + j];
+            *v = (*v + ((self.d[j] * err * self.k[5]) >> 16)).clamp(-W_MAX, W_MAX);
+        }
+        for j in 0..NM {
+            let e = (((bit as i32) << 12) - self.pr_m[j]) * self.k[1];
+            let wb = self.wb[j];
+            let w = &mut self.w[wb..wb + NI];
+            for (w, &x) in w.iter_mut().zip(&self.x) {
+                *w = (*w + ((x * e) >> 16)).clamp(-W_MAX, W_MAX);
+            }
         }
         // APMs: both neighbouring bins move towards the bit.
         let g = ((bit as i32) << 16) + ((bit as i32) << 7) - bit as i32 - bit as i32;
         for (t, i) in [(&mut self.a1, self.a1i), (&mut self.a2, self.a2i)] {
             for v in &mut t[i..i + 2] {
-                *v = (*v as i32 + ((g - *v as i32) >> 7)) as u16;
+                *v = (*v as i32 + ((g - *v as i32) >> self.k[2])) as u16;
             }
         }
         // Next bit.
@@ -469,14 +733,42 @@ impl Model {
         self.c4 = self.c4 << 8 | byte as u32;
         if byte.is_ascii_alphabetic() {
             self.word = (self.word ^ byte.to_ascii_lowercase() as u32).wrapping_mul(0x2F0F_3D4B);
-        } else {
+        } else if self.word != 0 {
+            self.word1 = self.word;
             self.word = 0;
         }
-        self.byte_contexts();
-        // Match model.
         let mask = self.buf.len() - 1;
         self.buf[self.pos as usize & mask] = byte;
         self.pos = self.pos.wrapping_add(1);
+        // Lines: column, previous line, first token.
+        if byte == b'\n' {
+            self.col = 0;
+        } else {
+            if self.col == 0 {
+                self.line_class = match byte {
+                    b'a'..=b'z' | b'A'..=b'Z' => 0,
+                    b' ' | b'\t' => 1,
+                    b'<' | b'>' => 2,
+                    _ => 3,
+                };
+            }
+            if self.col == 0 && !(byte == b' ' || byte == b'\t') {
+                self.field = 0;
+                self.field_done = false;
+            } else if self.col == 0 {
+                self.field_done = true;
+            }
+            self.col += 1;
+            if !self.field_done {
+                if byte == b':' || byte == b' ' || self.col > 24 {
+                    self.field_done = true;
+                } else {
+                    self.field = (self.field ^ byte as u32).wrapping_mul(0x0100_0193);
+                }
+            }
+        }
+        self.byte_contexts();
+        // Match model.
         if self.mlen > 0 {
             self.mlen = (self.mlen + 1).min(65535);
             self.mptr = self.mptr.wrapping_add(1);
@@ -508,6 +800,19 @@ impl Model {
 
 type Cache = Mutex<HashMap<CmParams, Arc<OnceLock<Arc<Model>>>>>;
 
+/// The part of a priming text a context of `table_log` learns: small tables
+/// hold little of 1 MiB, so they learn the tails of its two halves (ham and
+/// spam in the built-in text), 4 bytes per table byte, at a quarter of the
+/// CPU or less.
+fn priming_part(text: &[u8], table_log: u8) -> Vec<u8> {
+    let n = (1usize << (table_log as u32 + 2).min(40)) / 2;
+    if 2 * n >= text.len() {
+        return text.to_vec();
+    }
+    let mid = text.len() / 2;
+    [&text[mid - n..mid], &text[text.len() - n..]].concat()
+}
+
 /// The model for `p`, primed once per process and shared read-only.
 fn primed(p: &CmParams) -> Result<Arc<Model>, CodecError> {
     p.validate()?;
@@ -523,7 +828,7 @@ fn primed(p: &CmParams) -> Result<Arc<Model>, CodecError> {
         .get_or_init(|| {
             let mut m = Model::new(p);
             if let Some(text) = p.priming.and_then(priming_text) {
-                m.learn(&text);
+                m.learn(&priming_part(&text, p.table_log));
             }
             Arc::new(m)
         })
@@ -1047,4 +1352,74 @@ pub fn model_id(contexts: &[Option<CmParams>]) -> u32 {
         }
     }
     h
+}
+
+#[cfg(test)]
+mod tune {
+    use super::*;
+
+    /// Experiment loop: `CM_TUNE=dir1:dir2 cargo test --release -p straw-core
+    /// cm_tune -- --ignored --nocapture` codes every `*.txt` of each dir in
+    /// name order, per message, in bulk units of `CM_UNIT` bytes (3000),
+    /// with the server→client bulk sizes and the shipped priming.
+    #[test]
+    #[ignore]
+    fn cm_tune() {
+        let Ok(dirs) = std::env::var("CM_TUNE") else {
+            return;
+        };
+        let unit: usize = std::env::var("CM_UNIT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3000);
+        let mut p = crate::codec::CmParams::slow_link(
+            crate::codec::Direction::ServerToClient,
+            crate::codec::Lane::Bulk,
+        );
+        if let Some(v) = std::env::var("CM_TLOG").ok().and_then(|s| s.parse().ok()) {
+            p.table_log = v;
+        }
+        if let Some(v) = std::env::var("CM_MLOG").ok().and_then(|s| s.parse().ok()) {
+            p.match_log = v;
+        }
+        if let Ok(f) = std::env::var("CM_PRIME") {
+            p.priming = Some(register_priming_text(std::fs::read(f).unwrap()));
+        }
+        println!("params {p:?} memory {}", p.memory_bytes());
+        let t0 = std::time::Instant::now();
+        let base = primed(&p).unwrap();
+        println!("prime {:?}", t0.elapsed());
+        let mut total = 0;
+        for dir in dirs.split(':') {
+            let mut names: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+                .collect();
+            names.sort();
+            let mut enc = CmEncoder {
+                slot: Slot {
+                    params: p,
+                    model: Some(Box::new(Model::clone(&base))),
+                },
+            };
+            let (mut raw, mut out) = (0, Vec::new());
+            let t = std::time::Instant::now();
+            for n in &names {
+                let data = std::fs::read(n).unwrap();
+                raw += data.len();
+                for c in data.chunks(unit) {
+                    enc.encode_unit(c, &mut out).unwrap();
+                }
+            }
+            println!(
+                "{dir}: {} files raw {raw} coded {} ({:.3} MB/s)",
+                names.len(),
+                out.len(),
+                raw as f64 / 1e6 / t.elapsed().as_secs_f64()
+            );
+            total += out.len();
+        }
+        println!("TOTAL {total}");
+    }
 }
