@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::CodecError;
 
 /// Bumped whenever the model's arithmetic changes: part of the model id.
-pub const CM_ALGORITHM_VERSION: u32 = 2;
+pub const CM_ALGORITHM_VERSION: u32 = 3;
 
 /// Id of the built-in priming text `dicts/mail-cm-v1.zst`.
 pub const PRIMING_MAIL_V1: u32 = 1;
