@@ -502,6 +502,8 @@ impl Overrides {
     fn config(&self, role: Role) -> SessionConfig {
         let mut c = session_config(role, &SessionOptions::default());
         set_codec(&mut c, role, self.codec);
+        // As `straw server` sends a POP3 service's replies: base64 decoded.
+        c.transform_services = vec![b"pop3".to_vec()];
         let cms = [
             &mut c.codec_params.cm,
             &mut c.bulk_codec_params.cm,
