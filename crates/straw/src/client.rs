@@ -529,7 +529,13 @@ impl AccelFactory {
                     None => Box::new(a),
                 }
             }
-            Protocol::Smtp => Box::new(smtp::ClientAccel::new(&cache)),
+            Protocol::Smtp => {
+                let a = smtp::ClientAccel::new(&cache);
+                match &self.partials {
+                    Some(p) => Box::new(a.with_store(p.clone())),
+                    None => Box::new(a),
+                }
+            }
             Protocol::Imap => Box::new(imap::ClientAccel::new(&cache)),
             Protocol::Http => Box::new(http::ClientAccel::new(http::HttpPolicy {
                 blocked_hosts: self.cfg.http.blocked_hosts.clone(),

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use straw_core::session::{Role, Session};
 use straw_core::wire::{Hello, PROTOCOL_VERSION, RESUME_ID_LEN, Resume};
+use straw_proto::partial::SharedStore;
 use straw_proto::passthrough::Passthrough;
 use straw_proto::{Accelerator, http, imap, pop3, smtp};
 use tokio::net::{TcpListener, TcpStream};
@@ -60,6 +61,14 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
 /// Accept loop; each tunnel runs in its own task.
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> Result<()> {
     let sessions = Sessions::default();
+    // Outlives sessions: a resumed send usually comes on a new one.
+    let r = &state.cfg.smtp_resume;
+    let relay: Option<SharedStore> = r.enabled.then(|| {
+        Arc::new(crate::relay_store::RelayStore::new(
+            r.max_bytes as usize,
+            Duration::from_secs(r.ttl_secs),
+        )) as SharedStore
+    });
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -72,8 +81,9 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> Result<()>
         };
         let state = state.clone();
         let sessions = sessions.clone();
+        let relay = relay.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(sock, peer, state, sessions).await {
+            if let Err(e) = handle(sock, peer, state, sessions, relay).await {
                 warn!("tunnel from {peer}: {e:#}");
             }
         });
@@ -282,6 +292,7 @@ async fn handle(
     peer: SocketAddr,
     state: Arc<ServerState>,
     sessions: Sessions,
+    relay: Option<SharedStore>,
 ) -> Result<()> {
     let cfg = &state.cfg;
     if let Err(e) = tcp::configure_tunnel(&sock, &cfg.tcp) {
@@ -353,6 +364,7 @@ async fn handle(
                 services: cfg.services.clone(),
                 tcp: cfg.tcp.clone(),
                 http: cfg.http.clone(),
+                smtp_store: relay.map(|r| (r, keys::encode_key(&client_key))),
             });
             let stats = Arc::new(TunnelStats::default());
             let mut tunnel = Tunnel::new(transport, session, Some(dialer), stats, label.clone());
@@ -407,6 +419,8 @@ pub struct ServiceDialer {
     pub services: BTreeMap<String, ServerService>,
     pub tcp: TcpOptions,
     pub http: ServerHttp,
+    /// SMTP resume store, and the client's identity to key it by.
+    pub smtp_store: Option<(SharedStore, String)>,
 }
 
 impl ServiceDialer {
@@ -430,6 +444,7 @@ impl Dialer for ServiceDialer {
         let service = service.to_owned();
         let tcp_opts = self.tcp.clone();
         let policy = self.http_policy();
+        let smtp_store = self.smtp_store.clone();
         Box::pin(async move {
             let svc = svc.ok_or_else(|| anyhow!("service {service:?} is not configured"))?;
             let upstream = match svc.protocol {
@@ -451,7 +466,10 @@ impl Dialer for ServiceDialer {
             let accel: Box<dyn Accelerator> = match svc.protocol {
                 Protocol::Tcp => Box::new(Passthrough::default()),
                 Protocol::Pop3 => Box::new(pop3::ServerAccel::new()),
-                Protocol::Smtp => Box::new(smtp::ServerAccel::new()),
+                Protocol::Smtp => Box::new(match smtp_store {
+                    Some((store, client)) => smtp::ServerAccel::new().with_store(store, &client),
+                    None => smtp::ServerAccel::new(),
+                }),
                 Protocol::Imap => Box::new(imap::ServerAccel::new(Default::default())),
                 Protocol::Http => Box::new(http::ServerAccel::new(policy)),
             };
