@@ -36,6 +36,18 @@ pub struct ServerState {
 }
 
 pub async fn run(cfg: ServerConfig) -> Result<()> {
+    let r = &cfg.smtp_resume;
+    let relay: Option<SharedStore> = r.enabled.then(|| {
+        Arc::new(crate::relay_store::RelayStore::new(
+            r.max_bytes as usize,
+            Duration::from_secs(r.ttl_secs),
+        )) as SharedStore
+    });
+    run_with_relay(cfg, relay).await
+}
+
+/// As [`run`], with the SMTP resume store given (tests look into it).
+pub async fn run_with_relay(cfg: ServerConfig, relay: Option<SharedStore>) -> Result<()> {
     crate::client::warm_up_codec(Role::Server, &cfg.session);
     let keypair = keys::load_private(&cfg.private_key)?;
     let authorized = AuthorizedKeys::load(&cfg.authorized_keys)?;
@@ -47,28 +59,31 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         authorized.len(),
         cfg.services.keys().cloned().collect::<Vec<_>>().join(", ")
     );
-    serve(
+    serve_with_relay(
         listener,
         Arc::new(ServerState {
             cfg,
             keypair,
             authorized,
         }),
+        relay,
     )
     .await
 }
 
 /// Accept loop; each tunnel runs in its own task.
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> Result<()> {
+    serve_with_relay(listener, state, None).await
+}
+
+/// As [`serve`], with the SMTP resume store, which outlives sessions (a
+/// resumed send usually comes on a new one).
+pub async fn serve_with_relay(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    relay: Option<SharedStore>,
+) -> Result<()> {
     let sessions = Sessions::default();
-    // Outlives sessions: a resumed send usually comes on a new one.
-    let r = &state.cfg.smtp_resume;
-    let relay: Option<SharedStore> = r.enabled.then(|| {
-        Arc::new(crate::relay_store::RelayStore::new(
-            r.max_bytes as usize,
-            Duration::from_secs(r.ttl_secs),
-        )) as SharedStore
-    });
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,

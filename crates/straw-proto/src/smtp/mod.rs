@@ -758,7 +758,13 @@ impl Accelerator for ClientAccel {
     fn from_tunnel(&mut self, mut data: &[u8], out: &mut Output) {
         while !data.is_empty() && !self.failed {
             if self.expect.is_empty() {
-                return self.fail(out, "SMTP reply with no command outstanding".into());
+                return self.fail(
+                    out,
+                    format!(
+                        "SMTP reply with no command outstanding: {:?}",
+                        String::from_utf8_lossy(&data[..data.len().min(200)])
+                    ),
+                );
             }
             let (n, reply) = match self.reader.feed(data) {
                 Ok(r) => r,
@@ -886,6 +892,10 @@ impl ServerAccel {
             return false;
         }
         let k = self.kept.take().expect("checked");
+        out.notes.push(format!(
+            "SMTP body complete ({} bytes): DATA to the real server",
+            k.buf.len()
+        ));
         out.to_local.extend_from_slice(b"DATA\r\n");
         self.inflight = Some(Await::KeptData);
         self.sending = Some((k.buf, k.id));
@@ -941,6 +951,9 @@ impl ServerAccel {
                     if sc.scan(&p).is_some() {
                         self.fail(out, "SMTP resume: held body is already complete".into());
                     } else {
+                        out.notes.push(format!(
+                            "SMTP DATA resumed: {n} bytes held, the rest follows"
+                        ));
                         self.kept = Some(Kept {
                             sc,
                             buf: p,
@@ -948,7 +961,10 @@ impl ServerAccel {
                         });
                     }
                 }
-                _ => self.fail(out, format!("{} without a matching offer", resume::REST_VERB)),
+                _ => self.fail(
+                    out,
+                    format!("{} without a matching offer", resume::REST_VERB),
+                ),
             },
             resume::DONE_VERB => match self.offered.take() {
                 Some(Offered::Done(reply)) => {
@@ -961,7 +977,10 @@ impl ServerAccel {
                     out.to_local.extend_from_slice(b"RSET\r\n");
                     self.inflight = Some(Await::Swallow);
                 }
-                _ => self.fail(out, format!("{} without a matching offer", resume::DONE_VERB)),
+                _ => self.fail(
+                    out,
+                    format!("{} without a matching offer", resume::DONE_VERB),
+                ),
             },
             _ => return false,
         }
@@ -1079,7 +1098,8 @@ impl Accelerator for ServerAccel {
                 }
                 Some(Await::KeptData) => self.sending = None,
                 Some(Await::KeptEod) => {
-                    if let (Some((body, Some(id))), Some(store)) = (self.sending.take(), &self.store)
+                    if let (Some((body, Some(id))), Some(store)) =
+                        (self.sending.take(), &self.store)
                         && c / 100 == 2
                     {
                         store.put(

@@ -741,12 +741,7 @@ impl Stores {
     }
 
     fn rig(&self, real: FakeSmtpd) -> Rig {
-        Rig::with_stores(
-            &warm(),
-            real,
-            Some(self.c.clone()),
-            Some(self.s.clone()),
-        )
+        Rig::with_stores(&warm(), real, Some(self.c.clone()), Some(self.s.clone()))
     }
 }
 
@@ -803,7 +798,16 @@ fn smtp_resume_sends_only_the_rest_and_delivers_once() {
 #[test]
 fn smtp_resume_under_any_split_is_exact() {
     let body = long_body(6_000, 2);
-    for cut in [0, 10, 1023, 1024, 1025, 3000, body.len() - 3, body.len() - 1] {
+    for cut in [
+        0,
+        10,
+        1023,
+        1024,
+        1025,
+        3000,
+        body.len() - 3,
+        body.len() - 1,
+    ] {
         let st = Stores::new();
         cut_send(&st, &body, cut);
         let mut rig = st.rig(FakeSmtpd::new());
