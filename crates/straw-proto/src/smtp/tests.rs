@@ -716,7 +716,7 @@ fn long_body(len: usize, seed: u8) -> Vec<u8> {
     let mut i = 0usize;
     while b.len() < len {
         b.extend(format!("line {i} of message {seed}: the quick brown fox\r\n").as_bytes());
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             b.extend_from_slice(b"..a stuffed dot line\r\n");
         }
         i += 1;
