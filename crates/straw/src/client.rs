@@ -532,7 +532,13 @@ impl AccelFactory {
                     None => Box::new(a),
                 }
             }
-            Protocol::Smtp => Box::new(smtp::ClientAccel::new(&cache)),
+            Protocol::Smtp => {
+                let a = smtp::ClientAccel::new(&cache);
+                match &self.partials {
+                    Some(p) => Box::new(a.with_store(p.clone())),
+                    None => Box::new(a),
+                }
+            }
             Protocol::Imap => {
                 let a = imap::ClientAccel::new(&cache);
                 match &self.partials {

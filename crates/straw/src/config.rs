@@ -132,6 +132,30 @@ pub struct ServerConfig {
     pub tcp: TcpOptions,
     #[serde(default)]
     pub session: SessionOptions,
+    #[serde(default)]
+    pub smtp_resume: ServerSmtpResume,
+}
+
+/// Server `[smtp_resume]`: SMTP bodies are kept (in memory) until complete,
+/// so a cut-off send resumes and a confirmed one is never delivered twice.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSmtpResume {
+    pub enabled: bool,
+    /// Bound on the bytes kept over all clients; oldest written go first.
+    pub max_bytes: u64,
+    /// How long a partial body or a delivered-message record is kept.
+    pub ttl_secs: u64,
+}
+
+impl Default for ServerSmtpResume {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_bytes: 256 * 1024 * 1024,
+            ttl_secs: 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

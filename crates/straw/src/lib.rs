@@ -12,6 +12,7 @@ pub mod config;
 pub mod link;
 pub mod linksim;
 pub mod partial;
+pub mod relay_store;
 pub mod server;
 pub mod tunnel;
 pub mod upstream;

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use straw_core::session::{Role, Session};
 use straw_core::wire::{Hello, PROTOCOL_VERSION, RESUME_ID_LEN, Resume};
+use straw_proto::partial::SharedStore;
 use straw_proto::passthrough::Passthrough;
 use straw_proto::{Accelerator, http, imap, pop3, smtp};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +36,18 @@ pub struct ServerState {
 }
 
 pub async fn run(cfg: ServerConfig) -> Result<()> {
+    let r = &cfg.smtp_resume;
+    let relay: Option<SharedStore> = r.enabled.then(|| {
+        Arc::new(crate::relay_store::RelayStore::new(
+            r.max_bytes as usize,
+            Duration::from_secs(r.ttl_secs),
+        )) as SharedStore
+    });
+    run_with_relay(cfg, relay).await
+}
+
+/// As [`run`], with the SMTP resume store given (tests look into it).
+pub async fn run_with_relay(cfg: ServerConfig, relay: Option<SharedStore>) -> Result<()> {
     crate::client::warm_up_codec(Role::Server, &cfg.session);
     let keypair = keys::load_private(&cfg.private_key)?;
     let authorized = AuthorizedKeys::load(&cfg.authorized_keys)?;
@@ -46,19 +59,30 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         authorized.len(),
         cfg.services.keys().cloned().collect::<Vec<_>>().join(", ")
     );
-    serve(
+    serve_with_relay(
         listener,
         Arc::new(ServerState {
             cfg,
             keypair,
             authorized,
         }),
+        relay,
     )
     .await
 }
 
 /// Accept loop; each tunnel runs in its own task.
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> Result<()> {
+    serve_with_relay(listener, state, None).await
+}
+
+/// As [`serve`], with the SMTP resume store, which outlives sessions (a
+/// resumed send usually comes on a new one).
+pub async fn serve_with_relay(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    relay: Option<SharedStore>,
+) -> Result<()> {
     let sessions = Sessions::default();
     loop {
         let (sock, peer) = match listener.accept().await {
@@ -72,8 +96,9 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> Result<()>
         };
         let state = state.clone();
         let sessions = sessions.clone();
+        let relay = relay.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(sock, peer, state, sessions).await {
+            if let Err(e) = handle(sock, peer, state, sessions, relay).await {
                 warn!("tunnel from {peer}: {e:#}");
             }
         });
@@ -282,6 +307,7 @@ async fn handle(
     peer: SocketAddr,
     state: Arc<ServerState>,
     sessions: Sessions,
+    relay: Option<SharedStore>,
 ) -> Result<()> {
     let cfg = &state.cfg;
     if let Err(e) = tcp::configure_tunnel(&sock, &cfg.tcp) {
@@ -353,6 +379,7 @@ async fn handle(
                 services: cfg.services.clone(),
                 tcp: cfg.tcp.clone(),
                 http: cfg.http.clone(),
+                smtp_store: relay.map(|r| (r, keys::encode_key(&client_key))),
             });
             let stats = Arc::new(TunnelStats::default());
             let mut tunnel = Tunnel::new(transport, session, Some(dialer), stats, label.clone());
@@ -407,6 +434,8 @@ pub struct ServiceDialer {
     pub services: BTreeMap<String, ServerService>,
     pub tcp: TcpOptions,
     pub http: ServerHttp,
+    /// SMTP resume store, and the client's identity to key it by.
+    pub smtp_store: Option<(SharedStore, String)>,
 }
 
 impl ServiceDialer {
@@ -430,6 +459,7 @@ impl Dialer for ServiceDialer {
         let service = service.to_owned();
         let tcp_opts = self.tcp.clone();
         let policy = self.http_policy();
+        let smtp_store = self.smtp_store.clone();
         Box::pin(async move {
             let svc = svc.ok_or_else(|| anyhow!("service {service:?} is not configured"))?;
             let upstream = match svc.protocol {
@@ -451,7 +481,10 @@ impl Dialer for ServiceDialer {
             let accel: Box<dyn Accelerator> = match svc.protocol {
                 Protocol::Tcp => Box::new(Passthrough::default()),
                 Protocol::Pop3 => Box::new(pop3::ServerAccel::new()),
-                Protocol::Smtp => Box::new(smtp::ServerAccel::new()),
+                Protocol::Smtp => Box::new(match smtp_store {
+                    Some((store, client)) => smtp::ServerAccel::new().with_store(store, &client),
+                    None => smtp::ServerAccel::new(),
+                }),
                 Protocol::Imap => Box::new(imap::ServerAccel::new(Default::default())),
                 Protocol::Http => Box::new(http::ServerAccel::new(policy)),
             };

@@ -914,6 +914,17 @@ impl PumpCtx {
         out.clear();
         let mut guard = self.accel.lock().expect("accelerator lock");
         f(guard.as_mut(), out);
+        // Queued before the lock goes: the other pump's output must not
+        // overtake it (e.g. a body chunk read meanwhile passing the line the
+        // accelerator released from `from_tunnel`).
+        if out.fail.is_none() && (!out.to_tunnel.is_empty() || out.flush) {
+            let _ = self.tx.send(PumpMsg::Data {
+                stream: self.stream,
+                bytes: std::mem::take(&mut out.to_tunnel),
+                flush: std::mem::take(&mut out.flush),
+                bulk: out.bulk,
+            });
+        }
     }
 
     /// Routes an accelerator's output: bytes for the peer go to the tunnel

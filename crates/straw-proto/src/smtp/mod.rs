@@ -13,10 +13,14 @@
 //! swallows the body and the client shows the refusal as the end-of-data
 //! reply. A failed `MAIL` shows as the reply to each `RCPT` after it.
 
+pub mod resume;
 #[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
+
+use crate::partial::{SharedStore, prefix_hash};
+use resume::Answer;
 
 use crate::pop3::text::{DotScanner, MAX_LINE, take_line, trim_end, verb};
 use crate::{AccelStats, Accelerator, Cache, Output};
@@ -174,6 +178,25 @@ enum Disp {
         resets: bool,
     },
     Swallow,
+    /// The server side's answer to `XSTRAW-RESUME`.
+    Resume,
+}
+
+/// The start of a body held back while resume is decided.
+#[derive(Debug, Default)]
+struct Hold {
+    buf: Vec<u8>,
+    /// `buf` ends with the terminator.
+    complete: bool,
+    id: Option<String>,
+    /// What the server side holds, once known.
+    answer: Option<Answer>,
+}
+
+enum Send {
+    Full,
+    Rest(usize),
+    Done,
 }
 
 #[derive(Debug)]
@@ -200,6 +223,15 @@ pub struct ClientAccel {
     body_len: usize,
     /// Transaction counter (MAIL/RSET/HELO/EHLO start a new one).
     txn: u64,
+    /// Message resume (see [`resume`]): marks of unconfirmed messages.
+    store: Option<SharedStore>,
+    /// This transaction's MAIL and RCPT lines, as sent.
+    envelope: Vec<u8>,
+    /// The start of a body held back until it is known whether the server
+    /// side has some of it.
+    hold: Option<Hold>,
+    /// The mark of the message whose end-of-data reply is outstanding.
+    mark: Option<String>,
     rcpt_ok_txn: Option<u64>,
     /// The real reply to a locally accepted MAIL, if it was a refusal.
     mail_err: Option<Vec<u8>>,
@@ -232,6 +264,10 @@ impl ClientAccel {
             body: None,
             body_len: 0,
             txn: 0,
+            store: None,
+            envelope: Vec::new(),
+            hold: None,
+            mark: None,
             rcpt_ok_txn: None,
             mail_err: None,
             data_err: None,
@@ -239,6 +275,12 @@ impl ClientAccel {
             quit_answered: false,
             stats: AccelStats::default(),
         }
+    }
+
+    /// Resumes cut-off messages with marks kept in `store` (see [`resume`]).
+    pub fn with_store(mut self, store: SharedStore) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Call once when the program connects: serves the cached greeting, or
@@ -336,12 +378,26 @@ impl ClientAccel {
         while !self.blocked && !self.failed {
             if let Some(sc) = &mut self.body {
                 // The body passes as is (dot-stuffing included).
-                let end = sc.scan(&self.inbuf);
-                let n = end.unwrap_or(self.inbuf.len());
-                out.to_tunnel.extend(self.inbuf.drain(..n));
+                let (n, end) = match &self.hold {
+                    Some(h) if h.complete => (0, true),
+                    _ => {
+                        let end = sc.scan(&self.inbuf);
+                        (end.unwrap_or(self.inbuf.len()), end.is_some())
+                    }
+                };
+                match &mut self.hold {
+                    Some(h) => {
+                        h.buf.extend(self.inbuf.drain(..n));
+                        h.complete = end;
+                        if !self.release(out) {
+                            return;
+                        }
+                    }
+                    None => out.to_tunnel.extend(self.inbuf.drain(..n)),
+                }
                 self.body_len += n;
                 out.bulk |= self.body_len > BULK_AFTER;
-                if end.is_none() {
+                if !end {
                     return;
                 }
                 self.body = None;
@@ -366,6 +422,103 @@ impl ClientAccel {
         }
     }
 
+    /// Sends the held start of a body once it is known how: returns false
+    /// while that still waits for body bytes or the server side's answer.
+    fn release(&mut self, out: &mut Output) -> bool {
+        let Some(h) = &mut self.hold else {
+            return true;
+        };
+        let id = match &h.id {
+            Some(id) => id.clone(),
+            None => {
+                if h.buf.len() < resume::ID_PREFIX && !h.complete {
+                    return false;
+                }
+                let id = resume::message_id(&self.envelope, &h.buf);
+                h.id = Some(id.clone());
+                let marked = self
+                    .store
+                    .as_ref()
+                    .is_some_and(|s| s.get(&resume::mark_key(&id)).is_some());
+                if marked {
+                    out.to_tunnel.extend(resume::request(&id));
+                    out.flush = true;
+                    self.expect.push_back(Disp::Resume);
+                } else {
+                    h.answer = Some(Answer::Nothing);
+                }
+                id
+            }
+        };
+        let send = match &h.answer {
+            None => return false,
+            Some(Answer::Nothing) => Send::Full,
+            Some(Answer::Partial(len, hash)) => {
+                if h.buf.len() <= *len && !h.complete {
+                    return false;
+                }
+                if h.buf.len() > *len && prefix_hash(&h.buf[..*len]) == *hash {
+                    Send::Rest(*len)
+                } else {
+                    Send::Full
+                }
+            }
+            Some(Answer::Done(len, hash)) => {
+                if !h.complete {
+                    return false;
+                }
+                if h.buf.len() == *len && prefix_hash(&h.buf) == *hash {
+                    Send::Done
+                } else {
+                    Send::Full
+                }
+            }
+        };
+        let h = self.hold.take().expect("checked");
+        let offered = h.answer != Some(Answer::Nothing);
+        match send {
+            Send::Full => {
+                if offered {
+                    out.notes.push(format!(
+                        "SMTP resume: the message differs from what the server side holds ({:?}); sending it whole",
+                        h.answer
+                    ));
+                }
+                out.to_tunnel.extend_from_slice(SYNTH_DATA);
+                out.to_tunnel.extend_from_slice(&h.buf);
+                self.expect.push_back(Disp::SynthData);
+            }
+            Send::Rest(len) => {
+                out.notes.push(format!(
+                    "SMTP DATA resumed: {len} bytes the server side holds not sent again"
+                ));
+                out.to_tunnel.extend(resume::rest_line(len));
+                out.to_tunnel.extend_from_slice(&h.buf[len..]);
+                self.expect.push_back(Disp::SynthData);
+            }
+            Send::Done => {
+                out.notes.push(
+                    "SMTP resume: this message was delivered before; showing its recorded reply"
+                        .into(),
+                );
+                out.to_tunnel.extend(resume::done_line());
+                out.flush = true;
+            }
+        }
+        if let Some(s) = &self.store {
+            s.put(&resume::mark_key(&id), b"");
+        }
+        self.mark = Some(id);
+        true
+    }
+
+    /// The message's outcome reached the program: no more to resume.
+    fn unmark(&mut self) {
+        if let (Some(id), Some(s)) = (self.mark.take(), &self.store) {
+            s.remove(&resume::mark_key(&id));
+        }
+    }
+
     fn command(&mut self, line: Vec<u8>, out: &mut Output) {
         if std::mem::take(&mut self.sasl_next) {
             self.forward(&line, out, |id| Disp::Auth { id });
@@ -376,6 +529,7 @@ impl ClientAccel {
         match v.as_str() {
             "EHLO" => {
                 self.txn += 1;
+                self.envelope.clear();
                 out.to_tunnel.extend_from_slice(&line);
                 match self.ehlo.clone() {
                     Some(e) => {
@@ -397,24 +551,32 @@ impl ClientAccel {
             }
             "HELO" | "RSET" => {
                 self.txn += 1;
+                self.envelope.clear();
                 self.forward(&line, out, |id| Disp::Deliver { id, resets: true });
             }
             "MAIL" => {
                 // Commits nothing; its real reply is checked, and a refusal
                 // shows at RCPT. Not flushed: it rides with the RCPT.
                 self.txn += 1;
+                self.envelope = line.clone();
                 out.to_tunnel.extend_from_slice(&line);
                 self.owe_local(MAIL_OK.to_vec());
                 self.expect.push_back(Disp::Mail);
             }
             "RCPT" => {
+                self.envelope.extend_from_slice(&line);
                 let txn = self.txn;
                 self.forward(&line, out, |id| Disp::Rcpt { id, txn });
             }
             "DATA" if self.rcpt_ok_txn == Some(self.txn) => {
-                out.to_tunnel.extend_from_slice(SYNTH_DATA);
                 self.owe_local(DATA_GO.to_vec());
-                self.expect.push_back(Disp::SynthData);
+                if self.store.is_some() {
+                    // Sent once it is known whether to resume (`release`).
+                    self.hold = Some(Hold::default());
+                } else {
+                    out.to_tunnel.extend_from_slice(SYNTH_DATA);
+                    self.expect.push_back(Disp::SynthData);
+                }
                 self.body = Some(DotScanner::at_line_start());
             }
             "DATA" => {
@@ -520,6 +682,7 @@ impl ClientAccel {
             }
             Disp::SynthData => {
                 if c != 354 {
+                    self.unmark();
                     // The body was (or will be) swallowed by the server side.
                     if let Some(Disp::Eod { .. }) = self.expect.front() {
                         if let Some(Disp::Eod { id }) = self.expect.pop_front() {
@@ -542,7 +705,15 @@ impl ClientAccel {
                 self.sasl_next = c == 334;
                 self.deliver(id, reply);
             }
-            Disp::Eod { id } => self.deliver(id, reply),
+            Disp::Eod { id } => {
+                self.unmark();
+                self.deliver(id, reply)
+            }
+            Disp::Resume => {
+                if let Some(h) = &mut self.hold {
+                    h.answer = Some(resume::parse_answer(&reply));
+                }
+            }
             Disp::Deliver { id, resets } => {
                 if resets {
                     self.mail_err = None;
@@ -587,7 +758,13 @@ impl Accelerator for ClientAccel {
     fn from_tunnel(&mut self, mut data: &[u8], out: &mut Output) {
         while !data.is_empty() && !self.failed {
             if self.expect.is_empty() {
-                return self.fail(out, "SMTP reply with no command outstanding".into());
+                return self.fail(
+                    out,
+                    format!(
+                        "SMTP reply with no command outstanding: {:?}",
+                        String::from_utf8_lossy(&data[..data.len().min(200)])
+                    ),
+                );
             }
             let (n, reply) = match self.reader.feed(data) {
                 Ok(r) => r,
@@ -617,6 +794,27 @@ enum Await {
     PlainData,
     Auth,
     Eod,
+    /// `DATA` for a kept body: on 354 the body goes.
+    KeptData,
+    KeptEod,
+    /// A command of the server side's own: the reply is not forwarded.
+    Swallow,
+}
+
+/// A body being kept before it goes to the real server.
+#[derive(Debug)]
+struct Kept {
+    sc: DotScanner,
+    buf: Vec<u8>,
+    id: Option<String>,
+}
+
+/// What the server side offered in answer to `XSTRAW-RESUME`.
+#[derive(Debug)]
+enum Offered {
+    Partial(String, Vec<u8>),
+    /// The recorded end-of-data reply.
+    Done(Vec<u8>),
 }
 
 /// Server side: next to the real SMTP server; runs the dialogue in lockstep
@@ -631,11 +829,162 @@ pub struct ServerAccel {
     body: Option<(DotScanner, bool)>,
     sasl_next: bool,
     failed: bool,
+    /// Message resume: partial bodies and delivered-message records,
+    /// keyed under `client` (see [`resume`]).
+    store: Option<SharedStore>,
+    client: String,
+    envelope: Vec<u8>,
+    kept: Option<Kept>,
+    /// A whole kept body on its way to the real server, and its id.
+    sending: Option<(Vec<u8>, Option<String>)>,
+    offered: Option<Offered>,
 }
 
 impl ServerAccel {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps bodies in `store` (under `client`, the tunnel's client
+    /// identity) and sends them to the real server only once complete, so
+    /// that a cut-off send can be resumed and a confirmed one is never
+    /// delivered again (see [`resume`]).
+    pub fn with_store(mut self, store: SharedStore, client: &str) -> Self {
+        self.store = Some(store);
+        self.client = client.to_owned();
+        self
+    }
+
+    fn part_key(&self, id: &str) -> String {
+        resume::part_key(&self.client, id)
+    }
+
+    /// Takes body bytes into the kept body; true once it is complete and
+    /// `DATA` went to the real server.
+    fn keep(&mut self, out: &mut Output) -> bool {
+        let Some(k) = &mut self.kept else {
+            return false;
+        };
+        let end = k.sc.scan(&self.inbuf);
+        let n = end.unwrap_or(self.inbuf.len());
+        let from = k.buf.len();
+        k.buf.extend(self.inbuf.drain(..n));
+        let store = self.store.as_ref().expect("kept bodies only with a store");
+        match &k.id {
+            Some(id) => {
+                let key = resume::part_key(&self.client, id);
+                if end.is_some() {
+                    store.remove(&key);
+                } else {
+                    store.append(&key, &k.buf[from..]);
+                }
+            }
+            None if end.is_some() || k.buf.len() >= resume::ID_PREFIX => {
+                let id = resume::message_id(&self.envelope, &k.buf);
+                if end.is_none() {
+                    store.put(&resume::part_key(&self.client, &id), &k.buf);
+                }
+                k.id = Some(id);
+            }
+            None => {}
+        }
+        if end.is_none() {
+            return false;
+        }
+        let k = self.kept.take().expect("checked");
+        out.notes.push(format!(
+            "SMTP body complete ({} bytes): DATA to the real server",
+            k.buf.len()
+        ));
+        out.to_local.extend_from_slice(b"DATA\r\n");
+        self.inflight = Some(Await::KeptData);
+        self.sending = Some((k.buf, k.id));
+        true
+    }
+
+    /// The resume lines (see [`resume`]); false if `line` is none of them.
+    fn resume_command(&mut self, line: &[u8], out: &mut Output) -> bool {
+        let Some(store) = self.store.clone() else {
+            return false;
+        };
+        if line == SYNTH_DATA {
+            self.offered = None;
+            self.kept = Some(Kept {
+                sc: DotScanner::at_line_start(),
+                buf: Vec::new(),
+                id: None,
+            });
+            return true;
+        }
+        let (v, _) = verb(line);
+        match v.as_str() {
+            resume::RESUME_VERB => {
+                let id = resume::parse_request(line);
+                let done = id.as_ref().and_then(|id| {
+                    store
+                        .get(&resume::done_key(&self.client, id))
+                        .and_then(|r| resume::parse_done_record(&r))
+                });
+                let part = id
+                    .as_ref()
+                    .and_then(|id| store.get(&self.part_key(id)))
+                    .filter(|p| !p.is_empty());
+                let answer = match (id, done, part) {
+                    (Some(_), Some((len, hash, reply)), _) => {
+                        self.offered = Some(Offered::Done(reply));
+                        Answer::Done(len, hash)
+                    }
+                    (Some(id), None, Some(p)) => {
+                        let a = Answer::Partial(p.len(), prefix_hash(&p));
+                        self.offered = Some(Offered::Partial(id, p));
+                        a
+                    }
+                    _ => Answer::Nothing,
+                };
+                out.notes.push(format!("SMTP resume asked: {answer:?}"));
+                out.to_tunnel.extend(resume::answer_line(&answer));
+                out.flush = true;
+            }
+            resume::REST_VERB => match (resume::parse_rest(line), self.offered.take()) {
+                (Some(n), Some(Offered::Partial(id, p))) if n == p.len() => {
+                    let mut sc = DotScanner::at_line_start();
+                    if sc.scan(&p).is_some() {
+                        self.fail(out, "SMTP resume: held body is already complete".into());
+                    } else {
+                        out.notes.push(format!(
+                            "SMTP DATA resumed: {n} bytes held, the rest follows"
+                        ));
+                        self.kept = Some(Kept {
+                            sc,
+                            buf: p,
+                            id: Some(id),
+                        });
+                    }
+                }
+                _ => self.fail(
+                    out,
+                    format!("{} without a matching offer", resume::REST_VERB),
+                ),
+            },
+            resume::DONE_VERB => match self.offered.take() {
+                Some(Offered::Done(reply)) => {
+                    // Delivered before: its reply again, and the real
+                    // server's open transaction dropped.
+                    out.notes
+                        .push("SMTP resume: message delivered before; not sent again".into());
+                    out.to_tunnel.extend_from_slice(&reply);
+                    out.flush = true;
+                    out.to_local.extend_from_slice(b"RSET\r\n");
+                    self.inflight = Some(Await::Swallow);
+                }
+                _ => self.fail(
+                    out,
+                    format!("{} without a matching offer", resume::DONE_VERB),
+                ),
+            },
+            _ => return false,
+        }
+        true
     }
 
     /// Call once when the real server is connected (its greeting comes by itself).
@@ -650,6 +999,12 @@ impl ServerAccel {
 
     fn step(&mut self, out: &mut Output) {
         while self.greeted && self.inflight.is_none() && !self.failed {
+            if self.kept.is_some() {
+                if self.keep(out) {
+                    continue;
+                }
+                return;
+            }
             if let Some((sc, pass)) = &mut self.body {
                 let end = sc.scan(&self.inbuf);
                 let n = end.unwrap_or(self.inbuf.len());
@@ -679,6 +1034,15 @@ impl ServerAccel {
                 continue;
             }
             let (v, _) = verb(&line);
+            match v.as_str() {
+                "MAIL" => self.envelope = line.clone(),
+                "RCPT" => self.envelope.extend_from_slice(&line),
+                "RSET" | "HELO" | "EHLO" => self.envelope.clear(),
+                _ => {}
+            }
+            if self.resume_command(&line, out) {
+                continue;
+            }
             let wait = if line == SYNTH_DATA {
                 out.to_local.extend_from_slice(b"DATA\r\n");
                 Await::SynthData
@@ -719,10 +1083,31 @@ impl Accelerator for ServerAccel {
             data = &data[n..];
             let Some(r) = reply else { continue };
             let c = code(&r);
-            out.to_tunnel.extend_from_slice(&r);
-            out.flush = true;
-            match std::mem::take(&mut self.inflight) {
+            let inflight = std::mem::take(&mut self.inflight);
+            if inflight != Some(Await::Swallow) {
+                out.to_tunnel.extend_from_slice(&r);
+                out.flush = true;
+            }
+            match inflight {
                 None => self.greeted = true,
+                Some(Await::KeptData) if c == 354 => {
+                    if let Some((body, _)) = &self.sending {
+                        out.to_local.extend_from_slice(body);
+                    }
+                    self.inflight = Some(Await::KeptEod);
+                }
+                Some(Await::KeptData) => self.sending = None,
+                Some(Await::KeptEod) => {
+                    if let (Some((body, Some(id))), Some(store)) =
+                        (self.sending.take(), &self.store)
+                        && c / 100 == 2
+                    {
+                        store.put(
+                            &resume::done_key(&self.client, &id),
+                            &resume::done_record(&body, &r),
+                        );
+                    }
+                }
                 // A refused DATA whose 354 the program already has: swallow the body.
                 Some(Await::SynthData) => self.body = Some((DotScanner::at_line_start(), c == 354)),
                 Some(Await::PlainData) if c == 354 => {

@@ -149,18 +149,41 @@ struct Rig {
     fails: Vec<String>,
     puts: Vec<(String, Vec<u8>)>,
     client_bulk: bool,
+    /// Bytes the client side sent into the stream.
+    c2s_bytes: usize,
+    /// The server side's bytes are lost on the way (a cut link).
+    deaf: bool,
 }
 
 impl Rig {
     fn new(cache: &Cache, real: FakeSmtpd) -> Self {
+        Self::with_stores(cache, real, None, None)
+    }
+
+    fn with_stores(
+        cache: &Cache,
+        real: FakeSmtpd,
+        cs: Option<SharedStore>,
+        ss: Option<SharedStore>,
+    ) -> Self {
+        let mut c = ClientAccel::new(cache);
+        if let Some(st) = cs {
+            c = c.with_store(st);
+        }
+        let mut s = ServerAccel::new();
+        if let Some(st) = ss {
+            s = s.with_store(st, "client-a");
+        }
         let mut r = Rig {
-            c: ClientAccel::new(cache),
-            s: ServerAccel::new(),
+            c,
+            s,
             real,
             program_saw: Vec::new(),
             fails: Vec::new(),
             puts: Vec::new(),
             client_bulk: false,
+            c2s_bytes: 0,
+            deaf: false,
         };
         let mut o = Output::default();
         r.c.start(&mut o);
@@ -180,12 +203,13 @@ impl Rig {
             self.client_bulk |= c_out.bulk;
             self.meta(&mut c_out);
             let c2s = std::mem::take(&mut c_out.to_tunnel);
+            self.c2s_bytes += c2s.len();
             if !c2s.is_empty() {
                 let mut o = Output::default();
                 self.s.from_tunnel(&c2s, &mut o);
                 self.serve(o, &mut s2c);
             }
-            if s2c.is_empty() {
+            if s2c.is_empty() || self.deaf {
                 return;
             }
             let d = std::mem::take(&mut s2c);
@@ -679,4 +703,199 @@ fn link_lost_after_quit_says_nothing() {
     client_says(&mut c, b"", GREETING);
     assert_eq!(client_says(&mut c, b"QUIT\r\n", b""), BYE);
     assert!(link_lost(&mut c).is_empty());
+}
+
+// ---------------------------------------------------------------- resume
+
+use crate::partial::MemStore;
+use std::sync::Arc;
+
+/// A dot-stuffed body of about `len` bytes, varied by `seed`.
+fn long_body(len: usize, seed: u8) -> Vec<u8> {
+    let mut b = format!("From: a@x\r\nTo: b@y\r\nSubject: long {seed}\r\n\r\n").into_bytes();
+    let mut i = 0usize;
+    while b.len() < len {
+        b.extend(format!("line {i} of message {seed}: the quick brown fox\r\n").as_bytes());
+        if i.is_multiple_of(50) {
+            b.extend_from_slice(b"..a stuffed dot line\r\n");
+        }
+        i += 1;
+    }
+    b.extend_from_slice(b".\r\n");
+    b
+}
+
+const ENVELOPE: &[u8] = b"EHLO me\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n";
+
+struct Stores {
+    c: Arc<MemStore>,
+    s: Arc<MemStore>,
+}
+
+impl Stores {
+    fn new() -> Self {
+        Self {
+            c: Arc::new(MemStore::new()),
+            s: Arc::new(MemStore::new()),
+        }
+    }
+
+    fn rig(&self, real: FakeSmtpd) -> Rig {
+        Rig::with_stores(&warm(), real, Some(self.c.clone()), Some(self.s.clone()))
+    }
+}
+
+/// A send whose link dies after the client sent `cut` body bytes: the
+/// program gets the 421 as its end-of-data reply. Returns the real server.
+fn cut_send(st: &Stores, body: &[u8], cut: usize) -> FakeSmtpd {
+    let mut rig = st.rig(FakeSmtpd::new());
+    rig.send(ENVELOPE);
+    assert_eq!(rig.send(b"DATA\r\n"), DATA_GO);
+    rig.send(&body[..cut]);
+    assert_eq!(link_lost(&mut rig.c), LINK_LOST);
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+    rig.real
+}
+
+/// A whole send on a fresh connection: (end-of-data reply, body bytes the
+/// client side put into the stream, the real server).
+fn full_send(st: &Stores, body: &[u8], real: FakeSmtpd) -> (Vec<u8>, usize, FakeSmtpd) {
+    let mut rig = st.rig(real);
+    rig.send(ENVELOPE);
+    assert_eq!(rig.send(b"DATA\r\n"), DATA_GO);
+    let before = rig.c2s_bytes;
+    let reply = rig.send(body);
+    let sent = rig.c2s_bytes - before;
+    assert_eq!(rig.send(b"QUIT\r\n"), BYE);
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+    (reply, sent, rig.real)
+}
+
+#[test]
+fn smtp_resume_sends_only_the_rest_and_delivers_once() {
+    let st = Stores::new();
+    let body = long_body(40_000, 1);
+    let real = cut_send(&st, &body, 25_000);
+    assert!(real.bodies.is_empty(), "nothing delivered");
+    assert!(
+        !String::from_utf8_lossy(&real.seen).contains("DATA"),
+        "the real server never saw DATA for half a message"
+    );
+    assert_eq!(st.c.len(), 1, "client marked the unconfirmed message");
+    let (reply, sent, real) = full_send(&st, &body, FakeSmtpd::new());
+    assert_eq!(reply, QUEUED);
+    assert_eq!(real.bodies, vec![body.clone()], "one whole message");
+    assert!(
+        sent < body.len() - 25_000 + 200,
+        "resumed send put {sent} bytes in the stream for {} missing",
+        body.len() - 25_000
+    );
+    assert!(st.c.is_empty(), "mark removed once confirmed");
+    // Only the delivered-message record is left on the server side.
+    assert_eq!(st.s.len(), 1);
+}
+
+#[test]
+fn smtp_resume_under_any_split_is_exact() {
+    let body = long_body(6_000, 2);
+    for cut in [
+        0,
+        10,
+        1023,
+        1024,
+        1025,
+        3000,
+        body.len() - 3,
+        body.len() - 1,
+    ] {
+        let st = Stores::new();
+        cut_send(&st, &body, cut);
+        let mut rig = st.rig(FakeSmtpd::new());
+        rig.send(ENVELOPE);
+        rig.send(b"DATA\r\n");
+        let mut reply = Vec::new();
+        for piece in body.chunks(97) {
+            reply.extend(rig.send(piece));
+        }
+        assert_eq!(reply, QUEUED, "cut {cut}");
+        assert_eq!(rig.real.bodies, vec![body.clone()], "cut {cut}");
+        assert!(rig.fails.is_empty(), "cut {cut}: {:?}", rig.fails);
+    }
+}
+
+#[test]
+fn smtp_resume_changed_body_is_sent_whole() {
+    let st = Stores::new();
+    let body = long_body(20_000, 3);
+    cut_send(&st, &body, 15_000);
+    // Same envelope and first bytes (same id), different after them.
+    let mut changed = body.clone();
+    changed[5_000] = b'#';
+    let (reply, sent, real) = full_send(&st, &changed, FakeSmtpd::new());
+    assert_eq!(reply, QUEUED);
+    assert_eq!(real.bodies, vec![changed.clone()]);
+    assert!(sent >= changed.len(), "full send, {sent} bytes");
+    // A different envelope is another message: nothing asked.
+    let st = Stores::new();
+    cut_send(&st, &body, 15_000);
+    let mut rig = st.rig(FakeSmtpd::new());
+    rig.send(b"EHLO me\r\nMAIL FROM:<other@x>\r\nRCPT TO:<b@y>\r\n");
+    rig.send(b"DATA\r\n");
+    assert_eq!(rig.send(&body), QUEUED);
+    assert!(!String::from_utf8_lossy(&rig.real.seen).contains("XSTRAW"));
+}
+
+#[test]
+fn smtp_resume_with_an_old_server_side_is_a_plain_full_send() {
+    let st = Stores::new();
+    let body = long_body(20_000, 4);
+    cut_send(&st, &body, 15_000);
+    // A server side without resume passes the line to the real server,
+    // whose 500 means: send it all.
+    let mut rig = Rig::with_stores(&warm(), FakeSmtpd::new(), Some(st.c.clone()), None);
+    rig.send(ENVELOPE);
+    assert_eq!(rig.send(b"DATA\r\n"), DATA_GO);
+    assert_eq!(rig.send(&body), QUEUED);
+    assert_eq!(rig.send(b"QUIT\r\n"), BYE);
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+    assert!(String::from_utf8_lossy(&rig.real.seen).contains("XSTRAW-RESUME 1 "));
+    assert_eq!(rig.real.bodies, vec![body]);
+    assert!(st.c.is_empty());
+}
+
+#[test]
+fn smtp_delivered_message_whose_reply_was_lost_is_not_delivered_again() {
+    let st = Stores::new();
+    let body = long_body(8_000, 5);
+    let mut rig = st.rig(FakeSmtpd::new());
+    rig.send(ENVELOPE);
+    rig.send(b"DATA\r\n");
+    // The whole body crosses and is delivered; the reply never comes back.
+    rig.deaf = true;
+    assert!(rig.send(&body).is_empty());
+    assert_eq!(rig.real.bodies, vec![body.clone()]);
+    assert_eq!(link_lost(&mut rig.c), LINK_LOST, "unconfirmed is not done");
+    // The retry gets the recorded reply; the real server sees no DATA.
+    let (reply, sent, real) = full_send(&st, &body, FakeSmtpd::new());
+    assert_eq!(reply, QUEUED);
+    assert!(real.bodies.is_empty(), "delivered twice");
+    let seen = String::from_utf8_lossy(&real.seen).to_string();
+    assert!(seen.contains("RSET") && !seen.contains("DATA"), "{seen}");
+    assert!(sent < 100, "{sent} bytes for a delivered message");
+    assert!(st.c.is_empty());
+    // The same message sent again after a confirmed send is a new message.
+    let (reply, _, real) = full_send(&st, &body, FakeSmtpd::new());
+    assert_eq!(reply, QUEUED);
+    assert_eq!(real.bodies, vec![body]);
+}
+
+#[test]
+fn smtp_kept_body_refused_at_data_shows_the_refusal() {
+    let st = Stores::new();
+    let mut real = FakeSmtpd::new();
+    real.refuse_data = true;
+    let (reply, _, real) = full_send(&st, BODY, real);
+    assert_eq!(reply, b"451 4.3.0 Temporary failure, try again later\r\n");
+    assert!(real.bodies.is_empty());
+    assert!(st.c.is_empty() && st.s.is_empty());
 }

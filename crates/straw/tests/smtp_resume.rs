@@ -1,0 +1,320 @@
+//! SMTP DATA message resume (issue 5): a send cut off for longer than the
+//! grace period gets 421 at end of data; the real server got nothing. The
+//! retry moves only the rest of the body over the link, and the real server
+//! gets exactly one whole message. Fake SMTP server in process; linksim cuts
+//! the link mid-body and refuses reconnects for 2 s (grace is 1 s).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use straw::linksim::{Link, LinkParams, bind_listener, serve};
+use straw::relay_store::RelayStore;
+use straw::tunnel::TunnelStats;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A ~300 KB MIME mail (text, base64 random "PNG", base64 text), CRLF.
+fn big_mail() -> Vec<u8> {
+    use base64::Engine;
+    let b64 = |data: &[u8]| -> String {
+        let s = base64::engine::general_purpose::STANDARD.encode(data);
+        s.as_bytes()
+            .chunks(76)
+            .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
+            .collect()
+    };
+    let licence: Vec<u8> = (0..1500)
+        .flat_map(|i| {
+            format!("{i}. Everyone is permitted to copy and distribute verbatim copies.\n")
+                .into_bytes()
+        })
+        .collect();
+    let mut png = random_bytes(150_000, 11);
+    png[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
+    format!(
+        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: attachments\r\nMessage-ID: <resume.1@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nHere they are.\r\n.dot line\r\n--b\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b--\r\n",
+        b64(&png),
+        b64(&licence)
+    )
+    .into_bytes()
+}
+
+fn stuffed(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in msg.split_inclusive(|&b| b == b'\n') {
+        if l.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(l);
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// Bodies the fake server accepted (dot-stuffed, with the terminator), and
+/// how many DATA commands it saw.
+#[derive(Default)]
+struct Seen {
+    bodies: Vec<Vec<u8>>,
+    datas: usize,
+}
+
+async fn fake_smtpd(seen: Arc<Mutex<Seen>>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                let _ = w.write_all(b"220 mx.test ESMTP fake\r\n").await;
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let up = String::from_utf8_lossy(&line).to_ascii_uppercase();
+                    let verb = up.split_whitespace().next().unwrap_or("").to_owned();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-mx.test\r\n250-8BITMIME\r\n250 PIPELINING\r\n",
+                        "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 2.0.0 Ok\r\n",
+                        "DATA" => {
+                            seen.lock().unwrap().datas += 1;
+                            let _ = w.write_all(b"354 go ahead\r\n").await;
+                            let mut body = Vec::new();
+                            loop {
+                                let mut l = Vec::new();
+                                if r.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
+                                    return; // cut mid-body: nothing delivered
+                                }
+                                body.extend_from_slice(&l);
+                                if l == b".\r\n"
+                                    && (body.len() == 3 || body.ends_with(b"\r\n.\r\n"))
+                                {
+                                    break;
+                                }
+                            }
+                            seen.lock().unwrap().bodies.push(body);
+                            b"250 2.0.0 queued as 42\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = w.write_all(b"221 2.0.0 bye\r\n").await;
+                            return;
+                        }
+                        _ => b"500 5.5.1 unknown command\r\n",
+                    };
+                    if w.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+struct Setup {
+    link: Arc<Link>,
+    relay: Arc<RelayStore>,
+    local: SocketAddr,
+    stats: Arc<TunnelStats>,
+}
+
+/// Server (grace 1 s) behind a 1 Mbit/s linksim refusing reconnects for
+/// 2 s after a cut; a client with its partial store.
+async fn setup(name: &str, upstream: SocketAddr) -> Setup {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+    let keys = make_keys(name);
+    let server_addr = free_port();
+    let mut params = LinkParams::new(1_000_000, Duration::from_millis(5));
+    params.faults.refuse_for = Some(Duration::from_secs(2));
+    let link = Link::new(params);
+    let l = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let linksim = l.local_addr().unwrap();
+    tokio::spawn(serve(l, server_addr, link.clone()));
+    let mut scfg = server_config_proto(&keys, server_addr, upstream, "smtp");
+    scfg.session.resume_grace_secs = 1;
+    let relay = Arc::new(RelayStore::new(64 << 20, Duration::from_secs(3600)));
+    let r = relay.clone();
+    tokio::spawn(async move {
+        let _ = straw::server::run_with_relay(scfg, Some(r)).await;
+    });
+    wait_for_port(server_addr).await;
+    let local = free_port();
+    let extra = format!(
+        "[session]\nresume_grace_secs = 1\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n[partial]\ndir = {:?}\n",
+        keys.dir.join("partial")
+    );
+    let ccfg = client_config_proto(&keys, linksim, local, "smtp", &extra);
+    let stats = Arc::new(TunnelStats::default());
+    let st = stats.clone();
+    tokio::spawn(async move {
+        let _ = straw::client::run_with_stats(ccfg, st).await;
+    });
+    wait_for_port(local).await;
+    Setup {
+        link,
+        relay,
+        local,
+        stats,
+    }
+}
+
+fn link_bytes(link: &Link) -> u64 {
+    let s = link.stats().snapshot();
+    s.up.bytes + s.down.bytes
+}
+
+async fn reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
+    let mut all = String::new();
+    loop {
+        let mut l = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), r.read_line(&mut l))
+            .await
+            .expect("no reply in 30 s")
+            .unwrap_or(0);
+        all.push_str(&l);
+        if n == 0 || l.as_bytes().get(3) != Some(&b'-') {
+            return all;
+        }
+    }
+}
+
+/// An smtplib-like send, one reply at a time; the body goes from its own
+/// task. `cut`: cut the link once this many bytes went up it. Returns the
+/// end-of-data reply.
+async fn send(s: &Setup, body: &[u8], cut: Option<u64>) -> String {
+    let sock = TcpStream::connect(s.local).await.unwrap();
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    assert!(reply(&mut r).await.starts_with("220"));
+    for cmd in [
+        "EHLO me\r\n",
+        "MAIL FROM:<alice@example.org>\r\n",
+        "RCPT TO:<bob@example.org>\r\n",
+        "DATA\r\n",
+    ] {
+        w.write_all(cmd.as_bytes()).await.unwrap();
+        let rep = reply(&mut r).await;
+        assert!(
+            rep.starts_with('2') || rep.starts_with("354"),
+            "{cmd}: {rep}"
+        );
+    }
+    let cutter = cut.map(|at| {
+        let link = s.link.clone();
+        let start = link.stats().snapshot().up.bytes;
+        tokio::spawn(async move {
+            while link.stats().snapshot().up.bytes - start < at {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            link.cut_all();
+        })
+    });
+    let data = body.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&data).await;
+        w
+    });
+    let eod = reply(&mut r).await;
+    if let Some(c) = cutter {
+        c.abort();
+    }
+    if let Ok(mut w) = writer.await
+        && eod.starts_with('2')
+    {
+        w.write_all(b"QUIT\r\n").await.unwrap();
+        assert!(reply(&mut r).await.starts_with("221"));
+    }
+    eod
+}
+
+async fn wait_dials(s: &Setup, n: u64) {
+    for _ in 0..400 {
+        if s.stats.dials.load(Ordering::Relaxed) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("client never redialled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_data_cut_past_grace_resends_only_the_rest_and_delivers_once() {
+    let mail = big_mail();
+    let body = stuffed(&mail);
+
+    // A clean send on a pair of its own, for the link bytes of a full send.
+    let clean_seen = Arc::new(Mutex::new(Seen::default()));
+    let s = setup("smtpres-clean", fake_smtpd(clean_seen.clone()).await).await;
+    let before = link_bytes(&s.link);
+    let up_before = s.link.stats().snapshot().up.bytes;
+    assert!(send(&s, &body, None).await.starts_with("250"));
+    let clean = link_bytes(&s.link) - before;
+    let clean_up = s.link.stats().snapshot().up.bytes - up_before;
+    assert_eq!(clean_seen.lock().unwrap().bodies, vec![body.clone()]);
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = setup("smtpres-cut", fake_smtpd(seen.clone()).await).await;
+    let cut_at = clean_up * 45 / 100;
+    let before = link_bytes(&s.link);
+    let eod = send(&s, &body, Some(cut_at)).await;
+    let first = link_bytes(&s.link) - before;
+    assert!(eod.starts_with("421"), "cut send must get 421, got {eod:?}");
+    {
+        let seen = seen.lock().unwrap();
+        assert!(seen.bodies.is_empty(), "half a message delivered");
+        assert_eq!(
+            seen.datas, 0,
+            "the real server saw DATA before the body was whole"
+        );
+    }
+    // What the server side holds (its only entry).
+    let held = s.relay.total_bytes();
+    assert!(
+        held > 0 && s.relay.len() == 1,
+        "server side kept the partial body"
+    );
+    wait_dials(&s, 2).await;
+
+    let before = link_bytes(&s.link);
+    let retry = send(&s, &body, None).await;
+    let second = link_bytes(&s.link) - before;
+    assert!(retry.starts_with("250"), "retry: {retry:?}");
+    assert_eq!(
+        seen.lock().unwrap().bodies,
+        vec![body.clone()],
+        "exactly one whole message"
+    );
+    let missing = 1.0 - held as f64 / body.len() as f64;
+    let bound = missing * clean as f64 + 0.10 * clean as f64;
+    eprintln!(
+        "smtp resume: message {} B ({} B stuffed); clean send {clean} link B ({clean_up} up); \
+         link cut after {cut_at} up B, cut send {first} link B, program got {:?}, \
+         server side held {held} B ({:.1}%); retry {second} link B, got {:?} \
+         (bound {bound:.0} = {:.1}% missing + 10% of clean)",
+        mail.len(),
+        body.len(),
+        eod.trim_end(),
+        100.0 * (1.0 - missing),
+        retry.trim_end(),
+        100.0 * missing
+    );
+    assert!(
+        (second as f64) <= bound,
+        "retry moved {second} link bytes, bound {bound:.0}"
+    );
+}
