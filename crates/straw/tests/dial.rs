@@ -116,13 +116,7 @@ async fn check(local: std::net::SocketAddr, n: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_hangup_then_redial_resumes_warm() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let upstream = pop3_server().await;
     let keys = make_keys("dial");
     let server_addr = free_port();
@@ -162,10 +156,7 @@ async fn idle_hangup_then_redial_resumes_warm() {
         "dialled with nothing to carry"
     );
 
-    let link_bytes = || {
-        let s = link.stats().snapshot();
-        s.up.bytes + s.down.bytes
-    };
+    let link_bytes = || common::link_bytes(&link);
     check(local, 1).await;
     let first = link_bytes();
     // Two minutes idle in the brief; the hang-up comes after 1 s here.

@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use straw::linksim::{Link, LinkParams, bind_listener, serve};
-use straw::tunnel::TunnelStats;
+use straw::linksim::Link;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -123,21 +122,10 @@ struct Setup {
 /// Server (grace 1 s) behind a 1 Mbit/s linksim that refuses reconnects
 /// for 2 s after a cut.
 async fn setup(name: &str, upstream: SocketAddr) -> Setup {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let keys = make_keys(name);
     let server_addr = free_port();
-    let mut params = LinkParams::new(1_000_000, Duration::from_millis(5));
-    params.faults.refuse_for = Some(Duration::from_secs(2));
-    let link = Link::new(params);
-    let l = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-    let linksim = l.local_addr().unwrap();
-    tokio::spawn(serve(l, server_addr, link.clone()));
+    let (link, linksim) = cutting_link(server_addr, Duration::from_secs(2));
     let mut scfg = server_config_proto(&keys, server_addr, upstream, "imap");
     scfg.session.resume_grace_secs = 1;
     tokio::spawn(async move {
@@ -153,31 +141,9 @@ async fn setup(name: &str, upstream: SocketAddr) -> Setup {
     }
 }
 
-struct Client {
-    local: SocketAddr,
-    stats: Arc<TunnelStats>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 async fn client(s: &Setup) -> Client {
-    let local = free_port();
-    let extra = format!(
-        "[session]\nresume_grace_secs = 1\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n[partial]\ndir = {:?}\n",
-        s.partial_dir
-    );
-    let ccfg = client_config_proto(&s.keys, s.linksim, local, "imap", &extra);
-    let stats = Arc::new(TunnelStats::default());
-    let st = stats.clone();
-    let task = tokio::spawn(async move {
-        let _ = straw::client::run_with_stats(ccfg, st).await;
-    });
-    wait_for_port(local).await;
-    Client { local, stats, task }
-}
-
-fn link_bytes(link: &Link) -> u64 {
-    let s = link.stats().snapshot();
-    s.up.bytes + s.down.bytes
+    let extra = resume_client_extra(&s.partial_dir, "");
+    spawn_client(&s.keys, s.linksim, "imap", &extra).await
 }
 
 /// The mail program's whole session, pipelined.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use straw::linksim::{Link, LinkParams, bind_listener, serve};
+use straw::linksim::Link;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -23,22 +23,11 @@ async fn setup(
     proto: &str,
     extra: &str,
 ) -> (SocketAddr, Arc<Link>) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let keys = make_keys(name);
     let server_addr = free_port();
     let local = free_port();
-    let mut params = LinkParams::new(1_000_000, Duration::from_millis(5));
-    params.faults.refuse_for = Some(Duration::from_secs(4));
-    let link = Link::new(params);
-    let linksim = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-    let linksim_addr = linksim.local_addr().unwrap();
-    tokio::spawn(serve(linksim, server_addr, link.clone()));
+    let (link, linksim_addr) = cutting_link(server_addr, Duration::from_secs(4));
     let mut scfg = server_config_proto(&keys, server_addr, upstream, proto);
     scfg.session.resume_grace_secs = 1;
     let ccfg = client_config_proto(

@@ -23,13 +23,7 @@ struct Setup {
 
 /// Server and client on loopback, the client dialling through a linksim.
 async fn setup(name: &str, upstream: SocketAddr, params: LinkParams, grace_secs: u64) -> Setup {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let keys = make_keys(name);
     let server_addr = free_port();
     let local = free_port();

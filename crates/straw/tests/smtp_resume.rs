@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use straw::linksim::{Link, LinkParams, bind_listener, serve};
+use straw::linksim::Link;
 use straw::relay_store::RelayStore;
 use straw::tunnel::TunnelStats;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -130,21 +130,10 @@ struct Setup {
 /// Server (grace 1 s) behind a 1 Mbit/s linksim refusing reconnects for
 /// 2 s after a cut; a client with its partial store.
 async fn setup(name: &str, upstream: SocketAddr) -> Setup {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let keys = make_keys(name);
     let server_addr = free_port();
-    let mut params = LinkParams::new(1_000_000, Duration::from_millis(5));
-    params.faults.refuse_for = Some(Duration::from_secs(2));
-    let link = Link::new(params);
-    let l = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-    let linksim = l.local_addr().unwrap();
-    tokio::spawn(serve(l, server_addr, link.clone()));
+    let (link, linksim) = cutting_link(server_addr, Duration::from_secs(2));
     let mut scfg = server_config_proto(&keys, server_addr, upstream, "smtp");
     scfg.session.resume_grace_secs = 1;
     let relay = Arc::new(RelayStore::new(64 << 20, Duration::from_secs(3600)));
@@ -153,29 +142,14 @@ async fn setup(name: &str, upstream: SocketAddr) -> Setup {
         let _ = straw::server::run_with_relay(scfg, Some(r)).await;
     });
     wait_for_port(server_addr).await;
-    let local = free_port();
-    let extra = format!(
-        "[session]\nresume_grace_secs = 1\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n[partial]\ndir = {:?}\n",
-        keys.dir.join("partial")
-    );
-    let ccfg = client_config_proto(&keys, linksim, local, "smtp", &extra);
-    let stats = Arc::new(TunnelStats::default());
-    let st = stats.clone();
-    tokio::spawn(async move {
-        let _ = straw::client::run_with_stats(ccfg, st).await;
-    });
-    wait_for_port(local).await;
+    let extra = resume_client_extra(&keys.dir.join("partial"), "");
+    let c = spawn_client(&keys, linksim, "smtp", &extra).await;
     Setup {
         link,
         relay,
-        local,
-        stats,
+        local: c.local,
+        stats: c.stats,
     }
-}
-
-fn link_bytes(link: &Link) -> u64 {
-    let s = link.stats().snapshot();
-    s.up.bytes + s.down.bytes
 }
 
 async fn reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {

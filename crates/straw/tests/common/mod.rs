@@ -247,3 +247,65 @@ pub async fn roundtrip(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
     writer.await.unwrap();
     back
 }
+
+/// Logs to the test's output at `STRAW_LOG` (default `warn`); once per process.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Link bytes both ways so far.
+pub fn link_bytes(link: &straw::linksim::Link) -> u64 {
+    let s = link.stats().snapshot();
+    s.up.bytes + s.down.bytes
+}
+
+/// A 1 Mbit/s, 5 ms linksim to `server` that refuses reconnects for
+/// `refuse` after a cut; returns the link and the address to dial.
+pub fn cutting_link(
+    server: SocketAddr,
+    refuse: Duration,
+) -> (Arc<straw::linksim::Link>, SocketAddr) {
+    use straw::linksim::{Link, LinkParams, bind_listener, serve};
+    let mut params = LinkParams::new(1_000_000, Duration::from_millis(5));
+    params.faults.refuse_for = Some(refuse);
+    let link = Link::new(params);
+    let l = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(serve(l, server, link.clone()));
+    (link, addr)
+}
+
+/// Client settings of the message-resume tests: a 1 s grace period, quick
+/// reconnects, the partial store in `dir` (`partial_more`: more lines of
+/// its section).
+pub fn resume_client_extra(dir: &std::path::Path, partial_more: &str) -> String {
+    format!(
+        "[session]\nresume_grace_secs = 1\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n[partial]\ndir = {dir:?}\n{partial_more}"
+    )
+}
+
+/// A `straw client` running in this process.
+pub struct Client {
+    pub local: SocketAddr,
+    pub stats: Arc<TunnelStats>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a client for one `protocol` service on a free local port.
+pub async fn spawn_client(keys: &Keys, server: SocketAddr, protocol: &str, extra: &str) -> Client {
+    let local = free_port();
+    let ccfg = client_config_proto(keys, server, local, protocol, extra);
+    let stats = Arc::new(TunnelStats::default());
+    let st = stats.clone();
+    let task = tokio::spawn(async move {
+        let _ = straw::client::run_with_stats(ccfg, st).await;
+    });
+    wait_for_port(local).await;
+    Client { local, stats, task }
+}
