@@ -982,7 +982,10 @@ impl Session {
         if let Some(wire) = self.next_resend() {
             return Some(wire);
         }
-        if self.codec_reset_due().is_some_and(|t| t <= now) {
+        // The time test first keeps the rest off the per-record path.
+        if now >= self.last_codec_use + self.cfg.codec_idle_reset
+            && self.codec_reset_due().is_some_and(|t| t <= now)
+        {
             return Some(self.send_codec_reset(now));
         }
         if (self.has_sendable_data() || !self.control.is_empty()) && self.cork_deadline.is_none() {
@@ -1076,10 +1079,11 @@ impl Session {
     /// and nothing waits to be sent (which would use them again).
     fn codec_reset_due(&self) -> Option<Instant> {
         let idle = self.cfg.codec_idle_reset;
+        // Cheapest first: this runs on every poll_timeout.
         if idle.is_zero()
-            || self.encoder.memory_bytes() == 0
             || !self.bulk_out.is_empty()
             || self.has_sendable_data()
+            || self.encoder.memory_bytes() == 0
         {
             return None;
         }

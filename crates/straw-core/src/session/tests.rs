@@ -1297,24 +1297,12 @@ fn bulk_slices_stay_small_on_faster_links() {
     c.record_secs = 1.0;
     s.record_secs = 1.0;
     let mut sim = Sim::with_configs(8_000.0, Duration::from_millis(100), c, s);
-    let id = sim
-        .client
-        .open_stream(b"bulk", b"", Priority::Bulk)
-        .unwrap();
-    let data = noise(60_000, 3);
-    let mut offset = 0;
-    for _ in 0..60_000 {
-        let cap = sim.client.send_capacity(id).min(data.len() - offset);
-        if cap > 0 {
-            sim.client.send(id, &data[offset..offset + cap]).unwrap();
-            offset += cap;
-        }
-        sim.step(Duration::from_millis(1));
-        if Sim::received(&sim.server_events, id).len() == data.len() {
-            break;
-        }
-    }
-    assert!(Sim::received(&sim.server_events, id) == data);
+    push_stream(
+        &mut sim,
+        &noise(60_000, 3),
+        Priority::Bulk,
+        Duration::from_secs(60),
+    );
     let min_slice = sim.client.config().min_bulk_slice;
     // One slice plus a short tail (≤ half a slice) and the record header.
     assert!(
