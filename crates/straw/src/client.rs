@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::cache;
 use crate::config::{ClientConfig, Dial, Protocol, SessionOptions, TcpOptions};
 use crate::link::keys::{self, Keypair};
 use crate::link::{noise, tcp};
@@ -176,6 +177,8 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     let server_key = keys::load_public(&cfg.server_public_key)?;
     let (open_tx, mut opens) = mpsc::channel::<OpenRequest>(64);
     let partials = open_partials(&cfg);
+    let cache_dir = cfg.cache.dir();
+    let mut warm_ups = Vec::new();
     for svc in &cfg.services {
         let listener = tcp::bind_local_listener(svc.listen, &cfg.tcp)
             .with_context(|| format!("service {}: cannot listen on {}", svc.name, svc.listen))?;
@@ -183,15 +186,27 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
             "service {} ({:?}) on {}",
             svc.name, svc.protocol, svc.listen
         );
+        let cache = match &cache_dir {
+            Some(dir) => {
+                let c = SharedCache::new(std::sync::Mutex::new(cache::load(dir, &svc.name)));
+                tokio::spawn(cache::keep_saved(dir.clone(), svc.name.clone(), c.clone()));
+                c
+            }
+            None => SharedCache::default(),
+        };
+        let factory = AccelFactory {
+            protocol: svc.protocol,
+            cfg: cfg.clone(),
+            cache,
+            partials: partials.as_ref().map(|p| p.for_service(&svc.name)),
+        };
+        if cfg.cache.warm_up {
+            warm_ups.push((svc.name.clone(), factory.clone()));
+        }
         tokio::spawn(accept_loop(
             listener,
             svc.name.clone(),
-            AccelFactory {
-                protocol: svc.protocol,
-                cfg: cfg.clone(),
-                cache: SharedCache::default(),
-                partials: partials.as_ref().map(|p| p.for_service(&svc.name)),
-            },
+            factory,
             open_tx.clone(),
             cfg.tcp.clone(),
         ));
@@ -260,9 +275,11 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                     }
                     let mut tunnel = new_tunnel(&cfg, transport, &hello, &stats);
                     tunnel.set_link_socket(socket_handle(&sock));
+                    let trigger = pending.as_ref().map(|r| r.service.clone());
                     if let Some(r) = pending.take() {
                         tunnel.attach(r);
                     }
+                    attach_warm_ups(&mut tunnel, &warm_ups, trigger.as_deref());
                     let result = match tunnel.run_link(sock, &mut opens).await {
                         Ok(LinkEnded::Closed | LinkEnded::Idle) => Ok(()),
                         Ok(LinkEnded::Lost(e)) => Err(e),
@@ -312,9 +329,11 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                 down_since = None;
                 tunnel.set_link_socket(socket_handle(&sock));
                 tunnel.set_idle_hangup(idle_hangup);
+                let trigger = pending.as_ref().map(|r| r.service.clone());
                 if let Some(r) = pending.take() {
                     tunnel.attach(r);
                 }
+                attach_warm_ups(&mut tunnel, &warm_ups, trigger.as_deref());
                 let call = Call::start(&stats);
                 let ended = tunnel.run_link(sock, &mut opens).await;
                 call.report(&stats, cfg.link.cost_per_minute);
@@ -484,8 +503,35 @@ async fn connect(
     Ok((sock, transport, server_hello))
 }
 
+/// Opens a warm-up connection ([`cache::warm_up`]) for each mail service
+/// whose cache lacks something, except `trigger`'s: the program connection
+/// that made us dial fills that one itself.
+fn attach_warm_ups(
+    tunnel: &mut Tunnel,
+    services: &[(String, AccelFactory)],
+    trigger: Option<&str>,
+) {
+    for (name, f) in services {
+        if Some(name.as_str()) == trigger
+            || !cache::needs_warm_up(f.protocol, &f.cache.lock().expect("cache lock"))
+        {
+            continue;
+        }
+        let (ours, program) = tokio::io::duplex(16 * 1024);
+        tunnel.attach(OpenRequest {
+            service: name.clone(),
+            io: Box::new(ours),
+            accel: f.make(),
+            cache: Some(f.cache.clone()),
+            warm_up: true,
+        });
+        tokio::spawn(cache::warm_up(f.protocol, name.clone(), program));
+    }
+}
+
 /// Makes the client side of a service's accelerator pair, handing it what
 /// earlier connections cached (greetings, capabilities).
+#[derive(Clone)]
 struct AccelFactory {
     protocol: Protocol,
     cfg: ClientConfig,
@@ -576,6 +622,7 @@ async fn accept_loop(
             io: Box::new(sock),
             accel: accel.make(),
             cache: Some(accel.cache.clone()),
+            warm_up: false,
         };
         if opens.send(req).await.is_err() {
             return;

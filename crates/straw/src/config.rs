@@ -283,17 +283,56 @@ impl ClientPartial {
     /// The directory to use: the configured one, else the user's state dir
     /// (None if there is no home to put it in).
     pub fn dir(&self) -> Option<PathBuf> {
-        if let Some(d) = &self.dir {
-            return Some(d.clone());
+        self.dir.clone().or_else(|| state_dir("partial"))
+    }
+}
+
+/// `$XDG_STATE_HOME/straw/<sub>`, or `~/.local/state/straw/<sub>`.
+fn state_dir(sub: &str) -> Option<PathBuf> {
+    let env = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("XDG_STATE_HOME")
+        .or_else(|| env("HOME").map(|h| h.join(".local/state")))
+        .map(|d| d.join("straw").join(sub))
+}
+
+/// Client `[cache]`: what real servers said that commits nothing (greetings,
+/// IMAP capabilities, the SMTP EHLO reply), so that the next connection is
+/// answered locally. Every cached reply is checked against the real one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientCache {
+    /// Keep the cache across restarts, one file per service in `dir`.
+    pub persist: bool,
+    /// Default `$XDG_STATE_HOME/straw/cache` (or `~/.local/state/straw/cache`).
+    pub dir: Option<PathBuf>,
+    /// When the link comes up, fill each mail service's empty cache with a
+    /// short connection of straw's own (greeting, CAPABILITY or EHLO, then
+    /// LOGOUT or QUIT; no login). It rides the call that is being made
+    /// anyway and saves the mail program one or two link waits per service.
+    pub warm_up: bool,
+}
+
+impl Default for ClientCache {
+    fn default() -> Self {
+        Self {
+            persist: true,
+            dir: None,
+            warm_up: true,
         }
-        let env = |k| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        env("XDG_STATE_HOME")
-            .or_else(|| env("HOME").map(|h| h.join(".local/state")))
-            .map(|d| d.join("straw/partial"))
+    }
+}
+
+impl ClientCache {
+    /// Where the cache files go, if they are kept.
+    pub fn dir(&self) -> Option<PathBuf> {
+        if !self.persist {
+            return None;
+        }
+        self.dir.clone().or_else(|| state_dir("cache"))
     }
 }
 
@@ -329,6 +368,8 @@ pub struct ClientConfig {
     pub pop3: ClientPop3,
     #[serde(default)]
     pub partial: ClientPartial,
+    #[serde(default)]
+    pub cache: ClientCache,
     #[serde(default)]
     pub tcp: TcpOptions,
     #[serde(default)]
@@ -434,6 +475,9 @@ impl ClientConfig {
         resolve(path, &mut c.private_key);
         resolve(path, &mut c.server_public_key);
         if let Some(d) = &mut c.partial.dir {
+            resolve(path, d);
+        }
+        if let Some(d) = &mut c.cache.dir {
             resolve(path, d);
         }
         if c.services.is_empty() {

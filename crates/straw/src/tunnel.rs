@@ -37,6 +37,9 @@ pub struct OpenRequest {
     pub accel: Box<dyn Accelerator>,
     /// Where the accelerator's `cache_put`s go (the client's per-service cache).
     pub cache: Option<SharedCache>,
+    /// straw's own connection that fills the cache (greeting, capabilities),
+    /// not a mail program's: kept out of the wait counts.
+    pub warm_up: bool,
 }
 
 pub type SharedCache = Arc<std::sync::Mutex<straw_proto::Cache>>;
@@ -150,6 +153,8 @@ struct Attached {
     service: String,
     /// Server side: the dial waits for the stream's first bytes.
     dial_pending_data: bool,
+    /// See [`OpenRequest::warm_up`].
+    warm_up: bool,
 }
 
 impl Attached {
@@ -167,6 +172,7 @@ impl Attached {
             accel: None,
             service,
             dial_pending_data: false,
+            warm_up: false,
         }
     }
 }
@@ -650,6 +656,7 @@ impl Tunnel {
                 self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
                 debug!(tunnel = %self.label, stream = id, service = %req.service, "stream opened");
                 let mut a = Attached::new(req.service);
+                a.warm_up = req.warm_up;
                 self.start_pumps(id, &mut a, req.io, req.accel, req.cache);
                 self.streams.insert(id, a);
             }
@@ -724,6 +731,10 @@ impl Tunnel {
         };
         if let Some(accel) = &a.accel {
             let st = accel.lock().expect("accelerator lock").stats();
+            if a.warm_up {
+                debug!(tunnel = %self.label, stream, service = %a.service, "cache warm-up done");
+                return;
+            }
             self.stats
                 .link_waits
                 .fetch_add(st.link_waits, Ordering::Relaxed);

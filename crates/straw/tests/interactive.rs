@@ -66,6 +66,7 @@ async fn open_passthrough(open_tx: &mpsc::Sender<OpenRequest>, service: &str) ->
             io: Box::new(local),
             accel: Box::new(Passthrough::default()),
             cache: None,
+            warm_up: false,
         })
         .await
         .unwrap();

@@ -139,6 +139,7 @@ async fn open(p: &Pair) -> tokio::io::DuplexStream {
             io: Box::new(local),
             accel: Box::new(Passthrough::default()),
             cache: None,
+            warm_up: false,
         })
         .await
         .unwrap();

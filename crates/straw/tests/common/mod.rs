@@ -94,6 +94,8 @@ pub fn client_config_proto(
 server = "{server}"
 server_public_key = "server.key.pub"
 private_key = "client.key"
+[cache]
+persist = false
 [[service]]
 name = "test"
 protocol = "{protocol}"
