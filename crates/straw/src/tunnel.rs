@@ -155,6 +155,8 @@ struct Attached {
     dial_pending_data: bool,
     /// See [`OpenRequest::warm_up`].
     warm_up: bool,
+    /// The stream's data goes through the bulk lane (it never goes back).
+    bulk: bool,
 }
 
 impl Attached {
@@ -173,6 +175,7 @@ impl Attached {
             service,
             dial_pending_data: false,
             warm_up: false,
+            bulk: false,
         }
     }
 }
@@ -762,10 +765,11 @@ impl Tunnel {
                 flush,
                 bulk,
             } => {
-                if self.streams.contains_key(&stream) {
+                if let Some(a) = self.streams.get_mut(&stream) {
                     // A stream the peer reset is gone from the session; drop quietly.
                     let _ = self.session.send(stream, &bytes);
-                    if bulk {
+                    if bulk && !std::mem::replace(&mut a.bulk, true) {
+                        debug!(tunnel = %self.label, stream, "stream is bulk from here on");
                         self.session.set_priority(stream, Priority::Bulk);
                     }
                     if flush {

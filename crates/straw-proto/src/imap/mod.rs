@@ -28,6 +28,10 @@ pub const LINK_LOST: &[u8] = b"* BYE straw: link lost\r\n";
 
 /// Literals bigger than this are scheduled as bulk.
 const BULK_LITERAL: u64 = 16 * 1024;
+/// Response literals bigger than this (message bodies, not header fields)
+/// go through the bulk lane whatever their size: its big mail context codes
+/// mail text best, and has seen what POP3 or earlier FETCHes brought.
+const BULK_RESP_LITERAL: u64 = 1024;
 /// LITERAL- (RFC 7888) allows non-synchronising literals up to this size.
 const LITERAL_MINUS_MAX: u64 = 4096;
 
@@ -1325,7 +1329,7 @@ impl ServerAccel {
                 } else if self.resp_pass {
                     out.to_tunnel.extend_from_slice(raw);
                 }
-                self.resp_bulk = lit.is_some_and(|l| l.n > BULK_LITERAL);
+                self.resp_bulk = lit.is_some_and(|l| l.n > BULK_RESP_LITERAL);
                 if lit.is_none() && self.resp_pass {
                     out.flush |= match self.resp_kind {
                         RespKind::Greeting | RespKind::Cont | RespKind::Tagged => true,

@@ -554,6 +554,23 @@ fn fetch_literal_streams_incrementally() {
     assert_eq!(co.to_local, b")\r\na1 OK Fetch completed.\r\n");
 }
 
+/// A message body goes through the bulk lane (the big mail context) even
+/// when small; a header field's literal stays interactive.
+#[test]
+fn message_sized_literals_are_bulk_small_ones_are_not() {
+    for (n, bulk) in [(3000usize, true), (1025, true), (1024, false), (300, false)] {
+        let mut s = ServerAccel::default();
+        let mut o = Output::default();
+        s.from_local(format!("{GREETING}\r\n").as_bytes(), true, &mut o);
+        s.from_tunnel(b"a1 FETCH 1 BODY[]\r\n", &mut Output::default());
+        let mut so = Output::default();
+        let mut resp = format!("* 1 FETCH (BODY[] {{{n}}}\r\n").into_bytes();
+        resp.extend(std::iter::repeat_n(b'x', n));
+        s.from_local(&resp, true, &mut so);
+        assert_eq!(so.bulk, bulk, "literal of {n} bytes");
+    }
+}
+
 #[test]
 fn oversized_literal_fails_clearly() {
     let cfg = ImapConfig {
