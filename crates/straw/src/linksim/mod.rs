@@ -312,6 +312,7 @@ impl Link {
             end
         };
         if count {
+            tracing::trace!(?dir, payload, "segment");
             let c = &self.stats.dirs[dir.idx()];
             c.bytes.fetch_add(payload as u64, Ordering::Relaxed);
             c.segments.fetch_add(1, Ordering::Relaxed);
