@@ -466,6 +466,7 @@ def has_cmd(binary, sub, needs=""):
 def straw_setup(a, straw):
     d = os.path.join(a.state, "bench", "straw")
     os.makedirs(d, exist_ok=True)
+    shutil.rmtree(os.path.join(d, "partial"), ignore_errors=True)
     for key in ("server.key", "client.key"):
         if not (os.path.exists(os.path.join(d, key)) and os.path.exists(os.path.join(d, key + ".pub"))):
             subprocess.run([straw, "keygen", os.path.join(d, key)], check=True,
@@ -488,8 +489,9 @@ def straw_setup(a, straw):
              f'server = "127.0.0.1:{STRAW_LINK}"',
              'server_public_key = "server.key.pub"',
              'private_key = "client.key"',
-             "# A fresh install: nothing cached from an earlier run.",
-             "[cache]", "persist = false"]
+             "# A fresh install: nothing cached, nothing half-fetched from an earlier run.",
+             "[cache]", "persist = false",
+             "[partial]", 'dir = "partial"']
     for s in SERVICES:
         proto = straw_proto(a, s)
         lines += ["", "[[service]]", f'name = "{s}"', f'protocol = "{proto}"',

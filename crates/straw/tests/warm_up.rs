@@ -128,6 +128,8 @@ server_public_key = "server.key.pub"
 private_key = "client.key"
 [cache]
 dir = "cache"
+[partial]
+dir = "partial"
 [[service]]
 name = "imap"
 protocol = "imap"

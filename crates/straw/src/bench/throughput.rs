@@ -293,6 +293,7 @@ fn configs(
         format!(
             "server = \"{tunnel}\"\nserver_public_key = \"server.key.pub\"\n\
              private_key = \"client.key\"\n\
+             [cache]\npersist = false\n[partial]\nenabled = false\n\
              [[service]]\nname = \"bench\"\nprotocol = \"tcp\"\nlisten = \"{local}\"\n"
         ),
     )?;

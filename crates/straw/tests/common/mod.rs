@@ -89,6 +89,12 @@ pub fn client_config_proto(
     protocol: &str,
     extra: &str,
 ) -> ClientConfig {
+    // The partial store stays in the test's dir, not the user's state dir.
+    let partial = if extra.contains("[partial]") {
+        ""
+    } else {
+        "[partial]\ndir = \"partial\"\n"
+    };
     let text = format!(
         r#"
 server = "{server}"
@@ -96,7 +102,7 @@ server_public_key = "server.key.pub"
 private_key = "client.key"
 [cache]
 persist = false
-[[service]]
+{partial}[[service]]
 name = "test"
 protocol = "{protocol}"
 listen = "{local}"
