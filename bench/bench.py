@@ -285,6 +285,26 @@ def warm_up(a, ports, logdir, name):
     return time.monotonic() - t0
 
 
+def wait_straw_ready(clog, proc, services, timeout=180.0):
+    """Until the client log says the tunnel is up and each service's cache
+    was warmed (a fresh install warms them when the link comes up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(clog, errors="replace") as f:
+                text = f.read()
+        except FileNotFoundError:
+            text = ""
+        up = re.search(r"tunnel to \S+ up", text) is not None
+        if up and all(f"service {s}: cache warm" in text for s in services):
+            return
+        if proc.poll() is not None:
+            raise BenchError(f"straw client exited (status {proc.returncode}) during setup")
+        if time.monotonic() > deadline:
+            raise BenchError(f"straw client not ready after {timeout:.0f}s (see {clog})")
+        time.sleep(0.05)
+
+
 def settle(a):
     # Let anything still in flight after setup (e.g. a lazy handshake's reply)
     # land before the session starts, so setup and session don't overlap.
@@ -525,13 +545,16 @@ def way_straw(a, procs, cmd, straw):
         client = procs.start("straw-client",
                              [straw, "client", "--config", os.path.join(d, "client.toml")], env=env)
         wait_listening(STRAW_LOCAL.values(), client, "straw client", timeout=600)
+        # Like ssh's setup (connect, key exchange, auth): until the tunnel is
+        # up and straw has warmed its caches (greetings, capabilities).
+        clog = os.path.join(procs.logdir, "straw-client.log")
+        wait_straw_ready(clog, client, [s for s in SERVICES if straw_proto(a, s) != "tcp"])
         setup_secs = time.monotonic() - t0
         settle(a)
         warm_secs = warm_up(a, STRAW_LOCAL, procs.logdir, "straw") if a.warm else None
         if client.poll() is not None:
             raise BenchError(f"straw client exited (status {client.returncode})")
         setup_link = link.snapshot()
-        clog = os.path.join(procs.logdir, "straw-client.log")
         try:
             n0 = len(straw_done_lines(clog))
             out = run_session(a, STRAW_LOCAL, procs.logdir, "straw", [link])
@@ -693,8 +716,8 @@ def table(res):
                          f"{t['first_line_seconds']:10.1f} {ln['up_bytes'] + ln['down_bytes']:8d}  {rtxt}")
     setups = [(NAMES[k], w["setup"]) for k, w in ways.items() if w.get("ok") and w["setup"]]
     if setups:
-        lines += ["", "setup (not in the figures above: connect, key exchange, auth, until the "
-                  "local ports accept):"]
+        lines += ["", "setup (not in the figures above: connect, key exchange, auth; ssh until the "
+                  "forwarded ports accept, straw until the tunnel is up and its caches are warm):"]
         for n, st in setups:
             ln = st["link"]
             warm = f" (+ warm-up {st['warm_seconds']:.1f} s)" if st.get("warm_seconds") else ""

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use straw_proto::{Cache, imap, pop3, smtp};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
 use crate::config::Protocol;
 use crate::tunnel::SharedCache;
@@ -150,9 +150,9 @@ pub fn needs_warm_up(protocol: Protocol, cache: &Cache) -> bool {
 /// accelerator caches what it sees, exactly as for a mail program.
 pub async fn warm_up(protocol: Protocol, service: String, io: DuplexStream) {
     match tokio::time::timeout(WARM_UP_TIMEOUT, dialogue(protocol, io)).await {
-        Ok(Ok(())) => debug!("service {service}: cache warmed"),
-        Ok(Err(e)) => debug!("service {service}: cache warm-up failed: {e:#}"),
-        Err(_) => debug!("service {service}: cache warm-up timed out"),
+        Ok(Ok(())) => info!("service {service}: cache warmed"),
+        Ok(Err(e)) => info!("service {service}: cache warm-up failed: {e:#}"),
+        Err(_) => info!("service {service}: cache warm-up timed out"),
     }
 }
 
