@@ -1598,6 +1598,15 @@ mod tune {
                 shared_static_bytes()
             );
         }
+        if p.priming == Some(PRIMING_MAIL_V2) {
+            let t0 = std::time::Instant::now();
+            builtin_static();
+            println!(
+                "built-in static text {:?} shared {}",
+                t0.elapsed(),
+                shared_static_bytes()
+            );
+        }
         println!("params {p:?} memory {}", p.memory_bytes());
         let t0 = std::time::Instant::now();
         let base = primed(&p).unwrap();
