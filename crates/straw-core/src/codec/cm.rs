@@ -1,9 +1,10 @@
 //! A context-mixing text codec (after Matt Mahoney's public-domain lpaq1
 //! design, written from scratch): per bit, predictions from hashed order-2,
-//! 3, 4, 6 and word contexts, direct order-0/1 tables and a match model are
-//! mixed by a small neural network (weights chosen by the partial byte),
-//! refined by two APM stages and coded by a 32-bit carry-less binary
-//! arithmetic coder.
+//! 3, 4 and word contexts, direct order-0/1 tables, a match model over the
+//! context's own history and a static match model over a shared text of
+//! training mail ([`StaticText`], held once per process) are mixed by small
+//! neural networks, refined by two APM stages and coded by a 32-bit
+//! carry-less binary arithmetic coder.
 //!
 //! The model carries across records; only the coder is flushed per segment
 //! (one byte). All arithmetic is integer, so both peers compute bit-identical
@@ -26,7 +27,7 @@ pub const CM_ALGORITHM_VERSION: u32 = 4;
 pub const PRIMING_MAIL_V1: u32 = 1;
 
 /// The same priming text plus the static match text
-/// `dicts/mail-static-v1.zst` (see [`StaticText`]).
+/// `dicts/mail-static-v1.zst` (the static match model).
 pub const PRIMING_MAIL_V2: u32 = 2;
 
 static PRIMING_MAIL_V1_ZST: &[u8] = include_bytes!("../../../../dicts/mail-cm-v1.zst");
