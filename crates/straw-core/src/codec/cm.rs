@@ -1017,6 +1017,12 @@ fn priming_part(text: &[u8], table_log: u8) -> Vec<u8> {
 /// The model for `p`, primed once per process and shared read-only.
 fn primed(p: &CmParams) -> Result<Arc<Model>, CodecError> {
     p.validate()?;
+    if p.priming == Some(PRIMING_MAIL_V2) && builtin_static().is_none() {
+        // Never silently model without it: the peer's model would differ.
+        return Err(CodecError::Internal(
+            "built-in cm static text does not decode".into(),
+        ));
+    }
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cell = {
         let mut map = CACHE

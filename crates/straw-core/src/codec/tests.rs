@@ -1323,3 +1323,26 @@ fn cm_static_hostile_input_never_panics() {
         }
     }
 }
+
+#[test]
+fn cm_builtin_static_text_is_shared_once() {
+    let p = CmParams {
+        priming: Some(PRIMING_MAIL_V2),
+        ..SMALL_CM
+    };
+    p.warm_up().unwrap();
+    let shared = shared_static_bytes();
+    // 11 MB of text and its 32 MiB index, whatever other tests registered.
+    assert!(shared >= 11_000_000 + (4 << 23), "{shared}");
+    assert_eq!(priming_text(PRIMING_MAIL_V2), priming_text(PRIMING_MAIL_V1));
+    // More contexts and tunnels: nothing more shared, a few bytes each.
+    let big = CmParams::slow_link(Direction::ClientToServer, Lane::Interactive);
+    assert_eq!(big.priming, Some(PRIMING_MAIL_V2));
+    let (mut enc, mut dec) = cm_pair(p);
+    let m = mail_message();
+    let rec = encode(&mut enc, CodecId::Cm, &m);
+    let mut out = Vec::new();
+    dec.decode(&rec, &mut out).unwrap();
+    assert_eq!(out, m);
+    assert!(shared_static_bytes() < shared + 1_000_000);
+}
