@@ -49,8 +49,9 @@ pub struct TrainDictArgs {
     /// Where to write the dictionary.
     #[arg(long)]
     pub out: PathBuf,
-    /// `prefix` (raw sample text), `trained` (zstd's ZDICT trainer) or
-    /// `prime` (a CM priming text: a prefix, zstd-compressed).
+    /// `prefix` (raw sample text), `trained` (zstd's ZDICT trainer),
+    /// `prime` (a CM priming text: a prefix, zstd-compressed) or `static`
+    /// (the CM static match text: the messages the 1 MiB prefix leaves out).
     #[arg(long, default_value = "prefix")]
     pub kind: String,
     /// Dictionary size in bytes.
@@ -83,6 +84,41 @@ pub fn build_prefix(corpora: &[Vec<Vec<u8>>], size: usize) -> Vec<u8> {
     parts.concat()
 }
 
+/// The CM static match text: every message of each corpus that the 1 MiB
+/// priming text (`build_prefix`) does not hold, in name order, up to `size`
+/// bytes in equal shares (nearest the priming messages first). Keeping the
+/// priming messages out means priming teaches the mixer how far to trust
+/// the static matches on text it has not seen verbatim.
+pub fn build_static(corpora: &[Vec<Vec<u8>>], size: usize) -> Vec<u8> {
+    let share = size / corpora.len().max(1);
+    let prime_share = (1usize << 20) / corpora.len().max(1);
+    let mut parts = Vec::new();
+    for msgs in corpora {
+        let mut n = 0;
+        let mut k = 0;
+        for m in msgs.iter().rev() {
+            if n + m.len() > prime_share {
+                break;
+            }
+            n += m.len();
+            k += 1;
+        }
+        let rest = &msgs[..msgs.len() - k];
+        let mut taken: Vec<&[u8]> = Vec::new();
+        let mut n = 0;
+        for m in rest.iter().rev() {
+            if n + m.len() > share {
+                break;
+            }
+            n += m.len();
+            taken.push(m);
+        }
+        taken.reverse();
+        parts.push(taken.concat());
+    }
+    parts.concat()
+}
+
 pub fn run_train_cli(args: &TrainDictArgs) -> anyhow::Result<()> {
     let corpora = args
         .dirs
@@ -92,11 +128,12 @@ pub fn run_train_cli(args: &TrainDictArgs) -> anyhow::Result<()> {
     let dict = match args.kind.as_str() {
         "prefix" => build_prefix(&corpora, args.size),
         "prime" => zstd::bulk::compress(&build_prefix(&corpora, args.size), 19)?,
+        "static" => build_static(&corpora, args.size),
         "trained" => {
             let samples: Vec<&Vec<u8>> = corpora.iter().flatten().collect();
             zstd::dict::from_samples(&samples, args.size).context("training")?
         }
-        k => bail!("--kind {k}: want prefix, prime or trained"),
+        k => bail!("--kind {k}: want prefix, prime, static or trained"),
     };
     std::fs::write(&args.out, &dict).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {} ({} B)", args.out.display(), dict.len());
@@ -435,6 +472,9 @@ struct Report {
     /// four contexts' allocation (encoder and decoder, both lanes); for zstd
     /// the server encoder plus a decoder of the same parameters, measured.
     codec_memory_bytes_per_tunnel: usize,
+    /// CM static match texts and their indexes: held once per process,
+    /// shared by every tunnel.
+    shared_static_bytes: usize,
     server_encoder_memory_bytes: usize,
     client_decoder_memory_bytes: usize,
     link_seconds: f64,
@@ -651,6 +691,7 @@ pub fn run_codec_cli(args: &CodecBenchArgs) -> anyhow::Result<()> {
         wire_vs_deflate: ratio(run.wire_bytes, deflate),
         wire_with_noise_vs_deflate: ratio(run.wire_bytes_with_noise, deflate),
         codec_memory_bytes_per_tunnel: per_tunnel(&o, &run),
+        shared_static_bytes: straw_core::codec::shared_static_bytes(),
         server_encoder_memory_bytes: run.server_codec_memory_bytes,
         client_decoder_memory_bytes: run.client_codec_memory_bytes,
         link_seconds: run.link_seconds,
@@ -711,6 +752,10 @@ fn print_table(r: &Report) {
         mib(r.codec_memory_bytes_per_tunnel),
         mib(r.server_encoder_memory_bytes),
         mib(r.client_decoder_memory_bytes)
+    );
+    println!(
+        "shared      {:.2} MiB per process (CM static match text + index)",
+        mib(r.shared_static_bytes)
     );
     println!(
         "speed       {:.2} MB/s raw through both sessions",

@@ -1,9 +1,10 @@
 //! A context-mixing text codec (after Matt Mahoney's public-domain lpaq1
 //! design, written from scratch): per bit, predictions from hashed order-2,
-//! 3, 4, 6 and word contexts, direct order-0/1 tables and a match model are
-//! mixed by a small neural network (weights chosen by the partial byte),
-//! refined by two APM stages and coded by a 32-bit carry-less binary
-//! arithmetic coder.
+//! 3, 4 and word contexts, direct order-0/1 tables, a match model over the
+//! context's own history and a static match model over a shared text of
+//! training mail ([`StaticText`], held once per process) are mixed by small
+//! neural networks, refined by two APM stages and coded by a 32-bit
+//! carry-less binary arithmetic coder.
 //!
 //! The model carries across records; only the coder is flushed per segment
 //! (one byte). All arithmetic is integer, so both peers compute bit-identical
@@ -20,12 +21,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::CodecError;
 
 /// Bumped whenever the model's arithmetic changes: part of the model id.
-pub const CM_ALGORITHM_VERSION: u32 = 3;
+pub const CM_ALGORITHM_VERSION: u32 = 4;
 
 /// Id of the built-in priming text `dicts/mail-cm-v1.zst`.
 pub const PRIMING_MAIL_V1: u32 = 1;
 
+/// The same priming text plus the static match text
+/// `dicts/mail-static-v1.zst` (the static match model).
+pub const PRIMING_MAIL_V2: u32 = 2;
+
 static PRIMING_MAIL_V1_ZST: &[u8] = include_bytes!("../../../../dicts/mail-cm-v1.zst");
+static STATIC_MAIL_V1_ZST: &[u8] = include_bytes!("../../../../dicts/mail-static-v1.zst");
 
 /// Sizes of one CM context. Both peers must use the same for a direction and
 /// lane (agreed through the model id in the handshake).
@@ -67,7 +73,7 @@ impl CmParams {
         std::mem::size_of::<Model>()
             + (1usize << self.table_log)
             + 4 * NH * 256
-            + 2 * ((1 << 16) + 256 + 64 + 33 * (256 + (1 << A2_LOG)))
+            + 2 * ((1 << 16) + 256 + 128 + 33 * (256 + (1 << A2_LOG)))
             + buf
             + 4 * (buf / 4 + NI * MIXER_SETS + NM * 256)
     }
@@ -86,13 +92,17 @@ impl CmParams {
     }
 }
 
-fn registered() -> &'static Mutex<HashMap<u32, &'static [u8]>> {
-    static R: OnceLock<Mutex<HashMap<u32, &'static [u8]>>> = OnceLock::new();
+/// A registered priming text and its static match text, if any.
+type Registered = (&'static [u8], Option<&'static StaticText>);
+
+fn registered() -> &'static Mutex<HashMap<u32, Registered>> {
+    static R: OnceLock<Mutex<HashMap<u32, Registered>>> = OnceLock::new();
     R.get_or_init(Default::default)
 }
 
 fn priming_known(id: u32) -> bool {
     id == PRIMING_MAIL_V1
+        || id == PRIMING_MAIL_V2
         || registered()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -101,20 +111,117 @@ fn priming_known(id: u32) -> bool {
 
 /// A priming text by id: built in, or registered at run time.
 pub fn priming_text(id: u32) -> Option<Vec<u8>> {
-    if id == PRIMING_MAIL_V1 {
+    if id == PRIMING_MAIL_V1 || id == PRIMING_MAIL_V2 {
         return ::zstd::decode_all(PRIMING_MAIL_V1_ZST).ok();
     }
     let map = registered().lock().unwrap_or_else(|e| e.into_inner());
-    map.get(&id).map(|t| t.to_vec())
+    map.get(&id).map(|t| t.0.to_vec())
 }
 
 /// Makes `text` a priming text for this process (benches, experiments) and
 /// returns its id. Its bytes are kept for the life of the process.
 pub fn register_priming_text(text: Vec<u8>) -> u32 {
+    register(text, None)
+}
+
+/// Like [`register_priming_text`], with a static match text (indexed now,
+/// kept for the life of the process).
+pub fn register_priming_with_static(text: Vec<u8>, static_text: Vec<u8>) -> u32 {
+    let st: &'static StaticText = Box::leak(Box::new(StaticText::new(static_text)));
+    register(text, Some(st))
+}
+
+fn register(text: Vec<u8>, st: Option<&'static StaticText>) -> u32 {
     let mut map = registered().lock().unwrap_or_else(|e| e.into_inner());
     let id = 0x8000_0000 + map.len() as u32;
-    map.insert(id, Box::leak(text.into_boxed_slice()));
+    map.insert(id, (Box::leak(text.into_boxed_slice()), st));
     id
+}
+
+static BUILTIN_STATIC: OnceLock<Option<StaticText>> = OnceLock::new();
+
+/// The built-in static match text, decompressed and indexed once per process.
+fn builtin_static() -> Option<&'static StaticText> {
+    BUILTIN_STATIC
+        .get_or_init(|| {
+            ::zstd::decode_all(STATIC_MAIL_V1_ZST)
+                .ok()
+                .map(StaticText::new)
+        })
+        .as_ref()
+}
+
+/// The static match text that goes with a priming id, if any.
+fn static_for(priming: Option<u32>) -> Option<&'static StaticText> {
+    match priming? {
+        PRIMING_MAIL_V2 => builtin_static(),
+        PRIMING_MAIL_V1 => None,
+        id => registered()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .and_then(|t| t.1),
+    }
+}
+
+/// Bytes of the static match texts built so far in this process (text plus
+/// index), shared by all tunnels.
+pub fn shared_static_bytes() -> usize {
+    let mut n = BUILTIN_STATIC
+        .get()
+        .and_then(Option::as_ref)
+        .map_or(0, |s| s.memory_bytes());
+    let map = registered().lock().unwrap_or_else(|e| e.into_inner());
+    n += map
+        .values()
+        .filter_map(|t| t.1)
+        .map(|s| s.memory_bytes())
+        .sum::<usize>();
+    n
+}
+
+/// Minimum match the static model looks up (the hash covers this many bytes).
+const STATIC_MIN: usize = 8;
+
+/// A static text of typical mail, held once per process and shared
+/// read-only by every context: a second match model predicts from it, so
+/// templates and attachments seen in training are found however long ago.
+/// The index maps a hash of the 8 bytes before each position to the last
+/// position with that hash.
+pub(super) struct StaticText {
+    text: Vec<u8>,
+    idx: Vec<u32>,
+}
+
+impl StaticText {
+    fn new(text: Vec<u8>) -> Self {
+        // Between a half and one entry per text byte, a power of two.
+        let bits = ((usize::BITS - (text.len() | 1).leading_zeros()) as i32 - 1 + knob(8, 0))
+            .clamp(10, 24) as u32;
+        let mut idx = vec![0u32; 1usize << bits];
+        let (mut c4, mut c8) = (0u32, 0u32);
+        for (i, &b) in text.iter().enumerate() {
+            c8 = c8 << 8 | c4 >> 24;
+            c4 = c4 << 8 | b as u32;
+            if i + 1 >= STATIC_MIN {
+                idx[static_hash(c4, c8, bits)] = (i + 1) as u32;
+            }
+        }
+        Self { text, idx }
+    }
+
+    fn bits(&self) -> u32 {
+        self.idx.len().trailing_zeros()
+    }
+
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.text.capacity() + 4 * self.idx.capacity()
+    }
+}
+
+#[inline]
+fn static_hash(c4: u32, c8: u32, bits: u32) -> usize {
+    (hash32(c4, c8 ^ 0x5A5A_0000) >> (32 - bits)) as usize
 }
 
 // ---- Fixed-point helpers -------------------------------------------------------
@@ -312,14 +419,15 @@ fn knob(_: usize, d: i32) -> i32 {
 /// and the byte above in the previous line lost more to table pressure than
 /// they gained (the match model covers long contexts).
 const NH: usize = 6;
-/// Mixer inputs: hashed contexts (2 each), order 1, order 0, match (2), bias.
-const NI: usize = 2 * NH + 5;
+/// Mixer inputs: hashed contexts (2 each), order 1, order 0, match (2),
+/// static match (2), bias.
+const NI: usize = 2 * NH + 7;
 /// First input after the hashed contexts'.
 const XO: usize = 2 * NH;
 /// Weight sets: 256 by partial byte, then (hits, match bucket, bit position),
 /// then the previous byte, then the line context (column bucket, what the line
 /// starts with, header field name done).
-const MIXER_SETS: usize = 256 + (NH + 1) * 4 * 8 + 256 + 64;
+const MIXER_SETS: usize = 256 + (NH + 1) * 4 * 2 * 8 + 256 + 64;
 /// Mixers.
 const NM: usize = 4;
 const MINLEN: u32 = 6;
@@ -375,6 +483,13 @@ pub(super) struct Model {
     pos: u32,
     mptr: u32,
     mlen: u32,
+    /// Static match model: the shared text, position of the predicted byte,
+    /// length, and adaptive counters by (length bucket, bit).
+    st: Option<&'static StaticText>,
+    sptr: u32,
+    slen: u32,
+    sctx: usize,
+    sm_s: Vec<u16>,
     // Bit state: what the last prediction was made of.
     x: [i32; NI],
     mctx: usize,
@@ -391,8 +506,9 @@ pub(super) struct Model {
     a_w: i32,
     pr: i32,
     /// Rates and switches (see `knob`): state map limit, mixer rate, APM
-    /// shift, run scale, unused, final rate, context mask, match index shift.
-    k: [i32; 8],
+    /// shift, run scale, unused, final rate, context mask, match index shift,
+    /// unused, static match mixer selector, static match minimum.
+    k: [i32; 11],
 }
 
 fn hash64(a: u32, b: u32) -> u64 {
@@ -454,6 +570,11 @@ impl Model {
             pos: 0,
             mptr: 0,
             mlen: 0,
+            st: static_for(p.priming),
+            sptr: 0,
+            slen: 0,
+            sctx: 0,
+            sm_s: vec![0; 64],
             x: [0; NI],
             mctx: 0,
             pr_mix: 2048,
@@ -470,6 +591,9 @@ impl Model {
                 knob(5, FINAL_RATE),
                 knob(6, 0x3F),
                 knob(7, 0),
+                0,
+                knob(9, 1),
+                knob(10, STATIC_MIN as i32),
             ],
         };
         m.byte_contexts();
@@ -485,6 +609,7 @@ impl Model {
             + 2 * (self.o1.capacity()
                 + self.o0.capacity()
                 + self.mm.capacity()
+                + self.sm_s.capacity()
                 + self.a1.capacity()
                 + self.a2.capacity())
             + self.buf.capacity()
@@ -622,7 +747,8 @@ impl Model {
             self.x[XO + 2] = 0;
             self.x[XO + 3] = 0;
         }
-        self.x[XO + 4] = 256;
+        self.predict_static();
+        self.x[XO + 6] = 256;
         // Two mixers, weights chosen by the partial byte and by how many
         // hashed contexts were seen before with the match length; their
         // outputs are averaged in the stretch domain.
@@ -633,9 +759,14 @@ impl Model {
             16..=31 => 2,
             _ => 3,
         };
+        let sb = match self.k[9] {
+            0 => 0,
+            1 => (self.slen > 0) as usize,
+            _ => (self.slen >= 16) as usize,
+        };
         self.wb = [
             self.c0 as usize * NI,
-            (256 + (hits * 4 + mb) * 8 + self.bitpos as usize) * NI,
+            (256 + ((hits * 4 + mb) * 2 + sb) * 8 + self.bitpos as usize) * NI,
             (MIXER_SETS - 320 + c1) * NI,
             (MIXER_SETS - 64 + self.line_ctx()) * NI,
         ];
@@ -673,6 +804,72 @@ impl Model {
         self.pr = ((self.pr_mix + p1 + 2 * p2 + 2) >> 2).clamp(1, 4095);
     }
 
+    /// The static match model's two inputs: like the match model's.
+    fn predict_static(&mut self) {
+        let Some(st) = self.st else {
+            return;
+        };
+        if self.slen > 0 {
+            let pb = st.text[self.sptr as usize] as u32 | 0x100;
+            if pb >> (8 - self.bitpos) != self.c0 {
+                self.slen = 0;
+            }
+        }
+        if self.slen > 0 {
+            let bit = (st.text[self.sptr as usize] as u32 >> (7 - self.bitpos)) & 1;
+            let lq = if self.slen < 16 {
+                self.slen
+            } else {
+                (16 + (self.slen - 16) / 8).min(31)
+            };
+            self.sctx = (lq as usize) << 1 | bit as usize;
+            let v = self.sm_s[self.sctx];
+            self.x[XO + 4] = if v & 15 == 0 {
+                0
+            } else {
+                stretch_table()[(v >> 4) as usize] as i32
+            };
+            let conf = (lq as i32 * 64).min(2047);
+            self.x[XO + 5] = if bit != 0 { conf } else { -conf };
+        } else {
+            self.x[XO + 4] = 0;
+            self.x[XO + 5] = 0;
+        }
+    }
+
+    /// After a byte: extends the static match or looks one up (verified
+    /// against our own history, which must hold at least `STATIC_MIN` bytes).
+    fn static_byte(&mut self) {
+        let Some(st) = self.st else {
+            return;
+        };
+        if self.slen > 0 {
+            self.slen = (self.slen + 1).min(65535);
+            self.sptr += 1;
+            if self.sptr as usize >= st.text.len() {
+                self.slen = 0;
+            }
+        }
+        if self.slen == 0 {
+            let cand = st.idx[static_hash(self.c4, self.c8, st.bits())] as usize;
+            if cand >= STATIC_MIN && cand < st.text.len() {
+                let mask = self.buf.len() - 1;
+                let mut n = 0;
+                while n < 32
+                    && n < cand
+                    && st.text[cand - n - 1]
+                        == self.buf[self.pos.wrapping_sub(n as u32 + 1) as usize & mask]
+                {
+                    n += 1;
+                }
+                if n >= self.k[10] as usize {
+                    self.slen = n as u32;
+                    self.sptr = cand as u32;
+                }
+            }
+        }
+    }
+
     pub(super) fn update(&mut self, bit: u32) {
         let ss = states();
         for i in 0..NH {
@@ -688,6 +885,9 @@ impl Model {
         ctr_update(&mut self.o0[self.c0 as usize], bit, LIMIT_DIRECT);
         if self.mlen > 0 {
             ctr_update(&mut self.mm[self.mctx], bit, LIMIT_DIRECT);
+        }
+        if self.slen > 0 {
+            ctr_update(&mut self.sm_s[self.sctx], bit, LIMIT_DIRECT);
         }
         // Mixer: gradient step on coding cost.
         let err = ((bit as i32) << 12) - self.pr_mix;
@@ -793,6 +993,7 @@ impl Model {
             }
         }
         self.mtab[h] = self.pos;
+        self.static_byte();
     }
 }
 
@@ -816,6 +1017,12 @@ fn priming_part(text: &[u8], table_log: u8) -> Vec<u8> {
 /// The model for `p`, primed once per process and shared read-only.
 fn primed(p: &CmParams) -> Result<Arc<Model>, CodecError> {
     p.validate()?;
+    if p.priming == Some(PRIMING_MAIL_V2) && builtin_static().is_none() {
+        // Never silently model without it: the peer's model would differ.
+        return Err(CodecError::Internal(
+            "built-in cm static text does not decode".into(),
+        ));
+    }
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cell = {
         let mut map = CACHE
@@ -1384,6 +1591,28 @@ mod tune {
         }
         if let Ok(f) = std::env::var("CM_PRIME") {
             p.priming = Some(register_priming_text(std::fs::read(f).unwrap()));
+        }
+        if let Ok(f) = std::env::var("CM_STATIC") {
+            let prime = priming_text(p.priming.unwrap_or(PRIMING_MAIL_V1)).unwrap();
+            let t0 = std::time::Instant::now();
+            p.priming = Some(register_priming_with_static(
+                prime,
+                std::fs::read(f).unwrap(),
+            ));
+            println!(
+                "static index {:?} shared {}",
+                t0.elapsed(),
+                shared_static_bytes()
+            );
+        }
+        if p.priming == Some(PRIMING_MAIL_V2) {
+            let t0 = std::time::Instant::now();
+            builtin_static();
+            println!(
+                "built-in static text {:?} shared {}",
+                t0.elapsed(),
+                shared_static_bytes()
+            );
         }
         println!("params {p:?} memory {}", p.memory_bytes());
         let t0 = std::time::Instant::now();

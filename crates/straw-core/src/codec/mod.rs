@@ -14,7 +14,8 @@ mod lz4;
 mod zstd;
 
 pub use self::cm::{
-    CM_ALGORITHM_VERSION, CmParams, PRIMING_MAIL_V1, model_id, priming_text, register_priming_text,
+    CM_ALGORITHM_VERSION, CmParams, PRIMING_MAIL_V1, PRIMING_MAIL_V2, model_id, priming_text,
+    register_priming_text, register_priming_with_static, shared_static_bytes,
 };
 pub use self::dict::{DictKind, Dictionary, MAIL_V1, MAIL_V1_ID};
 
@@ -207,7 +208,7 @@ impl CmParams {
         Self {
             table_log,
             match_log,
-            priming: Some(PRIMING_MAIL_V1),
+            priming: Some(PRIMING_MAIL_V2),
         }
     }
 }

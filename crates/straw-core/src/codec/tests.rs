@@ -1223,3 +1223,126 @@ proptest! {
         }
     }
 }
+
+/// SMALL_CM with a static match text (registered once per test process):
+/// long lines no other test text has, so only the static model knows them.
+fn static_cm() -> (CmParams, Vec<u8>) {
+    fn template() -> Vec<u8> {
+        let mut t = String::new();
+        for i in 0..400u32 {
+            t.push_str(&format!(
+                "<tr><td class=\"q{}\">offer {} zebra-{}</td></tr>\r\n",
+                i.wrapping_mul(2_654_435_761) % 9973,
+                i * 31 % 1000,
+                i.wrapping_mul(40_503) % 65_521
+            ));
+        }
+        t.into_bytes()
+    }
+    static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let id = *ID.get_or_init(|| {
+        let mut st = text_2k();
+        st.extend_from_slice(&template());
+        st.extend_from_slice(&mail_message());
+        register_priming_with_static(mail_message(), st)
+    });
+    (
+        CmParams {
+            priming: Some(id),
+            ..SMALL_CM
+        },
+        template(),
+    )
+}
+
+#[test]
+fn cm_static_match_model_finds_text_beyond_the_history() {
+    let (p, tpl) = static_cm();
+    let plain = CmParams {
+        priming: Some(register_priming_text(mail_message())),
+        ..SMALL_CM
+    };
+    let (mut enc0, _) = cm_pair(plain);
+    let (mut enc, mut dec) = cm_pair(p);
+    let without = encode(&mut enc0, CodecId::Cm, &tpl);
+    let with = encode(&mut enc, CodecId::Cm, &tpl);
+    println!(
+        "template {} B: without static {} B, with {} B",
+        tpl.len(),
+        without.len(),
+        with.len()
+    );
+    assert!(with.len() * 5 < without.len());
+    let mut out = Vec::new();
+    dec.decode(&with, &mut out).unwrap();
+    assert_eq!(out, tpl);
+    // Incremental bulk decoding stays in step, and a fresh pair codes alike.
+    let mut data = tpl.clone();
+    data.extend_from_slice(b"\r\nsomething else entirely, then the template again\r\n");
+    data.extend_from_slice(&tpl[1000..]);
+    let outs = bulk_through(&mut enc, &mut dec, &data, &[1, 7, 50, 51, 300]);
+    assert_eq!(outs.concat(), data);
+    let (mut enc2, _) = cm_pair(p);
+    assert_eq!(encode(&mut enc2, CodecId::Cm, &tpl), with);
+    assert!(shared_static_bytes() >= 4 * tpl.len());
+    // The model id tells a static model from a plain one.
+    assert_ne!(model_id(&[Some(p)]), model_id(&[Some(plain)]));
+    assert_ne!(
+        model_id(&[Some(CmParams::slow_link(
+            Direction::ServerToClient,
+            Lane::Bulk
+        ))]),
+        model_id(&[Some(CmParams {
+            priming: Some(PRIMING_MAIL_V1),
+            ..CmParams::slow_link(Direction::ServerToClient, Lane::Bulk)
+        })])
+    );
+}
+
+#[test]
+fn cm_static_hostile_input_never_panics() {
+    let (p, _) = static_cm();
+    let l = DecoderLimits {
+        cm: Some(p),
+        max_record_bytes: 4096,
+        ..DecoderLimits::default()
+    };
+    let mut x: u32 = 12345;
+    for round in 0..64 {
+        let mut dec = RecordDecoder::with_bulk(&l, &l);
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            let mut rec = vec![if round % 2 == 0 { 3u8 } else { 4u8 }];
+            for _ in 0..(x % 300) {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                rec.push((x >> 16) as u8);
+            }
+            // Errors are fine; panics and overruns are not.
+            let _ = dec.decode(&rec, &mut out);
+            assert!(out.len() <= 4096 * 4);
+        }
+    }
+}
+
+#[test]
+fn cm_builtin_static_text_is_shared_once() {
+    let p = CmParams {
+        priming: Some(PRIMING_MAIL_V2),
+        ..SMALL_CM
+    };
+    p.warm_up().unwrap();
+    let shared = shared_static_bytes();
+    // 11 MB of text and its 32 MiB index, whatever other tests registered.
+    assert!(shared >= 11_000_000 + (4 << 23), "{shared}");
+    assert_eq!(priming_text(PRIMING_MAIL_V2), priming_text(PRIMING_MAIL_V1));
+    // More contexts and tunnels: nothing more shared, a few bytes each.
+    let big = CmParams::slow_link(Direction::ClientToServer, Lane::Interactive);
+    assert_eq!(big.priming, Some(PRIMING_MAIL_V2));
+    let (mut enc, mut dec) = cm_pair(p);
+    let m = mail_message();
+    let rec = encode(&mut enc, CodecId::Cm, &m);
+    let mut out = Vec::new();
+    dec.decode(&rec, &mut out).unwrap();
+    assert_eq!(out, m);
+    assert!(shared_static_bytes() < shared + 1_000_000);
+}
