@@ -30,6 +30,13 @@ pub const PRIMING_MAIL_V1: u32 = 1;
 /// `dicts/mail-static-v1.zst` (the static match model).
 pub const PRIMING_MAIL_V2: u32 = 2;
 
+/// `PRIMING_MAIL_V2`, then the protocol dialogue `dicts/dialogue-v1.txt`
+/// (IMAP/POP3/SMTP replies and commands, HTTP headers of common servers and
+/// clients): for the interactive lanes, which carry the dialogue.
+pub const PRIMING_DIALOGUE_V1: u32 = 3;
+
+static DIALOGUE_V1: &[u8] = include_bytes!("../../../../dicts/dialogue-v1.txt");
+
 static PRIMING_MAIL_V1_ZST: &[u8] = include_bytes!("../../../../dicts/mail-cm-v1.zst");
 static STATIC_MAIL_V1_ZST: &[u8] = include_bytes!("../../../../dicts/mail-static-v1.zst");
 
@@ -103,6 +110,7 @@ fn registered() -> &'static Mutex<HashMap<u32, Registered>> {
 fn priming_known(id: u32) -> bool {
     id == PRIMING_MAIL_V1
         || id == PRIMING_MAIL_V2
+        || id == PRIMING_DIALOGUE_V1
         || registered()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -113,6 +121,11 @@ fn priming_known(id: u32) -> bool {
 pub fn priming_text(id: u32) -> Option<Vec<u8>> {
     if id == PRIMING_MAIL_V1 || id == PRIMING_MAIL_V2 {
         return ::zstd::decode_all(PRIMING_MAIL_V1_ZST).ok();
+    }
+    if id == PRIMING_DIALOGUE_V1 {
+        let mut t = ::zstd::decode_all(PRIMING_MAIL_V1_ZST).ok()?;
+        t.extend_from_slice(DIALOGUE_V1);
+        return Some(t);
     }
     let map = registered().lock().unwrap_or_else(|e| e.into_inner());
     map.get(&id).map(|t| t.0.to_vec())
@@ -154,7 +167,7 @@ fn builtin_static() -> Option<&'static StaticText> {
 /// The static match text that goes with a priming id, if any.
 fn static_for(priming: Option<u32>) -> Option<&'static StaticText> {
     match priming? {
-        PRIMING_MAIL_V2 => builtin_static(),
+        PRIMING_MAIL_V2 | PRIMING_DIALOGUE_V1 => builtin_static(),
         PRIMING_MAIL_V1 => None,
         id => registered()
             .lock()
@@ -1017,7 +1030,9 @@ fn priming_part(text: &[u8], table_log: u8) -> Vec<u8> {
 /// The model for `p`, primed once per process and shared read-only.
 fn primed(p: &CmParams) -> Result<Arc<Model>, CodecError> {
     p.validate()?;
-    if p.priming == Some(PRIMING_MAIL_V2) && builtin_static().is_none() {
+    if matches!(p.priming, Some(PRIMING_MAIL_V2 | PRIMING_DIALOGUE_V1))
+        && builtin_static().is_none()
+    {
         // Never silently model without it: the peer's model would differ.
         return Err(CodecError::Internal(
             "built-in cm static text does not decode".into(),
@@ -1034,7 +1049,13 @@ fn primed(p: &CmParams) -> Result<Arc<Model>, CodecError> {
     Ok(cell
         .get_or_init(|| {
             let mut m = Model::new(p);
-            if let Some(text) = p.priming.and_then(priming_text) {
+            if p.priming == Some(PRIMING_DIALOGUE_V1) {
+                // The dialogue last: the freshest history, whatever the table.
+                if let Some(text) = priming_text(PRIMING_MAIL_V2) {
+                    m.learn(&priming_part(&text, p.table_log));
+                }
+                m.learn(DIALOGUE_V1);
+            } else if let Some(text) = p.priming.and_then(priming_text) {
                 m.learn(&priming_part(&text, p.table_log));
             }
             Arc::new(m)

@@ -14,8 +14,9 @@ mod lz4;
 mod zstd;
 
 pub use self::cm::{
-    CM_ALGORITHM_VERSION, CmParams, PRIMING_MAIL_V1, PRIMING_MAIL_V2, model_id, priming_text,
-    register_priming_text, register_priming_with_static, shared_static_bytes,
+    CM_ALGORITHM_VERSION, CmParams, PRIMING_DIALOGUE_V1, PRIMING_MAIL_V1, PRIMING_MAIL_V2,
+    model_id, priming_text, register_priming_text, register_priming_with_static,
+    shared_static_bytes,
 };
 pub use self::dict::{DictKind, Dictionary, MAIL_V1, MAIL_V1_ID};
 
@@ -208,7 +209,10 @@ impl CmParams {
         Self {
             table_log,
             match_log,
-            priming: Some(PRIMING_MAIL_V2),
+            priming: Some(match lane {
+                Lane::Bulk => PRIMING_MAIL_V2,
+                Lane::Interactive => PRIMING_DIALOGUE_V1,
+            }),
         }
     }
 }
