@@ -55,6 +55,17 @@ impl DotScanner {
         Self { st: St::Bol }
     }
 
+    /// The shortest bytes that end the block from here (to cut one short).
+    pub(crate) fn closing(&self) -> &'static [u8] {
+        match self.st {
+            St::Mid => b"\r\n.\r\n",
+            St::Cr => b"\n.\r\n",
+            St::Bol => b".\r\n",
+            St::Dot => b"\r\n",
+            St::DotCr => b"\n",
+        }
+    }
+
     /// Bytes of `data` up to and including the terminator, if it is in `data`.
     pub(crate) fn scan(&mut self, data: &[u8]) -> Option<usize> {
         for (i, &b) in data.iter().enumerate() {
