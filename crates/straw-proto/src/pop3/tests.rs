@@ -1405,3 +1405,272 @@ fn retr_prefetch_program_commands_with_straws_verbs_are_refused() {
         b"-ERR Unknown command.\r\n-ERR Unknown command.\r\n"
     );
 }
+
+// ------------------------------------------------ RETR prefetch: abort
+
+/// Messages 1..6, message 2 about 30 KB.
+fn big_second() -> FakeDovecot {
+    let mut real = FakeDovecot::new(6);
+    let mut m = b"From: a@example.org\r\nSubject: big\r\n\r\n".to_vec();
+    for i in 0..700 {
+        m.extend(format!(".line {i} of the second message\r\n").as_bytes());
+    }
+    real.msgs[1] = m;
+    real
+}
+
+/// The server side's bytes for the commands in `o.to_local`, one lockstep
+/// step: the real server's whole reply, and what the server side then asks.
+fn upstream(r: &mut Rig, o: &mut Output) -> Vec<u8> {
+    let cmds = std::mem::take(&mut o.to_local);
+    r.real.input(&cmds)
+}
+
+#[test]
+fn retr_prefetch_quit_mid_stream_is_cut_short_in_band() {
+    let steps: [&[u8]; 4] = [
+        b"USER bob\r\n",
+        b"PASS secret\r\n",
+        b"RETR 1\r\n",
+        b"QUIT\r\n",
+    ];
+    let mut r = Rig::new(PFR, &warm(), big_second());
+    r.send(steps[0]);
+    r.send(steps[1]);
+    let mut c = Output::default();
+    r.c.from_local(steps[2], true, &mut c);
+    assert_eq!(c.to_tunnel, b"RETR 1\r\nRETR 2\r\n");
+    let mut s = Output::default();
+    r.s.from_tunnel(&c.to_tunnel, &mut s);
+    c.to_tunnel.clear();
+    let reply1 = upstream(&mut r, &mut s);
+    r.s.from_local(&reply1, true, &mut s);
+    assert_eq!(s.to_local, b"RETR 2\r\n", "the prefetch goes upstream next");
+    let reply2 = upstream(&mut r, &mut s);
+    assert!(reply2.len() > 20_000);
+    // A first piece of RETR 2 crosses (ending mid-line), then QUIT.
+    r.s.from_local(&reply2[..5_001], false, &mut s);
+    let mut down = std::mem::take(&mut s.to_tunnel);
+    r.c.from_tunnel(&down, &mut c);
+    r.collect(&mut c);
+    r.c.from_local(steps[3], true, &mut c);
+    assert_eq!(c.to_tunnel, b"XSTRAW-ABORT 2\r\nQUIT\r\n");
+    r.s.from_tunnel(&std::mem::take(&mut c.to_tunnel), &mut s);
+    assert!(
+        s.to_local.is_empty(),
+        "QUIT waits for the upstream reply's end"
+    );
+    let cut = std::mem::take(&mut s.to_tunnel);
+    assert!(s.flush && !cut.is_empty() && cut.len() <= 5, "{cut:?}");
+    // The rest of the message is read upstream and dropped.
+    r.s.from_local(&reply2[5_001..], true, &mut s);
+    assert_eq!(s.to_local, b"QUIT\r\n");
+    let bye = upstream(&mut r, &mut s);
+    r.s.from_local(&bye, true, &mut s);
+    let after: Vec<u8> = [cut, std::mem::take(&mut s.to_tunnel)].concat();
+    assert_eq!(after, [&b"\r\n.\r\n"[..], ABORT_ACK, &bye].concat());
+    down.extend_from_slice(&after);
+    r.c.from_tunnel(&after, &mut c);
+    r.collect(&mut c);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert_text(&r.program_saw, &direct(big_second(), &steps));
+    assert!(
+        down.len() < reply1.len() + 5_100,
+        "{} bytes crossed, message 2 is {}",
+        down.len(),
+        reply2.len()
+    );
+    assert_eq!(asked(&r.real, "XSTRAW"), 0, "never upstream");
+}
+
+#[test]
+fn retr_prefetch_still_queued_is_never_asked_upstream() {
+    // A pipelining program: QUIT right behind RETR 1, while it streams.
+    let steps: [&[u8]; 4] = [
+        b"USER bob\r\n",
+        b"PASS secret\r\n",
+        b"RETR 1\r\n",
+        b"QUIT\r\n",
+    ];
+    let mut r = Rig::new(PFR, &warm(), big_second());
+    r.send(steps[0]);
+    r.send(steps[1]);
+    let mut c = Output::default();
+    r.c.from_local(steps[2], true, &mut c);
+    let mut s = Output::default();
+    r.s.from_tunnel(&std::mem::take(&mut c.to_tunnel), &mut s);
+    assert_eq!(s.to_local, b"RETR 1\r\n", "RETR 2 queued behind it");
+    let reply1 = upstream(&mut r, &mut s);
+    r.s.from_local(&reply1[..20], false, &mut s);
+    r.c.from_tunnel(&std::mem::take(&mut s.to_tunnel), &mut c);
+    r.c.from_local(steps[3], true, &mut c);
+    assert_eq!(c.to_tunnel, b"XSTRAW-ABORT 2\r\nQUIT\r\n");
+    r.s.from_tunnel(&std::mem::take(&mut c.to_tunnel), &mut s);
+    r.s.from_local(&reply1[20..], true, &mut s);
+    assert_eq!(s.to_local, b"QUIT\r\n", "RETR 2 skipped");
+    let bye = upstream(&mut r, &mut s);
+    r.s.from_local(&bye, true, &mut s);
+    let tail = std::mem::take(&mut s.to_tunnel);
+    assert!(tail.ends_with(&[PREFETCH_ABORTED, ABORT_ACK, &bye].concat()));
+    r.c.from_tunnel(&tail, &mut c);
+    r.collect(&mut c);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert_text(&r.program_saw, &direct(big_second(), &steps));
+    assert_eq!(asked(&r.real, "RETR 2"), 0);
+}
+
+#[test]
+fn retr_prefetch_abort_against_an_old_server_side_is_sent_once() {
+    // An older server side passes the line on; the real server's -ERR
+    // (after the whole prefetched reply) says so.
+    let mut c = ClientAccel::new(PFR, &warm());
+    let mut real = big_second();
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(GREETING, &mut o);
+    let mut saw = Vec::new();
+    let mut lockstep = |c: &mut ClientAccel, o: &mut Output, input: &[u8], keep: usize| {
+        c.from_local(input, true, o);
+        let up = std::mem::take(&mut o.to_tunnel);
+        let down = real.input(&up);
+        let keep = keep.min(down.len());
+        c.from_tunnel(&down[..keep], o);
+        down[keep..].to_vec()
+    };
+    for l in LOGIN {
+        lockstep(&mut c, &mut o, l, usize::MAX);
+    }
+    // RETR 1 and part of the prefetched RETR 2 arrive; the program skips to 4.
+    let r1 = direct(big_second(), &[LOGIN[0], LOGIN[1], b"RETR 1\r\n"]).len()
+        - direct(big_second(), &LOGIN).len();
+    let rest = lockstep(&mut c, &mut o, b"RETR 1\r\n", r1 + 3_000);
+    saw.append(&mut o.to_local);
+    c.from_local(b"RETR 4\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"XSTRAW-ABORT 2\r\nRETR 4\r\nRETR 5\r\n");
+    let up = std::mem::take(&mut o.to_tunnel);
+    let down = [rest, real.input(&up)].concat();
+    c.from_tunnel(&down, &mut o);
+    assert!(c.abort_refused);
+    // Message 5 is held; skipping to 6 forgets it, with no abort line now.
+    c.from_local(b"RETR 6\r\nQUIT\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 6\r\nQUIT\r\n");
+    let up = std::mem::take(&mut o.to_tunnel);
+    let down = real.input(&up);
+    c.from_tunnel(&down, &mut o);
+    saw.append(&mut o.to_local);
+    assert!(o.fail.is_none(), "{:?}", o.fail);
+    let steps: [&[u8]; 5] = [
+        LOGIN[0],
+        LOGIN[1],
+        b"RETR 1\r\n",
+        b"RETR 4\r\n",
+        b"RETR 6\r\nQUIT\r\n",
+    ];
+    let want = direct(big_second(), &steps);
+    assert_text(&saw, &want);
+}
+
+// ------------------------------------------- RETR prefetch: message resume
+
+/// Messages 1..3, message 2 about 30 KB (fits the default cap).
+fn big2() -> FakeDovecot {
+    let mut real = big_second();
+    real.msgs.truncate(3);
+    real.deleted.truncate(3);
+    real
+}
+
+#[test]
+fn retr_prefetch_is_skipped_while_a_partial_of_it_is_stored() {
+    let (mem, store) = mem();
+    mem.put(&resume::key("bob", "uid-2"), &[b'x'; 600]);
+    let mut r = Rig::with_store(PFR, &warm(), big2(), Some(store));
+    for l in LOGIN {
+        r.send(l);
+    }
+    r.send(b"RETR 1\r\n");
+    assert!(r.real.seen.ends_with(b"RETR 1\r\n"), "not asked ahead");
+    // The program's own RETR 2 offers the stored prefix (it differs here).
+    r.send(b"RETR 2\r\n");
+    let steps: [&[u8]; 4] = [LOGIN[0], LOGIN[1], b"RETR 1\r\n", b"RETR 2\r\n"];
+    assert_text(&r.program_saw, &direct(big2(), &steps));
+    assert!(mem.is_empty());
+}
+
+#[test]
+fn retr_prefetch_cut_by_the_link_is_kept_and_resumed() {
+    let (mem, store) = mem();
+    let mut r = Rig::with_store(PFR, &warm(), big2(), Some(store.clone()));
+    for l in LOGIN {
+        r.send(l);
+    }
+    let mut o = Output::default();
+    r.c.from_local(b"RETR 1\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 1\r\nRETR 2\r\n");
+    let mut so = Output::default();
+    r.s.from_tunnel(&std::mem::take(&mut o.to_tunnel), &mut so);
+    let mut s2c = Vec::new();
+    r.serve(so, &mut s2c);
+    let first = direct(big2(), &[LOGIN[0], LOGIN[1], b"RETR 1\r\n"]);
+    let r1 = first.len() - direct(big2(), &LOGIN).len();
+    r.c.from_tunnel(&s2c[..r1 + 15_000], &mut o);
+    r.collect(&mut o);
+    assert_text(&r.program_saw, &first);
+    // The link dies; the program never asked for message 2.
+    let mut o = Output::default();
+    r.c.link_lost(&mut o);
+    r.collect(&mut o);
+    assert!(r.program_saw.ends_with(LINK_LOST));
+    let kept = mem
+        .get(&resume::key("bob", "uid-2"))
+        .expect("prefetched body kept");
+    assert!(kept.len() > 14_000);
+    // Next session: RETR 2 fetches only the rest, byte-exact.
+    let mut r = Rig::with_store(PFR, &warm(), big2(), Some(store));
+    for l in LOGIN {
+        r.send(l);
+    }
+    let before = r.program_saw.len();
+    let mut o = Output::default();
+    r.c.from_local(b"RETR 2\r\n", true, &mut o);
+    let mut so = Output::default();
+    r.s.from_tunnel(&std::mem::take(&mut o.to_tunnel), &mut so);
+    let mut s2c = Vec::new();
+    r.serve(so, &mut s2c);
+    r.c.from_tunnel(&s2c, &mut o);
+    r.collect(&mut o);
+    let steps: [&[u8]; 3] = [LOGIN[0], LOGIN[1], b"RETR 2\r\n"];
+    let want = direct(big2(), &steps);
+    assert_text(
+        &r.program_saw[before..],
+        &want[direct(big2(), &LOGIN).len()..],
+    );
+    let body = stuff(&big2().msgs[1]).len();
+    assert!(
+        s2c.len() < body - kept.len() + 1_000,
+        "{} crossed for {} missing",
+        s2c.len(),
+        body - kept.len()
+    );
+    assert!(mem.is_empty(), "partial removed once complete");
+}
+
+#[test]
+fn retr_prefetch_served_completes_and_leaves_no_partial() {
+    let (mem, store) = mem();
+    let steps: [&[u8]; 5] = [
+        LOGIN[0],
+        LOGIN[1],
+        b"RETR 1\r\n",
+        b"RETR 2\r\n",
+        b"QUIT\r\n",
+    ];
+    let mut r = Rig::with_store(PFR, &warm(), big2(), Some(store));
+    r.server_chunk = 1000;
+    for s in steps {
+        r.send(s);
+    }
+    assert_text(&r.program_saw, &direct(big2(), &steps));
+    assert_eq!(asked(&r.real, "RETR 2\r\n"), 1);
+    assert!(mem.is_empty());
+}

@@ -107,6 +107,17 @@ mod tests {
     }
 
     #[test]
+    fn closing_ends_a_block_cut_anywhere() {
+        let body = b"a\r\n..b\r\n.\r\r\n\r\nc\nd\r\n.x\r\n";
+        for cut in 0..=body.len() {
+            let mut s = DotScanner::at_line_start();
+            assert_eq!(s.scan(&body[..cut]), None, "cut {cut}");
+            let end = s.closing();
+            assert_eq!(s.scan(end), Some(end.len()), "cut {cut}");
+        }
+    }
+
+    #[test]
     fn take_line_caps_length() {
         let mut b = b"USER a\r\nPA".to_vec();
         assert_eq!(take_line(&mut b).unwrap().unwrap(), b"USER a\r\n");
