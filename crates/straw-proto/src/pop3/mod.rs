@@ -11,6 +11,12 @@
 //! link together. If the real server rejects `USER`, its `-ERR` becomes the
 //! reply to `PASS` (and the real `PASS` reply, which is then meaningless, is
 //! swallowed): the program sees a failed login, which is the truth.
+//!
+//! `RETR n` takes `RETR n+1` along (see [`RetrPrefetch`]): its real reply is
+//! held on the client side and serves the program's `RETR n+1` without a
+//! round trip. RETR commits nothing, so asking early changes nothing on the
+//! server. A prefetch that turns useless while it still streams (QUIT, DELE
+//! of it, a RETR elsewhere) is cut short in-band with `XSTRAW-ABORT n`.
 
 pub mod resume;
 pub(crate) mod text;
@@ -1228,6 +1234,8 @@ pub struct ServerAccel {
     inflight_retr: Option<u32>,
     /// The reply in flight was aborted: read and dropped to its end.
     dropping: bool,
+    /// A bulk reply's end is held (or was sent) without its flush yet.
+    flush_owed: bool,
 }
 
 impl ServerAccel {
@@ -1412,10 +1420,20 @@ impl Accelerator for ServerAccel {
         // (RETR/TOP) is streaming, or when holding would cost memory.
         let batch_done = self.inflight.is_none();
         let streaming = matches!(self.inflight, Some((_, true)));
+        self.flush_owed |= completed_bulk;
+        // A bulk reply ended and the next command is a bulk one (a pipelined
+        // or prefetched RETR): keep the end until the next status line is
+        // here (the real server is close), so both cross together and the
+        // program, asking as soon as it has the end, finds the next reply
+        // already there.
+        let join_next = streaming && !self.reader.in_body() && !self.dropping;
+        if join_next && self.flush_owed && self.held.len() < HOLD_LIMIT {
+            return;
+        }
         if batch_done || streaming || completed_bulk || self.held.len() >= HOLD_LIMIT {
             out.to_tunnel.append(&mut self.held);
             out.flush |= (batch_done && completed)
-                || completed_bulk
+                || std::mem::take(&mut self.flush_owed)
                 || (drained && !out.to_tunnel.is_empty());
         }
     }
@@ -1434,6 +1452,7 @@ impl Accelerator for ServerAccel {
         if self.greeted && (self.inflight.is_none() || streaming) && !self.held.is_empty() {
             out.to_tunnel.append(&mut self.held);
             out.flush = true;
+            self.flush_owed = false;
         }
     }
 }

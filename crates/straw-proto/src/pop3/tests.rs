@@ -1674,3 +1674,34 @@ fn retr_prefetch_served_completes_and_leaves_no_partial() {
     assert_eq!(asked(&r.real, "RETR 2\r\n"), 1);
     assert!(mem.is_empty());
 }
+
+#[test]
+fn retr_end_waits_for_the_next_retrs_status_line_to_cross_with_it() {
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(GREETING, true, &mut o);
+    s.from_tunnel(b"RETR 1\r\nRETR 2\r\nNOOP\r\n", &mut o);
+    assert_eq!(o.to_local, b"RETR 1\r\n");
+    o.clear();
+    s.from_local(b"+OK 9 octets\r\nab", true, &mut o);
+    assert_eq!(o.to_tunnel, b"+OK 9 octets\r\nab", "streams");
+    o.clear();
+    s.from_local(b"c\r\n.\r\n", true, &mut o);
+    assert_eq!(o.to_local, b"RETR 2\r\n");
+    assert!(
+        o.to_tunnel.is_empty() && !o.flush,
+        "end held for RETR 2's start"
+    );
+    o.clear();
+    s.from_local(b"+OK 3 oc", true, &mut o);
+    assert!(o.to_tunnel.is_empty(), "status line not complete yet");
+    s.from_local(b"tets\r\nxy", true, &mut o);
+    assert_eq!(o.to_tunnel, b"c\r\n.\r\n+OK 3 octets\r\nxy");
+    assert!(o.flush);
+    o.clear();
+    // RETR 2 ends; the next command is not bulk: nothing to wait for.
+    s.from_local(b"\r\n.\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"\r\n.\r\n");
+    assert!(o.flush);
+    assert_eq!(o.to_local, b"NOOP\r\n");
+}
