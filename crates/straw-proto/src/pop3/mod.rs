@@ -1234,6 +1234,7 @@ pub struct ServerAccel {
     inflight_retr: Option<u32>,
     /// The reply in flight was aborted: read and dropped to its end.
     dropping: bool,
+    dropped: usize,
     /// A bulk reply's end is held (or was sent) without its flush yet.
     flush_owed: bool,
 }
@@ -1401,6 +1402,7 @@ impl Accelerator for ServerAccel {
                 }
             };
             data = &data[n..];
+            self.dropped += dropped.len();
             out.bulk |= bulk;
             if done {
                 completed = true;
@@ -1408,9 +1410,14 @@ impl Accelerator for ServerAccel {
                 if !self.greeted {
                     self.greeted = true;
                 } else {
+                    if std::mem::take(&mut self.dropping) {
+                        out.notes.push(format!(
+                            "POP3 prefetched RETR cut short: {} bytes of it not sent",
+                            std::mem::take(&mut self.dropped)
+                        ));
+                    }
                     self.inflight = None;
                     self.inflight_retr = None;
-                    self.dropping = false;
                     self.sasl_next = is_continuation(&self.reader.first);
                 }
                 self.send_next(out);

@@ -1465,6 +1465,13 @@ fn retr_prefetch_quit_mid_stream_is_cut_short_in_band() {
     // The rest of the message is read upstream and dropped.
     r.s.from_local(&reply2[5_001..], true, &mut s);
     assert_eq!(s.to_local, b"QUIT\r\n");
+    assert_eq!(
+        s.notes,
+        vec![format!(
+            "POP3 prefetched RETR cut short: {} bytes of it not sent",
+            reply2.len() - 5_001
+        )]
+    );
     let bye = upstream(&mut r, &mut s);
     r.s.from_local(&bye, true, &mut s);
     let after: Vec<u8> = [cut, std::mem::take(&mut s.to_tunnel)].concat();
