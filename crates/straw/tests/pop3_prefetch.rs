@@ -1,8 +1,8 @@
 //! POP3 RETR prefetch through a real straw pair: a lockstep program that
 //! fetches message after message gets every reply byte-exact (also while a
 //! served prefetch is still streaming in, when the reply's first part comes
-//! out of the program's command and the rest out of the tunnel), and waits
-//! on the link about once, not once per RETR.
+//! out of the program's command and the rest out of the tunnel), and never
+//! waits on the link more often than without the prefetch.
 
 mod common;
 
