@@ -570,6 +570,7 @@ impl AccelFactory {
                 let a = pop3::ClientAccel::new(
                     pop3::Pop3Config {
                         prefetch: self.cfg.pop3.prefetch,
+                        prefetch_retr_max_bytes: self.cfg.pop3.prefetch_retr_max_bytes,
                     },
                     &cache,
                 );

@@ -248,11 +248,18 @@ pub struct ClientPop3 {
     /// Ask for STAT, UIDL and LIST together with the login, and answer the
     /// program's STAT/UIDL/LIST from those real replies.
     pub prefetch: bool,
+    /// With `RETR n`, also ask for `RETR n+1` if LIST says it is at most this
+    /// many bytes, and answer the program's `RETR n+1` from that real reply
+    /// (one held at a time; 0: never).
+    pub prefetch_retr_max_bytes: u64,
 }
 
 impl Default for ClientPop3 {
     fn default() -> Self {
-        Self { prefetch: true }
+        Self {
+            prefetch: true,
+            prefetch_retr_max_bytes: 64 * 1024,
+        }
     }
 }
 

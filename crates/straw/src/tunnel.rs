@@ -127,14 +127,16 @@ enum PumpMsg {
 enum Inbound {
     /// Stream bytes from the peer, through the accelerator.
     Data(Bytes),
-    /// Bytes the accelerator produced for the local socket itself.
-    Local(Vec<u8>),
+    /// The accelerator queued bytes for the local socket ([`PumpCtx::outq`]).
+    Wake,
     Fin,
     /// The tunnel is given up: let the accelerator say so, then close.
     LinkLost,
 }
 
 type SharedAccel = Arc<std::sync::Mutex<Box<dyn Accelerator>>>;
+/// Bytes for a local socket, each with the stream bytes consumed to make them.
+type LocalQueue = std::collections::VecDeque<(Vec<u8>, usize)>;
 
 struct Attached {
     /// Grants to the reader: "you may read up to n bytes".
@@ -684,6 +686,7 @@ impl Tunnel {
             accel: Arc::new(std::sync::Mutex::new(accel)),
             tx: self.pump_tx.clone(),
             local: a.inbound_tx.clone(),
+            outq: Arc::default(),
             cache,
         };
         ctx.route(&mut out);
@@ -921,17 +924,31 @@ struct PumpCtx {
     tx: mpsc::UnboundedSender<PumpMsg>,
     /// To this socket's writer.
     local: mpsc::UnboundedSender<Inbound>,
+    /// The accelerator's bytes for the local socket, in the order it made
+    /// them (queued under its lock by both pumps), with the stream bytes
+    /// consumed to make them (credit returned once written).
+    outq: Arc<std::sync::Mutex<LocalQueue>>,
     cache: Option<SharedCache>,
 }
 
 impl PumpCtx {
-    fn with_accel(&self, f: impl FnOnce(&mut dyn Accelerator, &mut Output), out: &mut Output) {
+    /// Runs `f` on the accelerator. With `consumed`, its bytes for the
+    /// local socket are queued to the writer (with that much stream credit)
+    /// before the lock goes too.
+    fn with_accel(
+        &self,
+        f: impl FnOnce(&mut dyn Accelerator, &mut Output),
+        out: &mut Output,
+        consumed: Option<usize>,
+    ) {
         out.clear();
         let mut guard = self.accel.lock().expect("accelerator lock");
         f(guard.as_mut(), out);
         // Queued before the lock goes: the other pump's output must not
         // overtake it (e.g. a body chunk read meanwhile passing the line the
-        // accelerator released from `from_tunnel`).
+        // accelerator released from `from_tunnel`, or a reply the program's
+        // command released from `from_local` being passed by the rest of it
+        // streaming in).
         if out.fail.is_none() && (!out.to_tunnel.is_empty() || out.flush) {
             let _ = self.tx.send(PumpMsg::Data {
                 stream: self.stream,
@@ -940,6 +957,20 @@ impl PumpCtx {
                 bulk: out.bulk,
             });
         }
+        if let Some(n) = consumed
+            && out.fail.is_none()
+            && (!out.to_local.is_empty() || n > 0)
+        {
+            self.queue_local(std::mem::take(&mut out.to_local), n);
+        }
+    }
+
+    fn queue_local(&self, bytes: Vec<u8>, consumed: usize) {
+        self.outq
+            .lock()
+            .expect("outq lock")
+            .push_back((bytes, consumed));
+        let _ = self.local.send(Inbound::Wake);
     }
 
     /// Routes an accelerator's output: bytes for the peer go to the tunnel
@@ -965,9 +996,7 @@ impl PumpCtx {
             return false;
         }
         if !out.to_local.is_empty() {
-            let _ = self
-                .local
-                .send(Inbound::Local(std::mem::take(&mut out.to_local)));
+            self.queue_local(std::mem::take(&mut out.to_local), 0);
         }
         if !out.to_tunnel.is_empty() || out.flush {
             let _ = self.tx.send(PumpMsg::Data {
@@ -993,7 +1022,7 @@ async fn read_pump(
         let want = grant.min(buf.len()).max(1);
         match rd.read(&mut buf[..want]).await {
             Ok(0) => {
-                ctx.with_accel(|a, out| a.local_eof(out), &mut out);
+                ctx.with_accel(|a, out| a.local_eof(out), &mut out, Some(0));
                 if !ctx.route(&mut out) {
                     return;
                 }
@@ -1003,7 +1032,11 @@ async fn read_pump(
             Ok(n) => {
                 // A short read means the socket had nothing more just now.
                 let drained = n < want;
-                ctx.with_accel(|a, out| a.from_local(&buf[..n], drained, out), &mut out);
+                ctx.with_accel(
+                    |a, out| a.from_local(&buf[..n], drained, out),
+                    &mut out,
+                    Some(0),
+                );
                 if !ctx.route(&mut out) {
                     return;
                 }
@@ -1027,18 +1060,23 @@ async fn write_pump(
     let stream = ctx.stream;
     let mut out = Output::default();
     while let Some(msg) = inbound.recv().await {
-        let (bytes, consumed) = match msg {
+        match msg {
             Inbound::Data(bytes) => {
-                ctx.with_accel(|a, out| a.from_tunnel(&bytes, out), &mut out);
-                let to_local = std::mem::take(&mut out.to_local);
+                ctx.with_accel(
+                    |a, out| a.from_tunnel(&bytes, out),
+                    &mut out,
+                    Some(bytes.len()),
+                );
                 if !ctx.route(&mut out) {
                     return;
                 }
-                (to_local, bytes.len())
             }
-            Inbound::Local(bytes) => (bytes, 0),
+            Inbound::Wake => {}
             Inbound::LinkLost => {
-                ctx.with_accel(|a, out| a.link_lost(out), &mut out);
+                if !write_queued(&ctx, &mut wr).await {
+                    return;
+                }
+                ctx.with_accel(|a, out| a.link_lost(out), &mut out, None);
                 if !out.to_local.is_empty() {
                     let _ = wr.write_all(&out.to_local).await;
                 }
@@ -1046,21 +1084,38 @@ async fn write_pump(
                 return;
             }
             Inbound::Fin => {
+                if !write_queued(&ctx, &mut wr).await {
+                    return;
+                }
                 let _ = wr.shutdown().await;
                 let _ = ctx.tx.send(PumpMsg::Closed { stream });
                 return;
             }
+        }
+        if !write_queued(&ctx, &mut wr).await {
+            return;
+        }
+    }
+}
+
+/// Writes what the accelerator queued for the local socket, in order, and
+/// returns the stream credit for it. False if the socket failed.
+async fn write_queued(ctx: &PumpCtx, wr: &mut tokio::io::WriteHalf<Box<dyn LocalIo>>) -> bool {
+    loop {
+        let next = ctx.outq.lock().expect("outq lock").pop_front();
+        let Some((bytes, consumed)) = next else {
+            return true;
         };
         if !bytes.is_empty()
             && let Err(e) = wr.write_all(&bytes).await
         {
-            debug!(stream, "local write failed: {e}");
-            let _ = ctx.tx.send(PumpMsg::Failed { stream });
-            return;
+            debug!(stream = ctx.stream, "local write failed: {e}");
+            let _ = ctx.tx.send(PumpMsg::Failed { stream: ctx.stream });
+            return false;
         }
         if consumed > 0 {
             let _ = ctx.tx.send(PumpMsg::Written {
-                stream,
+                stream: ctx.stream,
                 n: consumed,
             });
         }

@@ -11,6 +11,12 @@
 //! link together. If the real server rejects `USER`, its `-ERR` becomes the
 //! reply to `PASS` (and the real `PASS` reply, which is then meaningless, is
 //! swallowed): the program sees a failed login, which is the truth.
+//!
+//! `RETR n` takes `RETR n+1` along (see [`RetrPrefetch`]): its real reply is
+//! held on the client side and serves the program's `RETR n+1` without a
+//! round trip. RETR commits nothing, so asking early changes nothing on the
+//! server. A prefetch that turns useless while it still streams (QUIT, DELE
+//! of it, a RETR elsewhere) is cut short in-band with `XSTRAW-ABORT n`.
 
 pub mod resume;
 pub(crate) mod text;
@@ -18,7 +24,7 @@ pub(crate) mod text;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::partial::SharedStore;
 use crate::{AccelStats, Accelerator, Cache, Output};
@@ -33,7 +39,27 @@ pub const LINK_LOST: &[u8] = b"-ERR straw: link lost\r\n";
 pub struct Pop3Config {
     /// Ask for `STAT`, `UIDL` and `LIST` together with `PASS`.
     pub prefetch: bool,
+    /// With `RETR n`, also send `RETR n+1` when LIST says it is at most this
+    /// many bytes (0: never). See [`RetrPrefetch`].
+    pub prefetch_retr_max_bytes: u64,
 }
+
+/// The config's default for [`Pop3Config::prefetch_retr_max_bytes`].
+pub const DEFAULT_PREFETCH_RETR_MAX_BYTES: u64 = 64 * 1024;
+
+/// Client side → server side, in-band: `XSTRAW-ABORT <n>` cuts short the
+/// prefetched `RETR n` sent before it (see [`ServerAccel`]). Answered
+/// [`ABORT_ACK`] in its place in reply order; an older server side passes
+/// it to the real server, whose `-ERR` tells the client side not to send
+/// another.
+pub const ABORT_VERB: &str = "XSTRAW-ABORT";
+pub(crate) const ABORT_ACK: &[u8] = b"+OK\r\n";
+/// The reply to an aborted prefetch whose status line was not sent yet.
+pub(crate) const PREFETCH_ABORTED: &[u8] = b"-ERR straw: prefetch aborted\r\n";
+/// Server side's internal stand-ins in its command queue (never upstream):
+/// a queued RETR that was aborted, and the abort line itself.
+const SKIP_LINE: &[u8] = b"XSTRAW-INTERNAL-SKIP\r\n";
+const ACK_LINE: &[u8] = b"XSTRAW-INTERNAL-ACK\r\n";
 
 const PREFETCH: [&[u8]; 3] = [b"STAT\r\n", b"UIDL\r\n", b"LIST\r\n"];
 
@@ -76,6 +102,11 @@ impl ReplyReader {
     /// Past a `+OK` status line, inside a multi-line body.
     pub(crate) fn in_body(&self) -> bool {
         self.body.is_some()
+    }
+
+    /// Inside a body: the bytes that would end it right here.
+    pub(crate) fn closing(&self) -> Option<&'static [u8]> {
+        self.body.as_ref().map(DotScanner::closing)
     }
 
     /// Appends the reply bytes found in `data` to `sink` (the status line only
@@ -148,6 +179,8 @@ enum Disp {
     OwnUidl(u32),
     /// The server side's answer to a resume request (see [`resume`]).
     Resume,
+    /// The server side's answer to an abort line.
+    AbortAck,
     /// The real reply to a `USER` answered locally.
     VerifyUser,
     Pass {
@@ -163,6 +196,10 @@ enum Track {
     None,
     /// A UIDL listing or `UIDL n`: learn msg → UIDL (`multi`: a listing).
     Uidl {
+        multi: bool,
+    },
+    /// A LIST listing or `LIST n`: learn message sizes.
+    List {
         multi: bool,
     },
     Retr(Box<RetrTrack>),
@@ -182,6 +219,9 @@ struct RetrTrack {
     spliced: bool,
     /// The store holds this transfer's body so far.
     storing: bool,
+    /// Keep the body in the store (off for a discarded prefetch: an abort
+    /// may end it with bytes that are not the message's).
+    record: bool,
 }
 
 #[derive(Debug)]
@@ -198,6 +238,26 @@ enum Owed {
     Local(Vec<u8>),
     Remote { id: u64, buf: Vec<u8>, done: bool },
     Prefetched(usize),
+}
+
+/// The one `RETR n+1` sent ahead of the program (pipelined behind its
+/// `RETR n`). Its real reply is kept here until the program asks for it; it
+/// then becomes an ordinary owed reply and streams on as it comes. Bounded:
+/// only sent when LIST says the message fits the configured cap, and
+/// dropped if the reply outgrows [`Self::limit`].
+///
+/// Link waits: the program's `RETR n+1` counts as one only if none of the
+/// prefetched reply has arrived and nothing else is owed to the program (it
+/// then waits on bytes already on their way); otherwise it is a local reply.
+#[derive(Debug)]
+struct RetrPrefetch {
+    msg: u32,
+    /// The reply's id (like an owed reply's, but owed to no one yet).
+    id: u64,
+    buf: Vec<u8>,
+    done: bool,
+    /// Most bytes held: LIST sizes count octets before dot-stuffing.
+    limit: usize,
 }
 
 /// Client side: next to the mail program.
@@ -230,6 +290,14 @@ pub struct ClientAccel {
     uidls: HashMap<u32, Option<String>>,
     /// The server side doesn't know resume requests (an older straw).
     resume_refused: bool,
+    /// msg number → size, from LIST (the prefetched one or the program's).
+    sizes: HashMap<u32, u64>,
+    /// Messages the program marked deleted or asked for: not prefetched.
+    deleted: HashSet<u32>,
+    retrieved: HashSet<u32>,
+    pf_retr: Option<RetrPrefetch>,
+    /// The server side doesn't know abort lines (an older straw).
+    abort_refused: bool,
 }
 
 impl ClientAccel {
@@ -263,6 +331,11 @@ impl ClientAccel {
             user: None,
             uidls: HashMap::new(),
             resume_refused: false,
+            sizes: HashMap::new(),
+            deleted: HashSet::new(),
+            retrieved: HashSet::new(),
+            pf_retr: None,
+            abort_refused: false,
         }
     }
 
@@ -346,6 +419,13 @@ impl ClientAccel {
                 return;
             }
         }
+        if let Some(p) = &mut self.pf_retr
+            && p.id == id
+        {
+            p.buf.extend_from_slice(bytes);
+            p.done = end;
+        }
+        // Otherwise a discarded prefetch: dropped.
     }
 
     /// Writes every reply the program can have now, in order.
@@ -475,9 +555,157 @@ impl ClientAccel {
             resumed: false,
             spliced: false,
             storing: false,
+            record: true,
         }));
         self.forward_tracked(&line, true, false, track, out);
         true
+    }
+
+    /// After the program's `RETR after`: sends `RETR after+1` too if it is
+    /// likely wanted and small (see [`RetrPrefetch`]). Skipped while a
+    /// partial of it may be stored: the program's own RETR then resumes it
+    /// through the one resume path.
+    fn prefetch_retr(&mut self, after: u32, out: &mut Output) {
+        let cap = self.cfg.prefetch_retr_max_bytes;
+        if cap == 0 || self.pf_retr.is_some() || self.failed {
+            return;
+        }
+        let Some(n) = after.checked_add(1) else {
+            return;
+        };
+        let Some(&size) = self.sizes.get(&n) else {
+            return;
+        };
+        if size > cap || self.deleted.contains(&n) || self.retrieved.contains(&n) {
+            return;
+        }
+        let mut track = Track::None;
+        if let (Some(store), Some(user)) = (self.store.clone(), self.user.clone()) {
+            let key = match self.uidls.get(&n) {
+                Some(Some(uid)) => {
+                    let key = resume::key(&user, uid);
+                    if store.get(&key).is_some() {
+                        return;
+                    }
+                    Some(key)
+                }
+                Some(None) => None,
+                None => {
+                    if store.any_with_prefix(&resume::account_prefix(&user)) {
+                        return;
+                    }
+                    if !self.prefetch_uidl_pending() {
+                        // Keys the body in the store, as for the program's RETR.
+                        out.to_tunnel
+                            .extend_from_slice(format!("UIDL {n}\r\n").as_bytes());
+                        self.expect.push_back(Expect {
+                            multi: false,
+                            disp: Disp::OwnUidl(n),
+                            unblocks: false,
+                        });
+                    }
+                    None
+                }
+            };
+            if key.is_some() || !matches!(self.uidls.get(&n), Some(None)) {
+                track = Track::Retr(Box::new(RetrTrack {
+                    msg: n,
+                    key,
+                    offered: None,
+                    resumed: false,
+                    spliced: false,
+                    storing: false,
+                    record: true,
+                }));
+            }
+        }
+        out.to_tunnel
+            .extend_from_slice(format!("RETR {n}\r\n").as_bytes());
+        out.flush = true;
+        self.next_id += 1;
+        let id = self.next_id;
+        self.expect.push_back(Expect {
+            multi: true,
+            disp: Disp::Deliver {
+                id,
+                capa: false,
+                track,
+            },
+            unblocks: false,
+        });
+        let limit =
+            usize::try_from(size.saturating_mul(2).saturating_add(1024)).unwrap_or(usize::MAX);
+        self.pf_retr = Some(RetrPrefetch {
+            msg: n,
+            id,
+            buf: Vec::new(),
+            done: false,
+            limit,
+        });
+    }
+
+    /// The program asks for the prefetched message: owe it its real reply,
+    /// what has arrived now and the rest as it comes.
+    fn claim_prefetch(&mut self) {
+        let Some(p) = self.pf_retr.take() else {
+            return;
+        };
+        if !p.buf.is_empty() || p.done {
+            self.stats.local_replies += 1;
+        } else if !self.program_waiting() {
+            self.stats.link_waits += 1;
+        }
+        self.owed.push_back(Owed::Remote {
+            id: p.id,
+            buf: p.buf,
+            done: p.done,
+        });
+    }
+
+    /// The prefetched message won't be asked for (or outgrew its bound):
+    /// forget it, and if it is still arriving, stop recording it and ask the
+    /// server side to cut it short.
+    fn discard_prefetch(&mut self, out: &mut Output) {
+        let Some(p) = self.pf_retr.take() else {
+            return;
+        };
+        if p.done {
+            return;
+        }
+        for e in &mut self.expect {
+            if let Disp::Deliver {
+                id,
+                track: Track::Retr(t),
+                ..
+            } = &mut e.disp
+                && *id == p.id
+            {
+                t.record = false;
+                if let (Some(store), Some(key), true) = (&self.store, &t.key, t.storing) {
+                    store.remove(key);
+                }
+                t.storing = false;
+            }
+        }
+        if !self.abort_refused {
+            out.to_tunnel
+                .extend_from_slice(format!("{ABORT_VERB} {}\r\n", p.msg).as_bytes());
+            out.flush = true;
+            self.expect.push_back(Expect {
+                multi: false,
+                disp: Disp::AbortAck,
+                unblocks: false,
+            });
+        }
+    }
+
+    /// Learns msg → size pairs from a LIST reply.
+    fn learn_sizes(&mut self, reply: &[u8], multi: bool) {
+        for (n, size) in resume::parse_uidl(reply, multi) {
+            if let Ok(size) = size.parse() {
+                self.sizes.insert(n, size);
+            }
+        }
     }
 
     /// The UIDL listing prefetched with the login is still on its way.
@@ -547,7 +775,34 @@ impl ClientAccel {
                 .map(str::to_owned);
             self.uidls.clear();
         }
+        let msg = msg_arg(&line);
+        if let Some(p) = &self.pf_retr {
+            let useless = match verb.as_str() {
+                "QUIT" | "USER" | "PASS" | "APOP" | "AUTH" => true,
+                // The prefetched reply would no longer be what RETR says.
+                "DELE" => msg == Some(p.msg),
+                // The program went elsewhere; prefetch after that instead.
+                "RETR" => msg != Some(p.msg),
+                _ => false,
+            };
+            if useless {
+                self.discard_prefetch(out);
+            }
+        }
         match verb.as_str() {
+            "USER" | "APOP" | "AUTH" => {
+                self.sizes.clear();
+                self.deleted.clear();
+                self.retrieved.clear();
+            }
+            "DELE" => self.deleted.extend(msg),
+            _ => {}
+        }
+        match verb.as_str() {
+            v if v.starts_with("XSTRAW-") => {
+                // Straw's own in-band lines: never from the program.
+                self.owe_local(b"-ERR Unknown command.\r\n".to_vec());
+            }
             "USER" => {
                 self.held_user = Some(line);
                 self.owe_local(b"+OK\r\n".to_vec());
@@ -588,11 +843,27 @@ impl ClientAccel {
                 self.forward(&line, !arg, false, out);
                 self.block_on_last();
             }
-            "RETR" if arg => {
-                self.retr(line, out);
-            }
+            "RETR" if arg => match msg {
+                Some(m) if self.pf_retr.as_ref().is_some_and(|p| p.msg == m) => {
+                    self.claim_prefetch();
+                    self.retrieved.insert(m);
+                    self.prefetch_retr(m, out);
+                }
+                _ => {
+                    if self.retr(line, out)
+                        && let Some(m) = msg
+                    {
+                        self.retrieved.insert(m);
+                        self.prefetch_retr(m, out);
+                    }
+                }
+            },
             "UIDL" => {
                 let track = Track::Uidl { multi: !arg };
+                self.forward_tracked(&line, !arg, false, track, out);
+            }
+            "LIST" => {
+                let track = Track::List { multi: !arg };
                 self.forward_tracked(&line, !arg, false, track, out);
             }
             _ => {
@@ -644,6 +915,7 @@ impl ClientAccel {
             Disp::Deliver { id, capa, track } => {
                 match track {
                     Track::Uidl { multi } => self.learn_uidls(&reply, multi),
+                    Track::List { multi } => self.learn_sizes(&reply, multi),
                     Track::Retr(t) => self.retr_done(&t),
                     Track::None => {}
                 }
@@ -682,6 +954,12 @@ impl ClientAccel {
                     self.resume_refused = true;
                 }
             }
+            Disp::AbortAck => {
+                if !reply.starts_with(b"+OK") {
+                    // An older server side passed it to the real server.
+                    self.abort_refused = true;
+                }
+            }
             Disp::VerifyUser => {
                 if !ok {
                     if !matches!(
@@ -714,6 +992,9 @@ impl ClientAccel {
                 if s == 1 {
                     self.learn_uidls(&reply, true);
                 }
+                if s == 2 {
+                    self.learn_sizes(&reply, true);
+                }
                 self.pf_val[s] = Some(reply)
             }
         }
@@ -722,6 +1003,14 @@ impl ClientAccel {
             self.sasl_next = is_continuation(&self.reader.first);
         }
     }
+}
+
+/// The message number argument of `RETR n`, `DELE n`, `XSTRAW-ABORT n`...
+fn msg_arg(line: &[u8]) -> Option<u32> {
+    String::from_utf8_lossy(text::trim_end(line))
+        .split_ascii_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
 }
 
 /// CAPA towards the program: no STLS (the tunnel is encrypted), PIPELINING
@@ -768,6 +1057,7 @@ impl Accelerator for ClientAccel {
         }
         self.owed.clear();
         self.expect.clear();
+        self.pf_retr = None;
     }
 
     fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
@@ -812,6 +1102,11 @@ impl Accelerator for ClientAccel {
                 // Stream long replies (RETR) to the program as they come.
                 let piece = std::mem::take(&mut self.cur);
                 self.deliver(id, &piece, false);
+                if self.pf_retr.as_ref().is_some_and(|p| p.buf.len() > p.limit) {
+                    out.notes
+                        .push("POP3 prefetched RETR is longer than LIST said: dropped".into());
+                    self.discard_prefetch(out);
+                }
             }
             if done {
                 let e = self.expect.pop_front().expect("front checked");
@@ -847,6 +1142,9 @@ impl ClientAccel {
         let Some(store) = &self.store else {
             return Ok(());
         };
+        if !t.record {
+            return Ok(());
+        }
         let ok = self.reader.first.starts_with(b"+OK");
         let status_now = !was_body && !self.cur.is_empty();
         let body_from = if status_now {
@@ -932,6 +1230,13 @@ pub struct ServerAccel {
     /// A resume request waiting for its RETR, and the RETR being resumed.
     resume_req: Option<(usize, String)>,
     resume: Option<resume::ServerResume>,
+    /// The message number of the RETR awaiting its reply.
+    inflight_retr: Option<u32>,
+    /// The reply in flight was aborted: read and dropped to its end.
+    dropping: bool,
+    dropped: usize,
+    /// A bulk reply's end is held (or was sent) without its flush yet.
+    flush_owed: bool,
 }
 
 impl ServerAccel {
@@ -971,6 +1276,14 @@ impl ServerAccel {
                     self.held.extend_from_slice(resume::NOT_RESUMED);
                 }
             }
+            if line == SKIP_LINE {
+                self.held.extend_from_slice(PREFETCH_ABORTED);
+                continue;
+            }
+            if line == ACK_LINE {
+                self.held.extend_from_slice(ABORT_ACK);
+                continue;
+            }
             if v != resume::VERB {
                 break line;
             }
@@ -983,14 +1296,60 @@ impl ServerAccel {
                 }
             }
         };
+        self.inflight_retr = None;
         let kind = if std::mem::take(&mut self.sasl_next) {
             (false, false)
         } else {
             let (v, arg) = verb(&line);
+            if v == "RETR" {
+                self.inflight_retr = msg_arg(&line);
+            }
             (multi_if_ok(&v, arg), matches!(v.as_str(), "RETR" | "TOP"))
         };
         out.to_local.extend_from_slice(&line);
         self.inflight = Some(kind);
+    }
+
+    /// Acts on abort lines as soon as they arrive, ahead of the commands
+    /// queued before them: the aborted `RETR n` is the last one sent before
+    /// the line (the client side never asks again for a prefetch it has not
+    /// given up). Still queued, it is answered [`PREFETCH_ABORTED`] without
+    /// asking; in flight, its reply is ended right where it is and the rest
+    /// read and dropped. The line itself is answered in its place in order.
+    fn take_aborts(&mut self, out: &mut Output) {
+        let pat = ABORT_VERB.as_bytes();
+        if !self.inbuf.windows(pat.len()).any(|w| w == pat) {
+            return;
+        }
+        let mut rest = std::mem::take(&mut self.inbuf);
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        while let Some(p) = rest.iter().position(|&b| b == b'\n') {
+            lines.push(rest.drain(..=p).collect());
+        }
+        for i in 0..lines.len() {
+            if verb(&lines[i]).0 != ABORT_VERB {
+                continue;
+            }
+            let n = msg_arg(&lines[i]);
+            lines[i] = ACK_LINE.to_vec();
+            let Some(n) = n else {
+                out.notes
+                    .push("POP3: abort line without a message number".into());
+                continue;
+            };
+            let queued = (0..i)
+                .rev()
+                .find(|&j| verb(&lines[j]).0 == "RETR" && msg_arg(&lines[j]) == Some(n));
+            if let Some(j) = queued {
+                lines[j] = SKIP_LINE.to_vec();
+            } else if self.inflight_retr == Some(n) && !self.dropping && self.resume.is_none() {
+                let end = self.reader.closing().unwrap_or(PREFETCH_ABORTED);
+                self.held.extend_from_slice(end);
+                self.dropping = true;
+            }
+        }
+        self.inbuf = lines.concat();
+        self.inbuf.append(&mut rest);
     }
 }
 
@@ -1017,8 +1376,14 @@ impl Accelerator for ServerAccel {
                     );
                 }
             };
+            let mut dropped = Vec::new();
+            let sink = if self.dropping {
+                &mut dropped
+            } else {
+                &mut self.held
+            };
             let (n, done) = match &mut self.resume {
-                None => match self.reader.feed(data, multi, &mut self.held) {
+                None => match self.reader.feed(data, multi, sink) {
                     Ok(r) => r,
                     Err(e) => return self.fail(out, e),
                 },
@@ -1037,6 +1402,7 @@ impl Accelerator for ServerAccel {
                 }
             };
             data = &data[n..];
+            self.dropped += dropped.len();
             out.bulk |= bulk;
             if done {
                 completed = true;
@@ -1044,7 +1410,14 @@ impl Accelerator for ServerAccel {
                 if !self.greeted {
                     self.greeted = true;
                 } else {
+                    if std::mem::take(&mut self.dropping) {
+                        out.notes.push(format!(
+                            "POP3 prefetched RETR cut short: {} bytes of it not sent",
+                            std::mem::take(&mut self.dropped)
+                        ));
+                    }
                     self.inflight = None;
+                    self.inflight_retr = None;
                     self.sasl_next = is_continuation(&self.reader.first);
                 }
                 self.send_next(out);
@@ -1054,10 +1427,20 @@ impl Accelerator for ServerAccel {
         // (RETR/TOP) is streaming, or when holding would cost memory.
         let batch_done = self.inflight.is_none();
         let streaming = matches!(self.inflight, Some((_, true)));
+        self.flush_owed |= completed_bulk;
+        // A bulk reply ended and the next command is a bulk one (a pipelined
+        // or prefetched RETR): keep the end until the next status line is
+        // here (the real server is close), so both cross together and the
+        // program, asking as soon as it has the end, finds the next reply
+        // already there.
+        let join_next = streaming && !self.reader.in_body() && !self.dropping;
+        if join_next && self.flush_owed && self.held.len() < HOLD_LIMIT {
+            return;
+        }
         if batch_done || streaming || completed_bulk || self.held.len() >= HOLD_LIMIT {
             out.to_tunnel.append(&mut self.held);
             out.flush |= (batch_done && completed)
-                || completed_bulk
+                || std::mem::take(&mut self.flush_owed)
                 || (drained && !out.to_tunnel.is_empty());
         }
     }
@@ -1068,6 +1451,15 @@ impl Accelerator for ServerAccel {
             return;
         }
         self.inbuf.extend_from_slice(data);
+        self.take_aborts(out);
         self.send_next(out);
+        // An abort's own bytes (a reply's end, answers in place of commands)
+        // go now: nothing else would send them soon.
+        let streaming = matches!(self.inflight, Some((_, true)));
+        if self.greeted && (self.inflight.is_none() || streaming) && !self.held.is_empty() {
+            out.to_tunnel.append(&mut self.held);
+            out.flush = true;
+            self.flush_owed = false;
+        }
     }
 }

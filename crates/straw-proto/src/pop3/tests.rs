@@ -332,7 +332,10 @@ fn warm() -> Cache {
     c
 }
 
-const PF: Pop3Config = Pop3Config { prefetch: true };
+const PF: Pop3Config = Pop3Config {
+    prefetch: true,
+    prefetch_retr_max_bytes: 0,
+};
 
 #[test]
 fn pop3_cold_then_warm_session_is_exact_and_waits_at_most_12() {
@@ -686,7 +689,13 @@ fn lost(c: &mut ClientAccel) -> Vec<u8> {
 }
 
 fn logged_in() -> ClientAccel {
-    let mut c = ClientAccel::new(Pop3Config { prefetch: false }, &Cache::new());
+    let mut c = ClientAccel::new(
+        Pop3Config {
+            prefetch: false,
+            prefetch_retr_max_bytes: 0,
+        },
+        &Cache::new(),
+    );
     let mut out = Output::default();
     c.start(&mut out);
     c.from_tunnel(GREETING, &mut out);
@@ -865,7 +874,10 @@ fn retr_resume_with_changed_prefix_falls_back_to_full() {
 
 #[test]
 fn retr_resume_without_prefetch_asks_uidl_first() {
-    let cfg = Pop3Config { prefetch: false };
+    let cfg = Pop3Config {
+        prefetch: false,
+        prefetch_retr_max_bytes: 0,
+    };
     let (mem, store) = mem();
     let full = direct_retr(big_server(0), &LOGIN);
     let saw = cut_attempt(cfg, big_server(0), &store, 15_000);
@@ -886,7 +898,10 @@ fn retr_resume_without_prefetch_asks_uidl_first() {
 
 #[test]
 fn retr_resume_uses_the_programs_uidl_listing() {
-    let cfg = Pop3Config { prefetch: false };
+    let cfg = Pop3Config {
+        prefetch: false,
+        prefetch_retr_max_bytes: 0,
+    };
     let (mem, store) = mem();
     cut_attempt(cfg, big_server(0), &store, 15_000);
     let kept = mem.get(&resume::key("bob", "uid-1")).unwrap();
@@ -945,7 +960,10 @@ fn retr_cut_before_the_body_keeps_nothing_useful() {
 
 #[test]
 fn retr_waiting_for_its_uidl_keeps_pipelined_replies_in_order() {
-    let cfg = Pop3Config { prefetch: false };
+    let cfg = Pop3Config {
+        prefetch: false,
+        prefetch_retr_max_bytes: 0,
+    };
     let (mem, store) = mem();
     cut_attempt(cfg, big_server(0), &store, 15_000);
     // Another message of the same account in the store, too.
@@ -1015,4 +1033,682 @@ fn retr_pipelined_with_the_login_uses_the_prefetched_uidl() {
         !seen.contains("UIDL 1") && !seen.contains("XSTRAW"),
         "{seen}"
     );
+}
+
+// ------------------------------------------------------- RETR prefetch
+
+const PFR: Pop3Config = Pop3Config {
+    prefetch: true,
+    prefetch_retr_max_bytes: DEFAULT_PREFETCH_RETR_MAX_BYTES,
+};
+
+/// The benchmark's poplib session: USER, PASS, STAT, LIST, RETR 1..10, QUIT.
+fn bench_session() -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = ["USER bob\r\n", "PASS secret\r\n", "STAT\r\n", "LIST\r\n"]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    for i in 1..=10 {
+        v.push(format!("RETR {i}\r\n").into_bytes());
+    }
+    v.push(b"QUIT\r\n".to_vec());
+    v
+}
+
+fn refs(steps: &[Vec<u8>]) -> Vec<&[u8]> {
+    steps.iter().map(|s| s.as_slice()).collect()
+}
+
+/// How often the real server was asked `line`.
+fn asked(real: &FakeDovecot, line: &str) -> usize {
+    String::from_utf8_lossy(&real.seen).matches(line).count()
+}
+
+#[test]
+fn retr_prefetch_bench_session_waits_drop_and_bytes_are_exact() {
+    let steps = bench_session();
+    // 12 messages: RETR 10 prefetches 11, which QUIT then throws away.
+    for n in [10, 12] {
+        let expected = direct(FakeDovecot::new(n), &refs(&steps));
+        let mut cold = Rig::new(PFR, &Cache::new(), FakeDovecot::new(n));
+        for s in &steps {
+            cold.send(s);
+        }
+        assert_text(&cold.program_saw, &expected);
+        assert!(cold.fails.is_empty(), "{:?}", cold.fails);
+        assert_eq!(
+            cold.c.stats().link_waits,
+            4,
+            "greeting + PASS + RETR 1 + QUIT"
+        );
+
+        let mut rig = Rig::new(PFR, &cold.cache(), FakeDovecot::new(n));
+        for s in &steps {
+            rig.send(s);
+        }
+        assert_text(&rig.program_saw, &expected);
+        assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+        let st = rig.c.stats();
+        assert_eq!(st.link_waits, 3, "PASS + RETR 1 + QUIT (was 12)");
+        assert_eq!(
+            st.local_replies, 13,
+            "greeting, USER, STAT, LIST, RETR 2..10"
+        );
+        for i in 1..=10 {
+            assert_eq!(asked(&rig.real, &format!("RETR {i}\r\n")), 1, "RETR {i}");
+        }
+        assert_eq!(asked(&rig.real, "RETR 11\r\n"), usize::from(n > 10));
+        assert_eq!(asked(&rig.real, "XSTRAW"), 0);
+        assert!(!rig.real.pipelined, "server side still runs lockstep");
+    }
+}
+
+#[test]
+fn retr_prefetch_without_it_is_one_wait_per_retr() {
+    let steps = bench_session();
+    let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(10));
+    for s in &steps {
+        rig.send(s);
+    }
+    assert_eq!(rig.c.stats().link_waits, 12, "PASS + 10 RETR + QUIT");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn retr_prefetch_any_split_of_the_program_stream_is_exact(
+        cuts in proptest::collection::vec(0usize..400, 0..12)
+    ) {
+        let steps = bench_session();
+        let all: Vec<u8> = steps.concat();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % all.len()).collect();
+        cuts.sort();
+        let mut rig = Rig::new(PFR, &warm(), FakeDovecot::new(10));
+        let mut last = 0;
+        for c in cuts.into_iter().chain([all.len()]) {
+            rig.send(&all[last..c]);
+            last = c;
+        }
+        prop_assert_eq!(&rig.program_saw, &direct(FakeDovecot::new(10), &refs(&steps)));
+        let mut want = b"USER bob\r\nPASS secret\r\nSTAT\r\nUIDL\r\nLIST\r\n".to_vec();
+        for i in 1..=10 {
+            want.extend(format!("RETR {i}\r\n").bytes());
+        }
+        want.extend(b"QUIT\r\n");
+        prop_assert_eq!(&rig.real.seen, &want, "each RETR asked once, in order");
+        prop_assert!(rig.fails.is_empty());
+    }
+}
+
+#[test]
+fn retr_prefetch_fetchmail_retr_dele_interleave() {
+    let mut steps: Vec<Vec<u8>> = vec![b"USER bob\r\n".to_vec(), b"PASS secret\r\n".to_vec()];
+    for i in 1..=10 {
+        steps.push(format!("RETR {i}\r\n").into_bytes());
+        steps.push(format!("DELE {i}\r\n").into_bytes());
+    }
+    steps.push(b"QUIT\r\n".to_vec());
+    let mut rig = Rig::new(PFR, &warm(), FakeDovecot::new(10));
+    for s in &steps {
+        rig.send(s);
+    }
+    assert_text(
+        &rig.program_saw,
+        &direct(FakeDovecot::new(10), &refs(&steps)),
+    );
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+    let seen = String::from_utf8_lossy(&rig.real.seen).into_owned();
+    assert!(
+        seen.contains("RETR 1\r\nRETR 2\r\nDELE 1\r\nRETR 3\r\nDELE 2\r\n"),
+        "{seen}"
+    );
+    for i in 1..=10 {
+        assert_eq!(asked(&rig.real, &format!("RETR {i}\r\n")), 1, "RETR {i}");
+    }
+    // DELE commits: each is a real round trip; RETR 2..10 are not.
+    let st = rig.c.stats();
+    assert_eq!(st.link_waits, 1 + 1 + 10 + 1, "PASS, RETR 1, 10 DELE, QUIT");
+}
+
+#[test]
+fn retr_prefetch_dele_of_the_prefetched_message_discards_it() {
+    let steps: Vec<Vec<u8>> = [
+        "USER bob\r\n",
+        "PASS secret\r\n",
+        "RETR 1\r\n",
+        "DELE 2\r\n",
+        "RETR 2\r\n",
+        "RETR 3\r\n",
+        "QUIT\r\n",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let mut rig = Rig::new(PFR, &warm(), FakeDovecot::new(4));
+    let mut got = Vec::new();
+    for s in &steps {
+        got.push(rig.send(s));
+    }
+    assert_text(
+        &rig.program_saw,
+        &direct(FakeDovecot::new(4), &refs(&steps)),
+    );
+    assert!(
+        got[4].starts_with(b"-ERR"),
+        "RETR of a deleted message fails, as for real"
+    );
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+    // The prefetched RETR 2 was thrown away; the program's went for real
+    // (and asked RETR 3 ahead, served from that).
+    assert_eq!(asked(&rig.real, "RETR 2\r\n"), 2);
+    assert_eq!(asked(&rig.real, "RETR 3\r\n"), 1);
+}
+
+#[test]
+fn retr_prefetch_respects_the_size_cap_and_zero_disables() {
+    let real = FakeDovecot::new(4);
+    let size2 = real.msgs[1].len() as u64;
+    let steps: [&[u8]; 4] = [
+        b"USER bob\r\n",
+        b"PASS secret\r\n",
+        b"RETR 1\r\n",
+        b"RETR 2\r\n",
+    ];
+    for (cap, prefetched) in [(size2 - 1, false), (size2, true), (0, false)] {
+        let cfg = Pop3Config {
+            prefetch: true,
+            prefetch_retr_max_bytes: cap,
+        };
+        let mut rig = Rig::new(cfg, &warm(), real.clone());
+        for s in &steps[..3] {
+            rig.send(s);
+        }
+        let seen = String::from_utf8_lossy(&rig.real.seen).into_owned();
+        assert_eq!(
+            seen.ends_with("RETR 1\r\nRETR 2\r\n"),
+            prefetched,
+            "cap {cap}: {seen}"
+        );
+        rig.send(steps[3]);
+        assert_text(&rig.program_saw, &direct(real.clone(), &steps));
+        assert_eq!(asked(&rig.real, "RETR 2\r\n"), 1);
+    }
+}
+
+#[test]
+fn retr_prefetch_without_list_data_does_nothing() {
+    // No login prefetch and no LIST from the program: sizes unknown.
+    let cfg = Pop3Config {
+        prefetch: false,
+        prefetch_retr_max_bytes: DEFAULT_PREFETCH_RETR_MAX_BYTES,
+    };
+    let mut rig = Rig::new(cfg, &warm(), FakeDovecot::new(3));
+    for s in [&b"USER bob\r\n"[..], b"PASS secret\r\n", b"RETR 1\r\n"] {
+        rig.send(s);
+    }
+    assert_eq!(asked(&rig.real, "RETR 2"), 0);
+    // The program's own LIST is enough; past the last message, nothing.
+    rig.send(b"LIST\r\n");
+    rig.send(b"RETR 2\r\n");
+    assert_eq!(asked(&rig.real, "RETR 3\r\n"), 1, "prefetched");
+    rig.send(b"RETR 3\r\n");
+    assert_eq!(
+        asked(&rig.real, "RETR 3\r\n"),
+        1,
+        "served from the prefetch"
+    );
+    assert_eq!(asked(&rig.real, "RETR 4"), 0, "no message 4");
+}
+
+#[test]
+fn retr_prefetch_err_reply_is_what_the_program_gets() {
+    // Message 2 vanishes after LIST (another session expunged it).
+    let steps: [&[u8]; 5] = [
+        b"USER bob\r\n",
+        b"PASS secret\r\n",
+        b"LIST\r\n",
+        b"RETR 1\r\n",
+        b"RETR 2\r\n",
+    ];
+    let mut rig = Rig::new(PFR, &warm(), FakeDovecot::new(3));
+    for s in &steps[..3] {
+        rig.send(s);
+    }
+    rig.real.deleted[1] = true;
+    rig.send(steps[3]);
+    let got = rig.send(steps[4]);
+    assert_eq!(got, b"-ERR There's no message 99.\r\n");
+    assert_eq!(asked(&rig.real, "RETR 2\r\n"), 1, "not asked again");
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+}
+
+/// A client side logged in with LIST known (messages of `sizes`), by hand.
+fn listed(cfg: Pop3Config, sizes: &[usize]) -> ClientAccel {
+    let mut c = ClientAccel::new(cfg, &warm());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(GREETING, &mut o);
+    c.from_local(b"USER bob\r\nPASS x\r\n", true, &mut o);
+    assert_eq!(
+        o.to_tunnel,
+        b"USER bob\r\nPASS x\r\nSTAT\r\nUIDL\r\nLIST\r\n"
+    );
+    let mut replies = b"+OK\r\n+OK Logged in.\r\n+OK 1 1\r\n+OK\r\n".to_vec();
+    for i in 1..=sizes.len() {
+        replies.extend(format!("{i} u{i}\r\n").bytes());
+    }
+    replies.extend(b".\r\n+OK\r\n");
+    for (i, s) in sizes.iter().enumerate() {
+        replies.extend(format!("{} {s}\r\n", i + 1).bytes());
+    }
+    replies.extend(b".\r\n");
+    c.from_tunnel(&replies, &mut o);
+    assert!(o.fail.is_none(), "{:?}", o.fail);
+    c
+}
+
+#[test]
+fn retr_prefetch_streams_to_a_program_that_asked_before_it_arrived() {
+    let mut c = listed(PFR, &[10, 10, 10]);
+    let base = c.stats();
+    let mut o = Output::default();
+    c.from_local(b"RETR 1\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 1\r\nRETR 2\r\n");
+    assert!(o.flush);
+    o.clear();
+    c.from_tunnel(b"+OK 3 octets\r\nab\r\n.\r\n", &mut o);
+    assert_eq!(o.to_local, b"+OK 3 octets\r\nab\r\n.\r\n");
+    o.clear();
+    // RETR 2 is on its way, none of it here yet: the program waits for it.
+    c.from_local(b"RETR 2\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 3\r\n", "asks ahead again, not RETR 2");
+    assert!(o.to_local.is_empty());
+    assert_eq!(c.stats().link_waits, base.link_waits + 2);
+    o.clear();
+    c.from_tunnel(b"+OK 3 octets\r\ncd", &mut o);
+    assert_eq!(o.to_local, b"+OK 3 octets\r\ncd", "streamed as it comes");
+    o.clear();
+    c.from_tunnel(b"\r\n.\r\n+OK 3 octets\r\nef\r\n", &mut o);
+    assert_eq!(o.to_local, b"\r\n.\r\n", "RETR 3 held: not asked yet");
+    o.clear();
+    c.from_local(b"RETR 3\r\n", true, &mut o);
+    assert_eq!(o.to_local, b"+OK 3 octets\r\nef\r\n");
+    assert!(o.to_tunnel.is_empty(), "no message 4");
+    assert_eq!(
+        c.stats().link_waits,
+        base.link_waits + 2,
+        "first bytes were here: not a wait"
+    );
+    o.clear();
+    c.from_tunnel(b".\r\n", &mut o);
+    assert_eq!(o.to_local, b".\r\n");
+}
+
+#[test]
+fn retr_prefetch_pipelined_by_the_program_is_one_wait() {
+    let mut c = listed(PFR, &[10, 10, 10]);
+    let base = c.stats();
+    let mut o = Output::default();
+    c.from_local(b"RETR 1\r\nRETR 2\r\nRETR 3\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 1\r\nRETR 2\r\nRETR 3\r\n");
+    c.from_tunnel(
+        b"+OK\r\na\r\n.\r\n+OK\r\nb\r\n.\r\n+OK\r\nc\r\n.\r\n",
+        &mut o,
+    );
+    assert_eq!(
+        o.to_local,
+        b"+OK\r\na\r\n.\r\n+OK\r\nb\r\n.\r\n+OK\r\nc\r\n.\r\n"
+    );
+    assert_eq!(c.stats().link_waits, base.link_waits + 1);
+}
+
+#[test]
+fn retr_prefetch_holds_one_message_within_its_bound() {
+    // LIST says 100 bytes; the reply is far longer (LIST lied, or the
+    // mailbox changed): the held prefetch never passes its bound, is
+    // dropped and cut short, and the program's RETR 2 goes for real.
+    let mut c = listed(PFR, &[10, 100, 10]);
+    let mut o = Output::default();
+    c.from_local(b"RETR 1\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 1\r\nRETR 2\r\n");
+    c.from_tunnel(b"+OK\r\na\r\n.\r\n+OK\r\n", &mut o);
+    o.clear();
+    let line = [b'x'; 98];
+    let mut most = 0;
+    for _ in 0..100 {
+        c.from_tunnel(&line, &mut o);
+        c.from_tunnel(b"\r\n", &mut o);
+        most = most.max(c.pf_retr.as_ref().map_or(0, |p| p.buf.len()));
+    }
+    assert!(most <= 2 * 100 + 1024, "held {most}");
+    assert!(c.pf_retr.is_none(), "dropped");
+    assert_eq!(o.to_tunnel, b"XSTRAW-ABORT 2\r\n");
+    assert!(o.to_local.is_empty());
+    o.clear();
+    // The server side ends it (here right at a line start) and acknowledges.
+    c.from_tunnel(b".\r\n+OK\r\n", &mut o);
+    c.from_local(b"RETR 2\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 2\r\nRETR 3\r\n", "asked for real");
+    assert!(o.fail.is_none(), "{:?}", o.fail);
+    c.from_tunnel(b"+OK\r\nreal\r\n.\r\n", &mut o);
+    assert_eq!(o.to_local, b"+OK\r\nreal\r\n.\r\n");
+}
+
+#[test]
+fn retr_prefetch_program_commands_with_straws_verbs_are_refused() {
+    let mut c = listed(PFR, &[10]);
+    let mut o = Output::default();
+    c.from_local(b"XSTRAW-ABORT 1\r\nXSTRAW-PARTIAL 1 1 x\r\n", true, &mut o);
+    assert!(o.to_tunnel.is_empty());
+    assert_eq!(
+        o.to_local,
+        b"-ERR Unknown command.\r\n-ERR Unknown command.\r\n"
+    );
+}
+
+// ------------------------------------------------ RETR prefetch: abort
+
+/// Messages 1..6, message 2 about 30 KB.
+fn big_second() -> FakeDovecot {
+    let mut real = FakeDovecot::new(6);
+    let mut m = b"From: a@example.org\r\nSubject: big\r\n\r\n".to_vec();
+    for i in 0..700 {
+        m.extend(format!(".line {i} of the second message\r\n").as_bytes());
+    }
+    real.msgs[1] = m;
+    real
+}
+
+/// The server side's bytes for the commands in `o.to_local`, one lockstep
+/// step: the real server's whole reply, and what the server side then asks.
+fn upstream(r: &mut Rig, o: &mut Output) -> Vec<u8> {
+    let cmds = std::mem::take(&mut o.to_local);
+    r.real.input(&cmds)
+}
+
+#[test]
+fn retr_prefetch_quit_mid_stream_is_cut_short_in_band() {
+    let steps: [&[u8]; 4] = [
+        b"USER bob\r\n",
+        b"PASS secret\r\n",
+        b"RETR 1\r\n",
+        b"QUIT\r\n",
+    ];
+    let mut r = Rig::new(PFR, &warm(), big_second());
+    r.send(steps[0]);
+    r.send(steps[1]);
+    let mut c = Output::default();
+    r.c.from_local(steps[2], true, &mut c);
+    assert_eq!(c.to_tunnel, b"RETR 1\r\nRETR 2\r\n");
+    let mut s = Output::default();
+    r.s.from_tunnel(&c.to_tunnel, &mut s);
+    c.to_tunnel.clear();
+    let reply1 = upstream(&mut r, &mut s);
+    r.s.from_local(&reply1, true, &mut s);
+    assert_eq!(s.to_local, b"RETR 2\r\n", "the prefetch goes upstream next");
+    let reply2 = upstream(&mut r, &mut s);
+    assert!(reply2.len() > 20_000);
+    // A first piece of RETR 2 crosses (ending mid-line), then QUIT.
+    r.s.from_local(&reply2[..5_001], false, &mut s);
+    let mut down = std::mem::take(&mut s.to_tunnel);
+    r.c.from_tunnel(&down, &mut c);
+    r.collect(&mut c);
+    r.c.from_local(steps[3], true, &mut c);
+    assert_eq!(c.to_tunnel, b"XSTRAW-ABORT 2\r\nQUIT\r\n");
+    r.s.from_tunnel(&std::mem::take(&mut c.to_tunnel), &mut s);
+    assert!(
+        s.to_local.is_empty(),
+        "QUIT waits for the upstream reply's end"
+    );
+    let cut = std::mem::take(&mut s.to_tunnel);
+    assert!(s.flush && !cut.is_empty() && cut.len() <= 5, "{cut:?}");
+    // The rest of the message is read upstream and dropped.
+    r.s.from_local(&reply2[5_001..], true, &mut s);
+    assert_eq!(s.to_local, b"QUIT\r\n");
+    assert_eq!(
+        s.notes,
+        vec![format!(
+            "POP3 prefetched RETR cut short: {} bytes of it not sent",
+            reply2.len() - 5_001
+        )]
+    );
+    let bye = upstream(&mut r, &mut s);
+    r.s.from_local(&bye, true, &mut s);
+    let after: Vec<u8> = [cut, std::mem::take(&mut s.to_tunnel)].concat();
+    assert_eq!(after, [&b"\r\n.\r\n"[..], ABORT_ACK, &bye].concat());
+    down.extend_from_slice(&after);
+    r.c.from_tunnel(&after, &mut c);
+    r.collect(&mut c);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert_text(&r.program_saw, &direct(big_second(), &steps));
+    assert!(
+        down.len() < reply1.len() + 5_100,
+        "{} bytes crossed, message 2 is {}",
+        down.len(),
+        reply2.len()
+    );
+    assert_eq!(asked(&r.real, "XSTRAW"), 0, "never upstream");
+}
+
+#[test]
+fn retr_prefetch_still_queued_is_never_asked_upstream() {
+    // A pipelining program: QUIT right behind RETR 1, while it streams.
+    let steps: [&[u8]; 4] = [
+        b"USER bob\r\n",
+        b"PASS secret\r\n",
+        b"RETR 1\r\n",
+        b"QUIT\r\n",
+    ];
+    let mut r = Rig::new(PFR, &warm(), big_second());
+    r.send(steps[0]);
+    r.send(steps[1]);
+    let mut c = Output::default();
+    r.c.from_local(steps[2], true, &mut c);
+    let mut s = Output::default();
+    r.s.from_tunnel(&std::mem::take(&mut c.to_tunnel), &mut s);
+    assert_eq!(s.to_local, b"RETR 1\r\n", "RETR 2 queued behind it");
+    let reply1 = upstream(&mut r, &mut s);
+    r.s.from_local(&reply1[..20], false, &mut s);
+    r.c.from_tunnel(&std::mem::take(&mut s.to_tunnel), &mut c);
+    r.c.from_local(steps[3], true, &mut c);
+    assert_eq!(c.to_tunnel, b"XSTRAW-ABORT 2\r\nQUIT\r\n");
+    r.s.from_tunnel(&std::mem::take(&mut c.to_tunnel), &mut s);
+    r.s.from_local(&reply1[20..], true, &mut s);
+    assert_eq!(s.to_local, b"QUIT\r\n", "RETR 2 skipped");
+    let bye = upstream(&mut r, &mut s);
+    r.s.from_local(&bye, true, &mut s);
+    let tail = std::mem::take(&mut s.to_tunnel);
+    assert!(tail.ends_with(&[PREFETCH_ABORTED, ABORT_ACK, &bye].concat()));
+    r.c.from_tunnel(&tail, &mut c);
+    r.collect(&mut c);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert_text(&r.program_saw, &direct(big_second(), &steps));
+    assert_eq!(asked(&r.real, "RETR 2"), 0);
+}
+
+#[test]
+fn retr_prefetch_abort_against_an_old_server_side_is_sent_once() {
+    // An older server side passes the line on; the real server's -ERR
+    // (after the whole prefetched reply) says so.
+    let mut c = ClientAccel::new(PFR, &warm());
+    let mut real = big_second();
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(GREETING, &mut o);
+    let mut saw = Vec::new();
+    let mut lockstep = |c: &mut ClientAccel, o: &mut Output, input: &[u8], keep: usize| {
+        c.from_local(input, true, o);
+        let up = std::mem::take(&mut o.to_tunnel);
+        let down = real.input(&up);
+        let keep = keep.min(down.len());
+        c.from_tunnel(&down[..keep], o);
+        down[keep..].to_vec()
+    };
+    for l in LOGIN {
+        lockstep(&mut c, &mut o, l, usize::MAX);
+    }
+    // RETR 1 and part of the prefetched RETR 2 arrive; the program skips to 4.
+    let r1 = direct(big_second(), &[LOGIN[0], LOGIN[1], b"RETR 1\r\n"]).len()
+        - direct(big_second(), &LOGIN).len();
+    let rest = lockstep(&mut c, &mut o, b"RETR 1\r\n", r1 + 3_000);
+    saw.append(&mut o.to_local);
+    c.from_local(b"RETR 4\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"XSTRAW-ABORT 2\r\nRETR 4\r\nRETR 5\r\n");
+    let up = std::mem::take(&mut o.to_tunnel);
+    let down = [rest, real.input(&up)].concat();
+    c.from_tunnel(&down, &mut o);
+    assert!(c.abort_refused);
+    // Message 5 is held; skipping to 6 forgets it, with no abort line now.
+    c.from_local(b"RETR 6\r\nQUIT\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 6\r\nQUIT\r\n");
+    let up = std::mem::take(&mut o.to_tunnel);
+    let down = real.input(&up);
+    c.from_tunnel(&down, &mut o);
+    saw.append(&mut o.to_local);
+    assert!(o.fail.is_none(), "{:?}", o.fail);
+    let steps: [&[u8]; 5] = [
+        LOGIN[0],
+        LOGIN[1],
+        b"RETR 1\r\n",
+        b"RETR 4\r\n",
+        b"RETR 6\r\nQUIT\r\n",
+    ];
+    let want = direct(big_second(), &steps);
+    assert_text(&saw, &want);
+}
+
+// ------------------------------------------- RETR prefetch: message resume
+
+/// Messages 1..3, message 2 about 30 KB (fits the default cap).
+fn big2() -> FakeDovecot {
+    let mut real = big_second();
+    real.msgs.truncate(3);
+    real.deleted.truncate(3);
+    real
+}
+
+#[test]
+fn retr_prefetch_is_skipped_while_a_partial_of_it_is_stored() {
+    let (mem, store) = mem();
+    mem.put(&resume::key("bob", "uid-2"), &[b'x'; 600]);
+    let mut r = Rig::with_store(PFR, &warm(), big2(), Some(store));
+    for l in LOGIN {
+        r.send(l);
+    }
+    r.send(b"RETR 1\r\n");
+    assert!(r.real.seen.ends_with(b"RETR 1\r\n"), "not asked ahead");
+    // The program's own RETR 2 offers the stored prefix (it differs here).
+    r.send(b"RETR 2\r\n");
+    let steps: [&[u8]; 4] = [LOGIN[0], LOGIN[1], b"RETR 1\r\n", b"RETR 2\r\n"];
+    assert_text(&r.program_saw, &direct(big2(), &steps));
+    assert!(mem.is_empty());
+}
+
+#[test]
+fn retr_prefetch_cut_by_the_link_is_kept_and_resumed() {
+    let (mem, store) = mem();
+    let mut r = Rig::with_store(PFR, &warm(), big2(), Some(store.clone()));
+    for l in LOGIN {
+        r.send(l);
+    }
+    let mut o = Output::default();
+    r.c.from_local(b"RETR 1\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 1\r\nRETR 2\r\n");
+    let mut so = Output::default();
+    r.s.from_tunnel(&std::mem::take(&mut o.to_tunnel), &mut so);
+    let mut s2c = Vec::new();
+    r.serve(so, &mut s2c);
+    let first = direct(big2(), &[LOGIN[0], LOGIN[1], b"RETR 1\r\n"]);
+    let r1 = first.len() - direct(big2(), &LOGIN).len();
+    r.c.from_tunnel(&s2c[..r1 + 15_000], &mut o);
+    r.collect(&mut o);
+    assert_text(&r.program_saw, &first);
+    // The link dies; the program never asked for message 2.
+    let mut o = Output::default();
+    r.c.link_lost(&mut o);
+    r.collect(&mut o);
+    assert!(r.program_saw.ends_with(LINK_LOST));
+    let kept = mem
+        .get(&resume::key("bob", "uid-2"))
+        .expect("prefetched body kept");
+    assert!(kept.len() > 14_000);
+    // Next session: RETR 2 fetches only the rest, byte-exact.
+    let mut r = Rig::with_store(PFR, &warm(), big2(), Some(store));
+    for l in LOGIN {
+        r.send(l);
+    }
+    let before = r.program_saw.len();
+    let mut o = Output::default();
+    r.c.from_local(b"RETR 2\r\n", true, &mut o);
+    let mut so = Output::default();
+    r.s.from_tunnel(&std::mem::take(&mut o.to_tunnel), &mut so);
+    let mut s2c = Vec::new();
+    r.serve(so, &mut s2c);
+    r.c.from_tunnel(&s2c, &mut o);
+    r.collect(&mut o);
+    let steps: [&[u8]; 3] = [LOGIN[0], LOGIN[1], b"RETR 2\r\n"];
+    let want = direct(big2(), &steps);
+    assert_text(
+        &r.program_saw[before..],
+        &want[direct(big2(), &LOGIN).len()..],
+    );
+    let body = stuff(&big2().msgs[1]).len();
+    assert!(
+        s2c.len() < body - kept.len() + 1_000,
+        "{} crossed for {} missing",
+        s2c.len(),
+        body - kept.len()
+    );
+    assert!(mem.is_empty(), "partial removed once complete");
+}
+
+#[test]
+fn retr_prefetch_served_completes_and_leaves_no_partial() {
+    let (mem, store) = mem();
+    let steps: [&[u8]; 5] = [
+        LOGIN[0],
+        LOGIN[1],
+        b"RETR 1\r\n",
+        b"RETR 2\r\n",
+        b"QUIT\r\n",
+    ];
+    let mut r = Rig::with_store(PFR, &warm(), big2(), Some(store));
+    r.server_chunk = 1000;
+    for s in steps {
+        r.send(s);
+    }
+    assert_text(&r.program_saw, &direct(big2(), &steps));
+    assert_eq!(asked(&r.real, "RETR 2\r\n"), 1);
+    assert!(mem.is_empty());
+}
+
+#[test]
+fn retr_end_waits_for_the_next_retrs_status_line_to_cross_with_it() {
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(GREETING, true, &mut o);
+    s.from_tunnel(b"RETR 1\r\nRETR 2\r\nNOOP\r\n", &mut o);
+    assert_eq!(o.to_local, b"RETR 1\r\n");
+    o.clear();
+    s.from_local(b"+OK 9 octets\r\nab", true, &mut o);
+    assert_eq!(o.to_tunnel, b"+OK 9 octets\r\nab", "streams");
+    o.clear();
+    s.from_local(b"c\r\n.\r\n", true, &mut o);
+    assert_eq!(o.to_local, b"RETR 2\r\n");
+    assert!(
+        o.to_tunnel.is_empty() && !o.flush,
+        "end held for RETR 2's start"
+    );
+    o.clear();
+    s.from_local(b"+OK 3 oc", true, &mut o);
+    assert!(o.to_tunnel.is_empty(), "status line not complete yet");
+    s.from_local(b"tets\r\nxy", true, &mut o);
+    assert_eq!(o.to_tunnel, b"c\r\n.\r\n+OK 3 octets\r\nxy");
+    assert!(o.flush);
+    o.clear();
+    // RETR 2 ends; the next command is not bulk: nothing to wait for.
+    s.from_local(b"\r\n.\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"\r\n.\r\n");
+    assert!(o.flush);
+    assert_eq!(o.to_local, b"NOOP\r\n");
 }

@@ -55,6 +55,17 @@ impl DotScanner {
         Self { st: St::Bol }
     }
 
+    /// The shortest bytes that end the block from here (to cut one short).
+    pub(crate) fn closing(&self) -> &'static [u8] {
+        match self.st {
+            St::Mid => b"\r\n.\r\n",
+            St::Cr => b"\n.\r\n",
+            St::Bol => b".\r\n",
+            St::Dot => b"\r\n",
+            St::DotCr => b"\n",
+        }
+    }
+
     /// Bytes of `data` up to and including the terminator, if it is in `data`.
     pub(crate) fn scan(&mut self, data: &[u8]) -> Option<usize> {
         for (i, &b) in data.iter().enumerate() {
@@ -93,6 +104,17 @@ mod tests {
             Some(11),
             "bare LF is not a line end"
         );
+    }
+
+    #[test]
+    fn closing_ends_a_block_cut_anywhere() {
+        let body = b"a\r\n..b\r\n.\r\r\n\r\nc\nd\r\n.x\r\n";
+        for cut in 0..=body.len() {
+            let mut s = DotScanner::at_line_start();
+            assert_eq!(s.scan(&body[..cut]), None, "cut {cut}");
+            let end = s.closing();
+            assert_eq!(s.scan(end), Some(end.len()), "cut {cut}");
+        }
     }
 
     #[test]
