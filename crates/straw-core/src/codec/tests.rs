@@ -1383,5 +1383,8 @@ fn cm_dialogue_priming_shrinks_first_replies() {
     let raw: usize = replies.iter().map(|r| r.len()).sum();
     let (mail, dialogue) = (wire(PRIMING_MAIL_V2), wire(PRIMING_DIALOGUE_V1));
     eprintln!("first-session replies: raw {raw} B, mail priming {mail} B, + dialogue {dialogue} B");
-    assert!(dialogue * 10 < mail * 8, "dialogue {dialogue} vs mail {mail}");
+    assert!(
+        dialogue * 10 < mail * 8,
+        "dialogue {dialogue} vs mail {mail}"
+    );
 }

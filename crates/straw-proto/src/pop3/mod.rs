@@ -32,6 +32,8 @@ use text::{DotScanner, MAX_LINE, take_line, verb};
 
 /// Cache key of the last real greeting (empty: don't serve one).
 pub const GREETING_KEY: &str = "pop3.greeting";
+/// The local reply to a `QUIT` that commits nothing.
+const QUIT_OK: &[u8] = b"+OK Logging out.\r\n";
 /// The program's next reply when the tunnel is gone for good.
 pub const LINK_LOST: &[u8] = b"-ERR straw: link lost\r\n";
 
@@ -183,6 +185,8 @@ enum Disp {
     AbortAck,
     /// The real reply to a `USER` answered locally.
     VerifyUser,
+    /// The real reply to a `QUIT` answered locally (no `DELE` to commit).
+    VerifyQuit,
     Pass {
         id: u64,
     },
@@ -830,6 +834,19 @@ impl ClientAccel {
                     self.pf_usable = [true; 3];
                 }
             }
+            "QUIT" if self.deleted.is_empty() && self.held_user.is_none() => {
+                // With no DELE in this session, QUIT commits nothing (RFC
+                // 1939's UPDATE state has nothing to remove): answered here,
+                // like IMAP LOGOUT and SMTP QUIT; the real reply is checked.
+                out.to_tunnel.extend_from_slice(&line);
+                out.flush = true;
+                self.owe_local(QUIT_OK.to_vec());
+                self.expect.push_back(Expect {
+                    multi: false,
+                    disp: Disp::VerifyQuit,
+                    unblocks: false,
+                });
+            }
             "STLS" => {
                 // Not offered: the tunnel is encrypted; TLS upstream is ours.
                 self.owe_local(b"-ERR STLS not available through straw\r\n".to_vec());
@@ -958,6 +975,16 @@ impl ClientAccel {
                 if !reply.starts_with(b"+OK") {
                     // An older server side passed it to the real server.
                     self.abort_refused = true;
+                }
+            }
+            Disp::VerifyQuit => {
+                if !ok {
+                    // The program has its +OK and is gone; nothing was to be
+                    // committed, so nothing was lost.
+                    out.notes.push(format!(
+                        "POP3 QUIT was answered locally (no DELE); the real reply was {:?}",
+                        String::from_utf8_lossy(text::trim_end(&reply))
+                    ));
                 }
             }
             Disp::VerifyUser => {

@@ -351,8 +351,8 @@ fn pop3_cold_then_warm_session_is_exact_and_waits_at_most_12() {
     assert!(cold.fails.is_empty(), "{:?}", cold.fails);
     assert_eq!(
         cold.c.stats().link_waits,
-        13,
-        "greeting + PASS + 10 RETR + QUIT"
+        12,
+        "greeting + PASS + 10 RETR (QUIT without DELE is local)"
     );
     let cache = cold.cache();
     assert_eq!(cache.get(GREETING_KEY).unwrap(), GREETING);
@@ -369,8 +369,11 @@ fn pop3_cold_then_warm_session_is_exact_and_waits_at_most_12() {
     assert!(rig.fails.is_empty(), "{:?}", rig.fails);
     let st = rig.c.stats();
     assert!(st.link_waits <= 12, "waits {}", st.link_waits);
-    assert_eq!(st.link_waits, 12);
-    assert_eq!(st.local_replies, 5, "greeting, USER, STAT, UIDL, LIST");
+    assert_eq!(st.link_waits, 11, "PASS + 10 RETR");
+    assert_eq!(
+        st.local_replies, 6,
+        "greeting, USER, STAT, UIDL, LIST, QUIT"
+    );
     let mut want = b"USER bob\r\nPASS secret\r\nSTAT\r\nUIDL\r\nLIST\r\n".to_vec();
     for i in 1..=10 {
         want.extend(format!("RETR {i}\r\n").bytes());
@@ -1078,8 +1081,8 @@ fn retr_prefetch_bench_session_waits_drop_and_bytes_are_exact() {
         assert!(cold.fails.is_empty(), "{:?}", cold.fails);
         assert_eq!(
             cold.c.stats().link_waits,
-            4,
-            "greeting + PASS + RETR 1 + QUIT"
+            3,
+            "greeting + PASS + RETR 1 (QUIT without DELE is local)"
         );
 
         let mut rig = Rig::new(PFR, &cold.cache(), FakeDovecot::new(n));
@@ -1089,10 +1092,10 @@ fn retr_prefetch_bench_session_waits_drop_and_bytes_are_exact() {
         assert_text(&rig.program_saw, &expected);
         assert!(rig.fails.is_empty(), "{:?}", rig.fails);
         let st = rig.c.stats();
-        assert_eq!(st.link_waits, 3, "PASS + RETR 1 + QUIT (was 12)");
+        assert_eq!(st.link_waits, 2, "PASS + RETR 1 (was 12)");
         assert_eq!(
-            st.local_replies, 13,
-            "greeting, USER, STAT, LIST, RETR 2..10"
+            st.local_replies, 14,
+            "greeting, USER, STAT, LIST, RETR 2..10, QUIT"
         );
         for i in 1..=10 {
             assert_eq!(asked(&rig.real, &format!("RETR {i}\r\n")), 1, "RETR {i}");
@@ -1110,7 +1113,7 @@ fn retr_prefetch_without_it_is_one_wait_per_retr() {
     for s in &steps {
         rig.send(s);
     }
-    assert_eq!(rig.c.stats().link_waits, 12, "PASS + 10 RETR + QUIT");
+    assert_eq!(rig.c.stats().link_waits, 11, "PASS + 10 RETR");
 }
 
 proptest! {
@@ -1711,4 +1714,53 @@ fn retr_end_waits_for_the_next_retrs_status_line_to_cross_with_it() {
     assert_eq!(o.to_tunnel, b"\r\n.\r\n");
     assert!(o.flush);
     assert_eq!(o.to_local, b"NOOP\r\n");
+}
+
+/// QUIT commits the session's DELEs: with one, it waits for the real reply;
+/// without, it is answered locally, still sent, and a failing real reply is
+/// noted (the program is gone, nothing was to be committed).
+#[test]
+fn quit_is_local_only_without_a_dele() {
+    let login: [&[u8]; 2] = [b"USER bob\r\n", b"PASS secret\r\n"];
+    // With a DELE: the real reply, one wait.
+    let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(3));
+    for s in login {
+        rig.send(s);
+    }
+    rig.send(b"DELE 1\r\n");
+    let before = rig.c.stats();
+    let mut o = Output::default();
+    rig.c.from_local(b"QUIT\r\n", true, &mut o);
+    assert!(
+        o.to_local.is_empty(),
+        "QUIT after DELE must wait for the server"
+    );
+    assert_eq!(o.to_tunnel, b"QUIT\r\n");
+    assert_eq!(rig.c.stats().link_waits, before.link_waits + 1);
+
+    // Without: +OK at once, QUIT still reaches the server.
+    let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(3));
+    for s in login {
+        rig.send(s);
+    }
+    rig.send(b"RETR 1\r\n");
+    let before = rig.c.stats();
+    let mut o = Output::default();
+    rig.c.from_local(b"QUIT\r\n", true, &mut o);
+    assert_eq!(o.to_local, QUIT_OK);
+    assert_eq!(o.to_tunnel, b"QUIT\r\n");
+    assert_eq!(rig.c.stats().link_waits, before.link_waits);
+    let mut o2 = Output::default();
+    rig.c.from_tunnel(
+        b"-ERR [SYS/TEMP] Mailbox is in inconsistent state\r\n",
+        &mut o2,
+    );
+    assert!(o2.to_local.is_empty() && o2.fail.is_none());
+    assert!(
+        o2.notes
+            .iter()
+            .any(|n| n.contains("QUIT was answered locally")),
+        "{:?}",
+        o2.notes
+    );
 }
