@@ -62,26 +62,28 @@ pub struct TrainDictArgs {
     pub dirs: Vec<PathBuf>,
 }
 
+/// How many messages at the end of `msgs` fit in `budget` bytes together.
+fn tail_fitting(msgs: &[Vec<u8>], budget: usize) -> usize {
+    let mut n = 0;
+    msgs.iter()
+        .rev()
+        .take_while(|m| {
+            n += m.len();
+            n <= budget
+        })
+        .count()
+}
+
 /// A prefix dictionary: whole messages from the end of each corpus (taken in
 /// equal shares, in name order), so the bytes nearest the data - which zstd
 /// reaches with the cheapest offsets - are typical recent mail.
 pub fn build_prefix(corpora: &[Vec<Vec<u8>>], size: usize) -> Vec<u8> {
     let share = size / corpora.len().max(1);
-    let mut parts = Vec::new();
-    for msgs in corpora {
-        let mut taken: Vec<&[u8]> = Vec::new();
-        let mut n = 0;
-        for m in msgs.iter().rev() {
-            if n + m.len() > share {
-                break;
-            }
-            n += m.len();
-            taken.push(m);
-        }
-        taken.reverse();
-        parts.push(taken.concat());
-    }
-    parts.concat()
+    corpora
+        .iter()
+        .map(|msgs| msgs[msgs.len() - tail_fitting(msgs, share)..].concat())
+        .collect::<Vec<_>>()
+        .concat()
 }
 
 /// The CM static match text: every message of each corpus that the 1 MiB
@@ -92,31 +94,14 @@ pub fn build_prefix(corpora: &[Vec<Vec<u8>>], size: usize) -> Vec<u8> {
 pub fn build_static(corpora: &[Vec<Vec<u8>>], size: usize) -> Vec<u8> {
     let share = size / corpora.len().max(1);
     let prime_share = (1usize << 20) / corpora.len().max(1);
-    let mut parts = Vec::new();
-    for msgs in corpora {
-        let mut n = 0;
-        let mut k = 0;
-        for m in msgs.iter().rev() {
-            if n + m.len() > prime_share {
-                break;
-            }
-            n += m.len();
-            k += 1;
-        }
-        let rest = &msgs[..msgs.len() - k];
-        let mut taken: Vec<&[u8]> = Vec::new();
-        let mut n = 0;
-        for m in rest.iter().rev() {
-            if n + m.len() > share {
-                break;
-            }
-            n += m.len();
-            taken.push(m);
-        }
-        taken.reverse();
-        parts.push(taken.concat());
-    }
-    parts.concat()
+    corpora
+        .iter()
+        .map(|msgs| {
+            let rest = &msgs[..msgs.len() - tail_fitting(msgs, prime_share)];
+            rest[rest.len() - tail_fitting(rest, share)..].concat()
+        })
+        .collect::<Vec<_>>()
+        .concat()
 }
 
 pub fn run_train_cli(args: &TrainDictArgs) -> anyhow::Result<()> {
