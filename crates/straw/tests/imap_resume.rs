@@ -17,31 +17,13 @@ use straw::linksim::Link;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A ~300 KB MIME mail like bob's attachment mail: text, a base64 "PNG"
-/// (random bytes) and a base64 text attachment.
+/// A ~300 KB MIME mail with a random "PNG" and a base64 text attachment.
 fn big_mail(variant: u8) -> Vec<u8> {
-    use base64::Engine;
-    let b64 = |data: &[u8]| -> String {
-        let s = base64::engine::general_purpose::STANDARD.encode(data);
-        s.as_bytes()
-            .chunks(76)
-            .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
-            .collect()
-    };
-    let licence: Vec<u8> = (0..1500)
-        .flat_map(|i| {
-            format!("{i}. Everyone is permitted to copy and distribute verbatim copies.\n")
-                .into_bytes()
-        })
-        .collect();
-    let mut png = random_bytes(150_000, 17 + variant as u64);
-    png[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
-    format!(
-        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: attachments {variant}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nHere they are.\r\n--b\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b--\r\n",
-        b64(&png),
-        b64(&licence)
+    attachment_mail(
+        &format!("Subject: attachments {variant}\r\n"),
+        "Here they are.\r\n",
+        17 + variant as u64,
     )
-    .into_bytes()
 }
 
 const GREETING: &[u8] = b"* OK [CAPABILITY IMAP4rev1 LITERAL+] fake IMAP ready\r\n";

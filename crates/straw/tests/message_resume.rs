@@ -16,43 +16,14 @@ use straw::linksim::Link;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A ~300 KB MIME mail: text, a base64 "PNG" (random bytes) and a base64
-/// text attachment, like bob's attachment mail in the real peers.
+/// A ~300 KB MIME mail with a random "PNG" and a base64 text attachment,
+/// like bob's attachment mail in the real peers.
 fn big_mail(variant: u8) -> Vec<u8> {
-    use base64::Engine;
-    let b64 = |data: &[u8]| -> String {
-        let s = base64::engine::general_purpose::STANDARD.encode(data);
-        s.as_bytes()
-            .chunks(76)
-            .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
-            .collect()
-    };
-    let licence: Vec<u8> = (0..1500)
-        .flat_map(|i| {
-            format!("{i}. Everyone is permitted to copy and distribute verbatim copies.\n")
-                .into_bytes()
-        })
-        .collect();
-    let mut png = random_bytes(150_000, 7 + variant as u64);
-    png[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
-    format!(
-        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: attachments {variant}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nHere they are.\r\n.dot line\r\n--b\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b--\r\n",
-        b64(&png),
-        b64(&licence)
+    attachment_mail(
+        &format!("Subject: attachments {variant}\r\n"),
+        "Here they are.\r\n.dot line\r\n",
+        7 + variant as u64,
     )
-    .into_bytes()
-}
-
-fn stuffed(msg: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for l in msg.split_inclusive(|&b| b == b'\n') {
-        if l.starts_with(b".") {
-            out.push(b'.');
-        }
-        out.extend_from_slice(l);
-    }
-    out.extend_from_slice(b".\r\n");
-    out
 }
 
 /// A POP3 server with one mailbox of two messages; message 2 is `big`.
@@ -94,7 +65,7 @@ async fn fake_pop3(big: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
                         ("RETR", Some(n @ 1..=2)) => {
                             let m = &msgs[n - 1];
                             let mut o = format!("+OK {} octets\r\n", m.len()).into_bytes();
-                            o.extend(stuffed(m));
+                            o.extend(dot_stuffed(m));
                             o
                         }
                         ("QUIT", _) => {
@@ -193,7 +164,7 @@ async fn fetch_cut(local: SocketAddr, link: &Link, cut_at: usize) -> Vec<u8> {
 fn expected(mail: &[u8]) -> Vec<u8> {
     let mut e = b"+OK fake POP3 ready\r\n+OK\r\n+OK\r\n".to_vec();
     e.extend(format!("+OK {} octets\r\n", mail.len()).as_bytes());
-    e.extend(stuffed(mail));
+    e.extend(dot_stuffed(mail));
     // No DELE in the session: straw answers the QUIT itself (the server's
     // "+OK bye" is checked and swallowed).
     e.extend_from_slice(b"+OK Logging out.\r\n");
@@ -233,7 +204,7 @@ fn partial_files(dir: &Path) -> usize {
 async fn first_attempt(c: &Client, s: &Setup, mail: &[u8], cut_frac: f64) -> (usize, usize) {
     let full = expected(mail);
     let body_at = full.windows(8).position(|w| w == b"octets\r\n").unwrap() + 8;
-    let body_len = stuffed(mail).len();
+    let body_len = dot_stuffed(mail).len();
     let got = fetch_cut(
         c.local,
         &s.link,

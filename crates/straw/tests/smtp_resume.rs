@@ -20,40 +20,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A ~300 KB MIME mail (text, base64 random "PNG", base64 text), CRLF.
 fn big_mail() -> Vec<u8> {
-    use base64::Engine;
-    let b64 = |data: &[u8]| -> String {
-        let s = base64::engine::general_purpose::STANDARD.encode(data);
-        s.as_bytes()
-            .chunks(76)
-            .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
-            .collect()
-    };
-    let licence: Vec<u8> = (0..1500)
-        .flat_map(|i| {
-            format!("{i}. Everyone is permitted to copy and distribute verbatim copies.\n")
-                .into_bytes()
-        })
-        .collect();
-    let mut png = random_bytes(150_000, 11);
-    png[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
-    format!(
-        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: attachments\r\nMessage-ID: <resume.1@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nHere they are.\r\n.dot line\r\n--b\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b--\r\n",
-        b64(&png),
-        b64(&licence)
+    attachment_mail(
+        "Subject: attachments\r\nMessage-ID: <resume.1@example.org>\r\n",
+        "Here they are.\r\n.dot line\r\n",
+        11,
     )
-    .into_bytes()
-}
-
-fn stuffed(msg: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for l in msg.split_inclusive(|&b| b == b'\n') {
-        if l.starts_with(b".") {
-            out.push(b'.');
-        }
-        out.extend_from_slice(l);
-    }
-    out.extend_from_slice(b".\r\n");
-    out
 }
 
 /// Bodies the fake server accepted (dot-stuffed, with the terminator), and
@@ -229,7 +200,7 @@ async fn wait_dials(s: &Setup, n: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_data_cut_past_grace_resends_only_the_rest_and_delivers_once() {
     let mail = big_mail();
-    let body = stuffed(&mail);
+    let body = dot_stuffed(&mail);
 
     // A clean send on a pair of its own, for the link bytes of a full send.
     let clean_seen = Arc::new(Mutex::new(Seen::default()));

@@ -317,3 +317,43 @@ pub async fn spawn_client(keys: &Keys, server: SocketAddr, protocol: &str, extra
     wait_for_port(local).await;
     Client { local, stats, task }
 }
+
+/// A ~300 KB MIME mail, CRLF: `headers` (each line ending CRLF), a text part
+/// with `text`, a base64 random "PNG" from `png_seed`, a base64 licence text.
+pub fn attachment_mail(headers: &str, text: &str, png_seed: u64) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = |data: &[u8]| -> String {
+        let s = base64::engine::general_purpose::STANDARD.encode(data);
+        s.as_bytes()
+            .chunks(76)
+            .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
+            .collect()
+    };
+    let licence: Vec<u8> = (0..1500)
+        .flat_map(|i| {
+            format!("{i}. Everyone is permitted to copy and distribute verbatim copies.\n")
+                .into_bytes()
+        })
+        .collect();
+    let mut png = random_bytes(150_000, png_seed);
+    png[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
+    format!(
+        "From: alice@example.org\r\nTo: bob@example.org\r\n{headers}MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n{text}--b\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--b--\r\n",
+        b64(&png),
+        b64(&licence)
+    )
+    .into_bytes()
+}
+
+/// `msg` as a POP3 body or SMTP DATA carries it: dot-stuffed, terminated.
+pub fn dot_stuffed(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in msg.split_inclusive(|&b| b == b'\n') {
+        if l.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(l);
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
