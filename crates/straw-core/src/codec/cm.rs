@@ -117,15 +117,11 @@ fn priming_known(id: u32) -> bool {
             .contains_key(&id)
 }
 
-/// A priming text by id: built in, or registered at run time.
+/// A priming text by id: built in, or registered at run time (the
+/// dialogue of `PRIMING_DIALOGUE_V1` is learned after it, see `primed`).
 pub fn priming_text(id: u32) -> Option<Vec<u8>> {
-    if id == PRIMING_MAIL_V1 || id == PRIMING_MAIL_V2 {
+    if matches!(id, PRIMING_MAIL_V1 | PRIMING_MAIL_V2 | PRIMING_DIALOGUE_V1) {
         return ::zstd::decode_all(PRIMING_MAIL_V1_ZST).ok();
-    }
-    if id == PRIMING_DIALOGUE_V1 {
-        let mut t = ::zstd::decode_all(PRIMING_MAIL_V1_ZST).ok()?;
-        t.extend_from_slice(DIALOGUE_V1);
-        return Some(t);
     }
     let map = registered().lock().unwrap_or_else(|e| e.into_inner());
     map.get(&id).map(|t| t.0.to_vec())
@@ -1049,14 +1045,12 @@ fn primed(p: &CmParams) -> Result<Arc<Model>, CodecError> {
     Ok(cell
         .get_or_init(|| {
             let mut m = Model::new(p);
-            if p.priming == Some(PRIMING_DIALOGUE_V1) {
-                // The dialogue last: the freshest history, whatever the table.
-                if let Some(text) = priming_text(PRIMING_MAIL_V2) {
-                    m.learn(&priming_part(&text, p.table_log));
-                }
-                m.learn(DIALOGUE_V1);
-            } else if let Some(text) = p.priming.and_then(priming_text) {
+            if let Some(text) = p.priming.and_then(priming_text) {
                 m.learn(&priming_part(&text, p.table_log));
+            }
+            if p.priming == Some(PRIMING_DIALOGUE_V1) {
+                // Whole and last: the freshest history, whatever the table.
+                m.learn(DIALOGUE_V1);
             }
             Arc::new(m)
         })
