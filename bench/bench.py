@@ -763,8 +763,6 @@ def main():
                     "$CARGO_TARGET_DIR/release/straw, target/release/straw)")
     ap.add_argument("--straw-protocol", default="auto",
                     help="protocol for every straw service (auto: pop3/imap/smtp accelerators, tcp for http)")
-    ap.add_argument("--linksim", choices=["auto", "straw", "python"], default="auto",
-                    help="link simulator: straw linksim, or bench/linksim.py (the stand-in)")
     ap.add_argument("--warm", action="store_true",
                     help="ssh and straw: one short connection per mail service (greeting, capabilities) "
                     "before the session, counted as setup: a proxy that has run a while")
@@ -808,13 +806,11 @@ def main():
         peers_started = not was_up
 
         straw = find_straw(a)
-        use_straw_linksim = a.linksim == "straw" or (a.linksim == "auto" and has_cmd(straw, "linksim", "--rate"))
-        if a.linksim == "straw" and not has_cmd(straw, "linksim", "--rate"):
-            raise BenchError("--linksim straw: no straw binary with a linksim command")
-        if use_straw_linksim:
-            cmd, lname = [straw, "linksim"], "straw linksim"
-        else:
-            cmd, lname = [sys.executable, os.path.join(HERE, "linksim.py")], "bench/linksim.py (stand-in)"
+        # Every way runs over `straw linksim`, the direct and ssh ones too.
+        if not has_cmd(straw, "linksim", "--rate"):
+            raise BenchError("no straw binary with a linksim command "
+                             "(cargo build --release -p straw-cli, or --straw PATH)")
+        cmd, lname = [straw, "linksim"], "straw linksim"
         log(f"link: {a.rate} bit/s, {a.delay:g} ms one way; linksim: {lname}")
 
         res = {"params": {"rate": a.rate, "delay_ms": a.delay, "mss": a.mss,
@@ -827,7 +823,7 @@ def main():
                 continue
             if name == "straw" and not has_cmd(straw, "server", "--config"):
                 res["ways"][name] = {"ok": False, "skipped": "no straw binary with a server command "
-                                     "(cargo build --release -p straw, or --straw PATH)"}
+                                     "(cargo build --release -p straw-cli, or --straw PATH)"}
                 log(f"straw: skipped ({res['ways'][name]['skipped']})")
                 continue
             log(f"{name}: start")

@@ -1,17 +1,15 @@
-//! straw: the tokio drivers and command line around the sans-IO cores.
+//! straw: the tokio drivers around the sans-IO cores (the `straw` command
+//! is crates/straw-cli; linksim and the benches are in straw-tools).
 //!
 //! - [`link`]: TCP socket options, Noise IK, keys.
 //! - [`tunnel`]: drives one `straw_core::session::Session` over one link.
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
-//! - [`linksim`]: the satellite-link emulator used by tests and benchmarks.
 
-pub mod bench;
 pub mod cache;
 pub mod client;
 pub mod config;
 pub mod link;
-pub mod linksim;
 pub mod partial;
 pub mod relay_store;
 pub mod server;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use straw::linksim::{Link, LinkParams, bind_listener, serve};
+use straw_tools::linksim::{Link, LinkParams, bind_listener, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

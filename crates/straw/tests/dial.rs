@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use straw::linksim::{Link, LinkParams, bind_listener, serve};
 use straw::tunnel::TunnelStats;
+use straw_tools::linksim::{Link, LinkParams, bind_listener, serve};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 

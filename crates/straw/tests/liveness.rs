@@ -10,13 +10,13 @@ use straw::client::{liveness_config, session_config};
 use straw::config::{SessionOptions, TcpOptions};
 use straw::link::keys::{self, AuthorizedKeys};
 use straw::link::noise;
-use straw::linksim::{Link, LinkParams, relay};
 use straw::tunnel::{
     DialFuture, Dialer, LinkEnded, LivenessCheck, LocalIo, OpenRequest, Tunnel, TunnelStats,
 };
 use straw_core::session::{Role, Session};
 use straw_proto::Accelerator;
 use straw_proto::passthrough::Passthrough;
+use straw_tools::linksim::{Link, LinkParams, relay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;

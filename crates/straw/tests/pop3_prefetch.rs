@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use straw::linksim::{Link, LinkParams, bind_listener, serve};
+use straw_tools::linksim::{Link, LinkParams, bind_listener, serve};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use straw::linksim::{Faults, Link, LinkParams, bind_listener, serve};
 use straw::tunnel::TunnelStats;
+use straw_tools::linksim::{Faults, Link, LinkParams, bind_listener, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use straw::linksim::Link;
 use straw::relay_store::RelayStore;
 use straw::tunnel::TunnelStats;
+use straw_tools::linksim::Link;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -1,78 +1,33 @@
 //! Session tests over a deterministic in-memory link: two sessions, each
 //! direction serialised at a rate with a one-way delay, time stepped by hand.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use straw_linkmodel::{LinkModel, Pipe};
 
 use super::*;
 
-/// One direction of an emulated link. Records queue behind each other, each
-/// occupying the link for (len + per-packet overhead) / rate.
-struct Pipe {
-    rate: f64,
-    delay: Duration,
-    overhead: usize,
-    free_at: Instant,
-    in_flight: VecDeque<(Instant, Bytes)>,
-    /// Link-busy intervals, for utilisation checks.
-    busy: Vec<(Instant, Instant)>,
-}
-
-impl Pipe {
-    fn new(now: Instant, rate: f64, delay: Duration) -> Self {
-        Self {
-            rate,
-            delay,
-            // Noise length + tag per record, plus a share of the TCP/IP header:
-            // records sent back to back share segments.
-            overhead: 18 + 12,
-            free_at: now,
-            in_flight: VecDeque::new(),
-            busy: Vec::new(),
-        }
-    }
-
-    /// The sender may hand over a record only when the link is idle, as with a
-    /// small TCP_NOTSENT_LOWAT.
-    fn idle(&self, now: Instant) -> bool {
-        self.free_at <= now
-    }
-
-    fn push(&mut self, now: Instant, rec: Bytes) {
-        let start = self.free_at.max(now);
-        let busy = Duration::from_secs_f64((rec.len() + self.overhead) as f64 / self.rate);
-        self.free_at = start + busy;
-        self.busy.push((start, self.free_at));
-        self.in_flight.push_back((self.free_at + self.delay, rec));
-    }
-
-    /// Fraction of `[from, to)` the link spent serialising records.
-    fn utilisation(&self, from: Instant, to: Instant) -> f64 {
-        let busy: Duration = self
-            .busy
-            .iter()
-            .map(|&(a, b)| b.min(to).saturating_duration_since(a.max(from)))
-            .sum();
-        busy.as_secs_f64() / (to - from).as_secs_f64()
-    }
-
-    fn pop(&mut self, now: Instant) -> Option<Bytes> {
-        if self.in_flight.front().is_some_and(|(t, _)| *t <= now) {
-            return self.in_flight.pop_front().map(|(_, r)| r);
-        }
-        None
-    }
+/// One direction of the emulated link: `rate` bytes/s, each record one
+/// packet charged Noise's length and tag plus a share of the TCP/IP header
+/// (records sent back to back share segments).
+fn link(rate: f64, delay: Duration) -> Pipe<Bytes> {
+    Pipe::new(LinkModel::per_packet(
+        (rate * 8.0).round() as u64,
+        delay,
+        18 + 12,
+    ))
 }
 
 struct Sim {
     now: Instant,
     client: Session,
     server: Session,
-    up: Pipe,
-    down: Pipe,
+    up: Pipe<Bytes>,
+    down: Pipe<Bytes>,
+    /// When the up link was busy, for utilisation checks.
+    up_busy: Vec<(Instant, Instant)>,
     /// Events seen by each side, in order.
     client_events: Vec<(Instant, Event)>,
     server_events: Vec<(Instant, Event)>,
@@ -133,8 +88,9 @@ impl Sim {
             now,
             client: Session::new(c, now),
             server: Session::new(s, now),
-            up: Pipe::new(now, rate, delay),
-            down: Pipe::new(now, rate, delay),
+            up: link(rate, delay),
+            down: link(rate, delay),
+            up_busy: Vec::new(),
             client_events: Vec::new(),
             server_events: Vec::new(),
             max_client_overshoot: i64::MIN,
@@ -152,18 +108,23 @@ impl Sim {
         while let Some(r) = self.down.pop(now) {
             self.client.handle_record(now, &r).unwrap();
         }
-        while self.up.idle(now) {
+        // A sender hands over a record only when the link is idle, as with
+        // a small TCP_NOTSENT_LOWAT.
+        while self.up.is_idle(now) {
             match self.client.poll_transmit(now) {
                 Some(r) => {
                     self.client_max_record = self.client_max_record.max(r.len());
-                    self.up.push(now, r)
+                    let t = self.up.push(now, r);
+                    self.up_busy.push((t.start, t.end));
                 }
                 None => break,
             }
         }
-        while self.down.idle(now) {
+        while self.down.is_idle(now) {
             match self.server.poll_transmit(now) {
-                Some(r) => self.down.push(now, r),
+                Some(r) => {
+                    self.down.push(now, r);
+                }
                 None => break,
             }
         }
@@ -176,6 +137,16 @@ impl Sim {
         while let Some(e) = self.server.poll_event() {
             self.server_events.push((now, e));
         }
+    }
+
+    /// Fraction of `[from, to)` the up link spent serialising records.
+    fn up_utilisation(&self, from: Instant, to: Instant) -> f64 {
+        let busy: Duration = self
+            .up_busy
+            .iter()
+            .map(|&(a, b)| b.min(to).saturating_duration_since(a.max(from)))
+            .sum();
+        busy.as_secs_f64() / (to - from).as_secs_f64()
     }
 
     fn run_for(&mut self, d: Duration) {
@@ -284,8 +255,8 @@ fn inflight_stays_within_rate_times_target() {
 #[test]
 fn bulk_keeps_a_long_ack_loop_link_busy() {
     let mut sim = Sim::new(240.0, Duration::from_millis(500));
-    sim.up.overhead = 18 + 40; // every record its own packet
-    sim.down.overhead = 18 + 40;
+    sim.up.model_mut().overhead = 18 + 40; // every record its own packet
+    sim.down.model_mut().overhead = 18 + 40;
     sim.client.cfg.record_secs = 1.0; // as straw's default config
     let id = sim
         .client
@@ -296,7 +267,7 @@ fn bulk_keeps_a_long_ack_loop_link_busy() {
     sim.run_for(Duration::from_secs(15));
     let (from, got_before) = (sim.now, Sim::received(&sim.server_events, id).len());
     sim.run_for(Duration::from_secs(60));
-    let u = sim.up.utilisation(from, sim.now);
+    let u = sim.up_utilisation(from, sim.now);
     let goodput = (Sim::received(&sim.server_events, id).len() - got_before) as f64 / 60.0;
     eprintln!(
         "busy {:.0}%, goodput {goodput:.0} B/s of 240, rate estimate {:.0}, min rtt {:?}, window {} B",
@@ -313,7 +284,7 @@ fn bulk_keeps_a_long_ack_loop_link_busy() {
 #[test]
 fn held_bytes_respect_bound_when_driver_obeys_capacity() {
     let mut sim = Sim::new(300.0, Duration::from_millis(250));
-    sim.up.rate = 240.0;
+    sim.up.model_mut().rate_bps = 240 * 8;
     let id = sim
         .client
         .open_stream(b"test", b"", Priority::Bulk)
@@ -573,11 +544,9 @@ impl Sim {
     /// The link dies: everything in flight is lost. A new link comes up after
     /// `gap` and both sides resume from the counts exchanged in the handshake.
     fn cut_and_resume(&mut self, gap: Duration) {
-        self.up.in_flight.clear();
-        self.down.in_flight.clear();
         self.now += gap;
-        self.up.free_at = self.now;
-        self.down.free_at = self.now;
+        self.up.cut(self.now);
+        self.down.cut(self.now);
         let (c_got, s_got) = (
             self.client.records_received(),
             self.server.records_received(),
@@ -838,7 +807,7 @@ fn no_past_deadline_once_bulk_has_drained() {
         }
         sim.step(Duration::from_millis(1));
         let now = sim.now;
-        if sim.up.idle(now)
+        if sim.up.is_idle(now)
             && sim.client.poll_timeout().is_some_and(|t| t <= now)
             && sim.client.poll_transmit(now).is_none()
         {
@@ -1500,8 +1469,8 @@ fn link_slowing_down_goes_back_to_strong_codec() {
     assert!(sim.client.is_fast());
     // The link drops to 2 KB/s with a satellite's delay.
     for p in [&mut sim.up, &mut sim.down] {
-        p.rate = 2_000.0;
-        p.delay = Duration::from_millis(300);
+        p.model_mut().rate_bps = 2_000 * 8;
+        p.model_mut().delay = Duration::from_millis(300);
     }
     push_stream(
         &mut sim,

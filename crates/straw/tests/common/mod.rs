@@ -268,7 +268,7 @@ pub fn init_tracing() {
 }
 
 /// Link bytes both ways so far.
-pub fn link_bytes(link: &straw::linksim::Link) -> u64 {
+pub fn link_bytes(link: &straw_tools::linksim::Link) -> u64 {
     let s = link.stats().snapshot();
     s.up.bytes + s.down.bytes
 }
@@ -278,8 +278,8 @@ pub fn link_bytes(link: &straw::linksim::Link) -> u64 {
 pub fn cutting_link(
     server: SocketAddr,
     refuse: Duration,
-) -> (Arc<straw::linksim::Link>, SocketAddr) {
-    use straw::linksim::{Link, LinkParams, bind_listener, serve};
+) -> (Arc<straw_tools::linksim::Link>, SocketAddr) {
+    use straw_tools::linksim::{Link, LinkParams, bind_listener, serve};
     let mut params = LinkParams::new(1_000_000, Duration::from_millis(5));
     params.faults.refuse_for = Some(refuse);
     let link = Link::new(params);

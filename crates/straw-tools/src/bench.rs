@@ -2,11 +2,11 @@
 //! codec path, next to what deflate and xz make of the same bytes.
 //!
 //! A server and a client [`Session`] run back to back in memory over a
-//! simulated link (rate, one-way delay), so record sizes, acks and flushes are
-//! those the tunnel would produce. Each message is sent server→client with a
+//! simulated link (a [`straw_linkmodel::Pipe`] each way: rate, one-way delay,
+//! Noise's bytes per record), so record sizes, acks and flushes are those the
+//! tunnel would produce. Each message is sent server→client with a
 //! flush after it, as a POP3 RETR answer would be.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,9 +18,10 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use straw_core::codec::{CmParams, CodecParams, DictKind, Dictionary};
 use straw_core::session::{Event, Priority, Role, Session, SessionConfig};
+use straw_linkmodel::{LinkModel, Pipe};
 
-use crate::client::{LinkCodec, session_config, set_codec};
-use crate::config::SessionOptions;
+use straw::client::{LinkCodec, session_config, set_codec};
+use straw::config::SessionOptions;
 
 pub mod throughput;
 
@@ -169,7 +170,7 @@ pub struct CodecBenchArgs {
     /// Skip xz -9e (slow on big corpora).
     #[arg(long)]
     pub no_xz: bool,
-    /// Simulated link rate, bytes per second.
+    /// Simulated link rate, bytes per second (to the nearest bit/s).
     #[arg(long, default_value_t = 240.0)]
     pub rate: f64,
     /// Simulated one-way delay, seconds.
@@ -192,63 +193,32 @@ pub struct TunnelRun {
     pub link_seconds: f64,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct LinkModel {
-    pub rate: f64,
-    pub delay: Duration,
+/// The bench's link: `rate_bps` and `delay`, each record one packet carrying
+/// Noise's length and tag (TCP/IP headers left out, as in `wire_bytes`).
+pub fn bench_link(rate_bps: u64, delay: Duration) -> LinkModel {
+    LinkModel::per_packet(rate_bps, delay, NOISE_OVERHEAD)
 }
 
-impl Default for LinkModel {
-    fn default() -> Self {
-        Self {
-            rate: 240.0,
-            delay: Duration::from_millis(500),
-        }
+/// Puts every record the session has ready on the link while it is free, as
+/// with a small TCP_NOTSENT_LOWAT.
+fn transmit(pipe: &mut Pipe<Bytes>, s: &mut Session, now: Instant) -> bool {
+    let mut sent = false;
+    while pipe.is_idle(now) {
+        let Some(r) = s.poll_transmit(now) else { break };
+        pipe.push(now, r);
+        sent = true;
     }
+    sent
 }
 
-struct Direction {
-    in_flight: VecDeque<(Instant, Bytes)>,
-    free_at: Instant,
-    bytes: u64,
-    records: u64,
-}
-
-impl Direction {
-    fn new(now: Instant) -> Self {
-        Self {
-            in_flight: VecDeque::new(),
-            free_at: now,
-            bytes: 0,
-            records: 0,
-        }
+/// Hands every record that has arrived by `now` to `s`.
+fn deliver(pipe: &mut Pipe<Bytes>, s: &mut Session, now: Instant) -> anyhow::Result<bool> {
+    let mut any = false;
+    while let Some(r) = pipe.pop(now) {
+        s.handle_record(now, &r)?;
+        any = true;
     }
-
-    /// Puts every record the session has ready on the link while it is free.
-    fn transmit(&mut self, s: &mut Session, now: Instant, link: LinkModel) -> bool {
-        let mut sent = false;
-        while self.free_at <= now {
-            let Some(r) = s.poll_transmit(now) else { break };
-            let tx = Duration::from_secs_f64((r.len() + NOISE_OVERHEAD) as f64 / link.rate);
-            self.free_at = now + tx;
-            self.bytes += r.len() as u64;
-            self.records += 1;
-            self.in_flight.push_back((self.free_at + link.delay, r));
-            sent = true;
-        }
-        sent
-    }
-
-    /// Hands every record that has arrived by `now` to `s`.
-    fn deliver(&mut self, s: &mut Session, now: Instant) -> anyhow::Result<bool> {
-        let mut any = false;
-        while self.in_flight.front().is_some_and(|(at, _)| *at <= now) {
-            let (_, r) = self.in_flight.pop_front().expect("checked");
-            s.handle_record(now, &r)?;
-            any = true;
-        }
-        Ok(any)
-    }
+    Ok(any)
 }
 
 /// Sends `messages` server→client through two sessions over `link`, each
@@ -264,14 +234,15 @@ pub fn run_tunnel(
     let mut server = Session::new(cfg(Role::Server), now);
     let mut client = Session::new(cfg(Role::Client), now);
     let cstream = client.open_stream(b"pop3", b"", Priority::Interactive)?;
-    let (mut s2c, mut c2s) = (Direction::new(now), Direction::new(now));
+    let (mut s2c, mut c2s) = (Pipe::new(link), Pipe::new(link));
     let expected: Vec<u8> = messages.concat();
     let mut received = 0usize;
     let mut sstream = None;
     let (mut msg, mut off) = (0usize, 0usize);
 
     while received < expected.len() {
-        let mut progress = s2c.deliver(&mut client, now)? | c2s.deliver(&mut server, now)?;
+        let mut progress =
+            deliver(&mut s2c, &mut client, now)? | deliver(&mut c2s, &mut server, now)?;
         while let Some(ev) = server.poll_event() {
             if let Event::Opened { stream, .. } = ev {
                 // As the POP3 accelerator marks RETR replies.
@@ -310,16 +281,16 @@ pub fn run_tunnel(
                 }
             }
         }
-        progress |= s2c.transmit(&mut server, now, link);
-        progress |= c2s.transmit(&mut client, now, link);
+        progress |= transmit(&mut s2c, &mut server, now);
+        progress |= transmit(&mut c2s, &mut client, now);
         if progress {
             continue;
         }
         let next = [
-            s2c.in_flight.front().map(|(t, _)| *t),
-            c2s.in_flight.front().map(|(t, _)| *t),
-            Some(s2c.free_at),
-            Some(c2s.free_at),
+            s2c.next_arrival(),
+            c2s.next_arrival(),
+            s2c.wire().free_at(),
+            c2s.wire().free_at(),
             server.poll_timeout(),
             client.poll_timeout(),
         ]
@@ -329,11 +300,12 @@ pub fn run_tunnel(
         .min();
         now = next.ok_or_else(|| anyhow!("tunnel stalled after {received} bytes"))?;
     }
+    let s2c = s2c.stats();
     Ok(TunnelRun {
         raw_bytes: expected.len() as u64,
         wire_bytes: s2c.bytes,
-        records: s2c.records,
-        wire_bytes_with_noise: s2c.bytes + s2c.records * NOISE_OVERHEAD as u64,
+        records: s2c.segments,
+        wire_bytes_with_noise: s2c.bytes + s2c.segments * NOISE_OVERHEAD as u64,
         server_codec_memory_bytes: server.codec_memory_bytes(),
         client_codec_memory_bytes: client.codec_memory_bytes(),
         link_seconds: (now - t0).as_secs_f64(),
@@ -591,10 +563,14 @@ pub fn run_codec_cli(args: &CodecBenchArgs) -> anyhow::Result<()> {
     let o = Overrides::from_args(args)?;
     let server_cfg = o.config(Role::Server);
     server_cfg.bulk_codec_params.validate()?;
-    let link = LinkModel {
-        rate: args.rate,
-        delay: Duration::from_secs_f64(args.delay),
-    };
+    if !(args.rate >= 0.125 && args.rate.is_finite()) {
+        bail!("--rate {}: want at least 0.125 bytes per second", args.rate);
+    }
+    let link = bench_link(
+        (args.rate * 8.0).round() as u64,
+        Duration::try_from_secs_f64(args.delay)
+            .map_err(|_| anyhow!("--delay {}: not a number of seconds", args.delay))?,
+    );
     let started = Instant::now();
     let run = run_tunnel(&messages, &|role| o.config(role), link)?;
     let secs = started.elapsed().as_secs_f64();
@@ -654,7 +630,7 @@ pub fn run_codec_cli(args: &CodecBenchArgs) -> anyhow::Result<()> {
         corpus: args.corpus.display().to_string(),
         messages: messages.len(),
         codec: args.codec.clone(),
-        codec_model_id: crate::client::codec_model_id(&server_cfg),
+        codec_model_id: straw::client::codec_model_id(&server_cfg),
         cm_table_log: bulk.cm.map(|c| c.table_log),
         cm_match_log: bulk.cm.map(|c| c.match_log),
         cm_priming: bulk.cm.and_then(|c| c.priming),
@@ -790,7 +766,7 @@ mod tests {
                 set_codec(&mut c, role, codec);
                 c
             };
-            let r = run_tunnel(&m, &cfg, LinkModel::default()).unwrap();
+            let r = run_tunnel(&m, &cfg, bench_link(1920, Duration::from_millis(500))).unwrap();
             assert_eq!(r.raw_bytes as usize, raw);
             assert!(r.wire_bytes * 5 < r.raw_bytes, "{r:?}");
             assert_eq!(

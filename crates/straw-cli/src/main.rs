@@ -34,9 +34,9 @@ enum Command {
         config: PathBuf,
     },
     /// Emulate a slow, high-latency link as a TCP relay.
-    Linksim(straw::linksim::LinksimArgs),
+    Linksim(straw_tools::linksim::LinksimArgs),
     /// Measure compression on a corpus (see docs/codec.md).
-    Bench(straw::bench::BenchArgs),
+    Bench(straw_tools::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,12 +56,14 @@ fn main() -> ExitCode {
         Command::Client { config } => straw::config::ClientConfig::load(&config)
             .and_then(|c| runtime()?.block_on(straw::client::run(c))),
         Command::Bench(args) => match args.what {
-            straw::bench::BenchCommand::Codec(a) => straw::bench::run_codec_cli(&a),
-            straw::bench::BenchCommand::TrainDict(a) => straw::bench::run_train_cli(&a),
-            straw::bench::BenchCommand::Throughput(a) => straw::bench::throughput::run_cli(&a),
+            straw_tools::bench::BenchCommand::Codec(a) => straw_tools::bench::run_codec_cli(&a),
+            straw_tools::bench::BenchCommand::TrainDict(a) => straw_tools::bench::run_train_cli(&a),
+            straw_tools::bench::BenchCommand::Throughput(a) => {
+                straw_tools::bench::throughput::run_cli(&a)
+            }
         },
         Command::Linksim(args) => {
-            runtime().and_then(|rt| rt.block_on(straw::linksim::run_cli(args)))
+            runtime().and_then(|rt| rt.block_on(straw_tools::linksim::run_cli(args)))
         }
     };
     match result {

@@ -7,7 +7,8 @@
 //! seconds, one after another (the link is shared by every connection
 //! relayed through the same [`Link`]); it is then delivered after
 //! [`LinkParams::delay`]. Segments in flight during the delay pipeline, so the
-//! delay does not throttle throughput.
+//! delay does not throttle throughput. The clock and counters are
+//! [`straw_linkmodel::Wire`]s; this module moves the bytes and adds faults.
 //!
 //! The source is only read as the link frees up, so a sender's backlog stays
 //! in the sender's own buffers, as on a real slow link.
@@ -19,7 +20,7 @@
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use std::time::Duration;
-//! use straw::linksim::{Link, LinkParams, relay};
+//! use straw_tools::linksim::{Link, LinkParams, relay};
 //! let link = Link::new(LinkParams::new(2400, Duration::from_millis(500)));
 //! let (client, linksim_a) = tokio::io::duplex(64 * 1024);
 //! let (linksim_b, server) = tokio::io::duplex(64 * 1024);
@@ -36,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use straw_linkmodel::{LinkModel, Wire};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -47,11 +49,8 @@ mod cli;
 mod tests;
 
 pub use cli::{LinksimArgs, run_cli};
+pub use straw_linkmodel::{DEFAULT_MSS, DEFAULT_OVERHEAD, DirStats};
 
-/// Default segment payload: the classic TCP default MSS.
-pub const DEFAULT_MSS: usize = 536;
-/// Default per-segment overhead: IPv4 + TCP headers.
-pub const DEFAULT_OVERHEAD: usize = 40;
 /// SO_RCVBUF for linksim's own sockets: keeps backlog in the peers' buffers.
 pub const SOCKET_RCVBUF: usize = 4096;
 /// How far ahead of the link clock a reader may fetch the next segment.
@@ -100,11 +99,19 @@ impl LinkParams {
         }
     }
 
-    /// Time one segment carrying `payload` bytes occupies the link.
+    /// The link model these parameters describe, faults aside.
+    pub fn model(&self) -> LinkModel {
+        LinkModel {
+            rate_bps: self.rate_bps,
+            delay: self.delay,
+            mss: self.mss,
+            overhead: self.overhead,
+        }
+    }
+
+    /// Time `payload` bytes occupy the link (one header per segment).
     pub fn serialisation_time(&self, payload: usize) -> Duration {
-        let bits = (payload as u128 + self.overhead as u128) * 8;
-        let nanos = bits * 1_000_000_000 / self.rate_bps.max(1) as u128;
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+        self.model().serialisation_time(payload)
     }
 
     /// Checks the parameters make sense; the CLI reports this error.
@@ -147,48 +154,18 @@ impl Direction {
     }
 }
 
-#[derive(Debug, Default)]
-struct DirCounters {
-    bytes: AtomicU64,
-    segments: AtomicU64,
-    link_nanos: AtomicU64,
-}
-
-impl DirCounters {
-    fn snapshot(&self) -> DirStats {
-        DirStats {
-            bytes: self.bytes.load(Ordering::Relaxed),
-            segments: self.segments.load(Ordering::Relaxed),
-            link_time: Duration::from_nanos(self.link_nanos.load(Ordering::Relaxed)),
-        }
-    }
-}
-
 /// Live counters of a [`Link`], updated as segments go onto the link.
-#[derive(Debug, Default)]
-pub struct LinkStats {
-    dirs: [DirCounters; 2],
-}
+#[derive(Debug, Clone, Copy)]
+pub struct LinkStats<'a>(&'a Link);
 
-impl LinkStats {
+impl LinkStats<'_> {
     /// A consistent-enough copy of the counters.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
-            up: self.dirs[0].snapshot(),
-            down: self.dirs[1].snapshot(),
+            up: lock(&self.0.wires[0]).stats(),
+            down: lock(&self.0.wires[1]).stats(),
         }
     }
-}
-
-/// Counters of one direction.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct DirStats {
-    /// Payload bytes put on the link.
-    pub bytes: u64,
-    /// Data segments put on the link.
-    pub segments: u64,
-    /// Sum of the segments' serialisation times, overhead included.
-    pub link_time: Duration,
 }
 
 /// Both directions' counters. `Display` gives the one-line form printed by
@@ -215,14 +192,13 @@ impl fmt::Display for StatsSnapshot {
     }
 }
 
-/// One emulated link: per-direction serialisation clocks, stats, parameters
-/// and fault state, shared by all connections relayed through it.
+/// One emulated link: per-direction serialisation clocks and stats,
+/// parameters and fault state, shared by all connections relayed through it.
 #[derive(Debug)]
 pub struct Link {
     params: LinkParams,
-    stats: LinkStats,
-    /// When each direction's link is next free.
-    free_at: [Mutex<Option<Instant>>; 2],
+    /// Each direction's clock and counters.
+    wires: [Mutex<Wire>; 2],
     cut_tx: watch::Sender<u64>,
     refuse_until: Mutex<Option<Instant>>,
     next_conn: AtomicU64,
@@ -245,10 +221,10 @@ impl Link {
             .unwrap_or(usize::MAX)
             .clamp(0, 1 << 16)
             + 4;
+        let wire = || Mutex::new(Wire::new(params.model()));
         Arc::new(Link {
+            wires: [wire(), wire()],
             params,
-            stats: LinkStats::default(),
-            free_at: [Mutex::new(None), Mutex::new(None)],
             cut_tx: watch::Sender::new(0),
             refuse_until: Mutex::new(None),
             next_conn: AtomicU64::new(1),
@@ -263,8 +239,8 @@ impl Link {
     }
 
     /// The link's live counters.
-    pub fn stats(&self) -> &LinkStats {
-        &self.stats
+    pub fn stats(&self) -> LinkStats<'_> {
+        LinkStats(self)
     }
 
     /// Cuts every connection currently relayed through this link (their
@@ -300,26 +276,26 @@ impl Link {
     }
 
     /// Books the link for one segment of `payload` bytes, starting when the
-    /// link is free (or now, if later). Returns when it leaves the link.
+    /// link is free (or now, if later), counted in the stats if `count`.
+    /// Returns when it leaves the link.
     fn reserve(&self, dir: Direction, payload: usize, count: bool) -> Instant {
-        let ser = self.params.serialisation_time(payload);
-        let now = Instant::now();
-        let end = {
-            let mut free = lock(&self.free_at[dir.idx()]);
-            let start = free.map_or(now, |f| f.max(now));
-            let end = start + ser;
-            *free = Some(end);
-            end
-        };
-        if count {
+        // The model takes std time; tokio's (paused or not) converts exactly.
+        let now = Instant::now().into_std();
+        let mut wire = lock(&self.wires[dir.idx()]);
+        let transit = if count {
             tracing::trace!(?dir, payload, "segment");
-            let c = &self.stats.dirs[dir.idx()];
-            c.bytes.fetch_add(payload as u64, Ordering::Relaxed);
-            c.segments.fetch_add(1, Ordering::Relaxed);
-            let nanos = u64::try_from(ser.as_nanos()).unwrap_or(u64::MAX);
-            c.link_nanos.fetch_add(nanos, Ordering::Relaxed);
-        }
-        end
+            wire.send(now, payload)
+        } else {
+            wire.occupy(now, payload)
+        };
+        Instant::from_std(transit.end)
+    }
+
+    /// When `dir`'s link is next free (`None`: nothing sent yet).
+    fn free_at(&self, dir: Direction) -> Option<Instant> {
+        lock(&self.wires[dir.idx()])
+            .free_at()
+            .map(Instant::from_std)
     }
 }
 
@@ -479,7 +455,7 @@ async fn read_side<R: AsyncRead + Unpin>(
         if n == 0 {
             // The reader only runs READ_AHEAD before the link clock, so the
             // FIN may need to wait for the last segment to leave.
-            let last = lock(&link.free_at[dir.idx()]).unwrap_or_else(Instant::now);
+            let last = link.free_at(dir).unwrap_or_else(Instant::now);
             let at = last.max(Instant::now()) + delay;
             let _ = tx.send(Seg { at, data: None }).await;
             return Ok(());

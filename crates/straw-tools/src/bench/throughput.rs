@@ -25,10 +25,10 @@ use straw_core::session::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::client::session_config;
-use crate::config::{ClientConfig, ServerConfig, SessionOptions};
-use crate::link::keys;
-use crate::tunnel::TunnelStats;
+use straw::client::session_config;
+use straw::config::{ClientConfig, ServerConfig, SessionOptions};
+use straw::link::keys;
+use straw::tunnel::TunnelStats;
 
 /// No byte moved for this long: the bench fails instead of waiting on.
 const STALL: Duration = Duration::from_secs(10);
@@ -169,7 +169,7 @@ pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport> {
     tokio::spawn(serve_upstream(upstream, pat.clone()));
 
     let dir = TempDir::new()?;
-    let tunnel = crate::link::tcp::bind_listener(port(0), None)
+    let tunnel = straw::link::tcp::bind_listener(port(0), None)
         .with_context(|| format!("tunnel: cannot listen on {}", port(0)))?;
     let tunnel_addr = tunnel.local_addr()?;
     let local = std::net::TcpListener::bind(port(2))
@@ -180,14 +180,14 @@ pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport> {
         ccfg.tcp.local_recv_buffer = b;
         ccfg.tcp.local_max_segment = 0;
     }
-    let state = Arc::new(crate::server::ServerState {
+    let state = Arc::new(straw::server::ServerState {
         keypair: keys::load_private(&scfg.private_key)?,
         authorized: keys::AuthorizedKeys::load(&scfg.authorized_keys)?,
         cfg: scfg,
     });
-    tokio::spawn(crate::server::serve(tunnel, state));
+    tokio::spawn(straw::server::serve(tunnel, state));
     let stats = Arc::new(TunnelStats::default());
-    tokio::spawn(crate::client::run_with_stats(ccfg, stats.clone()));
+    tokio::spawn(straw::client::run_with_stats(ccfg, stats.clone()));
 
     // A small transfer first: brings the tunnel up.
     transfer(local, 4096, false, &pat)
