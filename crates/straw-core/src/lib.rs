@@ -7,6 +7,8 @@
 //! - [`session`]: streams, credit, scheduling, cork/flush, acks and replay.
 //! - [`transform`]: the lossless base64 transform on stream data.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod session;
 pub mod transform;

@@ -221,18 +221,9 @@ pub enum Event {
         payload: Bytes,
     },
     /// The peer will send no more data on this stream.
-    Fin {
-        stream: u64,
-    },
+    Fin { stream: u64 },
     /// The peer aborted the stream; drop it.
-    Reset {
-        stream: u64,
-        code: u64,
-    },
-    Proto {
-        stream: u64,
-        payload: Bytes,
-    },
+    Reset { stream: u64, code: u64 },
 }
 
 #[derive(Debug, Error)]
@@ -305,7 +296,7 @@ pub struct Session {
     decode_buf: Vec<u8>,
     streams: BTreeMap<u64, Stream>,
     next_local_stream: u64,
-    /// Control frames (OPEN, RESET, CREDIT, PONG, PROTO) in order.
+    /// Control frames (OPEN, RESET, CREDIT, PONG) in order.
     control: VecDeque<Frame>,
     /// A queued control frame must leave now. OPEN alone may wait for the
     /// cork timer, so that a request written right after connecting joins it.
@@ -573,13 +564,6 @@ impl Session {
         }
     }
 
-    /// Sends a PROTO frame to the peer's accelerator on `stream`.
-    pub fn send_proto(&mut self, stream: u64, payload: Bytes) {
-        self.control.push_back(Frame::Proto { stream, payload });
-        self.urgent_control = true;
-        self.flush_requested = true;
-    }
-
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -787,11 +771,6 @@ impl Session {
             }
             Frame::Caps { .. } => {}
             Frame::CodecReset => self.reset_decoder = true,
-            Frame::Proto { stream, payload } => {
-                if self.streams.contains_key(&stream) {
-                    self.events.push_back(Event::Proto { stream, payload });
-                }
-            }
         }
         Ok(())
     }
