@@ -13,3 +13,6 @@ pub mod codec;
 pub mod session;
 pub mod transform;
 pub mod wire;
+
+#[cfg(test)]
+mod fixtures;

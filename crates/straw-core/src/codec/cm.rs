@@ -406,9 +406,9 @@ fn sm_update(e: &mut u32, bit: u32, limit: u32) {
     *e = (np as u32) << 10 | (n + 1).min(limit);
 }
 
-/// Tuning hook: in tests, `CM_K<i>` overrides a constant (the `cm_tune`
-/// harness); in the build, the constant.
-#[cfg(test)]
+/// Tuning hook: with the `tune` feature, `CM_K<i>` overrides a constant
+/// (`benches/cm_tune.rs`); in any other build, the constant.
+#[cfg(feature = "tune")]
 fn knob(i: usize, d: i32) -> i32 {
     std::env::var(format!("CM_K{i}"))
         .ok()
@@ -416,7 +416,7 @@ fn knob(i: usize, d: i32) -> i32 {
         .unwrap_or(d)
 }
 
-#[cfg(not(test))]
+#[cfg(not(feature = "tune"))]
 fn knob(_: usize, d: i32) -> i32 {
     d
 }
@@ -1574,96 +1574,4 @@ pub fn model_id(contexts: &[Option<CmParams>]) -> u32 {
         }
     }
     h
-}
-
-#[cfg(test)]
-mod tune {
-    use super::*;
-
-    /// Experiment loop: `CM_TUNE=dir1:dir2 cargo test --release -p straw-core
-    /// cm_tune -- --ignored --nocapture` codes every `*.txt` of each dir in
-    /// name order, per message, in bulk units of `CM_UNIT` bytes (3000),
-    /// with the server→client bulk sizes and the shipped priming.
-    #[test]
-    #[ignore]
-    fn cm_tune() {
-        let Ok(dirs) = std::env::var("CM_TUNE") else {
-            return;
-        };
-        let unit: usize = std::env::var("CM_UNIT")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3000);
-        let mut p = crate::codec::CmParams::slow_link(
-            crate::codec::Direction::ServerToClient,
-            crate::codec::Lane::Bulk,
-        );
-        if let Some(v) = std::env::var("CM_TLOG").ok().and_then(|s| s.parse().ok()) {
-            p.table_log = v;
-        }
-        if let Some(v) = std::env::var("CM_MLOG").ok().and_then(|s| s.parse().ok()) {
-            p.match_log = v;
-        }
-        if let Ok(f) = std::env::var("CM_PRIME") {
-            p.priming = Some(register_priming_text(std::fs::read(f).unwrap()));
-        }
-        if let Ok(f) = std::env::var("CM_STATIC") {
-            let prime = priming_text(p.priming.unwrap_or(PRIMING_MAIL_V1)).unwrap();
-            let t0 = std::time::Instant::now();
-            p.priming = Some(register_priming_with_static(
-                prime,
-                std::fs::read(f).unwrap(),
-            ));
-            println!(
-                "static index {:?} shared {}",
-                t0.elapsed(),
-                shared_static_bytes()
-            );
-        }
-        if p.priming == Some(PRIMING_MAIL_V2) {
-            let t0 = std::time::Instant::now();
-            builtin_static();
-            println!(
-                "built-in static text {:?} shared {}",
-                t0.elapsed(),
-                shared_static_bytes()
-            );
-        }
-        println!("params {p:?} memory {}", p.memory_bytes());
-        let t0 = std::time::Instant::now();
-        let base = primed(&p).unwrap();
-        println!("prime {:?}", t0.elapsed());
-        let mut total = 0;
-        for dir in dirs.split(':') {
-            let mut names: Vec<_> = std::fs::read_dir(dir)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-                .collect();
-            names.sort();
-            let mut enc = CmEncoder {
-                slot: Slot {
-                    params: p,
-                    model: Some(Box::new(Model::clone(&base))),
-                },
-            };
-            let (mut raw, mut out) = (0, Vec::new());
-            let t = std::time::Instant::now();
-            for n in &names {
-                let data = std::fs::read(n).unwrap();
-                raw += data.len();
-                for c in data.chunks(unit) {
-                    enc.encode_unit(c, &mut out).unwrap();
-                }
-            }
-            println!(
-                "{dir}: {} files raw {raw} coded {} ({:.3} MB/s)",
-                names.len(),
-                out.len(),
-                raw as f64 / 1e6 / t.elapsed().as_secs_f64()
-            );
-            total += out.len();
-        }
-        println!("TOTAL {total}");
-    }
 }
