@@ -8,6 +8,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
+use crate::codec::{CodecId, CodecParams, DecoderLimits};
+use crate::wire::{FrameDecoder, OpenFrame};
 
 /// One direction of an emulated link. Records queue behind each other, each
 /// occupying the link for (len + per-packet overhead) / rate.
