@@ -11,13 +11,18 @@ mod framer;
 pub mod resume;
 #[cfg(test)]
 mod resume_tests;
+pub mod starttls;
 #[cfg(test)]
 mod tests;
+pub mod warm_up;
 
 use crate::partial::{SharedStore, prefix_hash};
 use crate::{AccelStats, Accelerator, Cache, Output};
 use framer::{Ev, Framer, Lit, content, with_literal};
 use std::collections::{BTreeSet, HashMap};
+
+pub use starttls::StartTls;
+pub use warm_up::WarmUp;
 
 /// Cache key: the real greeting line (no CRLF), as the real server sent it.
 pub const GREETING_KEY: &str = "imap.greeting";

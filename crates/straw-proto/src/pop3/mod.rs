@@ -30,16 +30,16 @@ pub mod prefetch;
 pub mod reply;
 pub mod resume;
 pub mod server;
-// pub mod starttls;
-// pub mod warm_up;
+pub mod starttls;
+pub mod warm_up;
 
 #[cfg(test)]
 mod tests;
 
 pub use client::ClientAccel;
 pub use server::ServerAccel;
-// pub use starttls::StartTls;
-// pub use warm_up::WarmUp;
+pub use starttls::StartTls;
+pub use warm_up::WarmUp;
 
 #[cfg(test)]
 use crate::shared::lines::{self as text, MAX_LINE};

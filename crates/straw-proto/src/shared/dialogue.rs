@@ -1,37 +1,135 @@
 //! The shape of the runtime's own short dialogues: STARTTLS with a real
-//! server, and the cache warm-up against a client accelerator.
+//! server (`*/starttls.rs`), and the cache warm-up against a client
+//! accelerator (`*/warm_up.rs`).
 //!
 //! Each is a small state machine that never touches a socket (as in
 //! quinn-proto): the driver hands it the bytes it read and does what the
-//! returned [`Step`] says. A machine answers one reply with one command, so
-//! a step is never more than one write.
+//! returned [`Step`] says, so every rule is tested without a socket. The
+//! driver's loop, the same for every machine:
+//!
+//! ```text
+//! let mut step = machine.step(&[])?;          // at the start: nothing read yet
+//! loop {
+//!     step = match step {
+//!         Step::Send(bytes) => { write_all(&bytes); machine.step(&[])? }
+//!         Step::Read => { let got = read(); if got.is_empty() { machine.closed()? }
+//!                         machine.step(&got)? }
+//!         Step::StartTls => { handshake(); machine.tls_established()? }
+//!         Step::Done(replay) => break,
+//!     }
+//! }
+//! ```
+//!
+//! `step(&[])` after a `Send` matters: what was read with the last reply
+//! may already hold the next one, and the machine answers it without
+//! waiting for the socket.
+
+use crate::shared::lines::{LineTooLong, take_line_max, trim_end};
 
 /// What the driver does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// Write these bytes, then read and hand over what comes.
+    /// Write these bytes, then call `step(&[])`.
     Send(Vec<u8>),
-    /// Read more and hand it over (the reply is not complete yet).
+    /// Read, and call `step` with what came (the reply is not complete).
     Read,
     /// STARTTLS only: the server agreed and sent nothing after its reply.
-    /// Start the TLS handshake on the socket now, then call the machine's
-    /// `tls_established()`. Read nothing before the handshake.
+    /// Start the TLS handshake on the socket now (reading nothing before
+    /// it), then call the machine's `tls_established()` and go on with the
+    /// TLS stream.
     StartTls,
-    /// The dialogue is over. For STARTTLS: put these bytes in front of the
-    /// TLS stream for the accelerator (the greeting it would have seen on a
+    /// The dialogue is over. STARTTLS: put these bytes in front of the TLS
+    /// stream for the accelerator (the greeting it would have seen on a
     /// plain connection, and anything the server sent after the last reply).
-    /// For a warm-up: nothing more is sent; read until the other end closes.
+    /// Warm-up: nothing is left to send; read and drop until the other end
+    /// closes (the accelerator sees the goodbye through).
     Done(Vec<u8>),
 }
 
+/// Why a dialogue stopped. The connection is given up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DialogueError {
+    /// The greeting is not one that allows going on.
+    #[error("{protocol} greeting refused: {reply}")]
+    GreetingRefused {
+        protocol: &'static str,
+        reply: String,
+    },
+    /// A command of the dialogue was refused.
+    #[error("{protocol} {command} refused: {reply}")]
+    Refused {
+        protocol: &'static str,
+        command: &'static str,
+        reply: String,
+    },
+    /// The EHLO reply does not list STARTTLS.
+    #[error("SMTP server does not offer STARTTLS")]
+    StartTlsNotOffered,
+    /// Bytes came after the STARTTLS reply, before the handshake: a man in
+    /// the middle could have put them there, so they are never taken as
+    /// replies from inside TLS.
+    #[error("server sent data after its STARTTLS reply; refusing the connection")]
+    DataBeforeHandshake,
+    /// The post-TLS `CAPABILITY` ended with no `* CAPABILITY` line.
+    #[error("IMAP CAPABILITY after STARTTLS: no capabilities")]
+    NoCapabilities,
+    /// More lines than any reply of these dialogues has.
+    #[error("{protocol} reply too long")]
+    TooManyLines { protocol: &'static str },
+    #[error("server sent a line longer than {} bytes", .0.limit)]
+    LineTooLong(#[from] LineTooLong),
+    /// Bytes that are not a reply of the protocol.
+    #[error("{0}")]
+    BadReply(String),
+    /// The other end closed in the middle of the dialogue.
+    #[error("closed before the reply ended")]
+    Closed,
+    /// The driver called a method the machine was not waiting for.
+    #[error("dialogue driven out of order: {0}")]
+    OutOfOrder(&'static str),
+}
+
+/// Most lines one reply may have (multi-line EHLO, untagged IMAP lines).
+pub(crate) const MAX_LINES: usize = 100;
+
 /// `line` begins with `prefix`, ignoring ASCII case.
-#[allow(dead_code)] // used by the dialogues that follow
 pub(crate) fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 /// A line as text for an error message, without its line end.
-#[allow(dead_code)]
 pub(crate) fn show(line: &[u8]) -> String {
-    String::from_utf8_lossy(crate::shared::lines::trim_end(line)).into_owned()
+    String::from_utf8_lossy(trim_end(line)).into_owned()
+}
+
+/// What was read and not yet taken as a line, and how many lines the
+/// current reply has had.
+#[derive(Debug, Default)]
+pub(crate) struct Input {
+    pub(crate) buf: Vec<u8>,
+    lines: usize,
+}
+
+impl Input {
+    /// The next complete line, counted against [`MAX_LINES`] until
+    /// [`Self::reply_done`].
+    pub(crate) fn line(
+        &mut self,
+        max_line: usize,
+        protocol: &'static str,
+    ) -> Result<Option<Vec<u8>>, DialogueError> {
+        let Some(line) = take_line_max(&mut self.buf, max_line)? else {
+            return Ok(None);
+        };
+        self.lines += 1;
+        if self.lines > MAX_LINES {
+            return Err(DialogueError::TooManyLines { protocol });
+        }
+        Ok(Some(line))
+    }
+
+    /// The reply ended: the next one starts its own line count.
+    pub(crate) fn reply_done(&mut self) {
+        self.lines = 0;
+    }
 }

@@ -15,11 +15,16 @@ pub struct LineTooLong {
 /// Removes and returns the first line (with its line end) from `buf`.
 /// `Ok(None)` means no complete line yet.
 pub(crate) fn take_line(buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, LineTooLong> {
-    let too_long = LineTooLong { limit: MAX_LINE };
+    take_line_max(buf, MAX_LINE)
+}
+
+/// [`take_line`] with another limit than [`MAX_LINE`].
+pub(crate) fn take_line_max(buf: &mut Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, LineTooLong> {
+    let too_long = LineTooLong { limit: max };
     match buf.iter().position(|&b| b == b'\n') {
-        Some(p) if p < MAX_LINE => Ok(Some(buf.drain(..=p).collect())),
+        Some(p) if p < max => Ok(Some(buf.drain(..=p).collect())),
         Some(_) => Err(too_long),
-        None if buf.len() > MAX_LINE => Err(too_long),
+        None if buf.len() > max => Err(too_long),
         None => Ok(None),
     }
 }

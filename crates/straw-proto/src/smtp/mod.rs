@@ -23,15 +23,15 @@ pub mod client;
 pub mod reply;
 pub mod resume;
 pub mod server;
-// pub mod starttls;
-// pub mod warm_up;
+pub mod starttls;
 #[cfg(test)]
 mod tests;
+pub mod warm_up;
 
 pub use client::ClientAccel;
 pub use server::ServerAccel;
-// pub use starttls::StartTls;
-// pub use warm_up::WarmUp;
+pub use starttls::StartTls;
+pub use warm_up::WarmUp;
 
 #[cfg(test)]
 use crate::partial::SharedStore;

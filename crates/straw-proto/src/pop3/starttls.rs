@@ -1,0 +1,186 @@
+//! STLS with the real POP3 server (RFC 2595), before the server side's
+//! accelerator sees the connection: greeting, `STLS`, `+OK`, then the TLS
+//! handshake. The greeting is replayed in front of the TLS stream, so the
+//! accelerator sees what it would see on a plain connection.
+//!
+//! Sans-IO (see [`Step`] for the driver's loop):
+//!
+//! ```
+//! use straw_proto::{Step, pop3};
+//! let mut d = pop3::StartTls::new();
+//! assert_eq!(d.step(&[]).unwrap(), Step::Read);
+//! assert_eq!(d.step(b"+OK ready\r\n").unwrap(), Step::Send(b"STLS\r\n".to_vec()));
+//! assert_eq!(d.step(&[]).unwrap(), Step::Read);
+//! assert_eq!(d.step(b"+OK begin TLS\r\n").unwrap(), Step::StartTls);
+//! // ... the TLS handshake on the same socket ...
+//! assert_eq!(d.tls_established().unwrap(), Step::Done(b"+OK ready\r\n".to_vec()));
+//! ```
+
+use super::reply::ReplyReader;
+use crate::shared::dialogue::{DialogueError, Step, show};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Greeting,
+    Stls,
+    /// The `+OK` came: waiting for the driver's handshake.
+    Handshake,
+    Done,
+}
+
+/// The POP3 STLS dialogue (see the module docs).
+#[derive(Debug)]
+pub struct StartTls {
+    state: State,
+    buf: Vec<u8>,
+    reader: ReplyReader,
+    greeting: Vec<u8>,
+}
+
+impl Default for StartTls {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StartTls {
+    pub fn new() -> Self {
+        Self {
+            state: State::Greeting,
+            buf: Vec::new(),
+            reader: ReplyReader::default(),
+            greeting: Vec::new(),
+        }
+    }
+
+    /// Takes what was read from the server (`&[]` at the start and after a
+    /// [`Step::Send`]) and says what to do next.
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
+        if matches!(self.state, State::Handshake | State::Done) {
+            if input.is_empty() {
+                return Err(DialogueError::OutOfOrder(
+                    "step while the dialogue waits for TLS",
+                ));
+            }
+            return Err(DialogueError::DataBeforeHandshake);
+        }
+        self.buf.extend_from_slice(input);
+        let Some(reply) = read_status_line(&mut self.reader, &mut self.buf)? else {
+            return Ok(Step::Read);
+        };
+        let ok = reply.starts_with(b"+OK");
+        match self.state {
+            State::Greeting if ok => {
+                self.greeting = reply;
+                self.state = State::Stls;
+                Ok(Step::Send(b"STLS\r\n".to_vec()))
+            }
+            State::Greeting => Err(DialogueError::GreetingRefused {
+                protocol: "POP3",
+                reply: show(&reply),
+            }),
+            State::Stls if ok => {
+                if !self.buf.is_empty() {
+                    return Err(DialogueError::DataBeforeHandshake);
+                }
+                self.state = State::Handshake;
+                Ok(Step::StartTls)
+            }
+            State::Stls => Err(DialogueError::Refused {
+                protocol: "POP3",
+                command: "STLS",
+                reply: show(&reply),
+            }),
+            State::Handshake | State::Done => unreachable!("handled above"),
+        }
+    }
+
+    /// The TLS handshake is done: the greeting to replay in front of the
+    /// TLS stream.
+    pub fn tls_established(&mut self) -> Result<Step, DialogueError> {
+        if self.state != State::Handshake {
+            return Err(DialogueError::OutOfOrder("TLS before the STLS reply"));
+        }
+        self.state = State::Done;
+        Ok(Step::Done(std::mem::take(&mut self.greeting)))
+    }
+
+    /// The server closed the connection.
+    pub fn closed(&mut self) -> Result<Step, DialogueError> {
+        Err(DialogueError::Closed)
+    }
+}
+
+/// One single-line reply (status line) off the front of `buf`, read with
+/// the accelerators' own reply reader.
+pub(crate) fn read_status_line(
+    reader: &mut ReplyReader,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Vec<u8>>, DialogueError> {
+    let mut line = Vec::new();
+    let (n, done) = reader
+        .feed(buf, false, &mut line)
+        .map_err(|e| DialogueError::BadReply(e.to_string()))?;
+    buf.drain(..n);
+    Ok(done.then_some(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greeting_stls_then_handshake_under_any_split() {
+        let server = b"+OK Dovecot ready.\r\n+OK Begin TLS negotiation now.\r\n";
+        for split in 1..server.len() {
+            let mut d = StartTls::new();
+            let mut sent = Vec::new();
+            let mut pieces = server.chunks(split);
+            let mut step = d.step(&[]).unwrap();
+            while step != Step::StartTls {
+                step = match step {
+                    Step::Send(b) => {
+                        sent.extend_from_slice(&b);
+                        d.step(&[]).unwrap()
+                    }
+                    Step::Read => d.step(pieces.next().expect("enough")).unwrap(),
+                    other => panic!("{other:?}"),
+                };
+            }
+            assert_eq!(sent, b"STLS\r\n");
+            assert_eq!(
+                d.tls_established(),
+                Ok(Step::Done(b"+OK Dovecot ready.\r\n".to_vec()))
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_and_early_bytes_fail() {
+        let mut d = StartTls::new();
+        assert_eq!(
+            d.step(b"-ERR go away\r\n").unwrap_err().to_string(),
+            "POP3 greeting refused: -ERR go away"
+        );
+        let mut d = StartTls::new();
+        d.step(b"+OK hi\r\n").unwrap();
+        assert_eq!(
+            d.step(b"-ERR no TLS\r\n").unwrap_err().to_string(),
+            "POP3 STLS refused: -ERR no TLS"
+        );
+        let mut d = StartTls::new();
+        d.step(b"+OK hi\r\n").unwrap();
+        assert_eq!(
+            d.step(b"+OK go\r\n+OK injected\r\n"),
+            Err(DialogueError::DataBeforeHandshake)
+        );
+        let mut d = StartTls::new();
+        d.step(b"+OK hi\r\n").unwrap();
+        assert_eq!(d.step(b"+OK go\r\n"), Ok(Step::StartTls));
+        assert_eq!(d.step(b"+"), Err(DialogueError::DataBeforeHandshake));
+        assert!(matches!(
+            StartTls::new().step(b"* OK imap\r\n"),
+            Err(DialogueError::BadReply(_))
+        ));
+    }
+}

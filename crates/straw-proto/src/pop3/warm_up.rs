@@ -1,0 +1,80 @@
+//! The cache warm-up's POP3 dialogue: straw plays a mail program against
+//! the client accelerator when the link comes up with the cache empty, so
+//! the accelerator learns the greeting before a real program asks.
+//! Greeting, then `QUIT`; never a login.
+//!
+//! Sans-IO (see [`Step`] for the driver's loop):
+//!
+//! ```
+//! use straw_proto::{Step, pop3};
+//! let mut w = pop3::WarmUp::new();
+//! assert_eq!(w.step(&[]).unwrap(), Step::Read);
+//! assert_eq!(w.step(b"+OK ready\r\n").unwrap(), Step::Send(b"QUIT\r\n".to_vec()));
+//! assert_eq!(w.step(&[]).unwrap(), Step::Done(Vec::new())); // read until closed
+//! ```
+
+use super::reply::ReplyReader;
+use super::starttls::read_status_line;
+use crate::shared::dialogue::{DialogueError, Step};
+
+/// The POP3 warm-up dialogue (see the module docs).
+#[derive(Debug, Default)]
+pub struct WarmUp {
+    /// QUIT is sent: the rest is the goodbye and the close.
+    quit_sent: bool,
+    buf: Vec<u8>,
+    reader: ReplyReader,
+}
+
+impl WarmUp {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes what the accelerator sent (`&[]` at the start and after a
+    /// [`Step::Send`]) and says what to do next. A `-ERR` greeting moves it
+    /// on too: the accelerator caches what it saw either way.
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
+        if self.quit_sent {
+            return Ok(Step::Done(Vec::new()));
+        }
+        self.buf.extend_from_slice(input);
+        if read_status_line(&mut self.reader, &mut self.buf)?.is_none() {
+            return Ok(Step::Read);
+        }
+        self.quit_sent = true;
+        Ok(Step::Send(b"QUIT\r\n".to_vec()))
+    }
+
+    /// The other end closed: fine once QUIT is sent, early before.
+    pub fn closed(&mut self) -> Result<Step, DialogueError> {
+        match self.quit_sent {
+            true => Ok(Step::Done(Vec::new())),
+            false => Err(DialogueError::Closed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greeting_then_quit_and_never_a_login() {
+        let mut w = WarmUp::new();
+        assert_eq!(w.step(b"+OK Dov"), Ok(Step::Read));
+        assert_eq!(w.closed(), Err(DialogueError::Closed));
+        assert_eq!(
+            w.step(b"ecot ready.\r\n"),
+            Ok(Step::Send(b"QUIT\r\n".to_vec()))
+        );
+        assert_eq!(w.step(&[]), Ok(Step::Done(Vec::new())));
+        assert_eq!(w.step(b"+OK Logging out.\r\n"), Ok(Step::Done(Vec::new())));
+        assert_eq!(w.closed(), Ok(Step::Done(Vec::new())));
+        let mut w = WarmUp::new();
+        assert_eq!(
+            w.step(b"-ERR busy\r\n"),
+            Ok(Step::Send(b"QUIT\r\n".to_vec()))
+        );
+    }
+}
