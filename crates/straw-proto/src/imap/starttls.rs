@@ -25,7 +25,7 @@
 //! );
 //! ```
 
-use super::{cap_code_span, caps_of};
+use super::reply::{cap_code_span, caps_of};
 use crate::shared::dialogue::{DialogueError, Input, Step, show, starts_with_ci};
 use crate::shared::lines::{MAX_LINE, trim_end};
 
