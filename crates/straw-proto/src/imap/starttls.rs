@@ -8,7 +8,7 @@
 //! Sans-IO (see [`Step`] for the driver's loop):
 //!
 //! ```
-//! use straw_proto::{Step, imap};
+//! use straw_proto::{Dialogue, Step, imap};
 //! let mut d = imap::StartTls::new();
 //! assert_eq!(d.step(&[]).unwrap(), Step::Read);
 //! let greeting = b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] hi\r\n";
@@ -26,7 +26,9 @@
 //! ```
 
 use super::reply::{cap_code_span, caps_of};
-use crate::shared::dialogue::{DialogueError, Input, Step, show, starts_with_ci};
+use crate::shared::dialogue::{
+    Dialogue, DialogueError, Input, Step, agreed, show, starts_with_ci, waiting_for_tls,
+};
 use crate::shared::lines::{MAX_LINE, trim_end};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,30 +68,6 @@ impl StartTls {
         }
     }
 
-    /// Takes what was read from the server (`&[]` at the start and after a
-    /// [`Step::Send`]) and says what to do next.
-    pub fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
-        match self.state {
-            State::Handshake | State::Done if !input.is_empty() => {
-                return Err(DialogueError::DataBeforeHandshake);
-            }
-            State::Handshake | State::Done => {
-                return Err(DialogueError::OutOfOrder(
-                    "step while the dialogue waits for TLS",
-                ));
-            }
-            _ => {}
-        }
-        self.input.buf.extend_from_slice(input);
-        while let Some(line) = self.input.line(MAX_LINE, "IMAP")? {
-            if let Some(step) = self.on_line(line)? {
-                self.input.reply_done();
-                return Ok(step);
-            }
-        }
-        Ok(Step::Read)
-    }
-
     /// One line from the server; a step once the reply it ends is complete.
     fn on_line(&mut self, line: Vec<u8>) -> Result<Option<Step>, DialogueError> {
         match self.state {
@@ -116,11 +94,9 @@ impl StartTls {
                         reply: show(&line),
                     });
                 }
-                if !self.input.buf.is_empty() {
-                    return Err(DialogueError::DataBeforeHandshake);
-                }
+                let step = agreed(&self.input.buf)?;
                 self.state = State::Handshake;
-                Ok(Some(Step::StartTls))
+                Ok(Some(step))
             }
             State::Capability => {
                 if starts_with_ci(&line, b"* CAPABILITY ") {
@@ -148,20 +124,31 @@ impl StartTls {
             State::Handshake | State::Done => unreachable!("step refuses input here"),
         }
     }
+}
+
+impl Dialogue for StartTls {
+    fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
+        if matches!(self.state, State::Handshake | State::Done) {
+            return Err(waiting_for_tls(input));
+        }
+        self.input.buf.extend_from_slice(input);
+        while let Some(line) = self.input.line(MAX_LINE, "IMAP")? {
+            if let Some(step) = self.on_line(line)? {
+                self.input.reply_done();
+                return Ok(step);
+            }
+        }
+        Ok(Step::Read)
+    }
 
     /// The TLS handshake is done: send `S2 CAPABILITY` through it, and go
     /// on with the TLS stream.
-    pub fn tls_established(&mut self) -> Result<Step, DialogueError> {
+    fn tls_established(&mut self) -> Result<Step, DialogueError> {
         if self.state != State::Handshake {
             return Err(DialogueError::OutOfOrder("TLS before the STARTTLS reply"));
         }
         self.state = State::Capability;
         Ok(Step::Send(b"S2 CAPABILITY\r\n".to_vec()))
-    }
-
-    /// The server closed the connection.
-    pub fn closed(&mut self) -> Result<Step, DialogueError> {
-        Err(DialogueError::Closed)
     }
 }
 
@@ -180,31 +167,10 @@ fn greeting_with_caps(greeting: &[u8], caps: &[String]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::dialogue::drive;
 
-    /// Plays `plain` then (after the handshake) `tls` in pieces of `split`;
-    /// returns what was sent and the final step.
     fn run(plain: &[u8], tls: &[u8], split: usize) -> (Vec<u8>, Result<Step, DialogueError>) {
-        let mut d = StartTls::new();
-        let mut sent = Vec::new();
-        let mut pieces = plain.chunks(split);
-        let mut step = d.step(&[]);
-        loop {
-            step = match step {
-                Ok(Step::Send(b)) => {
-                    sent.extend_from_slice(&b);
-                    d.step(&[])
-                }
-                Ok(Step::Read) => match pieces.next() {
-                    Some(p) => d.step(p),
-                    None => d.closed(),
-                },
-                Ok(Step::StartTls) => {
-                    pieces = tls.chunks(split);
-                    d.tls_established()
-                }
-                other => return (sent, other),
-            }
-        }
+        drive(&mut StartTls::new(), plain, tls, split)
     }
 
     const GREETING: &[u8] =

@@ -6,7 +6,7 @@
 //! Sans-IO (see [`Step`] for the driver's loop):
 //!
 //! ```
-//! use straw_proto::{Step, imap};
+//! use straw_proto::{Dialogue, Step, imap};
 //! let mut w = imap::WarmUp::new();
 //! assert_eq!(w.step(&[]).unwrap(), Step::Read);
 //! assert_eq!(w.step(b"* OK ready\r\n").unwrap(), Step::Send(b"W1 CAPABILITY\r\n".to_vec()));
@@ -15,7 +15,7 @@
 //! assert_eq!(w.step(&[]).unwrap(), Step::Done(Vec::new())); // read until closed
 //! ```
 
-use crate::shared::dialogue::{DialogueError, Input, Step};
+use crate::shared::dialogue::{Dialogue, DialogueError, Input, Step};
 
 /// Longest line taken from the accelerator (a capability list is long,
 /// but nothing near this).
@@ -49,11 +49,12 @@ impl WarmUp {
             input: Input::default(),
         }
     }
+}
 
-    /// Takes what the accelerator sent (`&[]` at the start and after a
-    /// [`Step::Send`]) and says what to do next. Any greeting and any
+impl Dialogue for WarmUp {
+    /// Any greeting and any
     /// tagged status move it on: the accelerator caches what it saw.
-    pub fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
+    fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
         if self.state == State::Done {
             return Ok(Step::Done(Vec::new()));
         }
@@ -73,7 +74,7 @@ impl WarmUp {
     }
 
     /// The other end closed: fine once LOGOUT is sent, early before.
-    pub fn closed(&mut self) -> Result<Step, DialogueError> {
+    fn closed(&mut self) -> Result<Step, DialogueError> {
         match self.state {
             State::Done => Ok(Step::Done(Vec::new())),
             _ => Err(DialogueError::Closed),
@@ -84,39 +85,29 @@ impl WarmUp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::dialogue::drive;
 
     #[test]
     fn greeting_capability_logout_and_never_a_login() {
         let from_accel = b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n* CAPABILITY IMAP4rev1 LITERAL+\r\nW1 OK done\r\n* BYE\r\nW2 OK bye\r\n";
         for split in 1..from_accel.len() {
             let mut w = WarmUp::new();
-            let mut sent = Vec::new();
-            let mut pieces = from_accel.chunks(split);
-            let mut step = w.step(&[]).unwrap();
-            while step != Step::Done(Vec::new()) {
-                step = match step {
-                    Step::Send(b) => {
-                        sent.extend_from_slice(&b);
-                        w.step(&[]).unwrap()
-                    }
-                    Step::Read => w.step(pieces.next().expect("enough")).unwrap(),
-                    other => panic!("{other:?}"),
-                };
-            }
+            let (sent, step) = drive(&mut w, from_accel, b"", split);
             assert_eq!(sent, b"W1 CAPABILITY\r\nW2 LOGOUT\r\n", "split {split}");
+            assert_eq!(step, Ok(Step::Done(Vec::new())));
             assert_eq!(w.closed(), Ok(Step::Done(Vec::new())));
         }
     }
 
     #[test]
     fn an_early_close_or_a_huge_line_fails() {
-        let mut w = WarmUp::new();
-        assert_eq!(w.step(b"* OK"), Ok(Step::Read));
-        assert_eq!(w.closed(), Err(DialogueError::Closed));
-        let mut w = WarmUp::new();
-        assert!(matches!(
-            w.step(&vec![b'x'; MAX_LINE + 2]),
-            Err(DialogueError::LineTooLong(_))
-        ));
+        let (_, step) = drive(&mut WarmUp::new(), b"* OK", b"", 64);
+        assert_eq!(step, Err(DialogueError::Closed));
+        let huge = vec![b'x'; MAX_LINE + 2];
+        let (_, step) = drive(&mut WarmUp::new(), &huge, b"", huge.len());
+        assert!(
+            matches!(step, Err(DialogueError::LineTooLong(_))),
+            "{step:?}"
+        );
     }
 }

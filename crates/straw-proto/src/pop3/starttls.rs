@@ -6,7 +6,7 @@
 //! Sans-IO (see [`Step`] for the driver's loop):
 //!
 //! ```
-//! use straw_proto::{Step, pop3};
+//! use straw_proto::{Dialogue, Step, pop3};
 //! let mut d = pop3::StartTls::new();
 //! assert_eq!(d.step(&[]).unwrap(), Step::Read);
 //! assert_eq!(d.step(b"+OK ready\r\n").unwrap(), Step::Send(b"STLS\r\n".to_vec()));
@@ -17,7 +17,7 @@
 //! ```
 
 use super::reply::ReplyReader;
-use crate::shared::dialogue::{DialogueError, Step, show};
+use crate::shared::dialogue::{Dialogue, DialogueError, Step, agreed, show, waiting_for_tls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -52,17 +52,12 @@ impl StartTls {
             greeting: Vec::new(),
         }
     }
+}
 
-    /// Takes what was read from the server (`&[]` at the start and after a
-    /// [`Step::Send`]) and says what to do next.
-    pub fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
+impl Dialogue for StartTls {
+    fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
         if matches!(self.state, State::Handshake | State::Done) {
-            if input.is_empty() {
-                return Err(DialogueError::OutOfOrder(
-                    "step while the dialogue waits for TLS",
-                ));
-            }
-            return Err(DialogueError::DataBeforeHandshake);
+            return Err(waiting_for_tls(input));
         }
         self.buf.extend_from_slice(input);
         let Some(reply) = read_status_line(&mut self.reader, &mut self.buf)? else {
@@ -80,11 +75,9 @@ impl StartTls {
                 reply: show(&reply),
             }),
             State::Stls if ok => {
-                if !self.buf.is_empty() {
-                    return Err(DialogueError::DataBeforeHandshake);
-                }
+                let step = agreed(&self.buf)?;
                 self.state = State::Handshake;
-                Ok(Step::StartTls)
+                Ok(step)
             }
             State::Stls => Err(DialogueError::Refused {
                 protocol: "POP3",
@@ -95,19 +88,13 @@ impl StartTls {
         }
     }
 
-    /// The TLS handshake is done: the greeting to replay in front of the
-    /// TLS stream.
-    pub fn tls_established(&mut self) -> Result<Step, DialogueError> {
+    /// The greeting to replay in front of the TLS stream.
+    fn tls_established(&mut self) -> Result<Step, DialogueError> {
         if self.state != State::Handshake {
             return Err(DialogueError::OutOfOrder("TLS before the STLS reply"));
         }
         self.state = State::Done;
         Ok(Step::Done(std::mem::take(&mut self.greeting)))
-    }
-
-    /// The server closed the connection.
-    pub fn closed(&mut self) -> Result<Step, DialogueError> {
-        Err(DialogueError::Closed)
     }
 }
 
@@ -128,50 +115,31 @@ pub(crate) fn read_status_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::dialogue::drive;
 
     #[test]
     fn greeting_stls_then_handshake_under_any_split() {
         let server = b"+OK Dovecot ready.\r\n+OK Begin TLS negotiation now.\r\n";
         for split in 1..server.len() {
-            let mut d = StartTls::new();
-            let mut sent = Vec::new();
-            let mut pieces = server.chunks(split);
-            let mut step = d.step(&[]).unwrap();
-            while step != Step::StartTls {
-                step = match step {
-                    Step::Send(b) => {
-                        sent.extend_from_slice(&b);
-                        d.step(&[]).unwrap()
-                    }
-                    Step::Read => d.step(pieces.next().expect("enough")).unwrap(),
-                    other => panic!("{other:?}"),
-                };
-            }
+            let (sent, step) = drive(&mut StartTls::new(), server, b"", split);
             assert_eq!(sent, b"STLS\r\n");
-            assert_eq!(
-                d.tls_established(),
-                Ok(Step::Done(b"+OK Dovecot ready.\r\n".to_vec()))
-            );
+            assert_eq!(step, Ok(Step::Done(b"+OK Dovecot ready.\r\n".to_vec())));
         }
     }
 
     #[test]
     fn refusals_and_early_bytes_fail() {
-        let mut d = StartTls::new();
+        let run = |server: &[u8]| drive(&mut StartTls::new(), server, b"", 64).1;
         assert_eq!(
-            d.step(b"-ERR go away\r\n").unwrap_err().to_string(),
+            run(b"-ERR go away\r\n").unwrap_err().to_string(),
             "POP3 greeting refused: -ERR go away"
         );
-        let mut d = StartTls::new();
-        d.step(b"+OK hi\r\n").unwrap();
         assert_eq!(
-            d.step(b"-ERR no TLS\r\n").unwrap_err().to_string(),
+            run(b"+OK hi\r\n-ERR no TLS\r\n").unwrap_err().to_string(),
             "POP3 STLS refused: -ERR no TLS"
         );
-        let mut d = StartTls::new();
-        d.step(b"+OK hi\r\n").unwrap();
         assert_eq!(
-            d.step(b"+OK go\r\n+OK injected\r\n"),
+            run(b"+OK hi\r\n+OK go\r\n+OK injected\r\n"),
             Err(DialogueError::DataBeforeHandshake)
         );
         let mut d = StartTls::new();
@@ -179,7 +147,7 @@ mod tests {
         assert_eq!(d.step(b"+OK go\r\n"), Ok(Step::StartTls));
         assert_eq!(d.step(b"+"), Err(DialogueError::DataBeforeHandshake));
         assert!(matches!(
-            StartTls::new().step(b"* OK imap\r\n"),
+            run(b"* OK imap\r\n"),
             Err(DialogueError::BadReply(_))
         ));
     }

@@ -6,7 +6,7 @@
 //! Sans-IO (see [`Step`] for the driver's loop):
 //!
 //! ```
-//! use straw_proto::{Step, pop3};
+//! use straw_proto::{Dialogue, Step, pop3};
 //! let mut w = pop3::WarmUp::new();
 //! assert_eq!(w.step(&[]).unwrap(), Step::Read);
 //! assert_eq!(w.step(b"+OK ready\r\n").unwrap(), Step::Send(b"QUIT\r\n".to_vec()));
@@ -15,7 +15,7 @@
 
 use super::reply::ReplyReader;
 use super::starttls::read_status_line;
-use crate::shared::dialogue::{DialogueError, Step};
+use crate::shared::dialogue::{Dialogue, DialogueError, Step};
 
 /// The POP3 warm-up dialogue (see the module docs).
 #[derive(Debug, Default)]
@@ -30,11 +30,12 @@ impl WarmUp {
     pub fn new() -> Self {
         Self::default()
     }
+}
 
-    /// Takes what the accelerator sent (`&[]` at the start and after a
-    /// [`Step::Send`]) and says what to do next. A `-ERR` greeting moves it
+impl Dialogue for WarmUp {
+    /// A `-ERR` greeting moves it
     /// on too: the accelerator caches what it saw either way.
-    pub fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
+    fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
         if self.quit_sent {
             return Ok(Step::Done(Vec::new()));
         }
@@ -47,7 +48,7 @@ impl WarmUp {
     }
 
     /// The other end closed: fine once QUIT is sent, early before.
-    pub fn closed(&mut self) -> Result<Step, DialogueError> {
+    fn closed(&mut self) -> Result<Step, DialogueError> {
         match self.quit_sent {
             true => Ok(Step::Done(Vec::new())),
             false => Err(DialogueError::Closed),
@@ -58,23 +59,21 @@ impl WarmUp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::dialogue::drive;
 
     #[test]
     fn greeting_then_quit_and_never_a_login() {
-        let mut w = WarmUp::new();
-        assert_eq!(w.step(b"+OK Dov"), Ok(Step::Read));
-        assert_eq!(w.closed(), Err(DialogueError::Closed));
-        assert_eq!(
-            w.step(b"ecot ready.\r\n"),
-            Ok(Step::Send(b"QUIT\r\n".to_vec()))
-        );
-        assert_eq!(w.step(&[]), Ok(Step::Done(Vec::new())));
-        assert_eq!(w.step(b"+OK Logging out.\r\n"), Ok(Step::Done(Vec::new())));
-        assert_eq!(w.closed(), Ok(Step::Done(Vec::new())));
-        let mut w = WarmUp::new();
-        assert_eq!(
-            w.step(b"-ERR busy\r\n"),
-            Ok(Step::Send(b"QUIT\r\n".to_vec()))
-        );
+        let greeting = b"+OK Dovecot ready.\r\n+OK Logging out.\r\n";
+        for split in 1..greeting.len() {
+            let mut w = WarmUp::new();
+            let (sent, step) = drive(&mut w, greeting, b"", split);
+            assert_eq!(sent, b"QUIT\r\n", "split {split}");
+            assert_eq!(step, Ok(Step::Done(Vec::new())));
+            assert_eq!(w.closed(), Ok(Step::Done(Vec::new())));
+        }
+        let (sent, _) = drive(&mut WarmUp::new(), b"-ERR busy\r\n", b"", 64);
+        assert_eq!(sent, b"QUIT\r\n", "a refusal moves it on too");
+        let (_, step) = drive(&mut WarmUp::new(), b"+OK Dov", b"", 64);
+        assert_eq!(step, Err(DialogueError::Closed));
     }
 }

@@ -7,6 +7,8 @@
 //! returned [`Step`] says, so every rule is tested without a socket. The
 //! driver's loop, the same for every machine:
 //!
+//! Every machine is a [`Dialogue`], so one driver serves all six:
+//!
 //! ```text
 //! let mut step = machine.step(&[])?;          // at the start: nothing read yet
 //! loop {
@@ -89,6 +91,48 @@ pub enum DialogueError {
     OutOfOrder(&'static str),
 }
 
+/// One of the runtime's short dialogues, driven as the module docs show.
+pub trait Dialogue {
+    /// Takes what was read (`&[]` at the start and after a [`Step::Send`])
+    /// and says what to do next.
+    fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError>;
+
+    /// The TLS handshake asked for with [`Step::StartTls`] is done; what
+    /// follows goes through TLS. Only STARTTLS dialogues ask for one.
+    fn tls_established(&mut self) -> Result<Step, DialogueError> {
+        Err(DialogueError::OutOfOrder(
+            "TLS in a dialogue without STARTTLS",
+        ))
+    }
+
+    /// The other end closed the connection: [`Step::Done`] if the dialogue
+    /// had nothing more to say, else why not.
+    fn closed(&mut self) -> Result<Step, DialogueError> {
+        Err(DialogueError::Closed)
+    }
+}
+
+/// What `step` says once the server agreed to STARTTLS and before the
+/// handshake: nothing may be read then (`input` came anyway), or the driver
+/// called it out of turn.
+pub(crate) fn waiting_for_tls(input: &[u8]) -> DialogueError {
+    if input.is_empty() {
+        DialogueError::OutOfOrder("step while the dialogue waits for TLS")
+    } else {
+        DialogueError::DataBeforeHandshake
+    }
+}
+
+/// The server agreed to STARTTLS: the handshake may start if nothing came
+/// after its reply (`rest`).
+pub(crate) fn agreed(rest: &[u8]) -> Result<Step, DialogueError> {
+    if rest.is_empty() {
+        Ok(Step::StartTls)
+    } else {
+        Err(DialogueError::DataBeforeHandshake)
+    }
+}
+
 /// Most lines one reply may have (multi-line EHLO, untagged IMAP lines).
 pub(crate) const MAX_LINES: usize = 100;
 
@@ -131,5 +175,37 @@ impl Input {
     /// The reply ended: the next one starts its own line count.
     pub(crate) fn reply_done(&mut self) {
         self.lines = 0;
+    }
+}
+
+/// Drives `d` as the runtime would: `plain` is what the other end sends
+/// before the handshake and `tls` after it, read in pieces of `split`.
+/// Returns what `d` sent and the step it stopped at (done or failed).
+#[cfg(test)]
+pub(crate) fn drive(
+    d: &mut impl Dialogue,
+    plain: &[u8],
+    tls: &[u8],
+    split: usize,
+) -> (Vec<u8>, Result<Step, DialogueError>) {
+    let mut sent = Vec::new();
+    let mut pieces = plain.chunks(split.max(1));
+    let mut step = d.step(&[]);
+    loop {
+        step = match step {
+            Ok(Step::Send(b)) => {
+                sent.extend_from_slice(&b);
+                d.step(&[])
+            }
+            Ok(Step::Read) => match pieces.next() {
+                Some(p) => d.step(p),
+                None => d.closed(),
+            },
+            Ok(Step::StartTls) => {
+                pieces = tls.chunks(split.max(1));
+                d.tls_established()
+            }
+            done_or_failed => return (sent, done_or_failed),
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! Sans-IO (see [`Step`] for the driver's loop):
 //!
 //! ```
-//! use straw_proto::{Step, smtp};
+//! use straw_proto::{Dialogue, Step, smtp};
 //! let mut d = smtp::StartTls::new("[192.0.2.1]");
 //! assert_eq!(d.step(&[]).unwrap(), Step::Read);
 //! assert_eq!(d.step(b"220 mx ESMTP\r\n").unwrap(), Step::Send(b"EHLO [192.0.2.1]\r\n".to_vec()));
@@ -20,7 +20,7 @@
 //! ```
 
 use super::reply::{ReplyReader, code, ehlo_caps};
-use crate::shared::dialogue::{DialogueError, Step, show};
+use crate::shared::dialogue::{Dialogue, DialogueError, Step, agreed, show, waiting_for_tls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -54,17 +54,12 @@ impl StartTls {
             greeting: Vec::new(),
         }
     }
+}
 
-    /// Takes what was read from the server (`&[]` at the start and after a
-    /// [`Step::Send`]) and says what to do next.
-    pub fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
+impl Dialogue for StartTls {
+    fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
         if matches!(self.state, State::Handshake | State::Done) {
-            if input.is_empty() {
-                return Err(DialogueError::OutOfOrder(
-                    "step while the dialogue waits for TLS",
-                ));
-            }
-            return Err(DialogueError::DataBeforeHandshake);
+            return Err(waiting_for_tls(input));
         }
         self.buf.extend_from_slice(input);
         let (n, reply) = self
@@ -108,125 +103,91 @@ impl StartTls {
                 if code(&reply) != 220 {
                     return Err(refused("STARTTLS"));
                 }
-                if !self.buf.is_empty() {
-                    return Err(DialogueError::DataBeforeHandshake);
-                }
+                let step = agreed(&self.buf)?;
                 self.state = State::Handshake;
-                Ok(Step::StartTls)
+                Ok(step)
             }
             State::Handshake | State::Done => unreachable!("handled above"),
         }
     }
 
-    /// The TLS handshake is done: the greeting to replay in front of the
-    /// TLS stream.
-    pub fn tls_established(&mut self) -> Result<Step, DialogueError> {
+    /// The greeting to replay in front of the TLS stream.
+    fn tls_established(&mut self) -> Result<Step, DialogueError> {
         if self.state != State::Handshake {
             return Err(DialogueError::OutOfOrder("TLS before the STARTTLS reply"));
         }
         self.state = State::Done;
         Ok(Step::Done(std::mem::take(&mut self.greeting)))
     }
-
-    /// The server closed the connection.
-    pub fn closed(&mut self) -> Result<Step, DialogueError> {
-        Err(DialogueError::Closed)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Feeds the server's bytes in pieces of `split`, answering each `Send`
-    /// with `step(&[])`; returns what was sent and the final step.
-    fn run(
-        d: &mut StartTls,
-        server: &[u8],
-        split: usize,
-    ) -> (Vec<u8>, Result<Step, DialogueError>) {
-        let mut sent = Vec::new();
-        let mut step = d.step(&[]);
-        let mut pieces = server.chunks(split.max(1));
-        loop {
-            step = match step {
-                Ok(Step::Send(b)) => {
-                    sent.extend_from_slice(&b);
-                    d.step(&[])
-                }
-                Ok(Step::Read) => match pieces.next() {
-                    Some(p) => d.step(p),
-                    None => d.closed(),
-                },
-                other => return (sent, other),
-            }
-        }
-    }
+    use crate::shared::dialogue::drive;
 
     const GREETING: &[u8] = b"220 mx.example ESMTP\r\n";
     const EHLO: &[u8] = b"250-mx.example\r\n250-PIPELINING\r\n250 STARTTLS\r\n";
+
+    fn run(server: &[u8]) -> Result<Step, DialogueError> {
+        drive(&mut StartTls::new("x"), server, b"", 64).1
+    }
 
     #[test]
     fn greeting_ehlo_starttls_then_handshake_under_any_split() {
         let server = [GREETING, EHLO, b"220 2.0.0 Ready to start TLS\r\n"].concat();
         for split in 1..server.len() {
-            let mut d = StartTls::new("[127.0.0.1]");
-            let (sent, step) = run(&mut d, &server, split);
+            let (sent, step) = drive(&mut StartTls::new("[127.0.0.1]"), &server, b"", split);
             assert_eq!(sent, b"EHLO [127.0.0.1]\r\nSTARTTLS\r\n", "split {split}");
-            assert_eq!(step, Ok(Step::StartTls), "split {split}");
-            assert_eq!(d.tls_established(), Ok(Step::Done(GREETING.to_vec())));
+            assert_eq!(step, Ok(Step::Done(GREETING.to_vec())), "split {split}");
         }
     }
 
     #[test]
     fn refusals_say_which_step() {
-        let mut d = StartTls::new("x");
-        let (_, step) = run(&mut d, b"554 go away\r\n", 64);
+        let err = |server: &[u8]| run(server).unwrap_err().to_string();
         assert_eq!(
-            step.unwrap_err().to_string(),
+            err(b"554 go away\r\n"),
             "SMTP greeting refused: 554 go away"
         );
-        let mut d = StartTls::new("x");
-        let (_, step) = run(&mut d, &[GREETING, b"250 mx\r\n"].concat(), 64);
-        assert_eq!(step, Err(DialogueError::StartTlsNotOffered));
-        let mut d = StartTls::new("x");
-        let (_, step) = run(&mut d, &[GREETING, b"502 no\r\n"].concat(), 64);
-        assert_eq!(step.unwrap_err().to_string(), "SMTP EHLO refused: 502 no");
-        let mut d = StartTls::new("x");
-        let (_, step) = run(
-            &mut d,
-            &[GREETING, EHLO, b"454 TLS not available\r\n"].concat(),
-            64,
+        assert_eq!(
+            run(&[GREETING, b"250 mx\r\n"].concat()),
+            Err(DialogueError::StartTlsNotOffered)
         );
         assert_eq!(
-            step.unwrap_err().to_string(),
+            err(&[GREETING, b"502 no\r\n"].concat()),
+            "SMTP EHLO refused: 502 no"
+        );
+        assert_eq!(
+            err(&[GREETING, EHLO, b"454 TLS not available\r\n"].concat()),
             "SMTP STARTTLS refused: 454 TLS not available"
         );
-        let mut d = StartTls::new("x");
-        let (_, step) = run(&mut d, &GREETING[..10], 64);
-        assert_eq!(step, Err(DialogueError::Closed));
+        assert_eq!(run(&GREETING[..10]), Err(DialogueError::Closed));
     }
 
     #[test]
     fn bytes_between_the_reply_and_the_handshake_are_refused() {
-        let mut d = StartTls::new("x");
         let server = [GREETING, EHLO, b"220 go\r\n250 injected\r\n"].concat();
-        let (_, step) = run(&mut d, &server, 1024);
-        assert_eq!(step, Err(DialogueError::DataBeforeHandshake));
+        assert_eq!(
+            drive(&mut StartTls::new("x"), &server, b"", 1024).1,
+            Err(DialogueError::DataBeforeHandshake)
+        );
         // Arriving later, before the driver started the handshake: the same.
         let mut d = StartTls::new("x");
-        let (_, step) = run(&mut d, &[GREETING, EHLO, b"220 go\r\n"].concat(), 1024);
-        assert_eq!(step, Ok(Step::StartTls));
+        for input in [GREETING, EHLO] {
+            d.step(input).unwrap();
+        }
+        assert_eq!(d.step(b"220 go\r\n"), Ok(Step::StartTls));
         assert_eq!(
             d.step(b"250 x\r\n"),
             Err(DialogueError::DataBeforeHandshake)
         );
+        assert!(matches!(d.step(&[]), Err(DialogueError::OutOfOrder(_))));
     }
 
     #[test]
     fn not_an_smtp_reply_fails() {
-        let mut d = StartTls::new("x");
-        let (_, step) = run(&mut d, b"HTTP/1.1 400 Bad Request\r\n", 64);
+        let step = run(b"HTTP/1.1 400 Bad Request\r\n");
         assert!(matches!(step, Err(DialogueError::BadReply(_))), "{step:?}");
     }
 }

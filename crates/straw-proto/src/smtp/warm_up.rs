@@ -7,7 +7,7 @@
 //! Sans-IO (see [`Step`] for the driver's loop):
 //!
 //! ```
-//! use straw_proto::{Step, smtp};
+//! use straw_proto::{Dialogue, Step, smtp};
 //! let mut w = smtp::WarmUp::new();
 //! assert_eq!(w.step(&[]).unwrap(), Step::Read);
 //! assert_eq!(w.step(b"220 mx ESMTP\r\n").unwrap(), Step::Send(b"EHLO localhost\r\n".to_vec()));
@@ -17,7 +17,7 @@
 //! ```
 
 use super::reply::ReplyReader;
-use crate::shared::dialogue::{DialogueError, Step};
+use crate::shared::dialogue::{Dialogue, DialogueError, Step};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -49,11 +49,12 @@ impl WarmUp {
             reader: ReplyReader::default(),
         }
     }
+}
 
-    /// Takes what the accelerator sent (`&[]` at the start and after a
-    /// [`Step::Send`]) and says what to do next. Any reply moves it on,
+impl Dialogue for WarmUp {
+    /// Any reply moves it on,
     /// whatever its code: the accelerator caches what it saw either way.
-    pub fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
+    fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
         if self.state == State::Done {
             return Ok(Step::Done(Vec::new()));
         }
@@ -75,7 +76,7 @@ impl WarmUp {
     }
 
     /// The other end closed: fine once QUIT is sent, early before.
-    pub fn closed(&mut self) -> Result<Step, DialogueError> {
+    fn closed(&mut self) -> Result<Step, DialogueError> {
         match self.state {
             State::Done => Ok(Step::Done(Vec::new())),
             _ => Err(DialogueError::Closed),
@@ -86,43 +87,25 @@ impl WarmUp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::dialogue::drive;
 
     #[test]
     fn greeting_ehlo_quit_and_never_a_login() {
         let replies = b"220 mx ESMTP\r\n250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n221 Bye\r\n";
         for split in 1..replies.len() {
             let mut w = WarmUp::new();
-            let mut sent = Vec::new();
-            let mut pieces = replies.chunks(split);
-            let mut step = w.step(&[]).unwrap();
-            loop {
-                step = match step {
-                    Step::Send(b) => {
-                        sent.extend_from_slice(&b);
-                        w.step(&[]).unwrap()
-                    }
-                    Step::Read => w.step(pieces.next().expect("enough replies")).unwrap(),
-                    Step::Done(rest) => {
-                        assert!(rest.is_empty());
-                        break;
-                    }
-                    Step::StartTls => panic!("no TLS in a warm-up"),
-                };
-            }
+            let (sent, step) = drive(&mut w, replies, b"", split);
             assert_eq!(sent, b"EHLO localhost\r\nQUIT\r\n", "split {split}");
+            assert_eq!(step, Ok(Step::Done(Vec::new())));
             assert_eq!(w.closed(), Ok(Step::Done(Vec::new())));
         }
     }
 
     #[test]
     fn a_refusal_still_moves_on_but_a_close_is_early() {
-        let mut w = WarmUp::new();
-        assert_eq!(
-            w.step(b"554 busy\r\n").unwrap(),
-            Step::Send(b"EHLO localhost\r\n".to_vec())
-        );
-        assert_eq!(w.step(b"250-mx\r\n").unwrap(), Step::Read);
-        assert_eq!(w.closed(), Err(DialogueError::Closed));
+        let (sent, step) = drive(&mut WarmUp::new(), b"554 busy\r\n250-mx\r\n", b"", 64);
+        assert_eq!(sent, b"EHLO localhost\r\n");
+        assert_eq!(step, Err(DialogueError::Closed));
         assert!(matches!(
             WarmUp::new().step(b"garbage\r\n"),
             Err(DialogueError::BadReply(_))
