@@ -28,7 +28,7 @@ pub mod smtp;
 #[cfg(test)]
 mod test_util;
 
-pub use shared::dialogue::{Dialogue, DialogueError, Step};
+pub use shared::dialogue::{Dialogue, DialogueError, Script, Scripted, Step};
 pub use shared::lines::LineTooLong;
 
 /// What an accelerator wants done after one call.

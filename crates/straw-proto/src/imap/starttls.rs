@@ -31,8 +31,9 @@ use crate::shared::dialogue::{
 };
 use crate::shared::lines::{MAX_LINE, trim_end};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum State {
+    #[default]
     Greeting,
     StartTls,
     /// The tagged OK came: waiting for the driver's handshake.
@@ -43,7 +44,7 @@ enum State {
 }
 
 /// The IMAP STARTTLS dialogue (see the module docs).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct StartTls {
     state: State,
     input: Input,
@@ -52,20 +53,9 @@ pub struct StartTls {
     caps: Option<Vec<String>>,
 }
 
-impl Default for StartTls {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl StartTls {
     pub fn new() -> Self {
-        Self {
-            state: State::Greeting,
-            input: Input::default(),
-            greeting: Vec::new(),
-            caps: None,
-        }
+        Self::default()
     }
 
     /// One line from the server; a step once the reply it ends is complete.

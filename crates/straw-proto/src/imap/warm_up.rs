@@ -15,77 +15,40 @@
 //! assert_eq!(w.step(&[]).unwrap(), Step::Done(Vec::new())); // read until closed
 //! ```
 
-use crate::shared::dialogue::{Dialogue, DialogueError, Input, Step};
+use crate::shared::dialogue::{DialogueError, Input, Script, Scripted};
 
 /// Longest line taken from the accelerator (a capability list is long,
 /// but nothing near this).
 const MAX_LINE: usize = 64 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Greeting,
-    Capability,
-    /// LOGOUT is sent: the rest is the goodbye and the close.
-    Done,
-}
-
 /// The IMAP warm-up dialogue (see the module docs).
-#[derive(Debug)]
-pub struct WarmUp {
-    state: State,
-    input: Input,
-}
+pub type WarmUp = Scripted<Replies>;
 
-impl Default for WarmUp {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// IMAP replies: the greeting is the first `* ` line, the CAPABILITY reply
+/// ends with its `W1 ` tagged line.
+#[derive(Debug, Default)]
+pub struct Replies(Input);
 
-impl WarmUp {
-    pub fn new() -> Self {
-        Self {
-            state: State::Greeting,
-            input: Input::default(),
-        }
-    }
-}
+impl Script for Replies {
+    const COMMANDS: &'static [&'static [u8]] = &[b"W1 CAPABILITY\r\n", b"W2 LOGOUT\r\n"];
 
-impl Dialogue for WarmUp {
-    /// Any greeting and any
-    /// tagged status move it on: the accelerator caches what it saw.
-    fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
-        if self.state == State::Done {
-            return Ok(Step::Done(Vec::new()));
-        }
-        self.input.buf.extend_from_slice(input);
-        while let Some(line) = self.input.line(MAX_LINE, "IMAP")? {
-            let (ends, next, send): (&[u8], _, &[u8]) = match self.state {
-                State::Greeting => (b"* ", State::Capability, b"W1 CAPABILITY\r\n"),
-                State::Capability | State::Done => (b"W1 ", State::Done, b"W2 LOGOUT\r\n"),
-            };
+    fn reply_done(&mut self, buf: &mut Vec<u8>, n: usize) -> Result<bool, DialogueError> {
+        let ends: &[u8] = if n == 0 { b"* " } else { b"W1 " };
+        self.0.buf.append(buf);
+        while let Some(line) = self.0.line(MAX_LINE, "IMAP")? {
             if line.starts_with(ends) {
-                self.input.reply_done();
-                self.state = next;
-                return Ok(Step::Send(send.to_vec()));
+                self.0.reply_done();
+                return Ok(true);
             }
         }
-        Ok(Step::Read)
-    }
-
-    /// The other end closed: fine once LOGOUT is sent, early before.
-    fn closed(&mut self) -> Result<Step, DialogueError> {
-        match self.state {
-            State::Done => Ok(Step::Done(Vec::new())),
-            _ => Err(DialogueError::Closed),
-        }
+        Ok(false)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::dialogue::drive;
+    use crate::shared::dialogue::{Dialogue, Step, drive};
 
     #[test]
     fn greeting_capability_logout_and_never_a_login() {

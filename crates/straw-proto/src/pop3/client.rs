@@ -171,30 +171,12 @@ impl ClientAccel {
     /// Call once when the program connects: serves the cached greeting, or
     /// waits for the real one.
     pub fn start(&mut self, out: &mut Output) {
-        match self.cached_greeting.clone() {
-            Some(g) => {
-                self.owe_local(g.clone());
-                self.expect.push_back(Expect {
-                    multi: false,
-                    disp: Disp::Greeting {
-                        served: Some(g),
-                        id: None,
-                    },
-                    unblocks: false,
-                });
-            }
-            None => {
-                let id = self.owe_remote();
-                self.expect.push_back(Expect {
-                    multi: false,
-                    disp: Disp::Greeting {
-                        served: None,
-                        id: Some(id),
-                    },
-                    unblocks: false,
-                });
-            }
-        }
+        let (served, id) = self.owed.owe_cached(self.cached_greeting.clone());
+        self.expect.push_back(Expect {
+            multi: false,
+            disp: Disp::Greeting { served, id },
+            unblocks: false,
+        });
         self.pump(out);
     }
 

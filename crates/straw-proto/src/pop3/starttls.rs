@@ -19,8 +19,9 @@
 use super::reply::ReplyReader;
 use crate::shared::dialogue::{Dialogue, DialogueError, Step, agreed, show, waiting_for_tls};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum State {
+    #[default]
     Greeting,
     Stls,
     /// The `+OK` came: waiting for the driver's handshake.
@@ -29,7 +30,7 @@ enum State {
 }
 
 /// The POP3 STLS dialogue (see the module docs).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct StartTls {
     state: State,
     buf: Vec<u8>,
@@ -37,20 +38,9 @@ pub struct StartTls {
     greeting: Vec<u8>,
 }
 
-impl Default for StartTls {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl StartTls {
     pub fn new() -> Self {
-        Self {
-            state: State::Greeting,
-            buf: Vec::new(),
-            reader: ReplyReader::default(),
-            greeting: Vec::new(),
-        }
+        Self::default()
     }
 }
 

@@ -15,51 +15,27 @@
 
 use super::reply::ReplyReader;
 use super::starttls::read_status_line;
-use crate::shared::dialogue::{Dialogue, DialogueError, Step};
+use crate::shared::dialogue::{DialogueError, Script, Scripted};
 
 /// The POP3 warm-up dialogue (see the module docs).
+pub type WarmUp = Scripted<Replies>;
+
+/// POP3 status lines, read with the accelerators' own reader.
 #[derive(Debug, Default)]
-pub struct WarmUp {
-    /// QUIT is sent: the rest is the goodbye and the close.
-    quit_sent: bool,
-    buf: Vec<u8>,
-    reader: ReplyReader,
-}
+pub struct Replies(ReplyReader);
 
-impl WarmUp {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+impl Script for Replies {
+    const COMMANDS: &'static [&'static [u8]] = &[b"QUIT\r\n"];
 
-impl Dialogue for WarmUp {
-    /// A `-ERR` greeting moves it
-    /// on too: the accelerator caches what it saw either way.
-    fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
-        if self.quit_sent {
-            return Ok(Step::Done(Vec::new()));
-        }
-        self.buf.extend_from_slice(input);
-        if read_status_line(&mut self.reader, &mut self.buf)?.is_none() {
-            return Ok(Step::Read);
-        }
-        self.quit_sent = true;
-        Ok(Step::Send(b"QUIT\r\n".to_vec()))
-    }
-
-    /// The other end closed: fine once QUIT is sent, early before.
-    fn closed(&mut self) -> Result<Step, DialogueError> {
-        match self.quit_sent {
-            true => Ok(Step::Done(Vec::new())),
-            false => Err(DialogueError::Closed),
-        }
+    fn reply_done(&mut self, buf: &mut Vec<u8>, _n: usize) -> Result<bool, DialogueError> {
+        Ok(read_status_line(&mut self.0, buf)?.is_some())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::dialogue::drive;
+    use crate::shared::dialogue::{Dialogue, Step, drive};
 
     #[test]
     fn greeting_then_quit_and_never_a_login() {

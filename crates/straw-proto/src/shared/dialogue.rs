@@ -178,6 +178,62 @@ impl Input {
     }
 }
 
+/// What tells a warm-up's replies apart, per protocol (see [`Scripted`]).
+pub trait Script: std::fmt::Debug + Default {
+    /// The commands, one after each reply (the greeting first); the last
+    /// ends the dialogue.
+    const COMMANDS: &'static [&'static [u8]];
+
+    /// Takes what it can of the reply before `COMMANDS[n]` from the front of
+    /// `buf`: true once that reply is complete.
+    fn reply_done(&mut self, buf: &mut Vec<u8>, n: usize) -> Result<bool, DialogueError>;
+}
+
+/// A cache warm-up: straw plays a mail program against the client
+/// accelerator, reading each reply whatever it says (the accelerator caches
+/// what it saw either way) and sending the script's next command; never a
+/// login. After the last command it is [`Step::Done`]: the driver reads
+/// until the accelerator closes.
+#[derive(Debug, Default)]
+pub struct Scripted<S> {
+    script: S,
+    buf: Vec<u8>,
+    /// Commands sent so far.
+    sent: usize,
+}
+
+impl<S: Script> Scripted<S> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn over(&self) -> bool {
+        self.sent == S::COMMANDS.len()
+    }
+}
+
+impl<S: Script> Dialogue for Scripted<S> {
+    fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
+        if self.over() {
+            return Ok(Step::Done(Vec::new()));
+        }
+        self.buf.extend_from_slice(input);
+        if !self.script.reply_done(&mut self.buf, self.sent)? {
+            return Ok(Step::Read);
+        }
+        self.sent += 1;
+        Ok(Step::Send(S::COMMANDS[self.sent - 1].to_vec()))
+    }
+
+    /// Fine once the last command is sent, early before.
+    fn closed(&mut self) -> Result<Step, DialogueError> {
+        match self.over() {
+            true => Ok(Step::Done(Vec::new())),
+            false => Err(DialogueError::Closed),
+        }
+    }
+}
+
 /// Drives `d` as the runtime would: `plain` is what the other end sends
 /// before the handshake and `tls` after it, read in pieces of `split`.
 /// Returns what `d` sent and the step it stopped at (done or failed).

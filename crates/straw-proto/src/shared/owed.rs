@@ -79,6 +79,20 @@ impl OwedReplies {
         self.queue.push_back(Owed::Remote { id, buf, done });
     }
 
+    /// A reply that may be served from the cache (a greeting): `cached`
+    /// is answered here, else the real one is owed. Returns what the real
+    /// reply is then checked against (the served one) or delivered to (the
+    /// id it is owed under).
+    pub(crate) fn owe_cached(&mut self, cached: Option<Vec<u8>>) -> (Option<Vec<u8>>, Option<u64>) {
+        match cached {
+            Some(reply) => {
+                self.owe_local(reply.clone());
+                (Some(reply), None)
+            }
+            None => (None, Some(self.owe_remote())),
+        }
+    }
+
     /// An id for a reply not owed to the program (yet).
     pub(crate) fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;

@@ -126,22 +126,8 @@ impl ClientAccel {
     /// Call once when the program connects: serves the cached greeting, or
     /// waits for the real one.
     pub fn start(&mut self, out: &mut Output) {
-        match self.greeting.clone() {
-            Some(g) => {
-                self.owe_local(g.clone());
-                self.expect.push_back(Disp::Greeting {
-                    served: Some(g),
-                    id: None,
-                });
-            }
-            None => {
-                let id = self.owe_remote();
-                self.expect.push_back(Disp::Greeting {
-                    served: None,
-                    id: Some(id),
-                });
-            }
-        }
+        let (served, id) = self.owed.owe_cached(self.greeting.clone());
+        self.expect.push_back(Disp::Greeting { served, id });
         self.pump(out);
     }
 

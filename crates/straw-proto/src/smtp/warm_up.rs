@@ -17,77 +17,32 @@
 //! ```
 
 use super::reply::ReplyReader;
-use crate::shared::dialogue::{Dialogue, DialogueError, Step};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Greeting,
-    Ehlo,
-    /// QUIT is sent: the rest is the goodbye and the close.
-    Done,
-}
+use crate::shared::dialogue::{DialogueError, Script, Scripted};
 
 /// The SMTP warm-up dialogue (see the module docs).
-#[derive(Debug)]
-pub struct WarmUp {
-    state: State,
-    buf: Vec<u8>,
-    reader: ReplyReader,
-}
+pub type WarmUp = Scripted<Replies>;
 
-impl Default for WarmUp {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// SMTP replies, read with the accelerators' own reader.
+#[derive(Debug, Default)]
+pub struct Replies(ReplyReader);
 
-impl WarmUp {
-    pub fn new() -> Self {
-        Self {
-            state: State::Greeting,
-            buf: Vec::new(),
-            reader: ReplyReader::default(),
-        }
-    }
-}
+impl Script for Replies {
+    const COMMANDS: &'static [&'static [u8]] = &[b"EHLO localhost\r\n", b"QUIT\r\n"];
 
-impl Dialogue for WarmUp {
-    /// Any reply moves it on,
-    /// whatever its code: the accelerator caches what it saw either way.
-    fn step(&mut self, input: &[u8]) -> Result<Step, DialogueError> {
-        if self.state == State::Done {
-            return Ok(Step::Done(Vec::new()));
-        }
-        self.buf.extend_from_slice(input);
+    fn reply_done(&mut self, buf: &mut Vec<u8>, _n: usize) -> Result<bool, DialogueError> {
         let (n, reply) = self
-            .reader
-            .feed(&self.buf)
+            .0
+            .feed(buf)
             .map_err(|e| DialogueError::BadReply(e.to_string()))?;
-        self.buf.drain(..n);
-        if reply.is_none() {
-            return Ok(Step::Read);
-        }
-        let (next, send): (_, &[u8]) = match self.state {
-            State::Greeting => (State::Ehlo, b"EHLO localhost\r\n"),
-            State::Ehlo | State::Done => (State::Done, b"QUIT\r\n"),
-        };
-        self.state = next;
-        Ok(Step::Send(send.to_vec()))
-    }
-
-    /// The other end closed: fine once QUIT is sent, early before.
-    fn closed(&mut self) -> Result<Step, DialogueError> {
-        match self.state {
-            State::Done => Ok(Step::Done(Vec::new())),
-            _ => Err(DialogueError::Closed),
-        }
+        buf.drain(..n);
+        Ok(reply.is_some())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::dialogue::drive;
+    use crate::shared::dialogue::{Dialogue, Step, drive};
 
     #[test]
     fn greeting_ehlo_quit_and_never_a_login() {
