@@ -55,9 +55,6 @@ impl ClientAccel {
         }
     }
 
-    /// Nothing to serve at start; present for symmetry with the others.
-    pub fn start(&mut self, _out: &mut Output) {}
-
     fn reply_locally(&mut self, out: &mut Output, status: &str, why: &str) {
         let r = local_reply(status, why);
         self.stats.local_replies += 1;
@@ -250,10 +247,6 @@ impl ClientAccel {
 }
 
 impl Accelerator for ClientAccel {
-    fn start(&mut self, out: &mut Output) {
-        ClientAccel::start(self, out)
-    }
-
     /// A request still waiting for its response head gets a 502 page; a
     /// response already under way is cut (the browser sees it short).
     fn link_lost(&mut self, out: &mut Output) {

@@ -60,8 +60,6 @@ impl ServerAccel {
         }
     }
 
-    pub fn start(&mut self, _out: &mut Output) {}
-
     fn fail(&mut self, out: &mut Output, why: impl std::fmt::Display) {
         self.failed = true;
         out.fail_once(why);
@@ -331,10 +329,6 @@ impl ServerAccel {
 }
 
 impl Accelerator for ServerAccel {
-    fn start(&mut self, out: &mut Output) {
-        ServerAccel::start(self, out)
-    }
-
     fn local_eof(&mut self, out: &mut Output) {
         self.local_closed(out)
     }

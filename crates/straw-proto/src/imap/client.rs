@@ -144,22 +144,6 @@ impl ClientAccel {
         self
     }
 
-    /// Called once at connection start: serves the cached greeting, if any.
-    pub fn start(&mut self, out: &mut Output) {
-        match &self.cached_greeting {
-            Some(g) => {
-                let mut raw = g.clone();
-                raw.extend_from_slice(b"\r\n");
-                out.to_local.extend_from_slice(&rewrite_line(&raw));
-                self.greeting = Greeting::Awaiting { served: true };
-                self.stats.local_replies += 1;
-                self.authed = greeting_sig(g).0 == "PREAUTH";
-            }
-            // The program waits for the real greeting to cross the link.
-            None => self.stats.link_waits += 1,
-        }
-    }
-
     pub(super) fn fail(&mut self, out: &mut Output, why: impl std::fmt::Display) {
         self.failed = true;
         out.fail_once(why);
@@ -578,8 +562,20 @@ impl ClientAccel {
 }
 
 impl Accelerator for ClientAccel {
+    /// Called once at connection start: serves the cached greeting, if any.
     fn start(&mut self, out: &mut Output) {
-        ClientAccel::start(self, out)
+        match &self.cached_greeting {
+            Some(g) => {
+                let mut raw = g.clone();
+                raw.extend_from_slice(b"\r\n");
+                out.to_local.extend_from_slice(&rewrite_line(&raw));
+                self.greeting = Greeting::Awaiting { served: true };
+                self.stats.local_replies += 1;
+                self.authed = greeting_sig(g).0 == "PREAUTH";
+            }
+            // The program waits for the real greeting to cross the link.
+            None => self.stats.link_waits += 1,
+        }
     }
 
     /// An untagged BYE may come at any time between responses (also as the

@@ -226,9 +226,6 @@ impl ServerAccel {
         }
     }
 
-    /// Nothing to do at start on this side; present for symmetry.
-    pub fn start(&mut self, _out: &mut Output) {}
-
     pub(super) fn fail(&mut self, out: &mut Output, why: impl std::fmt::Display) {
         self.failed = true;
         out.fail_once(why);
@@ -403,10 +400,6 @@ impl ServerAccel {
 }
 
 impl Accelerator for ServerAccel {
-    fn start(&mut self, out: &mut Output) {
-        ServerAccel::start(self, out)
-    }
-
     /// Bytes from the real server.
     fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
         if self.failed {

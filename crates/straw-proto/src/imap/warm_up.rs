@@ -48,18 +48,11 @@ impl Script for Replies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::dialogue::{Dialogue, Step, drive};
+    use crate::shared::dialogue::{assert_warm_up, drive};
 
     #[test]
     fn greeting_capability_logout_and_never_a_login() {
-        let from_accel = b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n* CAPABILITY IMAP4rev1 LITERAL+\r\nW1 OK done\r\n* BYE\r\nW2 OK bye\r\n";
-        for split in 1..from_accel.len() {
-            let mut w = WarmUp::new();
-            let (sent, step) = drive(&mut w, from_accel, b"", split);
-            assert_eq!(sent, b"W1 CAPABILITY\r\nW2 LOGOUT\r\n", "split {split}");
-            assert_eq!(step, Ok(Step::Done(Vec::new())));
-            assert_eq!(w.closed(), Ok(Step::Done(Vec::new())));
-        }
+        assert_warm_up::<Replies>(b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n* CAPABILITY IMAP4rev1 LITERAL+\r\nW1 OK done\r\n* BYE\r\nW2 OK bye\r\n", b"W1 CAPABILITY\r\nW2 LOGOUT\r\n");
     }
 
     #[test]

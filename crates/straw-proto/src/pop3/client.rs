@@ -168,18 +168,6 @@ impl ClientAccel {
         self
     }
 
-    /// Call once when the program connects: serves the cached greeting, or
-    /// waits for the real one.
-    pub fn start(&mut self, out: &mut Output) {
-        let (served, id) = self.owed.owe_cached(self.cached_greeting.clone());
-        self.expect.push_back(Expect {
-            multi: false,
-            disp: Disp::Greeting { served, id },
-            unblocks: false,
-        });
-        self.pump(out);
-    }
-
     pub(super) fn owe_local(&mut self, reply: Vec<u8>) {
         self.owed.owe_local(reply);
     }
@@ -607,8 +595,16 @@ pub(crate) fn rewrite_capa(reply: &[u8]) -> Vec<u8> {
 }
 
 impl Accelerator for ClientAccel {
+    /// Call once when the program connects: serves the cached greeting, or
+    /// waits for the real one.
     fn start(&mut self, out: &mut Output) {
-        ClientAccel::start(self, out)
+        let (served, id) = self.owed.owe_cached(self.cached_greeting.clone());
+        self.expect.push_back(Expect {
+            multi: false,
+            disp: Disp::Greeting { served, id },
+            unblocks: false,
+        });
+        self.pump(out);
     }
 
     /// `-ERR` stands for the first reply still owed. In the middle of a

@@ -43,10 +43,6 @@ impl ServerAccel {
         Self::default()
     }
 
-    /// Call once when the real server is connected (nothing to do: its
-    /// greeting comes by itself).
-    pub fn start(&mut self, _out: &mut Output) {}
-
     fn fail(&mut self, out: &mut Output, why: impl std::fmt::Display) {
         self.failed = true;
         out.fail_once(why);
@@ -151,10 +147,6 @@ impl ServerAccel {
 }
 
 impl Accelerator for ServerAccel {
-    fn start(&mut self, out: &mut Output) {
-        ServerAccel::start(self, out)
-    }
-
     /// Bytes from the real server.
     fn from_local(&mut self, mut data: &[u8], drained: bool, out: &mut Output) {
         let mut completed = false;

@@ -35,18 +35,11 @@ impl Script for Replies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::dialogue::{Dialogue, Step, drive};
+    use crate::shared::dialogue::{assert_warm_up, drive};
 
     #[test]
     fn greeting_then_quit_and_never_a_login() {
-        let greeting = b"+OK Dovecot ready.\r\n+OK Logging out.\r\n";
-        for split in 1..greeting.len() {
-            let mut w = WarmUp::new();
-            let (sent, step) = drive(&mut w, greeting, b"", split);
-            assert_eq!(sent, b"QUIT\r\n", "split {split}");
-            assert_eq!(step, Ok(Step::Done(Vec::new())));
-            assert_eq!(w.closed(), Ok(Step::Done(Vec::new())));
-        }
+        assert_warm_up::<Replies>(b"+OK Dovecot ready.\r\n+OK Logging out.\r\n", b"QUIT\r\n");
         let (sent, _) = drive(&mut WarmUp::new(), b"-ERR busy\r\n", b"", 64);
         assert_eq!(sent, b"QUIT\r\n", "a refusal moves it on too");
         let (_, step) = drive(&mut WarmUp::new(), b"+OK Dov", b"", 64);

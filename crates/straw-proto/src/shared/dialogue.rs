@@ -265,3 +265,16 @@ pub(crate) fn drive(
         }
     }
 }
+
+/// A warm-up reading `replies` (split anywhere) sends `want`, ends, and
+/// takes the close after it as the normal end.
+#[cfg(test)]
+pub(crate) fn assert_warm_up<S: Script>(replies: &[u8], want: &[u8]) {
+    for split in 1..replies.len() {
+        let mut w = Scripted::<S>::new();
+        let (sent, step) = drive(&mut w, replies, b"", split);
+        assert_eq!(sent, want, "split {split}");
+        assert_eq!(step, Ok(Step::Done(Vec::new())), "split {split}");
+        assert_eq!(w.closed(), Ok(Step::Done(Vec::new())));
+    }
+}

@@ -123,14 +123,6 @@ impl ClientAccel {
         self
     }
 
-    /// Call once when the program connects: serves the cached greeting, or
-    /// waits for the real one.
-    pub fn start(&mut self, out: &mut Output) {
-        let (served, id) = self.owed.owe_cached(self.greeting.clone());
-        self.expect.push_back(Disp::Greeting { served, id });
-        self.pump(out);
-    }
-
     pub(super) fn owe_local(&mut self, r: Vec<u8>) {
         self.owed.owe_local(r);
     }
@@ -432,8 +424,12 @@ impl ClientAccel {
 }
 
 impl Accelerator for ClientAccel {
+    /// Call once when the program connects: serves the cached greeting, or
+    /// waits for the real one.
     fn start(&mut self, out: &mut Output) {
-        ClientAccel::start(self, out)
+        let (served, id) = self.owed.owe_cached(self.greeting.clone());
+        self.expect.push_back(Disp::Greeting { served, id });
+        self.pump(out);
     }
 
     /// Replies already complete go out first; the 421 then stands for the

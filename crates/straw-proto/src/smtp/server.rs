@@ -61,9 +61,6 @@ impl ServerAccel {
         self
     }
 
-    /// Call once when the real server is connected (its greeting comes by itself).
-    pub fn start(&mut self, _out: &mut Output) {}
-
     pub(super) fn fail(&mut self, out: &mut Output, why: impl std::fmt::Display) {
         self.failed = true;
         out.fail_once(why);
@@ -132,10 +129,6 @@ impl ServerAccel {
 }
 
 impl Accelerator for ServerAccel {
-    fn start(&mut self, out: &mut Output) {
-        ServerAccel::start(self, out)
-    }
-
     /// Bytes from the real server.
     fn from_local(&mut self, mut data: &[u8], _drained: bool, out: &mut Output) {
         while !data.is_empty() && !self.failed {

@@ -42,18 +42,14 @@ impl Script for Replies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::dialogue::{Dialogue, Step, drive};
+    use crate::shared::dialogue::{Dialogue, assert_warm_up, drive};
 
     #[test]
     fn greeting_ehlo_quit_and_never_a_login() {
-        let replies = b"220 mx ESMTP\r\n250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n221 Bye\r\n";
-        for split in 1..replies.len() {
-            let mut w = WarmUp::new();
-            let (sent, step) = drive(&mut w, replies, b"", split);
-            assert_eq!(sent, b"EHLO localhost\r\nQUIT\r\n", "split {split}");
-            assert_eq!(step, Ok(Step::Done(Vec::new())));
-            assert_eq!(w.closed(), Ok(Step::Done(Vec::new())));
-        }
+        assert_warm_up::<Replies>(
+            b"220 mx ESMTP\r\n250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n221 Bye\r\n",
+            b"EHLO localhost\r\nQUIT\r\n",
+        );
     }
 
     #[test]
