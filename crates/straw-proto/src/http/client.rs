@@ -132,13 +132,13 @@ impl ClientAccel {
         loop {
             match &mut self.req_state {
                 ReqState::Closed => {
-                    self.req.pos = self.req.buf.len();
+                    self.req.discard();
                     return Ok(());
                 }
                 ReqState::Raw => {
-                    let n = self.req.avail().len();
-                    out.to_tunnel.extend_from_slice(&self.req.take(n));
-                    self.unflushed |= n > 0;
+                    let raw = self.req.take_all();
+                    self.unflushed |= !raw.is_empty();
+                    out.to_tunnel.extend_from_slice(&raw);
                     return Ok(());
                 }
                 ReqState::Head => {

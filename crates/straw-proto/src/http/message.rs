@@ -123,6 +123,16 @@ impl Input {
         v
     }
 
+    /// Everything available, as it is.
+    pub(crate) fn take_all(&mut self) -> Vec<u8> {
+        self.take(self.avail().len())
+    }
+
+    /// Drops everything available (and whatever comes after).
+    pub(crate) fn discard(&mut self) {
+        self.pos = self.buf.len();
+    }
+
     pub(crate) fn line(&mut self, max: usize) -> Result<Option<Vec<u8>>, HttpError> {
         match self.avail().windows(2).position(|w| w == b"\r\n") {
             Some(i) => {

@@ -65,6 +65,16 @@ impl ServerAccel {
         out.fail_once(why);
     }
 
+    /// A 403 for a target the policy keeps out; the connection ends.
+    fn refuse_private_target(&mut self, out: &mut Output) {
+        out.to_tunnel.extend_from_slice(&local_reply(
+            "403 Forbidden",
+            "Private targets are not allowed.",
+        ));
+        out.flush = true;
+        self.req_state = ReqState::Closed;
+    }
+
     fn on_req_head(&mut self, mut h: Head, out: &mut Output) -> Result<(), HttpError> {
         let mut parts = h.start.splitn(3, ' ');
         let method = parts.next().unwrap_or_default().to_string();
@@ -74,12 +84,7 @@ impl ServerAccel {
             let (host, _) = split_authority(&target, 443)
                 .ok_or_else(|| HttpError::BadConnectTarget(target.clone()))?;
             if !self.policy.permits_target(&host) {
-                out.to_tunnel.extend_from_slice(&local_reply(
-                    "403 Forbidden",
-                    "Private targets are not allowed.",
-                ));
-                out.flush = true;
-                self.req_state = ReqState::Closed;
+                self.refuse_private_target(out);
                 return Ok(());
             }
             out.to_tunnel
@@ -92,12 +97,7 @@ impl ServerAccel {
         let (host, port, path) =
             absolute_uri(&target).ok_or_else(|| HttpError::NotAbsoluteUri(target.clone()))?;
         if !self.policy.permits_target(&host) {
-            out.to_tunnel.extend_from_slice(&local_reply(
-                "403 Forbidden",
-                "Private targets are not allowed.",
-            ));
-            out.flush = true;
-            self.req_state = ReqState::Closed;
+            self.refuse_private_target(out);
             return Ok(());
         }
         match &self.origin {
@@ -136,12 +136,11 @@ impl ServerAccel {
         loop {
             match &mut self.req_state {
                 ReqState::Closed => {
-                    self.req.pos = self.req.buf.len();
+                    self.req.discard();
                     return Ok(());
                 }
                 ReqState::Raw => {
-                    let n = self.req.avail().len();
-                    out.to_local.extend_from_slice(&self.req.take(n));
+                    out.to_local.extend_from_slice(&self.req.take_all());
                     return Ok(());
                 }
                 ReqState::Head => {

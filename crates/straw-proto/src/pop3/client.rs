@@ -168,14 +168,6 @@ impl ClientAccel {
         self
     }
 
-    pub(super) fn owe_local(&mut self, reply: Vec<u8>) {
-        self.owed.owe_local(reply);
-    }
-
-    pub(super) fn owe_remote(&mut self) -> u64 {
-        self.owed.owe_remote()
-    }
-
     /// A `STAT`/`UIDL`/`LIST` answered from what was asked for with `PASS`:
     /// a local reply, and a link wait too while that is still on its way
     /// and nothing else is.
@@ -236,7 +228,7 @@ impl ClientAccel {
     ) -> u64 {
         out.to_tunnel.extend_from_slice(line);
         out.flush = true;
-        let id = self.owe_remote();
+        let id = self.owed.owe_remote();
         self.expect.push_back(Expect {
             multi,
             disp: Disp::Deliver { id, capa, track },
@@ -340,17 +332,17 @@ impl ClientAccel {
         match verb.as_str() {
             v if v.starts_with("XSTRAW-") => {
                 // Straw's own in-band lines: never from the program.
-                self.owe_local(b"-ERR Unknown command.\r\n".to_vec());
+                self.owed.owe_local(b"-ERR Unknown command.\r\n".to_vec());
             }
             "USER" => {
                 self.held_user = Some(line);
-                self.owe_local(b"+OK\r\n".to_vec());
+                self.owed.owe_local(b"+OK\r\n".to_vec());
             }
             "PASS" if self.held_user.is_some() => {
                 self.release_user(out);
                 out.to_tunnel.extend_from_slice(&line);
                 out.flush = true;
-                let id = self.owe_remote();
+                let id = self.owed.owe_remote();
                 self.expect.push_back(Expect {
                     multi: false,
                     disp: Disp::Pass { id },
@@ -375,7 +367,7 @@ impl ClientAccel {
                 // like IMAP LOGOUT and SMTP QUIT; the real reply is checked.
                 out.to_tunnel.extend_from_slice(&line);
                 out.flush = true;
-                self.owe_local(QUIT_OK.to_vec());
+                self.owed.owe_local(QUIT_OK.to_vec());
                 self.expect.push_back(Expect {
                     multi: false,
                     disp: Disp::VerifyQuit,
@@ -384,7 +376,8 @@ impl ClientAccel {
             }
             "STLS" => {
                 // Not offered: the tunnel is encrypted; TLS upstream is ours.
-                self.owe_local(b"-ERR STLS not available through straw\r\n".to_vec());
+                self.owed
+                    .owe_local(b"-ERR STLS not available through straw\r\n".to_vec());
             }
             _ if slot.is_some_and(|s| self.pf_usable[s]) => {
                 self.owe_prefetched(slot.unwrap_or_default());

@@ -123,14 +123,6 @@ impl ClientAccel {
         self
     }
 
-    pub(super) fn owe_local(&mut self, r: Vec<u8>) {
-        self.owed.owe_local(r);
-    }
-
-    pub(super) fn owe_remote(&mut self) -> u64 {
-        self.owed.owe_remote()
-    }
-
     /// Replies arrive whole: each completes its place in the queue.
     fn deliver(&mut self, id: u64, r: Vec<u8>) {
         self.owed.deliver(id, &r, true);
@@ -164,7 +156,7 @@ impl ClientAccel {
     ) -> u64 {
         out.to_tunnel.extend_from_slice(line);
         out.flush = true;
-        let id = self.owe_remote();
+        let id = self.owed.owe_remote();
         self.expect.push_back(mk(id));
         id
     }
@@ -202,7 +194,7 @@ impl ClientAccel {
                     // DATA was refused: that refusal is the answer.
                     Some(err) => self.owed.push_local(err),
                     None => {
-                        let id = self.owe_remote();
+                        let id = self.owed.owe_remote();
                         self.expect.push_back(Disp::Eod { id });
                     }
                 }
@@ -231,7 +223,7 @@ impl ClientAccel {
                 out.to_tunnel.extend_from_slice(&line);
                 match self.ehlo.clone() {
                     Some(e) => {
-                        self.owe_local(rewrite_ehlo(&e));
+                        self.owed.owe_local(rewrite_ehlo(&e));
                         self.expect.push_back(Disp::Ehlo {
                             served: Some(e),
                             id: None,
@@ -239,7 +231,7 @@ impl ClientAccel {
                     }
                     None => {
                         out.flush = true;
-                        let id = self.owe_remote();
+                        let id = self.owed.owe_remote();
                         self.expect.push_back(Disp::Ehlo {
                             served: None,
                             id: Some(id),
@@ -258,7 +250,7 @@ impl ClientAccel {
                 self.txn += 1;
                 self.envelope = line.clone();
                 out.to_tunnel.extend_from_slice(&line);
-                self.owe_local(MAIL_OK.to_vec());
+                self.owed.owe_local(MAIL_OK.to_vec());
                 self.expect.push_back(Disp::Mail);
             }
             "RCPT" => {
@@ -267,7 +259,7 @@ impl ClientAccel {
                 self.forward(&line, out, |id| Disp::Rcpt { id, txn });
             }
             "DATA" if self.rcpt_ok_txn == Some(self.txn) => {
-                self.owe_local(DATA_GO.to_vec());
+                self.owed.owe_local(DATA_GO.to_vec());
                 if self.store.is_some() {
                     // Sent once it is known whether to resume (`release`).
                     self.hold = Some(Hold::default());
@@ -284,7 +276,7 @@ impl ClientAccel {
             "QUIT" if !self.commits_pending() => {
                 out.to_tunnel.extend_from_slice(&line);
                 out.flush = true;
-                self.owe_local(BYE.to_vec());
+                self.owed.owe_local(BYE.to_vec());
                 self.quit_answered = true;
                 self.expect.push_back(Disp::Swallow);
             }
@@ -292,14 +284,16 @@ impl ClientAccel {
                 self.forward(&line, out, |id| Disp::Auth { id });
                 self.blocked = true;
             }
-            "STARTTLS" => self.owe_local(b"454 4.7.0 TLS not available through straw\r\n".to_vec()),
+            "STARTTLS" => self
+                .owed
+                .owe_local(b"454 4.7.0 TLS not available through straw\r\n".to_vec()),
             "BDAT" => self.fail(
                 out,
                 "SMTP BDAT (CHUNKING) was not offered; straw can't frame it",
             ),
-            _ if v.starts_with("XSTRAW") => {
-                self.owe_local(b"500 5.5.1 Command unrecognized\r\n".to_vec())
-            }
+            _ if v.starts_with("XSTRAW") => self
+                .owed
+                .owe_local(b"500 5.5.1 Command unrecognized\r\n".to_vec()),
             _ => {
                 self.forward(&line, out, |id| Disp::Deliver { id, resets: false });
             }
