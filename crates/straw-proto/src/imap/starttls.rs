@@ -5,7 +5,7 @@
 //! code in the greeting is replaced by the post-TLS list before the greeting
 //! is replayed in front of the TLS stream.
 //!
-//! Sans-IO (see [`Step`] for the driver's loop):
+//! Sans-IO (see [`crate::Dialogue`] for the driver's loop):
 //!
 //! ```
 //! use straw_proto::{Dialogue, Step, imap};

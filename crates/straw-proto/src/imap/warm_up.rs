@@ -3,7 +3,7 @@
 //! the accelerator learns the greeting and capability list before a real
 //! program asks. Greeting, `W1 CAPABILITY`, `W2 LOGOUT`; never a login.
 //!
-//! Sans-IO (see [`Step`] for the driver's loop):
+//! Sans-IO (see [`crate::Dialogue`] for the driver's loop):
 //!
 //! ```
 //! use straw_proto::{Dialogue, Step, imap};

@@ -3,7 +3,7 @@
 //! handshake. The greeting is replayed in front of the TLS stream, so the
 //! accelerator sees what it would see on a plain connection.
 //!
-//! Sans-IO (see [`Step`] for the driver's loop):
+//! Sans-IO (see [`crate::Dialogue`] for the driver's loop):
 //!
 //! ```
 //! use straw_proto::{Dialogue, Step, pop3};

@@ -3,7 +3,7 @@
 //! the accelerator learns the greeting before a real program asks.
 //! Greeting, then `QUIT`; never a login.
 //!
-//! Sans-IO (see [`Step`] for the driver's loop):
+//! Sans-IO (see [`crate::Dialogue`] for the driver's loop):
 //!
 //! ```
 //! use straw_proto::{Dialogue, Step, pop3};

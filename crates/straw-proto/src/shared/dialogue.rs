@@ -4,27 +4,44 @@
 //!
 //! Each is a small state machine that never touches a socket (as in
 //! quinn-proto): the driver hands it the bytes it read and does what the
-//! returned [`Step`] says, so every rule is tested without a socket. The
-//! driver's loop, the same for every machine:
-//!
-//! Every machine is a [`Dialogue`], so one driver serves all six:
+//! returned [`Step`] says, so every rule is tested without a socket. Every
+//! machine is a [`Dialogue`], so one driver serves all six. A sketch of the
+//! runtime's (tokio) driver for STARTTLS, which swaps the socket for the TLS
+//! stream half-way; a warm-up is the same loop without the `StartTls` arm,
+//! and after `Done` it reads until the accelerator closes:
 //!
 //! ```text
-//! let mut step = machine.step(&[])?;          // at the start: nothing read yet
-//! loop {
-//!     step = match step {
-//!         Step::Send(bytes) => { write_all(&bytes); machine.step(&[])? }
-//!         Step::Read => { let got = read(); if got.is_empty() { machine.closed()? }
-//!                         machine.step(&got)? }
-//!         Step::StartTls => { handshake(); machine.tls_established()? }
-//!         Step::Done(replay) => break,
+//! async fn starttls(sock: TcpStream, mut d: impl Dialogue, tls: TlsConnector)
+//!     -> Result<(TlsStream, Vec<u8>)>
+//! {
+//!     let mut io = Either::Plain(sock);
+//!     let mut buf = [0u8; 1024];
+//!     let mut step = d.step(&[])?;                 // nothing read yet
+//!     loop {
+//!         step = match step {
+//!             Step::Send(bytes) => { io.write_all(&bytes).await?; d.step(&[])? }
+//!             Step::Read => match io.read(&mut buf).await? {
+//!                 0 => d.closed()?,                // Err(DialogueError::Closed)
+//!                 n => d.step(&buf[..n])?,
+//!             },
+//!             Step::StartTls => {                  // read nothing before this
+//!                 io = Either::Tls(tls.connect(name, io.into_plain()).await?);
+//!                 d.tls_established()?             // IMAP: sends S2 CAPABILITY
+//!             }
+//!             // `replay`: what the accelerator must read first (the
+//!             // greeting, IMAP's with the post-TLS capabilities).
+//!             Step::Done(replay) => return Ok((io.into_tls(), replay)),
+//!         }
 //!     }
 //! }
+//! // smtp::StartTls::new(&ehlo_name), pop3::StartTls::new(), imap::StartTls::new()
+//! // smtp::WarmUp::new(), pop3::WarmUp::new(), imap::WarmUp::new()
 //! ```
 //!
 //! `step(&[])` after a `Send` matters: what was read with the last reply
 //! may already hold the next one, and the machine answers it without
-//! waiting for the socket.
+//! waiting for the socket. A [`DialogueError`] ends the dialogue; its
+//! `Display` says what happened in the words the runtime logs today.
 
 use crate::shared::lines::{LineTooLong, take_line_max, trim_end};
 

@@ -5,7 +5,7 @@
 /// (POP3); real programs and servers go longer, but nothing near this.
 pub(crate) const MAX_LINE: usize = 8 * 1024;
 
-/// A line went past [`MAX_LINE`] without ending.
+/// A line went past the line limit (8 KiB for commands and replies) without ending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("line longer than {limit} bytes")]
 pub struct LineTooLong {

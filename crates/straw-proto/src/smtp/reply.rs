@@ -6,7 +6,7 @@ use crate::shared::lines::{MAX_LINE, trim_end, verb};
 /// What is wrong with bytes that should have been an SMTP reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
-    /// A line past the line limit, or all lines past [`MAX_REPLY`].
+    /// A line past the line limit, or all lines past 64 KiB.
     #[error("SMTP reply too long")]
     TooLong,
     /// The line (without its line end) has no code, or not the first line's.

@@ -4,7 +4,7 @@
 //! so the accelerator sees what it would see on a plain connection (and
 //! sends EHLO again, as RFC 3207 requires).
 //!
-//! Sans-IO (see [`Step`] for the driver's loop):
+//! Sans-IO (see [`crate::Dialogue`] for the driver's loop):
 //!
 //! ```
 //! use straw_proto::{Dialogue, Step, smtp};

@@ -4,7 +4,7 @@
 //! program asks. Greeting, `EHLO localhost`, `QUIT`; never a login, never a
 //! message.
 //!
-//! Sans-IO (see [`Step`] for the driver's loop):
+//! Sans-IO (see [`crate::Dialogue`] for the driver's loop):
 //!
 //! ```
 //! use straw_proto::{Dialogue, Step, smtp};
