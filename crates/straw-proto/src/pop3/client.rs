@@ -237,6 +237,18 @@ impl ClientAccel {
         id
     }
 
+    /// Sends our own `UIDL n` (its reply is swallowed), to key message `n`'s
+    /// partial.
+    pub(super) fn ask_uidl(&mut self, n: u32, out: &mut Output) {
+        out.to_tunnel
+            .extend_from_slice(format!("UIDL {n}\r\n").as_bytes());
+        self.expect.push_back(Expect {
+            multi: false,
+            disp: Disp::OwnUidl(n),
+            unblocks: false,
+        });
+    }
+
     /// Learns msg → size pairs from a LIST reply.
     pub(super) fn learn_sizes(&mut self, reply: &[u8], multi: bool) {
         for (n, size) in resume::parse_uidl(reply, multi) {

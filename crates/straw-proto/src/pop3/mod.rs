@@ -17,7 +17,6 @@
 //! round trip. RETR commits nothing, so asking early changes nothing on the
 //! server. A prefetch that turns useless while it still streams (QUIT, DELE
 //! of it, a RETR elsewhere) is cut short in-band with `XSTRAW-ABORT n`.
-
 //!
 //! The files follow the layers: [`reply`] reads the real server's replies,
 //! [`client`] is the program's side, [`server`] the real server's side,

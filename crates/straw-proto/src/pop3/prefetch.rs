@@ -65,13 +65,7 @@ impl ClientAccel {
                     }
                     if !self.prefetch_uidl_pending() {
                         // Keys the body in the store, as for the program's RETR.
-                        out.to_tunnel
-                            .extend_from_slice(format!("UIDL {n}\r\n").as_bytes());
-                        self.expect.push_back(Expect {
-                            multi: false,
-                            disp: Disp::OwnUidl(n),
-                            unblocks: false,
-                        });
+                        self.ask_uidl(n, out);
                     }
                     None
                 }

@@ -232,13 +232,7 @@ impl ClientAccel {
                 None
             }
             None => {
-                out.to_tunnel
-                    .extend_from_slice(format!("UIDL {msg}\r\n").as_bytes());
-                self.expect.push_back(Expect {
-                    multi: false,
-                    disp: Disp::OwnUidl(msg),
-                    unblocks: false,
-                });
+                self.ask_uidl(msg, out);
                 if store.any_with_prefix(&account_prefix(&user)) {
                     // A partial of this account may be this message: wait
                     // for the UIDL (one round trip) before asking for it.

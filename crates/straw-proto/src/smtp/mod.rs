@@ -12,7 +12,6 @@
 //! server side sends `DATA`; if the real server refuses it, the server side
 //! swallows the body and the client shows the refusal as the end-of-data
 //! reply. A failed `MAIL` shows as the reply to each `RCPT` after it.
-
 //!
 //! The files follow the layers: [`reply`] reads SMTP replies, [`client`] is
 //! the program's side, [`server`] the real server's side, and [`resume`]
