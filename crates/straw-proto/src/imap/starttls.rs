@@ -27,7 +27,7 @@
 
 use super::reply::{cap_code_span, caps_of};
 use crate::shared::dialogue::{
-    Dialogue, DialogueError, Input, Step, agreed, show, starts_with_ci, waiting_for_tls,
+    Dialogue, DialogueError, Input, Step, agreed, starts_with_ci, waiting_for_tls,
 };
 use crate::shared::lines::{MAX_LINE, trim_end};
 
@@ -63,10 +63,7 @@ impl StartTls {
         match self.state {
             State::Greeting => {
                 if !starts_with_ci(&line, b"* OK") {
-                    return Err(DialogueError::GreetingRefused {
-                        protocol: "IMAP",
-                        reply: show(&line),
-                    });
+                    return Err(DialogueError::refused("IMAP", "greeting", &line));
                 }
                 self.greeting = line;
                 self.state = State::StartTls;
@@ -78,11 +75,7 @@ impl StartTls {
                     return Ok(None);
                 }
                 if !starts_with_ci(&line, b"S1 OK") {
-                    return Err(DialogueError::Refused {
-                        protocol: "IMAP",
-                        command: "STARTTLS",
-                        reply: show(&line),
-                    });
+                    return Err(DialogueError::refused("IMAP", "STARTTLS", &line));
                 }
                 let step = agreed(&self.input.buf)?;
                 self.state = State::Handshake;
@@ -97,11 +90,11 @@ impl StartTls {
                     return Ok(None);
                 }
                 if !starts_with_ci(&line, b"S2 OK") {
-                    return Err(DialogueError::Refused {
-                        protocol: "IMAP",
-                        command: "CAPABILITY after STARTTLS",
-                        reply: show(&line),
-                    });
+                    return Err(DialogueError::refused(
+                        "IMAP",
+                        "CAPABILITY after STARTTLS",
+                        &line,
+                    ));
                 }
                 let caps = self.caps.take().ok_or(DialogueError::NoCapabilities)?;
                 self.state = State::Done;

@@ -17,7 +17,7 @@
 //! ```
 
 use super::reply::ReplyReader;
-use crate::shared::dialogue::{Dialogue, DialogueError, Step, agreed, show, waiting_for_tls};
+use crate::shared::dialogue::{Dialogue, DialogueError, Step, agreed, waiting_for_tls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum State {
@@ -60,20 +60,13 @@ impl Dialogue for StartTls {
                 self.state = State::Stls;
                 Ok(Step::Send(b"STLS\r\n".to_vec()))
             }
-            State::Greeting => Err(DialogueError::GreetingRefused {
-                protocol: "POP3",
-                reply: show(&reply),
-            }),
+            State::Greeting => Err(DialogueError::refused("POP3", "greeting", &reply)),
             State::Stls if ok => {
                 let step = agreed(&self.buf)?;
                 self.state = State::Handshake;
                 Ok(step)
             }
-            State::Stls => Err(DialogueError::Refused {
-                protocol: "POP3",
-                command: "STLS",
-                reply: show(&reply),
-            }),
+            State::Stls => Err(DialogueError::refused("POP3", "STLS", &reply)),
             State::Handshake | State::Done => unreachable!("handled above"),
         }
     }

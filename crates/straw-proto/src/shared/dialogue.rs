@@ -68,13 +68,8 @@ pub enum Step {
 /// Why a dialogue stopped. The connection is given up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DialogueError {
-    /// The greeting is not one that allows going on.
-    #[error("{protocol} greeting refused: {reply}")]
-    GreetingRefused {
-        protocol: &'static str,
-        reply: String,
-    },
-    /// A command of the dialogue was refused.
+    /// A command of the dialogue was refused, or (`command` "greeting")
+    /// the greeting is not one that allows going on.
     #[error("{protocol} {command} refused: {reply}")]
     Refused {
         protocol: &'static str,
@@ -150,6 +145,17 @@ pub(crate) fn agreed(rest: &[u8]) -> Result<Step, DialogueError> {
     }
 }
 
+impl DialogueError {
+    /// `command` (or "greeting") refused with `reply`.
+    pub(crate) fn refused(protocol: &'static str, command: &'static str, reply: &[u8]) -> Self {
+        DialogueError::Refused {
+            protocol,
+            command,
+            reply: show(reply),
+        }
+    }
+}
+
 /// Most lines one reply may have (multi-line EHLO, untagged IMAP lines).
 pub(crate) const MAX_LINES: usize = 100;
 
@@ -159,7 +165,7 @@ pub(crate) fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
 }
 
 /// A line as text for an error message, without its line end.
-pub(crate) fn show(line: &[u8]) -> String {
+fn show(line: &[u8]) -> String {
     String::from_utf8_lossy(trim_end(line)).into_owned()
 }
 

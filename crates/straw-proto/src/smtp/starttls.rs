@@ -20,7 +20,7 @@
 //! ```
 
 use super::reply::{ReplyReader, code, ehlo_caps};
-use crate::shared::dialogue::{Dialogue, DialogueError, Step, agreed, show, waiting_for_tls};
+use crate::shared::dialogue::{Dialogue, DialogueError, Step, agreed, waiting_for_tls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -70,18 +70,11 @@ impl Dialogue for StartTls {
         let Some(reply) = reply else {
             return Ok(Step::Read);
         };
-        let refused = |command| DialogueError::Refused {
-            protocol: "SMTP",
-            command,
-            reply: show(&reply),
-        };
+        let refused = |command| DialogueError::refused("SMTP", command, &reply);
         match self.state {
             State::Greeting => {
                 if code(&reply) != 220 {
-                    return Err(DialogueError::GreetingRefused {
-                        protocol: "SMTP",
-                        reply: show(&reply),
-                    });
+                    return Err(DialogueError::refused("SMTP", "greeting", &reply));
                 }
                 self.greeting = reply;
                 self.state = State::Ehlo;
