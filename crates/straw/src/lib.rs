@@ -7,6 +7,7 @@
 //! - [`linksim`]: the satellite-link emulator used by tests and benchmarks.
 
 pub mod bench;
+mod bounded;
 pub mod cache;
 pub mod client;
 pub mod config;

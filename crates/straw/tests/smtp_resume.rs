@@ -228,7 +228,7 @@ async fn smtp_data_cut_past_grace_resends_only_the_rest_and_delivers_once() {
         );
     }
     // What the server side holds (its only entry).
-    let held = s.relay.total_bytes();
+    let held = s.relay.body_bytes();
     assert!(
         held > 0 && s.relay.len() == 1,
         "server side kept the partial body"
