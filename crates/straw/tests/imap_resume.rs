@@ -154,6 +154,7 @@ async fn clean_wire(name: &str, mail: &[u8]) -> u64 {
     link_bytes(&s.link) - before
 }
 
+// Real time: under paused time the resumed fetch hangs (reported, not yet understood).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imap_uid_fetch_after_grace_expiry_fetches_only_the_rest() {
     let mail = big_mail(0);
@@ -192,6 +193,7 @@ async fn imap_uid_fetch_after_grace_expiry_fetches_only_the_rest() {
     );
 }
 
+// Real time: under paused time the resumed fetch hangs (reported, not yet understood).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imap_changed_message_is_fetched_whole_and_exact() {
     let changed = big_mail(2);
@@ -214,6 +216,7 @@ async fn imap_changed_message_is_fetched_whole_and_exact() {
     assert_eq!(partial_files(&s.partial_dir), 0);
 }
 
+// Real time: under paused time the resumed fetch hangs (reported, not yet understood).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imap_fetch_by_number_resumes_with_the_client_sides_uid_lookup() {
     let mail = big_mail(3);

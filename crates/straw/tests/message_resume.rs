@@ -135,7 +135,7 @@ async fn clean_wire(name: &str, mail: &[u8]) -> u64 {
     link_bytes(&s.link) - before
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn pop3_retr_after_grace_expiry_fetches_only_the_rest() {
     let mail = big_mail(0);
     let full_wire = clean_wire("mresume-grace-clean", &mail).await;
@@ -178,7 +178,7 @@ async fn pop3_retr_after_grace_expiry_fetches_only_the_rest() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn pop3_partial_survives_a_client_restart() {
     let mail = big_mail(1);
     let upstream = fake_pop3(Arc::new(Mutex::new(mail.clone()))).await;
@@ -209,7 +209,7 @@ async fn pop3_partial_survives_a_client_restart() {
     assert_eq!(partial_files(&s.partial_dir), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn pop3_changed_message_is_fetched_whole_and_exact() {
     let changed = big_mail(3);
     let clean = clean_wire("mresume-changed-clean", &changed).await;
@@ -234,7 +234,7 @@ async fn pop3_changed_message_is_fetched_whole_and_exact() {
     assert_eq!(partial_files(&s.partial_dir), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn pop3_partial_store_over_its_bound_keeps_nothing_and_refetches_exactly() {
     let mail = big_mail(4);
     let upstream = fake_pop3(Arc::new(Mutex::new(mail.clone()))).await;

@@ -162,7 +162,7 @@ async fn send(s: &Setup, body: &[u8], cut: Option<u64>) -> String {
     eod
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn smtp_data_cut_past_grace_resends_only_the_rest_and_delivers_once() {
     let mail = big_mail();
     let body = dot_stuffed(&mail);
