@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use straw::config::{ClientConfig, ServerConfig};
+use straw::config::ClientConfig;
 use straw::tunnel::TunnelStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -82,19 +82,11 @@ async fn setup() -> Setup {
     let (imap, imap_log) = scripted(IMAP_GREETING, imap_answer).await;
     let (smtp, smtp_log) = scripted(SMTP_GREETING, smtp_answer).await;
     let server = free_port();
-    let text = format!(
-        r#"
-listen = "{server}"
-private_key = "server.key"
-authorized_keys = "authorized_clients"
-[services]
-imap = {{ upstream = "{imap}", protocol = "imap" }}
-smtp = {{ upstream = "{smtp}", protocol = "smtp" }}
-"#
+    let scfg = server_config_services(
+        &keys,
+        server,
+        &[("imap", imap, "imap"), ("smtp", smtp, "smtp")],
     );
-    let path = keys.dir.join("server.toml");
-    std::fs::write(&path, text).unwrap();
-    let scfg = ServerConfig::load(&path).unwrap();
     tokio::spawn(async move {
         if let Err(e) = straw::server::run(scfg).await {
             panic!("server failed: {e:#}");

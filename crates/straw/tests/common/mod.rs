@@ -59,14 +59,28 @@ pub fn server_config_proto(
     upstream: SocketAddr,
     protocol: &str,
 ) -> ServerConfig {
+    server_config_services(keys, listen, &[("test", upstream, protocol)])
+}
+
+/// A server config with the given services: (name, upstream, protocol).
+pub fn server_config_services(
+    keys: &Keys,
+    listen: SocketAddr,
+    services: &[(&str, SocketAddr, &str)],
+) -> ServerConfig {
+    let services: String = services
+        .iter()
+        .map(|(name, upstream, protocol)| {
+            format!("{name} = {{ upstream = \"{upstream}\", protocol = \"{protocol}\" }}\n")
+        })
+        .collect();
     let text = format!(
         r#"
 listen = "{listen}"
 private_key = "server.key"
 authorized_keys = "authorized_clients"
 [services]
-test = {{ upstream = "{upstream}", protocol = "{protocol}" }}
-"#
+{services}"#
     );
     let path = keys.dir.join("server.toml");
     std::fs::write(&path, text).unwrap();
@@ -219,13 +233,7 @@ pub async fn start_full(
     protocol: &str,
     client_extra: &str,
 ) -> Running {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let keys = make_keys(name);
     let local = free_port();
     let scfg = server_config_proto(&keys, server_addr, upstream, protocol);
