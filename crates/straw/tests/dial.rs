@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use straw::linksim::{Link, LinkParams, bind_listener, serve};
+use straw::linksim::LinkParams;
 use straw::tunnel::TunnelStats;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -97,10 +97,10 @@ async fn idle_hangup_then_redial_resumes_warm() {
     let keys = make_keys("dial");
     let server_addr = free_port();
     let local = free_port();
-    let link = Link::new(LinkParams::new(64_000, Duration::from_millis(100)));
-    let linksim = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-    let linksim_addr = linksim.local_addr().unwrap();
-    tokio::spawn(serve(linksim, server_addr, link.clone()));
+    let (link, linksim_addr) = linksim_to(
+        server_addr,
+        LinkParams::new(64_000, Duration::from_millis(100)),
+    );
     let scfg = server_config_proto(&keys, server_addr, upstream, "pop3");
     let hook_log = keys.dir.join("hooks.log");
     let ccfg = client_config_proto(

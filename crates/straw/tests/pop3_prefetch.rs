@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use straw::linksim::{Link, LinkParams, bind_listener, serve};
+use straw::linksim::LinkParams;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -152,10 +152,10 @@ async fn pop3_retr_prefetch_is_byte_exact_through_the_driver() {
     let server_addr = free_port();
     // Each ~6 KB reply takes longer to cross than a round trip: the next
     // one, asked with it, is on its way when the program asks.
-    let link = Link::new(LinkParams::new(400_000, Duration::from_millis(15)));
-    let linksim = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-    let linksim_addr = linksim.local_addr().unwrap();
-    tokio::spawn(serve(linksim, server_addr, link.clone()));
+    let (_link, linksim_addr) = linksim_to(
+        server_addr,
+        LinkParams::new(400_000, Duration::from_millis(15)),
+    );
     let scfg = server_config_proto(&keys, server_addr, upstream, "pop3");
     tokio::spawn(async move {
         if let Err(e) = straw::server::run(scfg).await {

@@ -338,20 +338,29 @@ pub fn link_bytes(link: &straw::linksim::Link) -> u64 {
     s.up.bytes + s.down.bytes
 }
 
+/// A linksim to `server` on a free port; returns the link and the address
+/// to dial.
+pub fn linksim_to(
+    server: SocketAddr,
+    params: straw::linksim::LinkParams,
+) -> (Arc<straw::linksim::Link>, SocketAddr) {
+    use straw::linksim::{Link, bind_listener, serve};
+    let link = Link::new(params);
+    let l = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(serve(l, server, link.clone()));
+    (link, addr)
+}
+
 /// A 1 Mbit/s, 5 ms linksim to `server` that refuses reconnects for
 /// `refuse` after a cut; returns the link and the address to dial.
 pub fn cutting_link(
     server: SocketAddr,
     refuse: Duration,
 ) -> (Arc<straw::linksim::Link>, SocketAddr) {
-    use straw::linksim::{Link, LinkParams, bind_listener, serve};
-    let mut params = LinkParams::new(1_000_000, Duration::from_millis(5));
+    let mut params = straw::linksim::LinkParams::new(1_000_000, Duration::from_millis(5));
     params.faults.refuse_for = Some(refuse);
-    let link = Link::new(params);
-    let l = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(serve(l, server, link.clone()));
-    (link, addr)
+    linksim_to(server, params)
 }
 
 /// Client settings of the message-resume tests: a 1 s grace period, quick
