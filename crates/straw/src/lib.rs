@@ -6,6 +6,7 @@
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 
+mod bounded;
 pub mod cache;
 pub mod client;
 pub mod config;

@@ -9,45 +9,32 @@
 //! fails the server side's hash check, which means a full transfer, never
 //! wrong bytes). Files that don't parse are removed with a log line.
 //!
-//! The total is bounded: past `max_bytes` the least recently written
-//! entries go first.
+//! The total is bounded (see [`crate::bounded`]): an entry counts its whole
+//! file, and past `max_bytes` the least recently written entries go first.
+//! The directory and the files are the owner's only (0700, 0600 on Unix).
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use straw_proto::partial::{PartialStore, SharedStore};
 use tracing::{info, warn};
+
+use crate::bounded::{Bounded, Evicted};
 
 const MAGIC: &[u8] = b"STRAWPART1\n";
 const SUFFIX: &str = "part";
 /// Longest key accepted from a file.
 const MAX_KEY: usize = 4096;
 
-#[derive(Debug)]
-struct Entry {
-    path: PathBuf,
-    /// Message bytes (without the header).
-    size: u64,
-    /// Larger is more recent.
-    stamp: u64,
-}
-
-#[derive(Debug, Default)]
-struct Index {
-    entries: HashMap<String, Entry>,
-    total: u64,
-    clock: u64,
-}
-
-/// A bounded directory of partial transfers.
+/// A bounded directory of partial transfers. The index maps each key to its
+/// file; an entry costs its file's length (header and message bytes).
 #[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
-    max_bytes: u64,
-    index: Mutex<Index>,
+    index: Mutex<Bounded<PathBuf>>,
 }
 
 fn header(key: &str) -> Vec<u8> {
@@ -57,8 +44,12 @@ fn header(key: &str) -> Vec<u8> {
     h
 }
 
-/// The key and the header length of a partial file, or why it is unusable.
-fn read_header(f: &mut File) -> Result<(String, u64), String> {
+fn header_len(key: &str) -> u64 {
+    (MAGIC.len() + 4 + key.len()) as u64
+}
+
+/// The key of a partial file, or why it is unusable.
+fn read_header(f: &mut File) -> Result<String, String> {
     let mut magic = [0u8; MAGIC.len()];
     f.read_exact(&mut magic).map_err(|_| "truncated header")?;
     if magic != MAGIC {
@@ -72,16 +63,57 @@ fn read_header(f: &mut File) -> Result<(String, u64), String> {
     }
     let mut key = vec![0u8; len];
     f.read_exact(&mut key).map_err(|_| "truncated key")?;
-    let key = String::from_utf8(key).map_err(|_| "key is not UTF-8")?;
-    Ok((key, (MAGIC.len() + 4 + len) as u64))
+    String::from_utf8(key).map_err(|_| "key is not UTF-8".into())
+}
+
+/// Creates `dir` (and missing parents) for the owner only, and narrows it
+/// if it was open to others (made by an older straw): the files in it are
+/// mail bodies.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            match fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700)) {
+                Ok(()) => info!("partial store {}: now private to its owner", dir.display()),
+                Err(e) => warn!(
+                    "partial store {}: cannot make it private: {e}",
+                    dir.display()
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates (or truncates) a file readable by the owner only.
+fn create_private_file(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Deletes the files of entries evicted past `max_bytes`.
+fn release(evicted: Evicted<PathBuf>, max_bytes: u64) {
+    for (_, path) in evicted {
+        info!("partial store over {max_bytes} bytes: dropping an interrupted transfer");
+        let _ = fs::remove_file(path);
+    }
 }
 
 impl FileStore {
     /// Opens (creating) `dir` and indexes the files in it.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        let mut index = Index::default();
-        let mut found: Vec<(std::time::SystemTime, String, Entry)> = Vec::new();
+        create_private_dir(dir)?;
+        let mut found: Vec<(std::time::SystemTime, String, PathBuf, u64)> = Vec::new();
         for de in fs::read_dir(dir)? {
             let path = de?.path();
             let ext = path.extension().and_then(|e| e.to_str());
@@ -95,19 +127,14 @@ impl FileStore {
             let parsed = File::open(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|mut f| {
-                    let (key, hlen) = read_header(&mut f)?;
+                    let key = read_header(&mut f)?;
                     let meta = f.metadata().map_err(|e| e.to_string())?;
                     let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                    Ok((key, meta.len().saturating_sub(hlen), mtime))
+                    Ok((key, meta.len(), mtime))
                 });
             match parsed {
                 Ok((key, size, mtime)) if path == Self::path_in(dir, &key) => {
-                    let e = Entry {
-                        path,
-                        size,
-                        stamp: 0,
-                    };
-                    found.push((mtime, key, e));
+                    found.push((mtime, key, path, size));
                 }
                 Ok(_) => {
                     warn!("partial store: {} is misnamed; removed", path.display());
@@ -119,31 +146,27 @@ impl FileStore {
                 }
             }
         }
+        // Oldest first, so that the bound drops the least recently written.
         found.sort_by_key(|(t, ..)| *t);
-        for (_, key, mut e) in found {
-            index.clock += 1;
-            e.stamp = index.clock;
-            index.total += e.size;
-            index.entries.insert(key, e);
+        let (count, bytes) = (found.len(), found.iter().map(|f| f.3).sum::<u64>());
+        if count > 0 {
+            info!(
+                "partial store {}: {count} interrupted transfers, {bytes} bytes",
+                dir.display()
+            );
         }
-        let store = Self {
-            dir: dir.to_owned(),
-            max_bytes,
-            index: Mutex::new(index),
-        };
-        {
-            let mut ix = store.lock();
-            if !ix.entries.is_empty() {
-                info!(
-                    "partial store {}: {} interrupted transfers, {} bytes",
-                    dir.display(),
-                    ix.entries.len(),
-                    ix.total
-                );
+        let mut index = Bounded::new(max_bytes, None);
+        let now = Instant::now();
+        for (_, key, path, size) in found {
+            match index.insert(&key, path, size, now) {
+                Ok(evicted) => release(evicted, max_bytes),
+                Err(path) => release(vec![(key, path)], max_bytes),
             }
-            store.evict(&mut ix, None);
         }
-        Ok(store)
+        Ok(Self {
+            dir: dir.to_owned(),
+            index: Mutex::new(index),
+        })
     }
 
     fn path_in(dir: &Path, key: &str) -> PathBuf {
@@ -153,58 +176,37 @@ impl FileStore {
         dir.join(format!("{name}.{SUFFIX}"))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bounded<PathBuf>> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bytes held, over all entries.
+    /// Bytes held (file lengths), over all entries.
     pub fn total_bytes(&self) -> u64 {
-        self.lock().total
+        self.lock().total_bytes()
     }
 
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.lock().is_empty()
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn drop_entry(ix: &mut Index, key: &str) {
-        if let Some(e) = ix.entries.remove(key) {
-            ix.total -= e.size;
-            let _ = fs::remove_file(&e.path);
-        }
-    }
-
-    /// Removes the least recently written entries until the total fits;
-    /// `keep` goes last (and only if it alone is too big).
-    fn evict(&self, ix: &mut Index, keep: Option<&str>) {
-        while ix.total > self.max_bytes {
-            let victim = ix
-                .entries
-                .iter()
-                .filter(|(k, _)| Some(k.as_str()) != keep)
-                .min_by_key(|(_, e)| e.stamp)
-                .map(|(k, _)| k.clone())
-                .or_else(|| keep.map(str::to_owned));
-            let Some(k) = victim else { return };
-            info!(
-                "partial store over {} bytes: dropping an interrupted transfer",
-                self.max_bytes
-            );
-            Self::drop_entry(ix, &k);
+    fn drop_entry(ix: &mut Bounded<PathBuf>, key: &str) {
+        if let Some(path) = ix.remove(key) {
+            let _ = fs::remove_file(path);
         }
     }
 
     fn write_new(&self, key: &str, data: &[u8]) -> std::io::Result<PathBuf> {
         let path = Self::path_in(&self.dir, key);
         let tmp = path.with_extension("tmp");
-        let mut f = File::create(&tmp)?;
+        let mut f = create_private_file(&tmp)?;
         f.write_all(&header(key))?;
         f.write_all(data)?;
         f.sync_data()?;
@@ -223,9 +225,9 @@ impl FileStore {
 
 impl PartialStore for FileStore {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let path = self.lock().entries.get(key)?.path.clone();
+        let path = self.lock().get(key)?.clone();
         let read = File::open(&path).and_then(|mut f| {
-            let (k, _) = read_header(&mut f).map_err(std::io::Error::other)?;
+            let k = read_header(&mut f).map_err(std::io::Error::other)?;
             if k != key {
                 return Err(std::io::Error::other("holds another key"));
             }
@@ -246,24 +248,15 @@ impl PartialStore for FileStore {
     fn put(&self, key: &str, data: &[u8]) {
         let mut ix = self.lock();
         Self::drop_entry(&mut ix, key);
-        if data.len() as u64 > self.max_bytes {
+        let bytes = header_len(key) + data.len() as u64;
+        if !ix.fits(bytes) {
             return;
         }
         match self.write_new(key, data) {
-            Ok(path) => {
-                ix.clock += 1;
-                let stamp = ix.clock;
-                ix.total += data.len() as u64;
-                ix.entries.insert(
-                    key.to_owned(),
-                    Entry {
-                        path,
-                        size: data.len() as u64,
-                        stamp,
-                    },
-                );
-                self.evict(&mut ix, Some(key));
-            }
+            Ok(path) => match ix.insert(key, path, bytes, Instant::now()) {
+                Ok(evicted) => release(evicted, ix.max_bytes()),
+                Err(path) => release(vec![(key.to_owned(), path)], ix.max_bytes()),
+            },
             Err(e) => warn!("partial store {}: cannot write: {e}", self.dir.display()),
         }
     }
@@ -273,24 +266,20 @@ impl PartialStore for FileStore {
             return;
         }
         let mut ix = self.lock();
-        ix.clock += 1;
-        let stamp = ix.clock;
-        let Some(e) = ix.entries.get_mut(key) else {
+        let Some(path) = ix.get(key) else {
             return;
         };
         let res = OpenOptions::new()
             .append(true)
-            .open(&e.path)
+            .open(path)
             .and_then(|mut f| f.write_all(data));
         match res {
             Ok(()) => {
-                e.size += data.len() as u64;
-                e.stamp = stamp;
-                ix.total += data.len() as u64;
-                self.evict(&mut ix, Some(key));
+                let evicted = ix.grow(key, data.len() as u64, Instant::now());
+                release(evicted, ix.max_bytes());
             }
             Err(err) => {
-                warn!("partial store: {}: {err}; dropped", e.path.display());
+                warn!("partial store: {}: {err}; dropped", path.display());
                 Self::drop_entry(&mut ix, key);
             }
         }
@@ -301,7 +290,7 @@ impl PartialStore for FileStore {
     }
 
     fn any_with_prefix(&self, prefix: &str) -> bool {
-        self.lock().entries.keys().any(|k| k.starts_with(prefix))
+        self.lock().any_with_prefix(prefix)
     }
 }
 
@@ -357,7 +346,11 @@ mod tests {
         drop(s);
         let s = FileStore::open(&d, 1 << 20).unwrap();
         assert_eq!(s.get("a").unwrap(), b"hello world");
-        assert_eq!(s.total_bytes(), 11);
+        assert_eq!(
+            s.total_bytes(),
+            header_len("a") + 11,
+            "the whole file counts"
+        );
         assert!(s.any_with_prefix("a") && !s.any_with_prefix("b"));
         s.remove("a");
         assert!(s.is_empty());
@@ -419,6 +412,25 @@ mod tests {
         drop(s);
         let s = FileStore::open(&d, 5).unwrap();
         assert!(s.is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_directory_and_files_are_private_to_the_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let d = dir("modes");
+        let s = FileStore::open(&d.join("sub"), 1 << 20).unwrap();
+        s.put("k", b"mail body");
+        s.append("k", b" and more");
+        assert_eq!(mode(&d), 0o700, "created parents too");
+        assert_eq!(mode(s.dir()), 0o700);
+        assert_eq!(mode(&FileStore::path_in(s.dir(), "k")), 0o600);
+        // A directory an older straw left open is narrowed on open.
+        drop(s);
+        fs::set_permissions(d.join("sub"), fs::Permissions::from_mode(0o755)).unwrap();
+        FileStore::open(&d.join("sub"), 1 << 20).unwrap();
+        assert_eq!(mode(&d.join("sub")), 0o700);
     }
 
     #[test]

@@ -6,138 +6,102 @@
 //! to hours), and writing every message that passes to disk would cost more
 //! than the rare restart that loses them (which only means a full resend;
 //! see the caveat on delivered records in docs/design.md). Entries expire
-//! after `ttl`; past `max_bytes` the least recently written go first.
+//! `ttl` after their last write; past `max_bytes` (bodies, keys and a
+//! per-entry overhead) the least recently written go first (see
+//! [`crate::bounded`]).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use straw_proto::partial::PartialStore;
+use tokio::time::Instant;
 
-#[derive(Debug)]
-struct Entry {
-    data: Vec<u8>,
-    written: Instant,
-    stamp: u64,
-}
+use crate::bounded::Bounded;
 
-#[derive(Debug, Default)]
-struct Inner {
-    map: HashMap<String, Entry>,
-    total: usize,
-    clock: u64,
+/// What an entry costs besides its body and key: its slot in the map by key
+/// and in the index by write order (with the key's second copy), and the
+/// allocators' rounding, as a round upper estimate.
+const ENTRY_OVERHEAD: usize = 192;
+
+/// What holding `body` bytes under `key` costs against the bound. (A body's
+/// spare capacity from growing is not counted: it is at most its length.)
+fn cost(key: &str, body: usize) -> u64 {
+    (body + 2 * key.len() + ENTRY_OVERHEAD) as u64
 }
 
 /// A bounded in-memory [`PartialStore`] whose entries expire.
 #[derive(Debug)]
 pub struct RelayStore {
-    max_bytes: usize,
-    ttl: Duration,
-    inner: Mutex<Inner>,
+    inner: Mutex<Bounded<Vec<u8>>>,
+}
+
+/// The clock of the expiry: tokio's, so that tests can pause it.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 impl RelayStore {
     pub fn new(max_bytes: usize, ttl: Duration) -> Self {
         Self {
-            max_bytes,
-            ttl,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Bounded::new(max_bytes as u64, Some(ttl))),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bounded<Vec<u8>>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What the entries cost against the bound: bodies, keys and overhead.
     pub fn total_bytes(&self) -> usize {
-        self.lock().total
+        self.lock().total_bytes() as usize
+    }
+
+    /// The body bytes held, over all entries.
+    pub fn body_bytes(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
     }
 
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Drops expired entries, then the oldest written until the total fits
-    /// (`keep` last).
-    fn trim(&self, ix: &mut Inner, keep: Option<&str>) {
-        let now = Instant::now();
-        let expired: Vec<String> = ix
-            .map
-            .iter()
-            .filter(|(_, e)| now.duration_since(e.written) > self.ttl)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in expired {
-            Self::drop_entry(ix, &k);
-        }
-        while ix.total > self.max_bytes {
-            let victim = ix
-                .map
-                .iter()
-                .filter(|(k, _)| Some(k.as_str()) != keep)
-                .min_by_key(|(_, e)| e.stamp)
-                .map(|(k, _)| k.clone())
-                .or_else(|| keep.map(str::to_owned));
-            let Some(k) = victim else { return };
-            Self::drop_entry(ix, &k);
-        }
-    }
-
-    fn drop_entry(ix: &mut Inner, key: &str) {
-        if let Some(e) = ix.map.remove(key) {
-            ix.total -= e.data.len();
-        }
+        self.lock().is_empty()
     }
 }
 
+// Evicted bodies are simply dropped: memory is all they hold.
 impl PartialStore for RelayStore {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
         let mut ix = self.lock();
-        self.trim(&mut ix, None);
-        ix.map.get(key).map(|e| e.data.clone())
+        ix.expire(now());
+        ix.get(key).cloned()
     }
 
     fn put(&self, key: &str, data: &[u8]) {
         let mut ix = self.lock();
-        Self::drop_entry(&mut ix, key);
-        ix.clock += 1;
-        let stamp = ix.clock;
-        ix.total += data.len();
-        ix.map.insert(
-            key.to_owned(),
-            Entry {
-                data: data.to_vec(),
-                written: Instant::now(),
-                stamp,
-            },
-        );
-        self.trim(&mut ix, Some(key));
+        let now = now();
+        ix.expire(now);
+        let _ = ix.insert(key, data.to_vec(), cost(key, data.len()), now);
     }
 
     fn append(&self, key: &str, data: &[u8]) {
         let mut ix = self.lock();
-        ix.clock += 1;
-        let stamp = ix.clock;
-        let Some(e) = ix.map.get_mut(key) else {
+        let now = now();
+        ix.expire(now);
+        let Some(body) = ix.get_mut(key) else {
             return;
         };
-        e.data.extend_from_slice(data);
-        e.written = Instant::now();
-        e.stamp = stamp;
-        ix.total += data.len();
-        self.trim(&mut ix, Some(key));
+        body.extend_from_slice(data);
+        ix.grow(key, data.len() as u64, now);
     }
 
     fn remove(&self, key: &str) {
-        Self::drop_entry(&mut self.lock(), key);
+        self.lock().remove(key);
     }
 
     fn any_with_prefix(&self, prefix: &str) -> bool {
-        self.lock().map.keys().any(|k| k.starts_with(prefix))
+        self.lock().any_with_prefix(prefix)
     }
 }
 
@@ -146,20 +110,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bounded_and_expiring() {
-        let s = RelayStore::new(1000, Duration::from_secs(3600));
+    fn bounded_with_keys_and_overhead_counted() {
+        let per = cost("a", 0) as usize;
+        let s = RelayStore::new(1000 + 2 * per, Duration::from_secs(3600));
         s.put("a", &[1; 400]);
         s.put("b", &[2; 400]);
+        assert_eq!(s.total_bytes(), 800 + 2 * per, "keys and overhead count");
+        assert_eq!(s.body_bytes(), 800);
         s.append("a", &[1; 10]);
         s.put("c", &[3; 400]);
         assert_eq!(s.get("b"), None, "least recently written goes first");
         assert_eq!(s.get("a").unwrap().len(), 410);
-        assert!(s.total_bytes() <= 1000);
+        assert!(s.total_bytes() <= 1000 + 2 * per);
         s.append("c", &[3; 2000]);
         assert_eq!(s.get("c"), None, "an entry alone past the bound goes too");
-        let s = RelayStore::new(1000, Duration::from_millis(20));
+        // Many small entries: the overhead alone reaches the bound.
+        let s = RelayStore::new(100 * per, Duration::from_secs(3600));
+        for i in 0..1000 {
+            s.put(&i.to_string(), b"");
+        }
+        assert!(s.total_bytes() <= 100 * per && s.len() >= 90, "{}", s.len());
+        assert_eq!(s.get("0"), None, "oldest first");
+        assert!(s.get("999").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_expire_after_the_ttl_since_their_last_write() {
+        let s = RelayStore::new(1 << 20, Duration::from_secs(60));
         s.put("a", b"x");
-        std::thread::sleep(Duration::from_millis(40));
+        s.put("b", b"y");
+        tokio::time::advance(Duration::from_secs(40)).await;
+        s.append("a", b"x");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(s.get("b"), None, "expired");
+        assert_eq!(s.get("a").unwrap(), b"xx", "written again 30 s ago");
+        tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(s.get("a"), None, "expired");
         assert!(s.is_empty());
     }

@@ -9,57 +9,33 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
+use straw_tools::linksim::LinkParams;
 use straw::tunnel::TunnelStats;
-use straw_tools::linksim::{Link, LinkParams, bind_listener, serve};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A Dovecot-like POP3 server with one mailbox of three messages.
 async fn pop3_server() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let _ = w.write_all(b"+OK Dovecot ready.\r\n").await;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let verb = line
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_ascii_uppercase();
-                    if verb == "RETR" {
-                        let n = line.split_whitespace().nth(1).unwrap_or("1").to_owned();
-                        if w.write_all(&message(&n)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    let reply: &[u8] = match verb.as_str() {
-                        "STAT" => b"+OK 3 4521\r\n",
-                        "UIDL" => {
-                            b"+OK\r\n1 000001a4f3c2\r\n2 000001a4f3c3\r\n3 000001a4f3c4\r\n.\r\n"
-                        }
-                        "LIST" => b"+OK 3 messages\r\n1 1507\r\n2 1507\r\n3 1507\r\n.\r\n",
-                        "PASS" => b"+OK Logged in.\r\n",
-                        "QUIT" => b"+OK Logging out.\r\n",
-                        _ => b"+OK\r\n",
-                    };
-                    if w.write_all(reply).await.is_err() || verb == "QUIT" {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    line_server(|| (b"+OK Dovecot ready.\r\n".to_vec(), pop3_answer)).await
+}
+
+fn pop3_answer(line: &str) -> (Vec<u8>, bool) {
+    let verb = verb(line);
+    if verb == "RETR" {
+        return (
+            message(line.split_whitespace().nth(1).unwrap_or("1")),
+            false,
+        );
+    }
+    let reply: &[u8] = match verb.as_str() {
+        "STAT" => b"+OK 3 4521\r\n",
+        "UIDL" => b"+OK\r\n1 000001a4f3c2\r\n2 000001a4f3c3\r\n3 000001a4f3c4\r\n.\r\n",
+        "LIST" => b"+OK 3 messages\r\n1 1507\r\n2 1507\r\n3 1507\r\n.\r\n",
+        "PASS" => b"+OK Logged in.\r\n",
+        "QUIT" => b"+OK Logging out.\r\n",
+        _ => b"+OK\r\n",
+    };
+    (reply.to_vec(), verb == "QUIT")
 }
 
 /// A RETR reply: a typical small mail, different per message number.
@@ -121,10 +97,10 @@ async fn idle_hangup_then_redial_resumes_warm() {
     let keys = make_keys("dial");
     let server_addr = free_port();
     let local = free_port();
-    let link = Link::new(LinkParams::new(64_000, Duration::from_millis(100)));
-    let linksim = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-    let linksim_addr = linksim.local_addr().unwrap();
-    tokio::spawn(serve(linksim, server_addr, link.clone()));
+    let (link, linksim_addr) = linksim_to(
+        server_addr,
+        LinkParams::new(64_000, Duration::from_millis(100)),
+    );
     let scfg = server_config_proto(&keys, server_addr, upstream, "pop3");
     let hook_log = keys.dir.join("hooks.log");
     let ccfg = client_config_proto(
@@ -148,7 +124,8 @@ async fn idle_hangup_then_redial_resumes_warm() {
     tokio::spawn(async move {
         let _ = straw::client::run_with_stats(ccfg, st).await;
     });
-    // No port probe: a connection would dial.
+    // No port probe: a connection would dial. What must not happen has no
+    // event to wait for, so this is a window of real time.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         stats.dials.load(Ordering::Relaxed),
@@ -156,15 +133,21 @@ async fn idle_hangup_then_redial_resumes_warm() {
         "dialled with nothing to carry"
     );
 
+    // Real time, not paused: the dial and hang-up hooks are child processes,
+    // which paused time would not wait for (it would jump to the timeouts).
+    let hooks = || std::fs::read_to_string(&hook_log).unwrap_or_default();
     let link_bytes = || common::link_bytes(&link);
     check(local, 1).await;
     let first = link_bytes();
     // Two minutes idle in the brief; the hang-up comes after 1 s here.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until("the first hang-up", || hooks() == "dial\nhangup\n").await;
     assert_eq!(stats.dials.load(Ordering::Relaxed), 1);
     check(local, 2).await;
     let second = link_bytes() - first;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until("the second hang-up", || {
+        hooks() == "dial\nhangup\ndial\nhangup\n"
+    })
+    .await;
 
     let dials = stats.dials.load(Ordering::Relaxed);
     let resumes = stats.resumes.load(Ordering::Relaxed);
@@ -174,6 +157,5 @@ async fn idle_hangup_then_redial_resumes_warm() {
     assert_eq!(dials, 2, "exactly two dial-ups");
     assert_eq!(resumes, 1, "the second dial resumed the parked session");
     assert!(second < first, "second dial {second} B vs first {first} B");
-    let hooks = std::fs::read_to_string(&hook_log).unwrap();
-    assert_eq!(hooks, "dial\nhangup\ndial\nhangup\n");
+    assert_eq!(hooks(), "dial\nhangup\ndial\nhangup\n");
 }

@@ -10,35 +10,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const OLD: &str = "* OK [CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN] ready\r\n";
 const NEW: &str = "* OK [CAPABILITY IMAP4rev1 IDLE MOVE AUTH=PLAIN] ready\r\n";
 
 /// Greets with OLD until `upgraded` is set, then with NEW; answers NOOP.
 async fn changing_server(upgraded: Arc<AtomicBool>) -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let new = upgraded.load(Ordering::SeqCst);
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let greeting = if new { NEW } else { OLD };
-                w.write_all(greeting.as_bytes()).await.unwrap();
-                let mut lines = BufReader::new(r).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let tag = line.split(' ').next().unwrap_or("*").to_owned();
-                    let reply = format!("{tag} OK done\r\n");
-                    if w.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    line_server(move || {
+        let greeting = if upgraded.load(Ordering::SeqCst) {
+            NEW
+        } else {
+            OLD
+        };
+        let answer = |line: &str| {
+            let tag = line.split(' ').next().unwrap_or("*");
+            (format!("{tag} OK done\r\n").into_bytes(), false)
+        };
+        (greeting.as_bytes().to_vec(), answer)
+    })
+    .await
 }
 
 /// Connects, reads the greeting, sends a NOOP; returns what the program saw.
@@ -70,7 +62,7 @@ async fn session(local: std::net::SocketAddr) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn changed_greeting_is_detected_reported_and_healed() {
     let upgraded = Arc::new(AtomicBool::new(false));
     let upstream = changing_server(upgraded.clone()).await;

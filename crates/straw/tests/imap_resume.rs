@@ -8,14 +8,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::*;
-use straw_tools::linksim::Link;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 
 /// A ~300 KB MIME mail with a random "PNG" and a base64 text attachment.
 fn big_mail(variant: u8) -> Vec<u8> {
@@ -62,68 +57,25 @@ fn answer(line: &str, big: &[u8]) -> Option<Vec<u8>> {
 
 /// An IMAP server with one big message (UID 11, sequence number 2).
 async fn fake_imap(big: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let big = big.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let _ = w.write_all(GREETING).await;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let msg = big.lock().unwrap().clone();
-                    let Some(reply) = answer(&line, &msg) else {
-                        let tag = line.split(' ').next().unwrap_or("*");
-                        let bye = format!("* BYE Logging out\r\n{tag} OK Logout completed.\r\n");
-                        let _ = w.write_all(bye.as_bytes()).await;
-                        return;
-                    };
-                    if w.write_all(&reply).await.is_err() {
-                        return;
-                    }
+    line_server(move || {
+        let big = big.clone();
+        let reply = move |line: &str| {
+            let msg = big.lock().unwrap().clone();
+            match answer(line, &msg) {
+                Some(reply) => (reply, false),
+                None => {
+                    let tag = line.split(' ').next().unwrap_or("*");
+                    let bye = format!("* BYE Logging out\r\n{tag} OK Logout completed.\r\n");
+                    (bye.into_bytes(), true)
                 }
-            });
-        }
-    });
-    addr
+            }
+        };
+        (GREETING.to_vec(), reply)
+    })
+    .await
 }
 
-struct Setup {
-    keys: Keys,
-    link: Arc<Link>,
-    linksim: SocketAddr,
-    partial_dir: PathBuf,
-}
-
-/// Server (grace 1 s) behind a 1 Mbit/s linksim that refuses reconnects
-/// for 2 s after a cut.
-async fn setup(name: &str, upstream: SocketAddr) -> Setup {
-    init_tracing();
-    let keys = make_keys(name);
-    let server_addr = free_port();
-    let (link, linksim) = cutting_link(server_addr, Duration::from_secs(2));
-    let mut scfg = server_config_proto(&keys, server_addr, upstream, "imap");
-    scfg.session.resume_grace_secs = 1;
-    tokio::spawn(async move {
-        let _ = straw::server::run(scfg).await;
-    });
-    wait_for_port(server_addr).await;
-    let partial_dir = keys.dir.join("partial");
-    Setup {
-        keys,
-        link,
-        linksim,
-        partial_dir,
-    }
-}
-
-async fn client(s: &Setup) -> Client {
+async fn client(s: &CutSetup) -> Client {
     let extra = resume_client_extra(&s.partial_dir, "");
     spawn_client(&s.keys, s.linksim, "imap", &extra).await
 }
@@ -138,42 +90,6 @@ const SEQ_SESSION: &[u8] =
 
 async fn fetch(local: SocketAddr) -> Vec<u8> {
     fetch_session(local, SESSION).await
-}
-
-async fn fetch_session(local: SocketAddr, session: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(local).await.unwrap();
-    s.write_all(session).await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
-        .await
-        .expect("fetch took over 30 s")
-        .unwrap();
-    got
-}
-
-/// The same session, the link cut once the program has `cut_at` bytes.
-async fn fetch_cut(local: SocketAddr, link: &Link, cut_at: usize, session: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(local).await.unwrap();
-    s.write_all(session).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    let mut cut = false;
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
-            .await
-            .expect("connection neither moved nor closed for 20 s")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-        if !cut && got.len() >= cut_at {
-            link.cut_all();
-            cut = true;
-        }
-    }
-    assert!(cut, "the fetch ended before the cut point");
-    got
 }
 
 /// What the program gets for [`SESSION`] straight from the fake server.
@@ -192,40 +108,15 @@ fn expected_session(mail: &[u8], session: &[u8]) -> Vec<u8> {
     e
 }
 
-async fn wait_dials(c: &Client, n: u64) {
-    for _ in 0..400 {
-        if c.stats.dials.load(std::sync::atomic::Ordering::Relaxed) >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("client never redialled");
-}
-
-fn partial_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "part")
-            })
-            .count()
-        })
-        .unwrap_or(0)
-}
-
 /// Cut mid-literal; grace expires; the connection closes without the
 /// FETCH's tagged reply. Returns the literal bytes the program got.
-async fn first_attempt(c: &Client, s: &Setup, mail: &[u8], cut_frac: f64) -> usize {
+async fn first_attempt(c: &Client, s: &CutSetup, mail: &[u8], cut_frac: f64) -> usize {
     first_attempt_session(c, s, mail, cut_frac, SESSION).await
 }
 
 async fn first_attempt_session(
     c: &Client,
-    s: &Setup,
+    s: &CutSetup,
     mail: &[u8],
     cut_frac: f64,
     session: &[u8],
@@ -251,7 +142,7 @@ async fn first_attempt_session(
 
 async fn clean_wire(name: &str, mail: &[u8]) -> u64 {
     let upstream = fake_imap(Arc::new(Mutex::new(mail.to_vec()))).await;
-    let s = setup(name, upstream).await;
+    let s = cut_setup(name, upstream, "imap").await;
     let c = client(&s).await;
     let before = link_bytes(&s.link);
     assert!(
@@ -263,18 +154,19 @@ async fn clean_wire(name: &str, mail: &[u8]) -> u64 {
     link_bytes(&s.link) - before
 }
 
+// Real time: under paused time the resumed fetch hangs (reported, not yet understood).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imap_uid_fetch_after_grace_expiry_fetches_only_the_rest() {
     let mail = big_mail(0);
     let full_wire = clean_wire("imapres-clean", &mail).await;
     let upstream = fake_imap(Arc::new(Mutex::new(mail.clone()))).await;
-    let s = setup("imapres-grace", upstream).await;
+    let s = cut_setup("imapres-grace", upstream, "imap").await;
     let c = client(&s).await;
 
     let before = link_bytes(&s.link);
     let kept = first_attempt(&c, &s, &mail, 0.4).await;
     let first_wire = link_bytes(&s.link) - before;
-    wait_dials(&c, 2).await;
+    wait_dials(&c.stats, 2).await;
 
     let before = link_bytes(&s.link);
     let got = fetch(c.local).await;
@@ -301,19 +193,20 @@ async fn imap_uid_fetch_after_grace_expiry_fetches_only_the_rest() {
     );
 }
 
+// Real time: under paused time the resumed fetch hangs (reported, not yet understood).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imap_changed_message_is_fetched_whole_and_exact() {
     let changed = big_mail(2);
     let clean = clean_wire("imapres-changed-clean", &changed).await;
     let shared = Arc::new(Mutex::new(big_mail(1)));
     let upstream = fake_imap(shared.clone()).await;
-    let s = setup("imapres-changed", upstream).await;
+    let s = cut_setup("imapres-changed", upstream, "imap").await;
     let c = client(&s).await;
     first_attempt(&c, &s, &big_mail(1), 0.4).await;
     // Same UIDVALIDITY and UID, different bytes: a broken server, but the
     // hash check must still give the program the real ones.
     *shared.lock().unwrap() = changed.clone();
-    wait_dials(&c, 2).await;
+    wait_dials(&c.stats, 2).await;
     let before = link_bytes(&s.link);
     let got = fetch(c.local).await;
     let wire = link_bytes(&s.link) - before;
@@ -323,14 +216,15 @@ async fn imap_changed_message_is_fetched_whole_and_exact() {
     assert_eq!(partial_files(&s.partial_dir), 0);
 }
 
+// Real time: under paused time the resumed fetch hangs (reported, not yet understood).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imap_fetch_by_number_resumes_with_the_client_sides_uid_lookup() {
     let mail = big_mail(3);
     let upstream = fake_imap(Arc::new(Mutex::new(mail.clone()))).await;
-    let s = setup("imapres-seq", upstream).await;
+    let s = cut_setup("imapres-seq", upstream, "imap").await;
     let c = client(&s).await;
     let kept = first_attempt_session(&c, &s, &mail, 0.3, SEQ_SESSION).await;
-    wait_dials(&c, 2).await;
+    wait_dials(&c.stats, 2).await;
     let before = link_bytes(&s.link);
     let got = fetch_session(c.local, SEQ_SESSION).await;
     let second_wire = link_bytes(&s.link) - before;

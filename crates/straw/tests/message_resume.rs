@@ -7,14 +7,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use straw_tools::linksim::Link;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 
 /// A ~300 KB MIME mail with a random "PNG" and a base64 text attachment,
 /// like bob's attachment mail in the real peers.
@@ -28,94 +24,45 @@ fn big_mail(variant: u8) -> Vec<u8> {
 
 /// A POP3 server with one mailbox of two messages; message 2 is `big`.
 async fn fake_pop3(big: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let big = big.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let _ = w.write_all(b"+OK fake POP3 ready\r\n").await;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let msgs = [
-                        b"Subject: small\r\n\r\nhi\r\n".to_vec(),
-                        big.lock().unwrap().clone(),
-                    ];
-                    let mut words = line.split_whitespace();
-                    let verb = words.next().unwrap_or("").to_ascii_uppercase();
-                    let n = words.next().and_then(|n| n.parse::<usize>().ok());
-                    let reply: Vec<u8> = match (verb.as_str(), n) {
-                        ("STAT", _) => {
-                            format!("+OK 2 {}\r\n", msgs[0].len() + msgs[1].len()).into()
-                        }
-                        ("UIDL", None) => b"+OK\r\n1 uid-small\r\n2 uid-big\r\n.\r\n".to_vec(),
-                        ("UIDL", Some(n @ 1..=2)) => {
-                            format!("+OK {n} uid-{}\r\n", ["small", "big"][n - 1]).into()
-                        }
-                        ("LIST", None) => {
-                            format!("+OK\r\n1 {}\r\n2 {}\r\n.\r\n", msgs[0].len(), msgs[1].len())
-                                .into()
-                        }
-                        ("RETR", Some(n @ 1..=2)) => {
-                            let m = &msgs[n - 1];
-                            let mut o = format!("+OK {} octets\r\n", m.len()).into_bytes();
-                            o.extend(dot_stuffed(m));
-                            o
-                        }
-                        ("QUIT", _) => {
-                            let _ = w.write_all(b"+OK bye\r\n").await;
-                            return;
-                        }
-                        ("USER" | "PASS" | "NOOP", _) => b"+OK\r\n".to_vec(),
-                        _ => b"-ERR unknown command\r\n".to_vec(),
-                    };
-                    if w.write_all(&reply).await.is_err() {
-                        return;
-                    }
+    line_server(move || {
+        let big = big.clone();
+        let answer = move |line: &str| {
+            let msgs = [
+                b"Subject: small\r\n\r\nhi\r\n".to_vec(),
+                big.lock().unwrap().clone(),
+            ];
+            let n = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<usize>().ok());
+            let reply: Vec<u8> = match (verb(line).as_str(), n) {
+                ("STAT", _) => format!("+OK 2 {}\r\n", msgs[0].len() + msgs[1].len()).into(),
+                ("UIDL", None) => b"+OK\r\n1 uid-small\r\n2 uid-big\r\n.\r\n".to_vec(),
+                ("UIDL", Some(n @ 1..=2)) => {
+                    format!("+OK {n} uid-{}\r\n", ["small", "big"][n - 1]).into()
                 }
-            });
-        }
-    });
-    addr
-}
-
-struct Setup {
-    keys: Keys,
-    link: Arc<Link>,
-    linksim: SocketAddr,
-    partial_dir: PathBuf,
-}
-
-/// Server (grace 1 s) behind a 1 Mbit/s linksim that refuses reconnects
-/// for 2 s after a cut.
-async fn setup(name: &str, upstream: SocketAddr) -> Setup {
-    init_tracing();
-    let keys = make_keys(name);
-    let server_addr = free_port();
-    let (link, linksim) = cutting_link(server_addr, Duration::from_secs(2));
-    let mut scfg = server_config_proto(&keys, server_addr, upstream, "pop3");
-    scfg.session.resume_grace_secs = 1;
-    tokio::spawn(async move {
-        let _ = straw::server::run(scfg).await;
-    });
-    wait_for_port(server_addr).await;
-    let partial_dir = keys.dir.join("partial");
-    Setup {
-        keys,
-        link,
-        linksim,
-        partial_dir,
-    }
+                ("LIST", None) => {
+                    format!("+OK\r\n1 {}\r\n2 {}\r\n.\r\n", msgs[0].len(), msgs[1].len()).into()
+                }
+                ("RETR", Some(n @ 1..=2)) => {
+                    let m = &msgs[n - 1];
+                    let mut o = format!("+OK {} octets\r\n", m.len()).into_bytes();
+                    o.extend(dot_stuffed(m));
+                    o
+                }
+                ("QUIT", _) => return (b"+OK bye\r\n".to_vec(), true),
+                ("USER" | "PASS" | "NOOP", _) => b"+OK\r\n".to_vec(),
+                _ => b"-ERR unknown command\r\n".to_vec(),
+            };
+            (reply, false)
+        };
+        (b"+OK fake POP3 ready\r\n".to_vec(), answer)
+    })
+    .await
 }
 
 /// A straw client instance with its own listener and the shared partial dir.
-async fn client(s: &Setup, max_bytes: u64) -> Client {
+async fn client(s: &CutSetup, max_bytes: u64) -> Client {
     let extra = resume_client_extra(&s.partial_dir, &format!("max_bytes = {max_bytes}\n"));
     spawn_client(&s.keys, s.linksim, "pop3", &extra).await
 }
@@ -124,40 +71,7 @@ const SESSION: &[u8] = b"USER bob\r\nPASS pw\r\nRETR 2\r\nQUIT\r\n";
 
 /// A whole session: login, `RETR 2`, QUIT; everything the program got.
 async fn fetch(local: SocketAddr) -> Vec<u8> {
-    let mut s = TcpStream::connect(local).await.unwrap();
-    s.write_all(SESSION).await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
-        .await
-        .expect("fetch took over 30 s")
-        .unwrap();
-    got
-}
-
-/// The same session, with the link cut once the program has `cut_at`
-/// bytes; returns what it got before its connection closed.
-async fn fetch_cut(local: SocketAddr, link: &Link, cut_at: usize) -> Vec<u8> {
-    let mut s = TcpStream::connect(local).await.unwrap();
-    s.write_all(SESSION).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    let mut cut = false;
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
-            .await
-            .expect("connection neither moved nor closed for 20 s")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-        if !cut && got.len() >= cut_at {
-            link.cut_all();
-            cut = true;
-        }
-    }
-    assert!(cut, "the fetch ended before the cut point");
-    got
+    fetch_session(local, SESSION).await
 }
 
 /// The program's bytes for [`SESSION`] straight from the fake server.
@@ -171,37 +85,10 @@ fn expected(mail: &[u8]) -> Vec<u8> {
     e
 }
 
-/// Waits for the client to have dialled `n` links (the session after a
-/// given-up one), so that the next fetch doesn't race the redial.
-async fn wait_dials(c: &Client, n: u64) {
-    for _ in 0..400 {
-        if c.stats.dials.load(std::sync::atomic::Ordering::Relaxed) >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("client never redialled");
-}
-
-fn partial_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "part")
-            })
-            .count()
-        })
-        .unwrap_or(0)
-}
-
 /// First attempt: cut mid-message; grace expires; the connection closes
 /// without the terminating dot. Returns (body bytes the program got, body
 /// wire length).
-async fn first_attempt(c: &Client, s: &Setup, mail: &[u8], cut_frac: f64) -> (usize, usize) {
+async fn first_attempt(c: &Client, s: &CutSetup, mail: &[u8], cut_frac: f64) -> (usize, usize) {
     let full = expected(mail);
     let body_at = full.windows(8).position(|w| w == b"octets\r\n").unwrap() + 8;
     let body_len = dot_stuffed(mail).len();
@@ -209,6 +96,7 @@ async fn first_attempt(c: &Client, s: &Setup, mail: &[u8], cut_frac: f64) -> (us
         c.local,
         &s.link,
         body_at + (body_len as f64 * cut_frac) as usize,
+        SESSION,
     )
     .await;
     assert!(
@@ -235,7 +123,7 @@ async fn first_attempt(c: &Client, s: &Setup, mail: &[u8], cut_frac: f64) -> (us
 /// on the same session would compress against the earlier one).
 async fn clean_wire(name: &str, mail: &[u8]) -> u64 {
     let upstream = fake_pop3(Arc::new(Mutex::new(mail.to_vec()))).await;
-    let s = setup(name, upstream).await;
+    let s = cut_setup(name, upstream, "pop3").await;
     let c = client(&s, 64 << 20).await;
     let before = link_bytes(&s.link);
     assert!(
@@ -247,18 +135,18 @@ async fn clean_wire(name: &str, mail: &[u8]) -> u64 {
     link_bytes(&s.link) - before
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn pop3_retr_after_grace_expiry_fetches_only_the_rest() {
     let mail = big_mail(0);
     let full_wire = clean_wire("mresume-grace-clean", &mail).await;
     let upstream = fake_pop3(Arc::new(Mutex::new(mail.clone()))).await;
-    let s = setup("mresume-grace", upstream).await;
+    let s = cut_setup("mresume-grace", upstream, "pop3").await;
     let c = client(&s, 64 << 20).await;
 
     let before = link_bytes(&s.link);
     let (kept, body_len) = first_attempt(&c, &s, &mail, 0.4).await;
     let first_wire = link_bytes(&s.link) - before;
-    wait_dials(&c, 2).await;
+    wait_dials(&c.stats, 2).await;
 
     let before = link_bytes(&s.link);
     let got = fetch(c.local).await;
@@ -290,11 +178,11 @@ async fn pop3_retr_after_grace_expiry_fetches_only_the_rest() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn pop3_partial_survives_a_client_restart() {
     let mail = big_mail(1);
     let upstream = fake_pop3(Arc::new(Mutex::new(mail.clone()))).await;
-    let s = setup("mresume-restart", upstream).await;
+    let s = cut_setup("mresume-restart", upstream, "pop3").await;
     let c = client(&s, 64 << 20).await;
     let (kept, body_len) = first_attempt(&c, &s, &mail, 0.5).await;
     c.task.abort();
@@ -304,7 +192,7 @@ async fn pop3_partial_survives_a_client_restart() {
     }
     // A fresh instance finds the partial file and uses it.
     let c2 = client(&s, 64 << 20).await;
-    wait_dials(&c2, 1).await;
+    wait_dials(&c2.stats, 1).await;
     let before = link_bytes(&s.link);
     let got = fetch(c2.local).await;
     let second_wire = link_bytes(&s.link) - before;
@@ -321,22 +209,22 @@ async fn pop3_partial_survives_a_client_restart() {
     assert_eq!(partial_files(&s.partial_dir), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn pop3_changed_message_is_fetched_whole_and_exact() {
     let changed = big_mail(3);
     let clean = clean_wire("mresume-changed-clean", &changed).await;
     let shared = Arc::new(Mutex::new(big_mail(2)));
     let upstream = fake_pop3(shared.clone()).await;
-    let s = setup("mresume-changed", upstream).await;
+    let s = cut_setup("mresume-changed", upstream, "pop3").await;
     let c = client(&s, 64 << 20).await;
     first_attempt(&c, &s, &big_mail(2), 0.4).await;
     // Same UIDL, different bytes (a server that rewrote the message).
     *shared.lock().unwrap() = changed.clone();
-    wait_dials(&c, 1).await;
+    wait_dials(&c.stats, 1).await;
     while s.link.is_refusing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    wait_dials(&c, 2).await;
+    wait_dials(&c.stats, 2).await;
     let before = link_bytes(&s.link);
     let got = fetch(c.local).await;
     let wire = link_bytes(&s.link) - before;
@@ -346,18 +234,18 @@ async fn pop3_changed_message_is_fetched_whole_and_exact() {
     assert_eq!(partial_files(&s.partial_dir), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn pop3_partial_store_over_its_bound_keeps_nothing_and_refetches_exactly() {
     let mail = big_mail(4);
     let upstream = fake_pop3(Arc::new(Mutex::new(mail.clone()))).await;
-    let s = setup("mresume-bound", upstream).await;
+    let s = cut_setup("mresume-bound", upstream, "pop3").await;
     // 64 KiB bound: the 40% of a 300 KB body the cut leaves doesn't fit.
     let c = client(&s, 64 * 1024).await;
     let full = expected(&mail);
     let body_at = full.windows(8).position(|w| w == b"octets\r\n").unwrap() + 8;
-    let got = fetch_cut(c.local, &s.link, body_at + 120_000).await;
+    let got = fetch_cut(c.local, &s.link, body_at + 120_000, SESSION).await;
     assert!(full.starts_with(&got) && got.len() > body_at + 100_000);
     assert_eq!(partial_files(&s.partial_dir), 0, "evicted past the bound");
-    wait_dials(&c, 2).await;
+    wait_dials(&c.stats, 2).await;
     assert!(fetch(c.local).await == full, "refetch not byte-exact");
 }

@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use straw_tools::linksim::{Link, LinkParams, bind_listener, serve};
+use straw_tools::linksim::LinkParams;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const MESSAGES: usize = 16;
 
@@ -64,41 +64,27 @@ fn uidl_reply() -> Vec<u8> {
 }
 
 async fn pop3_server() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let _ = w.write_all(b"+OK ready.\r\n").await;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut words = line.split_whitespace();
-                    let verb = words.next().unwrap_or("").to_ascii_uppercase();
-                    let n: usize = words.next().and_then(|a| a.parse().ok()).unwrap_or(0);
-                    let reply = match verb.as_str() {
-                        "RETR" if (1..=MESSAGES).contains(&n) => retr_reply(n),
-                        "RETR" => b"-ERR no such message\r\n".to_vec(),
-                        "STAT" => format!("+OK {MESSAGES} 99999\r\n").into_bytes(),
-                        "LIST" => list_reply(),
-                        "UIDL" => uidl_reply(),
-                        "PASS" => b"+OK Logged in.\r\n".to_vec(),
-                        "QUIT" => b"+OK Logging out.\r\n".to_vec(),
-                        _ => b"+OK\r\n".to_vec(),
-                    };
-                    if w.write_all(&reply).await.is_err() || verb == "QUIT" {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    line_server(|| (b"+OK ready.\r\n".to_vec(), pop3_answer)).await
+}
+
+fn pop3_answer(line: &str) -> (Vec<u8>, bool) {
+    let verb = verb(line);
+    let n: usize = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    let reply = match verb.as_str() {
+        "RETR" if (1..=MESSAGES).contains(&n) => retr_reply(n),
+        "RETR" => b"-ERR no such message\r\n".to_vec(),
+        "STAT" => format!("+OK {MESSAGES} 99999\r\n").into_bytes(),
+        "LIST" => list_reply(),
+        "UIDL" => uidl_reply(),
+        "PASS" => b"+OK Logged in.\r\n".to_vec(),
+        "QUIT" => b"+OK Logging out.\r\n".to_vec(),
+        _ => b"+OK\r\n".to_vec(),
+    };
+    (reply, verb == "QUIT")
 }
 
 /// A lockstep program: USER, PASS, STAT, LIST, RETR 1..=last, QUIT, with a
@@ -158,7 +144,7 @@ fn expected(last: usize) -> Vec<u8> {
     e
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn pop3_retr_prefetch_is_byte_exact_through_the_driver() {
     init_tracing();
     let upstream = pop3_server().await;
@@ -166,10 +152,10 @@ async fn pop3_retr_prefetch_is_byte_exact_through_the_driver() {
     let server_addr = free_port();
     // Each ~6 KB reply takes longer to cross than a round trip: the next
     // one, asked with it, is on its way when the program asks.
-    let link = Link::new(LinkParams::new(400_000, Duration::from_millis(15)));
-    let linksim = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-    let linksim_addr = linksim.local_addr().unwrap();
-    tokio::spawn(serve(linksim, server_addr, link.clone()));
+    let (_link, linksim_addr) = linksim_to(
+        server_addr,
+        LinkParams::new(400_000, Duration::from_millis(15)),
+    );
     let scfg = server_config_proto(&keys, server_addr, upstream, "pop3");
     tokio::spawn(async move {
         if let Err(e) = straw::server::run(scfg).await {

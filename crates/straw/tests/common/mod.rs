@@ -9,7 +9,7 @@ use std::time::Duration;
 use straw::config::{ClientConfig, ServerConfig};
 use straw::link::keys;
 use straw::tunnel::TunnelStats;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 pub fn free_port() -> SocketAddr {
@@ -59,14 +59,28 @@ pub fn server_config_proto(
     upstream: SocketAddr,
     protocol: &str,
 ) -> ServerConfig {
+    server_config_services(keys, listen, &[("test", upstream, protocol)])
+}
+
+/// A server config with the given services: (name, upstream, protocol).
+pub fn server_config_services(
+    keys: &Keys,
+    listen: SocketAddr,
+    services: &[(&str, SocketAddr, &str)],
+) -> ServerConfig {
+    let services: String = services
+        .iter()
+        .map(|(name, upstream, protocol)| {
+            format!("{name} = {{ upstream = \"{upstream}\", protocol = \"{protocol}\" }}\n")
+        })
+        .collect();
     let text = format!(
         r#"
 listen = "{listen}"
 private_key = "server.key"
 authorized_keys = "authorized_clients"
 [services]
-test = {{ upstream = "{upstream}", protocol = "{protocol}" }}
-"#
+{services}"#
     );
     let path = keys.dir.join("server.toml");
     std::fs::write(&path, text).unwrap();
@@ -133,6 +147,52 @@ pub async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// A scripted line server standing in for an upstream. For each connection
+/// `connect` gives the greeting and the connection's answerer, which is
+/// handed every line the client sends (line end included) and returns the
+/// reply and whether to hang up after it. A connection also ends when the
+/// client closes it or a write fails.
+pub async fn line_server<C, A>(mut connect: C) -> SocketAddr
+where
+    C: FnMut() -> (Vec<u8>, A) + Send + 'static,
+    A: FnMut(&str) -> (Vec<u8>, bool) + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (greeting, mut answer) = connect();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                if w.write_all(&greeting).await.is_err() {
+                    return;
+                }
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let (reply, hang_up) = answer(&line);
+                    if w.write_all(&reply).await.is_err() || hang_up {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The first word of a command line, upper-cased (a POP3 or SMTP verb).
+pub fn verb(line: &str) -> String {
+    line.split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase()
+}
+
 pub struct Running {
     pub local: SocketAddr,
     pub server_addr: SocketAddr,
@@ -173,13 +233,7 @@ pub async fn start_full(
     protocol: &str,
     client_extra: &str,
 ) -> Running {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let keys = make_keys(name);
     let local = free_port();
     let scfg = server_config_proto(&keys, server_addr, upstream, protocol);
@@ -230,6 +284,17 @@ pub async fn wait_for_port(addr: SocketAddr) {
     panic!("{addr} never came up");
 }
 
+/// Polls `ok` until it holds; panics after 10 s (of tokio time).
+pub async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
@@ -273,20 +338,29 @@ pub fn link_bytes(link: &straw_tools::linksim::Link) -> u64 {
     s.up.bytes + s.down.bytes
 }
 
+/// A linksim to `server` on a free port; returns the link and the address
+/// to dial.
+pub fn linksim_to(
+    server: SocketAddr,
+    params: straw_tools::linksim::LinkParams,
+) -> (Arc<straw_tools::linksim::Link>, SocketAddr) {
+    use straw_tools::linksim::{Link, bind_listener, serve};
+    let link = Link::new(params);
+    let l = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(serve(l, server, link.clone()));
+    (link, addr)
+}
+
 /// A 1 Mbit/s, 5 ms linksim to `server` that refuses reconnects for
 /// `refuse` after a cut; returns the link and the address to dial.
 pub fn cutting_link(
     server: SocketAddr,
     refuse: Duration,
 ) -> (Arc<straw_tools::linksim::Link>, SocketAddr) {
-    use straw_tools::linksim::{Link, LinkParams, bind_listener, serve};
-    let mut params = LinkParams::new(1_000_000, Duration::from_millis(5));
+    let mut params = straw_tools::linksim::LinkParams::new(1_000_000, Duration::from_millis(5));
     params.faults.refuse_for = Some(refuse);
-    let link = Link::new(params);
-    let l = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(serve(l, server, link.clone()));
-    (link, addr)
+    linksim_to(server, params)
 }
 
 /// Client settings of the message-resume tests: a 1 s grace period, quick
@@ -296,6 +370,107 @@ pub fn resume_client_extra(dir: &std::path::Path, partial_more: &str) -> String 
     format!(
         "[session]\nresume_grace_secs = 1\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n[partial]\ndir = {dir:?}\n{partial_more}"
     )
+}
+
+/// A server (grace 1 s, one `protocol` service to `upstream`) behind a
+/// [`cutting_link`] that refuses reconnects for 2 s after a cut, and the
+/// partial dir its clients share: the message-resume tests' setting.
+pub struct CutSetup {
+    pub keys: Keys,
+    pub link: Arc<straw_tools::linksim::Link>,
+    pub linksim: SocketAddr,
+    pub partial_dir: PathBuf,
+}
+
+pub async fn cut_setup(name: &str, upstream: SocketAddr, protocol: &str) -> CutSetup {
+    init_tracing();
+    let keys = make_keys(name);
+    let server_addr = free_port();
+    let (link, linksim) = cutting_link(server_addr, Duration::from_secs(2));
+    let mut scfg = server_config_proto(&keys, server_addr, upstream, protocol);
+    scfg.session.resume_grace_secs = 1;
+    tokio::spawn(async move {
+        let _ = straw::server::run(scfg).await;
+    });
+    wait_for_port(server_addr).await;
+    let partial_dir = keys.dir.join("partial");
+    CutSetup {
+        keys,
+        link,
+        linksim,
+        partial_dir,
+    }
+}
+
+/// A program's pipelined `session`; everything it got until the close.
+pub async fn fetch_session(local: SocketAddr, session: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(local).await.unwrap();
+    s.write_all(session).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+        .await
+        .expect("fetch took over 30 s")
+        .unwrap();
+    got
+}
+
+/// The same session, with the link cut once the program has `cut_at`
+/// bytes; returns what it got before its connection closed.
+pub async fn fetch_cut(
+    local: SocketAddr,
+    link: &straw_tools::linksim::Link,
+    cut_at: usize,
+    session: &[u8],
+) -> Vec<u8> {
+    let mut s = TcpStream::connect(local).await.unwrap();
+    s.write_all(session).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let mut cut = false;
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .expect("connection neither moved nor closed for 20 s")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if !cut && got.len() >= cut_at {
+            link.cut_all();
+            cut = true;
+        }
+    }
+    assert!(cut, "the fetch ended before the cut point");
+    got
+}
+
+/// Waits for a client to have dialled `n` links (the session after a
+/// given-up one), so that the next fetch doesn't race the redial.
+pub async fn wait_dials(stats: &TunnelStats, n: u64) {
+    for _ in 0..400 {
+        if stats.dials.load(std::sync::atomic::Ordering::Relaxed) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("client never redialled");
+}
+
+/// The partial files in `dir`.
+pub fn partial_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "part")
+            })
+            .count()
+        })
+        .unwrap_or(0)
 }
 
 /// A `straw client` running in this process.
