@@ -6,12 +6,16 @@
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 //! - [`linksim`]: the satellite-link emulator used by tests and benchmarks.
 
+#![deny(unsafe_code)]
+
 pub mod bench;
 pub mod cache;
+pub mod cli_docs;
 pub mod client;
 pub mod config;
 pub mod link;
 pub mod linksim;
+pub mod logging;
 pub mod partial;
 pub mod relay_store;
 pub mod server;
