@@ -15,6 +15,8 @@
 //!   detection (`dead_after_min_secs`) still notice a dead link.
 //! - the MSS cap of local sockets (`local_max_segment`): not set; the small
 //!   receive buffer alone carries backpressure to the mail program.
+//! - keepalive: where `TCP_KEEPCNT` is missing (Windows before 10 1703,
+//!   Wine), Windows' own count of probes (10) instead of 3.
 //! - `max_segment` and `congestion`, which are never set by default: an error
 //!   naming the option, since the platform cannot do what was asked.
 
@@ -142,11 +144,13 @@ pub fn configure_tunnel(s: &TcpStream, opts: &TcpOptions) -> io::Result<()> {
         // noticed after about twice the idle time.
         let idle = Duration::from_secs(opts.keepalive_secs);
         let every = Duration::from_secs((opts.keepalive_secs / 3).max(1));
-        let ka = TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(every)
-            .with_retries(3);
-        opt("SO_KEEPALIVE", sock.set_tcp_keepalive(&ka))?;
+        let ka = TcpKeepalive::new().with_time(idle).with_interval(every);
+        let set = sock.set_tcp_keepalive(&ka.clone().with_retries(3));
+        // Windows before 10 1703 (and Wine 8) lack TCP_KEEPCNT: keep the
+        // time and interval, and Windows' own count of probes (10).
+        #[cfg(windows)]
+        let set = set.or_else(|_| sock.set_tcp_keepalive(&ka));
+        opt("SO_KEEPALIVE", set)?;
     } else {
         opt("SO_KEEPALIVE", sock.set_keepalive(false))?;
     }
