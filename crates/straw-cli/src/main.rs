@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// straw: a split proxy for mail and web over very slow, expensive links.
 ///
@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    /// Log lines as text (one line per event) or as JSON objects.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: straw::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,18 +40,17 @@ enum Command {
     Linksim(straw_tools::linksim::LinksimArgs),
     /// Measure compression on a corpus (see docs/codec.md).
     Bench(straw_tools::bench::BenchArgs),
+    /// Write the man pages into DIR (packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+    /// Print the completion script for SHELL (packaging).
+    #[command(hide = true)]
+    Completions { shell: straw::cli_docs::Shell },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    straw::logging::init(cli.log_format);
     let result = match cli.command {
         Command::Keygen { path } => straw::link::keys::keygen_cli(&path),
         Command::Server { config } => straw::config::ServerConfig::load(&config)
@@ -62,6 +64,11 @@ fn main() -> ExitCode {
                 straw_tools::bench::throughput::run_cli(&a)
             }
         },
+        Command::Man { dir } => straw::cli_docs::write_man_pages(Cli::command(), &dir).map(drop),
+        Command::Completions { shell } => {
+            straw::cli_docs::write_completions(Cli::command(), shell, &mut std::io::stdout());
+            Ok(())
+        }
         Command::Linksim(args) => {
             runtime().and_then(|rt| rt.block_on(straw_tools::linksim::run_cli(args)))
         }

@@ -294,7 +294,8 @@ impl ClientPartial {
     }
 }
 
-/// `$XDG_STATE_HOME/straw/<sub>`, or `~/.local/state/straw/<sub>`.
+/// `$XDG_STATE_HOME/straw/<sub>`, or `~/.local/state/straw/<sub>`, or
+/// `%LOCALAPPDATA%\straw\<sub>`.
 fn state_dir(sub: &str) -> Option<PathBuf> {
     let env = |k| {
         std::env::var_os(k)
@@ -303,6 +304,7 @@ fn state_dir(sub: &str) -> Option<PathBuf> {
     };
     env("XDG_STATE_HOME")
         .or_else(|| env("HOME").map(|h| h.join(".local/state")))
+        .or_else(|| env("LOCALAPPDATA")) // Windows, where HOME is usually unset
         .map(|d| d.join("straw").join(sub))
 }
 

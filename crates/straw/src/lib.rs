@@ -6,11 +6,15 @@
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 
+#![deny(unsafe_code)]
+
 mod bounded;
 pub mod cache;
+pub mod cli_docs;
 pub mod client;
 pub mod config;
 pub mod link;
+pub mod logging;
 pub mod partial;
 pub mod relay_store;
 pub mod server;

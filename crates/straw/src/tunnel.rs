@@ -446,7 +446,7 @@ impl Tunnel {
         if close {
             return;
         }
-        match sock.set_tcp_user_timeout(Some(want)) {
+        match crate::link::tcp::set_user_timeout(sock.into(), want) {
             Ok(()) => {
                 debug!(tunnel = %self.label, ms = want.as_millis() as u64, "TCP_USER_TIMEOUT tuned");
                 self.user_timeout_set = Some(want);

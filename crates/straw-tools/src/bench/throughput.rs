@@ -271,6 +271,7 @@ fn configs(
         let kp = keys::generate();
         let key = dir.join(format!("{who}.key"));
         std::fs::write(&key, keys::encode_key(&kp.private))?;
+        #[cfg(unix)]
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         std::fs::write(
             dir.join(format!("{who}.key.pub")),

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use super::{
@@ -107,9 +106,7 @@ pub async fn run_cli(args: LinksimArgs) -> anyhow::Result<()> {
         "linksim: ready"
     );
     let link = Link::new(params);
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = Signals::new()?;
     let opts = ServeOptions {
         emulate_handshake: !args.no_handshake,
     };
@@ -118,9 +115,10 @@ pub async fn run_cli(args: LinksimArgs) -> anyhow::Result<()> {
     let result = loop {
         tokio::select! {
             r = &mut serving => break r.context("linksim: accept loop failed"),
-            _ = usr1.recv() => print_stats(&link)?,
-            _ = term.recv() => break Ok(()),
-            _ = int.recv() => break Ok(()),
+            s = signals.recv() => match s {
+                Signal::Stats => print_stats(&link)?,
+                Signal::Stop => break Ok(()),
+            },
         }
     };
     print_stats(&link)?;
@@ -128,6 +126,55 @@ pub async fn run_cli(args: LinksimArgs) -> anyhow::Result<()> {
         info!("linksim: stopped");
     }
     result
+}
+
+enum Signal {
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Stats,
+    Stop,
+}
+
+/// SIGUSR1 prints the statistics; SIGTERM and SIGINT stop.
+#[cfg(unix)]
+struct Signals([tokio::signal::unix::Signal; 3]);
+
+#[cfg(unix)]
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals([
+            signal(SignalKind::user_defined1())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ]))
+    }
+
+    async fn recv(&mut self) -> Signal {
+        let [usr1, term, int] = &mut self.0;
+        tokio::select! {
+            _ = usr1.recv() => Signal::Stats,
+            _ = term.recv() => Signal::Stop,
+            _ = int.recv() => Signal::Stop,
+        }
+    }
+}
+
+/// Windows has no SIGUSR1: Ctrl-C stops (statistics are printed at the end).
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn recv(&mut self) -> Signal {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => Signal::Stop,
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 #[cfg(test)]

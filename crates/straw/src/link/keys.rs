@@ -1,6 +1,9 @@
 //! x25519 static keys for Noise, and the files that hold them.
 //!
 //! - `PATH`: the private key, base64 (standard alphabet) on one line, mode 0600.
+//!   Windows has no file modes: the file gets the ACL it inherits from its
+//!   directory, which in the user's profile (`C:\Users\NAME\...`) grants only
+//!   that user, SYSTEM and Administrators; keep keys there (the guide says so).
 //! - `PATH.pub`: the public key, base64 on one line.
 //! - authorised keys: one base64 public key per line; `#` starts a comment
 //!   line, blank lines are ignored, and anything after the key is a comment.
@@ -10,7 +13,6 @@
 use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
@@ -102,10 +104,13 @@ pub fn keygen_cli(path: &Path) -> Result<()> {
 }
 
 fn write_new(path: &Path, line: &str, mode: u32) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode; // the directory's inherited ACL applies (module comment)
+    let mut f = options
         .open(path)
         .map_err(|e| anyhow!("{}: cannot create: {e}", path.display()))?;
     writeln!(f, "{line}")
@@ -132,6 +137,14 @@ fn key_file(path: &Path) -> Result<[u8; 32]> {
 /// Loads a private key file and derives its public key.
 pub fn load_private(path: &Path) -> Result<Keypair> {
     let private = key_file(path)?;
+    #[cfg(unix)]
+    warn_if_readable_by_others(path);
+    Ok(Keypair::from_private(private))
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
     if mode & 0o077 != 0 {
         // A warning, not an error: git checkouts of the example keys are 0644.
@@ -140,7 +153,6 @@ pub fn load_private(path: &Path) -> Result<Keypair> {
             path.display()
         );
     }
-    Ok(Keypair::from_private(private))
 }
 
 /// Loads a public key file (`PATH.pub`).
@@ -232,8 +244,12 @@ mod tests {
         keygen_cli(&path).unwrap();
         let kp = load_private(&path).unwrap();
         assert_eq!(load_public(&public_path(&path)).unwrap(), kp.public);
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
         let before = std::fs::read(&path).unwrap();
         let err = keygen_cli(&path).unwrap_err().to_string();
         assert!(err.contains("already exists"), "{err}");

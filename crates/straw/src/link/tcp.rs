@@ -5,6 +5,20 @@
 //! the kernel, keepalive plus `TCP_USER_TIMEOUT` to notice a dead link, and
 //! optional MSS cap, congestion control and buffer sizes. Local sockets get a
 //! small receive buffer so backpressure reaches the program.
+//!
+//! Other platforms (Windows: `straw client` on the boat's laptop) lack some
+//! of these; the fallbacks, also in `docs/guide-mail-programs.md`:
+//! - `TCP_NOTSENT_LOWAT`: not set; unsent data may wait in the kernel's send
+//!   buffer (bound it with `[tcp] send_buffer`), where priorities no longer
+//!   apply.
+//! - `TCP_USER_TIMEOUT`: not set; keepalive and straw's own dead-link
+//!   detection (`dead_after_min_secs`) still notice a dead link.
+//! - the MSS cap of local sockets (`local_max_segment`): not set; the small
+//!   receive buffer alone carries backpressure to the mail program.
+//! - keepalive: where `TCP_KEEPCNT` is missing (Windows before 10 1703,
+//!   Wine), Windows' own count of probes (10) instead of 3.
+//! - `max_segment` and `congestion`, which are never set by default: an error
+//!   naming the option, since the platform cannot do what was asked.
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,9 +45,42 @@ fn set_pre_connect(s: &SockRef<'_>, opts: &TcpOptions) -> io::Result<()> {
         opt("SO_RCVBUF", s.set_recv_buffer_size(n))?;
     }
     if let Some(mss) = opts.max_segment {
-        opt(&format!("TCP_MAXSEG={mss}"), s.set_tcp_mss(mss))?;
+        opt(&format!("TCP_MAXSEG={mss}"), set_mss(s, mss))?;
     }
     Ok(())
+}
+
+/// Caps the MSS (`TCP_MAXSEG`).
+#[cfg(unix)]
+fn set_mss(s: &SockRef<'_>, mss: u32) -> io::Result<()> {
+    s.set_tcp_mss(mss)
+}
+
+#[cfg(not(unix))]
+fn set_mss(_: &SockRef<'_>, _: u32) -> io::Result<()> {
+    Err(unsupported("TCP_MAXSEG"))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unsupported(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{what} is not available on this platform"),
+    )
+}
+
+/// Bounds how long sent data may stay unacknowledged before the kernel gives
+/// up on the connection (`TCP_USER_TIMEOUT`, Linux only).
+#[cfg(target_os = "linux")]
+pub fn set_user_timeout(s: SockRef<'_>, t: Duration) -> io::Result<()> {
+    s.set_tcp_user_timeout(Some(t))
+}
+
+/// No `TCP_USER_TIMEOUT` here: keepalive and straw's own dead-link detection
+/// remain (see the module comment).
+#[cfg(not(target_os = "linux"))]
+pub fn set_user_timeout(_: SockRef<'_>, _: Duration) -> io::Result<()> {
+    Err(unsupported("TCP_USER_TIMEOUT"))
 }
 
 /// Dials the tunnel: resolves `addr`, sets the pre-connect options, connects
@@ -87,6 +134,7 @@ async fn connect_with(
 pub fn configure_tunnel(s: &TcpStream, opts: &TcpOptions) -> io::Result<()> {
     let sock = SockRef::from(s);
     opt("TCP_NODELAY", sock.set_tcp_nodelay(opts.nodelay))?;
+    #[cfg(target_os = "linux")]
     opt(
         "TCP_NOTSENT_LOWAT",
         sock.set_tcp_notsent_lowat(opts.notsent_lowat),
@@ -96,36 +144,55 @@ pub fn configure_tunnel(s: &TcpStream, opts: &TcpOptions) -> io::Result<()> {
         // noticed after about twice the idle time.
         let idle = Duration::from_secs(opts.keepalive_secs);
         let every = Duration::from_secs((opts.keepalive_secs / 3).max(1));
-        let ka = TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(every)
-            .with_retries(3);
-        opt("SO_KEEPALIVE", sock.set_tcp_keepalive(&ka))?;
+        let ka = TcpKeepalive::new().with_time(idle).with_interval(every);
+        let set = sock.set_tcp_keepalive(&ka.clone().with_retries(3));
+        // Windows before 10 1703 (and Wine 8) lack TCP_KEEPCNT: keep the
+        // time and interval, and Windows' own count of probes (10).
+        #[cfg(windows)]
+        let set = set.or_else(|_| sock.set_tcp_keepalive(&ka));
+        opt("SO_KEEPALIVE", set)?;
     } else {
         opt("SO_KEEPALIVE", sock.set_keepalive(false))?;
     }
+    #[cfg(target_os = "linux")]
     if opts.user_timeout_ms > 0 {
         let t = Duration::from_millis(opts.user_timeout_ms.into());
-        opt("TCP_USER_TIMEOUT", sock.set_tcp_user_timeout(Some(t)))?;
+        opt("TCP_USER_TIMEOUT", set_user_timeout(SockRef::from(s), t))?;
     }
     if let Some(cc) = &opts.congestion {
-        sock.set_tcp_congestion(cc.as_bytes()).map_err(|e| {
-            let why = match e.raw_os_error() {
-                Some(libc::ENOENT) => "is not available on this kernel".to_string(),
-                Some(libc::EPERM) => "is not allowed for this user".to_string(),
-                _ => format!("cannot be set: {e}"),
-            };
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "TCP congestion control \"{cc}\" {why} (see /proc/sys/net/ipv4/tcp_available_congestion_control)"
-                ),
-            )
-        })?;
+        set_congestion(&sock, cc)?;
     }
     // Accepted sockets get the buffers late (window scale was already chosen
     // from the listener's); still worth setting for the send side.
     set_pre_connect(&sock, opts)
+}
+
+#[cfg(target_os = "linux")]
+fn set_congestion(sock: &SockRef<'_>, cc: &str) -> io::Result<()> {
+    sock.set_tcp_congestion(cc.as_bytes()).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::ENOENT) => "is not available on this kernel".to_string(),
+            Some(libc::EPERM) => "is not allowed for this user".to_string(),
+            _ => format!("cannot be set: {e}"),
+        };
+        io::Error::new(
+            e.kind(),
+            format!(
+                "TCP congestion control \"{cc}\" {why} (see /proc/sys/net/ipv4/tcp_available_congestion_control)"
+            ),
+        )
+    })
+}
+
+/// Congestion control is system-wide elsewhere: asking for one is an error.
+#[cfg(not(target_os = "linux"))]
+fn set_congestion(_: &SockRef<'_>, cc: &str) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "TCP congestion control \"{cc}\" cannot be chosen per socket on this platform (remove [tcp] congestion)"
+        ),
+    ))
 }
 
 /// Binds a listening socket with SO_REUSEADDR. A receive buffer set here is
@@ -158,6 +225,7 @@ pub fn bind_local_listener(addr: SocketAddr, opts: &TcpOptions) -> io::Result<Tc
         "SO_RCVBUF",
         socket.set_recv_buffer_size(opts.local_recv_buffer),
     )?;
+    #[cfg(unix)]
     if opts.local_max_segment > 0 {
         opt("TCP_MAXSEG", socket.set_tcp_mss(opts.local_max_segment))?;
     }
@@ -176,7 +244,7 @@ pub fn configure_local(s: &TcpStream, _opts: &TcpOptions) -> io::Result<()> {
     opt("TCP_NODELAY", SockRef::from(s).set_tcp_nodelay(true))
 }
 
-/// The parts of the kernel's `struct tcp_info` straw uses.
+/// The parts of the kernel's `struct tcp_info` straw uses (Linux).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcpInfo {
     /// Smoothed RTT and its variation, microseconds.
@@ -201,6 +269,9 @@ pub struct TcpInfo {
 }
 
 /// Reads `TCP_INFO`. Fields a (very old) kernel doesn't fill stay 0.
+/// The one `unsafe` in straw: `getsockopt` into a plain C struct.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
 pub fn tcp_info(s: &TcpStream) -> io::Result<TcpInfo> {
     use std::os::fd::AsRawFd;
     // libc's glibc tcp_info matches the kernel's linux/tcp.h layout, newer
@@ -249,7 +320,8 @@ pub fn tcp_info(s: &TcpStream) -> io::Result<TcpInfo> {
     })
 }
 
-#[cfg(test)]
+// The options checked here are the Linux ones.
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
