@@ -1,11 +1,13 @@
 //! straw: the tokio drivers and command line around the sans-IO cores.
 //!
 //! - [`link`]: TCP socket options, Noise IK, keys.
-//! - [`tunnel`]: drives one `straw_core::session::Session` over one link.
+//! - [`tunnel`]: drives one sans-IO `straw_tunnel::Tunnel` over one link;
+//!   `pump`: the byte movers of each local socket.
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 //! - [`linksim`]: the satellite-link emulator used by tests and benchmarks.
 
+pub mod accel;
 pub mod bench;
 pub mod cache;
 pub mod client;
@@ -13,6 +15,7 @@ pub mod config;
 pub mod link;
 pub mod linksim;
 pub mod partial;
+mod pump;
 pub mod relay_store;
 pub mod server;
 pub mod tunnel;

@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use straw_core::session::{Role, Session};
-use straw_core::wire::{Hello, PROTOCOL_VERSION, RESUME_ID_LEN, Resume};
+use straw_core::session::{Role, Session, SessionConfig};
+use straw_core::wire::{Hello, RESUME_ID_LEN, Resume};
+use straw_proto::http;
 use straw_proto::partial::SharedStore;
-use straw_proto::passthrough::Passthrough;
-use straw_proto::{Accelerator, http, imap, pop3, smtp};
+use straw_tunnel::handshake;
 use tokio::net::{TcpListener, TcpStream};
 
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
+use crate::accel::{AccelFactory, Side};
 use crate::config::{Protocol, ServerConfig, ServerHttp, ServerService, TcpOptions};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
@@ -105,18 +106,12 @@ pub async fn serve_with_relay(
     }
 }
 
-fn our_hello(cfg: &ServerConfig, resume: Resume) -> Hello {
-    Hello {
-        version: PROTOCOL_VERSION,
-        stream_window: cfg.session.stream_window,
-        max_record: straw_core::codec::DecoderLimits::default().max_record_bytes as u64,
-        resume: Some(resume),
-        codec_model: Some(our_codec_model(cfg)),
-    }
+fn our_session_config(cfg: &ServerConfig) -> SessionConfig {
+    crate::client::session_config(Role::Server, &cfg.session)
 }
 
-fn our_codec_model(cfg: &ServerConfig) -> u32 {
-    crate::client::codec_model_id(&crate::client::session_config(Role::Server, &cfg.session))
+fn our_hello(cfg: &ServerConfig, resume: Resume) -> Hello {
+    handshake::our_hello(&our_session_config(cfg), Some(resume))
 }
 
 type SessionId = [u8; RESUME_ID_LEN];
@@ -200,11 +195,6 @@ fn random_id() -> Result<SessionId> {
     Ok(id)
 }
 
-/// Compares secrets without an early exit.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// What the handshake decided for this connection.
 enum Plan {
     Fresh {
@@ -227,19 +217,12 @@ fn plan(
     client: &[u8; 32],
     payload: &[u8],
 ) -> Result<(Plan, Vec<u8>)> {
-    let client_hello = Hello::decode(payload).map_err(|e| anyhow!("bad client hello: {e}"))?;
-    if client_hello.version != PROTOCOL_VERSION {
-        bail!(
-            "client speaks protocol {}, we speak {PROTOCOL_VERSION}",
-            client_hello.version
-        );
-    }
-    crate::client::check_codec_model(our_codec_model(cfg), client_hello.codec_model)?;
+    let client_hello = handshake::check_peer_hello(&our_session_config(cfg), payload)?;
     if let Some(r) = &client_hello.resume {
         let mut map = sessions.lock();
         if let Some(e) = map.get_mut(&r.session_id)
             && e.client == *client
-            && ct_eq(&e.ticket, &r.ticket)
+            && handshake::ct_eq(&e.ticket, &r.ticket)
         {
             let stop = Arc::new(Notify::new());
             match std::mem::replace(&mut e.slot, Slot::Running(stop.clone())) {
@@ -448,10 +431,12 @@ impl ServiceDialer {
 }
 
 impl Dialer for ServiceDialer {
-    fn needs_first_data(&self, service: &str) -> bool {
+    fn first_data_services(&self) -> Vec<String> {
         self.services
-            .get(service)
-            .is_some_and(|s| s.protocol == Protocol::Http)
+            .iter()
+            .filter(|(_, s)| s.protocol == Protocol::Http)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     fn dial(&self, service: &str, first_data: Option<Bytes>) -> DialFuture {
@@ -478,17 +463,14 @@ impl Dialer for ServiceDialer {
                     .await
                     .map_err(|_| anyhow!("{service}: TLS with {upstream} timed out"))?
                     .with_context(|| format!("service {service}"))?;
-            let accel: Box<dyn Accelerator> = match svc.protocol {
-                Protocol::Tcp => Box::new(Passthrough::default()),
-                Protocol::Pop3 => Box::new(pop3::ServerAccel::new()),
-                Protocol::Smtp => Box::new(match smtp_store {
-                    Some((store, client)) => smtp::ServerAccel::new().with_store(store, &client),
-                    None => smtp::ServerAccel::new(),
-                }),
-                Protocol::Imap => Box::new(imap::ServerAccel::new(Default::default())),
-                Protocol::Http => Box::new(http::ServerAccel::new(policy)),
+            let accel = AccelFactory {
+                protocol: svc.protocol,
+                side: Side::Server {
+                    http: policy,
+                    smtp_store,
+                },
             };
-            Ok((sock, accel))
+            Ok((sock, accel.make()))
         })
     }
 }
@@ -516,6 +498,7 @@ async fn http_origin(first: Option<&[u8]>, policy: &http::HttpPolicy) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use straw_core::wire::PROTOCOL_VERSION;
 
     fn cfg() -> ServerConfig {
         toml::from_str(
@@ -536,7 +519,7 @@ test = { upstream = "127.0.0.1:2" }
             stream_window: 1000,
             max_record: 1000,
             resume,
-            codec_model: Some(our_codec_model(&cfg())),
+            codec_model: Some(handshake::codec_model_id(&our_session_config(&cfg()))),
         }
         .encode()
     }
@@ -603,7 +586,8 @@ test = { upstream = "127.0.0.1:2" }
         h[0] = 99;
         assert!(plan(&sessions, &cfg(), &[1; 32], &h).is_err());
         // Another codec model, or none announced: refused with a clear error.
-        for model in [None, Some(our_codec_model(&cfg()) ^ 1)] {
+        let ours = handshake::codec_model_id(&our_session_config(&cfg()));
+        for model in [None, Some(ours ^ 1)] {
             let h = Hello {
                 version: PROTOCOL_VERSION,
                 stream_window: 1000,
