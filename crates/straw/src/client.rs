@@ -21,7 +21,9 @@ use crate::config::{ClientConfig, Dial, Protocol, SessionOptions, TcpOptions};
 use crate::link::keys::{self, Keypair};
 use crate::link::{noise, tcp};
 use crate::partial::FileStore;
-use crate::tunnel::{LinkEnded, LivenessConfig, OpenRequest, SharedCache, Tunnel, TunnelStats};
+use crate::tunnel::{
+    LinkEnded, LivenessConfig, OpenRequest, SharedCache, Tunnel, TunnelStats, sleep_until_opt,
+};
 
 pub use straw_tunnel::handshake::{LinkCodec, check_codec_model, codec_model_id, set_codec};
 
@@ -474,13 +476,6 @@ async fn run_hook(name: &str, cmd: &str, timeout: Duration) -> Result<()> {
         Ok(Ok(st)) => bail!("{name} {cmd:?} failed: {st}"),
         Ok(Err(e)) => bail!("{name} {cmd:?}: {e}"),
         Err(_) => bail!("{name} {cmd:?} timed out after {}s", timeout.as_secs()),
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

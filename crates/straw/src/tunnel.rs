@@ -152,9 +152,10 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
+/// Sleeps until `deadline`, or forever without one (a `select!` arm).
+pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
@@ -343,7 +344,7 @@ impl Tunnel {
             if !opens_open && self.core.stream_count() == 0 && out_pos == out.len() {
                 return Ok(LinkEnded::Closed);
             }
-            let deadline = self.core.poll_timeout();
+            let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 r = rd.read(&mut rbuf) => {
                     let n = match r {
