@@ -263,3 +263,28 @@ fn giving_up_tells_each_connection_after_what_was_queued() {
     ));
     assert_eq!(c.stream_count(), 0);
 }
+
+#[test]
+fn a_resumed_session_resends_what_the_lost_link_swallowed() {
+    let mut now = Instant::now();
+    let (mut c, mut s) = pair(now);
+    let id = c
+        .open_local("echo", Box::new(Passthrough::default()), false)
+        .unwrap();
+    c.handle_local(id, b"first\r\n", true);
+    shuttle(&mut c, &mut s, &mut now);
+    let Some(Event::Dial { stream, .. }) = s.poll_event() else {
+        panic!("no dial")
+    };
+    s.dialed(stream, Box::new(Passthrough::default()));
+    assert_eq!(local_bytes(&mut s, stream), b"first\r\n");
+    // The link drops with a record on it: the server never sees it.
+    c.handle_local(id, b"second\r\n", true);
+    now += Duration::from_secs(1);
+    while c.poll_transmit(now).is_some() {}
+    let (c_got, s_got) = (c.records_received(), s.records_received());
+    c.resume(now, s_got).unwrap();
+    s.resume(now, c_got).unwrap();
+    shuttle(&mut c, &mut s, &mut now);
+    assert_eq!(local_bytes(&mut s, stream), b"second\r\n");
+}
