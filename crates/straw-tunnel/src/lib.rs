@@ -15,6 +15,7 @@
 pub mod handshake;
 pub mod liveness;
 mod local;
+pub mod resume;
 mod tunnel;
 
 pub use liveness::{Liveness, LivenessCheck, LivenessConfig};
