@@ -7,20 +7,25 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use straw_core::session::{Role, Session, SessionConfig};
-use straw_core::wire::{Hello, PROTOCOL_VERSION, Resume};
+use straw_core::wire::{Hello, Resume};
 use straw_proto::partial::SharedStore;
-use straw_proto::passthrough::Passthrough;
-use straw_proto::{Accelerator, http, imap, pop3, smtp};
+use straw_proto::{http, pop3};
+use straw_tunnel::handshake::{ResumePlan, check_peer_hello, our_hello, plan_client_resume};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::accel::{AccelFactory, Side};
 use crate::cache;
 use crate::config::{ClientConfig, Dial, Protocol, SessionOptions, TcpOptions};
 use crate::link::keys::{self, Keypair};
 use crate::link::{noise, tcp};
 use crate::partial::FileStore;
-use crate::tunnel::{LinkEnded, LivenessConfig, OpenRequest, SharedCache, Tunnel, TunnelStats};
+use crate::tunnel::{
+    LinkEnded, LivenessConfig, OpenRequest, SharedCache, Tunnel, TunnelStats, sleep_until_opt,
+};
+
+pub use straw_tunnel::handshake::{LinkCodec, check_codec_model, codec_model_id, set_codec};
 
 /// How long the local connections of a given-up tunnel get to hear why.
 const GIVE_UP_LINGER: Duration = Duration::from_secs(5);
@@ -63,62 +68,6 @@ pub fn transform_services<'a>(
         .collect()
 }
 
-/// Which codec family a tunnel's records use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkCodec {
-    /// zstd: interactive records in a small default context; bulk in a
-    /// 512 KiB window primed with the shipped MAIL_V1 dictionary.
-    Zstd,
-    /// Context mixing for both lanes, primed with the shipped mail text,
-    /// sized per direction and lane (docs/codec.md).
-    Cm,
-}
-
-/// Sets the codec of both lanes for `role`'s side of the tunnel.
-pub fn set_codec(c: &mut SessionConfig, role: Role, codec: LinkCodec) {
-    use straw_core::codec::{CodecId, CodecParams, DecoderLimits, Direction, Lane};
-    match codec {
-        LinkCodec::Zstd => {
-            c.codec = CodecId::Zstd;
-            c.codec_params = CodecParams::default();
-            c.decoder_limits = DecoderLimits::default();
-            let mut bulk = CodecParams::slow_link();
-            bulk.window_log = 19;
-            (bulk.hash_log, bulk.chain_log) = CodecParams::tables_for_window(19);
-            c.bulk_codec_params = bulk;
-            c.bulk_decoder_limits = DecoderLimits {
-                max_window_log: 19,
-                ..DecoderLimits::slow_link()
-            };
-        }
-        LinkCodec::Cm => {
-            let (send, recv) = match role {
-                Role::Client => (Direction::ClientToServer, Direction::ServerToClient),
-                Role::Server => (Direction::ServerToClient, Direction::ClientToServer),
-            };
-            c.codec = CodecId::Cm;
-            c.codec_params = CodecParams::slow_link_cm(send, Lane::Interactive);
-            c.decoder_limits = DecoderLimits::slow_link_cm(recv, Lane::Interactive);
-            c.bulk_codec_params = CodecParams::slow_link_cm(send, Lane::Bulk);
-            c.bulk_decoder_limits = DecoderLimits::slow_link_cm(recv, Lane::Bulk);
-        }
-    }
-}
-
-/// The codec model id this side announces in its Hello: both peers must
-/// have the same CM model (algorithm, priming text, sizes per direction).
-pub fn codec_model_id(c: &SessionConfig) -> u32 {
-    let (sent, received) = (
-        [c.codec_params.cm, c.bulk_codec_params.cm],
-        [c.decoder_limits.cm, c.bulk_decoder_limits.cm],
-    );
-    let (c2s, s2c) = match c.role {
-        Role::Client => (sent, received),
-        Role::Server => (received, sent),
-    };
-    straw_core::codec::model_id(&[c2s[0], c2s[1], s2c[0], s2c[1]])
-}
-
 /// Primes the CM models of `role`'s config in the background, so the first
 /// record of a tunnel does not wait for it.
 pub fn warm_up_codec(role: Role, o: &SessionOptions) {
@@ -138,17 +87,6 @@ pub fn warm_up_codec(role: Role, o: &SessionOptions) {
             }
         }
     });
-}
-
-/// Refuses a peer whose codec model differs from ours.
-pub fn check_codec_model(ours: u32, theirs: Option<u32>) -> Result<()> {
-    match theirs {
-        Some(id) if id == ours => Ok(()),
-        Some(id) => bail!(
-            "peer's codec model {id:08x} differs from ours {ours:08x}: run the same straw version on both ends"
-        ),
-        None => bail!("peer announced no codec model (older straw?); ours is {ours:08x}"),
-    }
 }
 
 /// One line for the log when a tunnel ends.
@@ -175,8 +113,278 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     warm_up_codec(Role::Client, &cfg.session);
     let keypair = keys::load_private(&cfg.private_key)?;
     let server_key = keys::load_public(&cfg.server_public_key)?;
-    let (open_tx, mut opens) = mpsc::channel::<OpenRequest>(64);
-    let partials = open_partials(&cfg);
+    let (open_tx, opens) = mpsc::channel::<OpenRequest>(64);
+    let warm_ups = listen(&cfg, open_tx)?;
+    let min_backoff = Duration::from_millis(cfg.session.reconnect_min_ms.max(1));
+    let mut c = Redialer {
+        max_backoff: Duration::from_millis(cfg.session.reconnect_max_ms).max(min_backoff),
+        min_backoff,
+        backoff: min_backoff,
+        grace: Duration::from_secs(cfg.session.resume_grace_secs),
+        on_demand: cfg.link.dial == Dial::OnDemand,
+        hook_timeout: Duration::from_secs(cfg.link.command_timeout_secs.max(1)),
+        kept: None,
+        down_since: None,
+        pending: None,
+        opens,
+        warm_ups,
+        stats,
+        keypair,
+        server_key,
+        cfg,
+    };
+    loop {
+        if !c.wait_for_demand().await {
+            return Ok(());
+        }
+        if let Some(cmd) = &c.cfg.link.on_dial
+            && let Err(e) = run_hook("on_dial", cmd, c.hook_timeout).await
+        {
+            warn!("not dialling: {e:#}");
+            tokio::time::sleep(c.backoff).await;
+            c.backoff = (c.backoff * 2).min(c.max_backoff);
+            continue;
+        }
+        c.expire_kept().await;
+        let resume = c.kept.as_ref().map(|(t, r)| Resume {
+            records_received: t.records_received(),
+            ..r.clone()
+        });
+        // While a session waits, its grace period bounds each attempt.
+        let attempt = tokio::select! {
+            r = connect(&c.cfg, &c.keypair, &c.server_key, resume) => r,
+            _ = sleep_until_opt(c.grace_end()) => continue,
+        };
+        match attempt {
+            Ok((sock, transport, hello)) => {
+                c.backoff = c.min_backoff;
+                let granted = hello.resume.clone();
+                let Some(tunnel) = c.adopt(transport, &hello).await else {
+                    c.down_since = None;
+                    tokio::time::sleep(c.backoff).await;
+                    continue;
+                };
+                if !c.carry(tunnel, sock, granted).await {
+                    continue;
+                }
+            }
+            Err(e) => warn!("cannot open tunnel to {}: {e:#}", c.cfg.server),
+        }
+        let wake = tokio::time::Instant::now() + c.backoff;
+        tokio::time::sleep_until(c.grace_end().map_or(wake, |d| d.min(wake))).await;
+        c.backoff = (c.backoff * 2).min(c.max_backoff);
+    }
+}
+
+/// The client's one tunnel across links: dials, resumes and parks it.
+struct Redialer {
+    cfg: ClientConfig,
+    keypair: Keypair,
+    server_key: [u8; 32],
+    stats: Arc<TunnelStats>,
+    opens: mpsc::Receiver<OpenRequest>,
+    warm_ups: Vec<(String, AccelFactory)>,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    backoff: Duration,
+    grace: Duration,
+    on_demand: bool,
+    hook_timeout: Duration,
+    /// The session that outlives a dropped link, with what resumes it.
+    kept: Option<(Tunnel, Resume)>,
+    /// When the link under `kept`'s streams dropped (its grace runs).
+    down_since: Option<tokio::time::Instant>,
+    /// Dial on demand: the connection that made us dial, attached once up.
+    pending: Option<OpenRequest>,
+}
+
+impl Redialer {
+    /// Dial on demand: waits for a program's connection unless some are
+    /// already waiting. False once no connection can come any more.
+    async fn wait_for_demand(&mut self) -> bool {
+        let busy = self
+            .kept
+            .as_ref()
+            .is_some_and(|(t, _)| t.stream_count() > 0);
+        if !self.on_demand || self.pending.is_some() || busy {
+            return true;
+        }
+        match self.opens.recv().await {
+            Some(r) => {
+                self.pending = Some(r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When the kept session's grace period ends, if one runs.
+    fn grace_end(&self) -> Option<tokio::time::Instant> {
+        self.down_since
+            .map(|t| t + self.grace)
+            .filter(|_| self.kept.is_some())
+    }
+
+    async fn expire_kept(&mut self) {
+        if self
+            .grace_end()
+            .is_none_or(|t| tokio::time::Instant::now() < t)
+        {
+            return;
+        }
+        let (t, _) = self
+            .kept
+            .take()
+            .expect("grace runs only for a kept session");
+        warn!(
+            "no tunnel for {}s: giving up the session, closing {} local connections",
+            self.grace.as_secs(),
+            t.stream_count()
+        );
+        t.give_up(GIVE_UP_LINGER).await;
+    }
+
+    /// The tunnel for a new link: the kept one resumed if the server still
+    /// has its session, else a fresh one. `None`: redial.
+    async fn adopt(&mut self, transport: noise::Transport, hello: &Hello) -> Option<Tunnel> {
+        let kept = self.kept.take();
+        let plan = plan_client_resume(kept.as_ref().map(|(_, r)| r), hello.resume.as_ref());
+        let server = &self.cfg.server;
+        match (plan, kept) {
+            (ResumePlan::Resume, Some((mut t, _))) => {
+                let peer_received = hello.resume.as_ref().map_or(0, |r| r.records_received);
+                match t.resume(transport, peer_received) {
+                    Ok(()) => {
+                        info!("tunnel to {server} up, session resumed");
+                        return Some(t);
+                    }
+                    Err(e) => {
+                        // Can't happen with an honest server; the
+                        // connection's keys are spent, so redial.
+                        warn!("tunnel to {server}: {e:#}; closing local connections");
+                        t.give_up(GIVE_UP_LINGER).await;
+                        return None;
+                    }
+                }
+            }
+            (ResumePlan::NoTickets, old) => {
+                // A server without resume: never keep a session for it.
+                warn!("server sent no session ticket; connections won't survive a drop");
+                if let Some((t, _)) = old {
+                    t.give_up(GIVE_UP_LINGER).await;
+                }
+            }
+            (_, old) => {
+                if let Some((t, _)) = old {
+                    warn!(
+                        "server no longer has our session: closing {} local connections",
+                        t.stream_count()
+                    );
+                    t.give_up(GIVE_UP_LINGER).await;
+                }
+                info!("tunnel to {server} up");
+            }
+        }
+        Some(new_tunnel(&self.cfg, transport, hello, &self.stats))
+    }
+
+    /// Carries `tunnel` over `sock` until the link ends, then keeps the
+    /// session (if the server granted a ticket) or gives it up. False:
+    /// redial at once, without the backoff.
+    async fn carry(
+        &mut self,
+        mut tunnel: Tunnel,
+        sock: tokio::net::TcpStream,
+        granted: Option<Resume>,
+    ) -> bool {
+        self.down_since = None;
+        tunnel.set_link_socket(socket_handle(&sock));
+        if granted.is_some() && self.on_demand && self.cfg.link.idle_hangup_secs > 0 {
+            tunnel.set_idle_hangup(Some(Duration::from_secs(self.cfg.link.idle_hangup_secs)));
+        }
+        let trigger = self.pending.as_ref().map(|r| r.service.clone());
+        if let Some(r) = self.pending.take() {
+            tunnel.attach(r);
+        }
+        attach_warm_ups(&mut tunnel, &self.warm_ups, trigger.as_deref());
+        let call = Call::start(&self.stats);
+        let ended = tunnel.run_link(sock, &mut self.opens).await;
+        call.report(&self.stats, self.cfg.link.cost_per_minute);
+        if let Some(cmd) = &self.cfg.link.on_hangup
+            && let Err(e) = run_hook("on_hangup", cmd, self.hook_timeout).await
+        {
+            warn!("{e:#}");
+        }
+        let server = &self.cfg.server;
+        let Some(granted) = granted else {
+            let result = match ended {
+                Ok(LinkEnded::Closed | LinkEnded::Idle) => Ok(()),
+                Ok(LinkEnded::Lost(e)) => Err(e),
+                Ok(LinkEnded::Stopped) => Err(anyhow!("stopped")),
+                Err(e) => Err(e),
+            };
+            warn!(
+                "tunnel to {server} down: {}",
+                describe_end(&result, &self.stats)
+            );
+            tunnel.give_up(GIVE_UP_LINGER).await;
+            tokio::time::sleep(self.backoff).await;
+            return false;
+        };
+        match ended {
+            Ok(LinkEnded::Idle) => {
+                info!(
+                    "idle for {}s: hung up, session parked for the next dial",
+                    self.cfg.link.idle_hangup_secs
+                );
+                self.kept = Some((tunnel, granted));
+                self.backoff = self.min_backoff;
+                return false;
+            }
+            Ok(LinkEnded::Lost(e)) if self.on_demand && tunnel.stream_count() == 0 => {
+                info!("link dropped with nothing in it: {e:#}; redial on demand");
+                self.kept = Some((tunnel, granted));
+                return false;
+            }
+            Ok(LinkEnded::Lost(e)) => {
+                warn!(
+                    "tunnel to {server} down, keeping {} local connections for {}s: {}",
+                    tunnel.stream_count(),
+                    self.grace.as_secs(),
+                    describe_end(&Err(e), &self.stats)
+                );
+                self.kept = Some((tunnel, granted));
+                self.down_since = Some(tokio::time::Instant::now());
+            }
+            Ok(LinkEnded::Stopped) => {
+                self.kept = Some((tunnel, granted));
+                self.down_since = Some(tokio::time::Instant::now());
+            }
+            Ok(LinkEnded::Closed) => {
+                info!(
+                    "tunnel to {server} closed: {}",
+                    describe_end(&Ok(()), &self.stats)
+                );
+            }
+            Err(e) => {
+                warn!(
+                    "tunnel to {server} failed, closing local connections: {}",
+                    describe_end(&Err(e), &self.stats)
+                );
+                tunnel.give_up(GIVE_UP_LINGER).await;
+            }
+        }
+        true
+    }
+}
+
+/// Listens for each service's programs (their connections go to `opens`);
+/// returns the factories of the services whose caches warm-ups may fill.
+fn listen(
+    cfg: &ClientConfig,
+    opens: mpsc::Sender<OpenRequest>,
+) -> Result<Vec<(String, AccelFactory)>> {
+    let partials = open_partials(cfg);
     let cache_dir = cfg.cache.dir();
     let mut warm_ups = Vec::new();
     for svc in &cfg.services {
@@ -196,9 +404,20 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
         };
         let factory = AccelFactory {
             protocol: svc.protocol,
-            cfg: cfg.clone(),
-            cache,
-            partials: partials.as_ref().map(|p| p.for_service(&svc.name)),
+            side: Side::Client {
+                pop3: pop3::Pop3Config {
+                    prefetch: cfg.pop3.prefetch,
+                    prefetch_retr_max_bytes: cfg.pop3.prefetch_retr_max_bytes,
+                },
+                http: http::HttpPolicy {
+                    blocked_hosts: cfg.http.blocked_hosts.clone(),
+                    ..Default::default()
+                },
+                cache,
+                partials: partials
+                    .as_ref()
+                    .map(|p| p.for_service(&svc.name) as SharedStore),
+            },
         };
         if cfg.cache.warm_up {
             warm_ups.push((svc.name.clone(), factory.clone()));
@@ -207,197 +426,11 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
             listener,
             svc.name.clone(),
             factory,
-            open_tx.clone(),
+            opens.clone(),
             cfg.tcp.clone(),
         ));
     }
-    drop(open_tx);
-    let min_backoff = Duration::from_millis(cfg.session.reconnect_min_ms.max(1));
-    let max_backoff = Duration::from_millis(cfg.session.reconnect_max_ms).max(min_backoff);
-    let grace = Duration::from_secs(cfg.session.resume_grace_secs);
-    let mut backoff = min_backoff;
-    // The session that outlives a dropped link, with what resumes it.
-    let mut kept: Option<(Tunnel, Resume)> = None;
-    let mut down_since: Option<tokio::time::Instant> = None;
-    let on_demand = cfg.link.dial == Dial::OnDemand;
-    let idle_hangup = (on_demand && cfg.link.idle_hangup_secs > 0)
-        .then(|| Duration::from_secs(cfg.link.idle_hangup_secs));
-    let hook_timeout = Duration::from_secs(cfg.link.command_timeout_secs.max(1));
-    // Dial on demand: the connection that made us dial, attached once up.
-    let mut pending: Option<OpenRequest> = None;
-    loop {
-        if on_demand
-            && pending.is_none()
-            && kept.as_ref().is_none_or(|(t, _)| t.stream_count() == 0)
-        {
-            match opens.recv().await {
-                Some(r) => pending = Some(r),
-                None => return Ok(()),
-            }
-        }
-        if let Some(cmd) = &cfg.link.on_dial
-            && let Err(e) = run_hook("on_dial", cmd, hook_timeout).await
-        {
-            warn!("not dialling: {e:#}");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(max_backoff);
-            continue;
-        }
-        let grace_end = down_since.map(|t| t + grace);
-        if kept.is_some() && grace_end.is_some_and(|t| tokio::time::Instant::now() >= t) {
-            let (t, _) = kept.take().expect("checked");
-            warn!(
-                "no tunnel for {}s: giving up the session, closing {} local connections",
-                grace.as_secs(),
-                t.stream_count()
-            );
-            t.give_up(GIVE_UP_LINGER).await;
-        }
-        let resume = kept.as_ref().map(|(t, r)| Resume {
-            records_received: t.records_received(),
-            ..r.clone()
-        });
-        // While a session waits, its grace period bounds each attempt.
-        let deadline = grace_end.filter(|_| kept.is_some());
-        let attempt = tokio::select! {
-            r = connect(&cfg, &keypair, &server_key, resume) => Some(r),
-            _ = sleep_until_opt(deadline) => None,
-        };
-        let Some(attempt) = attempt else { continue };
-        match attempt {
-            Ok((sock, transport, hello)) => {
-                backoff = min_backoff;
-                let Some(granted) = hello.resume.clone() else {
-                    // A server without resume: never keep a session for it.
-                    warn!("server sent no session ticket; connections won't survive a drop");
-                    if let Some((t, _)) = kept.take() {
-                        t.give_up(GIVE_UP_LINGER).await;
-                    }
-                    let mut tunnel = new_tunnel(&cfg, transport, &hello, &stats);
-                    tunnel.set_link_socket(socket_handle(&sock));
-                    let trigger = pending.as_ref().map(|r| r.service.clone());
-                    if let Some(r) = pending.take() {
-                        tunnel.attach(r);
-                    }
-                    attach_warm_ups(&mut tunnel, &warm_ups, trigger.as_deref());
-                    let result = match tunnel.run_link(sock, &mut opens).await {
-                        Ok(LinkEnded::Closed | LinkEnded::Idle) => Ok(()),
-                        Ok(LinkEnded::Lost(e)) => Err(e),
-                        Ok(LinkEnded::Stopped) => Err(anyhow!("stopped")),
-                        Err(e) => Err(e),
-                    };
-                    warn!(
-                        "tunnel to {} down: {}",
-                        cfg.server,
-                        describe_end(&result, &stats)
-                    );
-                    tunnel.give_up(GIVE_UP_LINGER).await;
-                    down_since = None;
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                };
-                let mut tunnel = match kept.take() {
-                    Some((mut t, old)) if old.session_id == granted.session_id => {
-                        match t.resume(transport, granted.records_received) {
-                            Ok(()) => {
-                                info!("tunnel to {} up, session resumed", cfg.server);
-                                t
-                            }
-                            Err(e) => {
-                                // Can't happen with an honest server; the
-                                // connection's keys are spent, so redial.
-                                warn!("tunnel to {}: {e:#}; closing local connections", cfg.server);
-                                t.give_up(GIVE_UP_LINGER).await;
-                                down_since = None;
-                                tokio::time::sleep(backoff).await;
-                                continue;
-                            }
-                        }
-                    }
-                    old => {
-                        if let Some((t, _)) = old {
-                            warn!(
-                                "server no longer has our session: closing {} local connections",
-                                t.stream_count()
-                            );
-                            t.give_up(GIVE_UP_LINGER).await;
-                        }
-                        info!("tunnel to {} up", cfg.server);
-                        new_tunnel(&cfg, transport, &hello, &stats)
-                    }
-                };
-                down_since = None;
-                tunnel.set_link_socket(socket_handle(&sock));
-                tunnel.set_idle_hangup(idle_hangup);
-                let trigger = pending.as_ref().map(|r| r.service.clone());
-                if let Some(r) = pending.take() {
-                    tunnel.attach(r);
-                }
-                attach_warm_ups(&mut tunnel, &warm_ups, trigger.as_deref());
-                let call = Call::start(&stats);
-                let ended = tunnel.run_link(sock, &mut opens).await;
-                call.report(&stats, cfg.link.cost_per_minute);
-                if let Some(cmd) = &cfg.link.on_hangup
-                    && let Err(e) = run_hook("on_hangup", cmd, hook_timeout).await
-                {
-                    warn!("{e:#}");
-                }
-                match ended {
-                    Ok(LinkEnded::Idle) => {
-                        info!(
-                            "idle for {}s: hung up, session parked for the next dial",
-                            cfg.link.idle_hangup_secs
-                        );
-                        kept = Some((tunnel, granted));
-                        down_since = None;
-                        backoff = min_backoff;
-                        continue;
-                    }
-                    Ok(LinkEnded::Lost(e)) if on_demand && tunnel.stream_count() == 0 => {
-                        info!("link dropped with nothing in it: {e:#}; redial on demand");
-                        kept = Some((tunnel, granted));
-                        down_since = None;
-                        continue;
-                    }
-                    Ok(LinkEnded::Lost(e)) => {
-                        warn!(
-                            "tunnel to {} down, keeping {} local connections for {}s: {}",
-                            cfg.server,
-                            tunnel.stream_count(),
-                            grace.as_secs(),
-                            describe_end(&Err(e), &stats)
-                        );
-                        kept = Some((tunnel, granted));
-                        down_since = Some(tokio::time::Instant::now());
-                    }
-                    Ok(LinkEnded::Stopped) => {
-                        kept = Some((tunnel, granted));
-                        down_since = Some(tokio::time::Instant::now());
-                    }
-                    Ok(LinkEnded::Closed) => {
-                        info!(
-                            "tunnel to {} closed: {}",
-                            cfg.server,
-                            describe_end(&Ok(()), &stats)
-                        );
-                    }
-                    Err(e) => {
-                        warn!(
-                            "tunnel to {} failed, closing local connections: {}",
-                            cfg.server,
-                            describe_end(&Err(e), &stats)
-                        );
-                        tunnel.give_up(GIVE_UP_LINGER).await;
-                    }
-                }
-            }
-            Err(e) => warn!("cannot open tunnel to {}: {e:#}", cfg.server),
-        }
-        let wake = tokio::time::Instant::now() + backoff;
-        let deadline = down_since.map(|t| t + grace).filter(|_| kept.is_some());
-        tokio::time::sleep_until(deadline.map_or(wake, |d| d.min(wake))).await;
-        backoff = (backoff * 2).min(max_backoff);
-    }
+    Ok(warm_ups)
 }
 
 /// One dial-up: for the log line (and cost) at hang-up.
@@ -446,13 +479,6 @@ async fn run_hook(name: &str, cmd: &str, timeout: Duration) -> Result<()> {
     }
 }
 
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn new_tunnel(
     cfg: &ClientConfig,
     transport: noise::Transport,
@@ -476,30 +502,15 @@ async fn connect(
     resume: Option<Resume>,
 ) -> Result<(tokio::net::TcpStream, noise::Transport, Hello)> {
     let mut sock = tcp::connect_tunnel(&cfg.server, &cfg.tcp).await?;
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        stream_window: cfg.session.stream_window,
-        max_record: straw_core::codec::DecoderLimits::default().max_record_bytes as u64,
-        resume,
-        codec_model: Some(codec_model_id(&session_config(Role::Client, &cfg.session))),
-    };
+    let ours = session_config(Role::Client, &cfg.session);
+    let hello = our_hello(&ours, resume);
     let (transport, payload) = tokio::time::timeout(
         Duration::from_secs(cfg.session.handshake_timeout_secs),
         noise::client_handshake(&mut sock, keypair, server_key, &hello.encode()),
     )
     .await
     .map_err(|_| anyhow!("handshake timed out"))??;
-    let server_hello = Hello::decode(&payload).map_err(|e| anyhow!("bad server hello: {e}"))?;
-    if server_hello.version != PROTOCOL_VERSION {
-        bail!(
-            "server speaks protocol {}, we speak {PROTOCOL_VERSION}",
-            server_hello.version
-        );
-    }
-    check_codec_model(
-        codec_model_id(&session_config(Role::Client, &cfg.session)),
-        server_hello.codec_model,
-    )?;
+    let server_hello = check_peer_hello(&ours, &payload)?;
     Ok((sock, transport, server_hello))
 }
 
@@ -512,8 +523,9 @@ fn attach_warm_ups(
     trigger: Option<&str>,
 ) {
     for (name, f) in services {
+        let Some(cache) = f.cache() else { continue };
         if Some(name.as_str()) == trigger
-            || !cache::needs_warm_up(f.protocol, &f.cache.lock().expect("cache lock"))
+            || !cache::needs_warm_up(f.protocol, &cache.lock().expect("cache lock"))
         {
             continue;
         }
@@ -522,21 +534,11 @@ fn attach_warm_ups(
             service: name.clone(),
             io: Box::new(ours),
             accel: f.make(),
-            cache: Some(f.cache.clone()),
+            cache: Some(cache.clone()),
             warm_up: true,
         });
         tokio::spawn(cache::warm_up(f.protocol, name.clone(), program));
     }
-}
-
-/// Makes the client side of a service's accelerator pair, handing it what
-/// earlier connections cached (greetings, capabilities).
-#[derive(Clone)]
-struct AccelFactory {
-    protocol: Protocol,
-    cfg: ClientConfig,
-    cache: SharedCache,
-    partials: Option<SharedStore>,
 }
 
 /// The store of interrupted transfers, if enabled and usable (a store that
@@ -557,46 +559,6 @@ fn open_partials(cfg: &ClientConfig) -> Option<Arc<FileStore>> {
                 dir.display()
             );
             None
-        }
-    }
-}
-
-impl AccelFactory {
-    fn make(&self) -> Box<dyn Accelerator> {
-        let cache = self.cache.lock().expect("cache lock").clone();
-        match self.protocol {
-            Protocol::Tcp => Box::new(Passthrough::default()),
-            Protocol::Pop3 => {
-                let a = pop3::ClientAccel::new(
-                    pop3::Pop3Config {
-                        prefetch: self.cfg.pop3.prefetch,
-                        prefetch_retr_max_bytes: self.cfg.pop3.prefetch_retr_max_bytes,
-                    },
-                    &cache,
-                );
-                match &self.partials {
-                    Some(p) => Box::new(a.with_store(p.clone())),
-                    None => Box::new(a),
-                }
-            }
-            Protocol::Smtp => {
-                let a = smtp::ClientAccel::new(&cache);
-                match &self.partials {
-                    Some(p) => Box::new(a.with_store(p.clone())),
-                    None => Box::new(a),
-                }
-            }
-            Protocol::Imap => {
-                let a = imap::ClientAccel::new(&cache);
-                match &self.partials {
-                    Some(p) => Box::new(a.with_store(p.clone())),
-                    None => Box::new(a),
-                }
-            }
-            Protocol::Http => Box::new(http::ClientAccel::new(http::HttpPolicy {
-                blocked_hosts: self.cfg.http.blocked_hosts.clone(),
-                ..Default::default()
-            })),
         }
     }
 }
@@ -622,7 +584,7 @@ async fn accept_loop(
             service: service.clone(),
             io: Box::new(sock),
             accel: accel.make(),
-            cache: Some(accel.cache.clone()),
+            cache: accel.cache().cloned(),
             warm_up: false,
         };
         if opens.send(req).await.is_err() {

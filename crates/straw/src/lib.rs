@@ -2,13 +2,15 @@
 //! is crates/straw-cli; linksim and the benches are in straw-tools).
 //!
 //! - [`link`]: TCP socket options, Noise IK, keys.
-//! - [`tunnel`]: drives one `straw_core::session::Session` over one link.
+//! - [`tunnel`]: drives one sans-IO `straw_tunnel::Tunnel` over one link;
+//!   `pump`: the byte movers of each local socket.
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 
 #![deny(unsafe_code)]
 
 mod bounded;
+pub mod accel;
 pub mod cache;
 pub mod cli_docs;
 pub mod client;
@@ -16,6 +18,7 @@ pub mod config;
 pub mod link;
 pub mod logging;
 pub mod partial;
+mod pump;
 pub mod relay_store;
 pub mod server;
 pub mod tunnel;

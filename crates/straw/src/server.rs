@@ -1,23 +1,25 @@
 //! `straw server`: accepts tunnels from authorised clients and dials the real
 //! servers for the streams they open.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use straw_core::session::{Role, Session};
-use straw_core::wire::{Hello, PROTOCOL_VERSION, RESUME_ID_LEN, Resume};
+use straw_core::session::{Role, Session, SessionConfig};
+use straw_core::wire::{Hello, RESUME_ID_LEN, Resume};
+use straw_proto::http;
 use straw_proto::partial::SharedStore;
-use straw_proto::passthrough::Passthrough;
-use straw_proto::{Accelerator, http, imap, pop3, smtp};
+use straw_tunnel::handshake;
+use straw_tunnel::resume::{Claim, ResumeTable, SessionId};
 use tokio::net::{TcpListener, TcpStream};
 
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
+use crate::accel::{AccelFactory, Side};
 use crate::config::{Protocol, ServerConfig, ServerHttp, ServerService, TcpOptions};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
@@ -105,79 +107,36 @@ pub async fn serve_with_relay(
     }
 }
 
+fn our_session_config(cfg: &ServerConfig) -> SessionConfig {
+    crate::client::session_config(Role::Server, &cfg.session)
+}
+
 fn our_hello(cfg: &ServerConfig, resume: Resume) -> Hello {
-    Hello {
-        version: PROTOCOL_VERSION,
-        stream_window: cfg.session.stream_window,
-        max_record: straw_core::codec::DecoderLimits::default().max_record_bytes as u64,
-        resume: Some(resume),
-        codec_model: Some(our_codec_model(cfg)),
-    }
+    handshake::our_hello(&our_session_config(cfg), Some(resume))
 }
-
-fn our_codec_model(cfg: &ServerConfig) -> u32 {
-    crate::client::codec_model_id(&crate::client::session_config(Role::Server, &cfg.session))
-}
-
-type SessionId = [u8; RESUME_ID_LEN];
 
 /// Sessions alive on this server, by id, so that a reconnecting client can
-/// take its own back.
+/// take its own back. A running session's handle makes its connection let go.
 #[derive(Clone, Default)]
-struct Sessions(Arc<std::sync::Mutex<HashMap<SessionId, Entry>>>);
-
-struct Entry {
-    /// Only the client key that created the session may resume it: Noise IK
-    /// authenticates that key, while a first handshake message (and the ticket
-    /// in it) can be replayed by anyone who saw it.
-    client: [u8; 32],
-    ticket: [u8; RESUME_ID_LEN],
-    slot: Slot,
-    /// Counts parkings, so that an expiry timer only drops the parking it was
-    /// started for.
-    parks: u64,
-}
-
-enum Slot {
-    /// A connection carries the session; notify to make it let go.
-    Running(Arc<Notify>),
-    /// No connection: waiting for the client, until the grace period ends.
-    Parked(Box<Tunnel>),
-}
+struct Sessions(Arc<std::sync::Mutex<ResumeTable<Box<Tunnel>, Arc<Notify>>>>);
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
-        // A panic elsewhere can't leave the map inconsistent: keep serving.
+    fn lock(&self) -> std::sync::MutexGuard<'_, ResumeTable<Box<Tunnel>, Arc<Notify>>> {
+        // A panic elsewhere can't leave the table inconsistent: keep serving.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Puts a tunnel whose link dropped aside for `grace`, then drops it
     /// (closing its upstream connections) unless a client took it back.
     fn park(&self, id: SessionId, tunnel: Tunnel, grace: Duration, label: String) {
-        let parks = {
-            let mut map = self.lock();
-            let Some(e) = map.get_mut(&id) else { return };
-            e.parks += 1;
-            e.slot = Slot::Parked(Box::new(tunnel));
-            e.parks
+        let Some(parks) = self.lock().park(&id, Box::new(tunnel)) else {
+            return;
         };
         let sessions = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            let expired = {
-                let mut map = sessions.lock();
-                match map.get(&id) {
-                    Some(e) if e.parks == parks && matches!(e.slot, Slot::Parked(_)) => {
-                        map.remove(&id)
-                    }
-                    _ => None,
-                }
-            };
-            if let Some(Entry {
-                slot: Slot::Parked(t),
-                ..
-            }) = expired
-            {
+            let expired = sessions.lock().expire(&id, parks);
+            if let Some(t) = expired {
                 info!(
                     tunnel = %label,
                     streams = t.stream_count(),
@@ -189,8 +148,9 @@ impl Sessions {
     }
 
     fn remove(&self, id: &SessionId) {
-        let e = self.lock().remove(id);
-        drop(e);
+        // Dropped outside the lock: that closes its pumps.
+        let parked = self.lock().remove(id);
+        drop(parked);
     }
 }
 
@@ -198,11 +158,6 @@ fn random_id() -> Result<SessionId> {
     let mut id = [0u8; RESUME_ID_LEN];
     getrandom::fill(&mut id).map_err(|e| anyhow!("no system randomness: {e}"))?;
     Ok(id)
-}
-
-/// Compares secrets without an early exit.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What the handshake decided for this connection.
@@ -227,63 +182,43 @@ fn plan(
     client: &[u8; 32],
     payload: &[u8],
 ) -> Result<(Plan, Vec<u8>)> {
-    let client_hello = Hello::decode(payload).map_err(|e| anyhow!("bad client hello: {e}"))?;
-    if client_hello.version != PROTOCOL_VERSION {
-        bail!(
-            "client speaks protocol {}, we speak {PROTOCOL_VERSION}",
-            client_hello.version
-        );
-    }
-    crate::client::check_codec_model(our_codec_model(cfg), client_hello.codec_model)?;
+    let client_hello = handshake::check_peer_hello(&our_session_config(cfg), payload)?;
     if let Some(r) = &client_hello.resume {
-        let mut map = sessions.lock();
-        if let Some(e) = map.get_mut(&r.session_id)
-            && e.client == *client
-            && ct_eq(&e.ticket, &r.ticket)
-        {
-            let stop = Arc::new(Notify::new());
-            match std::mem::replace(&mut e.slot, Slot::Running(stop.clone())) {
-                Slot::Parked(mut tunnel) => {
-                    tunnel.set_stop(stop);
-                    let reply = our_hello(
-                        cfg,
-                        Resume {
-                            session_id: r.session_id,
-                            ticket: e.ticket,
-                            records_received: tunnel.records_received(),
-                        },
-                    );
-                    return Ok((
-                        Plan::Resume {
-                            id: r.session_id,
-                            tunnel,
-                            peer_received: r.records_received,
-                        },
-                        reply.encode(),
-                    ));
-                }
-                Slot::Running(old) => {
-                    // Its old connection still looks alive to us: make it let
-                    // go; the client's next attempt finds the session parked.
-                    e.slot = Slot::Running(old.clone());
-                    old.notify_one();
-                    bail!("session still attached to an older connection; closing that one, retry");
-                }
+        let stop = Arc::new(Notify::new());
+        let claim = sessions.lock().claim(client, r, stop.clone());
+        match claim {
+            Claim::Resume { mut parked, ticket } => {
+                parked.set_stop(stop);
+                let reply = our_hello(
+                    cfg,
+                    Resume {
+                        session_id: r.session_id,
+                        ticket,
+                        records_received: parked.records_received(),
+                    },
+                );
+                return Ok((
+                    Plan::Resume {
+                        id: r.session_id,
+                        tunnel: parked,
+                        peer_received: r.records_received,
+                    },
+                    reply.encode(),
+                ));
             }
+            Claim::Busy(old) => {
+                // Its old connection still looks alive to us: make it let
+                // go; the client's next attempt finds the session parked.
+                old.notify_one();
+                bail!("session still attached to an older connection; closing that one, retry");
+            }
+            Claim::Fresh => {}
         }
     }
     let id = random_id()?;
     let ticket = random_id()?;
     let stop = Arc::new(Notify::new());
-    sessions.lock().insert(
-        id,
-        Entry {
-            client: *client,
-            ticket,
-            slot: Slot::Running(stop.clone()),
-            parks: 0,
-        },
-    );
+    sessions.lock().insert(id, ticket, *client, stop.clone());
     let reply = our_hello(
         cfg,
         Resume {
@@ -448,10 +383,12 @@ impl ServiceDialer {
 }
 
 impl Dialer for ServiceDialer {
-    fn needs_first_data(&self, service: &str) -> bool {
+    fn first_data_services(&self) -> Vec<String> {
         self.services
-            .get(service)
-            .is_some_and(|s| s.protocol == Protocol::Http)
+            .iter()
+            .filter(|(_, s)| s.protocol == Protocol::Http)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     fn dial(&self, service: &str, first_data: Option<Bytes>) -> DialFuture {
@@ -478,17 +415,14 @@ impl Dialer for ServiceDialer {
                     .await
                     .map_err(|_| anyhow!("{service}: TLS with {upstream} timed out"))?
                     .with_context(|| format!("service {service}"))?;
-            let accel: Box<dyn Accelerator> = match svc.protocol {
-                Protocol::Tcp => Box::new(Passthrough::default()),
-                Protocol::Pop3 => Box::new(pop3::ServerAccel::new()),
-                Protocol::Smtp => Box::new(match smtp_store {
-                    Some((store, client)) => smtp::ServerAccel::new().with_store(store, &client),
-                    None => smtp::ServerAccel::new(),
-                }),
-                Protocol::Imap => Box::new(imap::ServerAccel::new(Default::default())),
-                Protocol::Http => Box::new(http::ServerAccel::new(policy)),
+            let accel = AccelFactory {
+                protocol: svc.protocol,
+                side: Side::Server {
+                    http: policy,
+                    smtp_store,
+                },
             };
-            Ok((sock, accel))
+            Ok((sock, accel.make()))
         })
     }
 }
@@ -516,6 +450,7 @@ async fn http_origin(first: Option<&[u8]>, policy: &http::HttpPolicy) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use straw_core::wire::PROTOCOL_VERSION;
 
     fn cfg() -> ServerConfig {
         toml::from_str(
@@ -536,7 +471,7 @@ test = { upstream = "127.0.0.1:2" }
             stream_window: 1000,
             max_record: 1000,
             resume,
-            codec_model: Some(our_codec_model(&cfg())),
+            codec_model: Some(handshake::codec_model_id(&our_session_config(&cfg()))),
         }
         .encode()
     }
@@ -575,10 +510,11 @@ test = { upstream = "127.0.0.1:2" }
 
         // The right key and ticket while the old connection still runs: that
         // connection is told to stop, and this attempt is refused (retry).
-        let stop = match &sessions.lock()[&granted.session_id].slot {
-            Slot::Running(n) => n.clone(),
-            Slot::Parked(_) => panic!("not parked yet"),
-        };
+        let stop = sessions
+            .lock()
+            .running(&granted.session_id)
+            .expect("not parked yet")
+            .clone();
         assert!(plan(&sessions, &cfg(), &alice, &hello(Some(granted))).is_err());
         let notified = stop.notified();
         tokio::pin!(notified);
@@ -603,7 +539,8 @@ test = { upstream = "127.0.0.1:2" }
         h[0] = 99;
         assert!(plan(&sessions, &cfg(), &[1; 32], &h).is_err());
         // Another codec model, or none announced: refused with a clear error.
-        for model in [None, Some(our_codec_model(&cfg()) ^ 1)] {
+        let ours = handshake::codec_model_id(&our_session_config(&cfg()));
+        for model in [None, Some(ours ^ 1)] {
             let h = Hello {
                 version: PROTOCOL_VERSION,
                 stream_window: 1000,
