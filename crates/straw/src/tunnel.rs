@@ -63,7 +63,7 @@ pub trait Dialer: Send + Sync + 'static {
     fn dial(&self, service: &str, first_data: Option<Bytes>) -> DialFuture;
 }
 
-/// Counters shared with tests, metrics and `straw status`.
+/// Counters shared with tests, the bench and the hang-up cost line.
 #[derive(Debug, Default)]
 pub struct TunnelStats {
     pub wire_bytes_sent: AtomicU64,
