@@ -7,7 +7,12 @@
 //! - [`session`]: streams, credit, scheduling, cork/flush, acks and replay.
 //! - [`transform`]: the lossless base64 transform on stream data.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod session;
 pub mod transform;
 pub mod wire;
+
+#[cfg(test)]
+mod fixtures;

@@ -6,13 +6,30 @@
 //! answer locally, where the answer commits nothing), with hints for the
 //! session: flush now, or treat as bulk. Accelerators come in pairs, one per
 //! side, and may rewrite what crosses the stream between them.
+//!
+//! One folder per protocol ([`pop3`], [`smtp`], [`imap`], [`http`]), split
+//! the same way: `reply` reads what the real server says, `client` is the
+//! mail program's side, `server` the real server's side, and `prefetch` and
+//! `resume` where the protocol has them. What several protocols share (the
+//! queue of replies owed to the program, the line reader) is in `shared`.
+//! The mail protocols also hold the runtime's own short dialogues as small
+//! state machines, bytes in and bytes out: `starttls` (TLS upstream) and
+//! `warm_up` (filling the cache before a program connects).
+
+#![forbid(unsafe_code)]
 
 pub mod http;
 pub mod imap;
 pub mod partial;
 pub mod passthrough;
 pub mod pop3;
+mod shared;
 pub mod smtp;
+#[cfg(test)]
+mod test_util;
+
+pub use shared::dialogue::{Dialogue, DialogueError, Script, Scripted, Step};
+pub use shared::lines::LineTooLong;
 
 /// What an accelerator wants done after one call.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -44,6 +61,14 @@ impl Output {
         self.fail = None;
         self.cache_put.clear();
         self.notes.clear();
+    }
+
+    /// Gives up with `why`, unless a reason was already given: the first
+    /// failure is the one that explains the rest.
+    pub(crate) fn fail_once(&mut self, why: impl std::fmt::Display) {
+        if self.fail.is_none() {
+            self.fail = Some(why.to_string());
+        }
     }
 }
 

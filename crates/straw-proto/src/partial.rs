@@ -32,6 +32,17 @@ pub trait PartialStore: Send + Sync + std::fmt::Debug {
 
 pub type SharedStore = Arc<dyn PartialStore>;
 
+/// Why a resume request line (POP3's or IMAP's `XSTRAW-PARTIAL`) was not
+/// taken: the server side then sends the whole message, as if none came.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// A version this side does not speak (a newer client side).
+    #[error("unsupported {verb} version in {line:?}")]
+    UnsupportedVersion { verb: &'static str, line: String },
+    #[error("malformed {line:?}")]
+    Malformed { line: String },
+}
+
 /// Hash of a prefix as it travels: SHA-256 cut to 128 bits, in hex. Not a
 /// security boundary (both ends trust each other); 128 bits make an
 /// accidental match impossible in practice at half the wire cost.

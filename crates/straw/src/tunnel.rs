@@ -871,7 +871,6 @@ impl Tunnel {
                     debug!(tunnel = %self.label, stream, code, "stream reset by peer");
                     self.forget(stream);
                 }
-                Event::Proto { .. } => {}
             }
         }
         Ok(())

@@ -313,6 +313,58 @@ fn truncated_record_is_corrupt() {
     assert!(matches!(err, CodecError::Corrupt(_)), "{err:?}");
 }
 
+/// Encodes and decodes each record in turn, both sides reset before record
+/// `reset_at`: every record comes back as it was.
+fn round_trip_records(
+    enc: &mut RecordEncoder,
+    dec: &mut RecordDecoder,
+    recs: &[(CodecId, Vec<u8>)],
+    reset_at: Option<usize>,
+) -> Result<(), TestCaseError> {
+    let mut out = Vec::new();
+    for (i, (codec, data)) in recs.iter().enumerate() {
+        if reset_at == Some(i) {
+            enc.reset();
+            dec.reset();
+        }
+        let mut rec = Vec::new();
+        enc.encode(*codec, data, &mut rec).unwrap();
+        dec.decode(&rec, &mut out).unwrap();
+        prop_assert_eq!(&out, data);
+    }
+    Ok(())
+}
+
+/// Flips bit `bit` of the byte at each `at` after the codec byte.
+fn flip_bits(rec: &mut [u8], flips: Vec<(prop::sample::Index, u8)>) {
+    for (at, bit) in flips {
+        let i = 1 + at.index(rec.len() - 1);
+        rec[i] ^= 1 << bit;
+    }
+}
+
+/// A record of `codec` with one bit flipped and cut short decodes to an
+/// error or to at most the cap, never a panic.
+fn mangled_record_stays_capped(
+    pair: impl Fn() -> (RecordEncoder, RecordDecoder),
+    codec: CodecId,
+    flip: usize,
+    bit: u8,
+    cut: usize,
+) -> Result<(), TestCaseError> {
+    let (mut enc, _) = pair();
+    let mut rec = encode(&mut enc, codec, &mail_message());
+    let i = 1 + flip % (rec.len() - 1);
+    rec[i] ^= 1 << bit;
+    let cut = 1 + cut % rec.len();
+    let (_, mut dec) = pair();
+    let mut out = Vec::new();
+    if dec.decode(&rec[..cut], &mut out).is_ok() {
+        prop_assert!(out.len() <= DecoderLimits::default().max_record_bytes);
+    }
+    Ok(())
+}
+
 fn arb_codec() -> impl Strategy<Value = CodecId> {
     prop_oneof![Just(CodecId::Stored), Just(CodecId::Zstd)]
 }
@@ -335,17 +387,7 @@ proptest! {
         reset_at in prop::option::of(0usize..24),
     ) {
         let (mut enc, mut dec) = pair();
-        let mut out = Vec::new();
-        for (i, (codec, data)) in recs.iter().enumerate() {
-            if reset_at == Some(i) {
-                enc.reset();
-                dec.reset();
-            }
-            let mut rec = Vec::new();
-            enc.encode(*codec, data, &mut rec).unwrap();
-            dec.decode(&rec, &mut out).unwrap();
-            prop_assert_eq!(&out, data);
-        }
+        round_trip_records(&mut enc, &mut dec, &recs, reset_at)?;
     }
 
 }
@@ -390,10 +432,7 @@ proptest! {
     ) {
         let mut recs = valid_zstd_records();
         let r = &mut recs[which];
-        for (at, bit) in flips {
-            let i = 1 + at.index(r.len() - 1);
-            r[i] ^= 1 << bit;
-        }
+        flip_bits(r, flips);
         if truncate {
             let n = 1 + cut.index(r.len() - 1);
             r.truncate(n);
@@ -580,17 +619,7 @@ proptest! {
         reset_at in prop::option::of(0usize..12),
     ) {
         let (mut enc, mut dec) = with_dict(Some(MAIL_V1));
-        let mut out = Vec::new();
-        for (i, (codec, data)) in recs.iter().enumerate() {
-            if reset_at == Some(i) {
-                enc.reset();
-                dec.reset();
-            }
-            let mut rec = Vec::new();
-            enc.encode(*codec, data, &mut rec).unwrap();
-            dec.decode(&rec, &mut out).unwrap();
-            prop_assert_eq!(&out, data);
-        }
+        round_trip_records(&mut enc, &mut dec, &recs, reset_at)?;
     }
 }
 
@@ -613,10 +642,7 @@ proptest! {
         // anywhere into (or before) the dictionary.
         let (mut enc, _) = with_dict(Some(MAIL_V1));
         let mut good = encode(&mut enc, CodecId::Zstd, &mail_message());
-        for (at, bit) in flips {
-            let i = 1 + at.index(good.len() - 1);
-            good[i] ^= 1 << bit;
-        }
+        flip_bits(&mut good, flips);
         let _ = RecordDecoder::new(&limits).decode(&good, &mut out);
         prop_assert!(out.len() <= limits.max_record_bytes);
     }
@@ -1036,17 +1062,7 @@ proptest! {
 
     #[test]
     fn prop_cm_mangled_records_never_panic(flip in any::<usize>(), bit in 0u8..8, cut in any::<usize>()) {
-        let (mut enc, _) = cm_pair(SMALL_CM);
-        let m = mail_message();
-        let mut rec = encode(&mut enc, CodecId::Cm, &m);
-        let i = 1 + flip % (rec.len() - 1);
-        rec[i] ^= 1 << bit;
-        let cut = 1 + cut % rec.len();
-        let (_, mut dec) = cm_pair(SMALL_CM);
-        let mut out = Vec::new();
-        if dec.decode(&rec[..cut], &mut out).is_ok() {
-            prop_assert!(out.len() <= DecoderLimits::default().max_record_bytes);
-        }
+        mangled_record_stays_capped(|| cm_pair(SMALL_CM), CodecId::Cm, flip, bit, cut)?;
     }
 }
 
@@ -1210,17 +1226,7 @@ proptest! {
 
     #[test]
     fn prop_lz4_mangled_records_never_panic(flip in any::<usize>(), bit in 0u8..8, cut in any::<usize>()) {
-        let (mut enc, _) = pair();
-        let m = mail_message();
-        let mut rec = encode(&mut enc, CodecId::Lz4, &m);
-        let i = 1 + flip % (rec.len() - 1);
-        rec[i] ^= 1 << bit;
-        let cut = 1 + cut % rec.len();
-        let (_, mut dec) = pair();
-        let mut out = Vec::new();
-        if dec.decode(&rec[..cut], &mut out).is_ok() {
-            prop_assert!(out.len() <= DecoderLimits::default().max_record_bytes);
-        }
+        mangled_record_stays_capped(pair, CodecId::Lz4, flip, bit, cut)?;
     }
 }
 

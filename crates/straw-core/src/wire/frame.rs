@@ -21,7 +21,9 @@ pub enum FrameType {
     Ping = 6,
     Pong = 7,
     Caps = 8,
-    Proto = 9,
+    // 9 was PROTO (accelerator control): reserved, rejected as unknown.
+    // Accelerator control travels in-band as `XSTRAW-*` lines, where its
+    // order relative to the stream's data is exact (docs/wire.md §3).
     CodecReset = 10,
 }
 
@@ -37,7 +39,6 @@ impl FrameType {
             6 => Self::Ping,
             7 => Self::Pong,
             8 => Self::Caps,
-            9 => Self::Proto,
             10 => Self::CodecReset,
             other => return Err(WireError::UnknownType(other)),
         })
@@ -89,11 +90,6 @@ pub enum Frame {
     Caps {
         payload: Bytes,
     },
-    /// Control message between a pair of accelerators.
-    Proto {
-        stream: u64,
-        payload: Bytes,
-    },
     /// The sender's compression contexts go back to their primed state after
     /// this record; the receiver resets its decoders at the same boundary.
     /// Sent after an idle period so that idle tunnels hold no codec state.
@@ -112,7 +108,6 @@ impl Frame {
             Frame::Ping { .. } => FrameType::Ping,
             Frame::Pong { .. } => FrameType::Pong,
             Frame::Caps { .. } => FrameType::Caps,
-            Frame::Proto { .. } => FrameType::Proto,
             Frame::CodecReset => FrameType::CodecReset,
         }
     }
@@ -127,8 +122,7 @@ impl Frame {
         match self {
             Frame::Data {
                 stream, payload, ..
-            }
-            | Frame::Proto { stream, payload } => {
+            } => {
                 put_varint(out, *stream);
                 put_varint(out, payload.len() as u64);
                 out.extend_from_slice(payload);
@@ -215,14 +209,6 @@ impl FrameDecoder {
                 Frame::Data {
                     stream,
                     flags,
-                    payload: self.take_payload(len)?,
-                }
-            }
-            FrameType::Proto => {
-                let stream = self.varint()?;
-                let len = self.varint()?;
-                Frame::Proto {
-                    stream,
                     payload: self.take_payload(len)?,
                 }
             }
@@ -321,7 +307,6 @@ mod tests {
             any::<u64>().prop_map(|stamp| Frame::Ping { stamp }),
             any::<u64>().prop_map(|stamp| Frame::Pong { stamp }),
             bytes().prop_map(|payload| Frame::Caps { payload }),
-            (any::<u64>(), bytes()).prop_map(|(stream, payload)| Frame::Proto { stream, payload }),
             Just(Frame::CodecReset),
         ]
     }
@@ -355,6 +340,17 @@ mod tests {
             payload: Bytes::from_static(b"+OK\r\n"),
         };
         assert_eq!(f.encoded_len(), 3 + 5);
+    }
+
+    /// Type 9 (the former PROTO) and the unassigned types close the tunnel
+    /// like any malformed frame; nothing after them is decoded.
+    #[test]
+    fn reserved_and_unknown_types_are_rejected() {
+        for ty in [9u8, 11, 15] {
+            let mut frames = FrameDecoder::new(Bytes::from(vec![ty, 1, 2, b'h', b'i']));
+            assert_eq!(frames.next(), Some(Err(WireError::UnknownType(ty))));
+            assert_eq!(frames.next(), None);
+        }
     }
 
     #[test]

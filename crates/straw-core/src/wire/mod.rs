@@ -17,7 +17,9 @@ pub enum WireError {
     Truncated,
     #[error("varint longer than 10 bytes or overflowing u64")]
     BadVarint,
-    #[error("unknown frame type {0}")]
+    /// A type no frame has (9, once PROTO, is reserved), or flags on a
+    /// type that has none (the whole first byte).
+    #[error("unknown or reserved frame type {0:#04x}")]
     UnknownType(u8),
     #[error("frame length {0} exceeds the record")]
     BadLength(u64),

@@ -67,7 +67,7 @@ impl Framer {
         self.buf.extend_from_slice(data);
     }
 
-    pub fn next_ev(&mut self) -> Result<Option<Ev>, String> {
+    pub fn next_ev(&mut self) -> Result<Option<Ev>, FrameError> {
         let avail = &self.buf[self.pos..];
         if self.lit_left > 0 {
             if avail.is_empty() {
@@ -82,16 +82,17 @@ impl Framer {
         let Some(i) = avail[self.scanned..].iter().position(|&b| b == b'\n') else {
             self.scanned = avail.len();
             if avail.len() > self.max_line {
-                return Err(format!(
-                    "IMAP line longer than {} bytes without a line end",
-                    self.max_line
-                ));
+                return Err(FrameError::Unended {
+                    limit: self.max_line,
+                });
             }
             return Ok(None);
         };
         let end = self.scanned + i + 1;
         if end > self.max_line + 2 {
-            return Err(format!("IMAP line longer than {} bytes", self.max_line));
+            return Err(FrameError::LineTooLong {
+                limit: self.max_line,
+            });
         }
         let raw = avail[..end].to_vec();
         self.pos += end;
@@ -100,10 +101,10 @@ impl Framer {
         if let Some(l) = lit
             && l.n > self.max_literal
         {
-            return Err(format!(
-                "IMAP literal of {} bytes exceeds the limit of {} bytes",
-                l.n, self.max_literal
-            ));
+            return Err(FrameError::LiteralTooBig {
+                size: l.n,
+                limit: self.max_literal,
+            });
         }
         let first = self.first;
         self.first = lit.is_none();
@@ -112,13 +113,26 @@ impl Framer {
     }
 }
 
+/// What is wrong with the bytes being framed. The connection fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("IMAP line longer than {limit} bytes without a line end")]
+    Unended { limit: usize },
+    #[error("IMAP line longer than {limit} bytes")]
+    LineTooLong { limit: usize },
+    #[error("IMAP literal of {size} bytes exceeds the limit of {limit} bytes")]
+    LiteralTooBig { size: u64, limit: u64 },
+    #[error("IMAP literal size does not fit in 64 bits")]
+    LiteralSizeOverflow,
+}
+
 /// A line without its CRLF (or bare LF).
 pub(crate) fn content(raw: &[u8]) -> &[u8] {
     let s = raw.strip_suffix(b"\n").unwrap_or(raw);
     s.strip_suffix(b"\r").unwrap_or(s)
 }
 
-pub(crate) fn parse_literal(line: &[u8]) -> Result<Option<Lit>, String> {
+pub(crate) fn parse_literal(line: &[u8]) -> Result<Option<Lit>, FrameError> {
     let Some(body) = line.strip_suffix(b"}") else {
         return Ok(None);
     };
@@ -136,7 +150,7 @@ pub(crate) fn parse_literal(line: &[u8]) -> Result<Option<Lit>, String> {
     let n = std::str::from_utf8(digits)
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
-        .ok_or_else(|| "IMAP literal size does not fit in 64 bits".to_string())?;
+        .ok_or(FrameError::LiteralSizeOverflow)?;
     Ok(Some(Lit { n, plus, open }))
 }
 

@@ -23,7 +23,11 @@
 //! (no `[XSTRAW-` code) tells the client side to stop offering; the FETCH
 //! is then an ordinary full one.
 
-use crate::partial::prefix_hash;
+use super::client::ClientAccel;
+use super::framer::{Lit, content, with_literal};
+use super::reply::show;
+use crate::Output;
+use crate::partial::{RequestError, prefix_hash};
 
 pub const VERB: &str = "XSTRAW-PARTIAL";
 pub const VERSION: u32 = 1;
@@ -60,15 +64,18 @@ pub(crate) fn request(tag: &str, uid: u32, item: &str, prefix: &[u8]) -> Vec<u8>
 }
 
 /// Parses a request line (without CRLF): the offer, or why not.
-pub(crate) fn parse_request(line: &[u8]) -> Result<Offer, String> {
+pub(crate) fn parse_request(line: &[u8]) -> Result<Offer, RequestError> {
     let text = String::from_utf8_lossy(line).into_owned();
     let w: Vec<&str> = text.split(' ').collect();
-    let bad = || format!("malformed {text:?}");
+    let bad = || RequestError::Malformed { line: text.clone() };
     if w.len() != 7 || !w[1].eq_ignore_ascii_case(VERB) {
         return Err(bad());
     }
     if w[2].parse::<u32>().ok() != Some(VERSION) {
-        return Err(format!("unsupported {VERB} version in {text:?}"));
+        return Err(RequestError::UnsupportedVersion {
+            verb: VERB,
+            line: text.clone(),
+        });
     }
     let uid = w[3].parse::<u32>().map_err(|_| bad())?;
     let item = w[4].to_ascii_uppercase();
@@ -266,6 +273,164 @@ pub(crate) fn uidvalidity_in(line: &[u8]) -> Option<u32> {
     let text = String::from_utf8_lossy(line).to_ascii_uppercase();
     let i = text.find("[UIDVALIDITY ")?;
     text[i + 13..].split(']').next()?.trim().parse().ok()
+}
+
+// The client side's part: learn UIDs, offer stored prefixes, splice a
+// resumed literal back together and keep body literals as they arrive.
+
+#[derive(Debug)]
+pub(crate) struct ClientOffer {
+    pub(super) tag: Vec<u8>,
+    pub(super) uid: u32,
+    pub(super) item: String,
+    pub(super) key: String,
+    pub(super) prefix: Vec<u8>,
+}
+
+impl ClientAccel {
+    /// A FETCH by number of one message whose UID is unknown: asks the
+    /// server for it (own tag, pipelined) so its literal can be kept.
+    /// Returns true if the FETCH must wait for the answer: the store holds
+    /// something for this mailbox, so there may be a prefix to offer.
+    pub(super) fn uid_lookup(&mut self, raw: &[u8], out: &mut Output) -> bool {
+        let (Some(store), Some(user)) = (&self.store, &self.user) else {
+            return false;
+        };
+        // Behind a SELECT in flight the lookup still runs in the new
+        // mailbox; the store then holds nothing for this account, or the
+        // FETCH would have waited for the SELECT.
+        if self.closing.is_some() || (self.mailbox.is_none() && self.selecting.is_none()) {
+            return false;
+        }
+        let Some((false, n, _)) = fetch_command(content(raw)) else {
+            return false;
+        };
+        if self.selecting.is_none() && self.seq_uids.contains_key(&n) {
+            return false;
+        }
+        let wait = !self.resume_refused
+            && self.selecting.is_none()
+            && self
+                .mailbox
+                .as_ref()
+                .is_some_and(|(mb, uv)| store.any_with_prefix(&mailbox_prefix(user, mb, *uv)));
+        self.own_seq += 1;
+        let tag = format!("{}{}", TAG_PREFIX, self.own_seq);
+        out.to_tunnel
+            .extend_from_slice(format!("{tag} FETCH {n} (UID)\r\n").as_bytes());
+        out.flush |= wait;
+        self.lookups.push((tag.into_bytes(), n));
+        wait
+    }
+
+    pub(super) fn offer(&mut self, line: &[u8], out: &mut Output) {
+        let (Some(store), Some(user), Some((mb, uv))) = (&self.store, &self.user, &self.mailbox)
+        else {
+            return;
+        };
+        if self.resume_refused || self.selecting.is_some() || self.closing.is_some() {
+            return;
+        }
+        let Some((by_uid, n, item)) = fetch_command(line) else {
+            return;
+        };
+        let uid = if by_uid {
+            n
+        } else {
+            match self.seq_uids.get(&n) {
+                Some(&u) => u,
+                None => return,
+            }
+        };
+        let key = key(user, mb, *uv, uid, &item);
+        let Some(prefix) = store.get(&key).filter(|p| p.len() >= MIN_PREFIX) else {
+            return;
+        };
+        self.own_seq += 1;
+        let tag = format!("{}{}", TAG_PREFIX, self.own_seq);
+        out.to_tunnel
+            .extend_from_slice(&request(&tag, uid, &item, &prefix));
+        self.offers.push(ClientOffer {
+            tag: tag.into_bytes(),
+            uid,
+            item,
+            key,
+            prefix,
+        });
+    }
+
+    /// The server side's answer to an offer (swallowed).
+    pub(super) fn offer_answered(
+        &mut self,
+        o: ClientOffer,
+        status: &[u8],
+        line: &[u8],
+        out: &mut Output,
+    ) {
+        let text = String::from_utf8_lossy(line);
+        if status.eq_ignore_ascii_case(b"OK") && text.contains("[XSTRAW-RESUMED]") {
+            self.armed = Some(o);
+            self.armed_fresh = true;
+        } else if !text.contains("[XSTRAW-") {
+            // Not from a straw server side: the real server refused it.
+            out.notes.push(format!(
+                "IMAP resume not supported by the server side ({}); fetching whole",
+                show(line)
+            ));
+            self.resume_refused = true;
+        }
+    }
+
+    /// A literal inside an untagged FETCH response: splice a resumed one,
+    /// keep a body item's bytes in the store. `mark`: where this line
+    /// starts in `out.to_local`.
+    pub(super) fn fetch_literal(&mut self, raw: &[u8], lit: Lit, mark: usize, out: &mut Output) {
+        self.keeping = None;
+        let Some((_, uid)) = self.fetch_resp else {
+            return;
+        };
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let Some(item) = literal_item(&raw[..lit.open]) else {
+            return;
+        };
+        // Same rule as the server side: the first literal of the item whose
+        // response shows no other UID before it.
+        if let Some(a) = &self.armed
+            && a.item == item
+            && uid.is_none_or(|u| u == a.uid)
+        {
+            let Some(a) = self.armed.take() else { return };
+            let real = Lit {
+                n: lit.n + a.prefix.len() as u64,
+                plus: false,
+                open: lit.open,
+            };
+            out.to_local.truncate(mark);
+            out.to_local
+                .extend_from_slice(&with_literal(raw, &real, false));
+            out.to_local.extend_from_slice(&a.prefix);
+            if lit.n == 0 {
+                store.remove(&a.key);
+            } else {
+                self.keeping = Some((a.key, lit.n));
+            }
+            return;
+        }
+        let uid = uid.or_else(|| {
+            self.fetch_resp
+                .and_then(|(s, _)| self.seq_uids.get(&s).copied())
+        });
+        let (Some(user), Some((mb, uv)), Some(uid)) = (&self.user, &self.mailbox, uid) else {
+            return;
+        };
+        if lit.n >= STORE_MIN {
+            let key = key(user, mb, *uv, uid, &item);
+            store.put(&key, b"");
+            self.keeping = Some((key, lit.n));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,9 +13,10 @@
 //! The prefix covers the body as it crosses the stream (dot-stuffed, after
 //! the status line), so the client side can splice it back unchanged.
 
-use crate::partial::prefix_hash;
-
-use super::text::trim_end;
+use super::client::{ClientAccel, Disp, Expect, RetrTrack, Track};
+use crate::Output;
+use crate::partial::{RequestError, prefix_hash};
+use crate::shared::lines::trim_end;
 
 /// The private command's verb; the first argument is its version.
 pub const VERB: &str = "XSTRAW-PARTIAL";
@@ -38,12 +39,15 @@ pub(crate) fn request(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Parses the arguments of a request line: `(len, hash)`, or why not.
-pub(crate) fn parse_request(line: &[u8]) -> Result<(usize, String), String> {
+pub(crate) fn parse_request(line: &[u8]) -> Result<(usize, String), RequestError> {
     let text = String::from_utf8_lossy(trim_end(line)).into_owned();
     let mut w = text.split_ascii_whitespace().skip(1);
     let version = w.next().and_then(|v| v.parse::<u32>().ok());
     if version != Some(VERSION) {
-        return Err(format!("unsupported {VERB} version in {text:?}"));
+        return Err(RequestError::UnsupportedVersion {
+            verb: VERB,
+            line: text,
+        });
     }
     let len = w.next().and_then(|v| v.parse::<usize>().ok());
     let hash = w
@@ -51,7 +55,7 @@ pub(crate) fn parse_request(line: &[u8]) -> Result<(usize, String), String> {
         .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
     match (len, hash, w.next()) {
         (Some(len), Some(hash), None) if len > 0 => Ok((len, hash.to_ascii_lowercase())),
-        _ => Err(format!("malformed {text:?}")),
+        _ => Err(RequestError::Malformed { line: text }),
     }
 }
 
@@ -173,6 +177,176 @@ impl ServerResume {
             held.extend_from_slice(&self.prefix);
         }
         self.prefix = Vec::new();
+    }
+}
+
+/// Why a resumed RETR cannot go on: the connection fails rather than show
+/// the program a message that is not the server's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetrError {
+    #[error("POP3 RETR: server side agreed to resume, then the reply failed")]
+    FailedAfterAgreeing,
+    #[error("POP3 RETR: stored prefix runs past the end of the message")]
+    PrefixPastEnd,
+    #[error(transparent)]
+    Reply(#[from] super::reply::ReplyError),
+}
+
+// The client side's part: offer a stored prefix with `RETR n`, keep the
+// body in the store as it arrives, and splice the prefix back in.
+impl ClientAccel {
+    /// `RETR n` with a partial store: learn the message's UIDL if needed,
+    /// offer a stored prefix, and watch the body. Returns false if the line
+    /// was put back to wait for our own `UIDL n`.
+    pub(super) fn retr(&mut self, line: Vec<u8>, out: &mut Output) -> bool {
+        let msg = String::from_utf8_lossy(trim_end(&line))
+            .split_ascii_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<u32>().ok());
+        let (Some(store), Some(user), Some(msg)) = (self.store.clone(), self.user.clone(), msg)
+        else {
+            self.forward(&line, true, false, out);
+            return true;
+        };
+        let key = match self.uidls.get(&msg) {
+            Some(Some(uid)) => Some(key(&user, uid)),
+            Some(None) => {
+                // The server gives no UIDL for it: nothing to key a partial by.
+                self.forward(&line, true, false, out);
+                return true;
+            }
+            None if self.prefetch_uidl_pending() => {
+                // The prefetched listing arrives before the RETR reply.
+                if store.any_with_prefix(&account_prefix(&user)) {
+                    if let Some(e) = self
+                        .expect
+                        .iter_mut()
+                        .find(|e| matches!(e.disp, Disp::Prefetch(1)))
+                    {
+                        e.unblocks = true;
+                        self.blocked = true;
+                    }
+                    self.inbuf.splice(0..0, line);
+                    return false;
+                }
+                None
+            }
+            None => {
+                self.ask_uidl(msg, out);
+                if store.any_with_prefix(&account_prefix(&user)) {
+                    // A partial of this account may be this message: wait
+                    // for the UIDL (one round trip) before asking for it.
+                    out.flush = true;
+                    self.block_on_last();
+                    self.inbuf.splice(0..0, line);
+                    return false;
+                }
+                None
+            }
+        };
+        let offered = key
+            .as_ref()
+            .filter(|_| !self.resume_refused)
+            .and_then(|k| store.get(k))
+            .filter(|p| p.len() >= MIN_PREFIX);
+        if let Some(p) = &offered {
+            out.to_tunnel.extend_from_slice(&request(p));
+            self.expect.push_back(Expect {
+                multi: false,
+                disp: Disp::Resume,
+                unblocks: false,
+            });
+        }
+        let track = Track::Retr(Box::new(RetrTrack {
+            msg,
+            key,
+            offered,
+            resumed: false,
+            spliced: false,
+            storing: false,
+            record: true,
+        }));
+        self.forward_tracked(&line, true, false, track, out);
+        true
+    }
+
+    /// For the RETR at the front, after a piece of its reply went into
+    /// `cur`: keeps the body (as it came over the stream) in the store, and
+    /// splices the stored prefix in after the status line of a resumed one.
+    pub(super) fn track_retr(&mut self, was_body: bool, done: &mut bool) -> Result<(), RetrError> {
+        let Some(Expect {
+            disp:
+                Disp::Deliver {
+                    track: Track::Retr(t),
+                    ..
+                },
+            ..
+        }) = self.expect.front_mut()
+        else {
+            return Ok(());
+        };
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        if !t.record {
+            return Ok(());
+        }
+        let ok = self.reader.first.starts_with(b"+OK");
+        let status_now = !was_body && !self.cur.is_empty();
+        let body_from = if status_now {
+            self.reader.first.len()
+        } else {
+            0
+        };
+        if !ok || self.cur.len() < body_from {
+            if t.resumed && status_now {
+                return Err(RetrError::FailedAfterAgreeing);
+            }
+            return Ok(());
+        }
+        if t.key.is_none() {
+            let user = self.user.clone().unwrap_or_default();
+            t.key = self
+                .uidls
+                .get(&t.msg)
+                .cloned()
+                .flatten()
+                .map(|u| key(&user, &u));
+        }
+        let Some(key) = t.key.clone() else {
+            return Ok(());
+        };
+        let body = &self.cur[body_from..];
+        if t.resumed {
+            if status_now && !t.spliced {
+                // Our prefix is the body's start; it's in the store already.
+                t.spliced = true;
+                let prefix = t.offered.take().unwrap_or_default();
+                let (n, end) = self.reader.feed(&prefix, true, &mut self.cur)?;
+                if n != prefix.len() {
+                    return Err(RetrError::PrefixPastEnd);
+                }
+                t.storing = true;
+                *done |= end;
+            } else if t.storing {
+                store.append(&key, body);
+            }
+        } else if status_now {
+            store.put(&key, body);
+            t.storing = true;
+        } else if t.storing {
+            store.append(&key, body);
+        }
+        Ok(())
+    }
+
+    /// A RETR reply ended: its partial is no longer needed.
+    pub(super) fn retr_done(&mut self, t: &RetrTrack) {
+        if let (Some(store), Some(key)) = (&self.store, &t.key)
+            && t.storing
+        {
+            store.remove(key);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The pair wired back to back with a scripted Dovecot-like server.
 
 use super::*;
+use crate::test_util::assert_text;
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"+OK Dovecot ready.\r\n";
@@ -285,17 +286,6 @@ impl Rig {
 
     fn cache(&self) -> Cache {
         self.puts.iter().cloned().collect()
-    }
-}
-
-#[track_caller]
-pub(crate) fn assert_text(got: &[u8], want: &[u8]) {
-    if got != want {
-        panic!(
-            "bytes differ\n got: {:?}\nwant: {:?}",
-            String::from_utf8_lossy(got),
-            String::from_utf8_lossy(want)
-        );
     }
 }
 

@@ -19,9 +19,12 @@
 //! - anything else (`550` from the server side, or the real server's `500`
 //!   when an older server side passed the line on): send it all.
 
+use super::SYNTH_DATA;
+use super::client::{ClientAccel, Disp};
+use super::server::{Await, ServerAccel};
+use crate::Output;
 use crate::partial::prefix_hash;
-
-use super::trim_end;
+use crate::shared::lines::{DotScanner, trim_end, verb};
 
 pub const RESUME_VERB: &str = "XSTRAW-RESUME";
 pub const REST_VERB: &str = "XSTRAW-REST";
@@ -136,6 +139,272 @@ pub(crate) fn parse_done_record(rec: &[u8]) -> Option<(usize, String, Vec<u8>)> 
     let (len, h) = head.split_once(' ')?;
     let reply = rec[nl + 1..].to_vec();
     (hex32(h) && reply.ends_with(b"\r\n")).then_some((len.parse().ok()?, h.to_owned(), reply))
+}
+
+// The client side's part: name a held body, ask the server side what it
+// holds of it, and send only what it lacks.
+
+/// The start of a body held back while resume is decided.
+#[derive(Debug, Default)]
+pub(crate) struct Hold {
+    pub(super) buf: Vec<u8>,
+    /// `buf` ends with the terminator.
+    pub(super) complete: bool,
+    pub(super) id: Option<String>,
+    /// What the server side holds, once known.
+    pub(super) answer: Option<Answer>,
+}
+
+pub(super) enum Send {
+    Full,
+    Rest(usize),
+    Done,
+}
+
+impl ClientAccel {
+    /// Sends the held start of a body once it is known how: returns false
+    /// while that still waits for body bytes or the server side's answer.
+    pub(super) fn release(&mut self, out: &mut Output) -> bool {
+        let Some(h) = &mut self.hold else {
+            return true;
+        };
+        let id = match &h.id {
+            Some(id) => id.clone(),
+            None => {
+                if h.buf.len() < ID_PREFIX && !h.complete {
+                    return false;
+                }
+                let id = message_id(&self.envelope, &h.buf);
+                h.id = Some(id.clone());
+                let marked = self
+                    .store
+                    .as_ref()
+                    .is_some_and(|s| s.get(&mark_key(&id)).is_some());
+                if marked {
+                    out.to_tunnel.extend(request(&id));
+                    out.flush = true;
+                    self.expect.push_back(Disp::Resume);
+                } else {
+                    h.answer = Some(Answer::Nothing);
+                }
+                id
+            }
+        };
+        let send = match &h.answer {
+            None => return false,
+            Some(Answer::Nothing) => Send::Full,
+            Some(Answer::Partial(len, hash)) => {
+                if h.buf.len() <= *len && !h.complete {
+                    return false;
+                }
+                if h.buf.len() > *len && prefix_hash(&h.buf[..*len]) == *hash {
+                    Send::Rest(*len)
+                } else {
+                    Send::Full
+                }
+            }
+            Some(Answer::Done(len, hash)) => {
+                if !h.complete {
+                    return false;
+                }
+                if h.buf.len() == *len && prefix_hash(&h.buf) == *hash {
+                    Send::Done
+                } else {
+                    Send::Full
+                }
+            }
+        };
+        let h = self.hold.take().expect("checked");
+        let offered = h.answer != Some(Answer::Nothing);
+        match send {
+            Send::Full => {
+                if offered {
+                    out.notes.push(format!(
+                        "SMTP resume: the message differs from what the server side holds ({:?}); sending it whole",
+                        h.answer
+                    ));
+                }
+                out.to_tunnel.extend_from_slice(SYNTH_DATA);
+                out.to_tunnel.extend_from_slice(&h.buf);
+                self.expect.push_back(Disp::SynthData);
+            }
+            Send::Rest(len) => {
+                out.notes.push(format!(
+                    "SMTP DATA resumed: {len} bytes the server side holds not sent again"
+                ));
+                out.to_tunnel.extend(rest_line(len));
+                out.to_tunnel.extend_from_slice(&h.buf[len..]);
+                self.expect.push_back(Disp::SynthData);
+            }
+            Send::Done => {
+                out.notes.push(
+                    "SMTP resume: this message was delivered before; showing its recorded reply"
+                        .into(),
+                );
+                out.to_tunnel.extend(done_line());
+                out.flush = true;
+            }
+        }
+        if let Some(s) = &self.store {
+            s.put(&mark_key(&id), b"");
+        }
+        self.mark = Some(id);
+        true
+    }
+
+    /// The message's outcome reached the program: no more to resume.
+    pub(super) fn unmark(&mut self) {
+        if let (Some(id), Some(s)) = (self.mark.take(), &self.store) {
+            s.remove(&mark_key(&id));
+        }
+    }
+}
+
+// The server side's part: keep a body until it is whole, answer resume
+// requests from what is kept.
+
+/// A body being kept before it goes to the real server.
+#[derive(Debug)]
+pub(super) struct Kept {
+    pub(super) sc: DotScanner,
+    pub(super) buf: Vec<u8>,
+    pub(super) id: Option<String>,
+}
+
+/// What the server side offered in answer to `XSTRAW-RESUME`.
+#[derive(Debug)]
+pub(super) enum Offered {
+    Partial(String, Vec<u8>),
+    /// The recorded end-of-data reply.
+    Done(Vec<u8>),
+}
+
+impl ServerAccel {
+    pub(super) fn part_key(&self, id: &str) -> String {
+        part_key(&self.client, id)
+    }
+
+    /// Takes body bytes into the kept body; true once it is complete and
+    /// `DATA` went to the real server.
+    pub(super) fn keep(&mut self, out: &mut Output) -> bool {
+        let Some(k) = &mut self.kept else {
+            return false;
+        };
+        let end = k.sc.scan(&self.inbuf);
+        let n = end.unwrap_or(self.inbuf.len());
+        let from = k.buf.len();
+        k.buf.extend(self.inbuf.drain(..n));
+        let store = self.store.as_ref().expect("kept bodies only with a store");
+        match &k.id {
+            Some(id) => {
+                let key = part_key(&self.client, id);
+                if end.is_some() {
+                    store.remove(&key);
+                } else {
+                    store.append(&key, &k.buf[from..]);
+                }
+            }
+            None if end.is_some() || k.buf.len() >= ID_PREFIX => {
+                let id = message_id(&self.envelope, &k.buf);
+                if end.is_none() {
+                    store.put(&part_key(&self.client, &id), &k.buf);
+                }
+                k.id = Some(id);
+            }
+            None => {}
+        }
+        if end.is_none() {
+            return false;
+        }
+        let k = self.kept.take().expect("checked");
+        out.notes.push(format!(
+            "SMTP body complete ({} bytes): DATA to the real server",
+            k.buf.len()
+        ));
+        out.to_local.extend_from_slice(b"DATA\r\n");
+        self.inflight = Some(Await::KeptData);
+        self.sending = Some((k.buf, k.id));
+        true
+    }
+
+    /// The resume lines (see [`resume`]); false if `line` is none of them.
+    pub(super) fn resume_command(&mut self, line: &[u8], out: &mut Output) -> bool {
+        let Some(store) = self.store.clone() else {
+            return false;
+        };
+        if line == SYNTH_DATA {
+            self.offered = None;
+            self.kept = Some(Kept {
+                sc: DotScanner::at_line_start(),
+                buf: Vec::new(),
+                id: None,
+            });
+            return true;
+        }
+        let (v, _) = verb(line);
+        match v.as_str() {
+            RESUME_VERB => {
+                let id = parse_request(line);
+                let done = id.as_ref().and_then(|id| {
+                    store
+                        .get(&done_key(&self.client, id))
+                        .and_then(|r| parse_done_record(&r))
+                });
+                let part = id
+                    .as_ref()
+                    .and_then(|id| store.get(&self.part_key(id)))
+                    .filter(|p| !p.is_empty());
+                let answer = match (id, done, part) {
+                    (Some(_), Some((len, hash, reply)), _) => {
+                        self.offered = Some(Offered::Done(reply));
+                        Answer::Done(len, hash)
+                    }
+                    (Some(id), None, Some(p)) => {
+                        let a = Answer::Partial(p.len(), prefix_hash(&p));
+                        self.offered = Some(Offered::Partial(id, p));
+                        a
+                    }
+                    _ => Answer::Nothing,
+                };
+                out.notes.push(format!("SMTP resume asked: {answer:?}"));
+                out.to_tunnel.extend(answer_line(&answer));
+                out.flush = true;
+            }
+            REST_VERB => match (parse_rest(line), self.offered.take()) {
+                (Some(n), Some(Offered::Partial(id, p))) if n == p.len() => {
+                    let mut sc = DotScanner::at_line_start();
+                    if sc.scan(&p).is_some() {
+                        self.fail(out, "SMTP resume: held body is already complete");
+                    } else {
+                        out.notes.push(format!(
+                            "SMTP DATA resumed: {n} bytes held, the rest follows"
+                        ));
+                        self.kept = Some(Kept {
+                            sc,
+                            buf: p,
+                            id: Some(id),
+                        });
+                    }
+                }
+                _ => self.fail(out, format!("{} without a matching offer", REST_VERB)),
+            },
+            DONE_VERB => match self.offered.take() {
+                Some(Offered::Done(reply)) => {
+                    // Delivered before: its reply again, and the real
+                    // server's open transaction dropped.
+                    out.notes
+                        .push("SMTP resume: message delivered before; not sent again".into());
+                    out.to_tunnel.extend_from_slice(&reply);
+                    out.flush = true;
+                    out.to_local.extend_from_slice(b"RSET\r\n");
+                    self.inflight = Some(Await::Swallow);
+                }
+                _ => self.fail(out, format!("{} without a matching offer", DONE_VERB)),
+            },
+            _ => return false,
+        }
+        true
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The pair wired back to back with a scripted OpenSMTPD-like server.
 
+use super::reply::ReplyReader;
 use super::*;
-use crate::pop3::tests::assert_text;
+use crate::shared::lines::{MAX_LINE, trim_end};
+use crate::test_util::assert_text;
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"220 mx.example.org ESMTP OpenSMTPD\r\n";

@@ -1,16 +1,30 @@
-//! Line and dot-terminator helpers shared by the POP3 and SMTP accelerators.
+//! Line and dot-terminator helpers shared by the line-based protocols
+//! (POP3 and SMTP accelerators, and the STARTTLS and warm-up dialogues).
 
 /// Longest command or reply line accepted. RFCs say 512 (SMTP) or 255
 /// (POP3); real programs and servers go longer, but nothing near this.
 pub(crate) const MAX_LINE: usize = 8 * 1024;
 
+/// A line went past the line limit (8 KiB for commands and replies) without ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("line longer than {limit} bytes")]
+pub struct LineTooLong {
+    pub limit: usize,
+}
+
 /// Removes and returns the first line (with its line end) from `buf`.
 /// `Ok(None)` means no complete line yet.
-pub(crate) fn take_line(buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, String> {
+pub(crate) fn take_line(buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, LineTooLong> {
+    take_line_max(buf, MAX_LINE)
+}
+
+/// [`take_line`] with another limit than [`MAX_LINE`].
+pub(crate) fn take_line_max(buf: &mut Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, LineTooLong> {
+    let too_long = LineTooLong { limit: max };
     match buf.iter().position(|&b| b == b'\n') {
-        Some(p) if p < MAX_LINE => Ok(Some(buf.drain(..=p).collect())),
-        Some(_) => Err(format!("line longer than {MAX_LINE} bytes")),
-        None if buf.len() > MAX_LINE => Err(format!("line longer than {MAX_LINE} bytes")),
+        Some(p) if p < max => Ok(Some(buf.drain(..=p).collect())),
+        Some(_) => Err(too_long),
+        None if buf.len() > max => Err(too_long),
         None => Ok(None),
     }
 }

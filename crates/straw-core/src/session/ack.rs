@@ -1,0 +1,72 @@
+//! Acks: what the peer acknowledges releases replay records and samples the
+//! link's delivery rate and RTT; what we received is acked on outgoing
+//! records, or after a short delay.
+
+use std::time::{Duration, Instant};
+
+use super::replay::SentRecord;
+use super::{Session, SessionError};
+use crate::wire::Frame;
+
+impl Session {
+    /// `received` is the number of records the peer has received in total.
+    pub(super) fn handle_ack(&mut self, now: Instant, received: u64) -> Result<(), SessionError> {
+        if received > self.next_send_seq {
+            return Err(SessionError::BadAck(received));
+        }
+        let mut newest: Option<SentRecord> = None;
+        let mut oldest_sent = None;
+        while self.replay.front().is_some_and(|r| r.seq < received) {
+            let r = self.replay.pop_front().expect("checked");
+            self.resend = self.resend.saturating_sub(1);
+            self.unacked_bytes -= r.wire.len() as u64;
+            self.delivered += self.link_bytes(&r.wire);
+            oldest_sent.get_or_insert(r.sent_at);
+            newest = Some(r);
+        }
+        if let Some(r) = newest {
+            // Delivery rate as BBR samples it: bytes delivered since this record
+            // left, over the time since the delivery count it saw was current.
+            // Records here take seconds each and acks come every few records,
+            // so a batch's oldest record was often on the link before that
+            // count: the interval starts at its sending, not later (else the
+            // estimate climbs 50% above the link).
+            let ack_elapsed = now.saturating_duration_since(r.delivered_time_at_send);
+            let send_elapsed = r.sent_at.saturating_duration_since(r.first_sent_at_send);
+            let batch_elapsed =
+                oldest_sent.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+            let interval = ack_elapsed.max(send_elapsed).max(batch_elapsed);
+            self.last_acked_sent_at = r.sent_at;
+            self.estimate
+                .rate_sample(self.delivered - r.delivered_at_send, interval);
+            self.estimate
+                .rtt_sample(now.saturating_duration_since(r.sent_at));
+            self.delivered_time = now;
+            self.update_fast();
+        }
+        Ok(())
+    }
+
+    /// How long a received record may wait for its ACK to ride on traffic.
+    /// Never more than half the smoothed RTT: on a fast link a 100 ms delay
+    /// would stall a sender whose window drains in a millisecond, while a
+    /// satellite link's RTT leaves the configured delay as it is.
+    pub(super) fn ack_delay(&self) -> Duration {
+        match self.estimate.srtt() {
+            Some(rtt) => self.cfg.ack_delay.min(rtt / 2),
+            None => self.cfg.ack_delay,
+        }
+    }
+
+    /// An ACK rides on every record while there is something new to ack, so
+    /// even records of ACKs alone (which elicit none) get acked by traffic.
+    pub(super) fn encode_ack(&mut self, buf: &mut Vec<u8>) {
+        if self.records_received > self.last_ack_sent {
+            self.last_ack_sent = self.records_received;
+            Frame::Ack {
+                record: self.records_received,
+            }
+            .encode(buf);
+        }
+    }
+}

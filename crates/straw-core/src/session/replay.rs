@@ -1,0 +1,127 @@
+//! The replay buffer: every sent record is kept, already compressed, until
+//! the peer acks it; after a reconnect the unacked ones are re-sent byte for
+//! byte before anything new (the peer's decoder expects exactly those bytes).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Session, SessionError};
+use crate::codec::CodecId;
+
+/// A sent record, kept until acked, with what its ack's rate sample needs.
+pub(super) struct SentRecord {
+    pub(super) seq: u64,
+    pub(super) wire: Bytes,
+    pub(super) sent_at: Instant,
+    pub(super) delivered_at_send: u64,
+    pub(super) delivered_time_at_send: Instant,
+    /// When the newest record acked at this one's sending was itself sent.
+    pub(super) first_sent_at_send: Instant,
+}
+
+impl Session {
+    /// Numbers a record, keeps it for replay, and accounts it.
+    pub(super) fn finish_record(&mut self, now: Instant, wire: Vec<u8>) -> Bytes {
+        if wire.first() != Some(&(CodecId::Stored as u8)) {
+            self.last_codec_use = now;
+        }
+        let wire = Bytes::from(wire);
+        self.replay.push_back(SentRecord {
+            seq: self.next_send_seq,
+            wire: wire.clone(),
+            sent_at: now,
+            delivered_at_send: self.delivered,
+            first_sent_at_send: if self.unacked_bytes == 0 {
+                now
+            } else {
+                self.last_acked_sent_at
+            },
+            delivered_time_at_send: if self.unacked_bytes == 0 {
+                now
+            } else {
+                self.delivered_time
+            },
+        });
+        if self.unacked_bytes == 0 {
+            self.delivered_time = now;
+        }
+        self.next_send_seq += 1;
+        self.unacked_bytes += wire.len() as u64;
+        self.stats.records_sent += 1;
+        self.stats.wire_bytes_sent += wire.len() as u64;
+        self.note_held();
+        wire
+    }
+
+    /// Records received from the peer so far, in total: what a reconnecting
+    /// side tells its peer so that the peer re-sends exactly the rest.
+    pub fn records_received(&self) -> u64 {
+        self.records_received
+    }
+
+    /// The link was replaced and the peer says it has received
+    /// `peer_received` records in total. Drops the replay records it has and
+    /// schedules the others to be re-sent, byte for byte (the peer's decoder
+    /// expects exactly those compressed bytes), before any new record.
+    ///
+    /// Control frames in the lost records travel again with them, so no other
+    /// state needs re-sending. Rate and RTT samples skip the outage.
+    pub fn resume(&mut self, now: Instant, peer_received: u64) -> Result<(), SessionError> {
+        // Our last ACK may have been lost with the link: repeat it.
+        self.last_ack_sent = 0;
+        let first = self.replay.front().map_or(self.next_send_seq, |r| r.seq);
+        if peer_received < first || peer_received > self.next_send_seq {
+            return Err(SessionError::BadResume {
+                peer: peer_received,
+                first,
+                next: self.next_send_seq,
+            });
+        }
+        while self.replay.front().is_some_and(|r| r.seq < peer_received) {
+            let r = self.replay.pop_front().expect("checked");
+            self.unacked_bytes -= r.wire.len() as u64;
+            self.delivered += self.link_bytes(&r.wire);
+        }
+        self.resend = self.replay.len();
+        for r in &mut self.replay {
+            r.sent_at = now;
+            r.delivered_at_send = self.delivered;
+            r.delivered_time_at_send = now;
+            r.first_sent_at_send = now;
+        }
+        self.delivered_time = now;
+        self.rtt_valid_from = now;
+        // A fresh RTT sample on the new connection.
+        self.ping_due = Some(now);
+        // The peer learnt our count from the handshake; an ACK may wait.
+        Ok(())
+    }
+
+    /// Records waiting to be re-sent after [`Session::resume`].
+    pub fn resend_pending(&self) -> usize {
+        self.resend
+    }
+
+    pub(super) fn next_resend(&mut self) -> Option<Bytes> {
+        if self.resend == 0 {
+            return None;
+        }
+        let idx = self.replay.len() - self.resend;
+        self.resend -= 1;
+        let wire = self.replay[idx].wire.clone();
+        self.stats.records_resent += 1;
+        self.stats.wire_bytes_resent += wire.len() as u64;
+        self.stats.wire_bytes_sent += wire.len() as u64;
+        Some(wire)
+    }
+
+    /// Records sent but not yet acknowledged, oldest first (the replay buffer).
+    pub fn unacked_records(&self) -> impl Iterator<Item = &Bytes> {
+        self.replay.iter().map(|r| &r.wire)
+    }
+
+    pub fn unacked_bytes(&self) -> u64 {
+        self.unacked_bytes
+    }
+}

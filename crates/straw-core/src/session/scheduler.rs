@@ -1,0 +1,311 @@
+//! Records out: which frames go next and when. Control first, then
+//! interactive streams before bulk ones (round-robin within a class), bulk
+//! streams through their own lane in compressed units cut into slices; data
+//! that was not flushed waits for the cork timer to merge with more.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::stream::Stream;
+use super::{Priority, Session};
+use crate::codec::CodecId;
+use crate::wire::Frame;
+
+/// Which path a stream's frames take to the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// Whole frames in records of their own, flushed per record.
+    Interactive,
+    /// Compressed in units, sliced into records between interactive ones.
+    Bulk,
+}
+
+impl Session {
+    /// The next record to put on the link, if one is due. The driver calls this
+    /// whenever the socket can take more (its unsent queue is low).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        if let Some(wire) = self.next_resend() {
+            return Some(wire);
+        }
+        // The time test first keeps the rest off the per-record path.
+        if now >= self.last_codec_use + self.cfg.codec_idle_reset
+            && self.codec_reset_due().is_some_and(|t| t <= now)
+        {
+            return Some(self.send_codec_reset(now));
+        }
+        if (self.has_sendable_data() || !self.control.is_empty()) && self.cork_deadline.is_none() {
+            self.cork_deadline = Some(now + self.cork_delay());
+        }
+        let window_open = self.unacked_bytes < self.inflight_limit();
+        let want_data = window_open && self.data_ready(now, Lane::Interactive);
+        let cork_expired = self.cork_deadline.is_some_and(|d| d <= now);
+        let want_control = !self.control.is_empty()
+            && (self.urgent_control || self.flush_requested || cork_expired || want_data);
+        let want_ack = self.ack_due.is_some_and(|d| d <= now)
+            || (self.ack_due.is_some() && (want_data || want_control));
+        let ping = self.ping_due.is_some_and(|d| d <= now);
+        if !want_data && !want_control && !want_ack && !ping {
+            let record = if window_open {
+                self.poll_bulk(now)
+            } else {
+                None
+            };
+            // The bulk lane may just have taken the last bytes the cork was
+            // waiting on; a stale deadline would wake the driver forever.
+            if !self.has_sendable_data() && self.control.is_empty() {
+                self.cork_deadline = None;
+            }
+            return record;
+        }
+
+        let target_raw = self.record_target_raw();
+        // Frames follow a codec byte, so a stored record needs no copy.
+        let mut buf = Vec::with_capacity(target_raw.min(64 * 1024) + 64);
+        buf.push(CodecId::Stored as u8);
+        self.ack_due = None;
+        self.encode_ack(&mut buf);
+        if ping {
+            self.ping_due = None;
+            let stamp = now.saturating_duration_since(self.epoch).as_micros() as u64;
+            Frame::Ping { stamp }.encode(&mut buf);
+        }
+        if want_control || want_data {
+            while let Some(f) = self.control.pop_front() {
+                f.encode(&mut buf);
+            }
+            self.urgent_control = false;
+        }
+        let mut raw_data = 0usize;
+        if want_data {
+            raw_data = self.fill_data(&mut buf, target_raw, Lane::Interactive, cork_expired);
+        }
+        self.flush_requested = self.streams.values().any(|s| s.flush && s.sendable() > 0);
+        self.cork_deadline = None;
+        if self.has_sendable_data() || !self.control.is_empty() {
+            self.cork_deadline = Some(now + self.cork_delay());
+        }
+        let frames = &buf[1..];
+        if frames.is_empty() {
+            return None;
+        }
+
+        // Tiny records (acks, pongs) don't pay for a compressor's block header.
+        let codec = if frames.len() < 24 {
+            CodecId::Stored
+        } else {
+            self.record_codec()
+        };
+        let mut wire = match codec {
+            CodecId::Stored => buf,
+            _ => {
+                let mut wire = Vec::with_capacity(frames.len() + 16);
+                match self.encoder.encode(codec, frames, &mut wire) {
+                    Ok(()) => wire,
+                    Err(_) => buf,
+                }
+            }
+        };
+        // The replay buffer keeps the allocation, not just the bytes: a small
+        // or well-compressed record must not hold a big buffer (shrinking
+        // reallocs in place).
+        if wire.capacity() > wire.len() + wire.len() / 4 + 256 {
+            wire.shrink_to_fit();
+        }
+        if raw_data > 0 {
+            self.estimate
+                .compression_sample(raw_data + 4, wire.len().max(1));
+        }
+        self.stats.raw_bytes_sent += raw_data as u64;
+        self.stats.raw_bytes_by_codec[wire[0] as usize % 8] += raw_data as u64;
+        Some(self.finish_record(now, wire))
+    }
+
+    /// The next slice of the bulk unit, compressing a new unit if the last
+    /// one is sent and bulk data is due.
+    pub(super) fn poll_bulk(&mut self, now: Instant) -> Option<Bytes> {
+        if self.bulk_out.is_empty() {
+            self.bulk_unit.clear();
+            if !self.data_ready(now, Lane::Bulk) {
+                return None;
+            }
+            let mut frames = Vec::new();
+            let idle = self.cork_deadline.is_some_and(|d| d <= now);
+            let raw = self.fill_data(&mut frames, self.bulk_unit_raw(), Lane::Bulk, idle);
+            if frames.is_empty() {
+                // Only a transform's held bytes, not yet due: look again
+                // after a cork delay rather than at once.
+                self.cork_deadline = Some(now + self.cork_delay());
+                return None;
+            }
+            self.stats.raw_bytes_sent += raw as u64;
+            let mut unit = Vec::with_capacity(frames.len() / 2 + 64);
+            if self.encoder.encode_bulk_unit(&frames, &mut unit).is_err() {
+                // Whole frames, so they can travel as one stored record.
+                let mut wire = vec![CodecId::Stored as u8];
+                wire.extend_from_slice(&frames);
+                self.bulk_unit.clear();
+                self.stats.raw_bytes_by_codec[CodecId::Stored as usize] += raw as u64;
+                return Some(self.finish_record(now, wire));
+            }
+            self.estimate.compression_sample(raw + 4, unit.len().max(1));
+            self.stats.raw_bytes_by_codec[self.encoder.bulk_codec() as usize] += raw as u64;
+            self.bulk_out.extend_from_slice(&unit);
+        }
+        // A short tail rides along rather than paying a packet of its own.
+        let target = self.bulk_slice_target();
+        let n = if self.bulk_out.len() <= target + target / 2 {
+            self.bulk_out.len()
+        } else {
+            target
+        };
+        let mut plain = Vec::new();
+        self.encode_ack(&mut plain);
+        let mut wire = Vec::with_capacity(n + plain.len() + 2);
+        wire.push(self.encoder.bulk_codec() as u8);
+        crate::wire::put_varint(&mut wire, plain.len() as u64);
+        wire.extend_from_slice(&plain);
+        wire.extend_from_slice(&self.bulk_out.split_to(n));
+        if self.bulk_out.is_empty() {
+            self.bulk_unit.clear();
+        }
+        Some(self.finish_record(now, wire))
+    }
+
+    /// Moves up to `budget` raw bytes of stream data into `buf`: interactive
+    /// streams first, round-robin within a class, FINs after their data.
+    /// `idle`: the cork timer ran out, so transforms release held lines.
+    pub(super) fn fill_data(
+        &mut self,
+        buf: &mut Vec<u8>,
+        budget: usize,
+        lane: Lane,
+        idle: bool,
+    ) -> usize {
+        let mut used = 0usize;
+        for class in [Priority::Interactive, Priority::Bulk] {
+            loop {
+                let ids: Vec<u64> = self
+                    .lane_streams(lane)
+                    .filter(|(_, s)| s.priority == class && s.has_output())
+                    .map(|(id, _)| *id)
+                    .collect();
+                if lane == Lane::Bulk {
+                    self.bulk_unit.extend(ids.iter().copied());
+                }
+                if ids.is_empty() || used >= budget {
+                    break;
+                }
+                // Round-robin: equal shares, at least a little each.
+                let share = ((budget - used) / ids.len()).max(64);
+                let mut progressed = false;
+                for id in ids {
+                    if used >= budget {
+                        break;
+                    }
+                    // Could the source have given us more? (Stream::tx_stale)
+                    let open = self.send_capacity(id) > 0;
+                    let s = self.streams.get_mut(&id).expect("listed");
+                    let n = s.sendable().min(share).min(budget - used);
+                    let (held, held_lines) = (s.tx_held(), s.tx_held_lines());
+                    if n > 0 || s.tx_flushable() {
+                        let (payload, flags) = s.take(n, idle, open, lane == Lane::Interactive);
+                        self.pending_raw -= n as u64;
+                        self.transform_held =
+                            self.transform_held + s.tx_held_lines() as u64 - held_lines as u64;
+                        if !payload.is_empty() {
+                            Frame::Data {
+                                stream: id,
+                                flags,
+                                payload,
+                            }
+                            .encode(buf);
+                        }
+                        used += n;
+                        progressed |= n > 0 || s.tx_held() < held;
+                    }
+                    if s.fin_ready() {
+                        s.fin_sent = true;
+                        Frame::Fin { stream: id }.encode(buf);
+                        progressed = true;
+                        self.maybe_forget(id);
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+        }
+        used
+    }
+
+    pub(super) fn data_ready(&self, now: Instant, lane: Lane) -> bool {
+        let mut any = false;
+        let mut flush = lane == Lane::Interactive && self.flush_requested;
+        let mut raw = 0;
+        for (_, s) in self.lane_streams(lane) {
+            if s.has_output() {
+                any = true;
+                flush |= s.flush || s.fin_ready() || (s.tx_flushable() && s.fin_queued);
+                raw += s.sendable();
+            }
+        }
+        let target = match lane {
+            Lane::Interactive => self.record_target_raw(),
+            Lane::Bulk => self.bulk_unit_raw(),
+        };
+        any && (flush || self.cork_deadline.is_some_and(|d| d <= now) || raw >= target)
+    }
+
+    pub(super) fn has_sendable_data(&self) -> bool {
+        self.streams.values().any(Stream::has_output)
+    }
+
+    /// Which lane a stream's next frames take, if any may go now.
+    pub(super) fn lane_of(&self, id: u64, s: &Stream) -> Option<Lane> {
+        // Fast links skip the bulk lane: its strong codec can't keep up.
+        if self.cfg.bulk_unit_secs > 0.0 && s.priority == Priority::Bulk && !self.is_fast() {
+            Some(Lane::Bulk)
+        } else if self.bulk_unit.contains(&id) {
+            None // its earlier frames are still in the unsent bulk unit
+        } else {
+            Some(Lane::Interactive)
+        }
+    }
+
+    pub(super) fn lane_streams(&self, lane: Lane) -> impl Iterator<Item = (&u64, &Stream)> {
+        self.streams
+            .iter()
+            .filter(move |(id, s)| self.lane_of(**id, s) == Some(lane))
+    }
+
+    /// How long unflushed data may wait to merge with more: a fraction of the
+    /// link time one extra packet header would cost.
+    pub fn cork_delay(&self) -> Duration {
+        let header_time = self.cfg.packet_overhead as f64 / self.estimate.rate();
+        Duration::from_secs_f64(header_time / 4.0).min(self.cfg.max_cork)
+    }
+
+    /// When the driver should call [`Session::poll_transmit`] again even if
+    /// nothing else happens.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        // A cork timer is only worth waking for if its record may be sent;
+        // with the window closed, the next ACK is what moves things.
+        let window_open = self.unacked_bytes < self.inflight_limit();
+        if self.resend > 0 {
+            return Some(self.epoch);
+        }
+        let cork = self
+            .cork_deadline
+            .filter(|_| window_open || !self.control.is_empty());
+        [self.ack_due, cork, self.ping_due, self.codec_reset_due()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Schedules a PING (RTT measurement) for `at`.
+    pub fn schedule_ping(&mut self, at: Instant) {
+        self.ping_due = Some(at);
+    }
+}

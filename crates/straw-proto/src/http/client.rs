@@ -1,0 +1,296 @@
+//! The client side of the HTTP pair: the browser's forward proxy. Blocked
+//! hosts get a local 403 that never crosses the link; one origin per
+//! connection.
+
+use std::collections::VecDeque;
+
+use super::BULK_BODY;
+use super::message::{
+    BodyEv, Chunk, Framing, Head, HttpError, Input, ReqState, body_step, chunk, local_reply,
+    request_framing, response_shape, status_of,
+};
+use super::policy::{HttpPolicy, absolute_uri, split_authority};
+use crate::{AccelStats, Accelerator, Output};
+
+#[derive(Debug)]
+pub(super) enum RespState {
+    Head,
+    Body(Framing),
+}
+
+/// Client side: the browser's forward proxy.
+#[derive(Debug)]
+pub struct ClientAccel {
+    policy: HttpPolicy,
+    req: Input,
+    req_state: ReqState,
+    origin: Option<(String, u16)>,
+    /// Outstanding requests: is it HEAD?
+    outstanding: VecDeque<bool>,
+    /// A local reply waiting for earlier responses to finish.
+    deferred: Option<Vec<u8>>,
+    resp: Input,
+    resp_state: RespState,
+    raw: bool,
+    unflushed: bool,
+    stats: AccelStats,
+    failed: bool,
+}
+
+impl ClientAccel {
+    pub fn new(policy: HttpPolicy) -> Self {
+        ClientAccel {
+            policy,
+            req: Input::default(),
+            req_state: ReqState::Head,
+            origin: None,
+            outstanding: VecDeque::new(),
+            deferred: None,
+            resp: Input::default(),
+            resp_state: RespState::Head,
+            raw: false,
+            unflushed: false,
+            stats: AccelStats::default(),
+            failed: false,
+        }
+    }
+
+    fn reply_locally(&mut self, out: &mut Output, status: &str, why: &str) {
+        let r = local_reply(status, why);
+        self.stats.local_replies += 1;
+        if self.outstanding.is_empty() {
+            out.to_local.extend_from_slice(&r);
+        } else {
+            self.deferred = Some(r);
+        }
+        self.req_state = ReqState::Closed;
+    }
+
+    fn forward(&mut self, out: &mut Output, bytes: &[u8], head_req: bool) {
+        if self.outstanding.is_empty() {
+            self.stats.link_waits += 1;
+        }
+        self.outstanding.push_back(head_req);
+        out.to_tunnel.extend_from_slice(bytes);
+    }
+
+    fn on_head(&mut self, h: Head, out: &mut Output) -> Result<(), HttpError> {
+        let mut parts = h.start.split(' ');
+        let method = parts.next().unwrap_or_default().to_string();
+        let target = parts.next().unwrap_or_default().to_string();
+        if method.eq_ignore_ascii_case("CONNECT") {
+            let Some((host, _)) = split_authority(&target, 443) else {
+                self.reply_locally(out, "400 Bad Request", "Malformed CONNECT target.");
+                return Ok(());
+            };
+            if self.policy.is_blocked(&host) {
+                let why = format!("{host} is blocked by the straw host policy.");
+                self.reply_locally(out, "403 Forbidden", &why);
+                return Ok(());
+            }
+            self.forward(out, &h.bytes(), false);
+            self.req_state = ReqState::Raw;
+            self.raw = true;
+            self.unflushed = true;
+            return Ok(());
+        }
+        let Some((host, port, _)) = absolute_uri(&target) else {
+            self.reply_locally(
+                out,
+                "400 Bad Request",
+                "straw is a forward proxy: requests need an absolute http:// URI.",
+            );
+            return Ok(());
+        };
+        if self.policy.is_blocked(&host) {
+            let why = format!("{host} is blocked by the straw host policy.");
+            self.reply_locally(out, "403 Forbidden", &why);
+            return Ok(());
+        }
+        match &self.origin {
+            None => self.origin = Some((host.clone(), port)),
+            Some(o) if *o == (host.clone(), port) => {}
+            Some(_) => {
+                self.reply_locally(
+                    out,
+                    "502 Bad Gateway",
+                    "One origin per proxy connection; please reconnect.",
+                );
+                return Ok(());
+            }
+        }
+        let framing = request_framing(&h)?;
+        self.forward(out, &h.bytes(), method.eq_ignore_ascii_case("HEAD"));
+        match framing {
+            Some(f) => self.req_state = ReqState::Body(f),
+            None => self.unflushed = true,
+        }
+        Ok(())
+    }
+
+    fn pump_req(&mut self, out: &mut Output) -> Result<(), HttpError> {
+        loop {
+            match &mut self.req_state {
+                ReqState::Closed => {
+                    self.req.discard();
+                    return Ok(());
+                }
+                ReqState::Raw => {
+                    let raw = self.req.take_all();
+                    self.unflushed |= !raw.is_empty();
+                    out.to_tunnel.extend_from_slice(&raw);
+                    return Ok(());
+                }
+                ReqState::Head => {
+                    let h = match self.req.head(self.policy.max_head) {
+                        Ok(Some(h)) => h,
+                        Ok(None) => return Ok(()),
+                        Err(e) => {
+                            self.reply_locally(out, "400 Bad Request", &e.to_string());
+                            continue;
+                        }
+                    };
+                    self.on_head(h, out)?;
+                }
+                ReqState::Body(f) => {
+                    let chunked = matches!(f, Framing::Chunked(_));
+                    match body_step(f, &mut self.req)? {
+                        None => return Ok(()),
+                        Some(BodyEv::Data(d)) => {
+                            if chunked {
+                                chunk(&mut out.to_tunnel, &d);
+                            } else {
+                                out.to_tunnel.extend_from_slice(&d);
+                            }
+                        }
+                        Some(BodyEv::End) => {
+                            if chunked {
+                                out.to_tunnel.extend_from_slice(b"0\r\n\r\n");
+                            }
+                            self.req_state = ReqState::Head;
+                            self.unflushed = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn pump_resp(&mut self, out: &mut Output) -> Result<(), HttpError> {
+        loop {
+            if self.raw {
+                let n = self.resp.avail().len();
+                out.to_local.extend_from_slice(&self.resp.take(n));
+                return Ok(());
+            }
+            match &mut self.resp_state {
+                RespState::Head => {
+                    let Some(h) = self.resp.head(self.policy.max_head)? else {
+                        return Ok(());
+                    };
+                    let status = status_of(&h)?;
+                    let head_req = self.outstanding.front().copied().unwrap_or(false);
+                    let (body, fin) = response_shape(status, head_req);
+                    out.to_local.extend_from_slice(&h.bytes());
+                    if status == 101 {
+                        self.raw = true;
+                        continue;
+                    }
+                    let framing = if !body {
+                        Framing::Length(0)
+                    } else if h.chunked() {
+                        Framing::Chunked(Chunk::Size)
+                    } else {
+                        match h.content_length()? {
+                            Some(n) => {
+                                out.bulk |= n > BULK_BODY;
+                                Framing::Length(n)
+                            }
+                            None => {
+                                return Err(HttpError::Unframed);
+                            }
+                        }
+                    };
+                    if !fin {
+                        continue;
+                    }
+                    self.resp_state = RespState::Body(framing);
+                }
+                RespState::Body(f) => {
+                    let chunked = matches!(f, Framing::Chunked(_));
+                    match body_step(f, &mut self.resp)? {
+                        None => return Ok(()),
+                        Some(BodyEv::Data(d)) => {
+                            if chunked {
+                                chunk(&mut out.to_local, &d);
+                            } else {
+                                out.to_local.extend_from_slice(&d);
+                            }
+                        }
+                        Some(BodyEv::End) => {
+                            if chunked {
+                                out.to_local.extend_from_slice(b"0\r\n\r\n");
+                            }
+                            self.resp_state = RespState::Head;
+                            self.outstanding.pop_front();
+                            if self.outstanding.is_empty()
+                                && let Some(r) = self.deferred.take()
+                            {
+                                out.to_local.extend_from_slice(&r);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Accelerator for ClientAccel {
+    /// A request still waiting for its response head gets a 502 page; a
+    /// response already under way is cut (the browser sees it short).
+    fn link_lost(&mut self, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        if !self.raw && matches!(self.resp_state, RespState::Head) && !self.outstanding.is_empty() {
+            self.stats.local_replies += 1;
+            out.to_local.extend_from_slice(&local_reply(
+                "502 Bad Gateway",
+                "straw: the link to the server was lost before the response came. Try again later.",
+            ));
+        }
+    }
+
+    fn from_local(&mut self, data: &[u8], drained: bool, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.req.push(data);
+        if let Err(e) = self.pump_req(out) {
+            out.fail = Some(format!("HTTP request from the program: {e}"));
+            self.failed = true;
+            return;
+        }
+        if drained && self.unflushed {
+            out.flush = true;
+            self.unflushed = false;
+        }
+    }
+
+    fn from_tunnel(&mut self, data: &[u8], out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.resp.push(data);
+        if let Err(e) = self.pump_resp(out) {
+            out.fail = Some(format!("HTTP response from the server side: {e}"));
+            self.failed = true;
+        }
+    }
+
+    fn stats(&self) -> AccelStats {
+        self.stats
+    }
+}

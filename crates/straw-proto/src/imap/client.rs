@@ -1,0 +1,644 @@
+//! The client side of the IMAP pair, next to the mail program: answers
+//! what commits nothing (see the [module docs](super)), passes the rest,
+//! and checks every real reply it already answered.
+
+use std::collections::HashMap;
+
+use super::framer::{Ev, Framer, content, with_literal};
+use super::reply::{cap_set, caps_of, greeting_sig, rewrite_caps, rewrite_line, show, upper, word};
+use super::resume::ClientOffer;
+use super::{BULK_LITERAL, CAPABILITY_KEY, GREETING_KEY, ImapConfig, LINK_LOST, resume};
+use crate::partial::SharedStore;
+use crate::{AccelStats, Accelerator, Cache, Output};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Greeting {
+    /// Waiting for the real greeting; `served` if the cached one was shown.
+    Awaiting {
+        served: bool,
+    },
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PendKind {
+    /// Forwarded; the program waits for the real reply.
+    Plain { auth: bool },
+    /// Answered from cache; the real reply is checked and swallowed.
+    LocalCap { seen: bool },
+    /// Answered locally; the real reply is checked and swallowed.
+    LocalLogout,
+}
+
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) tag: Vec<u8>,
+    pub(super) kind: PendKind,
+}
+
+/// Client side: next to the mail program.
+#[derive(Debug)]
+pub struct ClientAccel {
+    pub(super) cached_greeting: Option<Vec<u8>>,
+    pub(super) cached_caps: Option<Vec<String>>,
+    pub(super) cmds: Framer,
+    pub(super) resps: Framer,
+    pub(super) greeting: Greeting,
+    pub(super) authed: bool,
+    pub(super) pending: Vec<Pending>,
+    /// Forwarded commands the program is waiting on.
+    pub(super) awaited: usize,
+    /// IDLE/AUTHENTICATE in progress: program lines are continuation data.
+    pub(super) cont_tag: Option<Vec<u8>>,
+    pub(super) cmd_bulk: bool,
+    pub(super) unflushed: bool,
+    /// The current response is passed to the program (else swallowed).
+    pub(super) resp_pass: bool,
+    pub(super) resp_bulk: bool,
+    pub(super) stats: AccelStats,
+    pub(super) failed: bool,
+    /// Message resume (see [`resume`]); None: off.
+    pub(super) store: Option<SharedStore>,
+    /// The LOGIN name: part of a partial's key.
+    pub(super) user: Option<String>,
+    /// Selected mailbox and its UIDVALIDITY.
+    pub(super) mailbox: Option<(String, u32)>,
+    /// A SELECT/EXAMINE in flight: tag, mailbox, UIDVALIDITY once seen.
+    pub(super) selecting: Option<(Vec<u8>, String, Option<u32>)>,
+    /// Sequence number → UID, learned from FETCH responses.
+    pub(super) seq_uids: HashMap<u32, u32>,
+    /// The server side doesn't know resume requests (an older straw).
+    pub(super) resume_refused: bool,
+    pub(super) own_seq: u64,
+    /// Offers sent, waiting for their answer.
+    pub(super) offers: Vec<ClientOffer>,
+    /// Offer the server side took: the next literal of its item carries
+    /// only the remainder.
+    pub(super) armed: Option<ClientOffer>,
+    /// `armed` was set by the response that just ended.
+    pub(super) armed_fresh: bool,
+    /// Own `FETCH n (UID)` lookups in flight: tag, sequence number.
+    pub(super) lookups: Vec<(Vec<u8>, u32)>,
+    /// A program FETCH waiting for its UID lookup.
+    pub(super) stashed: Option<Vec<u8>>,
+    pub(super) lookup_wait: bool,
+    /// The stashed FETCH is being handled: no second lookup.
+    pub(super) replaying: bool,
+    /// A CLOSE/UNSELECT in flight: its tag.
+    pub(super) closing: Option<Vec<u8>>,
+    /// Commands wait for a SELECT's answer (see `drain_cmds`).
+    pub(super) select_wait: bool,
+    /// The untagged FETCH response being read: sequence number, UID if seen.
+    pub(super) fetch_resp: Option<(u32, Option<u32>)>,
+    /// Literal being kept in the store: key, bytes still to come.
+    pub(super) keeping: Option<(String, u64)>,
+}
+
+impl ClientAccel {
+    pub fn new(cache: &Cache) -> Self {
+        Self::with_config(cache, ImapConfig::default())
+    }
+
+    pub fn with_config(cache: &Cache, cfg: ImapConfig) -> Self {
+        let cached_caps = cache.get(CAPABILITY_KEY).and_then(|l| caps_of(content(l)));
+        ClientAccel {
+            cached_greeting: cache.get(GREETING_KEY).map(|g| content(g).to_vec()),
+            cached_caps,
+            cmds: Framer::new(cfg.max_line, cfg.max_literal),
+            resps: Framer::new(cfg.max_line, cfg.max_literal),
+            greeting: Greeting::Awaiting { served: false },
+            authed: false,
+            pending: Vec::new(),
+            awaited: 0,
+            cont_tag: None,
+            cmd_bulk: false,
+            unflushed: false,
+            resp_pass: true,
+            resp_bulk: false,
+            stats: AccelStats::default(),
+            failed: false,
+            store: None,
+            user: None,
+            mailbox: None,
+            selecting: None,
+            seq_uids: HashMap::new(),
+            resume_refused: false,
+            own_seq: 0,
+            offers: Vec::new(),
+            armed: None,
+            armed_fresh: false,
+            lookups: Vec::new(),
+            stashed: None,
+            lookup_wait: false,
+            replaying: false,
+            closing: None,
+            select_wait: false,
+            fetch_resp: None,
+            keeping: None,
+        }
+    }
+
+    /// Keeps interrupted FETCH body literals in `store` and resumes them.
+    pub fn with_store(mut self, store: SharedStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    pub(super) fn fail(&mut self, out: &mut Output, why: impl std::fmt::Display) {
+        self.failed = true;
+        out.fail_once(why);
+    }
+
+    fn begin_command(&mut self, raw: &[u8], has_lit: bool, out: &mut Output) -> bool {
+        let line = content(raw);
+        let (tag, rest) = word(line);
+        let (verb, args) = word(rest);
+        let verb = upper(verb);
+        let auth_pending = self
+            .pending
+            .iter()
+            .any(|p| p.kind == PendKind::Plain { auth: true });
+        let greeted = self.greeting != Greeting::Awaiting { served: false };
+        if verb == "CAPABILITY"
+            && !has_lit
+            && !self.authed
+            && !auth_pending
+            && greeted
+            && let Some(caps) = &self.cached_caps
+        {
+            let mut r = b"* CAPABILITY ".to_vec();
+            r.extend_from_slice(rewrite_caps(caps).join(" ").as_bytes());
+            r.extend_from_slice(b"\r\n");
+            r.extend_from_slice(tag);
+            r.extend_from_slice(b" OK CAPABILITY completed\r\n");
+            out.to_local.extend_from_slice(&r);
+            self.stats.local_replies += 1;
+            self.pending.push(Pending {
+                tag: tag.to_vec(),
+                kind: PendKind::LocalCap { seen: false },
+            });
+            return true;
+        }
+        if verb == "LOGOUT" && !has_lit && self.awaited == 0 && greeted {
+            // Nothing is outstanding, so the program learns every result
+            // before it goes; LOGOUT itself commits nothing (no expunge).
+            let mut r = b"* BYE Logging out\r\n".to_vec();
+            r.extend_from_slice(tag);
+            r.extend_from_slice(b" OK Logout completed.\r\n");
+            out.to_local.extend_from_slice(&r);
+            self.stats.local_replies += 1;
+            self.pending.push(Pending {
+                tag: tag.to_vec(),
+                kind: PendKind::LocalLogout,
+            });
+            return true;
+        }
+        self.track_command(line, &verb, args, has_lit, out);
+        let auth = verb == "LOGIN" || verb == "AUTHENTICATE";
+        self.pending.push(Pending {
+            tag: tag.to_vec(),
+            kind: PendKind::Plain { auth },
+        });
+        if self.awaited == 0 {
+            self.stats.link_waits += 1;
+        }
+        self.awaited += 1;
+        if verb == "IDLE" || verb == "AUTHENTICATE" {
+            self.cont_tag = Some(tag.to_vec());
+        }
+        false
+    }
+
+    /// Hands the program's commands on, pausing after a SELECT while it is
+    /// in flight if the store holds partials for this account: a FETCH
+    /// pipelined behind it can only be offered once UIDVALIDITY is known.
+    fn drain_cmds(&mut self, out: &mut Output) {
+        loop {
+            if self.lookup_wait {
+                return;
+            }
+            if self.selecting.is_some()
+                && self.cmds.between_messages()
+                && self.cont_tag.is_none()
+                && let (Some(store), Some(user)) = (&self.store, &self.user)
+                && store.any_with_prefix(&resume::account_prefix(user))
+            {
+                self.select_wait = true;
+                return;
+            }
+            match self.cmds.next_ev() {
+                Ok(Some(ev)) => self.on_cmd(ev, out),
+                Ok(None) => return,
+                Err(e) => return self.fail(out, format!("from the mail program: {e}")),
+            }
+            if self.failed {
+                return;
+            }
+        }
+    }
+
+    /// Follows what a partial's key is made of (account, mailbox,
+    /// UIDVALIDITY) and offers a stored prefix before a FETCH.
+    fn track_command(
+        &mut self,
+        line: &[u8],
+        verb: &str,
+        args: &[u8],
+        has_lit: bool,
+        out: &mut Output,
+    ) {
+        if self.store.is_none() {
+            return;
+        }
+        match verb {
+            "LOGIN" => self.user = resume::astring(args).map(|(u, _)| u),
+            // The account name is inside SASL: no message resume.
+            "AUTHENTICATE" => self.user = None,
+            // Responses to earlier commands still belong to the old
+            // mailbox: it changes with the tagged reply.
+            "SELECT" | "EXAMINE" => {
+                let tag = word(line).0.to_vec();
+                let name = resume::astring(args).map(|(m, _)| {
+                    if m.eq_ignore_ascii_case("INBOX") {
+                        "INBOX".into()
+                    } else {
+                        m
+                    }
+                });
+                self.selecting = Some((tag, name.unwrap_or_default(), None));
+            }
+            "CLOSE" | "UNSELECT" => self.closing = Some(word(line).0.to_vec()),
+            "FETCH" | "UID" if !has_lit => self.offer(line, out),
+            _ => {}
+        }
+    }
+
+    /// Untagged responses that change what keys mean.
+    fn track_untagged(&mut self, line: &[u8]) {
+        if self.store.is_none() {
+            return;
+        }
+        if let Some(seq) = resume::fetch_seq(line) {
+            self.fetch_resp = Some((seq, resume::uid_in(line)));
+            return;
+        }
+        let (_, rest) = word(line);
+        let (a, b) = word(rest);
+        if let Some(sel) = &mut self.selecting
+            && a.eq_ignore_ascii_case(b"OK")
+            && let Some(uv) = resume::uidvalidity_in(line)
+        {
+            sel.2 = Some(uv);
+        }
+        let (b, _) = word(b);
+        if b.eq_ignore_ascii_case(b"EXPUNGE")
+            && let Some(n) = std::str::from_utf8(a)
+                .ok()
+                .and_then(|a| a.parse::<u32>().ok())
+        {
+            self.seq_uids = std::mem::take(&mut self.seq_uids)
+                .into_iter()
+                .filter(|&(s, _)| s != n)
+                .map(|(s, u)| (if s > n { s - 1 } else { s }, u))
+                .collect();
+        } else if a.eq_ignore_ascii_case(b"VANISHED") {
+            self.seq_uids.clear();
+        }
+    }
+
+    fn on_cmd(&mut self, ev: Ev, out: &mut Output) {
+        match ev {
+            Ev::Line { raw, first, lit } => {
+                if first
+                    && lit.is_none()
+                    && self.cont_tag.is_none()
+                    && !std::mem::take(&mut self.replaying)
+                    && self.uid_lookup(&raw, out)
+                {
+                    // Sent on once the UID is known.
+                    self.stashed = Some(raw);
+                    self.lookup_wait = true;
+                    return;
+                }
+                if first && self.cont_tag.is_none() {
+                    self.begin_command(&raw, lit.is_some(), out);
+                }
+                match lit {
+                    Some(l) => {
+                        if l.plus {
+                            out.to_tunnel.extend_from_slice(&raw);
+                        } else {
+                            // The continuation commits nothing; the server
+                            // side deals with a refusal.
+                            out.to_local.extend_from_slice(b"+ OK\r\n");
+                            self.stats.local_replies += 1;
+                            out.to_tunnel
+                                .extend_from_slice(&with_literal(&raw, &l, true));
+                        }
+                        self.cmd_bulk = l.n > BULK_LITERAL;
+                    }
+                    None => {
+                        out.to_tunnel.extend_from_slice(&raw);
+                        self.unflushed = true;
+                    }
+                }
+            }
+            Ev::Lit(data) => {
+                out.to_tunnel.extend_from_slice(&data);
+                out.bulk |= self.cmd_bulk;
+            }
+        }
+    }
+
+    /// The first line of a response: decide whether it reaches the program.
+    fn on_resp_start(&mut self, raw: &[u8], out: &mut Output) -> bool {
+        let line = content(raw);
+        if let Greeting::Awaiting { served } = self.greeting {
+            self.greeting = Greeting::Done;
+            if !served {
+                out.cache_put.push((GREETING_KEY.into(), line.to_vec()));
+                self.authed = greeting_sig(line).0 == "PREAUTH";
+                out.to_local.extend_from_slice(&rewrite_line(raw));
+                return true;
+            }
+            let cached = self.cached_greeting.clone().unwrap_or_default();
+            let (cached_status, cached_caps) = greeting_sig(&cached);
+            let (real_status, real_caps) = greeting_sig(line);
+            // A greeting without a CAPABILITY code (Dovecot's "Waiting for
+            // authentication process") contradicts nothing: capabilities are
+            // then verified when the CAPABILITY reply arrives.
+            let caps_differ = matches!((&cached_caps, &real_caps), (Some(a), Some(b)) if a != b);
+            if real_caps.is_some() && cached_caps.is_none() {
+                out.cache_put.push((GREETING_KEY.into(), line.to_vec()));
+            }
+            if cached_status != real_status || caps_differ {
+                out.cache_put.push((GREETING_KEY.into(), line.to_vec()));
+                self.fail(
+                    out,
+                    format!(
+                        "IMAP greeting changed: cached {:?}, real {:?}",
+                        show(&cached),
+                        show(line)
+                    ),
+                );
+            }
+            return false;
+        }
+        if line.first() == Some(&b'+') {
+            out.to_local.extend_from_slice(raw);
+            return true;
+        }
+        let (tag, rest) = word(line);
+        let (w, _) = word(rest);
+        let w = upper(w);
+        if tag == b"*" {
+            self.track_untagged(line);
+            if let Some((seq, Some(uid))) = self.fetch_resp
+                && self.lookups.iter().any(|l| l.1 == seq)
+                && line == format!("* {seq} FETCH (UID {uid})").as_bytes()
+            {
+                // The answer to our own UID lookup.
+                return false;
+            }
+            if w == "CAPABILITY" {
+                let real = caps_of(line).unwrap_or_default();
+                let local = self
+                    .pending
+                    .iter_mut()
+                    .find(|p| p.kind == PendKind::LocalCap { seen: false });
+                if let Some(p) = local {
+                    p.kind = PendKind::LocalCap { seen: true };
+                    let cached = self.cached_caps.clone().unwrap_or_default();
+                    if cap_set(&cached) != cap_set(&real) {
+                        out.cache_put.push((CAPABILITY_KEY.into(), line.to_vec()));
+                        self.fail(
+                            out,
+                            format!(
+                                "IMAP capabilities changed: cached [{}], real [{}]",
+                                cached.join(" "),
+                                real.join(" ")
+                            ),
+                        );
+                    }
+                    return false;
+                }
+                let auth_pending = self
+                    .pending
+                    .iter()
+                    .any(|p| p.kind == PendKind::Plain { auth: true });
+                if !self.authed && !auth_pending {
+                    out.cache_put.push((CAPABILITY_KEY.into(), line.to_vec()));
+                }
+            }
+            if w == "BYE" && self.pending.iter().any(|p| p.kind == PendKind::LocalLogout) {
+                return false;
+            }
+            out.to_local.extend_from_slice(&rewrite_line(raw));
+            return true;
+        }
+        if let Some(i) = self.lookups.iter().position(|l| l.0 == tag) {
+            self.lookups.remove(i);
+            if self.lookups.is_empty() {
+                self.lookup_wait = false;
+            }
+            return false;
+        }
+        if let Some(i) = self.offers.iter().position(|o| o.tag == tag) {
+            let o = self.offers.remove(i);
+            let (_, rest) = word(line);
+            let (status, _) = word(rest);
+            self.offer_answered(o, status, line, out);
+            return false;
+        }
+        if self.selecting.as_ref().is_some_and(|s| s.0 == tag) {
+            // A failed SELECT leaves no mailbox selected.
+            let (_, name, uv) = self.selecting.take().unwrap_or_default();
+            let ok = w == "OK" && !name.is_empty();
+            self.mailbox = uv.filter(|_| ok).map(|uv| (name, uv));
+            self.seq_uids.clear();
+        }
+        if self.closing.as_deref() == Some(tag) {
+            self.closing = None;
+            if w == "OK" {
+                self.mailbox = None;
+                self.seq_uids.clear();
+            }
+        }
+        if self.cont_tag.as_deref() == Some(tag) {
+            self.cont_tag = None;
+        }
+        let Some(i) = self.pending.iter().position(|p| p.tag == tag) else {
+            out.to_local.extend_from_slice(&rewrite_line(raw));
+            return true;
+        };
+        let p = self.pending.remove(i);
+        match p.kind {
+            PendKind::LocalCap { seen } => {
+                if w != "OK" || !seen {
+                    self.fail(
+                        out,
+                        format!(
+                            "IMAP CAPABILITY was answered from cache but the real server said {:?}",
+                            show(line)
+                        ),
+                    );
+                }
+                false
+            }
+            PendKind::LocalLogout => {
+                if w != "OK" {
+                    self.fail(
+                        out,
+                        format!(
+                            "IMAP LOGOUT was answered locally but the real server said {:?}",
+                            show(line)
+                        ),
+                    );
+                }
+                false
+            }
+            PendKind::Plain { auth } => {
+                self.awaited -= 1;
+                if auth && w == "OK" {
+                    self.authed = true;
+                }
+                out.to_local.extend_from_slice(&rewrite_line(raw));
+                true
+            }
+        }
+    }
+
+    fn on_resp(&mut self, ev: Ev, out: &mut Output) {
+        match ev {
+            Ev::Line { raw, first, lit } => {
+                let mark = out.to_local.len();
+                if first {
+                    self.fetch_resp = None;
+                    self.resp_pass = self.on_resp_start(&raw, out);
+                } else if self.resp_pass {
+                    if let Some((_, uid @ None)) = &mut self.fetch_resp {
+                        *uid = resume::uid_in(content(&raw));
+                    }
+                    out.to_local.extend_from_slice(&raw);
+                }
+                self.resp_bulk = lit.is_some_and(|l| l.n > BULK_LITERAL);
+                match lit {
+                    Some(l) if self.resp_pass => self.fetch_literal(&raw, l, mark, out),
+                    Some(_) => {}
+                    None => {
+                        // The response ended.
+                        if let Some((seq, Some(uid))) = self.fetch_resp.take() {
+                            self.seq_uids.insert(seq, uid);
+                        }
+                        // The resumed literal comes in the response right
+                        // after the answer, or the stream is not ours to
+                        // splice: better no bytes than wrong ones.
+                        if self.armed.is_some() && !std::mem::take(&mut self.armed_fresh) {
+                            self.fail(
+                                out,
+                                "IMAP resume: the server side's resumed literal never came",
+                            );
+                        }
+                    }
+                }
+            }
+            Ev::Lit(data) => {
+                if self.resp_pass {
+                    out.to_local.extend_from_slice(&data);
+                    out.bulk |= self.resp_bulk;
+                }
+                if let (Some((key, left)), Some(store)) = (&mut self.keeping, &self.store) {
+                    store.append(key, &data);
+                    *left -= data.len() as u64;
+                    if *left == 0 {
+                        // Complete: nothing left to resume.
+                        store.remove(key);
+                        self.keeping = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Accelerator for ClientAccel {
+    /// Called once at connection start: serves the cached greeting, if any.
+    fn start(&mut self, out: &mut Output) {
+        match &self.cached_greeting {
+            Some(g) => {
+                let mut raw = g.clone();
+                raw.extend_from_slice(b"\r\n");
+                out.to_local.extend_from_slice(&rewrite_line(&raw));
+                self.greeting = Greeting::Awaiting { served: true };
+                self.stats.local_replies += 1;
+                self.authed = greeting_sig(g).0 == "PREAUTH";
+            }
+            // The program waits for the real greeting to cross the link.
+            None => self.stats.link_waits += 1,
+        }
+    }
+
+    /// An untagged BYE may come at any time between responses (also as the
+    /// greeting). Commands in flight get no tagged reply, so the program
+    /// can't take them as done. Within a response (a FETCH literal cut
+    /// short) the connection just closes.
+    fn link_lost(&mut self, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        if self.resps.between_messages() {
+            out.to_local.extend_from_slice(LINK_LOST);
+        }
+    }
+
+    fn from_local(&mut self, data: &[u8], drained: bool, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.cmds.push(data);
+        self.drain_cmds(out);
+        if drained && self.unflushed {
+            out.flush = true;
+            self.unflushed = false;
+        }
+    }
+
+    fn from_tunnel(&mut self, data: &[u8], out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.resps.push(data);
+        loop {
+            match self.resps.next_ev() {
+                Ok(Some(ev)) => self.on_resp(ev, out),
+                Ok(None) => break,
+                Err(e) => return self.fail(out, format!("from the server side: {e}")),
+            }
+            if self.failed {
+                return;
+            }
+        }
+        if self.select_wait || (self.stashed.is_some() && !self.lookup_wait) {
+            self.select_wait = false;
+            if let Some(raw) = self.stashed.take() {
+                self.replaying = true;
+                let ev = Ev::Line {
+                    raw,
+                    first: true,
+                    lit: None,
+                };
+                self.on_cmd(ev, out);
+            }
+            self.drain_cmds(out);
+            if self.unflushed {
+                out.flush = true;
+                self.unflushed = false;
+            }
+        }
+    }
+
+    fn stats(&self) -> AccelStats {
+        self.stats
+    }
+}

@@ -1,0 +1,430 @@
+//! The server side of the IMAP pair, next to the real server: passes
+//! commands on (literals made synchronising again where the server wants
+//! that), forwards every response, and answers resume requests.
+
+use super::framer::{Ev, Framer, Lit, content, with_literal};
+use super::reply::{caps_of, upper, word};
+use super::{BULK_RESP_LITERAL, ImapConfig, LITERAL_MINUS_MAX, resume};
+use crate::partial::prefix_hash;
+use crate::{Accelerator, Output};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RespKind {
+    Greeting,
+    Cont,
+    Untagged { flush: bool },
+    Tagged,
+}
+
+/// Server side: next to the real IMAP server.
+#[derive(Debug)]
+pub struct ServerAccel {
+    cmds: Framer,
+    resps: Framer,
+    greeted: bool,
+    literal_plus: bool,
+    literal_minus: bool,
+    /// Sent a synchronising literal to the real server; waiting for its `+`
+    /// (or a refusal) for the command with this tag.
+    waiting: Option<Vec<u8>>,
+    /// The current command was refused: drop the rest of it.
+    swallow: bool,
+    cur_tag: Vec<u8>,
+    cont_tag: Option<Vec<u8>>,
+    idle_tag: Option<Vec<u8>>,
+    resp_kind: RespKind,
+    /// The current response is forwarded (else dropped).
+    resp_pass: bool,
+    resp_bulk: bool,
+    failed: bool,
+    /// A resume request waiting for its FETCH (see [`resume`]).
+    offer_next: Option<resume::Offer>,
+    /// The request bound to a FETCH, and that FETCH's tag.
+    active: Option<(resume::Offer, Vec<u8>)>,
+    /// Answers to requests, sent at the next point between responses.
+    answers: Vec<u8>,
+    /// A FETCH response held while it may carry the offered literal.
+    hold: Option<Hold>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Hold {
+    /// The response up to the offered literal's line.
+    buf: Vec<u8>,
+    uid: Option<u32>,
+    /// The line announcing the offered literal, and its literal.
+    line: Option<(Vec<u8>, Lit)>,
+    /// The literal so far.
+    prefix: Vec<u8>,
+}
+
+impl Default for ServerAccel {
+    fn default() -> Self {
+        Self::new(ImapConfig::default())
+    }
+}
+
+impl ServerAccel {
+    pub fn new(cfg: ImapConfig) -> Self {
+        ServerAccel {
+            cmds: Framer::new(cfg.max_line, cfg.max_literal),
+            resps: Framer::new(cfg.max_line, cfg.max_literal),
+            greeted: false,
+            literal_plus: false,
+            literal_minus: false,
+            waiting: None,
+            swallow: false,
+            cur_tag: Vec::new(),
+            cont_tag: None,
+            idle_tag: None,
+            resp_kind: RespKind::Greeting,
+            resp_pass: true,
+            resp_bulk: false,
+            failed: false,
+            offer_next: None,
+            active: None,
+            answers: Vec::new(),
+            hold: None,
+        }
+    }
+
+    /// Queues a tagged answer to a resume request.
+    fn answer(&mut self, tag: &[u8], text: &str) {
+        self.answers.extend_from_slice(tag);
+        self.answers.push(b' ');
+        self.answers.extend_from_slice(text.as_bytes());
+        self.answers.extend_from_slice(b"\r\n");
+    }
+
+    /// Sends queued answers if the stream is between responses.
+    fn flush_answers(&mut self, out: &mut Output) {
+        if !self.answers.is_empty() && self.hold.is_none() && self.resps.between_messages() {
+            out.to_tunnel.append(&mut self.answers);
+            out.flush = true;
+        }
+    }
+
+    /// A command line from the client side: a resume request is kept (not
+    /// for the real server) and bound to the next command. Returns whether
+    /// the line is ours.
+    fn resume_cmd(&mut self, raw: &[u8], verb: &str, out: &mut Output) -> bool {
+        let line = content(raw);
+        if verb == resume::VERB {
+            match resume::parse_request(line) {
+                Ok(o) => {
+                    if let Some(old) = self.offer_next.replace(o) {
+                        self.answer(&old.tag, resume::NOT_RESUMED);
+                    }
+                }
+                Err(e) => {
+                    out.notes.push(format!("IMAP resume request refused: {e}"));
+                    self.answer(word(line).0, resume::REFUSED);
+                }
+            }
+            return true;
+        }
+        if let Some(o) = self.offer_next.take() {
+            let (tag, rest) = word(line);
+            let (v, rest) = word(rest);
+            let fetch = v.eq_ignore_ascii_case(b"FETCH")
+                || (v.eq_ignore_ascii_case(b"UID") && word(rest).0.eq_ignore_ascii_case(b"FETCH"));
+            if fetch {
+                if let Some((old, _)) = self.active.replace((o, tag.to_vec())) {
+                    self.answer(&old.tag, resume::NOT_RESUMED);
+                }
+            } else {
+                self.answer(&o.tag, resume::NOT_RESUMED);
+            }
+        }
+        false
+    }
+
+    /// The offered literal's first `len` bytes are in (or it is shorter):
+    /// send the answer and the held response, without the prefix if it
+    /// matched.
+    fn decide(&mut self, out: &mut Output) {
+        let (Some(h), Some((o, _))) = (self.hold.take(), self.active.take()) else {
+            return;
+        };
+        let Some((line, lit)) = h.line else { return };
+        let matched = h.prefix.len() >= o.len && prefix_hash(&h.prefix[..o.len]) == o.hash;
+        let mut answer = o.tag.clone();
+        answer.push(b' ');
+        if matched {
+            answer.extend_from_slice(resume::RESUMED.as_bytes());
+            answer.extend_from_slice(b"\r\n");
+            out.to_tunnel.extend_from_slice(&answer);
+            out.to_tunnel.extend_from_slice(&h.buf);
+            let rest = Lit {
+                n: lit.n - o.len as u64,
+                ..lit
+            };
+            out.to_tunnel
+                .extend_from_slice(&with_literal(&line, &rest, false));
+            out.to_tunnel.extend_from_slice(&h.prefix[o.len..]);
+            out.notes.push(format!(
+                "IMAP FETCH {} of UID {} resumed: {} bytes the client holds not sent again",
+                o.item, o.uid, o.len
+            ));
+        } else {
+            answer.extend_from_slice(resume::DIFFERS.as_bytes());
+            answer.extend_from_slice(b"\r\n");
+            out.to_tunnel.extend_from_slice(&answer);
+            out.to_tunnel.extend_from_slice(&h.buf);
+            out.to_tunnel.extend_from_slice(&line);
+            out.to_tunnel.extend_from_slice(&h.prefix);
+            out.notes.push(format!(
+                "IMAP FETCH {} of UID {} resume: the client's {}-byte prefix differs from the {}-byte literal now on the server; sending it whole",
+                o.item, o.uid, o.len, lit.n
+            ));
+        }
+    }
+
+    /// After one response event wrote `out.to_tunnel[mark..]`: hold it
+    /// while an offered literal may be in this response.
+    fn hold_step(&mut self, ev: &Ev, mark: usize, out: &mut Output) {
+        let (Some(h), Some((o, _))) = (&mut self.hold, &self.active) else {
+            return;
+        };
+        let new: Vec<u8> = out.to_tunnel.drain(mark..).collect();
+        let decide = match ev {
+            Ev::Line { raw, lit, .. } => {
+                if h.uid.is_none() {
+                    h.uid = resume::uid_in(content(raw));
+                }
+                let offered = |l: &Lit| {
+                    resume::literal_item(&raw[..l.open]).as_deref() == Some(o.item.as_str())
+                        && h.uid.is_none_or(|u| u == o.uid)
+                };
+                match lit {
+                    Some(l) if h.line.is_none() && offered(l) => {
+                        h.line = Some((new, *l));
+                        l.n < o.len as u64
+                    }
+                    _ => {
+                        h.buf.extend_from_slice(&new);
+                        if lit.is_none() {
+                            // The response ended without it.
+                            out.to_tunnel.append(&mut h.buf);
+                            self.hold = None;
+                        }
+                        false
+                    }
+                }
+            }
+            Ev::Lit(_) if h.line.is_some() => {
+                h.prefix.extend_from_slice(&new);
+                h.prefix.len() >= o.len
+            }
+            Ev::Lit(_) => {
+                h.buf.extend_from_slice(&new);
+                false
+            }
+        };
+        if decide {
+            self.decide(out);
+        }
+    }
+
+    pub(super) fn fail(&mut self, out: &mut Output, why: impl std::fmt::Display) {
+        self.failed = true;
+        out.fail_once(why);
+    }
+
+    fn learn_caps(&mut self, line: &[u8]) {
+        if let Some(c) = caps_of(line) {
+            self.literal_plus = c.iter().any(|a| a.eq_ignore_ascii_case("LITERAL+"));
+            self.literal_minus = c.iter().any(|a| a.eq_ignore_ascii_case("LITERAL-"));
+        }
+    }
+
+    /// Feed the real server commands from the stream, stopping at a
+    /// synchronising literal until the real server answers it.
+    fn pump_cmds(&mut self, out: &mut Output) {
+        while self.waiting.is_none() && !self.failed {
+            let ev = match self.cmds.next_ev() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return,
+                Err(e) => return self.fail(out, format!("from the client side: {e}")),
+            };
+            match ev {
+                Ev::Line { raw, first, lit } => {
+                    if first && self.cont_tag.is_none() {
+                        self.swallow = false;
+                        let (tag, rest) = word(content(&raw));
+                        let (verb, _) = word(rest);
+                        self.cur_tag = tag.to_vec();
+                        let verb = upper(verb);
+                        if lit.is_none() && self.resume_cmd(&raw, &verb, out) {
+                            continue;
+                        }
+                        if verb == "IDLE" {
+                            self.idle_tag = Some(tag.to_vec());
+                        }
+                        if verb == "IDLE" || verb == "AUTHENTICATE" {
+                            self.cont_tag = Some(tag.to_vec());
+                        }
+                    }
+                    if self.swallow {
+                        // A refused command's remaining segments.
+                        continue;
+                    }
+                    match lit {
+                        Some(l) => {
+                            let plus = self.literal_plus
+                                || (self.literal_minus && l.n <= LITERAL_MINUS_MAX);
+                            out.to_local
+                                .extend_from_slice(&with_literal(&raw, &l, plus));
+                            if !plus {
+                                self.waiting = Some(self.cur_tag.clone());
+                            }
+                        }
+                        None => out.to_local.extend_from_slice(&raw),
+                    }
+                }
+                Ev::Lit(data) => {
+                    if !self.swallow {
+                        out.to_local.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_resp_start(&mut self, raw: &[u8], out: &mut Output) -> bool {
+        let line = content(raw);
+        self.learn_caps(line);
+        if !self.greeted {
+            self.greeted = true;
+            self.resp_kind = RespKind::Greeting;
+            out.to_tunnel.extend_from_slice(raw);
+            return true;
+        }
+        if line.first() == Some(&b'+') {
+            if self.waiting.take().is_some() {
+                // The answer to our own synchronising literal.
+                self.resp_kind = RespKind::Untagged { flush: false };
+                self.pump_cmds(out);
+                return false;
+            }
+            self.resp_kind = RespKind::Cont;
+            out.to_tunnel.extend_from_slice(raw);
+            return true;
+        }
+        let (tag, rest) = word(line);
+        let (w, text) = word(rest);
+        if tag == b"*" {
+            let idling = self.idle_tag.is_some();
+            if idling && w.eq_ignore_ascii_case(b"OK") && text.first() != Some(&b'[') {
+                // IDLE keep-alive: meaningless across the link.
+                self.resp_kind = RespKind::Untagged { flush: false };
+                return false;
+            }
+            let bye = w.eq_ignore_ascii_case(b"BYE");
+            self.resp_kind = RespKind::Untagged {
+                flush: idling || bye,
+            };
+            out.to_tunnel.extend_from_slice(raw);
+            return true;
+        }
+        self.resp_kind = RespKind::Tagged;
+        if self.idle_tag.as_deref() == Some(tag) {
+            self.idle_tag = None;
+        }
+        if self.cont_tag.as_deref() == Some(tag) {
+            self.cont_tag = None;
+        }
+        if self.waiting.as_deref() == Some(tag) {
+            // The real server refused the literal: it will not read it, so
+            // the rest of the command never reaches it.
+            self.waiting = None;
+            self.swallow = true;
+            out.to_tunnel.extend_from_slice(raw);
+            self.pump_cmds(out);
+            return true;
+        }
+        out.to_tunnel.extend_from_slice(raw);
+        true
+    }
+
+    fn on_resp(&mut self, ev: Ev, out: &mut Output) {
+        let mut mark = out.to_tunnel.len();
+        if let Ev::Line {
+            raw, first: true, ..
+        } = &ev
+        {
+            // Between responses: the place for answers.
+            out.to_tunnel.append(&mut self.answers);
+            let line = content(raw);
+            if let Some((o, ctag)) = &self.active {
+                if word(line).0 == ctag.as_slice() {
+                    let tag = o.tag.clone();
+                    self.active = None;
+                    self.answer(&tag, resume::NOT_RESUMED);
+                    out.to_tunnel.append(&mut self.answers);
+                } else if resume::fetch_seq(line).is_some() {
+                    self.hold = Some(Hold::default());
+                }
+            }
+            mark = out.to_tunnel.len();
+        }
+        self.on_resp_inner(&ev, out);
+        self.hold_step(&ev, mark, out);
+    }
+
+    fn on_resp_inner(&mut self, ev: &Ev, out: &mut Output) {
+        match ev {
+            Ev::Line { raw, first, lit } => {
+                let (first, lit) = (*first, *lit);
+                if first {
+                    self.resp_pass = self.on_resp_start(raw, out);
+                } else if self.resp_pass {
+                    out.to_tunnel.extend_from_slice(raw);
+                }
+                self.resp_bulk = lit.is_some_and(|l| l.n > BULK_RESP_LITERAL);
+                if lit.is_none() && self.resp_pass {
+                    out.flush |= match self.resp_kind {
+                        RespKind::Greeting | RespKind::Cont | RespKind::Tagged => true,
+                        RespKind::Untagged { flush } => flush,
+                    };
+                }
+            }
+            Ev::Lit(data) => {
+                if self.resp_pass {
+                    out.to_tunnel.extend_from_slice(data);
+                    out.bulk |= self.resp_bulk;
+                }
+            }
+        }
+    }
+}
+
+impl Accelerator for ServerAccel {
+    /// Bytes from the real server.
+    fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.resps.push(data);
+        loop {
+            match self.resps.next_ev() {
+                Ok(Some(ev)) => self.on_resp(ev, out),
+                Ok(None) => break,
+                Err(e) => return self.fail(out, format!("from the real server: {e}")),
+            }
+            if self.failed {
+                return;
+            }
+        }
+    }
+
+    /// Commands from the client side.
+    fn from_tunnel(&mut self, data: &[u8], out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.cmds.push(data);
+        self.pump_cmds(out);
+        self.flush_answers(out);
+    }
+}

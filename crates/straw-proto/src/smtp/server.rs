@@ -1,0 +1,196 @@
+//! The server side of the SMTP pair, next to the real server: runs the
+//! dialogue in lockstep and forwards every reply; with a store it keeps each
+//! body whole before the real server sees it (see [`resume`]).
+
+use super::reply::{ReplyReader, code};
+use super::resume::{Kept, Offered};
+use super::{SYNTH_DATA, resume};
+use crate::partial::SharedStore;
+use crate::shared::lines::{DotScanner, take_line, verb};
+use crate::{Accelerator, Output};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Await {
+    Reply,
+    SynthData,
+    PlainData,
+    Auth,
+    Eod,
+    /// `DATA` for a kept body: on 354 the body goes.
+    KeptData,
+    KeptEod,
+    /// A command of the server side's own: the reply is not forwarded.
+    Swallow,
+}
+
+/// Server side: next to the real SMTP server; runs the dialogue in lockstep
+/// and forwards every reply.
+#[derive(Debug, Default)]
+pub struct ServerAccel {
+    pub(super) inbuf: Vec<u8>,
+    pub(super) greeted: bool,
+    pub(super) inflight: Option<Await>,
+    pub(super) reader: ReplyReader,
+    /// In a body: `true` forwards it to the real server, `false` swallows it.
+    pub(super) body: Option<(DotScanner, bool)>,
+    pub(super) sasl_next: bool,
+    pub(super) failed: bool,
+    /// Message resume: partial bodies and delivered-message records,
+    /// keyed under `client` (see [`resume`]).
+    pub(super) store: Option<SharedStore>,
+    pub(super) client: String,
+    pub(super) envelope: Vec<u8>,
+    pub(super) kept: Option<Kept>,
+    /// A whole kept body on its way to the real server, and its id.
+    pub(super) sending: Option<(Vec<u8>, Option<String>)>,
+    pub(super) offered: Option<Offered>,
+}
+
+impl ServerAccel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps bodies in `store` (under `client`, the tunnel's client
+    /// identity) and sends them to the real server only once complete, so
+    /// that a cut-off send can be resumed and a confirmed one is never
+    /// delivered again (see [`resume`]).
+    pub fn with_store(mut self, store: SharedStore, client: &str) -> Self {
+        self.store = Some(store);
+        self.client = client.to_owned();
+        self
+    }
+
+    pub(super) fn fail(&mut self, out: &mut Output, why: impl std::fmt::Display) {
+        self.failed = true;
+        out.fail_once(why);
+    }
+
+    fn step(&mut self, out: &mut Output) {
+        while self.greeted && self.inflight.is_none() && !self.failed {
+            if self.kept.is_some() {
+                if self.keep(out) {
+                    continue;
+                }
+                return;
+            }
+            if let Some((sc, pass)) = &mut self.body {
+                let end = sc.scan(&self.inbuf);
+                let n = end.unwrap_or(self.inbuf.len());
+                let chunk = self.inbuf.drain(..n);
+                if *pass {
+                    out.to_local.extend(chunk);
+                } else {
+                    drop(chunk);
+                }
+                if end.is_none() {
+                    return;
+                }
+                if *pass {
+                    self.inflight = Some(Await::Eod);
+                }
+                self.body = None;
+                continue;
+            }
+            let line = match take_line(&mut self.inbuf) {
+                Ok(Some(l)) => l,
+                Ok(None) => return,
+                Err(e) => return self.fail(out, format!("SMTP command from client: {e}")),
+            };
+            if std::mem::take(&mut self.sasl_next) {
+                out.to_local.extend_from_slice(&line);
+                self.inflight = Some(Await::Auth);
+                continue;
+            }
+            let (v, _) = verb(&line);
+            match v.as_str() {
+                "MAIL" => self.envelope = line.clone(),
+                "RCPT" => self.envelope.extend_from_slice(&line),
+                "RSET" | "HELO" | "EHLO" => self.envelope.clear(),
+                _ => {}
+            }
+            if self.resume_command(&line, out) {
+                continue;
+            }
+            let wait = if line == SYNTH_DATA {
+                out.to_local.extend_from_slice(b"DATA\r\n");
+                Await::SynthData
+            } else {
+                out.to_local.extend_from_slice(&line);
+                match v.as_str() {
+                    "DATA" => Await::PlainData,
+                    "AUTH" => Await::Auth,
+                    _ => Await::Reply,
+                }
+            };
+            self.inflight = Some(wait);
+        }
+    }
+}
+
+impl Accelerator for ServerAccel {
+    /// Bytes from the real server.
+    fn from_local(&mut self, mut data: &[u8], _drained: bool, out: &mut Output) {
+        while !data.is_empty() && !self.failed {
+            if self.greeted && self.inflight.is_none() {
+                return self.fail(
+                    out,
+                    format!(
+                        "SMTP server said something unasked: {:?}",
+                        String::from_utf8_lossy(&data[..data.len().min(200)])
+                    ),
+                );
+            }
+            let (n, reply) = match self.reader.feed(data) {
+                Ok(r) => r,
+                Err(e) => return self.fail(out, e),
+            };
+            data = &data[n..];
+            let Some(r) = reply else { continue };
+            let c = code(&r);
+            let inflight = std::mem::take(&mut self.inflight);
+            if inflight != Some(Await::Swallow) {
+                out.to_tunnel.extend_from_slice(&r);
+                out.flush = true;
+            }
+            match inflight {
+                None => self.greeted = true,
+                Some(Await::KeptData) if c == 354 => {
+                    if let Some((body, _)) = &self.sending {
+                        out.to_local.extend_from_slice(body);
+                    }
+                    self.inflight = Some(Await::KeptEod);
+                }
+                Some(Await::KeptData) => self.sending = None,
+                Some(Await::KeptEod) => {
+                    if let (Some((body, Some(id))), Some(store)) =
+                        (self.sending.take(), &self.store)
+                        && c / 100 == 2
+                    {
+                        store.put(
+                            &resume::done_key(&self.client, &id),
+                            &resume::done_record(&body, &r),
+                        );
+                    }
+                }
+                // A refused DATA whose 354 the program already has: swallow the body.
+                Some(Await::SynthData) => self.body = Some((DotScanner::at_line_start(), c == 354)),
+                Some(Await::PlainData) if c == 354 => {
+                    self.body = Some((DotScanner::at_line_start(), true))
+                }
+                Some(Await::Auth) => self.sasl_next = c == 334,
+                Some(_) => {}
+            }
+            self.step(out);
+        }
+    }
+
+    /// Commands and bodies from the client side.
+    fn from_tunnel(&mut self, data: &[u8], out: &mut Output) {
+        if self.failed {
+            return;
+        }
+        self.inbuf.extend_from_slice(data);
+        self.step(out);
+    }
+}
