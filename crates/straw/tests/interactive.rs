@@ -1,6 +1,7 @@
 //! With paused tokio time: the whole tunnel (Noise, codec, session, pumps)
 //! over the in-process link emulator at 2,400 bit/s and 500 ms one way.
 
+mod common;
 mod support;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use straw::tunnel::{DialFuture, Dialer, LocalIo};
 use straw_proto::Accelerator;
 use straw_proto::passthrough::Passthrough;
 use straw_tools::linksim::{Link, LinkParams};
-use support::{noise_bytes, open_passthrough, read_line, tunnels_over};
+use support::{open_passthrough, read_line, tunnels_over};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -26,7 +27,7 @@ impl Dialer for TestDialer {
             let (ours, mut theirs) = duplex(4096);
             tokio::spawn(async move {
                 if service == "bulk" {
-                    let _ = theirs.write_all(&noise_bytes(200_000)).await;
+                    let _ = theirs.write_all(&common::random_bytes(200_000, 1)).await;
                 } else {
                     read_line(&mut theirs).await;
                     theirs.write_all(b"a1 OK NOOP done\r\n").await.unwrap();

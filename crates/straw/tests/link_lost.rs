@@ -49,55 +49,87 @@ async fn fake_server(
     greeting: &'static str,
     answer: fn(&str, &mut bool) -> Option<String>,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                if w.write_all(greeting.as_bytes()).await.is_err() {
-                    return;
-                }
-                let mut in_body = false;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    match r.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    let _ = tx.send(line.clone());
-                    if let Some(reply) = answer(&line, &mut in_body)
-                        && w.write_all(reply.as_bytes()).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(answer_lines(conn, greeting, answer, tx.clone()));
         }
     });
     (addr, rx)
 }
 
+/// One connection to [`fake_server`]: until the program hangs up.
+async fn answer_lines(
+    conn: TcpStream,
+    greeting: &str,
+    answer: fn(&str, &mut bool) -> Option<String>,
+    seen: mpsc::UnboundedSender<String>,
+) {
+    let (r, mut w) = conn.into_split();
+    let mut r = BufReader::new(r);
+    if w.write_all(greeting.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut in_body = false;
+    let mut buf = String::new();
+    while r.read_line(&mut buf).await.unwrap_or(0) > 0 {
+        let line = std::mem::take(&mut buf);
+        let _ = seen.send(line.clone());
+        if let Some(reply) = answer(&line, &mut in_body)
+            && w.write_all(reply.as_bytes()).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// `f`, or a panic saying `what` after 10 s.
+async fn within_10s<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+}
+
 async fn read_line(r: &mut BufReader<TcpStream>) -> String {
     let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
+    within_10s("no reply within 10 s", r.read_line(&mut line))
         .await
-        .expect("no reply within 10 s")
         .unwrap();
     line
 }
 
 async fn expect_eof(r: &mut BufReader<TcpStream>) {
     let mut rest = String::new();
-    let n = tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut rest))
+    let n = within_10s("connection still open", r.read_line(&mut rest))
         .await
-        .expect("connection still open")
         .unwrap_or(0);
     assert_eq!(n, 0, "more after the link-lost reply: {rest:?}");
+}
+
+/// Once the real server has seen a line for which `reached` holds (`what`),
+/// cuts the link; returns the program's next line and when the cut was.
+async fn cut_once_seen(
+    seen: &mut mpsc::UnboundedReceiver<String>,
+    what: &str,
+    reached: fn(&str) -> bool,
+    link: &Link,
+    r: &mut BufReader<TcpStream>,
+) -> (String, Instant) {
+    within_10s(&format!("{what} never reached the real server"), async {
+        while !reached(&seen.recv().await.unwrap()) {}
+    })
+    .await;
+    link.cut_all();
+    let cut = Instant::now();
+    let reply = read_line(r).await;
+    eprintln!(
+        "{:?} {:.2} s after the cut",
+        reply.trim_end(),
+        cut.elapsed().as_secs_f64()
+    );
+    (reply, cut)
 }
 
 fn smtp_answer(line: &str, in_body: &mut bool) -> Option<String> {
@@ -149,19 +181,8 @@ async fn smtp_program_gets_421_when_end_of_data_reply_is_lost() {
     // The end-of-data: cut the link the moment the real server has it, so
     // its 250 can't come back.
     r.get_mut().write_all(b".\r\n").await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while seen.recv().await.unwrap() != ".\r\n" {}
-    })
-    .await
-    .expect("end-of-data never reached the real server");
-    link.cut_all();
-    let cut = Instant::now();
-    let reply = read_line(&mut r).await;
-    eprintln!(
-        "smtp: {:?} {:.2} s after the cut",
-        reply.trim_end(),
-        cut.elapsed().as_secs_f64()
-    );
+    let (reply, cut) =
+        cut_once_seen(&mut seen, "end-of-data", |l| l == ".\r\n", &link, &mut r).await;
     assert_eq!(
         reply,
         "421 4.4.2 straw: link to server lost, try again later\r\n"
@@ -200,19 +221,8 @@ async fn pop3_program_gets_err_when_link_is_lost() {
     assert!(read_line(&mut r).await.starts_with("+OK"));
     assert!(read_line(&mut r).await.starts_with("+OK"));
     r.get_mut().write_all(b"DELE 1\r\n").await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !seen.recv().await.unwrap().starts_with("DELE") {}
-    })
-    .await
-    .expect("DELE never reached the real server");
-    link.cut_all();
-    let cut = Instant::now();
-    let reply = read_line(&mut r).await;
-    eprintln!(
-        "pop3: {:?} {:.2} s after the cut",
-        reply.trim_end(),
-        cut.elapsed().as_secs_f64()
-    );
+    let (reply, cut) =
+        cut_once_seen(&mut seen, "DELE", |l| l.starts_with("DELE"), &link, &mut r).await;
     assert_eq!(reply, "-ERR straw: link lost\r\n");
     assert!(cut.elapsed() >= Duration::from_millis(900));
     expect_eof(&mut r).await;

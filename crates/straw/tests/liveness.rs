@@ -3,6 +3,7 @@
 //! round trips, and a long bulk transfer at 2,400 bit/s and 1.5 s RTT never
 //! trips it.
 
+mod common;
 mod support;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use straw::tunnel::{
 use straw_proto::Accelerator;
 use straw_proto::passthrough::Passthrough;
 use straw_tools::linksim::{Link, LinkParams};
-use support::{noise_bytes, open_passthrough, tunnels_over};
+use support::{open_passthrough, tunnels_over};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -161,7 +162,7 @@ async fn bulk_echo(len: usize) {
     let mut p = pair().await;
     let mut app = open(&p).await;
     // Incompressible, `len` bytes each way at once (12 KB: 150 s at 2,400 bit/s).
-    let data = noise_bytes(len);
+    let data = common::random_bytes(len, 1);
     let start = Instant::now();
     let (mut r, mut w) = tokio::io::split(&mut app);
     let send = async {

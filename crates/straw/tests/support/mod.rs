@@ -88,27 +88,11 @@ pub async fn open_passthrough(opens: &mpsc::Sender<OpenRequest>, service: &str) 
     app
 }
 
-/// `len` incompressible bytes (xorshift64).
-pub fn noise_bytes(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
 /// Reads until the bytes so far end in CRLF; panics if `io` closes first.
 pub async fn read_line<R: AsyncRead + Unpin>(io: &mut R) -> Vec<u8> {
     let mut got = Vec::new();
-    let mut buf = [0u8; 64];
     while !got.ends_with(b"\r\n") {
-        let n = io.read(&mut buf).await.unwrap();
-        assert!(n > 0, "stream closed before a line");
-        got.extend_from_slice(&buf[..n]);
+        got.push(io.read_u8().await.expect("stream closed before a line"));
     }
     got
 }
