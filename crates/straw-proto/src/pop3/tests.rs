@@ -1,7 +1,7 @@
 //! The pair wired back to back with a scripted Dovecot-like server.
 
 use super::*;
-use crate::test_util::assert_text;
+use crate::test_util::{BackToBack, assert_text};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"+OK Dovecot ready.\r\n";
@@ -213,33 +213,8 @@ impl Rig {
             tunnel_bulk: false,
             server_chunk: usize::MAX,
         };
-        let mut o = Output::default();
-        r.c.start(&mut o);
-        r.settle(o, Vec::new());
-        let mut o = Output::default();
-        r.s.start(&mut o);
-        let greet = r.real.greeting.clone();
-        r.s.from_local(&greet, true, &mut o);
-        r.settle(Output::default(), std::mem::take(&mut o.to_tunnel));
+        r.start();
         r
-    }
-
-    /// Carries bytes around until nothing moves.
-    fn settle(&mut self, mut c_out: Output, mut s2c: Vec<u8>) {
-        loop {
-            self.collect(&mut c_out);
-            let c2s = std::mem::take(&mut c_out.to_tunnel);
-            if !c2s.is_empty() {
-                let mut o = Output::default();
-                self.s.from_tunnel(&c2s, &mut o);
-                self.serve(o, &mut s2c);
-            }
-            if s2c.is_empty() && c_out.to_tunnel.is_empty() {
-                return;
-            }
-            let d = std::mem::take(&mut s2c);
-            self.c.from_tunnel(&d, &mut c_out);
-        }
     }
 
     /// Server accel output: to the real server, its replies back, repeat.
@@ -271,21 +246,47 @@ impl Rig {
         self.meta(o);
     }
 
-    fn meta(&mut self, o: &mut Output) {
-        self.fails.extend(o.fail.take());
-        self.puts.append(&mut o.cache_put);
-    }
-
-    fn send(&mut self, data: &[u8]) -> Vec<u8> {
-        let before = self.program_saw.len();
-        let mut o = Output::default();
-        self.c.from_local(data, true, &mut o);
-        self.settle(o, Vec::new());
-        self.program_saw[before..].to_vec()
-    }
-
     fn cache(&self) -> Cache {
         self.puts.iter().cloned().collect()
+    }
+}
+
+impl BackToBack for Rig {
+    fn client(&mut self) -> &mut dyn Accelerator {
+        &mut self.c
+    }
+
+    fn server(&mut self) -> &mut dyn Accelerator {
+        &mut self.s
+    }
+
+    fn greeting(&self) -> Vec<u8> {
+        self.real.greeting.clone()
+    }
+
+    fn settle(&mut self, mut c_out: Output, mut s2c: Vec<u8>) {
+        loop {
+            self.collect(&mut c_out);
+            let c2s = std::mem::take(&mut c_out.to_tunnel);
+            if !c2s.is_empty() {
+                let mut o = Output::default();
+                self.s.from_tunnel(&c2s, &mut o);
+                self.serve(o, &mut s2c);
+            }
+            if s2c.is_empty() && c_out.to_tunnel.is_empty() {
+                return;
+            }
+            let d = std::mem::take(&mut s2c);
+            self.c.from_tunnel(&d, &mut c_out);
+        }
+    }
+
+    fn program_saw(&self) -> &[u8] {
+        &self.program_saw
+    }
+
+    fn reports(&mut self) -> (&mut Vec<String>, &mut Vec<(String, Vec<u8>)>) {
+        (&mut self.fails, &mut self.puts)
     }
 }
 

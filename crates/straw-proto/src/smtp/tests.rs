@@ -3,7 +3,7 @@
 use super::reply::ReplyReader;
 use super::*;
 use crate::shared::lines::{MAX_LINE, trim_end};
-use crate::test_util::assert_text;
+use crate::test_util::{BackToBack, assert_text};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"220 mx.example.org ESMTP OpenSMTPD\r\n";
@@ -187,16 +187,42 @@ impl Rig {
             c2s_bytes: 0,
             deaf: false,
         };
-        let mut o = Output::default();
-        r.c.start(&mut o);
-        r.settle(o, Vec::new());
-        let mut o = Output::default();
-        r.s.start(&mut o);
-        let greet = r.real.greeting.clone();
-        r.s.from_local(&greet, true, &mut o);
-        r.meta(&mut o);
-        r.settle(Output::default(), std::mem::take(&mut o.to_tunnel));
+        r.start();
         r
+    }
+
+    fn serve(&mut self, mut o: Output, s2c: &mut Vec<u8>) {
+        loop {
+            self.meta(&mut o);
+            s2c.append(&mut o.to_tunnel);
+            if o.to_local.is_empty() {
+                return;
+            }
+            let replies = self.real.input(&std::mem::take(&mut o.to_local));
+            let mut n = Output::default();
+            if !replies.is_empty() {
+                self.s.from_local(&replies, true, &mut n);
+            }
+            o = n;
+        }
+    }
+
+    fn cache(&self) -> Cache {
+        self.puts.iter().cloned().collect()
+    }
+}
+
+impl BackToBack for Rig {
+    fn client(&mut self) -> &mut dyn Accelerator {
+        &mut self.c
+    }
+
+    fn server(&mut self) -> &mut dyn Accelerator {
+        &mut self.s
+    }
+
+    fn greeting(&self) -> Vec<u8> {
+        self.real.greeting.clone()
     }
 
     fn settle(&mut self, mut c_out: Output, mut s2c: Vec<u8>) {
@@ -219,37 +245,12 @@ impl Rig {
         }
     }
 
-    fn serve(&mut self, mut o: Output, s2c: &mut Vec<u8>) {
-        loop {
-            self.meta(&mut o);
-            s2c.append(&mut o.to_tunnel);
-            if o.to_local.is_empty() {
-                return;
-            }
-            let replies = self.real.input(&std::mem::take(&mut o.to_local));
-            let mut n = Output::default();
-            if !replies.is_empty() {
-                self.s.from_local(&replies, true, &mut n);
-            }
-            o = n;
-        }
+    fn program_saw(&self) -> &[u8] {
+        &self.program_saw
     }
 
-    fn meta(&mut self, o: &mut Output) {
-        self.fails.extend(o.fail.take());
-        self.puts.append(&mut o.cache_put);
-    }
-
-    fn send(&mut self, data: &[u8]) -> Vec<u8> {
-        let before = self.program_saw.len();
-        let mut o = Output::default();
-        self.c.from_local(data, true, &mut o);
-        self.settle(o, Vec::new());
-        self.program_saw[before..].to_vec()
-    }
-
-    fn cache(&self) -> Cache {
-        self.puts.iter().cloned().collect()
+    fn reports(&mut self) -> (&mut Vec<String>, &mut Vec<(String, Vec<u8>)>) {
+        (&mut self.fails, &mut self.puts)
     }
 }
 
