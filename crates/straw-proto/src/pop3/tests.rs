@@ -1,7 +1,7 @@
 //! The pair wired back to back with a scripted Dovecot-like server.
 
 use super::*;
-use crate::test_util::{BackToBack, assert_text};
+use crate::test_util::{FakeServer, Wired, assert_text};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"+OK Dovecot ready.\r\n";
@@ -56,21 +56,6 @@ impl FakeDovecot {
             seen: Vec::new(),
             pipelined: false,
         }
-    }
-
-    fn input(&mut self, data: &[u8]) -> Vec<u8> {
-        self.seen.extend_from_slice(data);
-        self.inbuf.extend_from_slice(data);
-        if self.inbuf.iter().filter(|&&b| b == b'\n').count() > 1 {
-            self.pipelined = true;
-        }
-        let mut out = Vec::new();
-        while let Some(p) = self.inbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.inbuf.drain(..=p).collect();
-            let line = String::from_utf8_lossy(text::trim_end(&line)).to_string();
-            out.extend(self.command(&line));
-        }
-        out
     }
 
     fn live(&self) -> impl Iterator<Item = (usize, &Vec<u8>)> {
@@ -175,18 +160,29 @@ impl FakeDovecot {
     }
 }
 
-/// Program ↔ client accel ⇄ server accel ↔ fake Dovecot, run synchronously.
-struct Rig {
-    c: ClientAccel,
-    s: ServerAccel,
-    real: FakeDovecot,
-    program_saw: Vec<u8>,
-    fails: Vec<String>,
-    puts: Vec<(String, Vec<u8>)>,
-    tunnel_bulk: bool,
-    /// The real server's replies reach the server side this many bytes at a time.
-    server_chunk: usize,
+impl FakeServer for FakeDovecot {
+    fn greeting(&self) -> &[u8] {
+        &self.greeting
+    }
+
+    fn input(&mut self, data: &[u8]) -> Vec<u8> {
+        self.seen.extend_from_slice(data);
+        self.inbuf.extend_from_slice(data);
+        if self.inbuf.iter().filter(|&&b| b == b'\n').count() > 1 {
+            self.pipelined = true;
+        }
+        let mut out = Vec::new();
+        while let Some(p) = self.inbuf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.inbuf.drain(..=p).collect();
+            let line = String::from_utf8_lossy(text::trim_end(&line)).to_string();
+            out.extend(self.command(&line));
+        }
+        out
+    }
 }
+
+/// Program ↔ client accel ⇄ server accel ↔ fake Dovecot, run synchronously.
+type Rig = Wired<ClientAccel, ServerAccel, FakeDovecot>;
 
 impl Rig {
     fn new(cfg: Pop3Config, cache: &Cache, real: FakeDovecot) -> Self {
@@ -200,93 +196,11 @@ impl Rig {
         store: Option<crate::partial::SharedStore>,
     ) -> Self {
         let c = ClientAccel::new(cfg, cache);
-        let mut r = Rig {
-            c: match store {
-                Some(s) => c.with_store(s),
-                None => c,
-            },
-            s: ServerAccel::new(),
-            real,
-            program_saw: Vec::new(),
-            fails: Vec::new(),
-            puts: Vec::new(),
-            tunnel_bulk: false,
-            server_chunk: usize::MAX,
+        let c = match store {
+            Some(s) => c.with_store(s),
+            None => c,
         };
-        r.start();
-        r
-    }
-
-    /// Server accel output: to the real server, its replies back, repeat.
-    fn serve(&mut self, mut o: Output, s2c: &mut Vec<u8>) {
-        loop {
-            self.meta(&mut o);
-            self.tunnel_bulk |= o.bulk;
-            s2c.append(&mut o.to_tunnel);
-            if o.to_local.is_empty() {
-                return;
-            }
-            let replies = self.real.input(&std::mem::take(&mut o.to_local));
-            let mut n = Output::default();
-            for piece in replies.chunks(self.server_chunk) {
-                let mut m = Output::default();
-                self.s.from_local(piece, true, &mut m);
-                self.fails.extend(m.fail.take());
-                n.to_tunnel.append(&mut m.to_tunnel);
-                n.to_local.append(&mut m.to_local);
-                n.bulk |= m.bulk;
-                n.cache_put.append(&mut m.cache_put);
-            }
-            o = n;
-        }
-    }
-
-    fn collect(&mut self, o: &mut Output) {
-        self.program_saw.append(&mut o.to_local);
-        self.meta(o);
-    }
-
-    fn cache(&self) -> Cache {
-        self.puts.iter().cloned().collect()
-    }
-}
-
-impl BackToBack for Rig {
-    fn client(&mut self) -> &mut dyn Accelerator {
-        &mut self.c
-    }
-
-    fn server(&mut self) -> &mut dyn Accelerator {
-        &mut self.s
-    }
-
-    fn greeting(&self) -> Vec<u8> {
-        self.real.greeting.clone()
-    }
-
-    fn settle(&mut self, mut c_out: Output, mut s2c: Vec<u8>) {
-        loop {
-            self.collect(&mut c_out);
-            let c2s = std::mem::take(&mut c_out.to_tunnel);
-            if !c2s.is_empty() {
-                let mut o = Output::default();
-                self.s.from_tunnel(&c2s, &mut o);
-                self.serve(o, &mut s2c);
-            }
-            if s2c.is_empty() && c_out.to_tunnel.is_empty() {
-                return;
-            }
-            let d = std::mem::take(&mut s2c);
-            self.c.from_tunnel(&d, &mut c_out);
-        }
-    }
-
-    fn program_saw(&self) -> &[u8] {
-        &self.program_saw
-    }
-
-    fn reports(&mut self) -> (&mut Vec<String>, &mut Vec<(String, Vec<u8>)>) {
-        (&mut self.fails, &mut self.puts)
+        Rig::wire(c, ServerAccel::new(), real)
     }
 }
 

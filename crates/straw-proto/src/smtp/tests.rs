@@ -3,7 +3,7 @@
 use super::reply::ReplyReader;
 use super::*;
 use crate::shared::lines::{MAX_LINE, trim_end};
-use crate::test_util::{BackToBack, assert_text};
+use crate::test_util::{FakeServer, Wired, assert_text};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"220 mx.example.org ESMTP OpenSMTPD\r\n";
@@ -52,32 +52,6 @@ impl FakeSmtpd {
             seen: Vec::new(),
             pipelined: false,
         }
-    }
-
-    fn input(&mut self, data: &[u8]) -> Vec<u8> {
-        self.seen.extend_from_slice(data);
-        self.inbuf.extend_from_slice(data);
-        if self.mode != Mode::Body && self.inbuf.iter().filter(|&&b| b == b'\n').count() > 1 {
-            self.pipelined = true;
-        }
-        let mut out = Vec::new();
-        while let Some(p) = self.inbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.inbuf.drain(..=p).collect();
-            if self.mode == Mode::Body {
-                self.body.extend_from_slice(&line);
-                if line == b".\r\n" && (self.body.len() == 3 || self.body.ends_with(b"\r\n.\r\n")) {
-                    self.bodies.push(std::mem::take(&mut self.body));
-                    self.mode = Mode::Cmd;
-                    self.mail = false;
-                    self.rcpts = 0;
-                    out.extend_from_slice(QUEUED);
-                }
-                continue;
-            }
-            let l = String::from_utf8_lossy(trim_end(&line)).to_string();
-            out.extend(self.command(&l));
-        }
-        out
     }
 
     fn command(&mut self, l: &str) -> Vec<u8> {
@@ -143,19 +117,39 @@ impl FakeSmtpd {
     }
 }
 
-struct Rig {
-    c: ClientAccel,
-    s: ServerAccel,
-    real: FakeSmtpd,
-    program_saw: Vec<u8>,
-    fails: Vec<String>,
-    puts: Vec<(String, Vec<u8>)>,
-    client_bulk: bool,
-    /// Bytes the client side sent into the stream.
-    c2s_bytes: usize,
-    /// The server side's bytes are lost on the way (a cut link).
-    deaf: bool,
+impl FakeServer for FakeSmtpd {
+    fn greeting(&self) -> &[u8] {
+        &self.greeting
+    }
+
+    fn input(&mut self, data: &[u8]) -> Vec<u8> {
+        self.seen.extend_from_slice(data);
+        self.inbuf.extend_from_slice(data);
+        if self.mode != Mode::Body && self.inbuf.iter().filter(|&&b| b == b'\n').count() > 1 {
+            self.pipelined = true;
+        }
+        let mut out = Vec::new();
+        while let Some(p) = self.inbuf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.inbuf.drain(..=p).collect();
+            if self.mode == Mode::Body {
+                self.body.extend_from_slice(&line);
+                if line == b".\r\n" && (self.body.len() == 3 || self.body.ends_with(b"\r\n.\r\n")) {
+                    self.bodies.push(std::mem::take(&mut self.body));
+                    self.mode = Mode::Cmd;
+                    self.mail = false;
+                    self.rcpts = 0;
+                    out.extend_from_slice(QUEUED);
+                }
+                continue;
+            }
+            let l = String::from_utf8_lossy(trim_end(&line)).to_string();
+            out.extend(self.command(&l));
+        }
+        out
+    }
 }
+
+type Rig = Wired<ClientAccel, ServerAccel, FakeSmtpd>;
 
 impl Rig {
     fn new(cache: &Cache, real: FakeSmtpd) -> Self {
@@ -176,81 +170,7 @@ impl Rig {
         if let Some(st) = ss {
             s = s.with_store(st, "client-a");
         }
-        let mut r = Rig {
-            c,
-            s,
-            real,
-            program_saw: Vec::new(),
-            fails: Vec::new(),
-            puts: Vec::new(),
-            client_bulk: false,
-            c2s_bytes: 0,
-            deaf: false,
-        };
-        r.start();
-        r
-    }
-
-    fn serve(&mut self, mut o: Output, s2c: &mut Vec<u8>) {
-        loop {
-            self.meta(&mut o);
-            s2c.append(&mut o.to_tunnel);
-            if o.to_local.is_empty() {
-                return;
-            }
-            let replies = self.real.input(&std::mem::take(&mut o.to_local));
-            let mut n = Output::default();
-            if !replies.is_empty() {
-                self.s.from_local(&replies, true, &mut n);
-            }
-            o = n;
-        }
-    }
-
-    fn cache(&self) -> Cache {
-        self.puts.iter().cloned().collect()
-    }
-}
-
-impl BackToBack for Rig {
-    fn client(&mut self) -> &mut dyn Accelerator {
-        &mut self.c
-    }
-
-    fn server(&mut self) -> &mut dyn Accelerator {
-        &mut self.s
-    }
-
-    fn greeting(&self) -> Vec<u8> {
-        self.real.greeting.clone()
-    }
-
-    fn settle(&mut self, mut c_out: Output, mut s2c: Vec<u8>) {
-        loop {
-            self.program_saw.append(&mut c_out.to_local);
-            self.client_bulk |= c_out.bulk;
-            self.meta(&mut c_out);
-            let c2s = std::mem::take(&mut c_out.to_tunnel);
-            self.c2s_bytes += c2s.len();
-            if !c2s.is_empty() {
-                let mut o = Output::default();
-                self.s.from_tunnel(&c2s, &mut o);
-                self.serve(o, &mut s2c);
-            }
-            if s2c.is_empty() || self.deaf {
-                return;
-            }
-            let d = std::mem::take(&mut s2c);
-            self.c.from_tunnel(&d, &mut c_out);
-        }
-    }
-
-    fn program_saw(&self) -> &[u8] {
-        &self.program_saw
-    }
-
-    fn reports(&mut self) -> (&mut Vec<String>, &mut Vec<(String, Vec<u8>)>) {
-        (&mut self.fails, &mut self.puts)
+        Rig::wire(c, s, real)
     }
 }
 
