@@ -15,6 +15,27 @@ pub(crate) fn assert_text(got: &[u8], want: &[u8]) {
     }
 }
 
+/// The receiving end of a line-based fake server: bytes in, whole lines out.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Inbox {
+    buf: Vec<u8>,
+}
+
+impl Inbox {
+    /// Takes `data`; true when more than one line now waits (the other end
+    /// sent a command before the last was answered).
+    pub fn push(&mut self, data: &[u8]) -> bool {
+        self.buf.extend_from_slice(data);
+        self.buf.iter().filter(|&&b| b == b'\n').count() > 1
+    }
+
+    /// The next whole line, terminator included.
+    pub fn next_line(&mut self) -> Option<Vec<u8>> {
+        let end = self.buf.iter().position(|&b| b == b'\n')?;
+        Some(self.buf.drain(..=end).collect())
+    }
+}
+
 /// A scripted stand-in for the real server.
 pub(crate) trait FakeServer {
     /// What it greets a new connection with.

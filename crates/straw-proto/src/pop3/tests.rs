@@ -1,7 +1,7 @@
 //! The pair wired back to back with a scripted Dovecot-like server.
 
 use super::*;
-use crate::test_util::{FakeServer, Wired, assert_text};
+use crate::test_util::{FakeServer, Inbox, Wired, assert_text};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"+OK Dovecot ready.\r\n";
@@ -10,7 +10,7 @@ const GREETING: &[u8] = b"+OK Dovecot ready.\r\n";
 #[derive(Debug, Clone)]
 pub(crate) struct FakeDovecot {
     greeting: Vec<u8>,
-    inbuf: Vec<u8>,
+    inbox: Inbox,
     user: Option<String>,
     authed: bool,
     sasl: bool,
@@ -47,7 +47,7 @@ impl FakeDovecot {
             .collect();
         Self {
             greeting: GREETING.to_vec(),
-            inbuf: Vec::new(),
+            inbox: Inbox::default(),
             user: None,
             authed: false,
             sasl: false,
@@ -167,13 +167,9 @@ impl FakeServer for FakeDovecot {
 
     fn input(&mut self, data: &[u8]) -> Vec<u8> {
         self.seen.extend_from_slice(data);
-        self.inbuf.extend_from_slice(data);
-        if self.inbuf.iter().filter(|&&b| b == b'\n').count() > 1 {
-            self.pipelined = true;
-        }
+        self.pipelined |= self.inbox.push(data);
         let mut out = Vec::new();
-        while let Some(p) = self.inbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.inbuf.drain(..=p).collect();
+        while let Some(line) = self.inbox.next_line() {
             let line = String::from_utf8_lossy(text::trim_end(&line)).to_string();
             out.extend(self.command(&line));
         }

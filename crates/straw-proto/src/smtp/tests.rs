@@ -3,7 +3,7 @@
 use super::reply::ReplyReader;
 use super::*;
 use crate::shared::lines::{MAX_LINE, trim_end};
-use crate::test_util::{FakeServer, Wired, assert_text};
+use crate::test_util::{FakeServer, Inbox, Wired, assert_text};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"220 mx.example.org ESMTP OpenSMTPD\r\n";
@@ -26,7 +26,7 @@ struct FakeSmtpd {
     greeting: Vec<u8>,
     ehlo: Vec<u8>,
     refuse_data: bool,
-    inbuf: Vec<u8>,
+    inbox: Inbox,
     mode: Mode,
     mail: bool,
     rcpts: usize,
@@ -43,7 +43,7 @@ impl FakeSmtpd {
             greeting: GREETING.to_vec(),
             ehlo: EHLO_REPLY.to_vec(),
             refuse_data: false,
-            inbuf: Vec::new(),
+            inbox: Inbox::default(),
             mode: Mode::Cmd,
             mail: false,
             rcpts: 0,
@@ -124,13 +124,11 @@ impl FakeServer for FakeSmtpd {
 
     fn input(&mut self, data: &[u8]) -> Vec<u8> {
         self.seen.extend_from_slice(data);
-        self.inbuf.extend_from_slice(data);
-        if self.mode != Mode::Body && self.inbuf.iter().filter(|&&b| b == b'\n').count() > 1 {
-            self.pipelined = true;
-        }
+        let waiting = self.inbox.push(data);
+        // Lines of a message body come in a stream; only commands count.
+        self.pipelined |= waiting && self.mode != Mode::Body;
         let mut out = Vec::new();
-        while let Some(p) = self.inbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.inbuf.drain(..=p).collect();
+        while let Some(line) = self.inbox.next_line() {
             if self.mode == Mode::Body {
                 self.body.extend_from_slice(&line);
                 if line == b".\r\n" && (self.body.len() == 3 || self.body.ends_with(b"\r\n.\r\n")) {
