@@ -15,6 +15,18 @@ pub(crate) fn assert_text(got: &[u8], want: &[u8]) {
     }
 }
 
+/// Asserts that `got` ends with `tail`, showing both as text when not.
+#[track_caller]
+pub(crate) fn assert_ends_with(got: &[u8], tail: &[u8]) {
+    if !got.ends_with(tail) {
+        panic!(
+            "does not end as expected\n got: {:?}\ntail: {:?}",
+            String::from_utf8_lossy(got),
+            String::from_utf8_lossy(tail)
+        );
+    }
+}
+
 /// The receiving end of a line-based fake server: bytes in, whole lines out.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Inbox {

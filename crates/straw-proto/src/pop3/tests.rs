@@ -1,7 +1,7 @@
 //! The pair wired back to back with a scripted Dovecot-like server.
 
 use super::*;
-use crate::test_util::{FakeServer, Inbox, Wired, assert_text};
+use crate::test_util::{FakeServer, Inbox, Wired, assert_ends_with, assert_text};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"+OK Dovecot ready.\r\n";
@@ -32,6 +32,23 @@ fn stuff(msg: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(b".\r\n");
     out
+}
+
+impl FakeServer for FakeDovecot {
+    fn greeting(&self) -> &[u8] {
+        &self.greeting
+    }
+
+    fn input(&mut self, data: &[u8]) -> Vec<u8> {
+        self.seen.extend_from_slice(data);
+        self.pipelined |= self.inbox.push(data);
+        let mut out = Vec::new();
+        while let Some(line) = self.inbox.next_line() {
+            let line = String::from_utf8_lossy(text::trim_end(&line)).to_string();
+            out.extend(self.command(&line));
+        }
+        out
+    }
 }
 
 impl FakeDovecot {
@@ -157,23 +174,6 @@ impl FakeDovecot {
             (true, "NOOP") => s("+OK\r\n"),
             _ => s("-ERR Unknown command.\r\n"),
         }
-    }
-}
-
-impl FakeServer for FakeDovecot {
-    fn greeting(&self) -> &[u8] {
-        &self.greeting
-    }
-
-    fn input(&mut self, data: &[u8]) -> Vec<u8> {
-        self.seen.extend_from_slice(data);
-        self.pipelined |= self.inbox.push(data);
-        let mut out = Vec::new();
-        while let Some(line) = self.inbox.next_line() {
-            let line = String::from_utf8_lossy(text::trim_end(&line)).to_string();
-            out.extend(self.command(&line));
-        }
-        out
     }
 }
 
@@ -370,11 +370,7 @@ fn pop3_failed_pass_is_the_real_reply_and_prefetch_is_dropped() {
     assert_text(&rig.program_saw, &expected);
     // STAT after the second login is asked for real: the prefetch was made
     // before it and is never reused.
-    assert!(
-        rig.real
-            .seen
-            .ends_with(b"USER bob\r\nPASS secret\r\nSTAT\r\n")
-    );
+    assert_ends_with(&rig.real.seen, b"USER bob\r\nPASS secret\r\nSTAT\r\n");
     assert!(rig.fails.is_empty());
 }
 
@@ -422,11 +418,7 @@ fn pop3_dele_invalidates_prefetched_lists() {
         rig.send(s);
     }
     assert_text(&rig.program_saw, &direct(FakeDovecot::new(3), &steps));
-    assert!(
-        rig.real
-            .seen
-            .ends_with(b"LIST\r\nDELE 1\r\nSTAT\r\nLIST\r\n")
-    );
+    assert_ends_with(&rig.real.seen, b"LIST\r\nDELE 1\r\nSTAT\r\nLIST\r\n");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use super::reply::ReplyReader;
 use super::*;
 use crate::shared::lines::{MAX_LINE, trim_end};
-use crate::test_util::{FakeServer, Inbox, Wired, assert_text};
+use crate::test_util::{FakeServer, Inbox, Wired, assert_ends_with, assert_text};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"220 mx.example.org ESMTP OpenSMTPD\r\n";
@@ -35,6 +35,36 @@ struct FakeSmtpd {
     bodies: Vec<Vec<u8>>,
     seen: Vec<u8>,
     pipelined: bool,
+}
+
+impl FakeServer for FakeSmtpd {
+    fn greeting(&self) -> &[u8] {
+        &self.greeting
+    }
+
+    fn input(&mut self, data: &[u8]) -> Vec<u8> {
+        self.seen.extend_from_slice(data);
+        let waiting = self.inbox.push(data);
+        // Lines of a message body come in a stream; only commands count.
+        self.pipelined |= waiting && self.mode != Mode::Body;
+        let mut out = Vec::new();
+        while let Some(line) = self.inbox.next_line() {
+            if self.mode == Mode::Body {
+                self.body.extend_from_slice(&line);
+                if line == b".\r\n" && (self.body.len() == 3 || self.body.ends_with(b"\r\n.\r\n")) {
+                    self.bodies.push(std::mem::take(&mut self.body));
+                    self.mode = Mode::Cmd;
+                    self.mail = false;
+                    self.rcpts = 0;
+                    out.extend_from_slice(QUEUED);
+                }
+                continue;
+            }
+            let l = String::from_utf8_lossy(trim_end(&line)).to_string();
+            out.extend(self.command(&l));
+        }
+        out
+    }
 }
 
 impl FakeSmtpd {
@@ -114,36 +144,6 @@ impl FakeSmtpd {
             }
             _ => s("500 5.5.1 Invalid command: Command unrecognized\r\n"),
         }
-    }
-}
-
-impl FakeServer for FakeSmtpd {
-    fn greeting(&self) -> &[u8] {
-        &self.greeting
-    }
-
-    fn input(&mut self, data: &[u8]) -> Vec<u8> {
-        self.seen.extend_from_slice(data);
-        let waiting = self.inbox.push(data);
-        // Lines of a message body come in a stream; only commands count.
-        self.pipelined |= waiting && self.mode != Mode::Body;
-        let mut out = Vec::new();
-        while let Some(line) = self.inbox.next_line() {
-            if self.mode == Mode::Body {
-                self.body.extend_from_slice(&line);
-                if line == b".\r\n" && (self.body.len() == 3 || self.body.ends_with(b"\r\n.\r\n")) {
-                    self.bodies.push(std::mem::take(&mut self.body));
-                    self.mode = Mode::Cmd;
-                    self.mail = false;
-                    self.rcpts = 0;
-                    out.extend_from_slice(QUEUED);
-                }
-                continue;
-            }
-            let l = String::from_utf8_lossy(trim_end(&line)).to_string();
-            out.extend(self.command(&l));
-        }
-        out
     }
 }
 
@@ -391,10 +391,9 @@ fn smtp_auth_passes_through_in_lockstep() {
     );
     assert_eq!(rig.send(b"AUTH PLAIN\r\n"), b"334 \r\n");
     assert!(rig.send(b"AGJvYgBzZWNyZXQ=\r\n").starts_with(b"235"));
-    assert!(
-        rig.real
-            .seen
-            .ends_with(b"AUTH LOGIN\r\nRCPT\r\nDATA\r\nAUTH PLAIN\r\nAGJvYgBzZWNyZXQ=\r\n")
+    assert_ends_with(
+        &rig.real.seen,
+        b"AUTH LOGIN\r\nRCPT\r\nDATA\r\nAUTH PLAIN\r\nAGJvYgBzZWNyZXQ=\r\n",
     );
     assert!(rig.fails.is_empty());
 }
