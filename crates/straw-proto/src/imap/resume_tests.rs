@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::framer::content;
 use super::*;
 use crate::partial::{MemStore, PartialStore, SharedStore};
+use crate::{Accelerator, Cache, Output};
 
 /// The big message: UID 11 at sequence number 5.
 const SEQ: u32 = 5;

@@ -1,7 +1,9 @@
 //! The pair back to back with a scripted Dovecot-like real server.
 
 use super::framer::{content, parse_literal};
+use super::reply::*;
 use super::*;
+use crate::{Accelerator, Cache, Output};
 use proptest::prelude::*;
 
 const CAPS: &str = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE STARTTLS AUTH=PLAIN";

@@ -2,8 +2,10 @@
 
 use super::reply::ReplyReader;
 use super::*;
+use crate::partial::SharedStore;
 use crate::shared::lines::{MAX_LINE, trim_end};
 use crate::test_util::{FakeServer, Inbox, Wired, assert_ends_with, assert_text};
+use crate::{Accelerator, Cache, Output};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"220 mx.example.org ESMTP OpenSMTPD\r\n";
