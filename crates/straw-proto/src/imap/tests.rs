@@ -702,6 +702,14 @@ fn greeting_without_capability_code_is_no_mismatch() {
 
 // ---------------------------------------------------------------- link lost
 
+/// A client side with no cache, started: what it said so far in `out`.
+fn started() -> (ClientAccel, Output) {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    (c, out)
+}
+
 fn lost(c: &mut ClientAccel) -> Vec<u8> {
     let mut out = Output::default();
     Accelerator::link_lost(c, &mut out);
@@ -710,9 +718,7 @@ fn lost(c: &mut ClientAccel) -> Vec<u8> {
 
 #[test]
 fn link_lost_with_a_command_in_flight_is_bye_without_tagged_reply() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, mut out) = started();
     c.from_tunnel(format!("{GREETING}\r\n").as_bytes(), &mut out);
     out.clear();
     c.from_local(b"a1 LOGIN bob pw\r\n", true, &mut out);
@@ -722,17 +728,13 @@ fn link_lost_with_a_command_in_flight_is_bye_without_tagged_reply() {
 
 #[test]
 fn link_lost_before_greeting_is_a_bye_greeting() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, _) = started();
     assert_eq!(lost(&mut c), LINK_LOST);
 }
 
 #[test]
 fn link_lost_inside_a_fetch_literal_just_closes() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, mut out) = started();
     c.from_tunnel(format!("{GREETING}\r\n").as_bytes(), &mut out);
     c.from_local(b"a1 LOGIN bob pw\r\n", true, &mut out);
     c.from_tunnel(b"a1 OK Logged in\r\n", &mut out);

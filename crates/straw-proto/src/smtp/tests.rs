@@ -524,6 +524,14 @@ proptest! {
 
 // ---------------------------------------------------------------- link lost
 
+/// A client side with no cache, started: what it said so far in `out`.
+fn started() -> (ClientAccel, Output) {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    (c, out)
+}
+
 /// The client side alone, fed by hand; returns what the program got.
 fn client_says(c: &mut ClientAccel, program: &[u8], real: &[u8]) -> Vec<u8> {
     let mut out = Output::default();
@@ -548,9 +556,7 @@ fn link_lost(c: &mut ClientAccel) -> Vec<u8> {
 
 /// Up to an accepted recipient, with the message body sent.
 fn client_with_body_sent() -> ClientAccel {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, _) = started();
     client_says(&mut c, b"", GREETING);
     client_says(&mut c, b"EHLO me\r\n", EHLO_REPLY);
     let got = client_says(
@@ -579,9 +585,7 @@ fn link_lost_after_end_of_data_is_421_not_success() {
 
 #[test]
 fn link_lost_mid_body_is_421_as_the_end_of_data_reply() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, _) = started();
     client_says(&mut c, b"", GREETING);
     client_says(&mut c, b"EHLO me\r\n", EHLO_REPLY);
     client_says(
@@ -596,9 +600,7 @@ fn link_lost_mid_body_is_421_as_the_end_of_data_reply() {
 
 #[test]
 fn link_lost_in_a_pipeline_answers_the_first_pending_reply_only() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, _) = started();
     client_says(&mut c, b"", GREETING);
     client_says(&mut c, b"EHLO me\r\n", EHLO_REPLY);
     // RSET waits for its real reply; MAIL after it is answered locally but
@@ -610,18 +612,14 @@ fn link_lost_in_a_pipeline_answers_the_first_pending_reply_only() {
 
 #[test]
 fn link_lost_before_the_greeting_is_a_421_greeting() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, out) = started();
     assert!(out.to_local.is_empty());
     assert_eq!(link_lost(&mut c), LINK_LOST);
 }
 
 #[test]
 fn link_lost_after_quit_says_nothing() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, _) = started();
     client_says(&mut c, b"", GREETING);
     assert_eq!(client_says(&mut c, b"QUIT\r\n", b""), BYE);
     assert!(link_lost(&mut c).is_empty());
