@@ -181,6 +181,13 @@ fn warm() -> Cache {
     c
 }
 
+/// A warm rig whose program has said EHLO (and had the cached answer).
+fn after_ehlo() -> Rig {
+    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
+    rig.send(b"EHLO c\r\n");
+    rig
+}
+
 const BODY: &[u8] = b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\n..a dot-stuffed line\r\n...\r\nbye\r\n.\r\n";
 
 /// What smtplib's `sendmail` writes, one element per wait-for-reply step.
@@ -287,8 +294,7 @@ fn smtp_ehlo_capabilities_changed_fail_and_update_cache() {
 
 #[test]
 fn smtp_failed_mail_shows_at_every_rcpt() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     assert_eq!(rig.send(b"MAIL FROM:<blocked@example.org>\r\n"), MAIL_OK);
     let refusal = b"553 5.1.8 Sender address rejected\r\n";
     assert_eq!(rig.send(b"RCPT TO:<b@example.org>\r\n"), refusal);
@@ -307,8 +313,7 @@ fn smtp_failed_mail_shows_at_every_rcpt() {
 
 #[test]
 fn smtp_refused_rcpts_mean_data_is_asked_for_real() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     rig.send(b"MAIL FROM:<a@example.org>\r\n");
     assert!(
         rig.send(b"RCPT TO:<nobody@example.org>\r\n")
@@ -367,8 +372,7 @@ fn smtp_refused_data_swallows_the_body_and_shows_at_end_of_data() {
 
 #[test]
 fn smtp_quit_is_real_while_a_message_is_unconfirmed() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     rig.send(b"MAIL FROM:<a@example.org>\r\n");
     rig.send(b"RCPT TO:<b@example.org>\r\n");
     rig.send(b"DATA\r\n");
@@ -382,8 +386,7 @@ fn smtp_quit_is_real_while_a_message_is_unconfirmed() {
 
 #[test]
 fn smtp_auth_passes_through_in_lockstep() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     assert_eq!(rig.send(b"AUTH LOGIN\r\n"), b"334 VXNlcm5hbWU6\r\n");
     // "RCPT" as a SASL response must not be read as a command.
     assert_eq!(rig.send(b"RCPT\r\n"), b"334 UGFzc3dvcmQ6\r\n");
@@ -402,8 +405,7 @@ fn smtp_auth_passes_through_in_lockstep() {
 
 #[test]
 fn smtp_program_pipelining_groups() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     // RFC 2920 group: DATA last. No RCPT reply seen yet: DATA waits for real.
     let r = rig.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n");
     let mut want = MAIL_OK.to_vec();
@@ -419,8 +421,7 @@ fn smtp_program_pipelining_groups() {
 
 #[test]
 fn smtp_starttls_and_private_lines_never_reach_the_server() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     assert!(rig.send(b"STARTTLS\r\n").starts_with(b"454"));
     assert!(rig.send(SYNTH_DATA).starts_with(b"500"));
     assert_eq!(rig.real.seen, b"EHLO c\r\n");
