@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use super::BULK_BODY;
 use super::message::{
-    BodyEv, Chunk, Framing, Head, HttpError, Input, ReqState, body_step, chunk, local_reply,
+    Chunk, Framing, Head, HttpError, Input, Relayed, ReqState, local_reply, relay_body,
     request_framing, response_shape, status_of,
 };
 use super::policy::{HttpPolicy, absolute_uri, split_authority};
@@ -152,26 +152,14 @@ impl ClientAccel {
                     };
                     self.on_head(h, out)?;
                 }
-                ReqState::Body(f) => {
-                    let chunked = matches!(f, Framing::Chunked(_));
-                    match body_step(f, &mut self.req)? {
-                        None => return Ok(()),
-                        Some(BodyEv::Data(d)) => {
-                            if chunked {
-                                chunk(&mut out.to_tunnel, &d);
-                            } else {
-                                out.to_tunnel.extend_from_slice(&d);
-                            }
-                        }
-                        Some(BodyEv::End) => {
-                            if chunked {
-                                out.to_tunnel.extend_from_slice(b"0\r\n\r\n");
-                            }
-                            self.req_state = ReqState::Head;
-                            self.unflushed = true;
-                        }
+                ReqState::Body(f) => match relay_body(f, &mut self.req, &mut out.to_tunnel)? {
+                    Relayed::Waiting => return Ok(()),
+                    Relayed::Data => {}
+                    Relayed::End => {
+                        self.req_state = ReqState::Head;
+                        self.unflushed = true;
                     }
-                }
+                },
             }
         }
     }
@@ -216,31 +204,19 @@ impl ClientAccel {
                     }
                     self.resp_state = RespState::Body(framing);
                 }
-                RespState::Body(f) => {
-                    let chunked = matches!(f, Framing::Chunked(_));
-                    match body_step(f, &mut self.resp)? {
-                        None => return Ok(()),
-                        Some(BodyEv::Data(d)) => {
-                            if chunked {
-                                chunk(&mut out.to_local, &d);
-                            } else {
-                                out.to_local.extend_from_slice(&d);
-                            }
-                        }
-                        Some(BodyEv::End) => {
-                            if chunked {
-                                out.to_local.extend_from_slice(b"0\r\n\r\n");
-                            }
-                            self.resp_state = RespState::Head;
-                            self.outstanding.pop_front();
-                            if self.outstanding.is_empty()
-                                && let Some(r) = self.deferred.take()
-                            {
-                                out.to_local.extend_from_slice(&r);
-                            }
+                RespState::Body(f) => match relay_body(f, &mut self.resp, &mut out.to_local)? {
+                    Relayed::Waiting => return Ok(()),
+                    Relayed::Data => {}
+                    Relayed::End => {
+                        self.resp_state = RespState::Head;
+                        self.outstanding.pop_front();
+                        if self.outstanding.is_empty()
+                            && let Some(r) = self.deferred.take()
+                        {
+                            out.to_local.extend_from_slice(&r);
                         }
                     }
-                }
+                },
             }
         }
     }
