@@ -128,19 +128,21 @@ impl ClientAccel {
         Ok(())
     }
 
+    /// Gives up on the connection, saying why.
+    fn fail(&mut self, out: &mut Output, why: String) {
+        out.fail = Some(why);
+        self.failed = true;
+    }
+
     fn pump_req(&mut self, out: &mut Output) -> Result<(), HttpError> {
         loop {
+            if let Some(raw) = self.req_state.unparsed(&mut self.req) {
+                self.unflushed |= !raw.is_empty();
+                out.to_tunnel.extend_from_slice(&raw);
+                return Ok(());
+            }
             match &mut self.req_state {
-                ReqState::Closed => {
-                    self.req.discard();
-                    return Ok(());
-                }
-                ReqState::Raw => {
-                    let raw = self.req.take_all();
-                    self.unflushed |= !raw.is_empty();
-                    out.to_tunnel.extend_from_slice(&raw);
-                    return Ok(());
-                }
+                ReqState::Closed | ReqState::Raw => unreachable!("unparsed above"),
                 ReqState::Head => {
                     let h = match self.req.head(self.policy.max_head) {
                         Ok(Some(h)) => h,
@@ -244,12 +246,10 @@ impl Accelerator for ClientAccel {
             return;
         }
         self.req.push(data);
-        if let Err(e) = self.pump_req(out) {
-            out.fail = Some(format!("HTTP request from the program: {e}"));
-            self.failed = true;
-            return;
+        match self.pump_req(out) {
+            Ok(()) => out.flush_if_drained(drained, &mut self.unflushed),
+            Err(e) => self.fail(out, format!("HTTP request from the program: {e}")),
         }
-        out.flush_if_drained(drained, &mut self.unflushed);
     }
 
     fn from_tunnel(&mut self, data: &[u8], out: &mut Output) {

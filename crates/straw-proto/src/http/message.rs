@@ -357,3 +357,19 @@ pub(crate) enum ReqState {
     /// A local reply ended the connection; ignore the rest.
     Closed,
 }
+
+impl ReqState {
+    /// In the states where requests are no longer parsed, takes what `req`
+    /// holds: nothing after a local reply closed the connection (`Closed`,
+    /// the bytes are dropped), everything when `Raw`. None while parsing.
+    pub(crate) fn unparsed(&self, req: &mut Input) -> Option<Vec<u8>> {
+        match self {
+            ReqState::Closed => {
+                req.discard();
+                Some(Vec::new())
+            }
+            ReqState::Raw => Some(req.take_all()),
+            ReqState::Head | ReqState::Body(_) => None,
+        }
+    }
+}

@@ -134,15 +134,12 @@ impl ServerAccel {
 
     fn pump_req(&mut self, out: &mut Output) -> Result<(), HttpError> {
         loop {
+            if let Some(raw) = self.req_state.unparsed(&mut self.req) {
+                out.to_local.extend_from_slice(&raw);
+                return Ok(());
+            }
             match &mut self.req_state {
-                ReqState::Closed => {
-                    self.req.discard();
-                    return Ok(());
-                }
-                ReqState::Raw => {
-                    out.to_local.extend_from_slice(&self.req.take_all());
-                    return Ok(());
-                }
+                ReqState::Closed | ReqState::Raw => unreachable!("unparsed above"),
                 ReqState::Head => {
                     let Some(h) = self.req.head(self.policy.max_head)? else {
                         return Ok(());
