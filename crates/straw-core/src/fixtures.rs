@@ -81,3 +81,16 @@ pub(crate) fn xz_9e_size(data: &[u8]) -> u64 {
     assert!(out.status.success(), "xz -9e failed: {}", out.status);
     out.stdout.len() as u64
 }
+
+/// `len` incompressible bytes from a xorshift64 generator started at `seed`.
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+mod byte_enum;
 pub mod codec;
 pub mod session;
 pub mod transform;

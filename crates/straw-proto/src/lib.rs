@@ -53,6 +53,15 @@ pub struct Output {
 }
 
 impl Output {
+    /// The program paused (`drained`): bytes held back for more of its
+    /// bytes (`unflushed`) go now.
+    pub fn flush_if_drained(&mut self, drained: bool, unflushed: &mut bool) {
+        if drained && *unflushed {
+            self.flush = true;
+            *unflushed = false;
+        }
+    }
+
     pub fn clear(&mut self) {
         self.to_tunnel.clear();
         self.to_local.clear();

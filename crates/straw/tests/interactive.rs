@@ -1,19 +1,19 @@
 //! With paused tokio time: the whole tunnel (Noise, codec, session, pumps)
 //! over the in-process link emulator at 2,400 bit/s and 500 ms one way.
 
+mod common;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use straw::client::session_config;
 use straw::config::SessionOptions;
-use straw::link::keys::{self, AuthorizedKeys};
-use straw::link::noise;
-use straw::tunnel::{DialFuture, Dialer, LocalIo, OpenRequest, Tunnel, TunnelStats};
-use straw_core::session::{Role, Session};
+use straw::tunnel::{DialFuture, Dialer, LocalIo};
 use straw_proto::Accelerator;
 use straw_proto::passthrough::Passthrough;
-use straw_tools::linksim::{Link, LinkParams, relay};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+use straw_tools::linksim::{Link, LinkParams};
+use support::{open_passthrough, read_line, tunnels_over};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -27,26 +27,11 @@ impl Dialer for TestDialer {
             let (ours, mut theirs) = duplex(4096);
             tokio::spawn(async move {
                 if service == "bulk" {
-                    let mut x: u64 = 0x9e3779b97f4a7c15;
-                    let data: Vec<u8> = (0..200_000)
-                        .map(|_| {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            (x >> 32) as u8
-                        })
-                        .collect();
-                    let _ = theirs.write_all(&data).await;
+                    let _ = theirs.write_all(&common::random_bytes(200_000, 1)).await;
                 } else {
-                    let mut buf = [0u8; 64];
-                    let mut got = Vec::new();
-                    while !got.ends_with(b"\r\n") {
-                        let n = theirs.read(&mut buf).await.unwrap();
-                        assert!(n > 0);
-                        got.extend_from_slice(&buf[..n]);
-                    }
+                    read_line(&mut theirs).await;
                     theirs.write_all(b"a1 OK NOOP done\r\n").await.unwrap();
-                    let _ = theirs.read(&mut buf).await;
+                    let _ = theirs.read(&mut [0u8; 64]).await;
                 }
             });
             Ok((
@@ -57,75 +42,22 @@ impl Dialer for TestDialer {
     }
 }
 
-/// Opens a stream to `service` on the client tunnel; returns the program's end.
-async fn open_passthrough(open_tx: &mpsc::Sender<OpenRequest>, service: &str) -> DuplexStream {
-    let (local, app) = duplex(4096);
-    open_tx
-        .send(OpenRequest {
-            service: service.into(),
-            io: Box::new(local),
-            accel: Box::new(Passthrough::default()),
-            cache: None,
-            warm_up: false,
-        })
-        .await
-        .unwrap();
-    app
-}
-
 #[tokio::test(start_paused = true)]
 async fn interactive_reply_is_not_starved_by_bulk() {
     let rtt = Duration::from_secs(1);
     let link = Link::new(LinkParams::new(2400, rtt / 2));
-    let (client_io, sim_a) = duplex(64 * 1024);
-    let (sim_b, mut server_io) = duplex(64 * 1024);
-    let l = link.clone();
-    tokio::spawn(async move {
-        let _ = relay(sim_a, sim_b, &l).await;
-    });
-
-    let server_keys = keys::generate();
-    let client_keys = keys::generate();
-    let mut authorized = AuthorizedKeys::default();
-    authorized.insert(client_keys.public);
     let opts = SessionOptions::default();
-
-    let sk = server_keys.clone();
-    let sopts = opts.clone();
+    let t = tunnels_over(&link, Arc::new(TestDialer), &opts).await;
+    let (server, server_io) = (t.server, t.server_io);
     tokio::spawn(async move {
-        let (transport, _, _) =
-            noise::server_handshake(&mut server_io, &sk, &authorized, |_, _| Ok(Vec::new()))
-                .await
-                .unwrap();
-        let session = Session::new(
-            session_config(Role::Server, &sopts),
-            Instant::now().into_std(),
-        );
-        let tunnel = Tunnel::new(
-            transport,
-            session,
-            Some(Arc::new(TestDialer)),
-            Arc::new(TunnelStats::default()),
-            "server".into(),
-        );
         let (_tx, mut rx) = mpsc::channel(1);
-        let _ = tunnel.run(server_io, &mut rx).await;
+        let _ = server.run(server_io, &mut rx).await;
     });
-
-    let mut client_io = client_io;
-    let (transport, _) =
-        noise::client_handshake(&mut client_io, &client_keys, &server_keys.public, &[])
-            .await
-            .unwrap();
-    let session = Session::new(
-        session_config(Role::Client, &opts),
-        Instant::now().into_std(),
-    );
-    let stats = Arc::new(TunnelStats::default());
-    let tunnel = Tunnel::new(transport, session, None, stats.clone(), "client".into());
+    let stats = t.client_stats;
+    let (client, client_io) = (t.client, t.client_io);
     let (open_tx, mut open_rx) = mpsc::channel(4);
     tokio::spawn(async move {
-        let _ = tunnel.run(client_io, &mut open_rx).await;
+        let _ = client.run(client_io, &mut open_rx).await;
     });
 
     // Start the bulk download and let it run for a while.
@@ -150,13 +82,7 @@ async fn interactive_reply_is_not_starved_by_bulk() {
         let asked = Instant::now();
         let mut chat_app = open_passthrough(&open_tx, "chat").await;
         chat_app.write_all(b"a1 NOOP\r\n").await.unwrap();
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 64];
-        while !reply.ends_with(b"\r\n") {
-            let n = chat_app.read(&mut buf).await.unwrap();
-            assert!(n > 0, "chat stream closed");
-            reply.extend_from_slice(&buf[..n]);
-        }
+        let reply = read_line(&mut chat_app).await;
         waits.push(asked.elapsed());
         assert_eq!(reply, b"a1 OK NOOP done\r\n");
     }

@@ -15,15 +15,30 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Server and client (protocol `proto`) on loopback through a linksim that
-/// refuses reconnects for 4 s after a cut; grace 1 s on both sides.
+/// How a fake real server answers a line; the flag is its own state (in a
+/// message body, say).
+type Answer = fn(&str, &mut bool) -> Option<String>;
+
+/// What a test holds: the program's connection, the link to cut, and the
+/// lines the real server has received.
+struct Rig {
+    program: BufReader<TcpStream>,
+    link: Arc<Link>,
+    seen: mpsc::UnboundedReceiver<String>,
+}
+
+/// A fake real server (see [`fake_server`]) behind a server and client
+/// (protocol `proto`) on loopback through a linksim that refuses reconnects
+/// for 4 s after a cut, grace 1 s on both sides; and a program connected.
 async fn setup(
     name: &str,
-    upstream: SocketAddr,
+    greeting: &'static str,
+    answer: Answer,
     proto: &str,
     extra: &str,
-) -> (SocketAddr, Arc<Link>) {
+) -> Rig {
     init_tracing();
+    let (upstream, seen) = fake_server(greeting, answer).await;
     let keys = make_keys(name);
     let server_addr = free_port();
     let local = free_port();
@@ -40,64 +55,113 @@ async fn setup(
         ),
     );
     spawn_pair(scfg, ccfg, server_addr, local).await;
-    (local, link)
+    let program = BufReader::new(TcpStream::connect(local).await.unwrap());
+    Rig {
+        program,
+        link,
+        seen,
+    }
 }
 
 /// A line-based fake server: `greeting`, then `answer(line)` for each line
 /// (None: no reply). Each line received is also reported on the channel.
 async fn fake_server(
     greeting: &'static str,
-    answer: fn(&str, &mut bool) -> Option<String>,
+    answer: Answer,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                if w.write_all(greeting.as_bytes()).await.is_err() {
-                    return;
-                }
-                let mut in_body = false;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    match r.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    let _ = tx.send(line.clone());
-                    if let Some(reply) = answer(&line, &mut in_body)
-                        && w.write_all(reply.as_bytes()).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(answer_lines(conn, greeting, answer, tx.clone()));
         }
     });
     (addr, rx)
 }
 
-async fn read_line(r: &mut BufReader<TcpStream>) -> String {
-    let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
-        .await
-        .expect("no reply within 10 s")
-        .unwrap();
-    line
+/// One connection to [`fake_server`]: until the program hangs up.
+async fn answer_lines(
+    conn: TcpStream,
+    greeting: &str,
+    answer: Answer,
+    seen: mpsc::UnboundedSender<String>,
+) {
+    let (r, mut w) = conn.into_split();
+    let mut r = BufReader::new(r);
+    if w.write_all(greeting.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut in_body = false;
+    let mut buf = String::new();
+    while r.read_line(&mut buf).await.unwrap_or(0) > 0 {
+        let line = std::mem::take(&mut buf);
+        let _ = seen.send(line.clone());
+        if let Some(reply) = answer(&line, &mut in_body)
+            && w.write_all(reply.as_bytes()).await.is_err()
+        {
+            return;
+        }
+    }
 }
 
-async fn expect_eof(r: &mut BufReader<TcpStream>) {
-    let mut rest = String::new();
-    let n = tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut rest))
+/// `f`, or a panic saying `what` after 10 s.
+async fn within_10s<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
         .await
-        .expect("connection still open")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "more after the link-lost reply: {rest:?}");
+        .unwrap_or_else(|_| panic!("{what}"))
+}
+
+impl Rig {
+    async fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        within_10s("no reply within 10 s", self.program.read_line(&mut line))
+            .await
+            .unwrap();
+        line
+    }
+
+    async fn send(&mut self, lines: &[u8]) {
+        self.program.get_mut().write_all(lines).await.unwrap();
+    }
+
+    /// Sends `lines` (if any), then reads one reply line per entry of
+    /// `expect`, each starting with that entry.
+    async fn exchange(&mut self, lines: &[u8], expect: &[&str]) {
+        self.send(lines).await;
+        for prefix in expect {
+            let reply = self.read_line().await;
+            assert!(reply.starts_with(prefix), "{reply:?}: expected {prefix}");
+        }
+    }
+
+    /// Once the real server has seen a line for which `reached` holds
+    /// (`what`), cuts the link; returns the program's next line and when the
+    /// cut was.
+    async fn cut_once_seen(&mut self, what: &str, reached: fn(&str) -> bool) -> (String, Instant) {
+        let seen = &mut self.seen;
+        within_10s(&format!("{what} never reached the real server"), async {
+            while !reached(&seen.recv().await.unwrap()) {}
+        })
+        .await;
+        self.link.cut_all();
+        let cut = Instant::now();
+        let reply = self.read_line().await;
+        eprintln!(
+            "{what}: {:?} {:.2} s after the cut",
+            reply.trim_end(),
+            cut.elapsed().as_secs_f64()
+        );
+        (reply, cut)
+    }
+
+    async fn expect_eof(&mut self) {
+        let mut rest = String::new();
+        let n = within_10s("connection still open", self.program.read_line(&mut rest))
+            .await
+            .unwrap_or(0);
+        assert_eq!(n, 0, "more after the link-lost reply: {rest:?}");
+    }
 }
 
 fn smtp_answer(line: &str, in_body: &mut bool) -> Option<String> {
@@ -127,41 +191,18 @@ fn smtp_answer(line: &str, in_body: &mut bool) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_program_gets_421_when_end_of_data_reply_is_lost() {
-    let (upstream, mut seen) = fake_server("220 fake ESMTP\r\n", smtp_answer).await;
-    let (local, link) = setup("lost-smtp", upstream, "smtp", "").await;
-    let s = TcpStream::connect(local).await.unwrap();
-    let mut r = BufReader::new(s);
-    assert!(read_line(&mut r).await.starts_with("220"));
-    r.get_mut().write_all(b"EHLO me\r\n").await.unwrap();
-    assert!(read_line(&mut r).await.starts_with("250-"));
-    assert!(read_line(&mut r).await.starts_with("250 "));
-    r.get_mut()
-        .write_all(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n")
-        .await
-        .unwrap();
-    assert!(read_line(&mut r).await.starts_with("250"));
-    assert!(read_line(&mut r).await.starts_with("250"));
-    r.get_mut()
-        .write_all(b"DATA\r\nSubject: t\r\n\r\nhello\r\n")
-        .await
-        .unwrap();
-    assert!(read_line(&mut r).await.starts_with("354"));
+    let greeting = "220 fake ESMTP\r\n";
+    let mut rig = setup("lost-smtp", greeting, smtp_answer, "smtp", "").await;
+    rig.exchange(b"", &["220"]).await;
+    rig.exchange(b"EHLO me\r\n", &["250-", "250 "]).await;
+    rig.exchange(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n", &["250", "250"])
+        .await;
+    rig.exchange(b"DATA\r\nSubject: t\r\n\r\nhello\r\n", &["354"])
+        .await;
     // The end-of-data: cut the link the moment the real server has it, so
     // its 250 can't come back.
-    r.get_mut().write_all(b".\r\n").await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while seen.recv().await.unwrap() != ".\r\n" {}
-    })
-    .await
-    .expect("end-of-data never reached the real server");
-    link.cut_all();
-    let cut = Instant::now();
-    let reply = read_line(&mut r).await;
-    eprintln!(
-        "smtp: {:?} {:.2} s after the cut",
-        reply.trim_end(),
-        cut.elapsed().as_secs_f64()
-    );
+    rig.send(b".\r\n").await;
+    let (reply, cut) = rig.cut_once_seen("end-of-data", |l| l == ".\r\n").await;
     assert_eq!(
         reply,
         "421 4.4.2 straw: link to server lost, try again later\r\n"
@@ -170,7 +211,7 @@ async fn smtp_program_gets_421_when_end_of_data_reply_is_lost() {
         cut.elapsed() >= Duration::from_millis(900),
         "before the grace period ended"
     );
-    expect_eof(&mut r).await;
+    rig.expect_eof().await;
 }
 
 fn pop3_answer(line: &str, _: &mut bool) -> Option<String> {
@@ -188,32 +229,15 @@ fn pop3_answer(line: &str, _: &mut bool) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pop3_program_gets_err_when_link_is_lost() {
-    let (upstream, mut seen) = fake_server("+OK fake POP3\r\n", pop3_answer).await;
-    let (local, link) = setup("lost-pop3", upstream, "pop3", "[pop3]\nprefetch = false").await;
-    let s = TcpStream::connect(local).await.unwrap();
-    let mut r = BufReader::new(s);
-    assert!(read_line(&mut r).await.starts_with("+OK"));
-    r.get_mut()
-        .write_all(b"USER bob\r\nPASS pw\r\n")
-        .await
-        .unwrap();
-    assert!(read_line(&mut r).await.starts_with("+OK"));
-    assert!(read_line(&mut r).await.starts_with("+OK"));
-    r.get_mut().write_all(b"DELE 1\r\n").await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !seen.recv().await.unwrap().starts_with("DELE") {}
-    })
-    .await
-    .expect("DELE never reached the real server");
-    link.cut_all();
-    let cut = Instant::now();
-    let reply = read_line(&mut r).await;
-    eprintln!(
-        "pop3: {:?} {:.2} s after the cut",
-        reply.trim_end(),
-        cut.elapsed().as_secs_f64()
-    );
+    let greeting = "+OK fake POP3\r\n";
+    let extra = "[pop3]\nprefetch = false";
+    let mut rig = setup("lost-pop3", greeting, pop3_answer, "pop3", extra).await;
+    rig.exchange(b"", &["+OK"]).await;
+    rig.exchange(b"USER bob\r\nPASS pw\r\n", &["+OK", "+OK"])
+        .await;
+    rig.send(b"DELE 1\r\n").await;
+    let (reply, cut) = rig.cut_once_seen("DELE", |l| l.starts_with("DELE")).await;
     assert_eq!(reply, "-ERR straw: link lost\r\n");
     assert!(cut.elapsed() >= Duration::from_millis(900));
-    expect_eof(&mut r).await;
+    rig.expect_eof().await;
 }

@@ -3,21 +3,22 @@
 //! round trips, and a long bulk transfer at 2,400 bit/s and 1.5 s RTT never
 //! trips it.
 
+mod common;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use straw::client::{liveness_config, session_config};
+use straw::client::liveness_config;
 use straw::config::{SessionOptions, TcpOptions};
-use straw::link::keys::{self, AuthorizedKeys};
-use straw::link::noise;
 use straw::tunnel::{
-    DialFuture, Dialer, LinkEnded, LivenessCheck, LocalIo, OpenRequest, Tunnel, TunnelStats,
+    DialFuture, Dialer, LinkEnded, LivenessCheck, LivenessConfig, LocalIo, OpenRequest, Tunnel,
 };
-use straw_core::session::{Role, Session};
 use straw_proto::Accelerator;
 use straw_proto::passthrough::Passthrough;
-use straw_tools::linksim::{Link, LinkParams, relay};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+use straw_tools::linksim::{Link, LinkParams};
+use support::{open_passthrough, tunnels_over};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -44,6 +45,8 @@ impl Dialer for Echo {
 struct Pair {
     link: Arc<Link>,
     opens: mpsc::Sender<OpenRequest>,
+    /// Never used, but open: the server's tunnel waits for streams.
+    _server_opens: mpsc::Sender<OpenRequest>,
     /// When each side's run_link ended, and how.
     client_end: oneshot::Receiver<(Instant, String)>,
     server_end: oneshot::Receiver<(Instant, String)>,
@@ -60,90 +63,44 @@ fn describe(r: anyhow::Result<LinkEnded>) -> String {
 /// Client and server tunnels over a 2,400 bit/s link with 750 ms one way.
 async fn pair() -> Pair {
     let link = Link::new(LinkParams::new(2400, Duration::from_millis(750)));
-    let (mut client_io, sim_a) = duplex(64 * 1024);
-    let (sim_b, mut server_io) = duplex(64 * 1024);
-    let l = link.clone();
-    tokio::spawn(async move {
-        let _ = relay(sim_a, sim_b, &l).await;
-    });
-    let server_keys = keys::generate();
-    let client_keys = keys::generate();
-    let mut authorized = AuthorizedKeys::default();
-    authorized.insert(client_keys.public);
     let opts = SessionOptions::default();
     let live = liveness_config(&opts, &TcpOptions::default());
-
-    let (server_tx, server_end) = oneshot::channel();
-    let sk = server_keys.clone();
-    let sopts = opts.clone();
-    tokio::spawn(async move {
-        let (transport, _, _) =
-            noise::server_handshake(&mut server_io, &sk, &authorized, |_, _| Ok(Vec::new()))
-                .await
-                .unwrap();
-        let session = Session::new(
-            session_config(Role::Server, &sopts),
-            Instant::now().into_std(),
-        );
-        let mut tunnel = Tunnel::new(
-            transport,
-            session,
-            Some(Arc::new(Echo)),
-            Arc::new(TunnelStats::default()),
-            "server".into(),
-        );
-        tunnel.set_liveness(live);
-        let (_tx, mut rx) = mpsc::channel(1);
-        let r = tunnel.run_link(server_io, &mut rx).await;
-        let _ = server_tx.send((Instant::now(), describe(r)));
-        // Keep the streams alive while the test looks.
-        tokio::time::sleep(Duration::from_secs(100_000)).await;
-    });
-
-    let (transport, _) =
-        noise::client_handshake(&mut client_io, &client_keys, &server_keys.public, &[])
-            .await
-            .unwrap();
-    let session = Session::new(
-        session_config(Role::Client, &opts),
-        Instant::now().into_std(),
-    );
-    let mut tunnel = Tunnel::new(
-        transport,
-        session,
-        None,
-        Arc::new(TunnelStats::default()),
-        "client".into(),
-    );
-    tunnel.set_liveness(live);
-    let (opens, mut open_rx) = mpsc::channel(4);
-    let (client_tx, client_end) = oneshot::channel();
-    tokio::spawn(async move {
-        let r = tunnel.run_link(client_io, &mut open_rx).await;
-        let _ = client_tx.send((Instant::now(), describe(r)));
-        tokio::time::sleep(Duration::from_secs(100_000)).await;
-    });
+    let t = tunnels_over(&link, Arc::new(Echo), &opts).await;
+    let (_server_opens, server_end) = run_link(t.server, t.server_io, live);
+    let (opens, client_end) = run_link(t.client, t.client_io, live);
     Pair {
         link,
         opens,
+        _server_opens,
         client_end,
         server_end,
     }
 }
 
-async fn open(p: &Pair) -> tokio::io::DuplexStream {
-    let (local, app) = duplex(4096);
-    p.opens
-        .send(OpenRequest {
-            service: "echo".into(),
-            io: Box::new(local),
-            accel: Box::new(Passthrough::default()),
-            cache: None,
-            warm_up: false,
-        })
-        .await
-        .unwrap();
-    app
+/// Runs `tunnel` over `io` with liveness checks; returns where to open
+/// streams and when and how its link ended.
+fn run_link(
+    mut tunnel: Tunnel,
+    io: DuplexStream,
+    live: LivenessConfig,
+) -> (
+    mpsc::Sender<OpenRequest>,
+    oneshot::Receiver<(Instant, String)>,
+) {
+    tunnel.set_liveness(live);
+    let (opens, mut open_rx) = mpsc::channel(4);
+    let (end_tx, end) = oneshot::channel();
+    tokio::spawn(async move {
+        let r = tunnel.run_link(io, &mut open_rx).await;
+        let _ = end_tx.send((Instant::now(), describe(r)));
+        // Keep the streams alive while the test looks.
+        tokio::time::sleep(Duration::from_secs(100_000)).await;
+    });
+    (opens, end)
+}
+
+async fn open(p: &Pair) -> DuplexStream {
+    open_passthrough(&p.opens, "echo").await
 }
 
 #[tokio::test(start_paused = true)]
@@ -205,15 +162,7 @@ async fn bulk_echo(len: usize) {
     let mut p = pair().await;
     let mut app = open(&p).await;
     // Incompressible, `len` bytes each way at once (12 KB: 150 s at 2,400 bit/s).
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect();
+    let data = common::random_bytes(len, 1);
     let start = Instant::now();
     let (mut r, mut w) = tokio::io::split(&mut app);
     let send = async {

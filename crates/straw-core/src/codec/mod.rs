@@ -24,9 +24,10 @@ use thiserror::Error;
 
 use self::cm::{CmBulkDecoder, CmDecoder, CmEncoder};
 use self::zstd::{ZstdDecoder, ZstdEncoder};
+use crate::byte_enum::byte_enum;
 
+byte_enum! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
 pub enum CodecId {
     Stored = 0,
     /// Records that each hold whole frames, flushed per record.
@@ -44,20 +45,9 @@ pub enum CodecId {
     /// links. A record that would not shrink goes out [`CodecId::Stored`].
     Lz4 = 5,
 }
+}
 
 impl CodecId {
-    pub fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            0 => Some(Self::Stored),
-            1 => Some(Self::Zstd),
-            2 => Some(Self::ZstdBulk),
-            3 => Some(Self::Cm),
-            4 => Some(Self::CmBulk),
-            5 => Some(Self::Lz4),
-            _ => None,
-        }
-    }
-
     /// Records of this codec carry slices of bulk units
     /// (`id | varint n | n bytes of plain frames | slice`).
     pub fn is_bulk(self) -> bool {

@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::fixtures::noise;
 
 fn text_2k() -> Vec<u8> {
     let mut s = String::new();
@@ -766,15 +767,7 @@ fn cm_bulk_units_decode_incrementally_from_any_slices() {
 #[test]
 fn cm_incompressible_data_goes_raw_and_stays_in_step() {
     let (mut enc, mut dec) = cm_pair(SMALL_CM);
-    let mut x = 0x1234_5678u32;
-    let noise: Vec<u8> = (0..3000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
+    let noise = noise(3000, 0x1234_5678);
     let mut out = Vec::new();
     let rec = encode(&mut enc, CodecId::Cm, &noise);
     assert!(rec.len() <= noise.len() + 4, "{}", rec.len());
@@ -788,17 +781,6 @@ fn cm_incompressible_data_goes_raw_and_stays_in_step() {
     assert_eq!(out, m);
 }
 
-fn xorshift_bytes(len: usize, mut x: u32) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// Compressed content (a PNG's bytes, say) inside a bulk unit travels raw
 /// and never enters the text model: text after it codes exactly as if the
 /// binary had never been sent, and everything decodes byte-exact.
@@ -808,7 +790,7 @@ fn cm_binary_runs_bypass_the_text_model() {
     let mut m = mail_message().repeat(4096 / mail_message().len() + 1);
     m.truncate(4096);
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    png.extend_from_slice(&xorshift_bytes(5 * 4096 - 8, 99));
+    png.extend_from_slice(&noise(5 * 4096 - 8, 99));
     let mut mixed = m.clone();
     mixed.extend_from_slice(&png);
     mixed.extend_from_slice(&m);
@@ -849,11 +831,11 @@ fn cm_binary_runs_bypass_the_text_model() {
 #[test]
 fn binary_class_is_near_uniform_bytes_only() {
     use super::cm::is_binary;
-    assert!(is_binary(&xorshift_bytes(600, 5)));
-    assert!(is_binary(&xorshift_bytes(100_000, 6)));
-    assert!(!is_binary(&xorshift_bytes(400, 7)), "too short to tell");
+    assert!(is_binary(&noise(600, 5)));
+    assert!(is_binary(&noise(100_000, 6)));
+    assert!(!is_binary(&noise(400, 7)), "too short to tell");
     assert!(!is_binary(&mail_message()));
-    let b64 = xorshift_bytes(3000, 8)
+    let b64 = noise(3000, 8)
         .iter()
         .map(|b| {
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(*b & 63) as usize]
@@ -1079,15 +1061,7 @@ fn lz4_round_trips_shrinks_text_and_stores_noise() {
     dec.decode(&rec, &mut out).unwrap();
     assert_eq!(out, m);
     // Noise does not shrink: it goes stored, one byte of overhead.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..5000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let noise = noise(5000, 0x9e37_79b9_7f4a_7c15);
     let rec = encode(&mut enc, CodecId::Lz4, &noise);
     assert_eq!(rec[0], CodecId::Stored as u8);
     assert_eq!(rec.len(), noise.len() + 1);

@@ -9,6 +9,7 @@ use straw_linkmodel::{LinkModel, Pipe};
 
 use super::*;
 use crate::codec::{CodecId, CodecParams, DecoderLimits};
+use crate::fixtures::noise;
 use crate::wire::{FrameDecoder, OpenFrame};
 
 /// One direction of the emulated link: `rate` bytes/s, each record one
@@ -171,18 +172,6 @@ impl Sim {
         }
         out
     }
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

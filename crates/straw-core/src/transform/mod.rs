@@ -36,6 +36,8 @@ pub use encoder::Encoder;
 
 use thiserror::Error;
 
+use crate::byte_enum::byte_enum;
+
 /// Escape byte of the encoded stream.
 pub const ESC: u8 = 0xF7;
 /// `ESC T_LIT`: a literal ESC.
@@ -67,10 +69,10 @@ fn is_b64(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
 }
 
+byte_enum! {
 /// What the decoded bytes of a run look like, from their magic bytes: a hint
 /// for codecs to route already-compressed data away from the text model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum ContentClass {
     Unknown = 0,
     Jpeg = 1,
@@ -79,6 +81,7 @@ pub enum ContentClass {
     Zip = 4,
     Gzip = 5,
     Pdf = 6,
+}
 }
 
 impl ContentClass {
@@ -100,19 +103,6 @@ impl ContentClass {
     /// Already compressed (PDF streams mostly are): not worth a text model.
     pub fn is_compressed(self) -> bool {
         self != ContentClass::Unknown
-    }
-
-    fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            0 => Self::Unknown,
-            1 => Self::Jpeg,
-            2 => Self::Png,
-            3 => Self::Gif,
-            4 => Self::Zip,
-            5 => Self::Gzip,
-            6 => Self::Pdf,
-            _ => return None,
-        })
     }
 }
 

@@ -8,9 +8,10 @@ use bytes::{Buf, Bytes};
 
 use super::WireError;
 use super::varint::{get_varint, put_varint};
+use crate::byte_enum::byte_enum;
 
+byte_enum! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum FrameType {
     Data = 0,
     Open = 1,
@@ -26,23 +27,6 @@ pub enum FrameType {
     // order relative to the stream's data is exact (docs/wire.md §3).
     CodecReset = 10,
 }
-
-impl FrameType {
-    fn from_u8(v: u8) -> Result<Self, WireError> {
-        Ok(match v {
-            0 => Self::Data,
-            1 => Self::Open,
-            2 => Self::Fin,
-            3 => Self::Reset,
-            4 => Self::Credit,
-            5 => Self::Ack,
-            6 => Self::Ping,
-            7 => Self::Pong,
-            8 => Self::Caps,
-            10 => Self::CodecReset,
-            other => return Err(WireError::UnknownType(other)),
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +181,7 @@ impl FrameDecoder {
     fn next_frame(&mut self) -> Result<Frame, WireError> {
         let head = self.buf[0];
         self.buf.advance(1);
-        let ty = FrameType::from_u8(head & 0x0f)?;
+        let ty = FrameType::from_u8(head & 0x0f).ok_or(WireError::UnknownType(head & 0x0f))?;
         let flags = head >> 4;
         if flags != 0 && ty != FrameType::Data {
             return Err(WireError::UnknownType(head));

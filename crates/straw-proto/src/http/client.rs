@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use super::BULK_BODY;
 use super::message::{
-    BodyEv, Chunk, Framing, Head, HttpError, Input, ReqState, body_step, chunk, local_reply,
+    Chunk, Framing, Head, HttpError, Input, Relayed, ReqState, local_reply, relay_body,
     request_framing, response_shape, status_of,
 };
 use super::policy::{HttpPolicy, absolute_uri, split_authority};
@@ -128,19 +128,21 @@ impl ClientAccel {
         Ok(())
     }
 
+    /// Gives up on the connection, saying why.
+    fn fail(&mut self, out: &mut Output, why: String) {
+        out.fail = Some(why);
+        self.failed = true;
+    }
+
     fn pump_req(&mut self, out: &mut Output) -> Result<(), HttpError> {
         loop {
+            if let Some(raw) = self.req_state.unparsed(&mut self.req) {
+                self.unflushed |= !raw.is_empty();
+                out.to_tunnel.extend_from_slice(&raw);
+                return Ok(());
+            }
             match &mut self.req_state {
-                ReqState::Closed => {
-                    self.req.discard();
-                    return Ok(());
-                }
-                ReqState::Raw => {
-                    let raw = self.req.take_all();
-                    self.unflushed |= !raw.is_empty();
-                    out.to_tunnel.extend_from_slice(&raw);
-                    return Ok(());
-                }
+                ReqState::Closed | ReqState::Raw => unreachable!("unparsed above"),
                 ReqState::Head => {
                     let h = match self.req.head(self.policy.max_head) {
                         Ok(Some(h)) => h,
@@ -152,26 +154,14 @@ impl ClientAccel {
                     };
                     self.on_head(h, out)?;
                 }
-                ReqState::Body(f) => {
-                    let chunked = matches!(f, Framing::Chunked(_));
-                    match body_step(f, &mut self.req)? {
-                        None => return Ok(()),
-                        Some(BodyEv::Data(d)) => {
-                            if chunked {
-                                chunk(&mut out.to_tunnel, &d);
-                            } else {
-                                out.to_tunnel.extend_from_slice(&d);
-                            }
-                        }
-                        Some(BodyEv::End) => {
-                            if chunked {
-                                out.to_tunnel.extend_from_slice(b"0\r\n\r\n");
-                            }
-                            self.req_state = ReqState::Head;
-                            self.unflushed = true;
-                        }
+                ReqState::Body(f) => match relay_body(f, &mut self.req, &mut out.to_tunnel)? {
+                    Relayed::Waiting => return Ok(()),
+                    Relayed::Data => {}
+                    Relayed::End => {
+                        self.req_state = ReqState::Head;
+                        self.unflushed = true;
                     }
-                }
+                },
             }
         }
     }
@@ -216,31 +206,19 @@ impl ClientAccel {
                     }
                     self.resp_state = RespState::Body(framing);
                 }
-                RespState::Body(f) => {
-                    let chunked = matches!(f, Framing::Chunked(_));
-                    match body_step(f, &mut self.resp)? {
-                        None => return Ok(()),
-                        Some(BodyEv::Data(d)) => {
-                            if chunked {
-                                chunk(&mut out.to_local, &d);
-                            } else {
-                                out.to_local.extend_from_slice(&d);
-                            }
-                        }
-                        Some(BodyEv::End) => {
-                            if chunked {
-                                out.to_local.extend_from_slice(b"0\r\n\r\n");
-                            }
-                            self.resp_state = RespState::Head;
-                            self.outstanding.pop_front();
-                            if self.outstanding.is_empty()
-                                && let Some(r) = self.deferred.take()
-                            {
-                                out.to_local.extend_from_slice(&r);
-                            }
+                RespState::Body(f) => match relay_body(f, &mut self.resp, &mut out.to_local)? {
+                    Relayed::Waiting => return Ok(()),
+                    Relayed::Data => {}
+                    Relayed::End => {
+                        self.resp_state = RespState::Head;
+                        self.outstanding.pop_front();
+                        if self.outstanding.is_empty()
+                            && let Some(r) = self.deferred.take()
+                        {
+                            out.to_local.extend_from_slice(&r);
                         }
                     }
-                }
+                },
             }
         }
     }
@@ -268,14 +246,9 @@ impl Accelerator for ClientAccel {
             return;
         }
         self.req.push(data);
-        if let Err(e) = self.pump_req(out) {
-            out.fail = Some(format!("HTTP request from the program: {e}"));
-            self.failed = true;
-            return;
-        }
-        if drained && self.unflushed {
-            out.flush = true;
-            self.unflushed = false;
+        match self.pump_req(out) {
+            Ok(()) => out.flush_if_drained(drained, &mut self.unflushed),
+            Err(e) => self.fail(out, format!("HTTP request from the program: {e}")),
         }
     }
 

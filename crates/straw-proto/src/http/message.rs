@@ -262,6 +262,43 @@ pub(crate) fn body_step(f: &mut Framing, inp: &mut Input) -> Result<Option<BodyE
     }
 }
 
+/// What [`relay_body`] did.
+pub(crate) enum Relayed {
+    /// Nothing: it needs more input.
+    Waiting,
+    /// Passed some of the body on.
+    Data,
+    /// Passed the body's end on.
+    End,
+}
+
+/// One step of a body framed by `f`, passed from `inp` to `out` in the same
+/// framing (a chunk stays a chunk).
+pub(crate) fn relay_body(
+    f: &mut Framing,
+    inp: &mut Input,
+    out: &mut Vec<u8>,
+) -> Result<Relayed, HttpError> {
+    let chunked = matches!(f, Framing::Chunked(_));
+    Ok(match body_step(f, inp)? {
+        None => Relayed::Waiting,
+        Some(BodyEv::Data(d)) if chunked => {
+            chunk(out, &d);
+            Relayed::Data
+        }
+        Some(BodyEv::Data(d)) => {
+            out.extend_from_slice(&d);
+            Relayed::Data
+        }
+        Some(BodyEv::End) => {
+            if chunked {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            Relayed::End
+        }
+    })
+}
+
 pub(crate) fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     if !data.is_empty() {
         out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
@@ -319,4 +356,20 @@ pub(crate) enum ReqState {
     Raw,
     /// A local reply ended the connection; ignore the rest.
     Closed,
+}
+
+impl ReqState {
+    /// In the states where requests are no longer parsed, takes what `req`
+    /// holds: nothing after a local reply closed the connection (`Closed`,
+    /// the bytes are dropped), everything when `Raw`. None while parsing.
+    pub(crate) fn unparsed(&self, req: &mut Input) -> Option<Vec<u8>> {
+        match self {
+            ReqState::Closed => {
+                req.discard();
+                Some(Vec::new())
+            }
+            ReqState::Raw => Some(req.take_all()),
+            ReqState::Head | ReqState::Body(_) => None,
+        }
+    }
 }

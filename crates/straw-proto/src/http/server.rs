@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use std::io::Write;
 
 use super::message::{
-    BodyEv, Chunk, Framing, Head, HttpError, Input, ReqState, body_step, chunk, local_reply,
-    request_framing, response_shape, status_of,
+    BodyEv, Chunk, Framing, Head, HttpError, Input, Relayed, ReqState, body_step, chunk,
+    local_reply, relay_body, request_framing, response_shape, status_of,
 };
 use super::policy::{HttpPolicy, absolute_uri, split_authority};
 use super::{BULK_BODY, GZ_STEP, HOLD_DECODED};
@@ -134,35 +134,23 @@ impl ServerAccel {
 
     fn pump_req(&mut self, out: &mut Output) -> Result<(), HttpError> {
         loop {
+            if let Some(raw) = self.req_state.unparsed(&mut self.req) {
+                out.to_local.extend_from_slice(&raw);
+                return Ok(());
+            }
             match &mut self.req_state {
-                ReqState::Closed => {
-                    self.req.discard();
-                    return Ok(());
-                }
-                ReqState::Raw => {
-                    out.to_local.extend_from_slice(&self.req.take_all());
-                    return Ok(());
-                }
+                ReqState::Closed | ReqState::Raw => unreachable!("unparsed above"),
                 ReqState::Head => {
                     let Some(h) = self.req.head(self.policy.max_head)? else {
                         return Ok(());
                     };
                     self.on_req_head(h, out)?;
                 }
-                ReqState::Body(f) => {
-                    let chunked = matches!(f, Framing::Chunked(_));
-                    match body_step(f, &mut self.req)? {
-                        None => return Ok(()),
-                        Some(BodyEv::Data(d)) if chunked => chunk(&mut out.to_local, &d),
-                        Some(BodyEv::Data(d)) => out.to_local.extend_from_slice(&d),
-                        Some(BodyEv::End) => {
-                            if chunked {
-                                out.to_local.extend_from_slice(b"0\r\n\r\n");
-                            }
-                            self.req_state = ReqState::Head;
-                        }
-                    }
-                }
+                ReqState::Body(f) => match relay_body(f, &mut self.req, &mut out.to_local)? {
+                    Relayed::Waiting => return Ok(()),
+                    Relayed::Data => {}
+                    Relayed::End => self.req_state = ReqState::Head,
+                },
             }
         }
     }

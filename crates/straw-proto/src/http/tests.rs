@@ -62,6 +62,16 @@ impl Rig {
         r
     }
 
+    /// Some side gave up, saying `why`.
+    #[track_caller]
+    fn assert_failed(&self, why: &str) {
+        assert!(
+            self.fails.iter().any(|f| f.contains(why)),
+            "no failure with {why:?}: {:?}",
+            self.fails
+        );
+    }
+
     fn take_browser(&mut self) -> String {
         String::from_utf8_lossy(&std::mem::take(&mut self.browser)).into_owned()
     }
@@ -243,6 +253,13 @@ fn close_delimited_body_is_chunked_and_ended_by_local_closed() {
     );
 }
 
+/// A gzip-encoded 200 response whose header claims `len` bytes of `body`.
+fn gzip_response(len: usize, body: &[u8]) -> Vec<u8> {
+    let head =
+        format!("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len}\r\n\r\n");
+    [head.as_bytes(), body].concat()
+}
+
 #[test]
 fn corrupt_gzip_fails_clearly() {
     let mut r = Rig::new(policy());
@@ -250,11 +267,7 @@ fn corrupt_gzip_fails_clearly() {
     let mut z = gz(b"hello world, hello world");
     let n = z.len();
     z[n - 6] ^= 0xff; // CRC/length trailer
-    let mut resp =
-        format!("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {n}\r\n\r\n")
-            .into_bytes();
-    resp.extend_from_slice(&z);
-    r.origin_sends(&resp);
+    r.origin_sends(&gzip_response(n, &z));
     assert_eq!(r.fails.len(), 1);
     assert!(r.fails[0].contains("corrupt gzip"), "{}", r.fails[0]);
     // Garbage instead of gzip.
@@ -268,18 +281,8 @@ fn corrupt_gzip_fails_clearly() {
     let mut r = Rig::new(policy());
     r.browser_sends(b"GET http://example.com/ HTTP/1.1\r\n\r\n");
     let z = gz(&b"abcdefgh".repeat(1000));
-    let mut resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
-        z.len() / 2
-    )
-    .into_bytes();
-    resp.extend_from_slice(&z[..z.len() / 2]);
-    r.origin_sends(&resp);
-    assert!(
-        r.fails.iter().any(|f| f.contains("corrupt gzip")),
-        "{:?}",
-        r.fails
-    );
+    r.origin_sends(&gzip_response(z.len() / 2, &z[..z.len() / 2]));
+    r.assert_failed("corrupt gzip");
 }
 
 #[test]
@@ -292,18 +295,8 @@ fn gzip_bomb_is_refused() {
     r.browser_sends(b"GET http://example.com/ HTTP/1.1\r\n\r\n");
     let z = gz(&vec![0u8; 50 << 20]);
     assert!(z.len() < 100_000);
-    let mut resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
-        z.len()
-    )
-    .into_bytes();
-    resp.extend_from_slice(&z);
-    r.origin_sends(&resp);
-    assert!(
-        r.fails.iter().any(|f| f.contains("bomb guard")),
-        "{:?}",
-        r.fails
-    );
+    r.origin_sends(&gzip_response(z.len(), &z));
+    r.assert_failed("bomb guard");
 }
 
 #[test]

@@ -598,10 +598,7 @@ impl Accelerator for ClientAccel {
         }
         self.cmds.push(data);
         self.drain_cmds(out);
-        if drained && self.unflushed {
-            out.flush = true;
-            self.unflushed = false;
-        }
+        out.flush_if_drained(drained, &mut self.unflushed);
     }
 
     fn from_tunnel(&mut self, data: &[u8], out: &mut Output) {

@@ -32,11 +32,6 @@ pub use server::ServerAccel;
 pub use starttls::StartTls;
 pub use warm_up::WarmUp;
 
-#[cfg(test)]
-use crate::{Accelerator, Cache, Output};
-#[cfg(test)]
-use reply::*;
-
 /// Cache key: the real greeting line (no CRLF), as the real server sent it.
 pub const GREETING_KEY: &str = "imap.greeting";
 /// Cache key: the real pre-login `* CAPABILITY ...` line (no CRLF).

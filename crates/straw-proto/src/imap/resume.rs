@@ -454,30 +454,30 @@ mod tests {
 
     #[test]
     fn fetch_commands_parse() {
-        assert_eq!(
-            fetch_command(b"a UID FETCH 11 (BODY.PEEK[])"),
-            Some((true, 11, "BODY[]".into()))
-        );
-        assert_eq!(
-            fetch_command(b"a fetch 3 rfc822"),
-            Some((false, 3, "RFC822".into()))
-        );
-        assert_eq!(
-            fetch_command(b"a UID FETCH 7 (UID RFC822.SIZE FLAGS BODY.PEEK[1.2])"),
-            Some((true, 7, "BODY[1.2]".into()))
-        );
-        assert_eq!(
-            fetch_command(b"a FETCH 2 (BINARY.PEEK[1])"),
-            Some((false, 2, "BINARY[1]".into()))
-        );
-        assert_eq!(fetch_command(b"a FETCH 1:3 BODY[]"), None);
-        assert_eq!(fetch_command(b"a FETCH 1 (BODY[]<0.100>)"), None);
-        assert_eq!(fetch_command(b"a FETCH 1 (BODY[HEADER] BODY[TEXT])"), None);
-        assert_eq!(
-            fetch_command(b"a FETCH 1 (BODY.PEEK[HEADER.FIELDS (FROM TO)])"),
-            None
-        );
-        assert_eq!(fetch_command(b"a FETCH 1 (FLAGS)"), None);
+        let resumable: [(&[u8], bool, u32, &str); 4] = [
+            (b"a UID FETCH 11 (BODY.PEEK[])", true, 11, "BODY[]"),
+            (b"a fetch 3 rfc822", false, 3, "RFC822"),
+            (
+                b"a UID FETCH 7 (UID RFC822.SIZE FLAGS BODY.PEEK[1.2])",
+                true,
+                7,
+                "BODY[1.2]",
+            ),
+            (b"a FETCH 2 (BINARY.PEEK[1])", false, 2, "BINARY[1]"),
+        ];
+        for (cmd, by_uid, n, section) in resumable {
+            assert_eq!(fetch_command(cmd), Some((by_uid, n, section.into())));
+        }
+        let not_resumable: [&[u8]; 5] = [
+            b"a FETCH 1:3 BODY[]",
+            b"a FETCH 1 (BODY[]<0.100>)",
+            b"a FETCH 1 (BODY[HEADER] BODY[TEXT])",
+            b"a FETCH 1 (BODY.PEEK[HEADER.FIELDS (FROM TO)])",
+            b"a FETCH 1 (FLAGS)",
+        ];
+        for cmd in not_resumable {
+            assert_eq!(fetch_command(cmd), None, "{}", String::from_utf8_lossy(cmd));
+        }
     }
 
     #[test]

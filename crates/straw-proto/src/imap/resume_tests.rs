@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::framer::content;
 use super::*;
 use crate::partial::{MemStore, PartialStore, SharedStore};
+use crate::{Accelerator, Cache, Output};
 
 /// The big message: UID 11 at sequence number 5.
 const SEQ: u32 = 5;
@@ -258,22 +259,40 @@ fn cut(store: &SharedStore, body: &[u8], fetch: &[u8], keep: usize) -> Vec<u8> {
     r.prog.split_off(before)
 }
 
+/// The fetch most tests resume: by UID, the whole message.
+const UID_FETCH: &str = "c UID FETCH 11 (BODY.PEEK[])\r\n";
+
 fn session(fetch: &str) -> Vec<u8> {
     [LOGIN, fetch.as_bytes(), b"z LOGOUT\r\n"].concat()
+}
+
+/// A session that fetches with `fetch` from a server holding `msg`, with
+/// resume on `store`: the program must get exactly what the real server
+/// would have sent it.
+fn fetch_exactly(store: &SharedStore, msg: &[u8], fetch: &str) -> Rig {
+    let mut r = Rig::new(store, FakeImap::new(msg.to_vec()), false);
+    assert!(r.run(&session(fetch)));
+    assert!(r.prog == direct(msg, &session(fetch)), "not byte-exact");
+    r
+}
+
+/// [`UID_FETCH`] of `was` cut after `kept` bytes; then, resuming, of `now`
+/// (exactly: see [`fetch_exactly`]).
+fn cut_then_fetch(store: &SharedStore, was: &[u8], kept: usize, now: &[u8]) -> Rig {
+    cut(store, was, UID_FETCH.as_bytes(), kept);
+    fetch_exactly(store, now, UID_FETCH)
 }
 
 #[test]
 fn uid_fetch_resume_sends_only_the_rest_and_is_exact() {
     let b = body(0, 40_000);
     let (m, store) = mem();
-    let fetch = "c UID FETCH 11 (BODY.PEEK[])\r\n";
+    let fetch = UID_FETCH;
     let got = cut(&store, &b, fetch.as_bytes(), 15_000);
     assert!(got.ends_with(&b[..15_000]));
     assert_eq!(m.get(&key()).unwrap(), &b[..15_000], "prefix kept");
 
-    let mut r = Rig::new(&store, FakeImap::new(b.clone()), false);
-    assert!(r.run(&session(fetch)));
-    assert!(r.prog == direct(&b, &session(fetch)), "not byte-exact");
+    let r = fetch_exactly(&store, &b, fetch);
     assert!(
         r.down < 40_000 - 15_000 + 1_000,
         "{} bytes crossed for 25000 missing",
@@ -315,15 +334,7 @@ fn seq_fetch_uses_uids_the_program_learned() {
 #[test]
 fn changed_prefix_falls_back_to_full() {
     let (m, store) = mem();
-    let fetch = "c UID FETCH 11 (BODY.PEEK[])\r\n";
-    cut(&store, &body(2, 30_000), fetch.as_bytes(), 12_000);
-    let changed = body(3, 30_000);
-    let mut r = Rig::new(&store, FakeImap::new(changed.clone()), false);
-    assert!(r.run(&session(fetch)));
-    assert!(
-        r.prog == direct(&changed, &session(fetch)),
-        "not byte-exact"
-    );
+    let r = cut_then_fetch(&store, &body(2, 30_000), 12_000, &body(3, 30_000));
     assert!(r.down > 30_000, "must be a full transfer");
     assert!(r.notes.iter().any(|n| n.contains("differs")));
     assert!(m.is_empty(), "left: {:?}", m.get(&key()).map(|v| v.len()));
@@ -332,19 +343,14 @@ fn changed_prefix_falls_back_to_full() {
 #[test]
 fn shorter_literal_than_the_prefix_falls_back_to_full() {
     let (_m, store) = mem();
-    let fetch = "c UID FETCH 11 (BODY.PEEK[])\r\n";
-    cut(&store, &body(4, 30_000), fetch.as_bytes(), 20_000);
-    let short = body(4, 10_000);
-    let mut r = Rig::new(&store, FakeImap::new(short.clone()), false);
-    assert!(r.run(&session(fetch)));
-    assert!(r.prog == direct(&short, &session(fetch)), "not byte-exact");
+    cut_then_fetch(&store, &body(4, 30_000), 20_000, &body(4, 10_000));
 }
 
 #[test]
 fn old_server_side_means_a_full_transfer() {
     let b = body(5, 30_000);
     let (m, store) = mem();
-    let fetch = "c UID FETCH 11 (BODY.PEEK[])\r\n";
+    let fetch = UID_FETCH;
     cut(&store, &b, fetch.as_bytes(), 12_000);
     let prefix = m.get(&key()).unwrap();
     let s = [LOGIN, fetch.as_bytes()].concat();
@@ -365,7 +371,7 @@ fn old_server_side_means_a_full_transfer() {
 #[test]
 fn request_before_another_command_is_not_resumed() {
     let (m, store) = mem();
-    let fetch = "c UID FETCH 11 (BODY.PEEK[])\r\n";
+    let fetch = UID_FETCH;
     let b = body(6, 30_000);
     cut(&store, &b, fetch.as_bytes(), 12_000);
     // A server side given a request followed by NOOP answers NOT-RESUMED.
@@ -389,7 +395,7 @@ fn request_before_another_command_is_not_resumed() {
 #[test]
 fn splice_is_exact_under_any_chunking() {
     let b = body(7, 9_000);
-    let fetch = "c UID FETCH 11 (BODY.PEEK[])\r\n";
+    let fetch = UID_FETCH;
     for chunk in [1, 2, 3, 7, 100, 599, 4096, usize::MAX] {
         for keep in [600, 5_000, 8_999] {
             let (m, store) = mem();
@@ -443,9 +449,7 @@ fn seq_fetch_asks_for_the_uid_itself() {
         "the lookup's answer never reaches the program"
     );
     // Pipelined: waits for SELECT, then for the UID, then offers.
-    let mut r = Rig::new(&store, FakeImap::new(b.clone()), false);
-    assert!(r.run(&session(fetch)));
-    assert!(r.prog == direct(&b, &session(fetch)), "not byte-exact");
+    let r = fetch_exactly(&store, &b, fetch);
     assert!(r.down < 20_000 + 600, "{} bytes crossed", r.down);
     assert!(m.is_empty());
 }

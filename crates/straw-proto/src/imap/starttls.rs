@@ -27,7 +27,7 @@
 
 use super::reply::{cap_code_span, caps_of};
 use crate::shared::dialogue::{
-    Dialogue, DialogueError, Input, Step, agreed, starts_with_ci, waiting_for_tls,
+    Dialogue, DialogueError, Input, Step, agreed, starts_with_ci, tls_in_turn, waiting_for_tls,
 };
 use crate::shared::lines::{MAX_LINE, trim_end};
 
@@ -127,9 +127,7 @@ impl Dialogue for StartTls {
     /// The TLS handshake is done: send `S2 CAPABILITY` through it, and go
     /// on with the TLS stream.
     fn tls_established(&mut self) -> Result<Step, DialogueError> {
-        if self.state != State::Handshake {
-            return Err(DialogueError::OutOfOrder("TLS before the STARTTLS reply"));
-        }
+        tls_in_turn(self.state == State::Handshake)?;
         self.state = State::Capability;
         Ok(Step::Send(b"S2 CAPABILITY\r\n".to_vec()))
     }

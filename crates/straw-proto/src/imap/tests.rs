@@ -1,7 +1,9 @@
 //! The pair back to back with a scripted Dovecot-like real server.
 
 use super::framer::{content, parse_literal};
+use super::reply::*;
 use super::*;
+use crate::{Accelerator, Cache, Output};
 use proptest::prelude::*;
 
 const CAPS: &str = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE STARTTLS AUTH=PLAIN";
@@ -212,37 +214,50 @@ impl Rig {
     }
 
     fn pump(&mut self) {
-        loop {
-            let mut moved = false;
-            if !self.c2s.is_empty() {
-                let d = std::mem::take(&mut self.c2s);
-                let mut o = Output::default();
-                self.server.from_tunnel(&d, &mut o);
-                self.take(o, false);
-                moved = true;
-            }
-            if !self.real.out.is_empty() {
-                let d = std::mem::take(&mut self.real.out);
-                let mut o = Output::default();
-                self.server.from_local(&d, true, &mut o);
-                self.take(o, false);
-                moved = true;
-            }
-            if !self.s2c.is_empty() {
-                let d = std::mem::take(&mut self.s2c);
-                let mut o = Output::default();
-                self.client.from_tunnel(&d, &mut o);
-                self.take(o, true);
-                moved = true;
-            }
-            if !moved {
-                return;
-            }
-        }
+        while self.hop() {}
+    }
+
+    /// Carries the first batch of bytes waiting (client to server side, real
+    /// server to server side, server side to client side) one hop; false
+    /// when none waits.
+    fn hop(&mut self) -> bool {
+        let mut o = Output::default();
+        let to_client = if !self.c2s.is_empty() {
+            self.server
+                .from_tunnel(&std::mem::take(&mut self.c2s), &mut o);
+            false
+        } else if !self.real.out.is_empty() {
+            let d = std::mem::take(&mut self.real.out);
+            self.server.from_local(&d, true, &mut o);
+            false
+        } else if !self.s2c.is_empty() {
+            self.client
+                .from_tunnel(&std::mem::take(&mut self.s2c), &mut o);
+            true
+        } else {
+            return false;
+        };
+        self.take(o, to_client);
+        true
     }
 
     fn prog_take(&mut self) -> String {
         String::from_utf8(std::mem::take(&mut self.prog)).unwrap()
+    }
+
+    /// The client side takes `data` from the program; returns its output,
+    /// carried nowhere yet.
+    fn client_takes(&mut self, data: &[u8]) -> Output {
+        let mut o = Output::default();
+        self.client.from_local(data, true, &mut o);
+        o
+    }
+
+    /// The program sends `data`; returns what it has received since it
+    /// last looked.
+    fn says(&mut self, data: &[u8]) -> String {
+        self.send(data);
+        self.prog_take()
     }
 }
 
@@ -256,6 +271,13 @@ fn warm_cache() -> Cache {
     c
 }
 
+/// [`warm_cache`] with `greeting` cached instead of the real one.
+fn warm_cache_greeting(greeting: &[u8]) -> Cache {
+    let mut c = warm_cache();
+    c.insert(GREETING_KEY.into(), greeting.to_vec());
+    c
+}
+
 const SHOWN_CAPS: &str = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE AUTH=PLAIN LITERAL+";
 
 #[test]
@@ -265,9 +287,8 @@ fn cold_start_passes_real_greeting_and_caches_it() {
         r.prog_take(),
         format!("* OK [CAPABILITY {SHOWN_CAPS}] Dovecot ready.\r\n")
     );
-    r.send(b"a1 CAPABILITY\r\n");
     assert_eq!(
-        r.prog_take(),
+        r.says(b"a1 CAPABILITY\r\n"),
         format!(
             "* CAPABILITY {SHOWN_CAPS}\r\na1 OK Pre-login capabilities listed, post-login capabilities have more.\r\n"
         )
@@ -297,26 +318,22 @@ fn warm_session_exact_bytes_and_three_link_waits() {
         format!("* OK [CAPABILITY {SHOWN_CAPS}] Dovecot ready.\r\n")
     );
     // Served before the real greeting crosses; the real one is swallowed.
-    r.send(b"a1 CAPABILITY\r\n");
     assert_eq!(
-        r.prog_take(),
+        r.says(b"a1 CAPABILITY\r\n"),
         format!("* CAPABILITY {SHOWN_CAPS}\r\na1 OK CAPABILITY completed\r\n")
     );
-    r.send(b"a2 LOGIN bob secret\r\n");
     assert_eq!(
-        r.prog_take(),
+        r.says(b"a2 LOGIN bob secret\r\n"),
         "a2 OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT THREAD=REFS MOVE LITERAL+] Logged in\r\n"
     );
-    r.send(b"a3 SELECT INBOX\r\n");
     assert_eq!(
-        r.prog_take(),
+        r.says(b"a3 SELECT INBOX\r\n"),
         "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n* 2 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 1] UIDs valid\r\na3 OK [READ-WRITE] Select completed.\r\n"
     );
     r.send(b"a4 FETCH 1:* (ENVELOPE)\r\n");
     assert!(r.prog_take().ends_with("a4 OK Fetch completed.\r\n"));
-    r.send(b"a5 LOGOUT\r\n");
     assert_eq!(
-        r.prog_take(),
+        r.says(b"a5 LOGOUT\r\n"),
         "* BYE Logging out\r\na5 OK Logout completed.\r\n"
     );
     assert!(r.fails.is_empty(), "{:?}", r.fails);
@@ -344,9 +361,7 @@ fn warm_session_exact_bytes_and_three_link_waits() {
 fn logout_with_commands_outstanding_is_not_local() {
     let mut r = Rig::new(&warm_cache(), false);
     r.prog_take();
-    let mut o = Output::default();
-    r.client
-        .from_local(b"a1 NOOP\r\na2 LOGOUT\r\n", true, &mut o);
+    let o = r.client_takes(b"a1 NOOP\r\na2 LOGOUT\r\n");
     assert!(o.to_local.is_empty(), "must wait for NOOP's real result");
     assert!(o.flush);
     r.take(o, true);
@@ -360,12 +375,10 @@ fn logout_with_commands_outstanding_is_not_local() {
 
 #[test]
 fn greeting_mismatch_fails_and_updates_cache() {
-    let mut cache = warm_cache();
-    cache.insert(
-        GREETING_KEY.into(),
-        b"* OK [CAPABILITY IMAP4rev1 IDLE] Old server ready.".to_vec(),
+    let r = Rig::new(
+        &warm_cache_greeting(b"* OK [CAPABILITY IMAP4rev1 IDLE] Old server ready."),
+        false,
     );
-    let r = Rig::new(&cache, false);
     assert_eq!(r.fails.len(), 1);
     assert!(r.fails[0].contains("greeting changed"), "{}", r.fails[0]);
     assert_eq!(
@@ -376,14 +389,8 @@ fn greeting_mismatch_fails_and_updates_cache() {
 
 #[test]
 fn greeting_text_change_alone_is_fine() {
-    let mut cache = warm_cache();
-    cache.insert(
-        GREETING_KEY.into(),
-        GREETING
-            .replace("Dovecot ready.", "Dovecot (Debian) ready.")
-            .into_bytes(),
-    );
-    let r = Rig::new(&cache, false);
+    let greeting = GREETING.replace("Dovecot ready.", "Dovecot (Debian) ready.");
+    let r = Rig::new(&warm_cache_greeting(greeting.as_bytes()), false);
     assert!(r.fails.is_empty());
 }
 
@@ -396,9 +403,8 @@ fn capability_mismatch_fails_and_updates_cache() {
     );
     let mut r = Rig::new(&cache, false);
     r.prog_take();
-    r.send(b"a1 CAPABILITY\r\n");
     assert_eq!(
-        r.prog_take(),
+        r.says(b"a1 CAPABILITY\r\n"),
         "* CAPABILITY IMAP4rev1 IDLE LITERAL+\r\na1 OK CAPABILITY completed\r\n"
     );
     assert_eq!(r.fails.len(), 1);
@@ -436,16 +442,16 @@ fn capability_after_login_crosses() {
 fn literal_plus_emulation_against_server_without_it() {
     let mut r = Rig::new(&warm_cache(), false);
     r.prog_take();
-    let mut o = Output::default();
-    r.client
-        .from_local(b"a1 APPEND INBOX {11}\r\n", true, &mut o);
+    let o = r.client_takes(b"a1 APPEND INBOX {11}\r\n");
     assert_eq!(o.to_local, b"+ OK\r\n", "continuation answered at once");
     assert_eq!(o.to_tunnel, b"a1 APPEND INBOX {11+}\r\n");
     r.take(o, true);
     r.prog_take();
     r.pump();
-    r.send(b"Hello world\r\n");
-    assert_eq!(r.prog_take(), "a1 OK [APPENDUID 1 3] Append completed.\r\n");
+    assert_eq!(
+        r.says(b"Hello world\r\n"),
+        "a1 OK [APPENDUID 1 3] Append completed.\r\n"
+    );
     // The real server got a synchronising literal, after its own `+`.
     assert_eq!(r.real.seen, b"a1 APPEND INBOX {11}\r\nHello world\r\n");
     assert!(!show(&r.prog).contains("+ OK"), "real `+` swallowed");
@@ -469,9 +475,8 @@ fn literal_plus_passes_when_server_has_it() {
 fn refused_literal_is_swallowed_and_no_returned() {
     let mut r = Rig::new(&warm_cache(), false);
     r.prog_take();
-    r.send(b"a1 APPEND Refuse {11}\r\nHello world\r\na2 NOOP\r\n");
     assert_eq!(
-        r.prog_take(),
+        r.says(b"a1 APPEND Refuse {11}\r\nHello world\r\na2 NOOP\r\n"),
         "+ OK\r\na1 NO [TRYCREATE] Mailbox doesn't exist: Refuse\r\na2 OK NOOP completed.\r\n"
     );
     assert_eq!(r.real.seen, b"a1 APPEND Refuse {11}\r\na2 NOOP\r\n");
@@ -494,8 +499,7 @@ fn refused_literal_swallows_whole_multi_literal_command() {
 fn idle_keepalives_never_cross() {
     let mut r = Rig::new(&warm_cache(), false);
     r.prog_take();
-    r.send(b"a1 IDLE\r\n");
-    assert_eq!(r.prog_take(), "+ idling\r\n");
+    assert_eq!(r.says(b"a1 IDLE\r\n"), "+ idling\r\n");
     let mut o = Output::default();
     r.server.from_local(b"* OK Still here\r\n", true, &mut o);
     assert!(o.to_tunnel.is_empty() && !o.flush, "keep-alive dropped");
@@ -506,8 +510,7 @@ fn idle_keepalives_never_cross() {
     r.take(o, false);
     r.pump();
     assert_eq!(r.prog_take(), "* OK [ALERT] Disk full\r\n* 3 EXISTS\r\n");
-    r.send(b"DONE\r\n");
-    assert_eq!(r.prog_take(), "a1 OK Idle completed.\r\n");
+    assert_eq!(r.says(b"DONE\r\n"), "a1 OK Idle completed.\r\n");
     // After IDLE, untagged OK passes again.
     let mut o = Output::default();
     r.server.from_local(b"* OK Still here\r\n", true, &mut o);
@@ -681,12 +684,10 @@ proptest! {
 fn greeting_without_capability_code_is_no_mismatch() {
     // Dovecot greets so when its auth process is slow; it says nothing
     // about capabilities, so it contradicts neither side.
-    let mut cache = warm_cache();
-    cache.insert(
-        GREETING_KEY.into(),
-        b"* OK Waiting for authentication process to respond..".to_vec(),
+    let r = Rig::new(
+        &warm_cache_greeting(b"* OK Waiting for authentication process to respond.."),
+        false,
     );
-    let r = Rig::new(&cache, false);
     assert!(r.fails.is_empty(), "{:?}", r.fails);
     // The real greeting, which names capabilities, replaces the cached one.
     assert!(
@@ -700,6 +701,14 @@ fn greeting_without_capability_code_is_no_mismatch() {
 
 // ---------------------------------------------------------------- link lost
 
+/// A client side with no cache, started: what it said so far in `out`.
+fn started() -> (ClientAccel, Output) {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    (c, out)
+}
+
 fn lost(c: &mut ClientAccel) -> Vec<u8> {
     let mut out = Output::default();
     Accelerator::link_lost(c, &mut out);
@@ -708,9 +717,7 @@ fn lost(c: &mut ClientAccel) -> Vec<u8> {
 
 #[test]
 fn link_lost_with_a_command_in_flight_is_bye_without_tagged_reply() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, mut out) = started();
     c.from_tunnel(format!("{GREETING}\r\n").as_bytes(), &mut out);
     out.clear();
     c.from_local(b"a1 LOGIN bob pw\r\n", true, &mut out);
@@ -720,17 +727,13 @@ fn link_lost_with_a_command_in_flight_is_bye_without_tagged_reply() {
 
 #[test]
 fn link_lost_before_greeting_is_a_bye_greeting() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, _) = started();
     assert_eq!(lost(&mut c), LINK_LOST);
 }
 
 #[test]
 fn link_lost_inside_a_fetch_literal_just_closes() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, mut out) = started();
     c.from_tunnel(format!("{GREETING}\r\n").as_bytes(), &mut out);
     c.from_local(b"a1 LOGIN bob pw\r\n", true, &mut out);
     c.from_tunnel(b"a1 OK Logged in\r\n", &mut out);

@@ -4,7 +4,7 @@
 
 use super::reply::{ReplyReader, is_continuation, multi_if_ok};
 use super::{ABORT_ACK, ABORT_VERB, ACK_LINE, PREFETCH_ABORTED, SKIP_LINE, msg_arg, resume};
-use crate::shared::lines::{take_line, verb};
+use crate::shared::lines::{take_line, unasked, verb};
 use crate::{Accelerator, Output};
 
 /// Most reply bytes the server side holds back to merge a batch's replies.
@@ -156,13 +156,7 @@ impl Accelerator for ServerAccel {
                 (false, _) => (false, false),
                 (true, Some(k)) => k,
                 (true, None) => {
-                    return self.fail(
-                        out,
-                        format!(
-                            "POP3 server said something unasked: {:?}",
-                            String::from_utf8_lossy(&data[..data.len().min(200)])
-                        ),
-                    );
+                    return self.fail(out, unasked("POP3 server", data));
                 }
             };
             let mut dropped = Vec::new();

@@ -17,7 +17,9 @@
 //! ```
 
 use super::reply::ReplyReader;
-use crate::shared::dialogue::{Dialogue, DialogueError, Step, agreed, waiting_for_tls};
+use crate::shared::dialogue::{
+    Dialogue, DialogueError, Step, agreed, tls_in_turn, waiting_for_tls,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum State {
@@ -73,9 +75,7 @@ impl Dialogue for StartTls {
 
     /// The greeting to replay in front of the TLS stream.
     fn tls_established(&mut self) -> Result<Step, DialogueError> {
-        if self.state != State::Handshake {
-            return Err(DialogueError::OutOfOrder("TLS before the STLS reply"));
-        }
+        tls_in_turn(self.state == State::Handshake)?;
         self.state = State::Done;
         Ok(Step::Done(std::mem::take(&mut self.greeting)))
     }

@@ -1,7 +1,7 @@
 //! The pair wired back to back with a scripted Dovecot-like server.
 
 use super::*;
-use crate::test_util::assert_text;
+use crate::test_util::{FakeServer, Inbox, Wired, assert_ends_with, assert_text};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"+OK Dovecot ready.\r\n";
@@ -10,7 +10,7 @@ const GREETING: &[u8] = b"+OK Dovecot ready.\r\n";
 #[derive(Debug, Clone)]
 pub(crate) struct FakeDovecot {
     greeting: Vec<u8>,
-    inbuf: Vec<u8>,
+    inbox: Inbox,
     user: Option<String>,
     authed: bool,
     sasl: bool,
@@ -34,6 +34,23 @@ fn stuff(msg: &[u8]) -> Vec<u8> {
     out
 }
 
+impl FakeServer for FakeDovecot {
+    fn greeting(&self) -> &[u8] {
+        &self.greeting
+    }
+
+    fn input(&mut self, data: &[u8]) -> Vec<u8> {
+        self.seen.extend_from_slice(data);
+        self.pipelined |= self.inbox.push(data);
+        let mut out = Vec::new();
+        while let Some(line) = self.inbox.next_line() {
+            let line = String::from_utf8_lossy(text::trim_end(&line)).to_string();
+            out.extend(self.command(&line));
+        }
+        out
+    }
+}
+
 impl FakeDovecot {
     fn new(n: usize) -> Self {
         let msgs = (1..=n)
@@ -47,7 +64,7 @@ impl FakeDovecot {
             .collect();
         Self {
             greeting: GREETING.to_vec(),
-            inbuf: Vec::new(),
+            inbox: Inbox::default(),
             user: None,
             authed: false,
             sasl: false,
@@ -56,21 +73,6 @@ impl FakeDovecot {
             seen: Vec::new(),
             pipelined: false,
         }
-    }
-
-    fn input(&mut self, data: &[u8]) -> Vec<u8> {
-        self.seen.extend_from_slice(data);
-        self.inbuf.extend_from_slice(data);
-        if self.inbuf.iter().filter(|&&b| b == b'\n').count() > 1 {
-            self.pipelined = true;
-        }
-        let mut out = Vec::new();
-        while let Some(p) = self.inbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.inbuf.drain(..=p).collect();
-            let line = String::from_utf8_lossy(text::trim_end(&line)).to_string();
-            out.extend(self.command(&line));
-        }
-        out
     }
 
     fn live(&self) -> impl Iterator<Item = (usize, &Vec<u8>)> {
@@ -176,17 +178,7 @@ impl FakeDovecot {
 }
 
 /// Program ↔ client accel ⇄ server accel ↔ fake Dovecot, run synchronously.
-struct Rig {
-    c: ClientAccel,
-    s: ServerAccel,
-    real: FakeDovecot,
-    program_saw: Vec<u8>,
-    fails: Vec<String>,
-    puts: Vec<(String, Vec<u8>)>,
-    tunnel_bulk: bool,
-    /// The real server's replies reach the server side this many bytes at a time.
-    server_chunk: usize,
-}
+type Rig = Wired<ClientAccel, ServerAccel, FakeDovecot>;
 
 impl Rig {
     fn new(cfg: Pop3Config, cache: &Cache, real: FakeDovecot) -> Self {
@@ -200,92 +192,11 @@ impl Rig {
         store: Option<crate::partial::SharedStore>,
     ) -> Self {
         let c = ClientAccel::new(cfg, cache);
-        let mut r = Rig {
-            c: match store {
-                Some(s) => c.with_store(s),
-                None => c,
-            },
-            s: ServerAccel::new(),
-            real,
-            program_saw: Vec::new(),
-            fails: Vec::new(),
-            puts: Vec::new(),
-            tunnel_bulk: false,
-            server_chunk: usize::MAX,
+        let c = match store {
+            Some(s) => c.with_store(s),
+            None => c,
         };
-        let mut o = Output::default();
-        r.c.start(&mut o);
-        r.settle(o, Vec::new());
-        let mut o = Output::default();
-        r.s.start(&mut o);
-        let greet = r.real.greeting.clone();
-        r.s.from_local(&greet, true, &mut o);
-        r.settle(Output::default(), std::mem::take(&mut o.to_tunnel));
-        r
-    }
-
-    /// Carries bytes around until nothing moves.
-    fn settle(&mut self, mut c_out: Output, mut s2c: Vec<u8>) {
-        loop {
-            self.collect(&mut c_out);
-            let c2s = std::mem::take(&mut c_out.to_tunnel);
-            if !c2s.is_empty() {
-                let mut o = Output::default();
-                self.s.from_tunnel(&c2s, &mut o);
-                self.serve(o, &mut s2c);
-            }
-            if s2c.is_empty() && c_out.to_tunnel.is_empty() {
-                return;
-            }
-            let d = std::mem::take(&mut s2c);
-            self.c.from_tunnel(&d, &mut c_out);
-        }
-    }
-
-    /// Server accel output: to the real server, its replies back, repeat.
-    fn serve(&mut self, mut o: Output, s2c: &mut Vec<u8>) {
-        loop {
-            self.meta(&mut o);
-            self.tunnel_bulk |= o.bulk;
-            s2c.append(&mut o.to_tunnel);
-            if o.to_local.is_empty() {
-                return;
-            }
-            let replies = self.real.input(&std::mem::take(&mut o.to_local));
-            let mut n = Output::default();
-            for piece in replies.chunks(self.server_chunk) {
-                let mut m = Output::default();
-                self.s.from_local(piece, true, &mut m);
-                self.fails.extend(m.fail.take());
-                n.to_tunnel.append(&mut m.to_tunnel);
-                n.to_local.append(&mut m.to_local);
-                n.bulk |= m.bulk;
-                n.cache_put.append(&mut m.cache_put);
-            }
-            o = n;
-        }
-    }
-
-    fn collect(&mut self, o: &mut Output) {
-        self.program_saw.append(&mut o.to_local);
-        self.meta(o);
-    }
-
-    fn meta(&mut self, o: &mut Output) {
-        self.fails.extend(o.fail.take());
-        self.puts.append(&mut o.cache_put);
-    }
-
-    fn send(&mut self, data: &[u8]) -> Vec<u8> {
-        let before = self.program_saw.len();
-        let mut o = Output::default();
-        self.c.from_local(data, true, &mut o);
-        self.settle(o, Vec::new());
-        self.program_saw[before..].to_vec()
-    }
-
-    fn cache(&self) -> Cache {
-        self.puts.iter().cloned().collect()
+        Rig::wire(c, ServerAccel::new(), real)
     }
 }
 
@@ -459,11 +370,7 @@ fn pop3_failed_pass_is_the_real_reply_and_prefetch_is_dropped() {
     assert_text(&rig.program_saw, &expected);
     // STAT after the second login is asked for real: the prefetch was made
     // before it and is never reused.
-    assert!(
-        rig.real
-            .seen
-            .ends_with(b"USER bob\r\nPASS secret\r\nSTAT\r\n")
-    );
+    assert_ends_with(&rig.real.seen, b"USER bob\r\nPASS secret\r\nSTAT\r\n");
     assert!(rig.fails.is_empty());
 }
 
@@ -511,11 +418,7 @@ fn pop3_dele_invalidates_prefetched_lists() {
         rig.send(s);
     }
     assert_text(&rig.program_saw, &direct(FakeDovecot::new(3), &steps));
-    assert!(
-        rig.real
-            .seen
-            .ends_with(b"LIST\r\nDELE 1\r\nSTAT\r\nLIST\r\n")
-    );
+    assert_ends_with(&rig.real.seen, b"LIST\r\nDELE 1\r\nSTAT\r\nLIST\r\n");
 }
 
 #[test]

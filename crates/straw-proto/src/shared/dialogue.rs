@@ -135,6 +135,18 @@ pub(crate) fn waiting_for_tls(input: &[u8]) -> DialogueError {
     }
 }
 
+/// `tls_established` is in turn only while the dialogue waits for the
+/// handshake, after the server agreed to STARTTLS (or STLS).
+pub(crate) fn tls_in_turn(waiting: bool) -> Result<(), DialogueError> {
+    if waiting {
+        Ok(())
+    } else {
+        Err(DialogueError::OutOfOrder(
+            "TLS before the server agreed to it",
+        ))
+    }
+}
+
 /// The server agreed to STARTTLS: the handshake may start if nothing came
 /// after its reply (`rest`).
 pub(crate) fn agreed(rest: &[u8]) -> Result<Step, DialogueError> {

@@ -38,6 +38,12 @@ pub(crate) fn verb(line: &[u8]) -> (String, bool) {
     (v, arg)
 }
 
+/// Says that `data` came when nothing was asked, quoting its start.
+pub(crate) fn unasked(who: &str, data: &[u8]) -> String {
+    let start = String::from_utf8_lossy(&data[..data.len().min(200)]);
+    format!("{who} said something unasked: {start:?}")
+}
+
 /// `line` without its trailing CR/LF.
 pub(crate) fn trim_end(line: &[u8]) -> &[u8] {
     let mut e = line.len();

@@ -32,11 +32,6 @@ pub use server::ServerAccel;
 pub use starttls::StartTls;
 pub use warm_up::WarmUp;
 
-#[cfg(test)]
-use crate::partial::SharedStore;
-#[cfg(test)]
-use crate::{Accelerator, Cache, Output};
-
 pub const GREETING_KEY: &str = "smtp.greeting";
 /// The real EHLO reply, as the server sent it.
 pub const EHLO_KEY: &str = "smtp.ehlo";

@@ -6,7 +6,7 @@ use super::reply::{ReplyReader, code};
 use super::resume::{Kept, Offered};
 use super::{SYNTH_DATA, resume};
 use crate::partial::SharedStore;
-use crate::shared::lines::{DotScanner, take_line, verb};
+use crate::shared::lines::{DotScanner, take_line, unasked, verb};
 use crate::{Accelerator, Output};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,13 +133,7 @@ impl Accelerator for ServerAccel {
     fn from_local(&mut self, mut data: &[u8], _drained: bool, out: &mut Output) {
         while !data.is_empty() && !self.failed {
             if self.greeted && self.inflight.is_none() {
-                return self.fail(
-                    out,
-                    format!(
-                        "SMTP server said something unasked: {:?}",
-                        String::from_utf8_lossy(&data[..data.len().min(200)])
-                    ),
-                );
+                return self.fail(out, unasked("SMTP server", data));
             }
             let (n, reply) = match self.reader.feed(data) {
                 Ok(r) => r,

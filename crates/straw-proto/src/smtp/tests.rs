@@ -2,8 +2,10 @@
 
 use super::reply::ReplyReader;
 use super::*;
+use crate::partial::SharedStore;
 use crate::shared::lines::{MAX_LINE, trim_end};
-use crate::test_util::assert_text;
+use crate::test_util::{FakeServer, Inbox, Wired, assert_ends_with, assert_text};
+use crate::{Accelerator, Cache, Output};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"220 mx.example.org ESMTP OpenSMTPD\r\n";
@@ -26,7 +28,7 @@ struct FakeSmtpd {
     greeting: Vec<u8>,
     ehlo: Vec<u8>,
     refuse_data: bool,
-    inbuf: Vec<u8>,
+    inbox: Inbox,
     mode: Mode,
     mail: bool,
     rcpts: usize,
@@ -37,32 +39,18 @@ struct FakeSmtpd {
     pipelined: bool,
 }
 
-impl FakeSmtpd {
-    fn new() -> Self {
-        Self {
-            greeting: GREETING.to_vec(),
-            ehlo: EHLO_REPLY.to_vec(),
-            refuse_data: false,
-            inbuf: Vec::new(),
-            mode: Mode::Cmd,
-            mail: false,
-            rcpts: 0,
-            body: Vec::new(),
-            bodies: Vec::new(),
-            seen: Vec::new(),
-            pipelined: false,
-        }
+impl FakeServer for FakeSmtpd {
+    fn greeting(&self) -> &[u8] {
+        &self.greeting
     }
 
     fn input(&mut self, data: &[u8]) -> Vec<u8> {
         self.seen.extend_from_slice(data);
-        self.inbuf.extend_from_slice(data);
-        if self.mode != Mode::Body && self.inbuf.iter().filter(|&&b| b == b'\n').count() > 1 {
-            self.pipelined = true;
-        }
+        let waiting = self.inbox.push(data);
+        // Lines of a message body come in a stream; only commands count.
+        self.pipelined |= waiting && self.mode != Mode::Body;
         let mut out = Vec::new();
-        while let Some(p) = self.inbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.inbuf.drain(..=p).collect();
+        while let Some(line) = self.inbox.next_line() {
             if self.mode == Mode::Body {
                 self.body.extend_from_slice(&line);
                 if line == b".\r\n" && (self.body.len() == 3 || self.body.ends_with(b"\r\n.\r\n")) {
@@ -78,6 +66,24 @@ impl FakeSmtpd {
             out.extend(self.command(&l));
         }
         out
+    }
+}
+
+impl FakeSmtpd {
+    fn new() -> Self {
+        Self {
+            greeting: GREETING.to_vec(),
+            ehlo: EHLO_REPLY.to_vec(),
+            refuse_data: false,
+            inbox: Inbox::default(),
+            mode: Mode::Cmd,
+            mail: false,
+            rcpts: 0,
+            body: Vec::new(),
+            bodies: Vec::new(),
+            seen: Vec::new(),
+            pipelined: false,
+        }
     }
 
     fn command(&mut self, l: &str) -> Vec<u8> {
@@ -143,19 +149,7 @@ impl FakeSmtpd {
     }
 }
 
-struct Rig {
-    c: ClientAccel,
-    s: ServerAccel,
-    real: FakeSmtpd,
-    program_saw: Vec<u8>,
-    fails: Vec<String>,
-    puts: Vec<(String, Vec<u8>)>,
-    client_bulk: bool,
-    /// Bytes the client side sent into the stream.
-    c2s_bytes: usize,
-    /// The server side's bytes are lost on the way (a cut link).
-    deaf: bool,
-}
+type Rig = Wired<ClientAccel, ServerAccel, FakeSmtpd>;
 
 impl Rig {
     fn new(cache: &Cache, real: FakeSmtpd) -> Self {
@@ -176,80 +170,7 @@ impl Rig {
         if let Some(st) = ss {
             s = s.with_store(st, "client-a");
         }
-        let mut r = Rig {
-            c,
-            s,
-            real,
-            program_saw: Vec::new(),
-            fails: Vec::new(),
-            puts: Vec::new(),
-            client_bulk: false,
-            c2s_bytes: 0,
-            deaf: false,
-        };
-        let mut o = Output::default();
-        r.c.start(&mut o);
-        r.settle(o, Vec::new());
-        let mut o = Output::default();
-        r.s.start(&mut o);
-        let greet = r.real.greeting.clone();
-        r.s.from_local(&greet, true, &mut o);
-        r.meta(&mut o);
-        r.settle(Output::default(), std::mem::take(&mut o.to_tunnel));
-        r
-    }
-
-    fn settle(&mut self, mut c_out: Output, mut s2c: Vec<u8>) {
-        loop {
-            self.program_saw.append(&mut c_out.to_local);
-            self.client_bulk |= c_out.bulk;
-            self.meta(&mut c_out);
-            let c2s = std::mem::take(&mut c_out.to_tunnel);
-            self.c2s_bytes += c2s.len();
-            if !c2s.is_empty() {
-                let mut o = Output::default();
-                self.s.from_tunnel(&c2s, &mut o);
-                self.serve(o, &mut s2c);
-            }
-            if s2c.is_empty() || self.deaf {
-                return;
-            }
-            let d = std::mem::take(&mut s2c);
-            self.c.from_tunnel(&d, &mut c_out);
-        }
-    }
-
-    fn serve(&mut self, mut o: Output, s2c: &mut Vec<u8>) {
-        loop {
-            self.meta(&mut o);
-            s2c.append(&mut o.to_tunnel);
-            if o.to_local.is_empty() {
-                return;
-            }
-            let replies = self.real.input(&std::mem::take(&mut o.to_local));
-            let mut n = Output::default();
-            if !replies.is_empty() {
-                self.s.from_local(&replies, true, &mut n);
-            }
-            o = n;
-        }
-    }
-
-    fn meta(&mut self, o: &mut Output) {
-        self.fails.extend(o.fail.take());
-        self.puts.append(&mut o.cache_put);
-    }
-
-    fn send(&mut self, data: &[u8]) -> Vec<u8> {
-        let before = self.program_saw.len();
-        let mut o = Output::default();
-        self.c.from_local(data, true, &mut o);
-        self.settle(o, Vec::new());
-        self.program_saw[before..].to_vec()
-    }
-
-    fn cache(&self) -> Cache {
-        self.puts.iter().cloned().collect()
+        Rig::wire(c, s, real)
     }
 }
 
@@ -258,6 +179,13 @@ fn warm() -> Cache {
     c.insert(GREETING_KEY.into(), GREETING.to_vec());
     c.insert(EHLO_KEY.into(), EHLO_REPLY.to_vec());
     c
+}
+
+/// A warm rig whose program has said EHLO (and had the cached answer).
+fn after_ehlo() -> Rig {
+    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
+    rig.send(b"EHLO c\r\n");
+    rig
 }
 
 const BODY: &[u8] = b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\n..a dot-stuffed line\r\n...\r\nbye\r\n.\r\n";
@@ -366,8 +294,7 @@ fn smtp_ehlo_capabilities_changed_fail_and_update_cache() {
 
 #[test]
 fn smtp_failed_mail_shows_at_every_rcpt() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     assert_eq!(rig.send(b"MAIL FROM:<blocked@example.org>\r\n"), MAIL_OK);
     let refusal = b"553 5.1.8 Sender address rejected\r\n";
     assert_eq!(rig.send(b"RCPT TO:<b@example.org>\r\n"), refusal);
@@ -386,8 +313,7 @@ fn smtp_failed_mail_shows_at_every_rcpt() {
 
 #[test]
 fn smtp_refused_rcpts_mean_data_is_asked_for_real() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     rig.send(b"MAIL FROM:<a@example.org>\r\n");
     assert!(
         rig.send(b"RCPT TO:<nobody@example.org>\r\n")
@@ -446,8 +372,7 @@ fn smtp_refused_data_swallows_the_body_and_shows_at_end_of_data() {
 
 #[test]
 fn smtp_quit_is_real_while_a_message_is_unconfirmed() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     rig.send(b"MAIL FROM:<a@example.org>\r\n");
     rig.send(b"RCPT TO:<b@example.org>\r\n");
     rig.send(b"DATA\r\n");
@@ -461,8 +386,7 @@ fn smtp_quit_is_real_while_a_message_is_unconfirmed() {
 
 #[test]
 fn smtp_auth_passes_through_in_lockstep() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     assert_eq!(rig.send(b"AUTH LOGIN\r\n"), b"334 VXNlcm5hbWU6\r\n");
     // "RCPT" as a SASL response must not be read as a command.
     assert_eq!(rig.send(b"RCPT\r\n"), b"334 UGFzc3dvcmQ6\r\n");
@@ -472,18 +396,16 @@ fn smtp_auth_passes_through_in_lockstep() {
     );
     assert_eq!(rig.send(b"AUTH PLAIN\r\n"), b"334 \r\n");
     assert!(rig.send(b"AGJvYgBzZWNyZXQ=\r\n").starts_with(b"235"));
-    assert!(
-        rig.real
-            .seen
-            .ends_with(b"AUTH LOGIN\r\nRCPT\r\nDATA\r\nAUTH PLAIN\r\nAGJvYgBzZWNyZXQ=\r\n")
+    assert_ends_with(
+        &rig.real.seen,
+        b"AUTH LOGIN\r\nRCPT\r\nDATA\r\nAUTH PLAIN\r\nAGJvYgBzZWNyZXQ=\r\n",
     );
     assert!(rig.fails.is_empty());
 }
 
 #[test]
 fn smtp_program_pipelining_groups() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     // RFC 2920 group: DATA last. No RCPT reply seen yet: DATA waits for real.
     let r = rig.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n");
     let mut want = MAIL_OK.to_vec();
@@ -499,8 +421,7 @@ fn smtp_program_pipelining_groups() {
 
 #[test]
 fn smtp_starttls_and_private_lines_never_reach_the_server() {
-    let mut rig = Rig::new(&warm(), FakeSmtpd::new());
-    rig.send(b"EHLO c\r\n");
+    let mut rig = after_ehlo();
     assert!(rig.send(b"STARTTLS\r\n").starts_with(b"454"));
     assert!(rig.send(SYNTH_DATA).starts_with(b"500"));
     assert_eq!(rig.real.seen, b"EHLO c\r\n");
@@ -604,6 +525,14 @@ proptest! {
 
 // ---------------------------------------------------------------- link lost
 
+/// A client side with no cache, started: what it said so far in `out`.
+fn started() -> (ClientAccel, Output) {
+    let mut c = ClientAccel::new(&Cache::new());
+    let mut out = Output::default();
+    c.start(&mut out);
+    (c, out)
+}
+
 /// The client side alone, fed by hand; returns what the program got.
 fn client_says(c: &mut ClientAccel, program: &[u8], real: &[u8]) -> Vec<u8> {
     let mut out = Output::default();
@@ -628,9 +557,7 @@ fn link_lost(c: &mut ClientAccel) -> Vec<u8> {
 
 /// Up to an accepted recipient, with the message body sent.
 fn client_with_body_sent() -> ClientAccel {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, _) = started();
     client_says(&mut c, b"", GREETING);
     client_says(&mut c, b"EHLO me\r\n", EHLO_REPLY);
     let got = client_says(
@@ -659,9 +586,7 @@ fn link_lost_after_end_of_data_is_421_not_success() {
 
 #[test]
 fn link_lost_mid_body_is_421_as_the_end_of_data_reply() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, _) = started();
     client_says(&mut c, b"", GREETING);
     client_says(&mut c, b"EHLO me\r\n", EHLO_REPLY);
     client_says(
@@ -676,9 +601,7 @@ fn link_lost_mid_body_is_421_as_the_end_of_data_reply() {
 
 #[test]
 fn link_lost_in_a_pipeline_answers_the_first_pending_reply_only() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, _) = started();
     client_says(&mut c, b"", GREETING);
     client_says(&mut c, b"EHLO me\r\n", EHLO_REPLY);
     // RSET waits for its real reply; MAIL after it is answered locally but
@@ -690,18 +613,14 @@ fn link_lost_in_a_pipeline_answers_the_first_pending_reply_only() {
 
 #[test]
 fn link_lost_before_the_greeting_is_a_421_greeting() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, out) = started();
     assert!(out.to_local.is_empty());
     assert_eq!(link_lost(&mut c), LINK_LOST);
 }
 
 #[test]
 fn link_lost_after_quit_says_nothing() {
-    let mut c = ClientAccel::new(&Cache::new());
-    let mut out = Output::default();
-    c.start(&mut out);
+    let (mut c, _) = started();
     client_says(&mut c, b"", GREETING);
     assert_eq!(client_says(&mut c, b"QUIT\r\n", b""), BYE);
     assert!(link_lost(&mut c).is_empty());
