@@ -545,41 +545,50 @@ mod tests {
 
     #[tokio::test]
     async fn refused_starttls_is_a_clear_error() {
-        let e = starttls_error(
-            Protocol::Pop3,
-            vec![(b"", b"+OK hi\r\n"), (b"STLS", b"-ERR no TLS here\r\n")],
-        )
-        .await;
-        assert!(e.contains("POP3 STLS refused: -ERR no TLS here"), "{e}");
-        let e = starttls_error(
-            Protocol::Imap,
-            vec![(b"", b"* OK hi\r\n"), (b"S1", b"S1 BAD no\r\n")],
-        )
-        .await;
-        assert!(e.contains("IMAP STARTTLS refused: S1 BAD no"), "{e}");
-        let e = starttls_error(Protocol::Imap, vec![(b"", b"* PREAUTH hi\r\n")]).await;
-        assert!(e.contains("IMAP greeting refused: * PREAUTH hi"), "{e}");
-        let e = starttls_error(
-            Protocol::Smtp,
-            vec![
-                (b"", b"220 hi\r\n"),
-                (b"EHLO", b"250-mx\r\n250 SIZE 10\r\n"),
-            ],
-        )
-        .await;
-        assert!(e.contains("does not offer STARTTLS"), "{e}");
-        let e = starttls_error(
-            Protocol::Smtp,
-            vec![
-                (b"", b"220 hi\r\n"),
-                (b"EHLO", b"250-mx\r\n250 STARTTLS\r\n"),
-                (b"STARTTLS", b"454 4.7.0 TLS not available\r\n"),
-            ],
-        )
-        .await;
-        assert!(e.contains("SMTP STARTTLS refused: 454"), "{e}");
-        let e = starttls_error(Protocol::Smtp, vec![(b"", b"554 go away\r\n")]).await;
-        assert!(e.contains("SMTP greeting refused: 554 go away"), "{e}");
+        type Script = &'static [(&'static [u8], &'static [u8])];
+        let cases: [(Protocol, Script, &str); 6] = [
+            (
+                Protocol::Pop3,
+                &[(b"", b"+OK hi\r\n"), (b"STLS", b"-ERR no TLS here\r\n")],
+                "POP3 STLS refused: -ERR no TLS here",
+            ),
+            (
+                Protocol::Imap,
+                &[(b"", b"* OK hi\r\n"), (b"S1", b"S1 BAD no\r\n")],
+                "IMAP STARTTLS refused: S1 BAD no",
+            ),
+            (
+                Protocol::Imap,
+                &[(b"", b"* PREAUTH hi\r\n")],
+                "IMAP greeting refused: * PREAUTH hi",
+            ),
+            (
+                Protocol::Smtp,
+                &[
+                    (b"", b"220 hi\r\n"),
+                    (b"EHLO", b"250-mx\r\n250 SIZE 10\r\n"),
+                ],
+                "does not offer STARTTLS",
+            ),
+            (
+                Protocol::Smtp,
+                &[
+                    (b"", b"220 hi\r\n"),
+                    (b"EHLO", b"250-mx\r\n250 STARTTLS\r\n"),
+                    (b"STARTTLS", b"454 4.7.0 TLS not available\r\n"),
+                ],
+                "SMTP STARTTLS refused: 454",
+            ),
+            (
+                Protocol::Smtp,
+                &[(b"", b"554 go away\r\n")],
+                "SMTP greeting refused: 554 go away",
+            ),
+        ];
+        for (protocol, script, want) in cases {
+            let e = starttls_error(protocol, script.to_vec()).await;
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[tokio::test]
