@@ -2,6 +2,7 @@
 //! capability lists): kept on disk across restarts, and warmed by a short
 //! connection of straw's own when the link comes up with a service's cache
 //! still empty.
+//! The warm-up's script is straw-proto's (`pop3::WarmUp` and the like).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -6,6 +6,8 @@
 //! connection (SMTP then sends EHLO again, as RFC 3207 requires). IMAP
 //! capabilities change with TLS (e.g. LOGINDISABLED goes away), so a
 //! `[CAPABILITY ...]` code in the greeting is replaced by the post-TLS list.
+//! The dialogues are straw-proto's sans-IO machines (`smtp::StartTls` and
+//! the like), run by `dialogue::drive`; a failure names the server.
 
 use std::io;
 use std::path::Path;
