@@ -2,16 +2,18 @@
 //! capability lists): kept on disk across restarts, and warmed by a short
 //! connection of straw's own when the link comes up with a service's cache
 //! still empty.
+//! The warm-up's script is straw-proto's (`pop3::WarmUp` and the like).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
-use straw_proto::{Cache, imap, pop3, smtp};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use straw_proto::{Cache, Dialogue, imap, pop3, smtp};
+use tokio::io::{AsyncReadExt, DuplexStream};
 use tracing::{info, warn};
 
 use crate::config::Protocol;
+use crate::dialogue::{Stop, drive};
 use crate::tunnel::SharedCache;
 
 const MAGIC: &[u8] = b"straw-cache 1\n";
@@ -156,52 +158,22 @@ pub async fn warm_up(protocol: Protocol, service: String, io: DuplexStream) {
     }
 }
 
-async fn dialogue(protocol: Protocol, io: DuplexStream) -> Result<()> {
-    let mut io = BufReader::new(io);
-    match protocol {
-        Protocol::Pop3 => {
-            reply(&mut io, |l| l.starts_with(b"+OK") || l.starts_with(b"-ERR")).await?;
-            io.write_all(b"QUIT\r\n").await?;
-        }
-        Protocol::Imap => {
-            reply(&mut io, |l| l.starts_with(b"* ")).await?;
-            io.write_all(b"W1 CAPABILITY\r\n").await?;
-            reply(&mut io, |l| l.starts_with(b"W1 ")).await?;
-            io.write_all(b"W2 LOGOUT\r\n").await?;
-        }
-        Protocol::Smtp => {
-            let last = |l: &[u8]| l.len() >= 4 && l[3] == b' ';
-            reply(&mut io, last).await?;
-            io.write_all(b"EHLO localhost\r\n").await?;
-            reply(&mut io, last).await?;
-            io.write_all(b"QUIT\r\n").await?;
-        }
+async fn dialogue(protocol: Protocol, mut io: DuplexStream) -> Result<()> {
+    let mut d: Box<dyn Dialogue + Send> = match protocol {
+        Protocol::Pop3 => Box::new(pop3::WarmUp::new()),
+        Protocol::Imap => Box::new(imap::WarmUp::new()),
+        Protocol::Smtp => Box::new(smtp::WarmUp::new()),
         Protocol::Tcp | Protocol::Http => return Ok(()),
+    };
+    let first = d.step(&[])?;
+    if drive(&mut *d, &mut io, first).await? == Stop::StartTls {
+        bail!("a warm-up asked for TLS");
     }
-    io.flush().await?;
-    // Until the goodbye (or the close) arrives.
-    let mut sink = Vec::new();
-    while io.read_until(b'\n', &mut sink).await? > 0 {
-        sink.clear();
-    }
+    // Until the goodbye (or the close) arrives: the accelerator caches
+    // nothing from it, but sees it through.
+    let mut sink = [0u8; 1024];
+    while io.read(&mut sink).await? > 0 {}
     Ok(())
-}
-
-/// Reads lines until `done` says one ends the reply.
-async fn reply(io: &mut BufReader<DuplexStream>, done: impl Fn(&[u8]) -> bool) -> Result<()> {
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if io.read_until(b'\n', &mut line).await? == 0 {
-            bail!("closed before the reply ended");
-        }
-        if line.len() > 64 * 1024 {
-            bail!("reply line too long");
-        }
-        if done(&line) {
-            return Ok(());
-        }
-    }
 }
 
 #[cfg(test)]

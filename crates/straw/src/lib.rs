@@ -9,12 +9,13 @@
 
 #![deny(unsafe_code)]
 
-mod bounded;
 pub mod accel;
+mod bounded;
 pub mod cache;
 pub mod cli_docs;
 pub mod client;
 pub mod config;
+mod dialogue;
 pub mod link;
 pub mod logging;
 pub mod partial;
