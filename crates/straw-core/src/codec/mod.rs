@@ -63,6 +63,11 @@ pub enum CodecError {
     UnknownCodec(u8),
     #[error("record decompresses to more than {0} bytes")]
     TooLarge(usize),
+    /// A CM segment declares more output than its coded bytes may yield
+    /// (see `cm::segment::MAX_CM_RATIO`): decoding it would cost far more
+    /// CPU per wire byte than any real data does.
+    #[error("cm segment declares {declared} bytes from {coded} coded bytes")]
+    RatioTooHigh { declared: u64, coded: u64 },
     #[error("corrupt compressed data: {0}")]
     Corrupt(String),
     /// A parameter in `CodecParams` / `DecoderLimits` is out of zstd's range.
@@ -494,5 +499,7 @@ impl RecordDecoder {
     }
 }
 
+#[cfg(test)]
+mod ratio_tests;
 #[cfg(test)]
 mod tests;

@@ -32,10 +32,7 @@ impl Session {
         let mut wire = vec![CodecId::Stored as u8];
         self.ack_due = None;
         self.encode_ack(&mut wire);
-        while let Some(f) = self.control.pop_front() {
-            f.encode(&mut wire);
-        }
-        self.urgent_control = false;
+        self.drain_control(&mut wire);
         Frame::CodecReset.encode(&mut wire);
         self.encoder.reset();
         self.stats.codec_resets += 1;

@@ -22,6 +22,7 @@ mod budget;
 mod codec_reset;
 mod config;
 mod estimate;
+mod flood;
 mod local;
 mod receive;
 mod replay;
@@ -29,6 +30,8 @@ mod scheduler;
 mod stream;
 mod tier;
 
+#[cfg(test)]
+mod flood_tests;
 #[cfg(test)]
 mod tests;
 
@@ -47,8 +50,10 @@ pub use config::{
     SessionConfig,
 };
 pub use estimate::LinkEstimate;
+pub use flood::{FloodKind, MAX_EMPTY_DATA_PER_RECORD, MIN_FREE_FRAMES_PER_RECORD};
 pub use tier::Tier;
 
+use flood::RecordBudget;
 use replay::SentRecord;
 use stream::Stream;
 
@@ -123,6 +128,10 @@ pub enum SessionError {
     UnknownStream(u64),
     #[error("stream {stream}: bad transformed data: {error}")]
     Transform { stream: u64, error: TransformError },
+    /// The peer sent more frames that cost it nothing than any real peer
+    /// does (see `flood`): it is hostile.
+    #[error("peer flood: more than {limit} {what}")]
+    Flood { what: FloodKind, limit: usize },
     #[error(
         "peer resumes having received {peer} records, but we sent {first}..{next} and the rest were acked"
     )]
@@ -170,7 +179,13 @@ pub struct Session {
     /// A queued control frame must leave now. OPEN alone may wait for the
     /// cork timer, so that a request written right after connecting joins it.
     urgent_control: bool,
+    /// Where the one PONG that may wait sits in `control`, if queued.
+    pong_slot: Option<usize>,
+    /// Refused OPENs in `control`.
+    refusals_queued: usize,
     events: VecDeque<Event>,
+    /// Frames without stream bytes in the record being handled.
+    rx_budget: RecordBudget,
 
     // Sending.
     next_send_seq: u64,
@@ -232,7 +247,10 @@ impl Session {
             },
             control: VecDeque::new(),
             urgent_control: false,
+            pong_slot: None,
+            refusals_queued: 0,
             events: VecDeque::new(),
+            rx_budget: RecordBudget::default(),
             next_send_seq: 0,
             replay: VecDeque::new(),
             resend: 0,

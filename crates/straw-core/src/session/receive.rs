@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::flood::RecordBudget;
 use super::stream::Stream;
 use super::{Event, Priority, Role, Session, SessionError, data_flags, reset_code};
 use crate::codec::{CodecError, CodecId};
@@ -23,6 +24,7 @@ impl Session {
             return self.handle_bulk_record(now, record);
         }
         self.decoder.decode(record, &mut self.decode_buf)?;
+        self.rx_budget = RecordBudget::default();
         self.rx_codec = record[0];
         self.records_received += 1;
         self.stats.records_received += 1;
@@ -67,6 +69,7 @@ impl Session {
         body.push(record[0]);
         body.extend_from_slice(slice);
         self.decoder.decode(&body, &mut self.decode_buf)?;
+        self.rx_budget = RecordBudget::default();
         self.rx_codec = record[0];
         self.records_received += 1;
         self.stats.records_received += 1;
@@ -110,6 +113,7 @@ impl Session {
     }
 
     pub(super) fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), SessionError> {
+        self.rx_budget.charge(&self.cfg, &frame)?;
         match frame {
             Frame::Data {
                 stream,
@@ -142,6 +146,9 @@ impl Session {
                         got: s.recv_offset + payload.len() as u64,
                         limit,
                     })?;
+                if payload.is_empty() {
+                    return Ok(()); // nothing to deliver: no event
+                }
                 self.stats.raw_bytes_received += payload.len() as u64;
                 self.stats.raw_bytes_received_by_codec[self.rx_codec as usize % 8] +=
                     payload.len() as u64;
@@ -160,12 +167,7 @@ impl Session {
                     return Err(SessionError::BadStreamId(open.stream));
                 }
                 if self.streams.len() >= self.cfg.max_streams {
-                    self.control.push_back(Frame::Reset {
-                        stream: open.stream,
-                        code: reset_code::REFUSED,
-                    });
-                    self.urgent_control = true;
-                    return Ok(());
+                    return self.queue_refusal(open.stream, reset_code::REFUSED);
                 }
                 let transform = self.transforms(&open.service);
                 self.streams.insert(
@@ -205,9 +207,7 @@ impl Session {
             }
             Frame::Ack { record } => self.handle_ack(now, record)?,
             Frame::Ping { stamp } => {
-                self.control.push_back(Frame::Pong { stamp });
-                self.urgent_control = true;
-                self.flush_requested = true;
+                self.queue_pong(stamp);
             }
             Frame::Pong { stamp } => {
                 let sent = self.epoch + Duration::from_micros(stamp);

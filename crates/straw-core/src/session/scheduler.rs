@@ -71,10 +71,7 @@ impl Session {
             Frame::Ping { stamp }.encode(&mut buf);
         }
         if want_control || want_data {
-            while let Some(f) = self.control.pop_front() {
-                f.encode(&mut buf);
-            }
-            self.urgent_control = false;
+            self.drain_control(&mut buf);
         }
         let mut raw_data = 0usize;
         if want_data {

@@ -4,7 +4,7 @@
 use super::coder::SegDecoder;
 use super::params::CmParams;
 use super::primed::Slot;
-use super::segment::{is_binary, take_varint};
+use super::segment::{check_ratio, is_binary, take_varint};
 use crate::codec::CodecError;
 
 /// One CM context on the receiving side, for whole records.
@@ -47,6 +47,7 @@ impl CmDecoder {
             out.extend_from_slice(rest);
             return Ok(());
         }
+        check_ratio(n as u64, rest.len() as u64)?;
         let mut seg = SegDecoder::new(n, rest.len());
         let mut rp = 0;
         let mut room = n;
@@ -138,6 +139,7 @@ impl CmBulkDecoder {
                                 "cm unit longer coded than plain".into(),
                             ));
                         }
+                        check_ratio(n, clen)?;
                         self.state = BulkState::Coded(SegDecoder::new(n as usize, clen as usize));
                     }
                 }

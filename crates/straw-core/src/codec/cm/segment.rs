@@ -9,6 +9,38 @@ use super::model::Model;
 use crate::codec::CodecError;
 use crate::wire::put_varint;
 
+/// CM decodes ~0.5 MB/s of highly predictable output (a run of one byte),
+/// and a few coded bytes can declare any amount of it: 20 bytes once cost
+/// 0.55 s of CPU. A coded segment of more than [`CM_RATIO_FLOOR`] bytes must
+/// carry at least one coded byte per [`MAX_CM_RATIO`] plain bytes, so a
+/// wire byte costs at most ~0.5 ms of decoding. New mail codes at 10-25x,
+/// mail the model already holds (history, or the static training text) at up
+/// to ~240x (the corpus, slow-link profile); only long runs of one byte go
+/// higher (256 KiB of zeros codes to 97 bytes). Whatever goes higher, the
+/// encoder pads with zeros, which the decoder reads past the end of a
+/// segment anyway ([`min_coded_len`]): its records always pass.
+pub(crate) const MAX_CM_RATIO: u64 = 256;
+/// Segments up to this size may code to anything (a small record's cost is
+/// bounded anyway).
+pub(crate) const CM_RATIO_FLOOR: u64 = 4096;
+
+/// Fewest coded bytes a segment of `n` plain bytes may have.
+pub(super) fn min_coded_len(n: u64) -> u64 {
+    if n <= CM_RATIO_FLOOR {
+        0
+    } else {
+        n.div_ceil(MAX_CM_RATIO)
+    }
+}
+
+/// Refuses a coded segment whose declared size exceeds the ratio cap.
+pub(super) fn check_ratio(n: u64, coded: u64) -> Result<(), CodecError> {
+    if coded < min_coded_len(n) {
+        return Err(CodecError::RatioTooHigh { declared: n, coded });
+    }
+    Ok(())
+}
+
 /// Already-compressed bytes (JPEG, PNG, ZIP, gzip, PDF streams, ciphertext):
 /// byte values nearly uniform, i.e. a collision probability within 1.5× of
 /// 1/256. Such segments travel raw and the model does not learn them, so
@@ -56,6 +88,11 @@ pub(super) fn content_runs(data: &[u8]) -> Vec<&[u8]> {
 pub(super) fn put_segment(m: &mut Model, data: &[u8], with_clen: bool, out: &mut Vec<u8>) {
     let mut coded = Vec::with_capacity(data.len() / 2 + 8);
     if !is_binary(data) && encode_segment(m, data, &mut coded) {
+        // Trailing zeros decode as the implicit ones past the end did.
+        let floor = min_coded_len(data.len() as u64) as usize;
+        if coded.len() < floor {
+            coded.resize(floor, 0);
+        }
         put_varint(out, (data.len() as u64) << 1);
         if with_clen {
             put_varint(out, coded.len() as u64);
