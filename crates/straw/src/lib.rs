@@ -9,8 +9,8 @@
 
 #![deny(unsafe_code)]
 
-mod bounded;
 pub mod accel;
+mod bounded;
 pub mod cache;
 pub mod cli_docs;
 pub mod client;

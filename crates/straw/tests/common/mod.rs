@@ -323,13 +323,7 @@ pub async fn roundtrip(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
 
 /// Logs to the test's output at `STRAW_LOG` (default `warn`); once per process.
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    straw::logging::init_for_tests();
 }
 
 /// Link bytes both ways so far.
