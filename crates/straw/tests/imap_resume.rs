@@ -144,14 +144,7 @@ async fn clean_wire(name: &str, mail: &[u8]) -> u64 {
     let upstream = fake_imap(Arc::new(Mutex::new(mail.to_vec()))).await;
     let s = cut_setup(name, upstream, "imap").await;
     let c = client(&s).await;
-    let before = link_bytes(&s.link);
-    assert!(
-        fetch(c.local).await == expected(mail),
-        "clean run not exact"
-    );
-    assert_eq!(partial_files(&s.partial_dir), 0);
-    c.task.abort();
-    link_bytes(&s.link) - before
+    s.clean_run_wire(fetch(c.local), &expected(mail), c).await
 }
 
 // Real time: under paused time the resumed fetch hangs (reported, not yet understood).
@@ -163,34 +156,20 @@ async fn imap_uid_fetch_after_grace_expiry_fetches_only_the_rest() {
     let s = cut_setup("imapres-grace", upstream, "imap").await;
     let c = client(&s).await;
 
-    let before = link_bytes(&s.link);
-    let kept = first_attempt(&c, &s, &mail, 0.4).await;
-    let first_wire = link_bytes(&s.link) - before;
+    let (kept, first_wire) = link_bytes_during(&s.link, first_attempt(&c, &s, &mail, 0.4)).await;
     wait_dials(&c.stats, 2).await;
 
-    let before = link_bytes(&s.link);
-    let got = fetch(c.local).await;
-    let second_wire = link_bytes(&s.link) - before;
+    let (got, second_wire) = link_bytes_during(&s.link, fetch(c.local)).await;
     assert!(got == expected(&mail), "second attempt not byte-exact");
     assert_eq!(partial_files(&s.partial_dir), 0, "partial deleted");
     let remaining = 1.0 - kept as f64 / mail.len() as f64;
-    let bound = remaining * full_wire as f64 + 0.10 * full_wire as f64;
     eprintln!(
         "imap resume: literal {} B; clean run {full_wire} link B; cut run {first_wire} link B, \
-         program had {kept} B ({:.1}%); second run {second_wire} link B \
-         (bound {bound:.0} = {:.1}% remaining + 10% of clean)",
+         program had {kept} B ({:.1}%)",
         mail.len(),
         100.0 * (1.0 - remaining),
-        100.0 * remaining
     );
-    assert!(
-        (second_wire as f64) <= bound,
-        "second run moved {second_wire} link bytes, bound {bound:.0}"
-    );
-    assert!(
-        first_wire + second_wire <= full_wire + full_wire / 10,
-        "cut run {first_wire} + second run {second_wire} > 110% of {full_wire}"
-    );
+    assert_resume_cost(full_wire, first_wire, second_wire, remaining);
 }
 
 // Real time: under paused time the resumed fetch hangs (reported, not yet understood).
@@ -207,9 +186,7 @@ async fn imap_changed_message_is_fetched_whole_and_exact() {
     // hash check must still give the program the real ones.
     *shared.lock().unwrap() = changed.clone();
     wait_dials(&c.stats, 2).await;
-    let before = link_bytes(&s.link);
-    let got = fetch(c.local).await;
-    let wire = link_bytes(&s.link) - before;
+    let (got, wire) = link_bytes_during(&s.link, fetch(c.local)).await;
     assert!(got == expected(&changed), "fallback not byte-exact");
     eprintln!("imap changed prefix: full transfer, {wire} link B (clean run {clean} link B)");
     assert!(wire * 10 >= clean * 8, "must have been a full transfer");
@@ -225,9 +202,7 @@ async fn imap_fetch_by_number_resumes_with_the_client_sides_uid_lookup() {
     let c = client(&s).await;
     let kept = first_attempt_session(&c, &s, &mail, 0.3, SEQ_SESSION).await;
     wait_dials(&c.stats, 2).await;
-    let before = link_bytes(&s.link);
-    let got = fetch_session(c.local, SEQ_SESSION).await;
-    let second_wire = link_bytes(&s.link) - before;
+    let (got, second_wire) = link_bytes_during(&s.link, fetch_session(c.local, SEQ_SESSION)).await;
     assert!(
         got == expected_session(&mail, SEQ_SESSION),
         "not byte-exact"

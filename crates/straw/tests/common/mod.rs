@@ -332,6 +332,35 @@ pub fn link_bytes(link: &straw_tools::linksim::Link) -> u64 {
     s.up.bytes + s.down.bytes
 }
 
+/// What `run` returns, and the link bytes (both ways) that went by meanwhile.
+pub async fn link_bytes_during<T>(
+    link: &straw_tools::linksim::Link,
+    run: impl std::future::Future<Output = T>,
+) -> (T, u64) {
+    let before = link_bytes(link);
+    let out = run.await;
+    (out, link_bytes(link) - before)
+}
+
+/// A resumed second run moves at most the share of the clean run's link
+/// bytes that `remaining` of the message is, plus 10% of the clean run;
+/// both runs together pay for the message about once (at most 110%).
+pub fn assert_resume_cost(full_wire: u64, first_wire: u64, second_wire: u64, remaining: f64) {
+    let bound = remaining * full_wire as f64 + 0.10 * full_wire as f64;
+    eprintln!(
+        "  second run {second_wire} link B: bound {bound:.0} = {:.1}% remaining + 10% of clean",
+        100.0 * remaining
+    );
+    assert!(
+        (second_wire as f64) <= bound,
+        "second run moved {second_wire} link bytes, bound {bound:.0}"
+    );
+    assert!(
+        first_wire + second_wire <= full_wire + full_wire / 10,
+        "cut run {first_wire} + second run {second_wire} > 110% of {full_wire}"
+    );
+}
+
 /// A linksim to `server` on a free port; returns the link and the address
 /// to dial.
 pub fn linksim_to(
@@ -374,6 +403,23 @@ pub struct CutSetup {
     pub link: Arc<straw_tools::linksim::Link>,
     pub linksim: SocketAddr,
     pub partial_dir: PathBuf,
+}
+
+impl CutSetup {
+    /// Link bytes of a clean run: `fetch` must return `expected` and leave
+    /// no partial file. Stops the client `c` after.
+    pub async fn clean_run_wire(
+        &self,
+        fetch: impl std::future::Future<Output = Vec<u8>>,
+        expected: &[u8],
+        c: Client,
+    ) -> u64 {
+        let (got, wire) = link_bytes_during(&self.link, fetch).await;
+        assert!(got == expected, "clean run not byte-exact");
+        assert_eq!(partial_files(&self.partial_dir), 0);
+        c.task.abort();
+        wire
+    }
 }
 
 pub async fn cut_setup(name: &str, upstream: SocketAddr, protocol: &str) -> CutSetup {
