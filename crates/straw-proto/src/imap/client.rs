@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::framer::{Ev, Framer, content, with_literal};
+use super::framer::{Ev, Framed, Framer, content, with_literal};
 use super::reply::{cap_set, caps_of, greeting_sig, rewrite_caps, rewrite_line, show, upper, word};
 use super::resume::ClientOffer;
 use super::{BULK_LITERAL, CAPABILITY_KEY, GREETING_KEY, ImapConfig, LINK_LOST, resume};
@@ -226,12 +226,7 @@ impl ClientAccel {
                 self.select_wait = true;
                 return;
             }
-            match self.cmds.next_ev() {
-                Ok(Some(ev)) => self.on_cmd(ev, out),
-                Ok(None) => return,
-                Err(e) => return self.fail(out, format!("from the mail program: {e}")),
-            }
-            if self.failed {
+            if !self.step(|a| &mut a.cmds, Self::on_cmd, "the mail program", out) {
                 return;
             }
         }
@@ -561,6 +556,12 @@ impl ClientAccel {
     }
 }
 
+impl Framed for ClientAccel {
+    fn failed_flag(&mut self) -> &mut bool {
+        &mut self.failed
+    }
+}
+
 impl Accelerator for ClientAccel {
     /// Called once at connection start: serves the cached greeting, if any.
     fn start(&mut self, out: &mut Output) {
@@ -606,15 +607,9 @@ impl Accelerator for ClientAccel {
             return;
         }
         self.resps.push(data);
-        loop {
-            match self.resps.next_ev() {
-                Ok(Some(ev)) => self.on_resp(ev, out),
-                Ok(None) => break,
-                Err(e) => return self.fail(out, format!("from the server side: {e}")),
-            }
-            if self.failed {
-                return;
-            }
+        while self.step(|a| &mut a.resps, Self::on_resp, "the server side", out) {}
+        if self.failed {
+            return;
         }
         if self.select_wait || (self.stashed.is_some() && !self.lookup_wait) {
             self.select_wait = false;

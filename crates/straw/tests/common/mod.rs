@@ -420,6 +420,25 @@ impl CutSetup {
         c.task.abort();
         wire
     }
+
+    /// A refetch of a message that changed under its partial file: `fetch`
+    /// must return `expected` in a full transfer (at least 80% of the clean
+    /// run's `clean` link bytes), and leave no partial file.
+    pub async fn assert_full_refetch(
+        &self,
+        label: &str,
+        fetch: impl std::future::Future<Output = Vec<u8>>,
+        expected: &[u8],
+        clean: u64,
+    ) {
+        let (got, wire) = link_bytes_during(&self.link, fetch).await;
+        assert!(got == expected, "fallback not byte-exact");
+        eprintln!(
+            "{label} changed prefix: full transfer, {wire} link B (clean run {clean} link B)"
+        );
+        assert!(wire * 10 >= clean * 8, "must have been a full transfer");
+        assert_eq!(partial_files(&self.partial_dir), 0);
+    }
 }
 
 pub async fn cut_setup(name: &str, upstream: SocketAddr, protocol: &str) -> CutSetup {
