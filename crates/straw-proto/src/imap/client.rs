@@ -144,6 +144,28 @@ impl ClientAccel {
         self
     }
 
+    /// Answers command `tag` here: `untagged`, then the tag and `done`, go
+    /// to the program; the server's own answer is expected as `kind`.
+    /// Returns true (the command is handled).
+    fn answer_here(
+        &mut self,
+        tag: &[u8],
+        untagged: &[u8],
+        done: &[u8],
+        kind: PendKind,
+        out: &mut Output,
+    ) -> bool {
+        out.to_local.extend_from_slice(untagged);
+        out.to_local.extend_from_slice(tag);
+        out.to_local.extend_from_slice(done);
+        self.stats.local_replies += 1;
+        self.pending.push(Pending {
+            tag: tag.to_vec(),
+            kind,
+        });
+        true
+    }
+
     pub(super) fn fail(&mut self, out: &mut Output, why: impl std::fmt::Display) {
         self.failed = true;
         out.fail_once(why);
@@ -166,32 +188,22 @@ impl ClientAccel {
             && greeted
             && let Some(caps) = &self.cached_caps
         {
-            let mut r = b"* CAPABILITY ".to_vec();
-            r.extend_from_slice(rewrite_caps(caps).join(" ").as_bytes());
-            r.extend_from_slice(b"\r\n");
-            r.extend_from_slice(tag);
-            r.extend_from_slice(b" OK CAPABILITY completed\r\n");
-            out.to_local.extend_from_slice(&r);
-            self.stats.local_replies += 1;
-            self.pending.push(Pending {
-                tag: tag.to_vec(),
-                kind: PendKind::LocalCap { seen: false },
-            });
-            return true;
+            let untagged = format!("* CAPABILITY {}\r\n", rewrite_caps(caps).join(" "));
+            let done = b" OK CAPABILITY completed\r\n";
+            let kind = PendKind::LocalCap { seen: false };
+            return self.answer_here(tag, untagged.as_bytes(), done, kind, out);
         }
         if verb == "LOGOUT" && !has_lit && self.awaited == 0 && greeted {
             // Nothing is outstanding, so the program learns every result
             // before it goes; LOGOUT itself commits nothing (no expunge).
-            let mut r = b"* BYE Logging out\r\n".to_vec();
-            r.extend_from_slice(tag);
-            r.extend_from_slice(b" OK Logout completed.\r\n");
-            out.to_local.extend_from_slice(&r);
-            self.stats.local_replies += 1;
-            self.pending.push(Pending {
-                tag: tag.to_vec(),
-                kind: PendKind::LocalLogout,
-            });
-            return true;
+            let done = b" OK Logout completed.\r\n";
+            return self.answer_here(
+                tag,
+                b"* BYE Logging out\r\n",
+                done,
+                PendKind::LocalLogout,
+                out,
+            );
         }
         self.track_command(line, &verb, args, has_lit, out);
         let auth = verb == "LOGIN" || verb == "AUTHENTICATE";
