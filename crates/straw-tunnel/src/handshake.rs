@@ -2,7 +2,7 @@
 //! version, stream window, codec model, resume ticket), the checks on the
 //! peer's, and the codec profile both sides must agree on.
 
-use straw_core::codec::{CodecId, CodecParams, DecoderLimits, Direction, Lane};
+use straw_core::codec::DecoderLimits;
 use straw_core::session::{Role, SessionConfig};
 use straw_core::wire::{Hello, PROTOCOL_VERSION, Resume, WireError};
 use thiserror::Error;
@@ -20,31 +20,10 @@ pub enum LinkCodec {
 
 /// Sets the codec of both lanes for `role`'s side of the tunnel.
 pub fn set_codec(c: &mut SessionConfig, role: Role, codec: LinkCodec) {
+    debug_assert_eq!(c.role, role);
     match codec {
-        LinkCodec::Zstd => {
-            c.codec = CodecId::Zstd;
-            c.codec_params = CodecParams::default();
-            c.decoder_limits = DecoderLimits::default();
-            let mut bulk = CodecParams::slow_link();
-            bulk.window_log = 19;
-            (bulk.hash_log, bulk.chain_log) = CodecParams::tables_for_window(19);
-            c.bulk_codec_params = bulk;
-            c.bulk_decoder_limits = DecoderLimits {
-                max_window_log: 19,
-                ..DecoderLimits::slow_link()
-            };
-        }
-        LinkCodec::Cm => {
-            let (send, recv) = match role {
-                Role::Client => (Direction::ClientToServer, Direction::ServerToClient),
-                Role::Server => (Direction::ServerToClient, Direction::ClientToServer),
-            };
-            c.codec = CodecId::Cm;
-            c.codec_params = CodecParams::slow_link_cm(send, Lane::Interactive);
-            c.decoder_limits = DecoderLimits::slow_link_cm(recv, Lane::Interactive);
-            c.bulk_codec_params = CodecParams::slow_link_cm(send, Lane::Bulk);
-            c.bulk_decoder_limits = DecoderLimits::slow_link_cm(recv, Lane::Bulk);
-        }
+        LinkCodec::Zstd => c.use_slow_link_zstd(),
+        LinkCodec::Cm => c.use_slow_link_cm(),
     }
 }
 

@@ -51,6 +51,27 @@ fn events(t: &mut Tunnel) -> Vec<Event> {
     std::iter::from_fn(|| t.poll_event()).collect()
 }
 
+/// Opens a `service` connection on `c` through `accel`, sends `first`, and
+/// has `s` dial it (a passthrough upstream). Returns the client's id and the
+/// server's stream.
+fn open_and_dial(
+    c: &mut Tunnel,
+    s: &mut Tunnel,
+    now: &mut Instant,
+    service: &str,
+    accel: Box<dyn Accelerator>,
+    first: &[u8],
+) -> (u64, u64) {
+    let id = c.open_local(service, accel, false).unwrap();
+    c.handle_local(id, first, true);
+    shuttle(c, s, now);
+    let Some(Event::Dial { stream, .. }) = s.poll_event() else {
+        panic!("no dial")
+    };
+    s.dialed(stream, Box::new(Passthrough::default()));
+    (id, stream)
+}
+
 fn local_bytes(t: &mut Tunnel, stream: u64) -> Vec<u8> {
     let mut got = Vec::new();
     while let Some((id, out)) = t.poll_local() {
@@ -128,13 +149,7 @@ impl Accelerator for Prefetcher {
 fn local_bytes_keep_the_order_the_accelerator_made_them() {
     let mut now = Instant::now();
     let (mut c, mut s) = pair(now);
-    let id = c.open_local("pop3", Box::new(Prefetcher), false).unwrap();
-    c.handle_local(id, b"x", true);
-    shuttle(&mut c, &mut s, &mut now);
-    let Some(Event::Dial { stream, .. }) = s.poll_event() else {
-        panic!("no dial")
-    };
-    s.dialed(stream, Box::new(Passthrough::default()));
+    let (id, stream) = open_and_dial(&mut c, &mut s, &mut now, "pop3", Box::new(Prefetcher), b"x");
     assert_eq!(local_bytes(&mut s, stream), b"x");
     s.handle_local(stream, b"reply-1 ", true);
     shuttle(&mut c, &mut s, &mut now);
@@ -150,15 +165,14 @@ fn local_bytes_keep_the_order_the_accelerator_made_them() {
 fn a_program_that_does_not_read_stops_the_peer() {
     let mut now = Instant::now();
     let (mut c, mut s) = pair(now);
-    let id = c
-        .open_local("bulk", Box::new(Passthrough::default()), false)
-        .unwrap();
-    c.handle_local(id, b"go", true);
-    shuttle(&mut c, &mut s, &mut now);
-    let Some(Event::Dial { stream, .. }) = s.poll_event() else {
-        panic!("no dial")
-    };
-    s.dialed(stream, Box::new(Passthrough::default()));
+    let _ = open_and_dial(
+        &mut c,
+        &mut s,
+        &mut now,
+        "bulk",
+        Box::new(Passthrough::default()),
+        b"go",
+    );
     // The server's upstream sends as fast as it is granted; the client's
     // program never takes what is queued for it.
     let chunk = vec![7u8; 4096];
@@ -268,15 +282,14 @@ fn giving_up_tells_each_connection_after_what_was_queued() {
 fn a_resumed_session_resends_what_the_lost_link_swallowed() {
     let mut now = Instant::now();
     let (mut c, mut s) = pair(now);
-    let id = c
-        .open_local("echo", Box::new(Passthrough::default()), false)
-        .unwrap();
-    c.handle_local(id, b"first\r\n", true);
-    shuttle(&mut c, &mut s, &mut now);
-    let Some(Event::Dial { stream, .. }) = s.poll_event() else {
-        panic!("no dial")
-    };
-    s.dialed(stream, Box::new(Passthrough::default()));
+    let (id, stream) = open_and_dial(
+        &mut c,
+        &mut s,
+        &mut now,
+        "echo",
+        Box::new(Passthrough::default()),
+        b"first\r\n",
+    );
     assert_eq!(local_bytes(&mut s, stream), b"first\r\n");
     // The link drops with a record on it: the server never sees it.
     c.handle_local(id, b"second\r\n", true);

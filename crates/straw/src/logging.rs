@@ -69,7 +69,20 @@ pub fn init(format: LogFormat) {
 }
 
 fn filter() -> EnvFilter {
-    EnvFilter::try_from_env("STRAW_LOG").unwrap_or_else(|_| EnvFilter::new("info"))
+    filter_or("info")
+}
+
+fn filter_or(default: &str) -> EnvFilter {
+    EnvFilter::try_from_env("STRAW_LOG").unwrap_or_else(|_| EnvFilter::new(default))
+}
+
+/// For tests: logs to the test's output at `STRAW_LOG` (default `warn`).
+/// Only the first call in a process installs it; later ones do nothing.
+pub fn init_for_tests() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter_or("warn"))
+        .with_test_writer()
+        .try_init();
 }
 
 fn build<W>(

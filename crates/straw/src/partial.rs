@@ -335,6 +335,16 @@ mod tests {
         d
     }
 
+    /// A fresh directory holding these entries, its store closed again.
+    fn stored(name: &str, entries: &[(&str, &[u8])]) -> PathBuf {
+        let d = dir(name);
+        let s = FileStore::open(&d, 1 << 20).unwrap();
+        for (key, body) in entries {
+            s.put(key, body);
+        }
+        d
+    }
+
     #[test]
     fn entries_survive_reopen_and_are_removed_when_done() {
         let d = dir("reopen");
@@ -359,11 +369,7 @@ mod tests {
 
     #[test]
     fn damaged_files_are_ignored_and_removed() {
-        let d = dir("damaged");
-        let s = FileStore::open(&d, 1 << 20).unwrap();
-        s.put("good", b"data");
-        s.put("cut", b"data");
-        drop(s);
+        let d = stored("damaged", &[("good", b"data"), ("cut", b"data")]);
         let cut = FileStore::path_in(&d, "cut");
         let bytes = fs::read(&cut).unwrap();
         fs::write(&cut, &bytes[..MAGIC.len() + 2]).unwrap();

@@ -13,8 +13,6 @@ use std::time::Duration;
 use common::*;
 use straw::config::ClientConfig;
 use straw::tunnel::TunnelStats;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 type Log = Arc<Mutex<Vec<Vec<String>>>>;
 
@@ -148,18 +146,27 @@ fn talks(log: &Log) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// A program's IMAP connection: greeting, CAPABILITY, LOGOUT. Returns what it read.
-async fn imap_program(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"p1 CAPABILITY\r\np2 LOGOUT\r\n")
-        .await
-        .unwrap();
-    let mut got = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut got))
-        .await
-        .expect("IMAP program session timed out")
-        .unwrap();
+/// A program's IMAP connection: greeting, CAPABILITY, LOGOUT. Checks it was
+/// greeted from the cache, waits until the client has counted its local
+/// replies, and returns what it read.
+async fn cached_imap_program(addr: SocketAddr, stats: &TunnelStats) -> String {
+    let got = fetch_session(addr, b"p1 CAPABILITY\r\np2 LOGOUT\r\n").await;
+    let got = String::from_utf8(got).unwrap();
+    assert!(
+        got.starts_with("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN"),
+        "{got:?}"
+    );
+    wait_until("the program's connection to be counted", || {
+        local_replies(stats) >= 2
+    })
+    .await;
     got
+}
+
+fn local_replies(stats: &TunnelStats) -> u64 {
+    stats
+        .local_replies
+        .load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[tokio::test(start_paused = true)]
@@ -177,27 +184,11 @@ async fn link_up_warms_empty_caches_and_the_cache_survives_a_restart() {
     assert_eq!(talks(&s.imap_log), [["W1 CAPABILITY", "W2 LOGOUT"]]);
     assert_eq!(talks(&s.smtp_log), [["EHLO localhost", "QUIT"]]);
     // Warm-ups are straw's own: not in the program's counts.
-    assert_eq!(
-        stats
-            .local_replies
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(local_replies(&stats), 0);
 
     // The program's first connection is greeted and answered from the cache.
-    let got = imap_program(imap).await;
-    assert!(
-        got.starts_with("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN"),
-        "{got:?}"
-    );
+    let got = cached_imap_program(imap, &stats).await;
     assert!(got.contains("* CAPABILITY IMAP4rev1"), "{got:?}");
-    wait_until("the program's connection to be counted", || {
-        stats
-            .local_replies
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2
-    })
-    .await;
 
     // The cache reaches the disk; a restarted client doesn't warm up again.
     let dir = s.keys.dir.join("cache");
@@ -207,18 +198,7 @@ async fn link_up_warms_empty_caches_and_the_cache_survives_a_restart() {
     .await;
     let (imap_count, smtp_count) = (talks(&s.imap_log).len(), talks(&s.smtp_log).len());
     let (imap2, _, stats2) = client(&s, "client2").await;
-    let got = imap_program(imap2).await;
-    assert!(
-        got.starts_with("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN"),
-        "{got:?}"
-    );
-    wait_until("the restarted client's connection to be counted", || {
-        stats2
-            .local_replies
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2
-    })
-    .await;
+    cached_imap_program(imap2, &stats2).await;
     // A window for a warm-up that must not come (of paused time: free).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let imap_talks = talks(&s.imap_log);

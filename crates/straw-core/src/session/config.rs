@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::Role;
-use crate::codec::{CodecId, CodecParams, DecoderLimits};
+use crate::codec::{CodecId, CodecParams, DecoderLimits, Direction, Lane};
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -125,5 +125,35 @@ impl SessionConfig {
             stored_exit_rate: STORED_EXIT_RATE,
             max_inflight: MAX_INFLIGHT,
         }
+    }
+
+    /// The shipped zstd profile: interactive records in a small default
+    /// context, bulk in a 512 KiB window.
+    pub fn use_slow_link_zstd(&mut self) {
+        self.codec = CodecId::Zstd;
+        self.codec_params = CodecParams::default();
+        self.decoder_limits = DecoderLimits::default();
+        let mut bulk = CodecParams::slow_link();
+        bulk.window_log = 19;
+        (bulk.hash_log, bulk.chain_log) = CodecParams::tables_for_window(19);
+        self.bulk_codec_params = bulk;
+        self.bulk_decoder_limits = DecoderLimits {
+            max_window_log: 19,
+            ..DecoderLimits::slow_link()
+        };
+    }
+
+    /// The shipped CM profile for both lanes, sized per direction: what this
+    /// side sends and what it receives differ by `role`.
+    pub fn use_slow_link_cm(&mut self) {
+        let (send, recv) = match self.role {
+            Role::Client => (Direction::ClientToServer, Direction::ServerToClient),
+            Role::Server => (Direction::ServerToClient, Direction::ClientToServer),
+        };
+        self.codec = CodecId::Cm;
+        self.codec_params = CodecParams::slow_link_cm(send, Lane::Interactive);
+        self.decoder_limits = DecoderLimits::slow_link_cm(recv, Lane::Interactive);
+        self.bulk_codec_params = CodecParams::slow_link_cm(send, Lane::Bulk);
+        self.bulk_decoder_limits = DecoderLimits::slow_link_cm(recv, Lane::Bulk);
     }
 }

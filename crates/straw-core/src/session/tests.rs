@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use straw_linkmodel::{LinkModel, Pipe};
 
 use super::*;
-use crate::codec::{CodecId, CodecParams, DecoderLimits};
+use crate::codec::{CodecId, DecoderLimits};
 use crate::fixtures::noise;
 use crate::wire::{FrameDecoder, OpenFrame};
 
@@ -1037,29 +1037,10 @@ fn pop3_gpl_attachment_wire_bytes() {
             let mut c = SessionConfig::new(role);
             if cm {
                 // The shipped slow-link codec (straw::client::set_codec).
-                use crate::codec::{Direction, Lane};
-                let (send, recv) = match role {
-                    Role::Client => (Direction::ClientToServer, Direction::ServerToClient),
-                    Role::Server => (Direction::ServerToClient, Direction::ClientToServer),
-                };
-                c.codec = CodecId::Cm;
-                c.codec_params = CodecParams::slow_link_cm(send, Lane::Interactive);
-                c.decoder_limits = DecoderLimits::slow_link_cm(recv, Lane::Interactive);
-                c.bulk_codec_params = CodecParams::slow_link_cm(send, Lane::Bulk);
-                c.bulk_decoder_limits = DecoderLimits::slow_link_cm(recv, Lane::Bulk);
-                if transform {
-                    c.transform_services = vec![b"pop3".to_vec()];
-                }
-                return c;
+                c.use_slow_link_cm();
+            } else {
+                c.use_slow_link_zstd();
             }
-            let mut bulk = CodecParams::slow_link();
-            bulk.window_log = 19;
-            (bulk.hash_log, bulk.chain_log) = CodecParams::tables_for_window(19);
-            c.bulk_codec_params = bulk;
-            c.bulk_decoder_limits = DecoderLimits {
-                max_window_log: 19,
-                ..DecoderLimits::slow_link()
-            };
             if transform {
                 c.transform_services = vec![b"pop3".to_vec()];
             }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::framer::{Ev, Framer, content, with_literal};
+use super::framer::{Ev, Framed, Framer, content, with_literal};
 use super::reply::{cap_set, caps_of, greeting_sig, rewrite_caps, rewrite_line, show, upper, word};
 use super::resume::ClientOffer;
 use super::{BULK_LITERAL, CAPABILITY_KEY, GREETING_KEY, ImapConfig, LINK_LOST, resume};
@@ -144,6 +144,28 @@ impl ClientAccel {
         self
     }
 
+    /// Answers command `tag` here: `untagged`, then the tag and `done`, go
+    /// to the program; the server's own answer is expected as `kind`.
+    /// Returns true (the command is handled).
+    fn answer_here(
+        &mut self,
+        tag: &[u8],
+        untagged: &[u8],
+        done: &[u8],
+        kind: PendKind,
+        out: &mut Output,
+    ) -> bool {
+        out.to_local.extend_from_slice(untagged);
+        out.to_local.extend_from_slice(tag);
+        out.to_local.extend_from_slice(done);
+        self.stats.local_replies += 1;
+        self.pending.push(Pending {
+            tag: tag.to_vec(),
+            kind,
+        });
+        true
+    }
+
     pub(super) fn fail(&mut self, out: &mut Output, why: impl std::fmt::Display) {
         self.failed = true;
         out.fail_once(why);
@@ -166,32 +188,22 @@ impl ClientAccel {
             && greeted
             && let Some(caps) = &self.cached_caps
         {
-            let mut r = b"* CAPABILITY ".to_vec();
-            r.extend_from_slice(rewrite_caps(caps).join(" ").as_bytes());
-            r.extend_from_slice(b"\r\n");
-            r.extend_from_slice(tag);
-            r.extend_from_slice(b" OK CAPABILITY completed\r\n");
-            out.to_local.extend_from_slice(&r);
-            self.stats.local_replies += 1;
-            self.pending.push(Pending {
-                tag: tag.to_vec(),
-                kind: PendKind::LocalCap { seen: false },
-            });
-            return true;
+            let untagged = format!("* CAPABILITY {}\r\n", rewrite_caps(caps).join(" "));
+            let done = b" OK CAPABILITY completed\r\n";
+            let kind = PendKind::LocalCap { seen: false };
+            return self.answer_here(tag, untagged.as_bytes(), done, kind, out);
         }
         if verb == "LOGOUT" && !has_lit && self.awaited == 0 && greeted {
             // Nothing is outstanding, so the program learns every result
             // before it goes; LOGOUT itself commits nothing (no expunge).
-            let mut r = b"* BYE Logging out\r\n".to_vec();
-            r.extend_from_slice(tag);
-            r.extend_from_slice(b" OK Logout completed.\r\n");
-            out.to_local.extend_from_slice(&r);
-            self.stats.local_replies += 1;
-            self.pending.push(Pending {
-                tag: tag.to_vec(),
-                kind: PendKind::LocalLogout,
-            });
-            return true;
+            let done = b" OK Logout completed.\r\n";
+            return self.answer_here(
+                tag,
+                b"* BYE Logging out\r\n",
+                done,
+                PendKind::LocalLogout,
+                out,
+            );
         }
         self.track_command(line, &verb, args, has_lit, out);
         let auth = verb == "LOGIN" || verb == "AUTHENTICATE";
@@ -226,12 +238,7 @@ impl ClientAccel {
                 self.select_wait = true;
                 return;
             }
-            match self.cmds.next_ev() {
-                Ok(Some(ev)) => self.on_cmd(ev, out),
-                Ok(None) => return,
-                Err(e) => return self.fail(out, format!("from the mail program: {e}")),
-            }
-            if self.failed {
+            if !self.step(|a| &mut a.cmds, Self::on_cmd, "the mail program", out) {
                 return;
             }
         }
@@ -561,6 +568,12 @@ impl ClientAccel {
     }
 }
 
+impl Framed for ClientAccel {
+    fn failed_flag(&mut self) -> &mut bool {
+        &mut self.failed
+    }
+}
+
 impl Accelerator for ClientAccel {
     /// Called once at connection start: serves the cached greeting, if any.
     fn start(&mut self, out: &mut Output) {
@@ -606,15 +619,9 @@ impl Accelerator for ClientAccel {
             return;
         }
         self.resps.push(data);
-        loop {
-            match self.resps.next_ev() {
-                Ok(Some(ev)) => self.on_resp(ev, out),
-                Ok(None) => break,
-                Err(e) => return self.fail(out, format!("from the server side: {e}")),
-            }
-            if self.failed {
-                return;
-            }
+        while self.step(|a| &mut a.resps, Self::on_resp, "the server side", out) {}
+        if self.failed {
+            return;
         }
         if self.select_wait || (self.stashed.is_some() && !self.lookup_wait) {
             self.select_wait = false;

@@ -161,6 +161,34 @@ pub(crate) fn with_literal(raw: &[u8], lit: &Lit, plus: bool) -> Vec<u8> {
     v
 }
 
+/// An accelerator driven by [`Framer`]s, with one flag for a failed
+/// connection.
+pub(super) trait Framed {
+    fn failed_flag(&mut self) -> &mut bool;
+
+    /// Hands the next event of the framer `pick` names to `on_ev`. False
+    /// when there is none yet or the connection has failed; bytes that do
+    /// not frame fail it, naming where they came `from`.
+    fn step(
+        &mut self,
+        pick: fn(&mut Self) -> &mut Framer,
+        on_ev: fn(&mut Self, Ev, &mut crate::Output),
+        from: &str,
+        out: &mut crate::Output,
+    ) -> bool {
+        match pick(self).next_ev() {
+            Ok(Some(ev)) => on_ev(self, ev, out),
+            Ok(None) => return false,
+            Err(e) => {
+                *self.failed_flag() = true;
+                out.fail_once(format!("from {from}: {e}"));
+                return false;
+            }
+        }
+        !*self.failed_flag()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

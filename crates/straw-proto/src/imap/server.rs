@@ -2,7 +2,7 @@
 //! commands on (literals made synchronising again where the server wants
 //! that), forwards every response, and answers resume requests.
 
-use super::framer::{Ev, Framer, Lit, content, with_literal};
+use super::framer::{Ev, Framed, Framer, Lit, content, with_literal};
 use super::reply::{caps_of, upper, word};
 use super::{BULK_RESP_LITERAL, ImapConfig, LITERAL_MINUS_MAX, resume};
 use crate::partial::prefix_hash;
@@ -399,6 +399,12 @@ impl ServerAccel {
     }
 }
 
+impl Framed for ServerAccel {
+    fn failed_flag(&mut self) -> &mut bool {
+        &mut self.failed
+    }
+}
+
 impl Accelerator for ServerAccel {
     /// Bytes from the real server.
     fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
@@ -406,16 +412,7 @@ impl Accelerator for ServerAccel {
             return;
         }
         self.resps.push(data);
-        loop {
-            match self.resps.next_ev() {
-                Ok(Some(ev)) => self.on_resp(ev, out),
-                Ok(None) => break,
-                Err(e) => return self.fail(out, format!("from the real server: {e}")),
-            }
-            if self.failed {
-                return;
-            }
-        }
+        while self.step(|a| &mut a.resps, Self::on_resp, "the real server", out) {}
     }
 
     /// Commands from the client side.

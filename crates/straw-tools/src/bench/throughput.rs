@@ -554,13 +554,7 @@ mod tests {
     /// loopback link (fast) picks a cheap codec for nearly all of them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bench_moves_checked_bytes_through_a_cheap_codec() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            )
-            .with_test_writer()
-            .try_init();
+        straw::logging::init_for_tests();
         for direction in ["down", "up"] {
             let args = ThroughputArgs {
                 bytes: 8 << 20,

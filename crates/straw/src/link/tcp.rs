@@ -200,11 +200,23 @@ fn set_congestion(_: &SockRef<'_>, cc: &str) -> io::Result<()> {
 /// sockets get small kernel buffers (and the tunnel its window scale).
 /// Must be called inside a tokio runtime.
 pub fn bind_listener(addr: SocketAddr, recv_buffer: Option<usize>) -> io::Result<TcpListener> {
+    listen_with(addr, |socket| {
+        if let Some(n) = recv_buffer {
+            opt("SO_RCVBUF", socket.set_recv_buffer_size(n))?;
+        }
+        Ok(())
+    })
+}
+
+/// Binds and listens with SO_REUSEADDR, after `before_listen` has set the
+/// options that accepted sockets must inherit.
+fn listen_with(
+    addr: SocketAddr,
+    before_listen: impl FnOnce(&Socket) -> io::Result<()>,
+) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     opt("SO_REUSEADDR", socket.set_reuse_address(true))?;
-    if let Some(n) = recv_buffer {
-        opt("SO_RCVBUF", socket.set_recv_buffer_size(n))?;
-    }
+    before_listen(&socket)?;
     socket.set_nonblocking(true)?;
     socket
         .bind(&addr.into())
@@ -219,22 +231,17 @@ pub fn bind_listener(addr: SocketAddr, recv_buffer: Option<usize>) -> io::Result
 /// the program's own send buffer from autotuning to megabytes on loopback,
 /// so the program's writes block soon after straw stops reading.
 pub fn bind_local_listener(addr: SocketAddr, opts: &TcpOptions) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    opt("SO_REUSEADDR", socket.set_reuse_address(true))?;
-    opt(
-        "SO_RCVBUF",
-        socket.set_recv_buffer_size(opts.local_recv_buffer),
-    )?;
-    #[cfg(unix)]
-    if opts.local_max_segment > 0 {
-        opt("TCP_MAXSEG", socket.set_tcp_mss(opts.local_max_segment))?;
-    }
-    socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    listen_with(addr, |socket| {
+        opt(
+            "SO_RCVBUF",
+            socket.set_recv_buffer_size(opts.local_recv_buffer),
+        )?;
+        #[cfg(unix)]
+        if opts.local_max_segment > 0 {
+            opt("TCP_MAXSEG", socket.set_tcp_mss(opts.local_max_segment))?;
+        }
+        Ok(())
+    })
 }
 
 /// Options for a socket to a local program or an upstream server. Buffer

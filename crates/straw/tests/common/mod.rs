@@ -323,19 +323,42 @@ pub async fn roundtrip(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
 
 /// Logs to the test's output at `STRAW_LOG` (default `warn`); once per process.
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    straw::logging::init_for_tests();
 }
 
 /// Link bytes both ways so far.
 pub fn link_bytes(link: &straw_tools::linksim::Link) -> u64 {
     let s = link.stats().snapshot();
     s.up.bytes + s.down.bytes
+}
+
+/// What `run` returns, and the link bytes (both ways) that went by meanwhile.
+pub async fn link_bytes_during<T>(
+    link: &straw_tools::linksim::Link,
+    run: impl std::future::Future<Output = T>,
+) -> (T, u64) {
+    let before = link_bytes(link);
+    let out = run.await;
+    (out, link_bytes(link) - before)
+}
+
+/// A resumed second run moves at most the share of the clean run's link
+/// bytes that `remaining` of the message is, plus 10% of the clean run;
+/// both runs together pay for the message about once (at most 110%).
+pub fn assert_resume_cost(full_wire: u64, first_wire: u64, second_wire: u64, remaining: f64) {
+    let bound = remaining * full_wire as f64 + 0.10 * full_wire as f64;
+    eprintln!(
+        "  second run {second_wire} link B: bound {bound:.0} = {:.1}% remaining + 10% of clean",
+        100.0 * remaining
+    );
+    assert!(
+        (second_wire as f64) <= bound,
+        "second run moved {second_wire} link bytes, bound {bound:.0}"
+    );
+    assert!(
+        first_wire + second_wire <= full_wire + full_wire / 10,
+        "cut run {first_wire} + second run {second_wire} > 110% of {full_wire}"
+    );
 }
 
 /// A linksim to `server` on a free port; returns the link and the address
@@ -380,6 +403,42 @@ pub struct CutSetup {
     pub link: Arc<straw_tools::linksim::Link>,
     pub linksim: SocketAddr,
     pub partial_dir: PathBuf,
+}
+
+impl CutSetup {
+    /// Link bytes of a clean run: `fetch` must return `expected` and leave
+    /// no partial file. Stops the client `c` after.
+    pub async fn clean_run_wire(
+        &self,
+        fetch: impl std::future::Future<Output = Vec<u8>>,
+        expected: &[u8],
+        c: Client,
+    ) -> u64 {
+        let (got, wire) = link_bytes_during(&self.link, fetch).await;
+        assert!(got == expected, "clean run not byte-exact");
+        assert_eq!(partial_files(&self.partial_dir), 0);
+        c.task.abort();
+        wire
+    }
+
+    /// A refetch of a message that changed under its partial file: `fetch`
+    /// must return `expected` in a full transfer (at least 80% of the clean
+    /// run's `clean` link bytes), and leave no partial file.
+    pub async fn assert_full_refetch(
+        &self,
+        label: &str,
+        fetch: impl std::future::Future<Output = Vec<u8>>,
+        expected: &[u8],
+        clean: u64,
+    ) {
+        let (got, wire) = link_bytes_during(&self.link, fetch).await;
+        assert!(got == expected, "fallback not byte-exact");
+        eprintln!(
+            "{label} changed prefix: full transfer, {wire} link B (clean run {clean} link B)"
+        );
+        assert!(wire * 10 >= clean * 8, "must have been a full transfer");
+        assert_eq!(partial_files(&self.partial_dir), 0);
+    }
 }
 
 pub async fn cut_setup(name: &str, upstream: SocketAddr, protocol: &str) -> CutSetup {
