@@ -5,27 +5,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::wire::put_varint;
 
-/// Small and unprimed, so that tests run fast.
-const SMALL_CM: CmParams = CmParams {
-    table_log: 16,
-    match_log: 12,
-    priming: None,
-};
-
-fn cm_pair() -> (RecordEncoder, RecordDecoder) {
-    let p = CodecParams {
-        cm: Some(SMALL_CM),
-        ..CodecParams::default()
-    };
-    let l = DecoderLimits {
-        cm: Some(SMALL_CM),
-        ..DecoderLimits::default()
-    };
-    (
-        RecordEncoder::with_bulk(&p, &p),
-        RecordDecoder::with_bulk(&l, &l),
-    )
-}
+use super::tests::{SMALL_CM, cm_pair};
 
 /// `codec | varint (n << 1) | [varint clen] | coded` of all zeros.
 fn hostile_record(codec: CodecId, n: u64, coded: usize) -> Vec<u8> {
@@ -40,7 +20,7 @@ fn hostile_record(codec: CodecId, n: u64, coded: usize) -> Vec<u8> {
 
 #[test]
 fn cm_record_of_20_bytes_declaring_256k_is_refused_quickly() {
-    let (_, mut dec) = cm_pair();
+    let (_, mut dec) = cm_pair(SMALL_CM);
     let rec = hostile_record(CodecId::Cm, 256 * 1024, 16);
     assert!(rec.len() <= 20, "{}", rec.len());
     let mut out = Vec::new();
@@ -60,7 +40,7 @@ fn cm_record_of_20_bytes_declaring_256k_is_refused_quickly() {
 
 #[test]
 fn cm_bulk_segment_declaring_too_much_is_refused() {
-    let (_, mut dec) = cm_pair();
+    let (_, mut dec) = cm_pair(SMALL_CM);
     let rec = hostile_record(CodecId::CmBulk, 200 * 1024, 20);
     let mut out = Vec::new();
     let res = dec.decode(&rec, &mut out);
@@ -80,7 +60,7 @@ fn cm_ratio_floor_and_cap_are_exact() {
         (256 * 256, 255, false),
         (256 * 256, 256, true),
     ] {
-        let (_, mut dec) = cm_pair();
+        let (_, mut dec) = cm_pair(SMALL_CM);
         let res = dec.decode(&hostile_record(CodecId::Cm, n, coded), &mut Vec::new());
         let refused = matches!(res, Err(CodecError::RatioTooHigh { .. }));
         assert_eq!(!refused, ok, "n {n} coded {coded}: {res:?}");
@@ -89,7 +69,7 @@ fn cm_ratio_floor_and_cap_are_exact() {
 
 #[test]
 fn cm_encoder_pads_long_runs_so_its_own_records_pass() {
-    let (mut enc, mut dec) = cm_pair();
+    let (mut enc, mut dec) = cm_pair(SMALL_CM);
     let mut out = Vec::new();
     for data in [
         vec![0u8; 256 * 1024],
@@ -98,18 +78,11 @@ fn cm_encoder_pads_long_runs_so_its_own_records_pass() {
     ] {
         let mut rec = Vec::new();
         enc.encode(CodecId::Cm, &data, &mut rec).unwrap();
+        // Padded up to the cap, and still far smaller than the data.
+        let (n, c) = (data.len(), rec.len());
         assert!(
-            rec.len() * 256 >= data.len(),
-            "{} -> {}",
-            data.len(),
-            rec.len()
-        );
-        // Still far smaller than the data.
-        assert!(
-            rec.len() * 200 < data.len(),
-            "{} -> {}",
-            data.len(),
-            rec.len()
+            c * 256 >= n && c * 200 < n,
+            "{n} -> {c}: ratio not in (200, 256]"
         );
         dec.decode(&rec, &mut out).unwrap();
         assert!(out == data);

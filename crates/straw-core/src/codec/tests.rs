@@ -652,13 +652,13 @@ proptest! {
 // ---- CM codec ------------------------------------------------------------------
 
 /// Small and unprimed, so that tests run fast.
-const SMALL_CM: CmParams = CmParams {
+pub(super) const SMALL_CM: CmParams = CmParams {
     table_log: 16,
     match_log: 12,
     priming: None,
 };
 
-fn cm_pair(cm: CmParams) -> (RecordEncoder, RecordDecoder) {
+pub(super) fn cm_pair(cm: CmParams) -> (RecordEncoder, RecordDecoder) {
     let p = CodecParams {
         cm: Some(cm),
         ..CodecParams::default()
