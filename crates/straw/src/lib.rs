@@ -5,16 +5,18 @@
 //! - [`tunnel`]: drives one sans-IO `straw_tunnel::Tunnel` over one link;
 //!   `pump`: the byte movers of each local socket.
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
+//! - [`gate`]: bounds on unauthenticated connections, rate-limited logs.
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 
 #![deny(unsafe_code)]
 
-mod bounded;
 pub mod accel;
+mod bounded;
 pub mod cache;
 pub mod cli_docs;
 pub mod client;
 pub mod config;
+pub mod gate;
 pub mod link;
 pub mod logging;
 pub mod partial;

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use straw_tools::linksim::LinkParams;
 use straw::tunnel::TunnelStats;
+use straw_tools::linksim::LinkParams;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
