@@ -55,6 +55,16 @@ pub async fn run_with_relay(cfg: ServerConfig, relay: Option<SharedStore>) -> Re
     crate::client::warm_up_codec(Role::Server, &cfg.session);
     let keypair = keys::load_private_checked(&cfg.private_key, cfg.allow_insecure_keys)?;
     let authorized = AuthorizedKeys::load(&cfg.authorized_keys)?;
+    if authorized.has_example_key() {
+        let what = format!(
+            "{}: holds a published example client key, so anyone can connect",
+            cfg.authorized_keys.display()
+        );
+        if !cfg.allow_insecure_keys {
+            bail!("{what}; refusing it (allow_insecure_keys = true overrides, for demos only)");
+        }
+        warn!("INSECURE: {what}; accepted because allow_insecure_keys = true");
+    }
     #[cfg(unix)]
     match crate::gate::raise_fd_limit() {
         Ok(n) => info!("open-files limit {n}"),

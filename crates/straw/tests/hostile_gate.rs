@@ -179,4 +179,16 @@ async fn the_example_keys_are_refused_without_the_opt_in() {
     ccfg.allow_insecure_keys = false;
     scfg.listen = free_port();
     both_refuse(scfg, ccfg, "published example key").await;
+
+    // A server of its own key that lets the example client in is refused too.
+    let own = make_keys("gate-example-auth");
+    let mut scfg = server_config(&own, free_port(), free_port());
+    scfg.authorized_keys = examples.join("keys/authorized_clients");
+    let err = straw::server::run(scfg).await.expect_err("server started");
+    let err = format!("{err:#}");
+    println!("server: {err}");
+    assert!(
+        err.contains("published example client key") && err.contains("allow_insecure_keys"),
+        "{err}"
+    );
 }

@@ -1,6 +1,8 @@
 //! x25519 static keys for Noise, and the files that hold them.
 //!
 //! - `PATH`: the private key, base64 (standard alphabet) on one line, mode 0600.
+//!   A file other users can read, or a published example key, is refused
+//!   unless the config says `allow_insecure_keys = true`.
 //!   Windows has no file modes: the file gets the ACL it inherits from its
 //!   directory, which in the user's profile (`C:\Users\NAME\...`) grants only
 //!   that user, SYSTEM and Administrators; keep keys there (the guide says so).
@@ -238,6 +240,11 @@ impl AuthorizedKeys {
         self.keys.len()
     }
 
+    /// Whether a published example key is among them: anyone could log in.
+    pub fn has_example_key(&self) -> bool {
+        self.keys.iter().any(is_example_key)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -363,6 +370,13 @@ mod tests {
         assert!(auth.contains(&client.public));
         assert!(!auth.contains(&server.public));
         assert!(is_example_key(&server.public) && is_example_key(&client.public));
+        assert!(auth.has_example_key());
+        assert!(
+            ![generate().public]
+                .into_iter()
+                .collect::<AuthorizedKeys>()
+                .has_example_key()
+        );
         assert!(!is_example_key(&generate().public));
     }
 
