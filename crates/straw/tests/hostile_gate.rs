@@ -116,29 +116,25 @@ async fn a_silent_connection_is_closed_at_the_first_message_deadline() {
     );
 }
 
-/// Runs the server and the client from these configs; both must refuse to
-/// start, with errors containing `why`.
+/// `who` (server or client) must refuse to start, with an error containing
+/// `why` and naming the override.
+async fn refuses(who: &str, run: impl std::future::Future<Output = anyhow::Result<()>>, why: &str) {
+    let err = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap_or_else(|_| panic!("{who} started"))
+        .expect_err("insecure key accepted");
+    let err = format!("{err:#}");
+    println!("{who}: {err}");
+    assert!(
+        err.contains(why) && err.contains("allow_insecure_keys"),
+        "{err}"
+    );
+}
+
+/// Both the server and the client refuse to start from these configs.
 async fn both_refuse(scfg: ServerConfig, ccfg: ClientConfig, why: &str) {
-    let err = tokio::time::timeout(Duration::from_secs(5), straw::server::run(scfg))
-        .await
-        .expect("server started")
-        .expect_err("server accepted the key");
-    let err = format!("{err:#}");
-    println!("server: {err}");
-    assert!(
-        err.contains(why) && err.contains("allow_insecure_keys"),
-        "{err}"
-    );
-    let err = tokio::time::timeout(Duration::from_secs(5), straw::client::run(ccfg))
-        .await
-        .expect("client started")
-        .expect_err("client accepted the key");
-    let err = format!("{err:#}");
-    println!("client: {err}");
-    assert!(
-        err.contains(why) && err.contains("allow_insecure_keys"),
-        "{err}"
-    );
+    refuses("server", straw::server::run(scfg), why).await;
+    refuses("client", straw::client::run(ccfg), why).await;
 }
 
 #[cfg(unix)]
@@ -184,11 +180,10 @@ async fn the_example_keys_are_refused_without_the_opt_in() {
     let own = make_keys("gate-example-auth");
     let mut scfg = server_config(&own, free_port(), free_port());
     scfg.authorized_keys = examples.join("keys/authorized_clients");
-    let err = straw::server::run(scfg).await.expect_err("server started");
-    let err = format!("{err:#}");
-    println!("server: {err}");
-    assert!(
-        err.contains("published example client key") && err.contains("allow_insecure_keys"),
-        "{err}"
-    );
+    refuses(
+        "server",
+        straw::server::run(scfg),
+        "published example client key",
+    )
+    .await;
 }
