@@ -111,7 +111,7 @@ pub async fn run(cfg: ClientConfig) -> Result<()> {
 /// Runs the client; `stats` is updated live (tests read the backpressure bound from it).
 pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Result<()> {
     warm_up_codec(Role::Client, &cfg.session);
-    let keypair = keys::load_private(&cfg.private_key)?;
+    let keypair = keys::load_private_checked(&cfg.private_key, cfg.allow_insecure_keys)?;
     let server_key = keys::load_public(&cfg.server_public_key)?;
     let (open_tx, opens) = mpsc::channel::<OpenRequest>(64);
     let warm_ups = listen(&cfg, open_tx)?;

@@ -134,6 +134,39 @@ pub struct ServerConfig {
     pub session: SessionOptions,
     #[serde(default)]
     pub smtp_resume: ServerSmtpResume,
+    #[serde(default)]
+    pub limits: ServerLimits,
+    /// Accept a private key that other users can read, or one of the
+    /// published example keys (demos and tests only).
+    #[serde(default)]
+    pub allow_insecure_keys: bool,
+}
+
+/// Server `[limits]`: what unauthenticated connections may hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerLimits {
+    /// Handshakes in progress at once; past it the oldest is dropped.
+    pub max_pending_handshakes: usize,
+    /// Handshakes in progress from one source address; past it that
+    /// address's oldest is dropped.
+    pub max_pending_per_ip: usize,
+    /// A new connection must send its first handshake message this soon.
+    pub first_message_timeout_ms: u64,
+    /// At most one log line per reason (rejected handshake, dropped for room,
+    /// accept failure) this often; the next line counts the ones left out.
+    pub log_interval_secs: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_pending_handshakes: 256,
+            max_pending_per_ip: 16,
+            first_message_timeout_ms: 5000,
+            log_interval_secs: 10,
+        }
+    }
 }
 
 /// Server `[smtp_resume]`: SMTP bodies are kept (in memory) until complete,
@@ -385,6 +418,10 @@ pub struct ClientConfig {
     pub session: SessionOptions,
     #[serde(default)]
     pub link: ClientLink,
+    /// Accept a private key that other users can read, or one of the
+    /// published example keys (demos and tests only).
+    #[serde(default)]
+    pub allow_insecure_keys: bool,
 }
 
 /// When the client dials the (expensive) link.
@@ -478,6 +515,28 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Services whose upstream is reached without TLS and not on loopback:
+    /// their passwords cross that hop in clear. (name, upstream)
+    pub fn plaintext_upstreams(&self) -> Vec<(&str, &str)> {
+        self.services
+            .iter()
+            .filter(|(_, s)| s.tls == UpstreamTls::None && s.protocol != Protocol::Http)
+            .filter_map(|(name, s)| Some((name.as_str(), s.upstream.as_deref()?)))
+            .filter(|(_, upstream)| !is_loopback(upstream))
+            .collect()
+    }
+}
+
+/// Whether `host:port` names this machine (an IP on loopback, or localhost).
+fn is_loopback(upstream: &str) -> bool {
+    if let Ok(addr) = upstream.parse::<SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    let host = upstream.rsplit_once(':').map_or(upstream, |(h, _)| h);
+    host.eq_ignore_ascii_case("localhost")
+}
+
 impl ClientConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let mut c: Self = read_toml(path)?;
@@ -553,6 +612,30 @@ mod tls_tests {
         assert!(
             e.contains("service mail") && e.contains("no PEM certificates"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn plaintext_upstreams_off_loopback_are_named() {
+        let c: ServerConfig = toml::from_str(
+            r#"
+listen = "127.0.0.1:1"
+private_key = "k"
+authorized_keys = "a"
+[services]
+remote = { upstream = "mail.example.org:110", protocol = "pop3" }
+lan = { upstream = "10.0.0.5:143", protocol = "imap" }
+local = { upstream = "127.0.0.1:25", protocol = "smtp" }
+named_local = { upstream = "localhost:25", protocol = "smtp" }
+v6_local = { upstream = "[::1]:25", protocol = "smtp" }
+secure = { upstream = "mail.example.org:993", protocol = "imap", tls = "implicit" }
+web = { protocol = "http" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.plaintext_upstreams(),
+            [("lan", "10.0.0.5:143"), ("remote", "mail.example.org:110")]
         );
     }
 

@@ -5,6 +5,7 @@
 //! - [`tunnel`]: drives one sans-IO `straw_tunnel::Tunnel` over one link;
 //!   `pump`: the byte movers of each local socket.
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
+//! - [`gate`]: bounds on unauthenticated connections, rate-limited logs.
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 
 #![deny(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod cli_docs;
 pub mod client;
 pub mod config;
 mod dialogue;
+pub mod gate;
 pub mod link;
 pub mod logging;
 pub mod partial;

@@ -21,9 +21,11 @@ use tracing::{info, warn};
 
 use crate::accel::{AccelFactory, Side};
 use crate::config::{Protocol, ServerConfig, ServerHttp, ServerService, TcpOptions};
+use crate::gate::{Evicted, Gate, LogLimiter, Ticket};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
 use crate::tunnel::{DialFuture, Dialer, LinkEnded, Tunnel, TunnelStats};
+use crate::warn_limited;
 
 /// How long upstream connections of a dropped session get to be closed politely.
 const GIVE_UP_LINGER: Duration = Duration::from_secs(5);
@@ -51,8 +53,29 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
 /// As [`run`], with the SMTP resume store given (tests look into it).
 pub async fn run_with_relay(cfg: ServerConfig, relay: Option<SharedStore>) -> Result<()> {
     crate::client::warm_up_codec(Role::Server, &cfg.session);
-    let keypair = keys::load_private(&cfg.private_key)?;
+    let keypair = keys::load_private_checked(&cfg.private_key, cfg.allow_insecure_keys)?;
     let authorized = AuthorizedKeys::load(&cfg.authorized_keys)?;
+    if authorized.has_example_key() {
+        let what = format!(
+            "{}: holds a published example client key, so anyone can connect",
+            cfg.authorized_keys.display()
+        );
+        if !cfg.allow_insecure_keys {
+            bail!("{what}; refusing it (allow_insecure_keys = true overrides, for demos only)");
+        }
+        warn!("INSECURE: {what}; accepted because allow_insecure_keys = true");
+    }
+    #[cfg(unix)]
+    match crate::gate::raise_fd_limit() {
+        Ok(n) => info!("open-files limit {n}"),
+        Err(e) => warn!("cannot raise the open-files limit: {e}"),
+    }
+    for (name, upstream) in cfg.plaintext_upstreams() {
+        warn!(
+            "service {name}: upstream {upstream} is not on loopback and has tls = \"none\": \
+             passwords and mail cross that hop IN CLEAR (set tls = \"implicit\" or \"starttls\")"
+        );
+    }
     let listener = tcp::bind_listener(cfg.listen, cfg.tcp.recv_buffer)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     info!(
@@ -86,24 +109,59 @@ pub async fn serve_with_relay(
     relay: Option<SharedStore>,
 ) -> Result<()> {
     let sessions = Sessions::default();
+    let limits = &state.cfg.limits;
+    let gate = Gate::new(limits.max_pending_handshakes, limits.max_pending_per_ip);
+    let logs = Arc::new(LogLimiter::new(Duration::from_secs(
+        limits.log_interval_secs,
+    )));
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: wait, don't spin.
-                warn!("accept failed: {e}");
+                warn_limited!(logs, "accept", "accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let (ticket, dropped) = gate.admit(peer.ip());
+        for why in dropped {
+            match why {
+                Evicted::PerIp => warn_limited!(
+                    logs,
+                    "evicted-ip",
+                    "too many pending handshakes from {}: dropped its oldest",
+                    peer.ip()
+                ),
+                Evicted::Total => warn_limited!(
+                    logs,
+                    "evicted-total",
+                    "{} handshakes pending: dropped the oldest",
+                    limits.max_pending_handshakes
+                ),
+            }
+        }
         let state = state.clone();
         let sessions = sessions.clone();
         let relay = relay.clone();
+        let logs = logs.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(sock, peer, state, sessions, relay).await {
+            if let Err(e) = handle(sock, peer, ticket, state, sessions, relay, &logs).await {
                 warn!("tunnel from {peer}: {e:#}");
             }
         });
+    }
+}
+
+/// Waits until the connection has sent something: a client sends its first
+/// handshake message at once, so silence means an idle or hostile peer.
+async fn first_bytes(sock: &TcpStream, deadline: Duration) -> Result<()> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(deadline, sock.peek(&mut byte)).await {
+        Ok(Ok(0)) => bail!("closed before the handshake"),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => bail!("sent nothing within {} ms", deadline.as_millis()),
     }
 }
 
@@ -240,39 +298,49 @@ fn plan(
 async fn handle(
     mut sock: TcpStream,
     peer: SocketAddr,
+    ticket: Ticket,
     state: Arc<ServerState>,
     sessions: Sessions,
     relay: Option<SharedStore>,
+    logs: &LogLimiter,
 ) -> Result<()> {
     let cfg = &state.cfg;
     if let Err(e) = tcp::configure_tunnel(&sock, &cfg.tcp) {
-        warn!("tunnel from {peer}: socket options: {e}");
+        warn_limited!(logs, "sockopt", "tunnel from {peer}: socket options: {e}");
     }
     let mut decided: Option<Plan> = None;
-    let handshake = noise::server_handshake(
-        &mut sock,
-        &state.keypair,
-        &state.authorized,
-        |key, payload| {
-            let (p, reply) = plan(&sessions, cfg, key, payload)?;
-            decided = Some(p);
-            Ok(reply)
-        },
-    );
-    let outcome = tokio::time::timeout(
+    let handshake = async {
+        let first = Duration::from_millis(cfg.limits.first_message_timeout_ms);
+        first_bytes(&sock, first).await?;
+        let handshake = noise::server_handshake(
+            &mut sock,
+            &state.keypair,
+            &state.authorized,
+            |key, payload| {
+                let (p, reply) = plan(&sessions, cfg, key, payload)?;
+                decided = Some(p);
+                Ok(reply)
+            },
+        );
+        handshake.await
+    };
+    // The first-message deadline is the shorter one, inside the whole
+    // handshake's.
+    let handshake = tokio::time::timeout(
         Duration::from_secs(cfg.session.handshake_timeout_secs),
         handshake,
-    )
-    .await;
+    );
+    let outcome = tokio::select! {
+        r = handshake => r.unwrap_or_else(|_| Err(anyhow!("handshake timed out"))),
+        () = ticket.evicted.notified() => Err(anyhow!("dropped for newer connections")),
+    };
+    // Authenticated or not, it no longer holds a pending place.
+    drop(ticket);
     let grace = Duration::from_secs(cfg.session.resume_grace_secs);
     let (transport, client_key) = match outcome {
-        Ok(Ok((transport, key, _))) => (transport, key),
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => format!("{e:#}"),
-                _ => "handshake timed out".to_owned(),
-            };
-            warn!("rejected connection from {peer}: {why}");
+        Ok((transport, key, _)) => (transport, key),
+        Err(e) => {
+            warn_limited!(logs, "rejected", "rejected connection from {peer}: {e:#}");
             // The reply may have been decided but never delivered.
             match decided {
                 Some(Plan::Resume { id, tunnel, .. }) => {

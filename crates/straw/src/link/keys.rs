@@ -1,6 +1,8 @@
 //! x25519 static keys for Noise, and the files that hold them.
 //!
 //! - `PATH`: the private key, base64 (standard alphabet) on one line, mode 0600.
+//!   A file other users can read, or a published example key, is refused
+//!   unless the config says `allow_insecure_keys = true`.
 //!   Windows has no file modes: the file gets the ACL it inherits from its
 //!   directory, which in the user's profile (`C:\Users\NAME\...`) grants only
 //!   that user, SYSTEM and Administrators; keep keys there (the guide says so).
@@ -134,25 +136,58 @@ fn key_file(path: &Path) -> Result<[u8; 32]> {
     decode_key(token).ok_or_else(|| anyhow!("{}: not a base64 32-byte key", path.display()))
 }
 
-/// Loads a private key file and derives its public key.
-pub fn load_private(path: &Path) -> Result<Keypair> {
-    let private = key_file(path)?;
-    #[cfg(unix)]
-    warn_if_readable_by_others(path);
-    Ok(Keypair::from_private(private))
+/// The public halves of the published example keys (`examples/keys/`):
+/// anyone can impersonate them, so they are refused unless allowed.
+const EXAMPLE_PUBLIC_KEYS: [&str; 2] = [
+    "xGoUclExgkvCQUEnRMp3SkXD7hwzO2KX0xysQUugnDA=", // server.key
+    "+kjneum+6xOI/PjCUQw0g+Q4HWpPyXUL6X0kZvQRFUU=", // client.key
+];
+
+/// Whether `public` belongs to one of the published example keys.
+pub fn is_example_key(public: &[u8; 32]) -> bool {
+    EXAMPLE_PUBLIC_KEYS
+        .iter()
+        .any(|k| decode_key(k).as_ref() == Some(public))
 }
 
-#[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
-    if mode & 0o077 != 0 {
-        // A warning, not an error: git checkouts of the example keys are 0644.
+/// Loads a private key file and derives its public key. Refuses a file other
+/// users can read and the published example keys.
+pub fn load_private(path: &Path) -> Result<Keypair> {
+    load_private_checked(path, false)
+}
+
+/// As [`load_private`]; with `allow_insecure` (config `allow_insecure_keys`)
+/// a readable file or an example key is only warned about.
+pub fn load_private_checked(path: &Path, allow_insecure: bool) -> Result<Keypair> {
+    let kp = Keypair::from_private(key_file(path)?);
+    let mut problems = Vec::new();
+    #[cfg(unix)]
+    if readable_by_others(path) {
+        problems.push("is readable by other users (chmod 600 it)");
+    }
+    if is_example_key(&kp.public) {
+        problems.push("is a published example key that anyone can use (straw keygen a new one)");
+    }
+    for problem in problems {
+        if !allow_insecure {
+            bail!(
+                "{}: private key {problem}; refusing it (allow_insecure_keys = true overrides, for demos only)",
+                path.display()
+            );
+        }
         tracing::warn!(
-            "{}: private key is readable by other users (chmod 600 it)",
+            "{}: INSECURE: private key {problem}; accepted because allow_insecure_keys = true",
             path.display()
         );
     }
+    Ok(kp)
+}
+
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
+    mode & 0o077 != 0
 }
 
 /// Loads a public key file (`PATH.pub`).
@@ -203,6 +238,11 @@ impl AuthorizedKeys {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Whether a published example key is among them: anyone could log in.
+    pub fn has_example_key(&self) -> bool {
+        self.keys.iter().any(is_example_key)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -316,12 +356,12 @@ mod tests {
     #[test]
     fn example_keys_are_consistent() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/keys");
-        let server = load_private(&dir.join("server.key")).unwrap();
+        let server = load_private_checked(&dir.join("server.key"), true).unwrap();
         assert_eq!(
             load_public(&dir.join("server.key.pub")).unwrap(),
             server.public
         );
-        let client = load_private(&dir.join("client.key")).unwrap();
+        let client = load_private_checked(&dir.join("client.key"), true).unwrap();
         assert_eq!(
             load_public(&dir.join("client.key.pub")).unwrap(),
             client.public
@@ -329,5 +369,59 @@ mod tests {
         let auth = AuthorizedKeys::load(&dir.join("authorized_clients")).unwrap();
         assert!(auth.contains(&client.public));
         assert!(!auth.contains(&server.public));
+        assert!(is_example_key(&server.public) && is_example_key(&client.public));
+        assert!(auth.has_example_key());
+        assert!(
+            ![generate().public]
+                .into_iter()
+                .collect::<AuthorizedKeys>()
+                .has_example_key()
+        );
+        assert!(!is_example_key(&generate().public));
+    }
+
+    /// Writes `kp`'s private key to `path` with `mode`.
+    fn write_key(path: &Path, kp: &Keypair, mode: u32) {
+        std::fs::write(path, encode_key(&kp.private)).unwrap();
+        #[cfg(unix)]
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        #[cfg(not(unix))]
+        let _ = mode;
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_key_others_can_read_is_refused_unless_allowed() {
+        let d = tmpdir("mode");
+        let path = d.join("open.key");
+        let kp = generate();
+        write_key(&path, &kp, 0o644);
+        let err = load_private(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&path.display().to_string())
+                && err.contains("readable by other users")
+                && err.contains("allow_insecure_keys"),
+            "{err}"
+        );
+        assert_eq!(load_private_checked(&path, true).unwrap(), kp);
+        write_key(&path, &kp, 0o600);
+        assert_eq!(load_private(&path).unwrap(), kp);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_example_keys_are_refused_unless_allowed() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/keys");
+        let d = tmpdir("example");
+        for who in ["server", "client"] {
+            // Even a 0600 copy of a published key is refused.
+            let kp = load_private_checked(&dir.join(format!("{who}.key")), true).unwrap();
+            let copy = d.join(format!("{who}.key"));
+            write_key(&copy, &kp, 0o600);
+            let err = load_private(&copy).unwrap_err().to_string();
+            assert!(err.contains("published example key"), "{err}");
+            assert_eq!(load_private_checked(&copy, true).unwrap(), kp);
+        }
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -33,11 +33,12 @@ pub fn make_keys(name: &str) -> Keys {
     let dir = temp_dir(name);
     for who in ["server", "client"] {
         let kp = keys::generate();
-        std::fs::write(
-            dir.join(format!("{who}.key")),
-            keys::encode_key(&kp.private),
-        )
-        .unwrap();
+        let key = dir.join(format!("{who}.key"));
+        std::fs::write(&key, keys::encode_key(&kp.private)).unwrap();
+        // Private keys others can read are refused.
+        #[cfg(unix)]
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         std::fs::write(
             dir.join(format!("{who}.key.pub")),
             keys::encode_key(&kp.public),
