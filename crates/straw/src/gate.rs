@@ -217,9 +217,7 @@ mod tests {
     #[test]
     fn a_full_gate_drops_the_oldest_for_a_newcomer() {
         let gate = Gate::new(3, 10);
-        let a = gate.admit(ip(1)).0;
-        let b = gate.admit(ip(2)).0;
-        let c = gate.admit(ip(3)).0;
+        let [a, b, c] = [1, 2, 3].map(|i| gate.admit(ip(i)).0);
         let (d, dropped) = gate.admit(ip(4));
         assert_eq!(dropped, [Evicted::Total]);
         assert!(is_notified(&a.evicted), "oldest not told to go");
