@@ -8,7 +8,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 /// Run `straw server` on a well-connected host and `straw client` next to the
 /// mail program; they share one encrypted, compressed, multiplexed TCP connection.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+// The package is `straw-cli`; the command, its --version and its man pages
+// are `straw`.
+#[command(name = "straw", version, about, long_about = None)]
 struct Cli {
     /// Log lines as text (one line per event) or as JSON objects.
     #[arg(long, global = true, value_enum, default_value_t)]
@@ -86,4 +88,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_is_called_straw() {
+        let cmd = Cli::command();
+        assert_eq!(cmd.get_name(), "straw");
+        assert!(cmd.render_version().starts_with("straw "));
+        cmd.debug_assert();
+    }
 }
