@@ -390,3 +390,55 @@ fn link_lost_mid_response_or_idle_just_closes() {
     let mut idle = Rig::new(policy());
     assert!(lost(&mut idle.c).is_empty(), "nothing asked, nothing said");
 }
+
+#[test]
+fn only_global_unicast_targets_pass_the_address_check() {
+    let refused = [
+        "64:ff9b::a9fe:a9fe", // NAT64 of 169.254.169.254
+        "64:ff9b:1::a9fe:a9fe",
+        "fec0::1",           // site-local
+        "2002:a9fe:a9fe::1", // 6to4 of 169.254.169.254
+        "2002:7f00:1::1",
+        "::127.0.0.1",
+        "::ffff:0:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fd00::1",
+        "ff02::1",
+        "2001:db8::1",
+        "2001::1", // TEREDO
+        "198.18.0.1",
+        "198.19.255.255",
+        "192.0.0.8",
+        "240.0.0.1",
+        "255.255.255.255",
+        "100.64.0.1",
+        "169.254.169.254",
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "192.0.2.1",
+        "0.1.2.3",
+        "224.0.0.1",
+    ];
+    for a in refused {
+        let ip: std::net::IpAddr = a.parse().unwrap();
+        assert!(is_private_ip(ip), "{a} should be refused");
+    }
+    let allowed = [
+        "93.184.216.34",
+        "8.8.8.8",
+        "198.20.0.1",
+        "2606:4700::1111",
+        "64:ff9b::808:808", // NAT64 of 8.8.8.8
+        "2002:808:808::1",  // 6to4 of 8.8.8.8
+        "::ffff:8.8.8.8",
+    ];
+    for a in allowed {
+        let ip: std::net::IpAddr = a.parse().unwrap();
+        assert!(!is_private_ip(ip), "{a} should pass");
+    }
+}
