@@ -105,11 +105,12 @@ pub(crate) struct Input {
 }
 
 impl Input {
+    /// Appends `d` after dropping what was consumed, so the buffer holds only
+    /// unconsumed input: a body whose pieces always end inside a chunk-size
+    /// line never lets a consumed prefix pile up.
     pub(crate) fn push(&mut self, d: &[u8]) {
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
+        self.buf.drain(..self.pos);
+        self.pos = 0;
         self.buf.extend_from_slice(d);
     }
 
@@ -370,6 +371,26 @@ impl ReqState {
             }
             ReqState::Raw => Some(req.take_all()),
             ReqState::Head | ReqState::Body(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Input;
+
+    #[test]
+    fn consumed_input_is_dropped_even_when_a_line_is_always_open() {
+        let mut input = Input::default();
+        input.push(b"1");
+        for _ in 0..100_000 {
+            // Each piece ends inside the next chunk's size line.
+            input.push(b"\r\na\r\n1");
+            let size = input.line(64).unwrap().expect("size line");
+            assert_eq!(size, b"1");
+            assert_eq!(input.take(1), b"a");
+            assert_eq!(input.line(64).unwrap().expect("chunk end"), b"");
+            assert!(input.buf.len() <= 16, "{} B held", input.buf.len());
         }
     }
 }
