@@ -17,6 +17,10 @@ pub enum HttpError {
     BadHeader(String),
     #[error("bad Content-Length {0:?}")]
     BadContentLength(String),
+    /// RFC 9112 section 6.3: framing two parsers could read differently
+    /// (request smuggling, response splitting).
+    #[error("ambiguous HTTP framing: {0}")]
+    AmbiguousFraming(&'static str),
     #[error("bad chunk size {0:?}")]
     BadChunkSize(String),
     #[error("chunk data not followed by CRLF")]
@@ -67,20 +71,69 @@ impl Head {
         self.headers.push((name.to_string(), value));
     }
 
+    /// Chunked framing: the last transfer coding is `chunked` (checked by
+    /// [`Head::check_framing`], which refuses any other final coding).
     pub(crate) fn chunked(&self) -> bool {
-        self.get("Transfer-Encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+        self.get("Transfer-Encoding").is_some()
     }
 
+    /// The body length, when every Content-Length field (and list member)
+    /// agrees on one value; different values are an error.
     pub(crate) fn content_length(&self) -> Result<Option<u64>, HttpError> {
-        match self.get("Content-Length") {
-            None => Ok(None),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| HttpError::BadContentLength(v.to_owned())),
+        let mut found = None;
+        for (k, v) in &self.headers {
+            if !k.eq_ignore_ascii_case("Content-Length") {
+                continue;
+            }
+            for part in v.split(',') {
+                let p = part.trim();
+                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(HttpError::BadContentLength(v.to_owned()));
+                }
+                let n: u64 = p
+                    .parse()
+                    .map_err(|_| HttpError::BadContentLength(v.to_owned()))?;
+                if found.is_some_and(|f| f != n) {
+                    return Err(HttpError::AmbiguousFraming(
+                        "Content-Length fields disagree",
+                    ));
+                }
+                found = Some(n);
+            }
         }
+        Ok(found)
+    }
+
+    /// RFC 9112 section 6.3, strictly: one Transfer-Encoding field whose last
+    /// coding is `chunked`; never Transfer-Encoding together with
+    /// Content-Length on a request (smuggling); on a response Transfer-Encoding
+    /// wins and Content-Length is dropped before it is forwarded.
+    fn check_framing(&mut self, request: bool) -> Result<(), HttpError> {
+        let te: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("Transfer-Encoding"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if te.is_empty() {
+            self.content_length()?;
+            return Ok(());
+        }
+        let last = te.last().and_then(|v| v.rsplit(',').next()).unwrap_or("");
+        if te.len() > 1 || !last.trim().eq_ignore_ascii_case("chunked") {
+            return Err(HttpError::AmbiguousFraming(
+                "Transfer-Encoding other than one field ending in chunked",
+            ));
+        }
+        if self.get("Content-Length").is_some() {
+            if request {
+                return Err(HttpError::AmbiguousFraming(
+                    "Transfer-Encoding and Content-Length on a request",
+                ));
+            }
+            self.remove("Content-Length");
+        }
+        Ok(())
     }
 
     pub(crate) fn bytes(&self) -> Vec<u8> {
@@ -165,13 +218,19 @@ impl Input {
         }
         let mut headers = Vec::new();
         for l in lines {
+            // A bare CR or LF would end the line for some parsers and not others.
+            if l.contains(['\r', '\n']) {
+                return Err(HttpError::BadHeader(l.to_owned()));
+            }
             let (k, v) = l
                 .split_once(':')
                 .ok_or_else(|| HttpError::BadHeader(l.to_owned()))?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
+        let mut head = Head { start, headers };
+        head.check_framing(!head.start.starts_with("HTTP/"))?;
         self.pos += i + 4;
-        Ok(Some(Head { start, headers }))
+        Ok(Some(head))
     }
 }
 

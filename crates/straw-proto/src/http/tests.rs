@@ -442,3 +442,63 @@ fn only_global_unicast_targets_pass_the_address_check() {
         assert!(!is_private_ip(ip), "{a} should pass");
     }
 }
+
+/// The browser was refused with an error page or the stream failed, naming `why`.
+#[track_caller]
+fn refused(r: &mut Rig, why: &str) {
+    let page = r.take_browser();
+    assert!(
+        page.contains(why) || r.fails.iter().any(|f| f.contains(why)),
+        "not refused for {why:?}: page {page:?}, fails {:?}",
+        r.fails
+    );
+}
+
+#[test]
+fn ambiguous_framing_is_refused_rfc9112_6_3() {
+    // Requests: Transfer-Encoding with Content-Length, two different
+    // Content-Lengths, a final coding other than chunked, a bare LF.
+    for req in [
+        &b"POST http://example.com/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n"[..],
+        b"POST http://example.com/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST http://example.com/ HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\nabcd",
+        b"POST http://example.com/ HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        b"GET http://example.com/ HTTP/1.1\r\nX-A: a\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        let mut r = Rig::new(policy());
+        r.browser_sends(req);
+        assert!(
+            r.origin.is_empty(),
+            "forwarded: {:?}",
+            String::from_utf8_lossy(&r.origin)
+        );
+        let bare_lf = req.windows(2).any(|w| w[0] != b'\r' && w[1] == b'\n');
+        let why = if bare_lf {
+            "malformed HTTP header"
+        } else {
+            "ambiguous HTTP framing"
+        };
+        refused(&mut r, why);
+    }
+    // Same Content-Length twice is one value.
+    let mut r = Rig::new(policy());
+    r.browser_sends(
+        b"POST http://example.com/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    assert!(String::from_utf8_lossy(&r.origin).ends_with("\r\n\r\nabc"));
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    // A response with both: Transfer-Encoding wins, Content-Length is not
+    // forwarded next to the re-chunked body.
+    let mut r = Rig::new(policy());
+    r.browser_sends(b"GET http://example.com/ HTTP/1.1\r\n\r\n");
+    r.origin_sends(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    );
+    let page = r.take_browser();
+    assert!(
+        !page.to_ascii_lowercase().contains("content-length"),
+        "{page:?}"
+    );
+    assert!(page.ends_with("2\r\nhi\r\n0\r\n\r\n"), "{page:?}");
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+}
