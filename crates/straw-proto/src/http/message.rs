@@ -17,6 +17,10 @@ pub enum HttpError {
     BadHeader(String),
     #[error("bad Content-Length {0:?}")]
     BadContentLength(String),
+    /// RFC 9112 section 6.3: framing two parsers could read differently
+    /// (request smuggling, response splitting).
+    #[error("ambiguous HTTP framing: {0}")]
+    AmbiguousFraming(&'static str),
     #[error("bad chunk size {0:?}")]
     BadChunkSize(String),
     #[error("chunk data not followed by CRLF")]
@@ -67,20 +71,69 @@ impl Head {
         self.headers.push((name.to_string(), value));
     }
 
+    /// Chunked framing: the last transfer coding is `chunked` (checked by
+    /// [`Head::check_framing`], which refuses any other final coding).
     pub(crate) fn chunked(&self) -> bool {
-        self.get("Transfer-Encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+        self.get("Transfer-Encoding").is_some()
     }
 
+    /// The body length, when every Content-Length field (and list member)
+    /// agrees on one value; different values are an error.
     pub(crate) fn content_length(&self) -> Result<Option<u64>, HttpError> {
-        match self.get("Content-Length") {
-            None => Ok(None),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| HttpError::BadContentLength(v.to_owned())),
+        let mut found = None;
+        for (k, v) in &self.headers {
+            if !k.eq_ignore_ascii_case("Content-Length") {
+                continue;
+            }
+            for part in v.split(',') {
+                let p = part.trim();
+                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(HttpError::BadContentLength(v.to_owned()));
+                }
+                let n: u64 = p
+                    .parse()
+                    .map_err(|_| HttpError::BadContentLength(v.to_owned()))?;
+                if found.is_some_and(|f| f != n) {
+                    return Err(HttpError::AmbiguousFraming(
+                        "Content-Length fields disagree",
+                    ));
+                }
+                found = Some(n);
+            }
         }
+        Ok(found)
+    }
+
+    /// RFC 9112 section 6.3, strictly: one Transfer-Encoding field whose last
+    /// coding is `chunked`; never Transfer-Encoding together with
+    /// Content-Length on a request (smuggling); on a response Transfer-Encoding
+    /// wins and Content-Length is dropped before it is forwarded.
+    fn check_framing(&mut self, request: bool) -> Result<(), HttpError> {
+        let te: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("Transfer-Encoding"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if te.is_empty() {
+            self.content_length()?;
+            return Ok(());
+        }
+        let last = te.last().and_then(|v| v.rsplit(',').next()).unwrap_or("");
+        if te.len() > 1 || !last.trim().eq_ignore_ascii_case("chunked") {
+            return Err(HttpError::AmbiguousFraming(
+                "Transfer-Encoding other than one field ending in chunked",
+            ));
+        }
+        if self.get("Content-Length").is_some() {
+            if request {
+                return Err(HttpError::AmbiguousFraming(
+                    "Transfer-Encoding and Content-Length on a request",
+                ));
+            }
+            self.remove("Content-Length");
+        }
+        Ok(())
     }
 
     pub(crate) fn bytes(&self) -> Vec<u8> {
@@ -105,11 +158,12 @@ pub(crate) struct Input {
 }
 
 impl Input {
+    /// Appends `d` after dropping what was consumed, so the buffer holds only
+    /// unconsumed input: a body whose pieces always end inside a chunk-size
+    /// line never lets a consumed prefix pile up.
     pub(crate) fn push(&mut self, d: &[u8]) {
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
+        self.buf.drain(..self.pos);
+        self.pos = 0;
         self.buf.extend_from_slice(d);
     }
 
@@ -164,13 +218,19 @@ impl Input {
         }
         let mut headers = Vec::new();
         for l in lines {
+            // A bare CR or LF would end the line for some parsers and not others.
+            if l.contains(['\r', '\n']) {
+                return Err(HttpError::BadHeader(l.to_owned()));
+            }
             let (k, v) = l
                 .split_once(':')
                 .ok_or_else(|| HttpError::BadHeader(l.to_owned()))?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
+        let mut head = Head { start, headers };
+        head.check_framing(!head.start.starts_with("HTTP/"))?;
         self.pos += i + 4;
-        Ok(Some(Head { start, headers }))
+        Ok(Some(head))
     }
 }
 
@@ -370,6 +430,26 @@ impl ReqState {
             }
             ReqState::Raw => Some(req.take_all()),
             ReqState::Head | ReqState::Body(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Input;
+
+    #[test]
+    fn consumed_input_is_dropped_even_when_a_line_is_always_open() {
+        let mut input = Input::default();
+        input.push(b"1");
+        for _ in 0..100_000 {
+            // Each piece ends inside the next chunk's size line.
+            input.push(b"\r\na\r\n1");
+            let size = input.line(64).unwrap().expect("size line");
+            assert_eq!(size, b"1");
+            assert_eq!(input.take(1), b"a");
+            assert_eq!(input.line(64).unwrap().expect("chunk end"), b"");
+            assert!(input.buf.len() <= 16, "{} B held", input.buf.len());
         }
     }
 }

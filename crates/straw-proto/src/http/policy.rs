@@ -1,7 +1,7 @@
 //! Which targets the proxy serves: the host policy (blocked hosts, private
 //! targets), and where a request wants to go.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpPolicy {
@@ -42,30 +42,62 @@ impl HttpPolicy {
     }
 }
 
-/// Loopback, private, link-local, unspecified, multicast and similar.
+/// Whether the proxy must refuse `ip` (unless private targets are allowed):
+/// anything that is not global unicast. An allow-list of what is public would
+/// need updating as registries hand out ranges; this refuses every special
+/// range (RFC 6890 and successors) instead, and looks inside addresses that
+/// embed an IPv4 address (mapped, compatible, NAT64, 6to4) so that
+/// `64:ff9b::a9fe:a9fe` is refused like 169.254.169.254.
 pub fn is_private_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v) => {
+            let [a, b, c, _] = v.octets();
             v.is_private()
                 || v.is_loopback()
                 || v.is_link_local()
                 || v.is_unspecified()
                 || v.is_broadcast()
                 || v.is_multicast()
-                || v.octets()[0] == 0
-                || (v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64)
+                || v.is_documentation()
+                || a == 0
+                || a >= 240 // 240.0.0.0/4 reserved
+                || (a == 100 && (b & 0xc0) == 64) // 100.64.0.0/10 shared (CGNAT)
+                || (a == 192 && b == 0 && c == 0) // 192.0.0.0/24 IETF protocol
+                || (a == 198 && (b & 0xfe) == 18) // 198.18.0.0/15 benchmarking
         }
         IpAddr::V6(v) => {
-            if let Some(m) = v.to_ipv4_mapped() {
-                return is_private_ip(IpAddr::V4(m));
+            let s = v.segments();
+            if let Some(inner) = embedded_v4(&s) {
+                return is_private_ip(IpAddr::V4(inner));
             }
-            let s = v.segments()[0];
-            v.is_loopback()
-                || v.is_unspecified()
-                || v.is_multicast()
-                || (s & 0xfe00) == 0xfc00
-                || (s & 0xffc0) == 0xfe80
+            // Global unicast is 2000::/3; within it, refuse the documentation,
+            // ORCHID, benchmarking and TEREDO/other IETF special ranges.
+            (s[0] & 0xe000) != 0x2000
+                || s[0] == 0x2001 && s[1] < 0x0200 // 2001::/23 IETF special
+                || s[0] == 0x2001 && s[1] == 0x0db8 // 2001:db8::/32 documentation
+                || s[0] == 0x3fff && s[1] < 0x1000 // 3fff::/20 documentation
         }
+    }
+}
+
+/// The IPv4 address inside an IPv6 one that carries it: `::ffff:a.b.c.d`
+/// (mapped), `::a.b.c.d` (compatible, deprecated), `::ffff:0:a.b.c.d`
+/// (SIIT), `64:ff9b::a.b.c.d` and `64:ff9b:1::/48` (NAT64) and `2002:AABB:CCDD::`
+/// (6to4).
+fn embedded_v4(s: &[u16; 8]) -> Option<Ipv4Addr> {
+    let tail = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] => Some(tail()),
+        [0, 0, 0, 0, 0, 0, _, _] if s[6] != 0 || s[7] > 1 => Some(tail()),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail()),
+        [0x64, 0xff9b, 1, ..] => Some(tail()),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
+            (hi >> 8) as u8,
+            *hi as u8,
+            (lo >> 8) as u8,
+            *lo as u8,
+        )),
+        _ => None,
     }
 }
 

@@ -390,3 +390,115 @@ fn link_lost_mid_response_or_idle_just_closes() {
     let mut idle = Rig::new(policy());
     assert!(lost(&mut idle.c).is_empty(), "nothing asked, nothing said");
 }
+
+#[test]
+fn only_global_unicast_targets_pass_the_address_check() {
+    let refused = [
+        "64:ff9b::a9fe:a9fe", // NAT64 of 169.254.169.254
+        "64:ff9b:1::a9fe:a9fe",
+        "fec0::1",           // site-local
+        "2002:a9fe:a9fe::1", // 6to4 of 169.254.169.254
+        "2002:7f00:1::1",
+        "::127.0.0.1",
+        "::ffff:0:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fd00::1",
+        "ff02::1",
+        "2001:db8::1",
+        "2001::1", // TEREDO
+        "198.18.0.1",
+        "198.19.255.255",
+        "192.0.0.8",
+        "240.0.0.1",
+        "255.255.255.255",
+        "100.64.0.1",
+        "169.254.169.254",
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "192.0.2.1",
+        "0.1.2.3",
+        "224.0.0.1",
+    ];
+    for a in refused {
+        let ip: std::net::IpAddr = a.parse().unwrap();
+        assert!(is_private_ip(ip), "{a} should be refused");
+    }
+    let allowed = [
+        "93.184.216.34",
+        "8.8.8.8",
+        "198.20.0.1",
+        "2606:4700::1111",
+        "64:ff9b::808:808", // NAT64 of 8.8.8.8
+        "2002:808:808::1",  // 6to4 of 8.8.8.8
+        "::ffff:8.8.8.8",
+    ];
+    for a in allowed {
+        let ip: std::net::IpAddr = a.parse().unwrap();
+        assert!(!is_private_ip(ip), "{a} should pass");
+    }
+}
+
+/// The browser was refused with an error page or the stream failed, naming `why`.
+#[track_caller]
+fn refused(r: &mut Rig, why: &str) {
+    let page = r.take_browser();
+    assert!(
+        page.contains(why) || r.fails.iter().any(|f| f.contains(why)),
+        "not refused for {why:?}: page {page:?}, fails {:?}",
+        r.fails
+    );
+}
+
+#[test]
+fn ambiguous_framing_is_refused_rfc9112_6_3() {
+    // Requests: Transfer-Encoding with Content-Length, two different
+    // Content-Lengths, a final coding other than chunked, a bare LF.
+    for req in [
+        &b"POST http://example.com/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n"[..],
+        b"POST http://example.com/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST http://example.com/ HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\nabcd",
+        b"POST http://example.com/ HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        b"GET http://example.com/ HTTP/1.1\r\nX-A: a\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        let mut r = Rig::new(policy());
+        r.browser_sends(req);
+        assert!(
+            r.origin.is_empty(),
+            "forwarded: {:?}",
+            String::from_utf8_lossy(&r.origin)
+        );
+        let bare_lf = req.windows(2).any(|w| w[0] != b'\r' && w[1] == b'\n');
+        let why = if bare_lf {
+            "malformed HTTP header"
+        } else {
+            "ambiguous HTTP framing"
+        };
+        refused(&mut r, why);
+    }
+    // Same Content-Length twice is one value.
+    let mut r = Rig::new(policy());
+    r.browser_sends(
+        b"POST http://example.com/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    assert!(String::from_utf8_lossy(&r.origin).ends_with("\r\n\r\nabc"));
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    // A response with both: Transfer-Encoding wins, Content-Length is not
+    // forwarded next to the re-chunked body.
+    let mut r = Rig::new(policy());
+    r.browser_sends(b"GET http://example.com/ HTTP/1.1\r\n\r\n");
+    r.origin_sends(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    );
+    let page = r.take_browser();
+    assert!(
+        !page.to_ascii_lowercase().contains("content-length"),
+        "{page:?}"
+    );
+    assert!(page.ends_with("2\r\nhi\r\n0\r\n\r\n"), "{page:?}");
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+}

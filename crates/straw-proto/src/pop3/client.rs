@@ -14,6 +14,14 @@ use crate::shared::lines::{MAX_LINE, take_line, trim_end, verb};
 use crate::shared::owed::OwedReplies;
 use crate::{AccelStats, Accelerator, Cache, Output};
 
+/// Commands that commit nothing at QUIT: after only these, QUIT may be
+/// answered locally. Anything else (`DELE`, or a command straw doesn't know)
+/// sends QUIT's real reply to the program.
+const READ_ONLY: [&str; 14] = [
+    "STAT", "LIST", "UIDL", "RETR", "TOP", "NOOP", "CAPA", "USER", "PASS", "APOP", "AUTH", "RSET",
+    "STLS", "QUIT",
+];
+
 /// What to do with the next real reply arriving over the stream.
 #[derive(Debug)]
 pub(super) enum Disp {
@@ -119,6 +127,11 @@ pub struct ClientAccel {
     pub(super) sizes: HashMap<u32, u64>,
     /// Messages the program marked deleted or asked for: not prefetched.
     pub(super) deleted: HashSet<u32>,
+    /// The session sent a command that may commit at QUIT (a `DELE`, or
+    /// anything straw doesn't know to be read-only, such as `DELE\t1`). Never
+    /// cleared, not even by a new login: the real server's UPDATE state is
+    /// what counts, and only its reply to QUIT may confirm it.
+    may_commit: bool,
     pub(super) retrieved: HashSet<u32>,
     pub(super) pf_retr: Option<RetrPrefetch>,
     /// The server side doesn't know abort lines (an older straw).
@@ -156,6 +169,7 @@ impl ClientAccel {
             resume_refused: false,
             sizes: HashMap::new(),
             deleted: HashSet::new(),
+            may_commit: false,
             retrieved: HashSet::new(),
             pf_retr: None,
             abort_refused: false,
@@ -295,6 +309,9 @@ impl ClientAccel {
             return;
         }
         let (verb, arg) = verb(&line);
+        if !READ_ONLY.contains(&verb.as_str()) && !verb.starts_with("XSTRAW-") {
+            self.may_commit = true;
+        }
         if verb != "PASS" {
             self.release_user(out);
         }
@@ -373,7 +390,7 @@ impl ClientAccel {
                     self.pf_usable = [true; 3];
                 }
             }
-            "QUIT" if self.deleted.is_empty() && self.held_user.is_none() => {
+            "QUIT" if !self.may_commit && self.held_user.is_none() => {
                 // With no DELE in this session, QUIT commits nothing (RFC
                 // 1939's UPDATE state has nothing to remove): answered here,
                 // like IMAP LOGOUT and SMTP QUIT; the real reply is checked.

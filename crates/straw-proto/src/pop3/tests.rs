@@ -1657,3 +1657,30 @@ fn quit_is_local_only_without_a_dele() {
         o2.notes
     );
 }
+
+#[test]
+fn quit_after_any_dele_like_command_waits_for_the_server() {
+    let login: [&[u8]; 2] = [b"USER bob\r\n", b"PASS secret\r\n"];
+    // `DELE\t1` (a server may take it as DELE), an unknown command, and a
+    // DELE followed by a new login that clears straw's own DELE list: in
+    // each case the real server may commit at QUIT, so its reply is awaited.
+    let cases: [&[&[u8]]; 3] = [
+        &[b"DELE\t1\r\n"],
+        &[b"XTND XMIT\r\n"],
+        &[b"DELE 1\r\n", b"USER bob\r\n", b"PASS secret\r\n"],
+    ];
+    for case in cases {
+        let mut rig = Rig::new(PF, &warm(), FakeDovecot::new(3));
+        for s in login.iter().chain(case) {
+            rig.send(s);
+        }
+        let mut o = Output::default();
+        rig.c.from_local(b"QUIT\r\n", true, &mut o);
+        assert!(
+            o.to_local.is_empty(),
+            "QUIT after {case:?} must wait for the server, got {:?}",
+            String::from_utf8_lossy(&o.to_local)
+        );
+        assert_eq!(o.to_tunnel, b"QUIT\r\n");
+    }
+}
