@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 /// Dead-link detection: when to probe a quiet link with a PING and when to
 /// give it up. See [`LivenessCheck`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -132,21 +130,9 @@ impl LivenessCheck {
     }
 }
 
-/// Whether the peer answers this (plaintext) record: any frame but ACK.
-/// Compressed records carry data, so they count.
-pub fn ack_eliciting(record: &[u8]) -> bool {
-    match record.split_first() {
-        Some((0, frames)) => straw_core::wire::FrameDecoder::new(Bytes::copy_from_slice(frames))
-            .any(|f| !matches!(f, Ok(straw_core::wire::Frame::Ack { .. }))),
-        Some(_) => true,
-        None => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use straw_core::wire::Frame;
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
@@ -200,17 +186,5 @@ mod tests {
         );
         assert_eq!(never.next_check(rtt, false), None);
         assert_eq!(never.poll(t0 + secs(1e6), rtt, false), Liveness::Fine);
-    }
-
-    #[test]
-    fn only_records_with_more_than_acks_await_an_answer() {
-        let mut ack_only = vec![0u8];
-        Frame::Ack { record: 300 }.encode(&mut ack_only);
-        assert!(!ack_eliciting(&ack_only));
-        let mut ping = ack_only.clone();
-        Frame::Ping { stamp: 5 }.encode(&mut ping);
-        assert!(ack_eliciting(&ping));
-        assert!(ack_eliciting(&[1, 2, 3]), "compressed records carry data");
-        assert!(!ack_eliciting(&[]));
     }
 }

@@ -10,7 +10,7 @@ use straw_core::session::{self, Priority, Session, SessionError, reset_code};
 use straw_proto::{AccelStats, Accelerator, Output};
 use tracing::{debug, info, warn};
 
-use crate::liveness::{Liveness, LivenessCheck, LivenessConfig, ack_eliciting};
+use crate::liveness::{Liveness, LivenessCheck, LivenessConfig};
 use crate::local::{Early, LocalOut, LocalStream};
 
 /// Largest single read the tunnel grants a local socket.
@@ -206,7 +206,7 @@ impl Tunnel {
 
     /// Something sent is still unanswered (not counting bare ACKs).
     fn expecting_reply(&self) -> bool {
-        self.session.unacked_records().any(|r| ack_eliciting(r))
+        self.session.awaiting_answer()
     }
 
     /// Runs the timers due at `now`: liveness probes, dead link, idle

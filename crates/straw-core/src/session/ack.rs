@@ -19,8 +19,7 @@ impl Session {
         while self.replay.front().is_some_and(|r| r.seq < received) {
             let r = self.replay.pop_front().expect("checked");
             self.resend = self.resend.saturating_sub(1);
-            self.unacked_bytes -= r.wire.len() as u64;
-            self.delivered += self.link_bytes(&r.wire);
+            self.release(&r);
             oldest_sent.get_or_insert(r.sent_at);
             newest = Some(r);
         }

@@ -196,6 +196,8 @@ pub struct Session {
     /// PONGs for PINGs sent before this moment measure the outage, not the RTT.
     rtt_valid_from: Instant,
     unacked_bytes: u64,
+    /// Unacked records the peer will answer (see `replay::ack_eliciting`).
+    unacked_eliciting: usize,
     pending_raw: u64,
     /// Raw bytes taken from streams that their transform encoders hold.
     transform_held: u64,
@@ -256,6 +258,7 @@ impl Session {
             resend: 0,
             rtt_valid_from: now,
             unacked_bytes: 0,
+            unacked_eliciting: 0,
             pending_raw: 0,
             transform_held: 0,
             bulk_out: BytesMut::new(),

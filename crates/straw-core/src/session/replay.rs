@@ -18,6 +18,19 @@ pub(super) struct SentRecord {
     pub(super) delivered_time_at_send: Instant,
     /// When the newest record acked at this one's sending was itself sent.
     pub(super) first_sent_at_send: Instant,
+    /// The peer answers it (it carries more than ACKs): see [`ack_eliciting`].
+    pub(super) eliciting: bool,
+}
+
+/// Whether the peer answers this record: any frame but ACK. Compressed
+/// records carry data, so they count. Decided once, when the record is sent.
+pub(super) fn ack_eliciting(record: &Bytes) -> bool {
+    match record.first() {
+        Some(&c) if c == CodecId::Stored as u8 => crate::wire::FrameDecoder::new(record.slice(1..))
+            .any(|f| !matches!(f, Ok(crate::wire::Frame::Ack { .. }))),
+        Some(_) => true,
+        None => false,
+    }
 }
 
 impl Session {
@@ -27,6 +40,8 @@ impl Session {
             self.last_codec_use = now;
         }
         let wire = Bytes::from(wire);
+        let eliciting = ack_eliciting(&wire);
+        self.unacked_eliciting += usize::from(eliciting);
         self.replay.push_back(SentRecord {
             seq: self.next_send_seq,
             wire: wire.clone(),
@@ -42,6 +57,7 @@ impl Session {
             } else {
                 self.delivered_time
             },
+            eliciting,
         });
         if self.unacked_bytes == 0 {
             self.delivered_time = now;
@@ -80,8 +96,7 @@ impl Session {
         }
         while self.replay.front().is_some_and(|r| r.seq < peer_received) {
             let r = self.replay.pop_front().expect("checked");
-            self.unacked_bytes -= r.wire.len() as u64;
-            self.delivered += self.link_bytes(&r.wire);
+            self.release(&r);
         }
         self.resend = self.replay.len();
         for r in &mut self.replay {
@@ -123,5 +138,39 @@ impl Session {
 
     pub fn unacked_bytes(&self) -> u64 {
         self.unacked_bytes
+    }
+
+    /// Something sent is still unanswered (not counting bare ACKs): what
+    /// dead-link detection waits on.
+    pub fn awaiting_answer(&self) -> bool {
+        self.unacked_eliciting > 0
+    }
+
+    /// Accounts a record the peer has received (acked, or counted on resume).
+    pub(super) fn release(&mut self, r: &SentRecord) {
+        self.unacked_bytes -= r.wire.len() as u64;
+        self.unacked_eliciting -= usize::from(r.eliciting);
+        self.delivered += self.link_bytes(&r.wire);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Frame;
+
+    #[test]
+    fn only_records_with_more_than_acks_await_an_answer() {
+        let mut ack_only = vec![0u8];
+        Frame::Ack { record: 300 }.encode(&mut ack_only);
+        let mut ping = ack_only.clone();
+        Frame::Ping { stamp: 5 }.encode(&mut ping);
+        assert!(!ack_eliciting(&Bytes::from(ack_only)));
+        assert!(ack_eliciting(&Bytes::from(ping)));
+        assert!(
+            ack_eliciting(&Bytes::from_static(&[1, 2, 3])),
+            "compressed records carry data"
+        );
+        assert!(!ack_eliciting(&Bytes::new()));
     }
 }
