@@ -2,17 +2,16 @@
 //! over the in-process link emulator at 2,400 bit/s and 500 ms one way.
 
 mod common;
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::paused::{open_passthrough, read_line, tunnels_over};
 use straw::config::SessionOptions;
 use straw::tunnel::{DialFuture, Dialer, LocalIo};
 use straw_proto::Accelerator;
 use straw_proto::passthrough::Passthrough;
 use straw_tools::linksim::{Link, LinkParams};
-use support::{open_passthrough, read_line, tunnels_over};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 use tokio::sync::mpsc;
 use tokio::time::Instant;

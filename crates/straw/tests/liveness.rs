@@ -4,11 +4,11 @@
 //! trips it.
 
 mod common;
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::paused::{open_passthrough, tunnels_over};
 use straw::client::liveness_config;
 use straw::config::{SessionOptions, TcpOptions};
 use straw::tunnel::{
@@ -17,7 +17,6 @@ use straw::tunnel::{
 use straw_proto::Accelerator;
 use straw_proto::passthrough::Passthrough;
 use straw_tools::linksim::{Link, LinkParams};
-use support::{open_passthrough, tunnels_over};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;

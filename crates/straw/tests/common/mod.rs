@@ -1,6 +1,9 @@
 //! In-process harness: a straw server and client on loopback with fresh keys.
 #![allow(dead_code)]
 
+/// Tunnels over a simulated link on tokio's paused clock.
+pub mod paused;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

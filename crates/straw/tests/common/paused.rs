@@ -1,6 +1,5 @@
 //! A client and a server tunnel in one process over a simulated link, for
 //! tests on tokio's paused clock (no sockets, no real time).
-#![allow(dead_code)]
 
 use std::sync::Arc;
 
