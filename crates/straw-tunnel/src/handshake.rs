@@ -330,6 +330,16 @@ mod tests {
             ResumePlan::Fresh
         );
         assert_eq!(plan_client_resume(None, Some(&r(2))), ResumePlan::Fresh);
+        // A resume grants a new ticket for the same session: still ours (the
+        // client keeps the granted block, so the new ticket, for next time).
+        let rotated = Resume {
+            ticket: [5; RESUME_ID_LEN],
+            ..r(1)
+        };
+        assert_eq!(
+            plan_client_resume(Some(&r(1)), Some(&rotated)),
+            ResumePlan::Resume
+        );
         assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"ab", b"abc"));
     }
 
