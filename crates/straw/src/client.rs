@@ -10,7 +10,9 @@ use straw_core::session::{Role, Session, SessionConfig};
 use straw_core::wire::{Hello, Resume};
 use straw_proto::partial::SharedStore;
 use straw_proto::{http, pop3};
-use straw_tunnel::handshake::{ResumePlan, check_peer_hello, our_hello, plan_client_resume};
+use straw_tunnel::handshake::{
+    ResumePlan, Timestamps, check_peer_hello, client_hello, plan_client_resume, unix_nanos,
+};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -495,6 +497,14 @@ fn new_tunnel(
     t
 }
 
+/// The timestamp of this process's next first handshake message: the
+/// server refuses one that is not newer than the last it accepted from our
+/// key, so a replayed message gets nothing.
+pub fn next_timestamp() -> u64 {
+    static TIMESTAMPS: Timestamps = Timestamps::new();
+    TIMESTAMPS.next(unix_nanos(std::time::SystemTime::now()))
+}
+
 async fn connect(
     cfg: &ClientConfig,
     keypair: &Keypair,
@@ -503,7 +513,7 @@ async fn connect(
 ) -> Result<(tokio::net::TcpStream, noise::Transport, Hello)> {
     let mut sock = tcp::connect_tunnel(&cfg.server, &cfg.tcp).await?;
     let ours = session_config(Role::Client, &cfg.session);
-    let hello = our_hello(&ours, resume);
+    let hello = client_hello(&ours, resume, next_timestamp());
     let (transport, payload) = tokio::time::timeout(
         Duration::from_secs(cfg.session.handshake_timeout_secs),
         noise::client_handshake(&mut sock, keypair, server_key, &hello.encode()),

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -156,6 +157,18 @@ pub struct ServerLimits {
     /// At most one log line per reason (rejected handshake, dropped for room,
     /// accept failure) this often; the next line counts the ones left out.
     pub log_interval_secs: u64,
+    /// Live tunnels (sessions carried by a connection); past it a new or
+    /// resuming client is refused after authentication, with a log line.
+    pub max_tunnels: usize,
+    /// Sessions, live and parked, of one client key; past it the key's
+    /// oldest parked session is dropped (refused if all are live).
+    pub max_sessions_per_key: usize,
+    /// Parked sessions (waiting for their clients) over all keys; past it
+    /// the oldest parked is dropped.
+    pub max_parked_sessions: usize,
+    /// Refuse a client whose handshake timestamp is further than this from
+    /// our clock (0: never; only the per-key order is checked).
+    pub max_clock_skew_secs: u64,
 }
 
 impl Default for ServerLimits {
@@ -165,7 +178,27 @@ impl Default for ServerLimits {
             max_pending_per_ip: 16,
             first_message_timeout_ms: 5000,
             log_interval_secs: 10,
+            max_tunnels: 8192,
+            max_sessions_per_key: 4,
+            max_parked_sessions: 8192,
+            max_clock_skew_secs: 0,
         }
+    }
+}
+
+impl ServerLimits {
+    /// The bounds on the server's session table.
+    pub fn sessions(&self) -> straw_tunnel::resume::Limits {
+        straw_tunnel::resume::Limits {
+            max_running: self.max_tunnels,
+            max_per_key: self.max_sessions_per_key,
+            max_parked: self.max_parked_sessions,
+        }
+    }
+
+    /// The clock-skew bound of the handshake replay guard, if any.
+    pub fn clock_skew(&self) -> Option<Duration> {
+        (self.max_clock_skew_secs > 0).then(|| Duration::from_secs(self.max_clock_skew_secs))
     }
 }
 

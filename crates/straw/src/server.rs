@@ -13,14 +13,15 @@ use straw_core::wire::{Hello, RESUME_ID_LEN, Resume};
 use straw_proto::http;
 use straw_proto::partial::SharedStore;
 use straw_tunnel::handshake;
-use straw_tunnel::resume::{Claim, ResumeTable, SessionId};
+use straw_tunnel::handshake::ReplayGuard;
+use straw_tunnel::resume::{self, Claim, Eviction, Refusal, ResumeTable, SessionId};
 use tokio::net::{TcpListener, TcpStream};
 
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
 use crate::accel::{AccelFactory, Side};
-use crate::config::{Protocol, ServerConfig, ServerHttp, ServerService, TcpOptions};
+use crate::config::{Protocol, ServerConfig, ServerHttp, ServerLimits, ServerService, TcpOptions};
 use crate::gate::{Evicted, Gate, LogLimiter, Ticket};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
@@ -108,7 +109,7 @@ pub async fn serve_with_relay(
     state: Arc<ServerState>,
     relay: Option<SharedStore>,
 ) -> Result<()> {
-    let sessions = Sessions::default();
+    let sessions = Sessions::new(&state.cfg.limits);
     let limits = &state.cfg.limits;
     let gate = Gate::new(limits.max_pending_handshakes, limits.max_pending_per_ip);
     let logs = Arc::new(LogLimiter::new(Duration::from_secs(
@@ -175,21 +176,69 @@ fn our_hello(cfg: &ServerConfig, resume: Resume) -> Hello {
 
 /// Sessions alive on this server, by id, so that a reconnecting client can
 /// take its own back. A running session's handle makes its connection let go.
-#[derive(Clone, Default)]
-struct Sessions(Arc<std::sync::Mutex<ResumeTable<Box<Tunnel>, Arc<Notify>>>>);
+/// With them, the replay guard on first handshake messages.
+#[derive(Clone)]
+struct Sessions {
+    table: Arc<std::sync::Mutex<ResumeTable<Box<Tunnel>, Arc<Notify>>>>,
+    replay: Arc<std::sync::Mutex<ReplayGuard>>,
+    logs: Arc<LogLimiter>,
+}
 
 impl Sessions {
+    fn new(limits: &ServerLimits) -> Self {
+        Self {
+            table: Arc::new(std::sync::Mutex::new(ResumeTable::new(limits.sessions()))),
+            replay: Arc::new(std::sync::Mutex::new(ReplayGuard::new(limits.clock_skew()))),
+            logs: Arc::new(LogLimiter::new(Duration::from_secs(
+                limits.log_interval_secs,
+            ))),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ResumeTable<Box<Tunnel>, Arc<Notify>>> {
         // A panic elsewhere can't leave the table inconsistent: keep serving.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses a replayed (or not newer) first message from `client`.
+    fn check_replay(&self, client: &[u8; 32], hello: &Hello) -> Result<()> {
+        let now = handshake::unix_nanos(std::time::SystemTime::now());
+        let mut guard = self.replay.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(guard.check(client, hello.timestamp, now)?)
+    }
+
+    /// Closes parked sessions dropped to make room, with a log line.
+    fn evicted(&self, evicted: Vec<resume::Evicted<Box<Tunnel>>>) {
+        for e in evicted {
+            let key = &keys::encode_key(&e.client)[..8];
+            match e.why {
+                Eviction::KeySessions => warn_limited!(
+                    self.logs,
+                    "evicted-key-session",
+                    "client {key} reached limits.max_sessions_per_key: dropped its oldest parked session ({} streams)",
+                    e.parked.stream_count()
+                ),
+                Eviction::Parked => warn_limited!(
+                    self.logs,
+                    "evicted-parked",
+                    "limits.max_parked_sessions reached: dropped the oldest parked session (client {key}, {} streams)",
+                    e.parked.stream_count()
+                ),
+            }
+            tokio::spawn(e.parked.give_up(GIVE_UP_LINGER));
+        }
     }
 
     /// Puts a tunnel whose link dropped aside for `grace`, then drops it
     /// (closing its upstream connections) unless a client took it back.
-    fn park(&self, id: SessionId, tunnel: Tunnel, grace: Duration, label: String) {
-        let Some(parks) = self.lock().park(&id, Box::new(tunnel)) else {
+    /// `confirmed`: the link carried a record from the client, which so
+    /// holds the ticket granted on it (the one before it dies).
+    fn park(&self, id: SessionId, tunnel: Tunnel, grace: Duration, label: String, confirmed: bool) {
+        let parked = self.lock().park(&id, Box::new(tunnel), confirmed);
+        let Some((parks, evicted)) = parked else {
             return;
         };
+        self.evicted(evicted);
         let sessions = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
@@ -241,9 +290,11 @@ fn plan(
     payload: &[u8],
 ) -> Result<(Plan, Vec<u8>)> {
     let client_hello = handshake::check_peer_hello(&our_session_config(cfg), payload)?;
+    // Before anything else: a replayed first message gets nothing more.
+    sessions.check_replay(client, &client_hello)?;
     if let Some(r) = &client_hello.resume {
         let stop = Arc::new(Notify::new());
-        let claim = sessions.lock().claim(client, r, stop.clone());
+        let claim = sessions.lock().claim(client, r, stop.clone(), random_id()?);
         match claim {
             Claim::Resume { mut parked, ticket } => {
                 parked.set_stop(stop);
@@ -270,13 +321,21 @@ fn plan(
                 old.notify_one();
                 bail!("session still attached to an older connection; closing that one, retry");
             }
+            Claim::Wait => {
+                // The ticket before the current one: the client may have
+                // missed the reply that granted the new one. It resumes the
+                // session once parked; it never stops a live connection.
+                bail!("resume with the previous ticket while the session is attached; retry");
+            }
+            Claim::Refused(why) => return Err(why.into()),
             Claim::Fresh => {}
         }
     }
     let id = random_id()?;
     let ticket = random_id()?;
     let stop = Arc::new(Notify::new());
-    sessions.lock().insert(id, ticket, *client, stop.clone());
+    let inserted = sessions.lock().insert(id, ticket, *client, stop.clone());
+    sessions.evicted(inserted?);
     let reply = our_hello(
         cfg,
         Resume {
@@ -340,11 +399,17 @@ async fn handle(
     let (transport, client_key) = match outcome {
         Ok((transport, key, _)) => (transport, key),
         Err(e) => {
-            warn_limited!(logs, "rejected", "rejected connection from {peer}: {e:#}");
+            if e.downcast_ref::<Refusal>().is_some() {
+                warn_limited!(logs, "refused-limit", "refused tunnel from {peer}: {e:#}");
+            } else if e.downcast_ref::<handshake::ReplayError>().is_some() {
+                warn_limited!(logs, "replay", "refused first message from {peer}: {e:#}");
+            } else {
+                warn_limited!(logs, "rejected", "rejected connection from {peer}: {e:#}");
+            }
             // The reply may have been decided but never delivered.
             match decided {
                 Some(Plan::Resume { id, tunnel, .. }) => {
-                    sessions.park(id, *tunnel, grace, peer.to_string())
+                    sessions.park(id, *tunnel, grace, peer.to_string(), false)
                 }
                 Some(Plan::Fresh { id, .. }) => sessions.remove(&id),
                 None => {}
@@ -394,7 +459,10 @@ async fn handle(
     tunnel.set_link_socket(crate::client::socket_handle(&sock));
     // The server never opens streams of its own.
     let (_tx, mut opens) = mpsc::channel(1);
+    let received = tunnel.records_received();
     let result = tunnel.run_link(sock, &mut opens).await;
+    // A record from the client on this link: it got the ticket granted here.
+    let confirmed = tunnel.records_received() > received;
     let stats = tunnel.stats();
     match result {
         Ok(LinkEnded::Lost(e)) => {
@@ -411,12 +479,12 @@ async fn handle(
                 keep.as_secs(),
                 crate::client::describe_end(&Err(e), &stats)
             );
-            sessions.park(id, *tunnel, keep, label);
+            sessions.park(id, *tunnel, keep, label, confirmed);
         }
-        Ok(LinkEnded::Idle) => sessions.park(id, *tunnel, grace, label),
+        Ok(LinkEnded::Idle) => sessions.park(id, *tunnel, grace, label, confirmed),
         Ok(LinkEnded::Stopped) => {
             info!(tunnel = %label, "client reconnected; handing the session over");
-            sessions.park(id, *tunnel, grace, label);
+            sessions.park(id, *tunnel, grace, label, confirmed);
         }
         Ok(LinkEnded::Closed) => {
             sessions.remove(&id);
@@ -540,8 +608,13 @@ test = { upstream = "127.0.0.1:2" }
             max_record: 1000,
             resume,
             codec_model: Some(handshake::codec_model_id(&our_session_config(&cfg()))),
+            timestamp: Some(crate::client::next_timestamp()),
         }
         .encode()
+    }
+
+    fn sessions() -> Sessions {
+        Sessions::new(&cfg().limits)
     }
 
     /// Fresh session from a first Hello; returns the resume block granted.
@@ -553,7 +626,7 @@ test = { upstream = "127.0.0.1:2" }
 
     #[test]
     fn ticket_only_resumes_for_its_own_key() {
-        let sessions = Sessions::default();
+        let sessions = sessions();
         let alice = [1u8; 32];
         let mallory = [2u8; 32];
         let granted = fresh(&sessions, &alice);
@@ -601,7 +674,7 @@ test = { upstream = "127.0.0.1:2" }
 
     #[test]
     fn bad_hellos_are_refused() {
-        let sessions = Sessions::default();
+        let sessions = sessions();
         assert!(plan(&sessions, &cfg(), &[1; 32], b"").is_err());
         let mut h = hello(None);
         h[0] = 99;
@@ -615,6 +688,7 @@ test = { upstream = "127.0.0.1:2" }
                 max_record: 1000,
                 resume: None,
                 codec_model: model,
+                timestamp: Some(crate::client::next_timestamp()),
             };
             let err = plan(&sessions, &cfg(), &[1; 32], &h.encode())
                 .err()
@@ -622,5 +696,102 @@ test = { upstream = "127.0.0.1:2" }
             assert!(format!("{err:#}").contains("codec model"), "{err:#}");
         }
         assert!(sessions.lock().is_empty());
+        // A Hello without a timestamp (protocol 1 had none) is refused.
+        let mut h = Hello::decode(&hello(None)).unwrap();
+        h.timestamp = None;
+        let err = plan(&sessions, &cfg(), &[1; 32], &h.encode())
+            .err()
+            .unwrap();
+        assert!(
+            err.downcast_ref::<handshake::ReplayError>().is_some(),
+            "{err:#}"
+        );
+        assert!(sessions.lock().is_empty());
+    }
+
+    #[test]
+    fn a_replayed_first_message_starts_no_session() {
+        let sessions = sessions();
+        let alice = [1u8; 32];
+        let captured = hello(None);
+        assert!(matches!(
+            plan(&sessions, &cfg(), &alice, &captured).unwrap().0,
+            Plan::Fresh { .. }
+        ));
+        for _ in 0..1000 {
+            let err = plan(&sessions, &cfg(), &alice, &captured).err().unwrap();
+            assert!(format!("{err:#}").contains("not newer"), "{err:#}");
+        }
+        assert_eq!(sessions.lock().len(), 1, "replays parked sessions");
+        // The client's next, newer message is fine.
+        fresh(&sessions, &alice);
+        assert_eq!(sessions.lock().len(), 2);
+    }
+
+    #[test]
+    fn a_replayed_resume_message_never_stops_the_live_connection() {
+        let sessions = sessions();
+        let alice = [1u8; 32];
+        let granted = fresh(&sessions, &alice);
+        let stop = sessions
+            .lock()
+            .running(&granted.session_id)
+            .unwrap()
+            .clone();
+        // A resume message while the session runs makes the old connection
+        // let go (the client's own, after a link it thinks dead)...
+        let captured = hello(Some(granted.clone()));
+        assert!(plan(&sessions, &cfg(), &alice, &captured).is_err());
+        // ... once: replayed, it is refused before the session is looked up.
+        let notified = stop.notified();
+        tokio::pin!(notified);
+        assert!(futures_poll_ready(notified.as_mut()));
+        for _ in 0..100 {
+            let err = plan(&sessions, &cfg(), &alice, &captured).err().unwrap();
+            assert!(
+                err.downcast_ref::<handshake::ReplayError>().is_some(),
+                "{err:#}"
+            );
+        }
+        let again = stop.notified();
+        tokio::pin!(again);
+        assert!(
+            !futures_poll_ready(again.as_mut()),
+            "a replay stopped it again"
+        );
+        assert_eq!(sessions.lock().len(), 1);
+    }
+
+    #[test]
+    fn limits_refuse_past_max_tunnels_and_a_keys_live_sessions() {
+        let mut c = cfg();
+        c.limits.max_tunnels = 3;
+        c.limits.max_sessions_per_key = 2;
+        let sessions = Sessions::new(&c.limits);
+        let (alice, bob) = ([1u8; 32], [2u8; 32]);
+        for key in [alice, alice, bob] {
+            assert!(matches!(
+                plan(&sessions, &c, &key, &hello(None)).unwrap().0,
+                Plan::Fresh { .. }
+            ));
+        }
+        let refused = |key: &[u8; 32]| {
+            let err = plan(&sessions, &c, key, &hello(None)).err().unwrap();
+            *err.downcast_ref::<Refusal>().expect("a limit refusal")
+        };
+        assert_eq!(refused(&[3u8; 32]), Refusal::Tunnels { max: 3 });
+        assert_eq!(refused(&bob), Refusal::Tunnels { max: 3 });
+        c.limits.max_tunnels = 10;
+        let sessions2 = Sessions::new(&c.limits);
+        for _ in 0..2 {
+            plan(&sessions2, &c, &alice, &hello(None)).unwrap();
+        }
+        let err = plan(&sessions2, &c, &alice, &hello(None)).err().unwrap();
+        assert_eq!(
+            *err.downcast_ref::<Refusal>().unwrap(),
+            Refusal::KeySessions { max: 2 }
+        );
+        assert_eq!(sessions.lock().running_count(), 3);
+        assert_eq!(sessions2.lock().sessions_of(&alice), 2);
     }
 }

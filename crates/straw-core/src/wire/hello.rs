@@ -3,7 +3,9 @@
 use super::WireError;
 use super::varint::{get_varint, put_varint};
 
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: the client's Hello carries a timestamp (replay guard) and every
+/// resume grants a new ticket.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Length of a session id and of a resume ticket.
 pub const RESUME_ID_LEN: usize = 16;
@@ -11,6 +13,9 @@ pub const RESUME_ID_LEN: usize = 16;
 /// Tags of the optional blocks after the fixed fields, in this order.
 const RESUME_TAG: u8 = 1;
 const CODEC_MODEL_TAG: u8 = 2;
+const TIMESTAMP_TAG: u8 = 3;
+/// Bytes of the timestamp block: tag and a big-endian u64.
+pub const TIMESTAMP_BLOCK_LEN: usize = 1 + 8;
 
 /// Session resumption state carried in a Hello.
 ///
@@ -37,6 +42,11 @@ pub struct Hello {
     /// Id of the sender's compression model (`codec::model_id`): peers with
     /// different ids cannot decode each other's CM records.
     pub codec_model: Option<u32>,
+    /// Client → server: nanoseconds since the Unix epoch, strictly
+    /// increasing per client (the server refuses a first message whose
+    /// timestamp is not newer than the last it accepted from that key, so a
+    /// replayed message does nothing). A server sends none.
+    pub timestamp: Option<u64>,
 }
 
 impl Hello {
@@ -53,6 +63,10 @@ impl Hello {
         if let Some(id) = self.codec_model {
             out.push(CODEC_MODEL_TAG);
             put_varint(&mut out, id as u64);
+        }
+        if let Some(t) = self.timestamp {
+            out.push(TIMESTAMP_TAG);
+            out.extend_from_slice(&t.to_be_bytes());
         }
         out
     }
@@ -84,7 +98,19 @@ impl Hello {
         let codec_model = match buf.split_first() {
             Some((&CODEC_MODEL_TAG, mut rest)) => {
                 let id = get_varint(&mut rest)?;
+                buf = rest;
                 Some(u32::try_from(id).map_err(|_| WireError::BadLength(id))?)
+            }
+            _ => None,
+        };
+        let timestamp = match buf.split_first() {
+            Some((&TIMESTAMP_TAG, rest)) => {
+                let bytes: [u8; 8] = rest
+                    .get(..8)
+                    .ok_or(WireError::Truncated)?
+                    .try_into()
+                    .expect("8 bytes");
+                Some(u64::from_be_bytes(bytes))
             }
             _ => None,
         };
@@ -94,6 +120,7 @@ impl Hello {
             max_record,
             resume,
             codec_model,
+            timestamp,
         })
     }
 }
@@ -110,6 +137,7 @@ mod tests {
             max_record: 1 << 18,
             resume: None,
             codec_model: None,
+            timestamp: None,
         };
         let enc = h.encode();
         assert_eq!(enc.len(), 7);
@@ -130,6 +158,7 @@ mod tests {
                 records_received: 300,
             }),
             codec_model: None,
+            timestamp: None,
         };
         let enc = h.encode();
         assert_eq!(enc.len(), 7 + 1 + 32 + 2);
@@ -162,6 +191,7 @@ mod tests {
                 max_record: 1000,
                 resume,
                 codec_model: Some(0xDEAD_BEEF),
+                timestamp: None,
             };
             let enc = h.encode();
             assert_eq!(Hello::decode(&enc).unwrap(), h);
@@ -175,10 +205,47 @@ mod tests {
             max_record: 1,
             resume: None,
             codec_model: None,
+            timestamp: None,
         }
         .encode();
         enc.push(CODEC_MODEL_TAG);
         put_varint(&mut enc, 1 << 40);
         assert!(Hello::decode(&enc).is_err());
+    }
+
+    #[test]
+    fn timestamp_block_roundtrips_after_the_others_and_is_checked() {
+        for (resume, model) in [
+            (None, None),
+            (None, Some(7)),
+            (
+                Some(Resume {
+                    session_id: [1; RESUME_ID_LEN],
+                    ticket: [2; RESUME_ID_LEN],
+                    records_received: 5,
+                }),
+                Some(0xDEAD_BEEF),
+            ),
+        ] {
+            let without = Hello {
+                version: PROTOCOL_VERSION,
+                stream_window: 1000,
+                max_record: 1000,
+                resume,
+                codec_model: model,
+                timestamp: None,
+            };
+            let h = Hello {
+                timestamp: Some(1_796_000_000_123_456_789),
+                ..without.clone()
+            };
+            let enc = h.encode();
+            assert_eq!(enc.len(), without.encode().len() + TIMESTAMP_BLOCK_LEN);
+            assert_eq!(Hello::decode(&enc).unwrap(), h);
+            // Every cut inside the timestamp is an error, not a missing one.
+            for cut in enc.len() - 8..enc.len() {
+                assert!(Hello::decode(&enc[..cut]).is_err(), "cut at {cut}");
+            }
+        }
     }
 }

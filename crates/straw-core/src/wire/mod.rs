@@ -5,7 +5,7 @@ mod hello;
 mod varint;
 
 pub use frame::{Frame, FrameDecoder, FrameType, OpenFrame};
-pub use hello::{Hello, PROTOCOL_VERSION, RESUME_ID_LEN, Resume};
+pub use hello::{Hello, PROTOCOL_VERSION, RESUME_ID_LEN, Resume, TIMESTAMP_BLOCK_LEN};
 pub use varint::{get_varint, put_varint, varint_len};
 
 use thiserror::Error;
