@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 mod dialogue;
 pub mod gate;
+pub mod keyring;
 pub mod link;
 pub mod logging;
 pub mod partial;
