@@ -327,6 +327,18 @@ impl<T, R: Clone> ResumeTable<T, R> {
         }
     }
 
+    /// Forgets every session of `client` (its key was withdrawn); returns
+    /// the parked ones.
+    pub fn remove_client(&mut self, client: &[u8; 32]) -> Vec<T> {
+        let ids: Vec<SessionId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.client == *client)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.iter().filter_map(|id| self.remove(id)).collect()
+    }
+
     /// The handle of the connection carrying session `id`, if one does.
     pub fn running(&self, id: &SessionId) -> Option<&R> {
         match &self.entries.get(id)?.slot {
@@ -612,5 +624,25 @@ mod tests {
         assert_eq!(t.parked_count(), 2);
         assert_eq!((t.len(), t.running_count()), (2, 0));
         consistent(&t);
+    }
+
+    #[test]
+    fn removing_a_client_forgets_only_its_sessions() {
+        let (alice, bob) = ([1u8; 32], [2u8; 32]);
+        let mut t: ResumeTable<&str, u32> = ResumeTable::default();
+        t.insert([1; RESUME_ID_LEN], [9; RESUME_ID_LEN], alice, 1);
+        t.insert([2; RESUME_ID_LEN], [9; RESUME_ID_LEN], alice, 2);
+        t.insert([3; RESUME_ID_LEN], [9; RESUME_ID_LEN], bob, 3);
+        t.park(&[1; RESUME_ID_LEN], "alice parked").unwrap();
+        t.park(&[3; RESUME_ID_LEN], "bob parked").unwrap();
+        // Parked ones are handed back; the running one is forgotten too.
+        assert_eq!(t.remove_client(&alice), vec!["alice parked"]);
+        assert_eq!(t.running(&[2; RESUME_ID_LEN]), None);
+        assert!(matches!(t.claim(&alice, &offer(1, 9), 4), Claim::Fresh));
+        match t.claim(&bob, &offer(3, 9), 5) {
+            Claim::Resume { parked, .. } => assert_eq!(parked, "bob parked"),
+            _ => panic!("bob's session went too"),
+        }
+        assert!(t.remove_client(&alice).is_empty());
     }
 }

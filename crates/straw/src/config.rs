@@ -123,7 +123,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The server's private key file (from `straw keygen`).
     pub private_key: PathBuf,
-    /// File of authorised client public keys, one base64 key per line; `#` starts a comment.
+    /// File of authorised client public keys, one per line, with options
+    /// (see [`crate::authorized`]); re-read on SIGHUP and when it changes.
     pub authorized_keys: PathBuf,
     /// Service name → upstream address.
     pub services: std::collections::BTreeMap<String, ServerService>,
@@ -141,6 +142,15 @@ pub struct ServerConfig {
     /// published example keys (demos and tests only).
     #[serde(default)]
     pub allow_insecure_keys: bool,
+    /// How often (ms) to look whether `authorized_keys` changed (size,
+    /// modification time, inode); a change is loaded once the file held
+    /// still for one interval. 0: only on SIGHUP.
+    #[serde(default = "default_keys_poll_ms")]
+    pub authorized_keys_poll_ms: u64,
+}
+
+fn default_keys_poll_ms() -> u64 {
+    2000
 }
 
 /// Server `[limits]`: what unauthenticated connections may hold.

@@ -2,6 +2,7 @@
 //! is crates/straw-cli; linksim and the benches are in straw-tools).
 //!
 //! - [`link`]: TCP socket options, Noise IK, keys.
+//! - [`authorized`]: the server's authorised-keys file and its options.
 //! - [`tunnel`]: drives one sans-IO `straw_tunnel::Tunnel` over one link;
 //!   `pump`: the byte movers of each local socket.
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
@@ -11,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod accel;
+pub mod authorized;
 mod bounded;
 pub mod cache;
 pub mod cli_docs;
@@ -18,6 +20,7 @@ pub mod client;
 pub mod config;
 mod dialogue;
 pub mod gate;
+pub mod keyring;
 pub mod link;
 pub mod logging;
 pub mod partial;

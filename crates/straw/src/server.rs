@@ -23,9 +23,10 @@ use tracing::{info, warn};
 use crate::accel::{AccelFactory, Side};
 use crate::config::{Protocol, ServerConfig, ServerHttp, ServerLimits, ServerService, TcpOptions};
 use crate::gate::{Evicted, Gate, LogLimiter, Ticket};
+use crate::keyring::{Changes, KeyRing};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
-use crate::tunnel::{DialFuture, Dialer, LinkEnded, Tunnel, TunnelStats};
+use crate::tunnel::{DialFuture, DialRefused, Dialer, LinkEnded, Tunnel, TunnelStats};
 use crate::warn_limited;
 
 /// How long upstream connections of a dropped session get to be closed politely.
@@ -37,7 +38,158 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ServerState {
     pub cfg: ServerConfig,
     pub keypair: Keypair,
-    pub authorized: AuthorizedKeys,
+    /// The authorised keys (replaced on reload) and each key's tunnels.
+    pub authorized: Arc<KeyRing>,
+    /// Sessions alive on this server (running or parked for resume).
+    sessions: Sessions,
+}
+
+impl ServerState {
+    pub fn new(cfg: ServerConfig, keypair: Keypair, authorized: AuthorizedKeys) -> ServerState {
+        ServerState {
+            sessions: Sessions::new(&cfg.limits),
+            cfg,
+            keypair,
+            authorized: KeyRing::new(authorized),
+        }
+    }
+
+    /// How log lines (and metrics) call the client with `key`: its
+    /// `name=` in `authorized_keys`, else the first characters of its key.
+    pub fn client_label(&self, key: &[u8; 32]) -> String {
+        self.authorized.label(key)
+    }
+
+    /// Re-reads `authorized_keys` (what SIGHUP and the file watch do). An
+    /// error (named `PATH:LINE`) keeps the keys loaded before.
+    pub fn reload_keys(&self) -> Result<Changes> {
+        let keys = load_authorized(&self.cfg)?;
+        Ok(self.set_keys(keys))
+    }
+
+    /// Makes `keys` the authorised set: removed keys' tunnels close and
+    /// their parked sessions are dropped; the others are untouched.
+    pub fn set_keys(&self, keys: AuthorizedKeys) -> Changes {
+        let changes = self.authorized.replace(keys);
+        for (key, label) in &changes.removed {
+            self.sessions.drop_client(key, label);
+        }
+        changes
+    }
+
+    /// [`ServerState::reload_keys`], logged: one line either way.
+    fn reload_keys_logged(&self, why: &str) {
+        let path = self.cfg.authorized_keys.display();
+        match self.reload_keys() {
+            Ok(c) => info!(
+                "{path} reloaded ({why}): {} keys; {} added, {} removed ({} tunnels closed), {} with new options",
+                c.total,
+                c.added,
+                c.removed.len(),
+                c.tunnels_closed,
+                c.changed
+            ),
+            Err(e) => warn!(
+                "{path} not reloaded ({why}), keeping the {} keys loaded before: {e:#}",
+                self.authorized.current().len()
+            ),
+        }
+    }
+}
+
+/// Loads and checks `authorized_keys`: `services=` must name configured
+/// services, and a published example key needs `allow_insecure_keys`.
+fn load_authorized(cfg: &ServerConfig) -> Result<AuthorizedKeys> {
+    let path = &cfg.authorized_keys;
+    let authorized = AuthorizedKeys::load(path)?;
+    authorized
+        .check_services(|s| cfg.services.contains_key(s))
+        .map_err(|e| anyhow!("{}:{}: {}", path.display(), e.line, e.problem))?;
+    if authorized.has_example_key() {
+        let what = format!(
+            "{}: holds a published example client key, so anyone can connect",
+            path.display()
+        );
+        if !cfg.allow_insecure_keys {
+            bail!("{what}; refusing it (allow_insecure_keys = true overrides, for demos only)");
+        }
+        warn!("INSECURE: {what}; accepted because allow_insecure_keys = true");
+    }
+    Ok(authorized)
+}
+
+/// Size, modification and change times, inode: what tells a replaced or
+/// edited file (`None`: it cannot be read now).
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct FileStamp(Option<(u64, Option<std::time::SystemTime>, u64, u64, i64, i64)>);
+
+impl FileStamp {
+    fn of(path: &std::path::Path) -> FileStamp {
+        FileStamp(std::fs::metadata(path).ok().map(|m| {
+            #[cfg(unix)]
+            let (dev, ino, ctime, ctime_ns) = {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+            };
+            #[cfg(not(unix))]
+            let (dev, ino, ctime, ctime_ns) = (0, 0, 0, 0);
+            (m.len(), m.modified().ok(), dev, ino, ctime, ctime_ns)
+        }))
+    }
+}
+
+/// Reloads `authorized_keys` on SIGHUP, and when the file changed and then
+/// held still for one poll interval (`authorized_keys_poll_ms`; a file
+/// caught half-written is not loaded). Polling a stat every couple of
+/// seconds is free for one small file and, unlike inotify watches (the
+/// `notify` crate), sees a file replaced by rename, a symlink re-pointed
+/// (configuration management, Kubernetes) and network file systems alike.
+/// The SIGHUP handler is in place when this returns.
+pub fn watch_keys(state: Arc<ServerState>) -> Result<()> {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
+    let path = state.cfg.authorized_keys.clone();
+    let poll = Duration::from_millis(state.cfg.authorized_keys_poll_ms);
+    tokio::spawn(async move {
+        let mut loaded = FileStamp::of(&path);
+        let mut seen = loaded.clone();
+        let mut tick = (!poll.is_zero()).then(|| {
+            let mut t = tokio::time::interval(poll);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            #[cfg(unix)]
+            let hangup = hup.recv();
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            let polled = async {
+                match tick.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(()) = hangup => {
+                    loaded = FileStamp::of(&path);
+                    seen = loaded.clone();
+                    state.reload_keys_logged("SIGHUP");
+                }
+                _ = polled => {
+                    let now = FileStamp::of(&path);
+                    if now == loaded || now != seen {
+                        // Unchanged, or still changing: look again next time.
+                        seen = now;
+                        continue;
+                    }
+                    loaded = now;
+                    state.reload_keys_logged("file changed");
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 pub async fn run(cfg: ServerConfig) -> Result<()> {
@@ -55,17 +207,7 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
 pub async fn run_with_relay(cfg: ServerConfig, relay: Option<SharedStore>) -> Result<()> {
     crate::client::warm_up_codec(Role::Server, &cfg.session);
     let keypair = keys::load_private_checked(&cfg.private_key, cfg.allow_insecure_keys)?;
-    let authorized = AuthorizedKeys::load(&cfg.authorized_keys)?;
-    if authorized.has_example_key() {
-        let what = format!(
-            "{}: holds a published example client key, so anyone can connect",
-            cfg.authorized_keys.display()
-        );
-        if !cfg.allow_insecure_keys {
-            bail!("{what}; refusing it (allow_insecure_keys = true overrides, for demos only)");
-        }
-        warn!("INSECURE: {what}; accepted because allow_insecure_keys = true");
-    }
+    let authorized = load_authorized(&cfg)?;
     #[cfg(unix)]
     match crate::gate::raise_fd_limit() {
         Ok(n) => info!("open-files limit {n}"),
@@ -85,16 +227,9 @@ pub async fn run_with_relay(cfg: ServerConfig, relay: Option<SharedStore>) -> Re
         authorized.len(),
         cfg.services.keys().cloned().collect::<Vec<_>>().join(", ")
     );
-    serve_with_relay(
-        listener,
-        Arc::new(ServerState {
-            cfg,
-            keypair,
-            authorized,
-        }),
-        relay,
-    )
-    .await
+    let state = Arc::new(ServerState::new(cfg, keypair, authorized));
+    watch_keys(state.clone())?;
+    serve_with_relay(listener, state, relay).await
 }
 
 /// Accept loop; each tunnel runs in its own task.
@@ -109,7 +244,7 @@ pub async fn serve_with_relay(
     state: Arc<ServerState>,
     relay: Option<SharedStore>,
 ) -> Result<()> {
-    let sessions = Sessions::new(&state.cfg.limits);
+    let sessions = state.sessions.clone();
     let limits = &state.cfg.limits;
     let gate = Gate::new(limits.max_pending_handshakes, limits.max_pending_per_ip);
     let logs = Arc::new(LogLimiter::new(Duration::from_secs(
@@ -259,6 +394,32 @@ impl Sessions {
         let parked = self.lock().remove(id);
         drop(parked);
     }
+
+    /// Forgets every session of a client whose key was removed; the parked
+    /// ones are given up (one log line each).
+    fn drop_client(&self, key: &[u8; 32], label: &str) {
+        let parked = self.lock().remove_client(key);
+        for t in parked {
+            let label = label.to_owned();
+            tokio::spawn(async move {
+                let n = t.give_up_quietly(GIVE_UP_LINGER).await;
+                info!(
+                    client = %label,
+                    connections = n,
+                    "key removed from authorized_keys: parked session dropped"
+                );
+            });
+        }
+    }
+}
+
+/// A running tunnel whose key was removed: forget its session, close its
+/// connections and the link, in one log line.
+async fn close_revoked(sessions: &Sessions, id: SessionId, tunnel: Tunnel, label: &str) {
+    sessions.remove(&id);
+    let streams = tunnel.stream_count();
+    warn!(tunnel = %label, streams, "key removed from authorized_keys: tunnel closed");
+    tunnel.give_up_quietly(GIVE_UP_LINGER).await;
 }
 
 fn random_id() -> Result<SessionId> {
@@ -371,16 +532,13 @@ async fn handle(
     let handshake = async {
         let first = Duration::from_millis(cfg.limits.first_message_timeout_ms);
         first_bytes(&sock, first).await?;
-        let handshake = noise::server_handshake(
-            &mut sock,
-            &state.keypair,
-            &state.authorized,
-            |key, payload| {
+        let authorized = state.authorized.current();
+        let handshake =
+            noise::server_handshake(&mut sock, &state.keypair, &authorized, |key, payload| {
                 let (p, reply) = plan(&sessions, cfg, key, payload)?;
                 decided = Some(p);
                 Ok(reply)
-            },
-        );
+            });
         handshake.await
     };
     // The first-message deadline is the shorter one, inside the whole
@@ -417,7 +575,8 @@ async fn handle(
             return Ok(());
         }
     };
-    let label = format!("{peer}/{}", &keys::encode_key(&client_key)[..8]);
+    let name = state.client_label(&client_key);
+    let label = format!("{peer}/{name}");
     let (id, mut tunnel) = match decided.ok_or_else(|| anyhow!("handshake without a plan"))? {
         Plan::Resume {
             id,
@@ -448,6 +607,11 @@ async fn handle(
                 tcp: cfg.tcp.clone(),
                 http: cfg.http.clone(),
                 smtp_store: relay.map(|r| (r, keys::encode_key(&client_key))),
+                client: Some(ClientPolicy {
+                    keys: state.authorized.clone(),
+                    key: client_key,
+                    label: name.clone(),
+                }),
             });
             let stats = Arc::new(TunnelStats::default());
             let mut tunnel = Tunnel::new(transport, session, Some(dialer), stats, label.clone());
@@ -460,7 +624,12 @@ async fn handle(
     // The server never opens streams of its own.
     let (_tx, mut opens) = mpsc::channel(1);
     let received = tunnel.records_received();
-    let result = tunnel.run_link(sock, &mut opens).await;
+    // Runs while the key stays authorised (a reload may remove it).
+    let mut live = state.authorized.register(&client_key);
+    let Some(result) = live.unless_revoked(tunnel.run_link(sock, &mut opens)).await else {
+        close_revoked(&sessions, id, *tunnel, &label).await;
+        return Ok(());
+    };
     // A record from the client on this link: it got the ticket granted here.
     let confirmed = tunnel.records_received() > received;
     let stats = tunnel.stats();
@@ -496,6 +665,10 @@ async fn handle(
             tunnel.give_up(GIVE_UP_LINGER).await;
         }
     }
+    if live.is_revoked() {
+        // Removed as the link ended: what was just parked goes too.
+        sessions.drop_client(&client_key, &name);
+    }
     Ok(())
 }
 
@@ -507,6 +680,43 @@ pub struct ServiceDialer {
     pub http: ServerHttp,
     /// SMTP resume store, and the client's identity to key it by.
     pub smtp_store: Option<(SharedStore, String)>,
+    /// The client's `authorized_keys` options, read at each stream open.
+    pub client: Option<ClientPolicy>,
+}
+
+/// Which services a tunnel's client may open, as `authorized_keys` says now:
+/// a reload applies to the next stream opened (streams already open stay).
+pub struct ClientPolicy {
+    pub keys: Arc<KeyRing>,
+    pub key: [u8; 32],
+    /// What log lines call the client.
+    pub label: String,
+}
+
+impl ClientPolicy {
+    /// `Err` ([`DialRefused`]) if the client may not open `service`.
+    pub fn may_open(&self, service: &str) -> std::result::Result<(), DialRefused> {
+        let Some((options, line)) = self.keys.options(&self.key) else {
+            return Err(DialRefused(format!(
+                "service {service:?}: client {} is no longer in authorized_keys",
+                self.label
+            )));
+        };
+        if options.allows(service) {
+            return Ok(());
+        }
+        let allowed: Vec<&str> = options
+            .services
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        Err(DialRefused(format!(
+            "service {service:?} is not allowed for client {} (authorized_keys line {line}: services={})",
+            self.label,
+            allowed.join(",")
+        )))
+    }
 }
 
 impl ServiceDialer {
@@ -528,6 +738,9 @@ impl Dialer for ServiceDialer {
     }
 
     fn dial(&self, service: &str, first_data: Option<Bytes>) -> DialFuture {
+        if let Some(refused) = self.client.as_ref().and_then(|c| c.may_open(service).err()) {
+            return Box::pin(async move { Err(refused.into()) });
+        }
         let svc = self.services.get(service).cloned();
         let service = service.to_owned();
         let tcp_opts = self.tcp.clone();

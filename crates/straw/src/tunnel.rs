@@ -63,6 +63,19 @@ pub trait Dialer: Send + Sync + 'static {
     fn dial(&self, service: &str, first_data: Option<Bytes>) -> DialFuture;
 }
 
+/// A [`Dialer`] refusing a stream by policy (not a failed dial): the stream
+/// is reset and logged as refused, the tunnel carries on.
+#[derive(Debug)]
+pub struct DialRefused(pub String);
+
+impl std::fmt::Display for DialRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DialRefused {}
+
 /// Counters shared with tests, the bench and the hang-up cost line.
 #[derive(Debug, Default)]
 pub struct TunnelStats {
@@ -499,7 +512,15 @@ impl Tunnel {
     /// protocol's terms ([`Accelerator::link_lost`]) after whatever was
     /// already on its way to it, and is closed. Waits up to `linger` for the
     /// writes (a program that doesn't read can't hold us up).
-    pub async fn give_up(mut self, linger: std::time::Duration) {
+    pub async fn give_up(self, linger: std::time::Duration) {
+        let label = self.label.clone();
+        let n = self.give_up_quietly(linger).await;
+        info!(tunnel = %label, connections = n, "tunnel given up: local connections told and closed");
+    }
+
+    /// As [`Tunnel::give_up`], without its log line (the caller logs why);
+    /// returns the local connections told.
+    pub async fn give_up_quietly(mut self, linger: std::time::Duration) -> usize {
         let deadline = tokio::time::Instant::now() + linger;
         let waiting = self.core.give_up();
         self.send_local();
@@ -516,7 +537,7 @@ impl Tunnel {
         }
         self.core.close_all();
         self.handle_events();
-        info!(tunnel = %self.label, connections = n, "tunnel given up: local connections told and closed");
+        n
     }
 
     fn handle_pump(&mut self, msg: PumpMsg) {
@@ -535,6 +556,10 @@ impl Tunnel {
                     if self.core.dialed(stream, accel) {
                         self.start_pumps(stream, io, None);
                     }
+                }
+                Err(e) if e.is::<DialRefused>() => {
+                    warn!(tunnel = %self.label, stream, "stream refused: {e}");
+                    self.core.dial_failed(stream);
                 }
                 Err(e) => {
                     warn!(tunnel = %self.label, stream, "upstream unreachable: {e:#}");

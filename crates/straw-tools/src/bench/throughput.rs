@@ -180,11 +180,9 @@ pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport> {
         ccfg.tcp.local_recv_buffer = b;
         ccfg.tcp.local_max_segment = 0;
     }
-    let state = Arc::new(straw::server::ServerState {
-        keypair: keys::load_private(&scfg.private_key)?,
-        authorized: keys::AuthorizedKeys::load(&scfg.authorized_keys)?,
-        cfg: scfg,
-    });
+    let keypair = keys::load_private(&scfg.private_key)?;
+    let authorized = keys::AuthorizedKeys::load(&scfg.authorized_keys)?;
+    let state = Arc::new(straw::server::ServerState::new(scfg, keypair, authorized));
     tokio::spawn(straw::server::serve(tunnel, state));
     let stats = Arc::new(TunnelStats::default());
     tokio::spawn(straw::client::run_with_stats(ccfg, stats.clone()));

@@ -7,12 +7,10 @@
 //!   directory, which in the user's profile (`C:\Users\NAME\...`) grants only
 //!   that user, SYSTEM and Administrators; keep keys there (the guide says so).
 //! - `PATH.pub`: the public key, base64 on one line.
-//! - authorised keys: one base64 public key per line; `#` starts a comment
-//!   line, blank lines are ignored, and anything after the key is a comment.
+//! - authorised keys: see [`crate::authorized`] (re-exported here).
 //!
 //! Every error is one line naming the file (and line) and the problem.
 
-use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +20,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use snow::params::DHChoice;
 use snow::resolvers::{CryptoResolver, DefaultResolver};
+
+pub use crate::authorized::AuthorizedKeys;
 
 /// The Noise parameters every straw key is used with.
 pub(crate) const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
@@ -195,69 +195,6 @@ pub fn load_public(path: &Path) -> Result<[u8; 32]> {
     key_file(path)
 }
 
-/// The set of client public keys a server accepts.
-#[derive(Debug, Clone, Default)]
-pub struct AuthorizedKeys {
-    keys: HashSet<[u8; 32]>,
-}
-
-impl AuthorizedKeys {
-    /// Loads an authorised-keys file; errors read `PATH:LINE: problem`.
-    pub fn load(path: &Path) -> Result<AuthorizedKeys> {
-        let text = read_text(path)?;
-        Self::parse_lines(&text)
-            .map_err(|line| anyhow!("{}:{line}: not a base64 32-byte key", path.display()))
-    }
-
-    /// Parses authorised-keys text; errors read `line N: problem`.
-    pub fn parse(text: &str) -> Result<AuthorizedKeys> {
-        Self::parse_lines(text).map_err(|line| anyhow!("line {line}: not a base64 32-byte key"))
-    }
-
-    /// Err(line number) of the first bad line.
-    fn parse_lines(text: &str) -> std::result::Result<AuthorizedKeys, usize> {
-        let mut keys = HashSet::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let token = line.split_whitespace().next().unwrap_or_default();
-            keys.insert(decode_key(token).ok_or(i + 1)?);
-        }
-        Ok(AuthorizedKeys { keys })
-    }
-
-    pub fn contains(&self, key: &[u8; 32]) -> bool {
-        self.keys.contains(key)
-    }
-
-    pub fn insert(&mut self, key: [u8; 32]) {
-        self.keys.insert(key);
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Whether a published example key is among them: anyone could log in.
-    pub fn has_example_key(&self) -> bool {
-        self.keys.iter().any(is_example_key)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-}
-
-impl FromIterator<[u8; 32]> for AuthorizedKeys {
-    fn from_iter<I: IntoIterator<Item = [u8; 32]>>(iter: I) -> Self {
-        AuthorizedKeys {
-            keys: iter.into_iter().collect(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,33 +260,6 @@ mod tests {
         let missing = d.join("missing");
         let err = load_public(&missing).unwrap_err().to_string();
         assert!(err.contains("missing: cannot read"), "{err}");
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn authorized_keys_comments_and_errors() {
-        let a = generate().public;
-        let b = generate().public;
-        let text = format!(
-            "# clients\n\n  {}  alice's laptop\n{}\n# {}\n",
-            encode_key(&a),
-            encode_key(&b),
-            encode_key(&[7; 32])
-        );
-        let keys = AuthorizedKeys::parse(&text).unwrap();
-        assert_eq!(keys.len(), 2);
-        assert!(keys.contains(&a) && keys.contains(&b));
-        assert!(!keys.contains(&[7; 32]));
-
-        let d = tmpdir("auth");
-        let p = d.join("authorized");
-        std::fs::write(&p, format!("{}\nnot-a-key here\n", encode_key(&a))).unwrap();
-        let err = AuthorizedKeys::load(&p).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            format!("{}:2: not a base64 32-byte key", p.display()),
-            "{err}"
-        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
