@@ -6,6 +6,7 @@
 //!   `pump`: the byte movers of each local socket.
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
 //! - [`gate`]: bounds on unauthenticated connections, rate-limited logs.
+//! - [`origin`]: where the HTTP proxy may connect (ports, SSRF, one lookup).
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 
 #![deny(unsafe_code)]
@@ -20,6 +21,7 @@ mod dialogue;
 pub mod gate;
 pub mod link;
 pub mod logging;
+pub mod origin;
 pub mod partial;
 mod pump;
 pub mod relay_store;

@@ -464,20 +464,24 @@ impl Dialer for ServiceDialer {
         let service = service.to_owned();
         let tcp_opts = self.tcp.clone();
         let policy = self.http_policy();
+        let http = self.http.clone();
         let smtp_store = self.smtp_store.clone();
         Box::pin(async move {
             let svc = svc.ok_or_else(|| anyhow!("service {service:?} is not configured"))?;
-            let upstream = match svc.protocol {
-                Protocol::Http => http_origin(first_data.as_deref(), &policy).await?,
-                _ => svc
+            let (sock, upstream) = if svc.protocol == Protocol::Http {
+                crate::origin::dial(first_data.as_deref(), &http, &tcp_opts, DIAL_TIMEOUT).await?
+            } else {
+                let upstream = svc
                     .upstream
                     .clone()
-                    .ok_or_else(|| anyhow!("service {service} has no upstream"))?,
+                    .ok_or_else(|| anyhow!("service {service} has no upstream"))?;
+                let connect = tcp::connect_local(&upstream, &tcp_opts);
+                let sock = tokio::time::timeout(DIAL_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| anyhow!("{service}: connecting to {upstream} timed out"))?
+                    .with_context(|| format!("service {service}"))?;
+                (sock, upstream)
             };
-            let sock = tokio::time::timeout(DIAL_TIMEOUT, tcp::connect_local(&upstream, &tcp_opts))
-                .await
-                .map_err(|_| anyhow!("{service}: connecting to {upstream} timed out"))?
-                .with_context(|| format!("service {service}"))?;
             let sock =
                 tokio::time::timeout(DIAL_TIMEOUT, crate::upstream::secure(sock, &svc, &upstream))
                     .await
@@ -493,26 +497,6 @@ impl Dialer for ServiceDialer {
             Ok((sock, accel.make()))
         })
     }
-}
-
-/// The origin an HTTP proxy stream's first request names, checked against
-/// the SSRF policy after DNS resolution (a name may point anywhere).
-async fn http_origin(first: Option<&[u8]>, policy: &http::HttpPolicy) -> Result<String> {
-    let first = first.ok_or_else(|| anyhow!("http: stream ended before a request"))?;
-    let (host, port) =
-        http::parse_target(first).ok_or_else(|| anyhow!("http: no absolute-URI request"))?;
-    let target = format!("{host}:{port}");
-    if !policy.allow_private {
-        for addr in tokio::net::lookup_host(&target)
-            .await
-            .with_context(|| format!("resolving {target}"))?
-        {
-            if http::is_private_ip(addr.ip()) {
-                bail!("http: {target} resolves to private address {}", addr.ip());
-            }
-        }
-    }
-    Ok(target)
 }
 
 #[cfg(test)]
