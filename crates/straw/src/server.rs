@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::accel::{AccelFactory, Side};
 use crate::config::{Protocol, ServerConfig, ServerHttp, ServerService, TcpOptions};
-use crate::gate::{Evicted, Gate, LogLimiter, Ticket};
+use crate::gate::{Evicted, Failed, Gate, LogLimiter, Ticket};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
 use crate::tunnel::{DialFuture, Dialer, LinkEnded, Tunnel, TunnelStats};
@@ -309,14 +309,19 @@ async fn handle(
         warn_limited!(logs, "sockopt", "tunnel from {peer}: socket options: {e}");
     }
     let mut decided: Option<Plan> = None;
+    let mut failed = Failed::default();
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(cfg.session.handshake_timeout_secs);
     let handshake = async {
         let first = Duration::from_millis(cfg.limits.first_message_timeout_ms);
         first_bytes(&sock, first).await?;
+        failed.spoke = true;
         let handshake = noise::server_handshake(
             &mut sock,
             &state.keypair,
             &state.authorized,
             |key, payload| {
+                failed.authenticated = true;
                 let (p, reply) = plan(&sessions, cfg, key, payload)?;
                 decided = Some(p);
                 Ok(reply)
@@ -326,19 +331,21 @@ async fn handle(
     };
     // The first-message deadline is the shorter one, inside the whole
     // handshake's.
-    let handshake = tokio::time::timeout(
-        Duration::from_secs(cfg.session.handshake_timeout_secs),
-        handshake,
-    );
+    let handshake = tokio::time::timeout_at(deadline, handshake);
     let outcome = tokio::select! {
         r = handshake => r.unwrap_or_else(|_| Err(anyhow!("handshake timed out"))),
-        () = ticket.evicted.notified() => Err(anyhow!("dropped for newer connections")),
+        () = ticket.evicted.notified() => {
+            failed.evicted = true;
+            Err(anyhow!("dropped for newer connections"))
+        }
     };
-    // Authenticated or not, it no longer holds a pending place.
-    drop(ticket);
     let grace = Duration::from_secs(cfg.session.resume_grace_secs);
     let (transport, client_key) = match outcome {
-        Ok((transport, key, _)) => (transport, key),
+        Ok((transport, key, _)) => {
+            // Authenticated: it no longer holds a pending place.
+            drop(ticket);
+            (transport, key)
+        }
         Err(e) => {
             warn_limited!(logs, "rejected", "rejected connection from {peer}: {e:#}");
             // The reply may have been decided but never delivered.
@@ -349,6 +356,7 @@ async fn handle(
                 Some(Plan::Fresh { id, .. }) => sessions.remove(&id),
                 None => {}
             }
+            crate::gate::refuse(&mut sock, failed, deadline, &ticket.evicted).await;
             return Ok(());
         }
     };
