@@ -483,6 +483,32 @@ def has_cmd(binary, sub, needs=""):
     return r.returncode == 0 and needs in r.stdout
 
 
+def idle_flood(straw):
+    """`straw bench idle-flood`: the time a client's tunnel takes to come up
+    while 2,000 idle unauthenticated connections are held against a server
+    whose fd limit is 1,024 (soft and hard). Issue 12's target: under 2 s."""
+    if not has_cmd(straw, "bench", "idle-flood"):
+        log("idle-flood: skipped (no straw bench idle-flood)")
+        return {"ok": False, "skipped": "no straw bench idle-flood"}
+    r = subprocess.run([straw, "bench", "idle-flood", "--json"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                       timeout=180)
+    lines = r.stdout.strip().splitlines()
+    try:
+        out = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        out = {}
+    out["ok"] = r.returncode == 0
+    if out["ok"]:
+        log(f"idle-flood: tunnel up in {out['tunnel_up_max_secs']:.3f} s (max of "
+            f"{len(out['tunnel_up_secs'])}) through {out['connected']} idle connections, "
+            f"server fd limit {out['fd_limit']}; target < {out['target_secs']:g} s")
+    else:
+        out["error"] = r.stderr.strip()[-2000:]
+        log(f"idle-flood: FAILED: {out['error']}")
+    return out
+
+
 def straw_setup(a, straw):
     d = os.path.join(a.state, "bench", "straw")
     os.makedirs(d, exist_ok=True)
@@ -773,6 +799,9 @@ def main():
     ap.add_argument("--recover-timeout", type=float, default=120.0,
                     help="seconds per socket operation of the check after the aborted RETR")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    ap.add_argument("--no-idle-flood", action="store_true",
+                    help="skip `straw bench idle-flood` (a tunnel through 2,000 idle "
+                         "connections, server fd limit 1,024; about 1 s)")
     ap.add_argument("--state", default=env("STRAW_STATE") or os.path.join(REPO, ".state"))
     a = ap.parse_args()
     a.messages = a.messages or (2 if a.quick else 10)
@@ -844,6 +873,10 @@ def main():
             finally:
                 procs.stop_all()
             res["ways"][name] = w
+        if not a.no_idle_flood:
+            res["idle_flood"] = idle_flood(straw)
+            if not res["idle_flood"].get("ok"):
+                rc = 1
         res["ratios"] = ratios(res["ways"])
         res["targets"] = targets(res["ratios"])
         print(table(res), flush=True)

@@ -65,6 +65,9 @@ fn main() -> ExitCode {
             straw_tools::bench::BenchCommand::Throughput(a) => {
                 straw_tools::bench::throughput::run_cli(&a)
             }
+            straw_tools::bench::BenchCommand::IdleFlood(a) => {
+                straw_tools::bench::idle_flood::run_cli(&a)
+            }
         },
         Command::Man { dir } => straw::cli_docs::write_man_pages(Cli::command(), &dir).map(drop),
         Command::Completions { shell } => {

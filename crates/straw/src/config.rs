@@ -302,11 +302,48 @@ impl ServerService {
 }
 
 /// Server-side HTTP proxy policy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerHttp {
     /// Allow requests to loopback and private addresses (off: no SSRF).
     pub allow_private: bool,
+    /// Ports a CONNECT may reach (TLS to web servers by default).
+    pub connect_ports: Vec<u16>,
+    /// Ports a plain `http://` request may reach.
+    pub request_ports: Vec<u16>,
+}
+
+impl Default for ServerHttp {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            connect_ports: vec![443],
+            request_ports: vec![80, 8080],
+        }
+    }
+}
+
+impl ServerHttp {
+    /// Refuses the SMTP ports in either list: the proxy never reaches them
+    /// ([`crate::origin::NEVER_PORTS`]), so listing one is a mistake to say.
+    fn check(&self) -> Result<()> {
+        for (key, ports) in [
+            ("connect_ports", &self.connect_ports),
+            ("request_ports", &self.request_ports),
+        ] {
+            if let Some(p) = ports
+                .iter()
+                .find(|p| crate::origin::NEVER_PORTS.contains(p))
+            {
+                bail!(
+                    "[http] {key} lists port {p}: the proxy never reaches the mail relay and \
+                     submission ports {:?} (an open relay for spam)",
+                    crate::origin::NEVER_PORTS
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Client-side HTTP proxy policy.
@@ -544,6 +581,7 @@ impl ServerConfig {
         if c.services.is_empty() {
             bail!("{}: no [services] configured", path.display());
         }
+        c.http.check().with_context(|| path.display().to_string())?;
         for (name, svc) in &mut c.services {
             if svc.protocol != Protocol::Http && svc.upstream.is_none() {
                 bail!("{}: service {name} needs an upstream", path.display());
@@ -656,6 +694,34 @@ mod tls_tests {
             e.contains("service mail") && e.contains("no PEM certificates"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn http_ports_default_to_web_and_never_list_smtp() {
+        let d = ServerHttp::default();
+        assert_eq!(
+            (d.connect_ports, d.request_ports),
+            (vec![443], vec![80, 8080])
+        );
+        let dir = std::env::temp_dir().join(format!("straw-config-ports-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server.toml");
+        let base = "listen = \"127.0.0.1:1\"\nprivate_key = \"k\"\nauthorized_keys = \"a\"\n[services]\nweb = { protocol = \"http\" }\n[http]\n";
+        for (http, ok) in [
+            ("connect_ports = [443, 8443]", true),
+            ("connect_ports = [443, 25]", false),
+            ("request_ports = [80, 587]", false),
+            ("request_ports = [465]", false),
+        ] {
+            std::fs::write(&path, format!("{base}{http}\n")).unwrap();
+            match ServerConfig::load(&path) {
+                Ok(c) => assert!(ok && c.http.connect_ports == [443, 8443], "{http}"),
+                Err(e) => {
+                    assert!(!ok, "{http}: {e:#}");
+                    assert!(format!("{e:#}").contains("never reaches"), "{e:#}");
+                }
+            }
+        }
     }
 
     #[test]

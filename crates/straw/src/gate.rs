@@ -1,13 +1,17 @@
 //! The server's door for unauthenticated connections: a bound on pending
 //! handshakes overall and per source address, the oldest dropped first so a
 //! flood of idle connections can't starve a new legitimate client, and
-//! log lines rate-limited per reason so a flood can't fill the disk.
+//! log lines rate-limited per reason so a flood can't fill the disk; and
+//! one way of ending every failed handshake ([`refuse`]), so that a prober
+//! can't tell straw by how it fails.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// Pending handshakes, oldest first (ids grow with arrival).
@@ -121,6 +125,61 @@ impl Gate {
     pub fn pending(&self) -> usize {
         lock(&self.pending).by_id.len()
     }
+}
+
+/// How a handshake that did not complete went, for [`refuse`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Failed {
+    /// The peer sent at least one byte.
+    pub spoke: bool,
+    /// The peer proved an authorised key (the failure came after that: a
+    /// bad Hello, a busy session): it gets its answer at once.
+    pub authenticated: bool,
+    /// A newer connection took its pending place.
+    pub evicted: bool,
+}
+
+/// Ends a connection whose handshake failed, the same way whatever went
+/// wrong: a length prefix out of range, a message that fails to
+/// authenticate, an unknown key or a handshake cut short all read and throw
+/// away what the peer sends until `deadline` (the handshake deadline counted
+/// from accept), then close with a FIN and nothing left unread (no RST).
+/// Keep the connection's [`Ticket`] while this runs: it still holds its
+/// pending place, so a flood of failing handshakes is bounded like one of
+/// idle connections, and an eviction (`evicted`) ends the wait early.
+///
+/// The exceptions tell a prober nothing about the bytes it sent: a peer that
+/// sent nothing was closed at the first-message deadline, an authenticated
+/// peer already holds a key, and an evicted one made way under load.
+pub async fn refuse(
+    sock: &mut TcpStream,
+    how: Failed,
+    deadline: tokio::time::Instant,
+    evicted: &Notify,
+) {
+    if how.spoke && !how.authenticated && !how.evicted {
+        let mut buf = [0u8; 4096];
+        let discard = async {
+            // Until the peer closes or the connection fails.
+            while let Ok(n) = sock.read(&mut buf).await
+                && n > 0
+            {}
+        };
+        tokio::select! {
+            _ = tokio::time::timeout_at(deadline, discard) => {}
+            () = evicted.notified() => {}
+        }
+    }
+    drain_now(sock);
+}
+
+/// Reads whatever the socket holds now, so that closing it sends a FIN: a
+/// close with unread data makes the kernel send a reset instead.
+pub fn drain_now(sock: &TcpStream) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sock.try_read(&mut buf)
+        && n > 0
+    {}
 }
 
 /// At most one log line per reason per interval; the rest are counted and

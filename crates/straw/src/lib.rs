@@ -7,6 +7,7 @@
 //!   `pump`: the byte movers of each local socket.
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
 //! - [`gate`]: bounds on unauthenticated connections, rate-limited logs.
+//! - [`origin`]: where the HTTP proxy may connect (ports, SSRF, one lookup).
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 
 #![deny(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod gate;
 pub mod keyring;
 pub mod link;
 pub mod logging;
+pub mod origin;
 pub mod partial;
 mod pump;
 pub mod relay_store;

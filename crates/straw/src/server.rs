@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::accel::{AccelFactory, Side};
 use crate::config::{Protocol, ServerConfig, ServerHttp, ServerLimits, ServerService, TcpOptions};
-use crate::gate::{Evicted, Gate, LogLimiter, Ticket};
+use crate::gate::{Evicted, Failed, Gate, LogLimiter, Ticket};
 use crate::keyring::{Changes, KeyRing};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
@@ -529,12 +529,20 @@ async fn handle(
         warn_limited!(logs, "sockopt", "tunnel from {peer}: socket options: {e}");
     }
     let mut decided: Option<Plan> = None;
+    let mut failed = Failed::default();
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(cfg.session.handshake_timeout_secs);
     let handshake = async {
         let first = Duration::from_millis(cfg.limits.first_message_timeout_ms);
         first_bytes(&sock, first).await?;
+        failed.spoke = true;
         let authorized = state.authorized.current();
-        let handshake =
-            noise::server_handshake(&mut sock, &state.keypair, &authorized, |key, payload| {
+        let handshake = noise::server_handshake(
+            &mut sock,
+            &state.keypair,
+            &authorized,
+            |key, payload| {
+                failed.authenticated = true;
                 let (p, reply) = plan(&sessions, cfg, key, payload)?;
                 decided = Some(p);
                 Ok(reply)
@@ -543,19 +551,21 @@ async fn handle(
     };
     // The first-message deadline is the shorter one, inside the whole
     // handshake's.
-    let handshake = tokio::time::timeout(
-        Duration::from_secs(cfg.session.handshake_timeout_secs),
-        handshake,
-    );
+    let handshake = tokio::time::timeout_at(deadline, handshake);
     let outcome = tokio::select! {
         r = handshake => r.unwrap_or_else(|_| Err(anyhow!("handshake timed out"))),
-        () = ticket.evicted.notified() => Err(anyhow!("dropped for newer connections")),
+        () = ticket.evicted.notified() => {
+            failed.evicted = true;
+            Err(anyhow!("dropped for newer connections"))
+        }
     };
-    // Authenticated or not, it no longer holds a pending place.
-    drop(ticket);
     let grace = Duration::from_secs(cfg.session.resume_grace_secs);
     let (transport, client_key) = match outcome {
-        Ok((transport, key, _)) => (transport, key),
+        Ok((transport, key, _)) => {
+            // Authenticated: it no longer holds a pending place.
+            drop(ticket);
+            (transport, key)
+        }
         Err(e) => {
             if e.downcast_ref::<Refusal>().is_some() {
                 warn_limited!(logs, "refused-limit", "refused tunnel from {peer}: {e:#}");
@@ -572,6 +582,7 @@ async fn handle(
                 Some(Plan::Fresh { id, .. }) => sessions.remove(&id),
                 None => {}
             }
+            crate::gate::refuse(&mut sock, failed, deadline, &ticket.evicted).await;
             return Ok(());
         }
     };
@@ -745,20 +756,24 @@ impl Dialer for ServiceDialer {
         let service = service.to_owned();
         let tcp_opts = self.tcp.clone();
         let policy = self.http_policy();
+        let http = self.http.clone();
         let smtp_store = self.smtp_store.clone();
         Box::pin(async move {
             let svc = svc.ok_or_else(|| anyhow!("service {service:?} is not configured"))?;
-            let upstream = match svc.protocol {
-                Protocol::Http => http_origin(first_data.as_deref(), &policy).await?,
-                _ => svc
+            let (sock, upstream) = if svc.protocol == Protocol::Http {
+                crate::origin::dial(first_data.as_deref(), &http, &tcp_opts, DIAL_TIMEOUT).await?
+            } else {
+                let upstream = svc
                     .upstream
                     .clone()
-                    .ok_or_else(|| anyhow!("service {service} has no upstream"))?,
+                    .ok_or_else(|| anyhow!("service {service} has no upstream"))?;
+                let connect = tcp::connect_local(&upstream, &tcp_opts);
+                let sock = tokio::time::timeout(DIAL_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| anyhow!("{service}: connecting to {upstream} timed out"))?
+                    .with_context(|| format!("service {service}"))?;
+                (sock, upstream)
             };
-            let sock = tokio::time::timeout(DIAL_TIMEOUT, tcp::connect_local(&upstream, &tcp_opts))
-                .await
-                .map_err(|_| anyhow!("{service}: connecting to {upstream} timed out"))?
-                .with_context(|| format!("service {service}"))?;
             let sock =
                 tokio::time::timeout(DIAL_TIMEOUT, crate::upstream::secure(sock, &svc, &upstream))
                     .await
@@ -774,26 +789,6 @@ impl Dialer for ServiceDialer {
             Ok((sock, accel.make()))
         })
     }
-}
-
-/// The origin an HTTP proxy stream's first request names, checked against
-/// the SSRF policy after DNS resolution (a name may point anywhere).
-async fn http_origin(first: Option<&[u8]>, policy: &http::HttpPolicy) -> Result<String> {
-    let first = first.ok_or_else(|| anyhow!("http: stream ended before a request"))?;
-    let (host, port) =
-        http::parse_target(first).ok_or_else(|| anyhow!("http: no absolute-URI request"))?;
-    let target = format!("{host}:{port}");
-    if !policy.allow_private {
-        for addr in tokio::net::lookup_host(&target)
-            .await
-            .with_context(|| format!("resolving {target}"))?
-        {
-            if http::is_private_ip(addr.ip()) {
-                bail!("http: {target} resolves to private address {}", addr.ip());
-            }
-        }
-    }
-    Ok(target)
 }
 
 #[cfg(test)]
