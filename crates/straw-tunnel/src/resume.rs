@@ -127,6 +127,14 @@ impl<T, R: Clone> ResumeTable<T, R> {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Sessions waiting without a connection (for the operator's metrics).
+    pub fn parked(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|e| matches!(e.slot, Slot::Parked(_)))
+            .count()
+    }
 }
 
 #[cfg(test)]
@@ -148,7 +156,9 @@ mod tests {
         t.insert([7; RESUME_ID_LEN], [9; RESUME_ID_LEN], alice, 1);
         // Still running: the old connection is told to let go.
         assert!(matches!(t.claim(&alice, &offer(7, 9), 2), Claim::Busy(1)));
+        assert_eq!(t.parked(), 0);
         let parks = t.park(&[7; RESUME_ID_LEN], "tunnel").unwrap();
+        assert_eq!(t.parked(), 1);
         assert!(matches!(t.claim(&mallory, &offer(7, 9), 2), Claim::Fresh));
         assert!(matches!(t.claim(&alice, &offer(7, 8), 2), Claim::Fresh));
         assert!(matches!(t.claim(&alice, &offer(6, 9), 2), Claim::Fresh));
@@ -159,6 +169,7 @@ mod tests {
             _ => panic!("not resumed"),
         }
         assert_eq!(t.running(&[7; RESUME_ID_LEN]), Some(&3));
+        assert_eq!(t.parked(), 0, "taken back");
         // The first parking's timer finds it resumed: nothing to drop.
         assert_eq!(t.expire(&[7; RESUME_ID_LEN], parks), None);
         let again = t.park(&[7; RESUME_ID_LEN], "tunnel 2").unwrap();

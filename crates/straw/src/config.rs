@@ -136,6 +136,8 @@ pub struct ServerConfig {
     pub smtp_resume: ServerSmtpResume,
     #[serde(default)]
     pub limits: ServerLimits,
+    #[serde(default)]
+    pub metrics: ServerMetrics,
     /// Accept a private key that other users can read, or one of the
     /// published example keys (demos and tests only).
     #[serde(default)]
@@ -167,6 +169,16 @@ impl Default for ServerLimits {
             log_interval_secs: 10,
         }
     }
+}
+
+/// Server `[metrics]`: a Prometheus text endpoint for the operator (off
+/// unless `listen` is set). Anyone who reaches it sees the counters and the
+/// client labels, so keep it on loopback or a private network.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerMetrics {
+    /// Address of the endpoint (any path answers), e.g. `127.0.0.1:9477`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Server `[smtp_resume]`: SMTP bodies are kept (in memory) until complete,

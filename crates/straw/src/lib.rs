@@ -7,6 +7,7 @@
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
 //! - [`gate`]: bounds on unauthenticated connections, rate-limited logs.
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
+//! - [`metrics`]: the server's Prometheus endpoint for its operator.
 
 #![deny(unsafe_code)]
 
@@ -20,6 +21,7 @@ mod dialogue;
 pub mod gate;
 pub mod link;
 pub mod logging;
+pub mod metrics;
 pub mod partial;
 mod pump;
 pub mod relay_store;

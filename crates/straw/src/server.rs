@@ -24,6 +24,7 @@ use crate::config::{Protocol, ServerConfig, ServerHttp, ServerService, TcpOption
 use crate::gate::{Evicted, Gate, LogLimiter, Ticket};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
+use crate::metrics::{Handshake, Metrics};
 use crate::tunnel::{DialFuture, Dialer, LinkEnded, Tunnel, TunnelStats};
 use crate::warn_limited;
 
@@ -109,6 +110,9 @@ pub async fn serve_with_relay(
     relay: Option<SharedStore>,
 ) -> Result<()> {
     let sessions = Sessions::default();
+    let (metrics, _endpoint) = crate::metrics::start(&state.cfg.metrics).await?;
+    let parked = sessions.clone();
+    metrics.set_parked_source(move || parked.lock().parked());
     let limits = &state.cfg.limits;
     let gate = Gate::new(limits.max_pending_handshakes, limits.max_pending_per_ip);
     let logs = Arc::new(LogLimiter::new(Duration::from_secs(
@@ -145,8 +149,10 @@ pub async fn serve_with_relay(
         let sessions = sessions.clone();
         let relay = relay.clone();
         let logs = logs.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(sock, peer, ticket, state, sessions, relay, &logs).await {
+            let r = handle(sock, peer, ticket, state, sessions, relay, &logs, metrics).await;
+            if let Err(e) = r {
                 warn!("tunnel from {peer}: {e:#}");
             }
         });
@@ -295,6 +301,7 @@ fn plan(
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     mut sock: TcpStream,
     peer: SocketAddr,
@@ -303,6 +310,7 @@ async fn handle(
     sessions: Sessions,
     relay: Option<SharedStore>,
     logs: &LogLimiter,
+    metrics: Arc<Metrics>,
 ) -> Result<()> {
     let cfg = &state.cfg;
     if let Err(e) = tcp::configure_tunnel(&sock, &cfg.tcp) {
@@ -340,6 +348,7 @@ async fn handle(
     let (transport, client_key) = match outcome {
         Ok((transport, key, _)) => (transport, key),
         Err(e) => {
+            metrics.handshake(Handshake::of_error(&e));
             warn_limited!(logs, "rejected", "rejected connection from {peer}: {e:#}");
             // The reply may have been decided but never delivered.
             match decided {
@@ -360,9 +369,11 @@ async fn handle(
             peer_received,
         } => {
             if let Err(e) = tunnel.resume(transport, peer_received) {
+                metrics.handshake(Handshake::BadMessage);
                 sessions.remove(&id);
                 return Err(e);
             }
+            metrics.handshake(Handshake::Resumed);
             info!(tunnel = %label, "tunnel up, session resumed");
             (id, tunnel)
         }
@@ -371,6 +382,7 @@ async fn handle(
             stop,
             client_hello,
         } => {
+            metrics.handshake(Handshake::Ok);
             info!(tunnel = %label, "tunnel up");
             let mut scfg = crate::client::session_config(Role::Server, &cfg.session);
             scfg.peer_stream_window = client_hello.stream_window;
@@ -387,9 +399,11 @@ async fn handle(
             let stats = Arc::new(TunnelStats::default());
             let mut tunnel = Tunnel::new(transport, session, Some(dialer), stats, label.clone());
             tunnel.set_stop(stop);
+            tunnel.set_metrics(metrics.tunnel(&client_key));
             (id, Box::new(tunnel))
         }
     };
+    let _connected = metrics.tunnel_up();
     tunnel.set_liveness(crate::client::liveness_config(&cfg.session, &cfg.tcp));
     tunnel.set_link_socket(crate::client::socket_handle(&sock));
     // The server never opens streams of its own.
