@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use straw::link::keys;
+use straw_tools::linksim::{Link, LinkParams, bind_listener, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -225,5 +226,63 @@ async fn promtool_accepts_a_real_scrape() {
     assert!(
         out.status.success() && report.trim().is_empty(),
         "promtool check metrics: {report}\non:\n{body}"
+    );
+}
+
+/// A cut link: the client's next connection takes the session back, which
+/// shows as a resumed handshake and a tunnel resume; the old connection no
+/// longer counts as connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_after_a_cut_is_counted() {
+    init_tracing();
+    let echo = echo_server().await;
+    let keys = make_keys("metrics-resume");
+    let (server_addr, local, metrics) = (free_port(), free_port(), free_port());
+    let link = Link::new(LinkParams::new(20_000_000, Duration::from_millis(2)));
+    let linksim = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let linksim_addr = linksim.local_addr().unwrap();
+    tokio::spawn(serve(linksim, server_addr, link.clone()));
+    let mut scfg = server_config(&keys, server_addr, echo);
+    scfg.metrics.listen = Some(metrics);
+    let ccfg = client_config(
+        &keys,
+        linksim_addr,
+        local,
+        "[session]\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n",
+    );
+    spawn_pair(scfg, ccfg, server_addr, local).await;
+    wait_for_port(metrics).await;
+
+    let mut s = TcpStream::connect(local).await.unwrap();
+    let mut buf = [0u8; 5];
+    s.write_all(b"first").await.unwrap();
+    s.read_exact(&mut buf).await.unwrap();
+    link.cut_all();
+    s.write_all(b"again").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut buf))
+        .await
+        .expect("no echo after the cut")
+        .unwrap();
+    assert_eq!(&buf, b"again");
+
+    let resumed = r#"straw_handshakes_total{outcome="resumed"}"#;
+    let up = r#"straw_raw_bytes_total{direction="up",service="test"}"#;
+    let body = scrape_until(metrics, "the resume", |s| {
+        s.get(resumed) == Some(&1.0)
+            && s.get("straw_tunnels_connected") == Some(&1.0)
+            && s.get(up) == Some(&10.0)
+    })
+    .await;
+    let s = samples(&body);
+    assert_eq!(s[r#"straw_resumes_total{kind="tunnel"}"#], 1.0);
+    assert_eq!(s[r#"straw_handshakes_total{outcome="ok"}"#], 1.0);
+    assert_eq!(s["straw_tunnels_parked"], 0.0);
+    assert_eq!(
+        s[r#"straw_streams_opened_total{service="test"}"#], 2.0,
+        "probe + ours"
+    );
+    assert_eq!(
+        s[r#"straw_raw_bytes_total{direction="down",service="test"}"#],
+        10.0
     );
 }
