@@ -166,6 +166,11 @@ async fn a_scrape_counts_the_bytes_streams_and_handshakes_of_a_real_tunnel() {
         encode < 60.0 && decode < 60.0,
         "codec cpu {encode} {decode}"
     );
+    eprintln!(
+        "{sent} B echoed: codec CPU encode {encode:.4} s, decode {decode:.4} s; \
+         scrape {} B",
+        body.len()
+    );
     assert!(get("straw_process_open_fds") >= 3.0);
     assert!(get("straw_process_resident_memory_bytes") > 1e6);
 
@@ -196,6 +201,25 @@ async fn promtool_accepts_a_real_scrape() {
     assert!(roundtrip(r.local, data.clone()).await == data);
     let (_, _, body) = scrape(r.metrics).await;
     assert!(body.contains("straw_raw_bytes_total{"), "{body}");
+
+    // Only GET and HEAD are answered with the metrics.
+    for (request, status) in [
+        ("HEAD / HTTP/1.1\r\n\r\n", "HTTP/1.1 200 OK"),
+        (
+            "POST /metrics HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 405 Method Not Allowed",
+        ),
+    ] {
+        let mut sock = TcpStream::connect(r.metrics).await.unwrap();
+        sock.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        sock.read_to_string(&mut raw).await.unwrap();
+        assert!(raw.starts_with(status), "{request:?} got {raw:?}");
+        assert!(
+            raw.ends_with("\r\n\r\n"),
+            "{request:?}: a body came: {raw:?}"
+        );
+    }
 
     let child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
