@@ -25,6 +25,7 @@ use prometheus::{
     CounterVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TEXT_FORMAT, TextEncoder,
 };
 use straw_core::session::SessionStats;
+use straw_proto::AccelStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -132,6 +133,7 @@ pub struct Metrics {
     tunnel_raw_bytes: IntCounterVec,
     codec_cpu: CounterVec,
     resumes: IntCounterVec,
+    message_resume_bytes: IntCounter,
     resident_memory: IntGauge,
     open_fds: IntGauge,
 }
@@ -215,9 +217,20 @@ impl Metrics {
             resumes: counter_vec(
                 &r,
                 "straw_resumes_total",
-                "Sessions resumed on a new connection (kind=tunnel)",
+                "Resumes: kind=tunnel, a session taken back on a new connection; \
+                 kind=message, a POP3/IMAP message or SMTP body continued after a cut \
+                 (counted when its connection ends)",
                 &["kind"],
             ),
+            message_resume_bytes: {
+                let c = IntCounter::new(
+                    "straw_message_resume_bytes_saved_total",
+                    "Bytes of resumed messages not sent again (the part the other side held)",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             resident_memory: gauge(
                 &r,
                 "straw_process_resident_memory_bytes",
@@ -237,7 +250,9 @@ impl Metrics {
         for op in ["encode", "decode"] {
             m.codec_cpu.with_label_values(&[op]);
         }
-        m.resumes.with_label_values(&["tunnel"]);
+        for kind in ["tunnel", "message"] {
+            m.resumes.with_label_values(&[kind]);
+        }
         Arc::new(m)
     }
 
@@ -451,9 +466,16 @@ impl TunnelMetrics {
         }
     }
 
-    pub fn stream_closed(&mut self, stream: u64) {
+    /// `stream` is gone; `stats`: its accelerator's counters.
+    pub fn stream_closed(&mut self, stream: u64, stats: Option<&AccelStats>) {
         if let Some(a) = &mut self.on {
             a.streams.remove(&stream);
+            if let Some(st) = stats.filter(|st| st.message_resumes > 0) {
+                a.m.resumes
+                    .with_label_values(&["message"])
+                    .inc_by(st.message_resumes);
+                a.m.message_resume_bytes.inc_by(st.message_resume_bytes);
+            }
         }
     }
 
@@ -634,6 +656,13 @@ mod tests {
         t.session(&st); // cumulative: counted once
         t.wire_read(40);
         t.wire_written(50);
+        let resumed = AccelStats {
+            message_resumes: 1,
+            message_resume_bytes: 700,
+            ..Default::default()
+        };
+        t.stream_closed(1, Some(&resumed));
+        t.local_read(1, 5); // closed: no longer counted
         let text = m.render();
         let c = client_label(&[1; 32]);
         for line in [
@@ -646,6 +675,9 @@ mod tests {
             format!("straw_tunnel_wire_bytes_total{{client=\"{c}\",direction=\"up\"}} 40"),
             format!("straw_tunnel_wire_bytes_total{{client=\"{c}\",direction=\"down\"}} 50"),
             "straw_handshakes_total{outcome=\"refused-unknown-key\"} 0".to_owned(),
+            "straw_resumes_total{kind=\"message\"} 1".to_owned(),
+            "straw_resumes_total{kind=\"tunnel\"} 0".to_owned(),
+            "straw_message_resume_bytes_saved_total 700".to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -413,7 +413,7 @@ impl Tunnel {
                 }
                 Event::StreamClosed { stream, stats } => {
                     self.pumps.remove(&stream);
-                    self.metrics.stream_closed(stream);
+                    self.metrics.stream_closed(stream, stats.as_ref());
                     if let Some(st) = stats {
                         self.stats
                             .link_waits
