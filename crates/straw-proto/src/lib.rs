@@ -90,6 +90,11 @@ pub struct AccelStats {
     pub link_waits: u64,
     /// Replies answered locally.
     pub local_replies: u64,
+    /// Server side: messages continued after a cut (a POP3 RETR or IMAP
+    /// FETCH sent without the prefix the client held, an SMTP body
+    /// completed on top of the part kept), and their bytes not sent again.
+    pub message_resumes: u64,
+    pub message_resume_bytes: u64,
 }
 
 /// What the client side remembered from earlier connections to a service:

@@ -138,6 +138,8 @@ pub struct ServerConfig {
     pub smtp_resume: ServerSmtpResume,
     #[serde(default)]
     pub limits: ServerLimits,
+    #[serde(default)]
+    pub metrics: ServerMetrics,
     /// Accept a private key that other users can read, or one of the
     /// published example keys (demos and tests only).
     #[serde(default)]
@@ -210,6 +212,16 @@ impl ServerLimits {
     pub fn clock_skew(&self) -> Option<Duration> {
         (self.max_clock_skew_secs > 0).then(|| Duration::from_secs(self.max_clock_skew_secs))
     }
+}
+
+/// Server `[metrics]`: a Prometheus text endpoint for the operator (off
+/// unless `listen` is set). Anyone who reaches it sees the counters and the
+/// client labels, so keep it on loopback or a private network.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerMetrics {
+    /// Address of the endpoint (any path answers), e.g. `127.0.0.1:9477`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Server `[smtp_resume]`: SMTP bodies are kept (in memory) until complete,

@@ -9,6 +9,7 @@
 //! - [`gate`]: bounds on unauthenticated connections, rate-limited logs.
 //! - [`origin`]: where the HTTP proxy may connect (ports, SSRF, one lookup).
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
+//! - [`metrics`]: the server's Prometheus endpoint for its operator.
 
 #![deny(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod gate;
 pub mod keyring;
 pub mod link;
 pub mod logging;
+pub mod metrics;
 pub mod origin;
 pub mod partial;
 mod pump;

@@ -26,6 +26,7 @@ use crate::gate::{Evicted, Failed, Gate, LogLimiter, Ticket};
 use crate::keyring::{Changes, KeyRing};
 use crate::link::keys::{self, AuthorizedKeys, Keypair};
 use crate::link::{noise, tcp};
+use crate::metrics::{Handshake, Metrics};
 use crate::tunnel::{DialFuture, DialRefused, Dialer, LinkEnded, Tunnel, TunnelStats};
 use crate::warn_limited;
 
@@ -245,6 +246,9 @@ pub async fn serve_with_relay(
     relay: Option<SharedStore>,
 ) -> Result<()> {
     let sessions = state.sessions.clone();
+    let (metrics, _endpoint) = crate::metrics::start(&state.cfg.metrics).await?;
+    let parked = sessions.clone();
+    metrics.set_parked_source(move || parked.lock().parked_count());
     let limits = &state.cfg.limits;
     let gate = Gate::new(limits.max_pending_handshakes, limits.max_pending_per_ip);
     let logs = Arc::new(LogLimiter::new(Duration::from_secs(
@@ -281,8 +285,10 @@ pub async fn serve_with_relay(
         let sessions = sessions.clone();
         let relay = relay.clone();
         let logs = logs.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(sock, peer, ticket, state, sessions, relay, &logs).await {
+            let r = handle(sock, peer, ticket, state, sessions, relay, &logs, metrics).await;
+            if let Err(e) = r {
                 warn!("tunnel from {peer}: {e:#}");
             }
         });
@@ -515,6 +521,7 @@ fn plan(
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     mut sock: TcpStream,
     peer: SocketAddr,
@@ -523,6 +530,7 @@ async fn handle(
     sessions: Sessions,
     relay: Option<SharedStore>,
     logs: &LogLimiter,
+    metrics: Arc<Metrics>,
 ) -> Result<()> {
     let cfg = &state.cfg;
     if let Err(e) = tcp::configure_tunnel(&sock, &cfg.tcp) {
@@ -567,6 +575,7 @@ async fn handle(
             (transport, key)
         }
         Err(e) => {
+            metrics.handshake(Handshake::of_error(&e));
             if e.downcast_ref::<Refusal>().is_some() {
                 warn_limited!(logs, "refused-limit", "refused tunnel from {peer}: {e:#}");
             } else if e.downcast_ref::<handshake::ReplayError>().is_some() {
@@ -595,9 +604,11 @@ async fn handle(
             peer_received,
         } => {
             if let Err(e) = tunnel.resume(transport, peer_received) {
+                metrics.handshake(Handshake::BadMessage);
                 sessions.remove(&id);
                 return Err(e);
             }
+            metrics.handshake(Handshake::Resumed);
             info!(tunnel = %label, "tunnel up, session resumed");
             (id, tunnel)
         }
@@ -606,6 +617,7 @@ async fn handle(
             stop,
             client_hello,
         } => {
+            metrics.handshake(Handshake::Ok);
             info!(tunnel = %label, "tunnel up");
             let mut scfg = crate::client::session_config(Role::Server, &cfg.session);
             scfg.peer_stream_window = client_hello.stream_window;
@@ -627,9 +639,11 @@ async fn handle(
             let stats = Arc::new(TunnelStats::default());
             let mut tunnel = Tunnel::new(transport, session, Some(dialer), stats, label.clone());
             tunnel.set_stop(stop);
+            tunnel.set_metrics(metrics.tunnel(&client_key));
             (id, Box::new(tunnel))
         }
     };
+    let _connected = metrics.tunnel_up();
     tunnel.set_liveness(crate::client::liveness_config(&cfg.session, &cfg.tcp));
     tunnel.set_link_socket(crate::client::socket_handle(&sock));
     // The server never opens streams of its own.

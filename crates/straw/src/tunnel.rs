@@ -159,6 +159,8 @@ pub struct Tunnel {
     /// `TCP_USER_TIMEOUT` to the link (see [`Tunnel::set_link_socket`]).
     link_socket: Option<socket2::Socket>,
     user_timeout_set: Option<Duration>,
+    /// The operator's counters (the server's; disabled elsewhere).
+    metrics: crate::metrics::TunnelMetrics,
 }
 
 fn now() -> Instant {
@@ -198,7 +200,13 @@ impl Tunnel {
             label,
             link_socket: None,
             user_timeout_set: None,
+            metrics: Default::default(),
         }
+    }
+
+    /// Counts this tunnel in the server's metrics.
+    pub fn set_metrics(&mut self, metrics: crate::metrics::TunnelMetrics) {
+        self.metrics = metrics;
     }
 
     /// Close the link after this long with no local connections and
@@ -305,6 +313,7 @@ impl Tunnel {
             .resume(now(), peer_received)
             .context("cannot resume session")?;
         self.stats.resumes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.resumed();
         Ok(())
     }
 
@@ -344,7 +353,7 @@ impl Tunnel {
                 out.clear();
                 out_pos = 0;
                 while out.len() < WRITE_AHEAD {
-                    let Some(rec) = self.core.poll_transmit(t) else {
+                    let Some(rec) = self.metrics.encode(|| self.core.poll_transmit(t)) else {
                         break;
                     };
                     self.transport.encrypt(&rec, &mut out)?;
@@ -366,16 +375,21 @@ impl Tunnel {
                         Err(e) => return Ok(LinkEnded::Lost(anyhow!(e).context("link read failed"))),
                     };
                     self.core.link_heard(now());
+                    self.metrics.wire_read(n);
                     reader.push(&rbuf[..n]);
                     while let Some(msg) = reader.next_message() {
                         self.transport.decrypt(&msg, &mut plain)?;
-                        self.core.handle_record(now(), &plain)?;
+                        self.metrics
+                            .decode(|| self.core.handle_record(now(), &plain))?;
                     }
                 }
                 r = wr.write(&out[out_pos..]), if out_pos < out.len() => {
                     match r {
                         Ok(0) => return Ok(LinkEnded::Lost(anyhow!("link write returned 0"))),
-                        Ok(n) => out_pos += n,
+                        Ok(n) => {
+                            out_pos += n;
+                            self.metrics.wire_written(n);
+                        }
                         Err(e) => return Ok(LinkEnded::Lost(anyhow!(e).context("link write failed"))),
                     }
                 }
@@ -412,6 +426,7 @@ impl Tunnel {
                 }
                 Event::StreamClosed { stream, stats } => {
                     self.pumps.remove(&stream);
+                    self.metrics.stream_closed(stream, stats.as_ref());
                     if let Some(st) = stats {
                         self.stats
                             .link_waits
@@ -450,9 +465,10 @@ impl Tunnel {
         }
     }
 
-    fn publish_stats(&self) {
+    fn publish_stats(&mut self) {
         let session = self.core.session();
         let st = session.stats();
+        self.metrics.session(st);
         let s = &self.stats;
         s.wire_bytes_sent
             .store(st.wire_bytes_sent, Ordering::Relaxed);
@@ -546,10 +562,16 @@ impl Tunnel {
                 stream,
                 bytes,
                 drained,
-            } => self.core.handle_local(stream, &bytes, drained),
+            } => {
+                self.metrics.local_read(stream, bytes.len());
+                self.core.handle_local(stream, &bytes, drained)
+            }
             PumpMsg::Eof { stream } => self.core.local_eof(stream),
             PumpMsg::Failed { stream } => self.core.local_failed(stream),
-            PumpMsg::Written { stream, n } => self.core.local_written(stream, n),
+            PumpMsg::Written { stream, n } => {
+                self.metrics.local_written(stream, n);
+                self.core.local_written(stream, n)
+            }
             PumpMsg::Closed { stream } => self.core.local_closed(stream),
             PumpMsg::Dialed { stream, result } => match result {
                 Ok((io, accel)) => {
@@ -574,6 +596,7 @@ impl Tunnel {
             return;
         };
         self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        self.metrics.stream_opened(stream, &service);
         let tx = self.pump_tx.clone();
         let task = tokio::spawn(async move {
             let result = dialer.dial(&service, first).await;

@@ -299,6 +299,8 @@ fn uid_fetch_resume_sends_only_the_rest_and_is_exact() {
         r.down
     );
     assert!(r.notes.iter().any(|n| n.contains("resumed")));
+    let st = r.server.as_ref().unwrap().stats();
+    assert_eq!((st.message_resumes, st.message_resume_bytes), (1, 15_000));
     assert!(m.is_empty(), "partial removed once complete");
     assert!(
         !r.real.seen.iter().any(|l| l.contains("XSTRAW")),
@@ -337,6 +339,7 @@ fn changed_prefix_falls_back_to_full() {
     let r = cut_then_fetch(&store, &body(2, 30_000), 12_000, &body(3, 30_000));
     assert!(r.down > 30_000, "must be a full transfer");
     assert!(r.notes.iter().any(|n| n.contains("differs")));
+    assert_eq!(r.server.as_ref().unwrap().stats().message_resumes, 0);
     assert!(m.is_empty(), "left: {:?}", m.get(&key()).map(|v| v.len()));
 }
 

@@ -6,7 +6,7 @@ use super::framer::{Ev, Framed, Framer, Lit, content, with_literal};
 use super::reply::{caps_of, upper, word};
 use super::{BULK_RESP_LITERAL, ImapConfig, LITERAL_MINUS_MAX, resume};
 use crate::partial::prefix_hash;
-use crate::{Accelerator, Output};
+use crate::{AccelStats, Accelerator, Output};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RespKind {
@@ -45,6 +45,7 @@ pub struct ServerAccel {
     answers: Vec<u8>,
     /// A FETCH response held while it may carry the offered literal.
     hold: Option<Hold>,
+    stats: AccelStats,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +86,7 @@ impl ServerAccel {
             active: None,
             answers: Vec::new(),
             hold: None,
+            stats: AccelStats::default(),
         }
     }
 
@@ -162,6 +164,8 @@ impl ServerAccel {
             out.to_tunnel
                 .extend_from_slice(&with_literal(&line, &rest, false));
             out.to_tunnel.extend_from_slice(&h.prefix[o.len..]);
+            self.stats.message_resumes += 1;
+            self.stats.message_resume_bytes += o.len as u64;
             out.notes.push(format!(
                 "IMAP FETCH {} of UID {} resumed: {} bytes the client holds not sent again",
                 o.item, o.uid, o.len
@@ -406,6 +410,10 @@ impl Framed for ServerAccel {
 }
 
 impl Accelerator for ServerAccel {
+    fn stats(&self) -> AccelStats {
+        self.stats
+    }
+
     /// Bytes from the real server.
     fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
         if self.failed {

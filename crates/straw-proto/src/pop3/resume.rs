@@ -106,6 +106,8 @@ pub(crate) struct ServerResume {
     status: Option<Vec<u8>>,
     prefix: Vec<u8>,
     decided: bool,
+    /// The prefix matched and was left out (bytes), not yet counted.
+    resumed: Option<usize>,
 }
 
 impl ServerResume {
@@ -116,6 +118,7 @@ impl ServerResume {
             status: None,
             prefix: Vec::new(),
             decided: false,
+            resumed: None,
         }
     }
 
@@ -123,6 +126,11 @@ impl ServerResume {
     /// status line, once complete) and appends what the client side should
     /// get to `held`: the answer to the request line first, then the reply
     /// with the prefix left out if it matched. `done`: the reply ended.
+    /// Bytes left out because the client's prefix matched, once.
+    pub(crate) fn take_resumed(&mut self) -> Option<usize> {
+        self.resumed.take()
+    }
+
     pub(crate) fn feed(
         &mut self,
         piece: &[u8],
@@ -159,6 +167,7 @@ impl ServerResume {
         let matched =
             self.prefix.len() >= self.want && prefix_hash(&self.prefix[..self.want]) == self.hash;
         if matched {
+            self.resumed = Some(self.want);
             held.extend_from_slice(RESUMED);
             held.extend_from_slice(&status);
             held.extend_from_slice(&self.prefix[self.want..]);

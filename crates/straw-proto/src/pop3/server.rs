@@ -5,7 +5,7 @@
 use super::reply::{ReplyReader, is_continuation, multi_if_ok};
 use super::{ABORT_ACK, ABORT_VERB, ACK_LINE, PREFETCH_ABORTED, SKIP_LINE, msg_arg, resume};
 use crate::shared::lines::{take_line, unasked, verb};
-use crate::{Accelerator, Output};
+use crate::{AccelStats, Accelerator, Output};
 
 /// Most reply bytes the server side holds back to merge a batch's replies.
 const HOLD_LIMIT: usize = 16 * 1024;
@@ -36,6 +36,7 @@ pub struct ServerAccel {
     dropped: usize,
     /// A bulk reply's end is held (or was sent) without its flush yet.
     flush_owed: bool,
+    stats: AccelStats,
 }
 
 impl ServerAccel {
@@ -147,6 +148,10 @@ impl ServerAccel {
 }
 
 impl Accelerator for ServerAccel {
+    fn stats(&self) -> AccelStats {
+        self.stats
+    }
+
     /// Bytes from the real server.
     fn from_local(&mut self, mut data: &[u8], drained: bool, out: &mut Output) {
         let mut completed = false;
@@ -178,6 +183,10 @@ impl Accelerator for ServerAccel {
                     };
                     let status_len = self.reader.first.len();
                     r.feed(&piece, status_len, done, &mut self.held, &mut out.notes);
+                    if let Some(n) = r.take_resumed() {
+                        self.stats.message_resumes += 1;
+                        self.stats.message_resume_bytes += n as u64;
+                    }
                     if done {
                         self.resume = None;
                     }

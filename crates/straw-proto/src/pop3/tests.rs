@@ -755,6 +755,9 @@ fn retr_resume_sends_only_the_rest_and_is_exact() {
         body_len - kept.len()
     );
     assert!(mem.is_empty(), "partial deleted once complete");
+    let st = r.s.stats();
+    assert_eq!(st.message_resumes, 1);
+    assert_eq!(st.message_resume_bytes, kept.len() as u64, "{st:?}");
 }
 
 #[test]
@@ -766,6 +769,11 @@ fn retr_resume_with_changed_prefix_falls_back_to_full() {
     assert_text(&r.program_saw, &full);
     assert!(down > stuff(&big_server(1).msgs[0]).len());
     assert!(mem.is_empty());
+    assert_eq!(
+        r.s.stats().message_resumes,
+        0,
+        "a changed message is no resume"
+    );
 }
 
 #[test]

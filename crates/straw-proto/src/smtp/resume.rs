@@ -379,6 +379,8 @@ impl ServerAccel {
                         out.notes.push(format!(
                             "SMTP DATA resumed: {n} bytes held, the rest follows"
                         ));
+                        self.stats.message_resumes += 1;
+                        self.stats.message_resume_bytes += n as u64;
                         self.kept = Some(Kept {
                             sc,
                             buf: p,

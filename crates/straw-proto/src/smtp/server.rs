@@ -7,7 +7,7 @@ use super::resume::{Kept, Offered};
 use super::{SYNTH_DATA, resume};
 use crate::partial::SharedStore;
 use crate::shared::lines::{DotScanner, take_line, unasked, verb};
-use crate::{Accelerator, Output};
+use crate::{AccelStats, Accelerator, Output};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Await {
@@ -44,6 +44,7 @@ pub struct ServerAccel {
     /// A whole kept body on its way to the real server, and its id.
     pub(super) sending: Option<(Vec<u8>, Option<String>)>,
     pub(super) offered: Option<Offered>,
+    pub(super) stats: AccelStats,
 }
 
 impl ServerAccel {
@@ -129,6 +130,10 @@ impl ServerAccel {
 }
 
 impl Accelerator for ServerAccel {
+    fn stats(&self) -> AccelStats {
+        self.stats
+    }
+
     /// Bytes from the real server.
     fn from_local(&mut self, mut data: &[u8], _drained: bool, out: &mut Output) {
         while !data.is_empty() && !self.failed {

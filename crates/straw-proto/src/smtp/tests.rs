@@ -5,7 +5,7 @@ use super::*;
 use crate::partial::SharedStore;
 use crate::shared::lines::{MAX_LINE, trim_end};
 use crate::test_util::{FakeServer, Inbox, Wired, assert_ends_with, assert_text};
-use crate::{Accelerator, Cache, Output};
+use crate::{AccelStats, Accelerator, Cache, Output};
 use proptest::prelude::*;
 
 const GREETING: &[u8] = b"220 mx.example.org ESMTP OpenSMTPD\r\n";
@@ -651,6 +651,8 @@ const ENVELOPE: &[u8] = b"EHLO me\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n";
 struct Stores {
     c: Arc<MemStore>,
     s: Arc<MemStore>,
+    /// The server side's counters after the last [`full_send`].
+    server_stats: std::cell::Cell<AccelStats>,
 }
 
 impl Stores {
@@ -658,6 +660,7 @@ impl Stores {
         Self {
             c: Arc::new(MemStore::new()),
             s: Arc::new(MemStore::new()),
+            server_stats: Default::default(),
         }
     }
 
@@ -689,6 +692,7 @@ fn full_send(st: &Stores, body: &[u8], real: FakeSmtpd) -> (Vec<u8>, usize, Fake
     let sent = rig.c2s_bytes - before;
     assert_eq!(rig.send(b"QUIT\r\n"), BYE);
     assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+    st.server_stats.set(rig.s.stats());
     (reply, sent, rig.real)
 }
 
@@ -714,6 +718,12 @@ fn smtp_resume_sends_only_the_rest_and_delivers_once() {
     assert!(st.c.is_empty(), "mark removed once confirmed");
     // Only the delivered-message record is left on the server side.
     assert_eq!(st.s.len(), 1);
+    let resumed = st.server_stats.get();
+    assert_eq!(resumed.message_resumes, 1);
+    assert!(
+        (20_000..=25_000).contains(&resumed.message_resume_bytes),
+        "{resumed:?}"
+    );
 }
 
 #[test]
