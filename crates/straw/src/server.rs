@@ -110,7 +110,7 @@ pub async fn serve_with_relay(
     relay: Option<SharedStore>,
 ) -> Result<()> {
     let sessions = Sessions::default();
-    let (metrics, _endpoint) = crate::metrics::start(&state.cfg.metrics).await?;
+    let (metrics, _endpoint) = crate::metrics::start(&state.cfg).await?;
     let parked = sessions.clone();
     metrics.set_parked_source(move || parked.lock().parked());
     let limits = &state.cfg.limits;
