@@ -16,7 +16,7 @@
 //! which a few lines of tokio serve with bounds on time, size and
 //! concurrency.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::config::ServerMetrics;
+use crate::config::ServerConfig;
 use crate::link::keys;
 
 /// Scrapes answered at once; more wait for their turn.
@@ -121,6 +121,9 @@ impl Handshake {
 /// A server's counters and gauges, and what renders them.
 pub struct Metrics {
     enabled: bool,
+    /// The configured services: a stream naming another (a client's OPEN
+    /// says what it likes) is counted as `other`, so labels stay bounded.
+    services: BTreeSet<String>,
     registry: Registry,
     tunnels_connected: IntGauge,
     tunnels_parked: IntGauge,
@@ -153,7 +156,7 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 impl Metrics {
     /// `enabled`: whether tunnels count (a server with the endpoint off
     /// skips the per-record work).
-    pub fn new(enabled: bool) -> Arc<Metrics> {
+    pub fn new(enabled: bool, services: impl IntoIterator<Item = String>) -> Arc<Metrics> {
         let r = Registry::new();
         let codec_cpu = CounterVec::new(
             Opts::new(
@@ -169,6 +172,7 @@ impl Metrics {
             .expect("unique metric");
         let m = Metrics {
             enabled,
+            services: services.into_iter().collect(),
             tunnels_connected: gauge(
                 &r,
                 "straw_tunnels_connected",
@@ -445,6 +449,11 @@ impl TunnelMetrics {
     /// The client opened `stream` for `service` (the server dials it).
     pub fn stream_opened(&mut self, stream: u64, service: &str) {
         if let Some(a) = &mut self.on {
+            let service = if a.m.services.contains(service) {
+                service
+            } else {
+                "other"
+            };
             a.m.streams_opened.with_label_values(&[service]).inc();
             let c = |d| a.m.raw_bytes.with_label_values(&[service, d]);
             let pair = (c("up"), c("down"));
@@ -499,11 +508,12 @@ impl Drop for Endpoint {
 }
 
 /// A server's metrics, with the endpoint listening if `cfg` asks for one.
-pub async fn start(cfg: &ServerMetrics) -> Result<(Arc<Metrics>, Endpoint)> {
-    let Some(addr) = cfg.listen else {
-        return Ok((Metrics::new(false), Endpoint(None)));
+pub async fn start(cfg: &ServerConfig) -> Result<(Arc<Metrics>, Endpoint)> {
+    let services = cfg.services.keys().cloned();
+    let Some(addr) = cfg.metrics.listen else {
+        return Ok((Metrics::new(false, services), Endpoint(None)));
     };
-    let metrics = Metrics::new(true);
+    let metrics = Metrics::new(true, services);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
@@ -640,10 +650,13 @@ mod tests {
 
     #[test]
     fn rendering_names_every_metric_with_help() {
-        let m = Metrics::new(true);
+        let m = Metrics::new(true, ["pop3".to_owned()]);
         m.set_parked_source(|| 3);
         let mut t = m.tunnel(&[1; 32]);
         t.stream_opened(1, "pop3");
+        // A service the client made up: one bounded label for all of them.
+        t.stream_opened(3, "made-up-1");
+        t.stream_opened(4, "made-up-2");
         t.local_written(1, 10);
         t.local_read(1, 25);
         t.local_read(2, 99); // not a dialled stream: not counted
@@ -668,6 +681,7 @@ mod tests {
         for line in [
             "straw_tunnels_parked 3".to_owned(),
             "straw_streams_opened_total{service=\"pop3\"} 1".to_owned(),
+            "straw_streams_opened_total{service=\"other\"} 2".to_owned(),
             "straw_raw_bytes_total{direction=\"up\",service=\"pop3\"} 10".to_owned(),
             "straw_raw_bytes_total{direction=\"down\",service=\"pop3\"} 25".to_owned(),
             format!("straw_tunnel_raw_bytes_total{{client=\"{c}\",direction=\"up\"}} 10"),
@@ -681,6 +695,7 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+        assert!(!text.contains("made-up"), "{text}");
         for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
             let name = family.split(' ').next().unwrap();
             assert!(
@@ -700,7 +715,7 @@ mod tests {
 
     #[test]
     fn a_disabled_tunnel_counts_nothing() {
-        let m = Metrics::new(false);
+        let m = Metrics::new(false, ["pop3".to_owned()]);
         let mut t = m.tunnel(&[1; 32]);
         t.stream_opened(1, "pop3");
         t.local_written(1, 10);

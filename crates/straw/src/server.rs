@@ -246,7 +246,7 @@ pub async fn serve_with_relay(
     relay: Option<SharedStore>,
 ) -> Result<()> {
     let sessions = state.sessions.clone();
-    let (metrics, _endpoint) = crate::metrics::start(&state.cfg.metrics).await?;
+    let (metrics, _endpoint) = crate::metrics::start(&state.cfg).await?;
     let parked = sessions.clone();
     metrics.set_parked_source(move || parked.lock().parked_count());
     let limits = &state.cfg.limits;
