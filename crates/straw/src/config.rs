@@ -594,6 +594,12 @@ impl ServerConfig {
             bail!("{}: no [services] configured", path.display());
         }
         c.http.check().with_context(|| path.display().to_string())?;
+        if c.limits.max_tunnels == 0 || c.limits.max_sessions_per_key == 0 {
+            bail!(
+                "{}: [limits] max_tunnels and max_sessions_per_key must be at least 1",
+                path.display()
+            );
+        }
         for (name, svc) in &mut c.services {
             if svc.protocol != Protocol::Http && svc.upstream.is_none() {
                 bail!("{}: service {name} needs an upstream", path.display());
@@ -673,6 +679,28 @@ mod tls_tests {
             "{:#}",
             load_with(tag, svc, ca).expect_err("config should be refused")
         )
+    }
+
+    #[test]
+    fn session_limits_default_and_zero_is_refused() {
+        let c = load_with("limits", r#"{ upstream = "h:1" }"#, None).unwrap();
+        let l = c.limits.sessions();
+        assert_eq!(
+            (l.max_running, l.max_per_key, l.max_parked),
+            (8192, 4, 8192)
+        );
+        assert_eq!(c.limits.clock_skew(), None);
+        let l = ServerLimits {
+            max_clock_skew_secs: 60,
+            ..ServerLimits::default()
+        };
+        assert_eq!(l.clock_skew(), Some(Duration::from_secs(60)));
+        let e = err(
+            "limits0",
+            "{ upstream = \"h:1\" }\n[limits]\nmax_tunnels = 0",
+            None,
+        );
+        assert!(e.contains("must be at least 1"), "{e}");
     }
 
     #[test]

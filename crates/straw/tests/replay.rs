@@ -1,6 +1,7 @@
 //! Replayed handshakes (issue 12 item 5): a captured first message, fresh or
 //! resuming, sent again any number of times gets no reply, starts no
-//! session and leaves the client's live tunnel alone.
+//! session and leaves the client's live tunnel alone. And the session
+//! limits of `[limits]` (issue 11) on a real server.
 
 mod common;
 
@@ -180,4 +181,46 @@ async fn replayed_first_and_resume_messages_get_nothing_and_touch_nothing() {
     );
     assert_eq!(stats.resumes.load(Ordering::Relaxed), resumes);
     assert_eq!(rec.captured().len(), 2, "the client never dialled again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_tunnels_a_client_is_refused_and_the_live_one_carries_on() {
+    init_tracing();
+    let keys = make_keys("max-tunnels");
+    let upstream = echo_server().await;
+    let server_addr = free_port();
+    let mut scfg = server_config(&keys, server_addr, upstream);
+    scfg.limits.max_tunnels = 1;
+    tokio::spawn(async move { straw::server::run(scfg).await.unwrap() });
+    wait_for_port(server_addr).await;
+    let extra = "[session]\nreconnect_min_ms = 50\nreconnect_max_ms = 100\n";
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let local = free_port();
+        let ccfg = client_config(&keys, server_addr, local, extra);
+        let stats = Arc::new(straw::tunnel::TunnelStats::default());
+        tokio::spawn({
+            let stats = stats.clone();
+            async move { straw::client::run_with_stats(ccfg, stats).await }
+        });
+        wait_for_port(local).await;
+        if clients.is_empty() {
+            wait_until("the first tunnel", || {
+                stats.dials.load(Ordering::Relaxed) == 1
+            })
+            .await;
+        }
+        clients.push((local, stats));
+    }
+    let mut conn = TcpStream::connect(clients[0].0).await.unwrap();
+    echo(&mut conn, b"first tunnel").await;
+    // The second client has tried (every 100 ms) for a while: never up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        clients[1].1.dials.load(Ordering::Relaxed),
+        0,
+        "second tunnel came up"
+    );
+    assert_eq!(clients[0].1.dials.load(Ordering::Relaxed), 1);
+    echo(&mut conn, b"first tunnel, still").await;
 }
