@@ -220,14 +220,16 @@ pub async fn run_with_relay(cfg: ServerConfig, relay: Option<SharedStore>) -> Re
     }
     let listener = tcp::bind_listener(cfg.listen, cfg.tcp.recv_buffer)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let count = authorized.len();
+    let state = Arc::new(ServerState::new(cfg, keypair, authorized));
+    // SIGHUP is handled from here on (before "listening" is logged).
+    watch_keys(state.clone())?;
+    let cfg = &state.cfg;
     info!(
-        "straw server listening on {} ({} authorised clients, services: {})",
+        "straw server listening on {} ({count} authorised clients, services: {})",
         cfg.listen,
-        authorized.len(),
         cfg.services.keys().cloned().collect::<Vec<_>>().join(", ")
     );
-    let state = Arc::new(ServerState::new(cfg, keypair, authorized));
-    watch_keys(state.clone())?;
     serve_with_relay(listener, state, relay).await
 }
 
