@@ -430,4 +430,26 @@ mod tests {
         assert_eq!(keys.len(), 2);
         assert_eq!(keys.keys().count(), 2);
     }
+
+    proptest::proptest! {
+        /// Any text gives keys or a line error, never a panic; an error's
+        /// line exists in the text.
+        #[test]
+        fn any_text_parses_or_names_a_line(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[ -~]{0,80}",
+                    "(name|services|x)=[a-z0-9,./_-]{0,10}( [A-Za-z0-9+/=]{0,46}){0,3}",
+                    proptest::strategy::Just(format!("name=n {} c", encode_key(&[5; 32]))),
+                ],
+                0..8,
+            )
+        ) {
+            let text = lines.join("\n");
+            match AuthorizedKeys::parse_lines(&text) {
+                Ok(keys) => proptest::prop_assert!(keys.len() <= lines.len()),
+                Err(e) => proptest::prop_assert!(e.line >= 1 && e.line <= lines.len()),
+            }
+        }
+    }
 }

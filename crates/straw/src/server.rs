@@ -139,6 +139,37 @@ impl FileStamp {
     }
 }
 
+/// What the poll knows of the file: as loaded, and as seen last time.
+struct FilePoll {
+    loaded: FileStamp,
+    seen: FileStamp,
+}
+
+impl FilePoll {
+    fn new(loaded: FileStamp) -> FilePoll {
+        FilePoll {
+            seen: loaded.clone(),
+            loaded,
+        }
+    }
+
+    /// Another look found `now`: whether to reload (it changed since it was
+    /// loaded, and not since the last look).
+    fn look(&mut self, now: FileStamp) -> bool {
+        if now == self.loaded || now != self.seen {
+            self.seen = now;
+            return false;
+        }
+        self.loaded = now;
+        true
+    }
+
+    /// Loaded at `now` (SIGHUP).
+    fn loaded(&mut self, now: FileStamp) {
+        *self = FilePoll::new(now);
+    }
+}
+
 /// Reloads `authorized_keys` on SIGHUP, and when the file changed and then
 /// held still for one poll interval (`authorized_keys_poll_ms`; a file
 /// caught half-written is not loaded). Polling a stat every couple of
@@ -153,8 +184,7 @@ pub fn watch_keys(state: Arc<ServerState>) -> Result<()> {
     let path = state.cfg.authorized_keys.clone();
     let poll = Duration::from_millis(state.cfg.authorized_keys_poll_ms);
     tokio::spawn(async move {
-        let mut loaded = FileStamp::of(&path);
-        let mut seen = loaded.clone();
+        let mut file = FilePoll::new(FileStamp::of(&path));
         let mut tick = (!poll.is_zero()).then(|| {
             let mut t = tokio::time::interval(poll);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -173,19 +203,13 @@ pub fn watch_keys(state: Arc<ServerState>) -> Result<()> {
             };
             tokio::select! {
                 Some(()) = hangup => {
-                    loaded = FileStamp::of(&path);
-                    seen = loaded.clone();
+                    file.loaded(FileStamp::of(&path));
                     state.reload_keys_logged("SIGHUP");
                 }
                 _ = polled => {
-                    let now = FileStamp::of(&path);
-                    if now == loaded || now != seen {
-                        // Unchanged, or still changing: look again next time.
-                        seen = now;
-                        continue;
+                    if file.look(FileStamp::of(&path)) {
+                        state.reload_keys_logged("file changed");
                     }
-                    loaded = now;
-                    state.reload_keys_logged("file changed");
                 }
             }
         }
@@ -222,14 +246,16 @@ pub async fn run_with_relay(cfg: ServerConfig, relay: Option<SharedStore>) -> Re
     }
     let listener = tcp::bind_listener(cfg.listen, cfg.tcp.recv_buffer)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let count = authorized.len();
+    let state = Arc::new(ServerState::new(cfg, keypair, authorized));
+    // SIGHUP is handled from here on (before "listening" is logged).
+    watch_keys(state.clone())?;
+    let cfg = &state.cfg;
     info!(
-        "straw server listening on {} ({} authorised clients, services: {})",
+        "straw server listening on {} ({count} authorised clients, services: {})",
         cfg.listen,
-        authorized.len(),
         cfg.services.keys().cloned().collect::<Vec<_>>().join(", ")
     );
-    let state = Arc::new(ServerState::new(cfg, keypair, authorized));
-    watch_keys(state.clone())?;
     serve_with_relay(listener, state, relay).await
 }
 
@@ -892,6 +918,53 @@ test = { upstream = "127.0.0.1:2" }
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
         f.poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn the_poll_reloads_a_changed_file_once_it_holds_still() {
+        let stamp = |n: u64| FileStamp(Some((n, None, 0, 0, 0, 0)));
+        let mut poll = FilePoll::new(stamp(1));
+        assert!(!poll.look(stamp(1)), "unchanged");
+        assert!(!poll.look(stamp(2)), "just changed: maybe half-written");
+        assert!(!poll.look(stamp(3)), "still changing");
+        assert!(poll.look(stamp(3)), "held still for one look");
+        assert!(!poll.look(stamp(3)), "loaded once");
+        // Gone (mid-rename): loaded (and refused, keeping the keys) once
+        // it stays gone; loaded again when it is back.
+        assert!(!poll.look(FileStamp(None)));
+        assert!(poll.look(FileStamp(None)));
+        assert!(!poll.look(stamp(4)));
+        assert!(poll.look(stamp(4)));
+        // A change back to the loaded state is nothing to do.
+        assert!(!poll.look(stamp(5)));
+        assert!(!poll.look(stamp(4)));
+        assert!(!poll.look(stamp(4)));
+        // SIGHUP loaded it: the poll starts from there.
+        poll.loaded(stamp(6));
+        assert!(!poll.look(stamp(6)));
+    }
+
+    #[test]
+    fn a_file_stamp_sees_a_rewrite_and_a_rename() {
+        let d = std::env::temp_dir().join(format!("straw-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("f");
+        std::fs::write(&p, "one").unwrap();
+        let a = FileStamp::of(&p);
+        assert!(a.0.is_some());
+        assert_eq!(a, FileStamp::of(&p));
+        std::fs::write(&p, "two!").unwrap();
+        let b = FileStamp::of(&p);
+        assert_ne!(a, b, "size and times");
+        // Same size, same content, but a new file renamed over it.
+        #[cfg(unix)]
+        {
+            std::fs::write(d.join("g"), "two!").unwrap();
+            std::fs::rename(d.join("g"), &p).unwrap();
+            assert_ne!(b, FileStamp::of(&p), "inode");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+        assert_eq!(FileStamp::of(&p), FileStamp(None));
     }
 
     #[test]
