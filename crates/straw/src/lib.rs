@@ -7,12 +7,15 @@
 //! - [`client`] / [`server`]: local listeners and upstream dialers.
 //! - [`gate`]: bounds on unauthenticated connections, rate-limited logs.
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
+//! - [`setup`] / [`check`]: `straw init` (first configs and keys) and
+//!   `straw check` (load a config, try its keys and upstreams).
 
 #![deny(unsafe_code)]
 
 pub mod accel;
 mod bounded;
 pub mod cache;
+pub mod check;
 pub mod cli_docs;
 pub mod client;
 pub mod config;
@@ -24,5 +27,6 @@ pub mod partial;
 mod pump;
 pub mod relay_store;
 pub mod server;
+pub mod setup;
 pub mod tunnel;
 pub mod upstream;
