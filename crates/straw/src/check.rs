@@ -304,6 +304,72 @@ mod tests {
         );
     }
 
+    /// A TLS upstream with a certificate for 127.0.0.1 from a CA of its own;
+    /// the CA's PEM is returned.
+    fn tls_upstream(listener: std::net::TcpListener) -> String {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use std::sync::Arc;
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                if let Ok(mut tls) = acceptor.accept(s).await {
+                    let _ = tls.write_all(b"+OK TLS here\r\n").await;
+                }
+            }
+        });
+        ca_pem
+    }
+
+    #[tokio::test]
+    async fn implicit_tls_handshake_with_the_configured_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::fs::write(tmp.path().join("ca.pem"), tls_upstream(listener)).unwrap();
+        let config = server_dir(tmp.path(), "127.0.0.1:1".into(), "127.0.0.1:1".into());
+        // Replace the generated services by one TLS service trusting ca.pem.
+        let text = std::fs::read_to_string(&config).unwrap();
+        let head = &text[..text.find("[services]").unwrap()];
+        std::fs::write(
+            &config,
+            format!(
+                "{head}[services]\npop3s = {{ upstream = \"{addr}\", protocol = \"pop3\", tls = \"implicit\", ca_file = \"ca.pem\" }}\n"
+            ),
+        )
+        .unwrap();
+        let checks = run(&config, T).await;
+        assert!(checks.iter().all(Check::ok), "{}", lines(&checks));
+        assert_eq!(
+            checks.last().unwrap().to_string(),
+            format!("service pop3s -> {addr}: ok (TLS handshake)")
+        );
+    }
+
     #[tokio::test]
     async fn client_dials_its_server() {
         let tmp = tempfile::tempdir().unwrap();

@@ -453,7 +453,6 @@ const AUTHORIZED_KEYS: &str = "\
 # prints it, e.g.
 #   name=boat-17 q1f3...=
 # `services=pop3,smtp` before the key limits a boat to those services.
-# After a change, restart straw server.
 ";
 
 fn server_toml(a: &InitServerArgs, config: &Path) -> String {
@@ -480,7 +479,6 @@ listen = "{listen}"
 private_key = "server.key"
 
 # The boats allowed in, one line each (`straw init client` prints it).
-# Read at start: restart straw server after adding one.
 authorized_keys = "authorized_keys"
 
 # Service name -> the real server. Boats reach only what is listed here, by
@@ -519,8 +517,8 @@ pub fn init_client_cli(args: &InitClientArgs) -> Result<()> {
     report(
         &w,
         &format!(
-            "Next: the server's operator adds the line below to the server's authorized_keys \
-             and restarts straw server; then run\n  straw client --config {}\n\
+            "Next: the server's operator adds the line below to the server's authorized_keys; \
+             then run\n  straw client --config {}\n\
              authorized_keys line:",
             w.config.display()
         ),
