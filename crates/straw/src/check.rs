@@ -92,7 +92,7 @@ pub async fn run(path: &Path, timeout: Duration) -> Vec<Check> {
                 checks.extend(client(&c, timeout).await);
                 checks
             }
-            Err(e) => vec![Check::new(what, Err(e))],
+            Err(e) => vec![Check::new(what, Err(at_service_line(path, e)))],
         },
         Side::Server => match ServerConfig::load(path) {
             Ok(c) => {
@@ -103,8 +103,43 @@ pub async fn run(path: &Path, timeout: Duration) -> Vec<Check> {
                 checks.extend(server(&c, timeout).await);
                 checks
             }
-            Err(e) => vec![Check::new(what, Err(e))],
+            Err(e) => vec![Check::new(what, Err(at_service_line(path, e)))],
         },
+    }
+}
+
+/// `FILE: service NAME ...` (a check made after parsing, so without a
+/// position) becomes `FILE:LINE: service NAME ...`, LINE being where the
+/// service is defined (`NAME = ...` under `[services]`, `[services.NAME]`,
+/// or a client's `name = "NAME"`).
+fn at_service_line(path: &Path, e: anyhow::Error) -> anyhow::Error {
+    let msg = format!("{e:#}");
+    let file = path.display().to_string();
+    let Some(rest) = msg.strip_prefix(&format!("{file}: ")) else {
+        return e;
+    };
+    let Some(name) = rest
+        .strip_prefix("service ")
+        .and_then(|r| r.split([' ', ':']).next())
+    else {
+        return e;
+    };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return e;
+    };
+    let defines = |line: &str| {
+        let line = line.trim();
+        let key = |k: &str| {
+            line.strip_prefix(k)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        };
+        key(name)
+            || line.replace(' ', "") == format!("[services.{name}]")
+            || (key("name") && line.ends_with(&format!("\"{name}\"")))
+    };
+    match text.lines().position(defines) {
+        Some(i) => anyhow!("{file}:{}: {rest}", i + 1),
+        None => e,
     }
 }
 
@@ -434,6 +469,26 @@ mod tests {
         // A bad value in a server config.
         let e = check("listen = \"nowhere\"\nprivate_key = \"k\"\nauthorized_keys = \"a\"\n").await;
         assert!(e.contains(&format!("{file}:1:10:")), "{e}");
+        // A check made after parsing: the line of the service.
+        let e = check(
+            "listen = \"127.0.0.1:1\"\nprivate_key = \"k\"\nauthorized_keys = \"a\"\n\
+             [services]\npop3 = { upstream = \"h:1\", protocol = \"pop3\" }\n\
+             web = { protocol = \"http\", tls = \"implicit\" }\n",
+        )
+        .await;
+        assert!(
+            e.contains(&format!("{file}:6: service web: tls is not supported")),
+            "{e}"
+        );
+        let e = check(
+            "listen = \"127.0.0.1:1\"\nprivate_key = \"k\"\nauthorized_keys = \"a\"\n\
+             [services]\nweb = { protocol = \"http\" }\nmail = { protocol = \"pop3\" }\n",
+        )
+        .await;
+        assert!(
+            e.contains(&format!("{file}:6: service mail needs an upstream")),
+            "{e}"
+        );
         // Neither side.
         let e = check("x = 1\n").await;
         assert!(e.contains("neither a client config"), "{e}");
