@@ -21,14 +21,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Init {
-    /// On the boat: write client.toml (POP3 127.0.0.1:1110, IMAP 1143, SMTP
-    /// 1025, HTTP proxy 3128), client.key (0600), client.key.pub and the
-    /// server's server.key.pub, then print the line the server's operator
-    /// adds to the server's authorized_keys.
+    /// On the boat: write client.toml and a key pair; print the line for the server.
+    ///
+    /// Writes client.toml (POP3 127.0.0.1:1110, IMAP 1143, SMTP 1025, HTTP
+    /// proxy 3128), client.key (0600), client.key.pub and the server's
+    /// server.key.pub into DIR, then prints the one line the server's
+    /// operator adds to the server's authorized_keys
+    /// (`name=NAME PUBLIC-KEY`).
     Client(straw::setup::InitClientArgs),
-    /// On the server: write server.toml, server.key (0600), server.key.pub and
-    /// an empty authorized_keys, then print the server's public key and the
-    /// `straw init client` command a boat runs.
+    /// On the server: write server.toml and a key pair; print the boat's command.
+    ///
+    /// Writes server.toml (the services given by --pop3, --imap, --smtp, and
+    /// the web proxy; the others as commented-out examples), server.key
+    /// (0600), server.key.pub and an empty authorized_keys into DIR, then
+    /// prints the server's public key and the `straw init client` command a
+    /// boat runs.
     Server(straw::setup::InitServerArgs),
 }
 
@@ -42,10 +49,12 @@ enum Command {
     /// stdout.
     #[command(subcommand)]
     Init(Init),
-    /// Check a client or server config: load it, read its keys, and dial what
-    /// it names (a server: each upstream, with TLS as configured; a client:
-    /// its server). One line per check, `ok` or `FAILED: why`; exit status 1
-    /// if anything failed.
+    /// Check a client or server config: load it, read its keys, dial what it names.
+    ///
+    /// A server config's upstreams are each dialled, with the TLS handshake
+    /// or STARTTLS its `tls` asks for; a client config's server is dialled.
+    /// Config errors read FILE:LINE:COLUMN. One line per check, `ok` or
+    /// `FAILED: why`; exit status 1 if anything failed.
     Check {
         /// The config file (client or server: told apart by its keys).
         #[arg(long)]
