@@ -20,7 +20,49 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum Init {
+    /// On the boat: write client.toml and a key pair; print the line for the server.
+    ///
+    /// Writes client.toml (POP3 127.0.0.1:1110, IMAP 1143, SMTP 1025, HTTP
+    /// proxy 3128), client.key (0600), client.key.pub and the server's
+    /// server.key.pub into DIR, then prints the one line the server's
+    /// operator adds to the server's authorized_keys
+    /// (`name=NAME PUBLIC-KEY`).
+    Client(straw::setup::InitClientArgs),
+    /// On the server: write server.toml and a key pair; print the boat's command.
+    ///
+    /// Writes server.toml (the services given by --pop3, --imap, --smtp, and
+    /// the web proxy; the others as commented-out examples), server.key
+    /// (0600), server.key.pub and an empty authorized_keys into DIR, then
+    /// prints the server's public key and the `straw init client` command a
+    /// boat runs.
+    Server(straw::setup::InitServerArgs),
+}
+
+#[derive(Subcommand)]
 enum Command {
+    /// Write a first config and a new key pair (`straw init client` or
+    /// `straw init server`).
+    ///
+    /// Nothing existing is overwritten without --force. What was written is
+    /// reported on stderr; the one line meant for the other side goes to
+    /// stdout.
+    #[command(subcommand)]
+    Init(Init),
+    /// Check a client or server config: load it, read its keys, dial what it names.
+    ///
+    /// A server config's upstreams are each dialled, with the TLS handshake
+    /// or STARTTLS its `tls` asks for; a client config's server is dialled.
+    /// Config errors read FILE:LINE:COLUMN. One line per check, `ok` or
+    /// `FAILED: why`; exit status 1 if anything failed.
+    Check {
+        /// The config file (client or server: told apart by its keys).
+        #[arg(long)]
+        config: PathBuf,
+        /// Give up on each connection or TLS handshake after this long.
+        #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+        timeout: f64,
+    },
     /// Write a new private key to PATH and its public key to PATH.pub.
     Keygen {
         /// Where to write the private key.
@@ -54,6 +96,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     straw::logging::init(cli.log_format);
     let result = match cli.command {
+        Command::Init(Init::Client(args)) => straw::setup::init_client_cli(&args),
+        Command::Init(Init::Server(args)) => straw::setup::init_server_cli(&args),
+        Command::Check { config, timeout } => check_timeout(timeout)
+            .and_then(|t| runtime()?.block_on(straw::check::check_cli(&config, t))),
         Command::Keygen { path } => straw::link::keys::keygen_cli(&path),
         Command::Server { config } => straw::config::ServerConfig::load(&config)
             .and_then(|c| runtime()?.block_on(straw::server::run(c))),
@@ -85,6 +131,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check_timeout(secs: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("--timeout {secs}: expected a positive number of seconds"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -573,7 +573,19 @@ pub struct ClientService {
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+    toml::from_str(&text).map_err(|e| {
+        let at = e.span().map_or(String::new(), |s| line_col(&text, s.start));
+        anyhow::anyhow!("{}:{at} {}", path.display(), e.message())
+    })
+}
+
+/// `LINE:COLUMN:` (both from 1) of byte `offset` in `text`, for error messages
+/// that read `FILE:LINE:COLUMN: problem`.
+pub fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..text.floor_char_boundary(offset.min(text.len()))];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("{line}:{column}:")
 }
 
 /// Relative paths in a config file are relative to the file's folder.

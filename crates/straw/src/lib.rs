@@ -10,6 +10,8 @@
 //! - [`origin`]: where the HTTP proxy may connect (ports, SSRF, one lookup).
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 //! - [`metrics`]: the server's Prometheus endpoint for its operator.
+//! - [`setup`] / [`check`]: `straw init` (first configs and keys) and
+//!   `straw check` (load a config, try its keys and upstreams).
 
 #![deny(unsafe_code)]
 
@@ -17,6 +19,7 @@ pub mod accel;
 pub mod authorized;
 mod bounded;
 pub mod cache;
+pub mod check;
 pub mod cli_docs;
 pub mod client;
 pub mod config;
@@ -31,5 +34,6 @@ pub mod partial;
 mod pump;
 pub mod relay_store;
 pub mod server;
+pub mod setup;
 pub mod tunnel;
 pub mod upstream;
