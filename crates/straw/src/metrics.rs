@@ -42,8 +42,9 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head read; a scrape's is a few hundred bytes.
 const MAX_REQUEST: usize = 8 * 1024;
 
-/// The `client` label of a client key: today the key's first 8 base64
-/// characters, as in the logs. The one place that decides it.
+/// The `client` label of a key without a `name=` in authorized_keys: the
+/// key's first 8 base64 characters, as in the logs (the server passes
+/// [`crate::server::ServerState::client_label`], which prefers the name).
 pub fn client_label(key: &[u8; 32]) -> String {
     keys::encode_key(key)[..8].to_owned()
 }
@@ -66,12 +67,16 @@ pub enum Handshake {
     /// The session was still attached to an older connection (which was
     /// told to let go; the client retries).
     Busy,
+    /// A first message not newer than one already accepted for its key.
+    RefusedReplay,
+    /// Past `[limits]` max_tunnels or max_sessions_per_key.
+    RefusedLimit,
     /// The connection closed or failed during the handshake.
     Closed,
 }
 
 impl Handshake {
-    pub const ALL: [Handshake; 8] = [
+    pub const ALL: [Handshake; 10] = [
         Handshake::Ok,
         Handshake::Resumed,
         Handshake::RefusedUnknownKey,
@@ -79,6 +84,8 @@ impl Handshake {
         Handshake::Timeout,
         Handshake::Evicted,
         Handshake::Busy,
+        Handshake::RefusedReplay,
+        Handshake::RefusedLimit,
         Handshake::Closed,
     ];
 
@@ -91,6 +98,8 @@ impl Handshake {
             Handshake::Timeout => "timeout",
             Handshake::Evicted => "evicted",
             Handshake::Busy => "busy",
+            Handshake::RefusedReplay => "refused-replay",
+            Handshake::RefusedLimit => "refused-limit",
             Handshake::Closed => "closed",
         }
     }
@@ -100,6 +109,14 @@ impl Handshake {
     pub fn of_error(e: &anyhow::Error) -> Handshake {
         if e.chain().any(|c| c.is::<std::io::Error>()) {
             return Handshake::Closed;
+        }
+        if e.chain()
+            .any(|c| c.is::<straw_tunnel::handshake::ReplayError>())
+        {
+            return Handshake::RefusedReplay;
+        }
+        if e.chain().any(|c| c.is::<straw_tunnel::resume::Refusal>()) {
+            return Handshake::RefusedLimit;
         }
         let text = format!("{e:#}");
         if text.contains("is not authorised") {
@@ -275,14 +292,14 @@ impl Metrics {
         *self.parked_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
     }
 
-    /// The counters of one tunnel of `client` (disabled if this is).
-    pub fn tunnel(self: &Arc<Self>, client: &[u8; 32]) -> TunnelMetrics {
+    /// The counters of one tunnel of the client labelled `c` (disabled if
+    /// this is).
+    pub fn tunnel(self: &Arc<Self>, c: &str) -> TunnelMetrics {
         if !self.enabled {
             return TunnelMetrics::default();
         }
-        let c = client_label(client);
-        let wire = |d| self.tunnel_wire_bytes.with_label_values(&[c.as_str(), d]);
-        let raw = |d| self.tunnel_raw_bytes.with_label_values(&[c.as_str(), d]);
+        let wire = |d| self.tunnel_wire_bytes.with_label_values(&[c, d]);
+        let raw = |d| self.tunnel_raw_bytes.with_label_values(&[c, d]);
         TunnelMetrics {
             on: Some(Box::new(Active {
                 wire_up: wire("up"),
@@ -649,10 +666,21 @@ mod tests {
     }
 
     #[test]
+    fn replay_and_limit_refusals_have_their_own_outcomes() {
+        let replay = anyhow::Error::new(straw_tunnel::handshake::ReplayError::NotNewer {
+            behind_ms: 5,
+        })
+        .context("noise handshake");
+        assert_eq!(Handshake::of_error(&replay), Handshake::RefusedReplay);
+        let limit = anyhow::Error::new(straw_tunnel::resume::Refusal::Tunnels { max: 3 });
+        assert_eq!(Handshake::of_error(&limit), Handshake::RefusedLimit);
+    }
+
+    #[test]
     fn rendering_names_every_metric_with_help() {
         let m = Metrics::new(true, ["pop3".to_owned()]);
         m.set_parked_source(|| 3);
-        let mut t = m.tunnel(&[1; 32]);
+        let mut t = m.tunnel(&client_label(&[1; 32]));
         t.stream_opened(1, "pop3");
         // A service the client made up: one bounded label for all of them.
         t.stream_opened(3, "made-up-1");
@@ -716,7 +744,7 @@ mod tests {
     #[test]
     fn a_disabled_tunnel_counts_nothing() {
         let m = Metrics::new(false, ["pop3".to_owned()]);
-        let mut t = m.tunnel(&[1; 32]);
+        let mut t = m.tunnel(&client_label(&[1; 32]));
         t.stream_opened(1, "pop3");
         t.local_written(1, 10);
         assert_eq!(t.encode(|| 5), 5);

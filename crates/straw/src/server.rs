@@ -571,11 +571,8 @@ async fn handle(
         first_bytes(&sock, first).await?;
         failed.spoke = true;
         let authorized = state.authorized.current();
-        let handshake = noise::server_handshake(
-            &mut sock,
-            &state.keypair,
-            &authorized,
-            |key, payload| {
+        let handshake =
+            noise::server_handshake(&mut sock, &state.keypair, &authorized, |key, payload| {
                 failed.authenticated = true;
                 let (p, reply) = plan(&sessions, cfg, key, payload)?;
                 decided = Some(p);
@@ -665,7 +662,7 @@ async fn handle(
             let stats = Arc::new(TunnelStats::default());
             let mut tunnel = Tunnel::new(transport, session, Some(dialer), stats, label.clone());
             tunnel.set_stop(stop);
-            tunnel.set_metrics(metrics.tunnel(&client_key));
+            tunnel.set_metrics(metrics.tunnel(&name));
             (id, Box::new(tunnel))
         }
     };
