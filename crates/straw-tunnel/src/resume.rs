@@ -630,19 +630,24 @@ mod tests {
     fn removing_a_client_forgets_only_its_sessions() {
         let (alice, bob) = ([1u8; 32], [2u8; 32]);
         let mut t: ResumeTable<&str, u32> = ResumeTable::default();
-        t.insert([1; RESUME_ID_LEN], [9; RESUME_ID_LEN], alice, 1);
-        t.insert([2; RESUME_ID_LEN], [9; RESUME_ID_LEN], alice, 2);
-        t.insert([3; RESUME_ID_LEN], [9; RESUME_ID_LEN], bob, 3);
-        t.park(&[1; RESUME_ID_LEN], "alice parked").unwrap();
-        t.park(&[3; RESUME_ID_LEN], "bob parked").unwrap();
+        t.insert(sid(1), sid(9), alice, 1).unwrap();
+        t.insert(sid(2), sid(9), alice, 2).unwrap();
+        t.insert(sid(3), sid(9), bob, 3).unwrap();
+        t.park(&sid(1), "alice parked", true).unwrap();
+        t.park(&sid(3), "bob parked", true).unwrap();
         // Parked ones are handed back; the running one is forgotten too.
         assert_eq!(t.remove_client(&alice), vec!["alice parked"]);
-        assert_eq!(t.running(&[2; RESUME_ID_LEN]), None);
-        assert!(matches!(t.claim(&alice, &offer(1, 9), 4), Claim::Fresh));
-        match t.claim(&bob, &offer(3, 9), 5) {
+        assert_eq!(t.running(&sid(2)), None);
+        consistent(&t);
+        assert!(matches!(
+            t.claim(&alice, &offer(1, 9), 4, sid(10)),
+            Claim::Fresh
+        ));
+        match t.claim(&bob, &offer(3, 9), 5, sid(11)) {
             Claim::Resume { parked, .. } => assert_eq!(parked, "bob parked"),
             _ => panic!("bob's session went too"),
         }
         assert!(t.remove_client(&alice).is_empty());
+        consistent(&t);
     }
 }
