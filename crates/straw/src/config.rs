@@ -146,7 +146,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerLimits {
-    /// Handshakes in progress at once; past it the oldest is dropped.
+    /// Handshakes in progress at once; past it the oldest of the address
+    /// holding the most is dropped.
     pub max_pending_handshakes: usize,
     /// Handshakes in progress from one source address; past it that
     /// address's oldest is dropped.
