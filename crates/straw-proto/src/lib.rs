@@ -18,6 +18,8 @@
 
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod imap;
 pub mod partial;

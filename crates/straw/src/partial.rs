@@ -48,8 +48,10 @@ fn header_len(key: &str) -> u64 {
     (MAGIC.len() + 4 + key.len()) as u64
 }
 
-/// The key of a partial file, or why it is unusable.
-fn read_header(f: &mut File) -> Result<String, String> {
+/// The key of a partial file, or why it is unusable. Reads at most the
+/// header (`MAX_KEY` bounds what a damaged or hostile file can make it
+/// allocate); public for the fuzz target.
+pub fn read_header(f: &mut impl Read) -> Result<String, String> {
     let mut magic = [0u8; MAGIC.len()];
     f.read_exact(&mut magic).map_err(|_| "truncated header")?;
     if magic != MAGIC {
