@@ -519,7 +519,9 @@ async fn connect(
         noise::client_handshake(&mut sock, keypair, server_key, &hello.encode()),
     )
     .await
-    .map_err(|_| anyhow!("handshake timed out"))??;
+    .map_err(|_| {
+        anyhow!("handshake timed out (a server that doesn't know our key, or whose key we have wrong, answers nothing)")
+    })??;
     let server_hello = check_peer_hello(&ours, &payload)?;
     Ok((sock, transport, server_hello))
 }

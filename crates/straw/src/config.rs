@@ -159,7 +159,8 @@ fn default_keys_poll_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerLimits {
-    /// Handshakes in progress at once; past it the oldest is dropped.
+    /// Handshakes in progress at once; past it the oldest of the address
+    /// holding the most is dropped.
     pub max_pending_handshakes: usize,
     /// Handshakes in progress from one source address; past it that
     /// address's oldest is dropped.

@@ -34,10 +34,22 @@ impl Pending {
         Some(evict)
     }
 
-    fn oldest(&self, from: Option<IpAddr>) -> Option<u64> {
+    fn oldest(&self, from: IpAddr) -> Option<u64> {
         self.by_id
             .iter()
-            .find(|(_, (ip, _))| from.is_none_or(|f| *ip == f))
+            .find(|(_, (ip, _))| *ip == from)
+            .map(|(id, _)| *id)
+    }
+
+    /// The oldest pending handshake of the address holding the most (the
+    /// oldest of those addresses' on a tie): a flood from some addresses
+    /// displaces its own, not a client alone on its address, even when the
+    /// flood reopens connections faster than a handshake crosses the link.
+    fn oldest_of_busiest(&self) -> Option<u64> {
+        let most = self.per_ip.values().copied().max()?;
+        self.by_id
+            .iter()
+            .find(|(_, (ip, _))| self.per_ip.get(ip) == Some(&most))
             .map(|(id, _)| *id)
     }
 }
@@ -89,20 +101,21 @@ impl Gate {
     }
 
     /// Admits a connection from `ip`, dropping the oldest pending handshake
-    /// of the same address, or else of anyone, if a bound is reached. Returns
-    /// the ticket and what was dropped for it.
+    /// of the same address, or else the oldest of the address with the most
+    /// pending, if a bound is reached. Returns the ticket and what was
+    /// dropped for it.
     pub fn admit(&self, ip: IpAddr) -> (Ticket, Vec<Evicted>) {
         let mut p = lock(&self.pending);
         let mut dropped = Vec::new();
         if p.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip
-            && let Some(id) = p.oldest(Some(ip))
+            && let Some(id) = p.oldest(ip)
             && let Some(n) = p.remove(id)
         {
             n.notify_one();
             dropped.push(Evicted::PerIp);
         }
         if p.by_id.len() >= self.max_total
-            && let Some(id) = p.oldest(None)
+            && let Some(id) = p.oldest_of_busiest()
             && let Some(n) = p.remove(id)
         {
             n.notify_one();
@@ -284,6 +297,22 @@ mod tests {
         assert_eq!(gate.pending(), 3);
         drop((a, b, c, d));
         assert_eq!(gate.pending(), 0);
+    }
+
+    #[test]
+    fn a_full_gate_drops_from_the_busiest_address_not_a_lone_client() {
+        let gate = Gate::new(4, 10);
+        // The client came first; the flood holds the other places.
+        let client = gate.admit(ip(1)).0;
+        let mut flood: Vec<_> = (0..3).map(|_| gate.admit(ip(2)).0).collect();
+        for _ in 0..20 {
+            let (t, dropped) = gate.admit(ip(2));
+            assert_eq!(dropped, [Evicted::Total]);
+            flood.push(t); // the flood keeps every place it gets
+        }
+        assert!(!is_notified(&client.evicted), "the lone client was dropped");
+        assert!(is_notified(&flood[0].evicted));
+        assert_eq!(gate.pending(), 4);
     }
 
     #[test]

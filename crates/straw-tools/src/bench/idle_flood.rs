@@ -46,6 +46,16 @@ pub struct IdleFloodArgs {
     /// Tunnels to bring up one after another through the flood.
     #[arg(long, default_value_t = 3)]
     pub tries: usize,
+    /// Source addresses the flood comes from: 127.0.0.2 onwards (the client
+    /// connects from 127.0.0.1, as a boat's address differs from an
+    /// attacker's).
+    #[arg(long, default_value_t = 1)]
+    pub sources: u8,
+    /// Keep the flood up this many seconds after it is opened, reopening
+    /// every idle connection the server closes (as an attacker would), with
+    /// the tries spread over that time (0: tries back to back, at once).
+    #[arg(long, default_value_t = 0)]
+    pub reopen_secs: u64,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -61,6 +71,10 @@ pub struct IdleFloodReport {
     pub connected: usize,
     /// Of those, how many the server had closed when the first tunnel came up.
     pub closed_by_server: usize,
+    /// Idle connections reopened after the server closed them (`--reopen-secs`).
+    pub reopened: u64,
+    /// Source addresses of the flood (127.0.0.2 onwards).
+    pub sources: u8,
     /// The server's RLIMIT_NOFILE, soft = hard, as set before exec.
     pub fd_limit: u64,
     /// The limit the server says it runs with (its start-up log line).
@@ -95,11 +109,13 @@ pub fn run_cli(args: &IdleFloodArgs) -> Result<()> {
             .map(|s| format!("{:.3}", s))
             .collect();
         println!(
-            "idle-flood: {} idle connections held ({} connected, {} closed by the server), \
+            "idle-flood: {} idle connections from {} addresses held ({} connected, {} closed by the server, {} reopened), \
              server fd limit {} soft and hard (server logs {}): tunnel up in {} s (max {:.3} s, target < {} s)",
             report.connections,
+            report.sources,
             report.connected,
             report.closed_by_server,
+            report.reopened,
             report.fd_limit,
             report
                 .server_fd_limit_logged
@@ -232,6 +248,33 @@ fn closed(s: &TcpStream) -> bool {
     }
 }
 
+/// One idle connection from 127.0.0.(2 + i % sources).
+async fn idle_connect(addr: SocketAddr, i: usize, sources: u8) -> std::io::Result<TcpStream> {
+    let src = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % sources.clamp(1, 250) as usize) as u8);
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from((src, 0)))?;
+    sock.connect(addr).await
+}
+
+/// Reopens every idle connection the server closed, until `stop`; returns
+/// how many were reopened.
+async fn keep_open(mut idle: Vec<TcpStream>, addr: SocketAddr, sources: u8, stop: Instant) -> u64 {
+    let mut reopened = 0;
+    while Instant::now() < stop {
+        for (i, s) in idle.iter_mut().enumerate() {
+            let reopen = idle_connect(addr, i, sources);
+            if closed(s)
+                && let Ok(Ok(new)) = tokio::time::timeout(Duration::from_millis(200), reopen).await
+            {
+                *s = new;
+                reopened += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reopened
+}
+
 pub async fn run(args: &IdleFloodArgs) -> Result<IdleFloodReport> {
     // This process holds the idle connections itself.
     #[cfg(unix)]
@@ -279,9 +322,10 @@ async fn measure(args: &IdleFloodArgs, bin: &Path, dir: &Path) -> Result<IdleFlo
     // drops SYNs, and the kernel retries them).
     let flood_started = Instant::now();
     let connects: Vec<_> = (0..args.connections)
-        .map(|_| {
+        .map(|i| {
+            let sources = args.sources;
             tokio::spawn(async move {
-                tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await
+                tokio::time::timeout(Duration::from_secs(10), idle_connect(addr, i, sources)).await
             })
         })
         .collect();
@@ -293,22 +337,41 @@ async fn measure(args: &IdleFloodArgs, bin: &Path, dir: &Path) -> Result<IdleFlo
     }
     let flood_secs = flood_started.elapsed().as_secs_f64();
 
+    let connected = idle.len();
     let mut tunnel_up_secs = Vec::new();
-    let mut closed_by_server = 0;
-    for i in 0..args.tries.max(1) {
+    let closed_by_server;
+    let mut reopened = 0;
+    if args.reopen_secs == 0 {
         let took = tunnel_up(addr, &client, &server_key)
             .await
-            .with_context(|| format!("tunnel {} through the flood", i + 1))?;
-        if i == 0 {
-            closed_by_server = idle.iter().filter(|s| closed(s)).count();
-        }
+            .context("tunnel 1 through the flood")?;
+        closed_by_server = idle.iter().filter(|s| closed(s)).count();
         tunnel_up_secs.push(took.as_secs_f64());
+        for i in 1..args.tries.max(1) {
+            let took = tunnel_up(addr, &client, &server_key)
+                .await
+                .with_context(|| format!("tunnel {} through the flood", i + 1))?;
+            tunnel_up_secs.push(took.as_secs_f64());
+        }
+        drop(idle);
+    } else {
+        closed_by_server = idle.iter().filter(|s| closed(s)).count();
+        let hold = Duration::from_secs(args.reopen_secs);
+        let stop = Instant::now() + hold;
+        let flood = tokio::spawn(keep_open(idle, addr, args.sources, stop));
+        let tries = args.tries.max(1);
+        for i in 0..tries {
+            let took = tunnel_up(addr, &client, &server_key)
+                .await
+                .with_context(|| format!("tunnel {} through the flood", i + 1))?;
+            tunnel_up_secs.push(took.as_secs_f64());
+            tokio::time::sleep(hold / tries as u32).await;
+        }
+        reopened = flood.await?;
     }
     if let Some(st) = server.0.try_wait()? {
         bail!("server exited during the bench: {st}");
     }
-    let connected = idle.len();
-    drop(idle);
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     let server_fd_limit_logged = log.split("open-files limit ").nth(1).and_then(|rest| {
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -324,6 +387,8 @@ async fn measure(args: &IdleFloodArgs, bin: &Path, dir: &Path) -> Result<IdleFlo
         connections: args.connections,
         connected,
         closed_by_server,
+        reopened,
+        sources: args.sources,
         fd_limit: args.fd_limit,
         server_fd_limit_logged,
         flood_secs,
