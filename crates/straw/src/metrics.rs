@@ -667,10 +667,9 @@ mod tests {
 
     #[test]
     fn replay_and_limit_refusals_have_their_own_outcomes() {
-        let replay = anyhow::Error::new(straw_tunnel::handshake::ReplayError::NotNewer {
-            behind_ms: 5,
-        })
-        .context("noise handshake");
+        let replay =
+            anyhow::Error::new(straw_tunnel::handshake::ReplayError::NotNewer { behind_ms: 5 })
+                .context("noise handshake");
         assert_eq!(Handshake::of_error(&replay), Handshake::RefusedReplay);
         let limit = anyhow::Error::new(straw_tunnel::resume::Refusal::Tunnels { max: 3 });
         assert_eq!(Handshake::of_error(&limit), Handshake::RefusedLimit);
