@@ -108,7 +108,12 @@ fn server_cfg(
     );
     let path = dir.join("server.toml");
     std::fs::write(&path, text).unwrap();
-    ServerConfig::load(&path).unwrap()
+    let mut cfg = ServerConfig::load(&path).unwrap();
+    // An unknown key gets no answer until the handshake deadline (one
+    // failure behaviour for probers): a short one lets a boat whose key is
+    // added later get in within the test's patience.
+    cfg.session.handshake_timeout_secs = 2;
+    cfg
 }
 
 /// A running client of `b` for `services` (name → local port).
