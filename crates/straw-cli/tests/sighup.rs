@@ -127,12 +127,15 @@ async fn sighup_reloads_authorized_keys_in_the_real_binary() {
     std::fs::write(&file, format!("name=boat-a {}\n", keys::encode_key(&a))).unwrap();
     let upstream = echo_upstream().await;
     let listen = free_port();
-    // Only the signal reloads: the file poll is off.
+    // Only the signal reloads: the file poll is off. An unknown key gets no
+    // answer until the handshake deadline: a short one lets B, refused
+    // before the reload, get in soon after it.
     std::fs::write(
         dir.join("server.toml"),
         format!(
             "listen = \"{listen}\"\nprivate_key = \"server.key\"\nauthorized_keys = \"authorized_clients\"\n\
-             authorized_keys_poll_ms = 0\n[services]\necho = {{ upstream = \"{upstream}\" }}\n"
+             authorized_keys_poll_ms = 0\n[services]\necho = {{ upstream = \"{upstream}\" }}\n\
+             [session]\nhandshake_timeout_secs = 2\n"
         ),
     )
     .unwrap();
