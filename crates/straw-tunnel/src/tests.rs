@@ -301,3 +301,53 @@ fn a_resumed_session_resends_what_the_lost_link_swallowed() {
     shuttle(&mut c, &mut s, &mut now);
     assert_eq!(local_bytes(&mut s, stream), b"second\r\n");
 }
+
+/// Issue 12, item 2: a client pipelines commands behind one the real server
+/// never answers. Credit comes back only for bytes the server side's
+/// accelerator let go, so what it holds stays within the stream window
+/// (before, credit came back on accept: 4 MiB of NOOPs were all held).
+#[test]
+fn accelerator_buffers_are_bounded_by_the_window() {
+    let mut now = Instant::now();
+    let (mut c, mut s) = pair(now);
+    let id = c
+        .open_local("pop3", Box::new(Passthrough::default()), false)
+        .unwrap();
+    c.handle_local(id, b"NOOP\r\n", true);
+    shuttle(&mut c, &mut s, &mut now);
+    let Some(Event::Dial { stream, .. }) = s.poll_event() else {
+        panic!("no dial")
+    };
+    assert!(s.dialed(stream, Box::new(straw_proto::pop3::ServerAccel::new())));
+    // The real server greets, then never answers the first NOOP.
+    s.handle_local(stream, b"+OK ready\r\n", true);
+    assert_eq!(local_bytes(&mut s, stream), b"NOOP\r\n");
+    let window = SessionConfig::new(Role::Server).stream_window as usize;
+    let flood = 4 * 1024 * 1024;
+    let mut sent = 0;
+    for _ in 0..10_000 {
+        let Some((gid, cap)) = c.poll_grant() else {
+            shuttle(&mut c, &mut s, &mut now);
+            let _ = local_bytes(&mut s, stream);
+            if c.poll_grant().is_none() {
+                break;
+            }
+            continue;
+        };
+        assert_eq!(gid, id);
+        let n = cap.min(flood - sent) / 6 * 6;
+        c.handle_local(id, &b"NOOP\r\n".repeat(n / 6), false);
+        sent += n;
+        shuttle(&mut c, &mut s, &mut now);
+        let _ = local_bytes(&mut s, stream);
+        if sent >= flood {
+            break;
+        }
+    }
+    let held = s.buffered_bytes();
+    assert!(
+        held <= window,
+        "server holds {held} bytes of a {sent}-byte flood (window {window})"
+    );
+    assert!(sent < flood, "the client could send all {sent} bytes");
+}

@@ -141,6 +141,31 @@ impl Tunnel {
         self.streams.len()
     }
 
+    /// Bytes of stream data held on this side of the link: the peer's bytes
+    /// not yet written to local sockets (queued, waiting for a dial, or
+    /// held by accelerators) and local bytes the session holds for the
+    /// link (queued and unacked). What the memory budget counts.
+    pub fn buffered_bytes(&self) -> usize {
+        let streams: usize = self
+            .streams
+            .values()
+            .map(|s| {
+                let early: usize = s
+                    .early
+                    .iter()
+                    .map(|e| match e {
+                        Early::Data(b) => b.len(),
+                        Early::Fin => 0,
+                    })
+                    .sum();
+                let queued: usize = s.to_local.iter().map(|(b, _)| b.len()).sum();
+                let accel = s.accel.as_ref().map_or(0, |a| a.tunnel_bytes_held());
+                early + queued + accel
+            })
+            .sum();
+        streams + self.session.held() as usize
+    }
+
     // ---- the link ----
 
     /// A new link starts carrying the session: liveness starts over.
@@ -492,20 +517,28 @@ impl Tunnel {
         }
     }
 
-    /// Runs the stream's accelerator and routes what it made; `consumed`
-    /// is the peer's bytes it ate (credit returned once written).
+    /// Runs the stream's accelerator and routes what it made; `received`
+    /// is the peer's bytes handed to it. Credit goes back (once the output
+    /// is written) only for bytes that left the accelerator: what it still
+    /// holds ([`Accelerator::tunnel_bytes_held`]) stays charged to the
+    /// peer's window, so a peer cannot grow an accelerator's buffers past
+    /// it; bytes it held before and let go now are credited with this
+    /// output.
     fn run_accel(
         &mut self,
         stream: u64,
-        consumed: usize,
+        received: usize,
         f: impl FnOnce(&mut dyn Accelerator, &mut Output),
     ) {
         let Some(accel) = self.streams.get_mut(&stream).and_then(|s| s.accel.as_mut()) else {
             return;
         };
+        let before = accel.tunnel_bytes_held();
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         f(accel.as_mut(), &mut out);
+        let after = accel.tunnel_bytes_held();
+        let consumed = (received + before).saturating_sub(after);
         self.apply(stream, &mut out, consumed);
         self.scratch = out;
     }

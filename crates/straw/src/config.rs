@@ -179,6 +179,10 @@ pub struct ServerSmtpResume {
     pub max_bytes: u64,
     /// How long a partial body or a delivered-message record is kept.
     pub ttl_secs: u64,
+    /// Largest body kept for one message, unless the real server's EHLO
+    /// announces a smaller `SIZE`; past it the program gets a 552 and the
+    /// rest of the body is dropped.
+    pub max_message_bytes: u64,
 }
 
 impl Default for ServerSmtpResume {
@@ -187,6 +191,7 @@ impl Default for ServerSmtpResume {
             enabled: true,
             max_bytes: 256 * 1024 * 1024,
             ttl_secs: 24 * 3600,
+            max_message_bytes: straw_proto::smtp::server::MAX_KEPT_MESSAGE,
         }
     }
 }

@@ -382,7 +382,10 @@ async fn handle(
                 services: cfg.services.clone(),
                 tcp: cfg.tcp.clone(),
                 http: cfg.http.clone(),
-                smtp_store: relay.map(|r| (r, keys::encode_key(&client_key))),
+                smtp_store: relay.map(|r| {
+                    let max = cfg.smtp_resume.max_message_bytes;
+                    (r, keys::encode_key(&client_key), max)
+                }),
             });
             let stats = Arc::new(TunnelStats::default());
             let mut tunnel = Tunnel::new(transport, session, Some(dialer), stats, label.clone());
@@ -437,8 +440,9 @@ pub struct ServiceDialer {
     pub services: BTreeMap<String, ServerService>,
     pub tcp: TcpOptions,
     pub http: ServerHttp,
-    /// SMTP resume store, and the client's identity to key it by.
-    pub smtp_store: Option<(SharedStore, String)>,
+    /// SMTP resume store, the client's identity to key it by, and the
+    /// largest body kept.
+    pub smtp_store: Option<(SharedStore, String, u64)>,
 }
 
 impl ServiceDialer {
