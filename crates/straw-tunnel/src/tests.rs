@@ -351,3 +351,39 @@ fn accelerator_buffers_are_bounded_by_the_window() {
     );
     assert!(sent < flood, "the client could send all {sent} bytes");
 }
+
+/// Issue 12, item 6: under memory pressure the tunnel reads no local
+/// socket and grants the peer nothing; lifted, both resume.
+#[test]
+fn memory_pressure_stops_reads_and_credit() {
+    let mut now = Instant::now();
+    let (mut c, mut s) = pair(now);
+    let (id, stream) = open_and_dial(
+        &mut c,
+        &mut s,
+        &mut now,
+        "echo",
+        Box::new(Passthrough::default()),
+        b"hi",
+    );
+    assert_eq!(local_bytes(&mut s, stream), b"hi");
+    s.set_memory_pressure(true);
+    assert!(s.poll_grant().is_none(), "no upstream reads under pressure");
+    // The client fills the window; the server writes it all out upstream,
+    // but grants nothing back while the pressure lasts.
+    let window = SessionConfig::new(Role::Server).stream_window as usize;
+    let mut sent = 2;
+    while let Some((_, cap)) = c.poll_grant() {
+        c.handle_local(id, &vec![b'x'; cap], false);
+        sent += cap;
+        shuttle(&mut c, &mut s, &mut now);
+        let _ = local_bytes(&mut s, stream);
+    }
+    assert_eq!(sent, window, "the client stops at one window");
+    let held = s.buffered_bytes();
+    assert!(held < 1024, "{held} bytes held: all was written upstream");
+    s.set_memory_pressure(false);
+    assert!(s.poll_grant().is_some(), "upstream reads again");
+    shuttle(&mut c, &mut s, &mut now);
+    assert!(c.poll_grant().is_some(), "credit came back once lifted");
+}

@@ -83,6 +83,8 @@ pub struct Tunnel {
     idle_since: Option<Instant>,
     /// Encrypted bytes the driver still holds for the link socket.
     link_backlog: usize,
+    /// The server's memory budget is spent (see [`Tunnel::set_memory_pressure`]).
+    pressure: bool,
     scratch: Output,
 }
 
@@ -102,6 +104,7 @@ impl Tunnel {
             idle_hangup: None,
             idle_since: None,
             link_backlog: 0,
+            pressure: false,
             scratch: Output::default(),
         }
     }
@@ -139,6 +142,19 @@ impl Tunnel {
     /// Local streams attached.
     pub fn stream_count(&self) -> usize {
         self.streams.len()
+    }
+
+    /// The memory budget over all tunnels is spent (`true`) or has room
+    /// again: while spent, no local socket is read and no stream credit or
+    /// new stream is given to the peer, so this tunnel's
+    /// [`Tunnel::buffered_bytes`] only shrinks.
+    pub fn set_memory_pressure(&mut self, on: bool) {
+        self.pressure = on;
+        self.session.set_credit_hold(on);
+    }
+
+    pub fn memory_pressure(&self) -> bool {
+        self.pressure
     }
 
     /// Bytes of stream data held on this side of the link: the peer's bytes
@@ -347,6 +363,9 @@ impl Tunnel {
     /// grant: what the session can take from it (backpressure). `None`
     /// while a grant is out or there is no room.
     pub fn poll_grant(&mut self) -> Option<(u64, usize)> {
+        if self.pressure {
+            return None;
+        }
         for (&id, s) in self.streams.iter_mut() {
             if s.grant_out || s.reader_done || s.accel.is_none() {
                 continue;

@@ -156,7 +156,26 @@ pub struct ServerLimits {
     /// At most one log line per reason (rejected handshake, dropped for room,
     /// accept failure) this often; the next line counts the ones left out.
     pub log_interval_secs: u64,
+    /// Receive credit one tunnel may have granted over all its streams
+    /// (bytes): what an authorised client can make the server hold for it
+    /// behind upstreams that don't read. A client's OPEN past
+    /// `tunnel_buffer_bytes / [session] stream_window` streams is refused.
+    pub tunnel_buffer_bytes: u64,
+    /// Stream bytes buffered over all tunnels (queued for upstream sockets,
+    /// held by accelerators, waiting for the link). Past it every tunnel
+    /// stops reading upstream sockets and granting credit until it drains.
+    pub total_buffer_bytes: u64,
 }
+
+/// Default of [`ServerLimits::tunnel_buffer_bytes`]: 8 MiB, 32 streams at
+/// the default 256 KiB window (a mail client uses a handful, a browser
+/// behind the HTTP proxy a few dozen).
+pub const TUNNEL_BUFFER_BYTES: u64 = 8 << 20;
+/// Default of [`ServerLimits::total_buffer_bytes`]: 1 GiB. 5,000 tunnels
+/// that all buffer at once get ~210 KiB each before the budget bites; an
+/// idle tunnel buffers nothing. At most this plus the credit outstanding
+/// when it bites is held (each tunnel's ≤ `tunnel_buffer_bytes`).
+pub const TOTAL_BUFFER_BYTES: u64 = 1 << 30;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -165,6 +184,8 @@ impl Default for ServerLimits {
             max_pending_per_ip: 16,
             first_message_timeout_ms: 5000,
             log_interval_secs: 10,
+            tunnel_buffer_bytes: TUNNEL_BUFFER_BYTES,
+            total_buffer_bytes: TOTAL_BUFFER_BYTES,
         }
     }
 }
@@ -650,5 +671,33 @@ web = { protocol = "http" }
         let svc = &c.services["mail"];
         assert_eq!(svc.tls, UpstreamTls::None);
         assert!(svc.tls_config.is_none());
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    /// The memory budget's defaults, as examples/server.toml states them,
+    /// and the arithmetic its comment gives.
+    #[test]
+    fn memory_budget_defaults_and_their_arithmetic() {
+        let text = include_str!("../../../examples/server.toml");
+        let c: ServerConfig = toml::from_str(text).expect("example parses");
+        let d = ServerLimits::default();
+        assert_eq!(c.limits.tunnel_buffer_bytes, d.tunnel_buffer_bytes);
+        assert_eq!(c.limits.total_buffer_bytes, d.total_buffer_bytes);
+        assert_eq!(
+            c.smtp_resume.max_message_bytes,
+            ServerSmtpResume::default().max_message_bytes
+        );
+        let window = SessionOptions::default().stream_window;
+        assert_eq!(d.tunnel_buffer_bytes / window, 32, "streams at full window");
+        let per_tunnel = d.total_buffer_bytes / 5000;
+        assert!(
+            (200 << 10..220 << 10).contains(&per_tunnel),
+            "{per_tunnel} bytes each for 5,000 busy tunnels"
+        );
+        assert!(d.total_buffer_bytes >= 64 * d.tunnel_buffer_bytes);
     }
 }

@@ -20,6 +20,7 @@ mod dialogue;
 pub mod gate;
 pub mod link;
 pub mod logging;
+pub mod memory;
 pub mod partial;
 mod pump;
 pub mod relay_store;

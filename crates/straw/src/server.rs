@@ -114,6 +114,10 @@ pub async fn serve_with_relay(
     let logs = Arc::new(LogLimiter::new(Duration::from_secs(
         limits.log_interval_secs,
     )));
+    let memory = crate::memory::MemoryAccount::new(
+        limits.total_buffer_bytes,
+        Duration::from_secs(limits.log_interval_secs),
+    );
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -145,8 +149,10 @@ pub async fn serve_with_relay(
         let sessions = sessions.clone();
         let relay = relay.clone();
         let logs = logs.clone();
+        let memory = memory.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(sock, peer, ticket, state, sessions, relay, &logs).await {
+            if let Err(e) = handle(sock, peer, ticket, state, sessions, relay, &logs, memory).await
+            {
                 warn!("tunnel from {peer}: {e:#}");
             }
         });
@@ -295,6 +301,8 @@ fn plan(
     ))
 }
 
+// What one connection needs from the server, each from its own owner.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     mut sock: TcpStream,
     peer: SocketAddr,
@@ -303,6 +311,7 @@ async fn handle(
     sessions: Sessions,
     relay: Option<SharedStore>,
     logs: &LogLimiter,
+    memory: Arc<crate::memory::MemoryAccount>,
 ) -> Result<()> {
     let cfg = &state.cfg;
     if let Err(e) = tcp::configure_tunnel(&sock, &cfg.tcp) {
@@ -374,6 +383,7 @@ async fn handle(
             info!(tunnel = %label, "tunnel up");
             let mut scfg = crate::client::session_config(Role::Server, &cfg.session);
             scfg.peer_stream_window = client_hello.stream_window;
+            scfg.recv_budget = cfg.limits.tunnel_buffer_bytes;
             scfg.transform_services = crate::client::transform_services(
                 cfg.services.iter().map(|(n, s)| (n, s.protocol)),
             );
@@ -390,6 +400,7 @@ async fn handle(
             let stats = Arc::new(TunnelStats::default());
             let mut tunnel = Tunnel::new(transport, session, Some(dialer), stats, label.clone());
             tunnel.set_stop(stop);
+            tunnel.set_memory_account(&memory);
             (id, Box::new(tunnel))
         }
     };
