@@ -23,6 +23,7 @@ use straw_linkmodel::{LinkModel, Pipe};
 use straw::client::{LinkCodec, session_config, set_codec};
 use straw::config::SessionOptions;
 
+pub mod flood;
 pub mod throughput;
 
 /// Bytes Noise adds to every record: a 2-byte length and a 16-byte tag.
@@ -43,6 +44,9 @@ pub enum BenchCommand {
     /// One stream through a real server and client on loopback: MB/s and
     /// the codec that carried it (see docs/codec.md).
     Throughput(throughput::ThroughputArgs),
+    /// An authorised client floods a real server while another tunnel's
+    /// echo is timed: peak RSS vs the memory budget, echo p50/p99.
+    Flood(flood::FloodArgs),
 }
 
 #[derive(Args, Debug, Clone)]
