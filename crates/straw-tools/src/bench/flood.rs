@@ -65,6 +65,10 @@ pub struct FloodReport {
     pub flood_records: u64,
     pub flood_wire_bytes: u64,
     pub flood_closed: u64,
+    /// The server's first reason for closing a flooding tunnel, and the
+    /// memory-budget warnings it logged.
+    pub close_reason: Option<String>,
+    pub budget_warnings: usize,
 }
 
 pub fn run_cli(args: &FloodArgs) -> Result<()> {
@@ -105,6 +109,13 @@ pub fn run_cli(args: &FloodArgs) -> Result<()> {
         r.flood_records,
         mib(r.flood_wire_bytes),
         r.flood_closed
+    );
+    if let Some(why) = &r.close_reason {
+        println!("server's first close: {why}");
+    }
+    println!(
+        "server logged the memory budget biting {} times (rate-limited)",
+        r.budget_warnings
     );
     Ok(())
 }
@@ -412,6 +423,15 @@ async fn run_in(args: &FloodArgs, dir: &Path) -> Result<FloodReport> {
     }
     flood.abort();
     let peak_rss = rss(server_pid)?.1;
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    let close_reason = log
+        .lines()
+        .find(|l| l.contains("tunnel failed"))
+        .map(|l| l.chars().take(300).collect());
+    let budget_warnings = log
+        .lines()
+        .filter(|l| l.contains("memory budget spent"))
+        .count();
     samples.sort_by(f64::total_cmp);
     let pct = |p: f64| -> f64 {
         if samples.is_empty() {
@@ -431,5 +451,7 @@ async fn run_in(args: &FloodArgs, dir: &Path) -> Result<FloodReport> {
         flood_records: counters.records.load(Ordering::Relaxed),
         flood_wire_bytes: counters.wire.load(Ordering::Relaxed),
         flood_closed: counters.closed.load(Ordering::Relaxed),
+        close_reason,
+        budget_warnings,
     })
 }
