@@ -130,4 +130,15 @@ pub trait Accelerator: Send {
     fn stats(&self) -> AccelStats {
         AccelStats::default()
     }
+
+    /// Bytes that came [`Accelerator::from_tunnel`] and are still held here,
+    /// neither forwarded nor dropped (a command waiting behind the one in
+    /// flight, a literal waiting for the real server's `+`). The tunnel
+    /// returns stream credit only for bytes that left: what an accelerator
+    /// holds counts against the peer's window, so it is bounded by it.
+    /// Bytes kept on purpose under their own cap (an SMTP body kept for
+    /// resume) are not counted.
+    fn tunnel_bytes_held(&self) -> usize {
+        0
+    }
 }

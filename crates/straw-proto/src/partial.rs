@@ -75,6 +75,11 @@ impl MemStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes held over all entries.
+    pub fn bytes(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
 }
 
 impl PartialStore for MemStore {

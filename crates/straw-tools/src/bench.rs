@@ -23,6 +23,7 @@ use straw_linkmodel::{LinkModel, Pipe};
 use straw::client::{LinkCodec, session_config, set_codec};
 use straw::config::SessionOptions;
 
+pub mod flood;
 pub mod idle_flood;
 pub mod throughput;
 
@@ -47,6 +48,9 @@ pub enum BenchCommand {
     /// A client's tunnel coming up while thousands of idle unauthenticated
     /// connections are held against a real server at a low fd limit.
     IdleFlood(idle_flood::IdleFloodArgs),
+    /// An authorised client floods a real server while another tunnel's
+    /// echo is timed: peak RSS vs the memory budget, echo p50/p99.
+    Flood(flood::FloodArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -301,3 +301,113 @@ fn a_resumed_session_resends_what_the_lost_link_swallowed() {
     shuttle(&mut c, &mut s, &mut now);
     assert_eq!(local_bytes(&mut s, stream), b"second\r\n");
 }
+
+/// Issue 12, item 2: a client sends on behind a command the real server
+/// never answers. Credit comes back only for bytes the server side's
+/// accelerator let go, so what it holds stays within the stream window
+/// (before, credit came back on accept: all 4 MiB were held).
+#[test]
+fn accelerator_buffers_are_bounded_by_the_window() {
+    // POP3 and SMTP: commands pipelined behind one in flight.
+    bounded_behind(
+        Box::new(straw_proto::pop3::ServerAccel::new()),
+        b"+OK ready\r\n",
+        b"NOOP\r\n",
+        b"NOOP\r\n",
+    );
+    bounded_behind(
+        Box::new(straw_proto::smtp::ServerAccel::new()),
+        b"220 ready\r\n",
+        b"NOOP\r\n",
+        b"NOOP\r\n",
+    );
+    // IMAP: a literal waiting for the real server's `+`.
+    bounded_behind(
+        Box::new(straw_proto::imap::ServerAccel::default()),
+        b"* OK ready\r\n",
+        b"a APPEND INBOX {50000000}\r\n",
+        b"xxxxxx",
+    );
+}
+
+/// `first` goes to the real server (which greeted with `greeting`) and is
+/// never answered; then the client sends `unit`s as fast as credit allows.
+fn bounded_behind(accel: Box<dyn Accelerator>, greeting: &[u8], first: &[u8], unit: &[u8]) {
+    let mut now = Instant::now();
+    let (mut c, mut s) = pair(now);
+    let id = c
+        .open_local("svc", Box::new(Passthrough::default()), false)
+        .unwrap();
+    c.handle_local(id, first, true);
+    shuttle(&mut c, &mut s, &mut now);
+    let Some(Event::Dial { stream, .. }) = s.poll_event() else {
+        panic!("no dial")
+    };
+    assert!(s.dialed(stream, accel));
+    s.handle_local(stream, greeting, true);
+    assert_eq!(local_bytes(&mut s, stream), first);
+    let window = SessionConfig::new(Role::Server).stream_window as usize;
+    let flood = 4 * 1024 * 1024;
+    let mut sent = 0;
+    for _ in 0..10_000 {
+        let Some((gid, cap)) = c.poll_grant() else {
+            shuttle(&mut c, &mut s, &mut now);
+            let _ = local_bytes(&mut s, stream);
+            if c.poll_grant().is_none() {
+                break;
+            }
+            continue;
+        };
+        assert_eq!(gid, id);
+        let n = cap.min(flood - sent) / unit.len() * unit.len();
+        c.handle_local(id, &unit.repeat(n / unit.len()), false);
+        sent += n;
+        shuttle(&mut c, &mut s, &mut now);
+        let _ = local_bytes(&mut s, stream);
+        if sent >= flood {
+            break;
+        }
+    }
+    let held = s.buffered_bytes();
+    assert!(
+        held <= window,
+        "server holds {held} bytes of a {sent}-byte flood (window {window})"
+    );
+    assert!(sent < flood, "the client could send all {sent} bytes");
+}
+
+/// Issue 12, item 6: under memory pressure the tunnel reads no local
+/// socket and grants the peer nothing; lifted, both resume.
+#[test]
+fn memory_pressure_stops_reads_and_credit() {
+    let mut now = Instant::now();
+    let (mut c, mut s) = pair(now);
+    let (id, stream) = open_and_dial(
+        &mut c,
+        &mut s,
+        &mut now,
+        "echo",
+        Box::new(Passthrough::default()),
+        b"hi",
+    );
+    assert_eq!(local_bytes(&mut s, stream), b"hi");
+    s.set_memory_pressure(true);
+    assert!(s.poll_grant().is_none(), "no upstream reads under pressure");
+    // The client fills the window; the server writes it all out upstream,
+    // but grants nothing back while the pressure lasts.
+    let window = SessionConfig::new(Role::Server).stream_window as usize;
+    let mut sent = 2;
+    while let Some((_, cap)) = c.poll_grant() {
+        c.handle_local(id, &vec![b'x'; cap], false);
+        sent += cap;
+        shuttle(&mut c, &mut s, &mut now);
+        let _ = local_bytes(&mut s, stream);
+    }
+    assert_eq!(sent, window, "the client stops at one window");
+    let held = s.buffered_bytes();
+    assert!(held < 1024, "{held} bytes held: all was written upstream");
+    s.set_memory_pressure(false);
+    assert!(s.poll_grant().is_some(), "upstream reads again");
+    shuttle(&mut c, &mut s, &mut now);
+    assert!(c.poll_grant().is_some(), "credit came back once lifted");
+}

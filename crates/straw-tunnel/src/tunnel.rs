@@ -83,6 +83,8 @@ pub struct Tunnel {
     idle_since: Option<Instant>,
     /// Encrypted bytes the driver still holds for the link socket.
     link_backlog: usize,
+    /// The server's memory budget is spent (see [`Tunnel::set_memory_pressure`]).
+    pressure: bool,
     scratch: Output,
 }
 
@@ -102,6 +104,7 @@ impl Tunnel {
             idle_hangup: None,
             idle_since: None,
             link_backlog: 0,
+            pressure: false,
             scratch: Output::default(),
         }
     }
@@ -139,6 +142,44 @@ impl Tunnel {
     /// Local streams attached.
     pub fn stream_count(&self) -> usize {
         self.streams.len()
+    }
+
+    /// The memory budget over all tunnels is spent (`true`) or has room
+    /// again: while spent, no local socket is read and no stream credit or
+    /// new stream is given to the peer, so this tunnel's
+    /// [`Tunnel::buffered_bytes`] only shrinks.
+    pub fn set_memory_pressure(&mut self, on: bool) {
+        self.pressure = on;
+        self.session.set_credit_hold(on);
+    }
+
+    pub fn memory_pressure(&self) -> bool {
+        self.pressure
+    }
+
+    /// Bytes of stream data held on this side of the link: the peer's bytes
+    /// not yet written to local sockets (queued, waiting for a dial, or
+    /// held by accelerators) and local bytes the session holds for the
+    /// link (queued and unacked). What the memory budget counts.
+    pub fn buffered_bytes(&self) -> usize {
+        let streams: usize = self
+            .streams
+            .values()
+            .map(|s| {
+                let early: usize = s
+                    .early
+                    .iter()
+                    .map(|e| match e {
+                        Early::Data(b) => b.len(),
+                        Early::Fin => 0,
+                    })
+                    .sum();
+                let queued: usize = s.to_local.iter().map(|(b, _)| b.len()).sum();
+                let accel = s.accel.as_ref().map_or(0, |a| a.tunnel_bytes_held());
+                early + queued + accel
+            })
+            .sum();
+        streams + self.session.held() as usize
     }
 
     // ---- the link ----
@@ -322,6 +363,9 @@ impl Tunnel {
     /// grant: what the session can take from it (backpressure). `None`
     /// while a grant is out or there is no room.
     pub fn poll_grant(&mut self) -> Option<(u64, usize)> {
+        if self.pressure {
+            return None;
+        }
         for (&id, s) in self.streams.iter_mut() {
             if s.grant_out || s.reader_done || s.accel.is_none() {
                 continue;
@@ -492,20 +536,28 @@ impl Tunnel {
         }
     }
 
-    /// Runs the stream's accelerator and routes what it made; `consumed`
-    /// is the peer's bytes it ate (credit returned once written).
+    /// Runs the stream's accelerator and routes what it made; `received`
+    /// is the peer's bytes handed to it. Credit goes back (once the output
+    /// is written) only for bytes that left the accelerator: what it still
+    /// holds ([`Accelerator::tunnel_bytes_held`]) stays charged to the
+    /// peer's window, so a peer cannot grow an accelerator's buffers past
+    /// it; bytes it held before and let go now are credited with this
+    /// output.
     fn run_accel(
         &mut self,
         stream: u64,
-        consumed: usize,
+        received: usize,
         f: impl FnOnce(&mut dyn Accelerator, &mut Output),
     ) {
         let Some(accel) = self.streams.get_mut(&stream).and_then(|s| s.accel.as_mut()) else {
             return;
         };
+        let before = accel.tunnel_bytes_held();
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         f(accel.as_mut(), &mut out);
+        let after = accel.tunnel_bytes_held();
+        let consumed = (received + before).saturating_sub(after);
         self.apply(stream, &mut out, consumed);
         self.scratch = out;
     }

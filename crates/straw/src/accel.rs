@@ -24,7 +24,7 @@ pub enum Side {
     Server {
         http: http::HttpPolicy,
         /// SMTP resume store, and the client's identity to key it by.
-        smtp_store: Option<(SharedStore, String)>,
+        smtp_store: Option<(SharedStore, String, u64)>,
     },
 }
 
@@ -81,9 +81,9 @@ impl AccelFactory {
                 Protocol::Tcp => Box::new(Passthrough::default()),
                 Protocol::Pop3 => Box::new(pop3::ServerAccel::new()),
                 Protocol::Smtp => Box::new(match smtp_store {
-                    Some((store, client)) => {
-                        smtp::ServerAccel::new().with_store(store.clone(), client)
-                    }
+                    Some((store, client, max)) => smtp::ServerAccel::new()
+                        .with_store(store.clone(), client)
+                        .with_max_message(*max),
                     None => smtp::ServerAccel::new(),
                 }),
                 Protocol::Imap => Box::new(imap::ServerAccel::new(Default::default())),

@@ -182,7 +182,27 @@ pub struct ServerLimits {
     /// Refuse a client whose handshake timestamp is further than this from
     /// our clock (0: never; only the per-key order is checked).
     pub max_clock_skew_secs: u64,
+    /// Receive credit one tunnel may have granted over all its streams
+    /// (bytes): what an authorised client can make the server hold for it
+    /// behind upstreams that don't read. A client's OPEN past
+    /// `tunnel_buffer_bytes / [session] stream_window` streams is refused.
+    pub tunnel_buffer_bytes: u64,
+    /// Stream bytes buffered over all tunnels (queued for upstream sockets,
+    /// held by accelerators, waiting for the link). Past it every tunnel
+    /// stops reading upstream sockets and granting credit until it drains.
+    pub total_buffer_bytes: u64,
 }
+
+/// Default of [`ServerLimits::tunnel_buffer_bytes`]: 32 MiB, 128 streams at
+/// the default 256 KiB window (a mail client uses a handful, a browser
+/// behind the HTTP proxy a few dozen), an eighth of the 256 MiB that
+/// 1,024 streams could be granted before.
+pub const TUNNEL_BUFFER_BYTES: u64 = 32 << 20;
+/// Default of [`ServerLimits::total_buffer_bytes`]: 1 GiB. 5,000 tunnels
+/// that all buffer at once get ~210 KiB each before the budget bites; an
+/// idle tunnel buffers nothing. At most this plus the credit outstanding
+/// when it bites is held (each tunnel's ≤ `tunnel_buffer_bytes`).
+pub const TOTAL_BUFFER_BYTES: u64 = 1 << 30;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -195,6 +215,8 @@ impl Default for ServerLimits {
             max_sessions_per_key: 4,
             max_parked_sessions: 8192,
             max_clock_skew_secs: 0,
+            tunnel_buffer_bytes: TUNNEL_BUFFER_BYTES,
+            total_buffer_bytes: TOTAL_BUFFER_BYTES,
         }
     }
 }
@@ -235,6 +257,10 @@ pub struct ServerSmtpResume {
     pub max_bytes: u64,
     /// How long a partial body or a delivered-message record is kept.
     pub ttl_secs: u64,
+    /// Largest body kept for one message, unless the real server's EHLO
+    /// announces a smaller `SIZE`; past it the program gets a 552 and the
+    /// rest of the body is dropped.
+    pub max_message_bytes: u64,
 }
 
 impl Default for ServerSmtpResume {
@@ -243,6 +269,7 @@ impl Default for ServerSmtpResume {
             enabled: true,
             max_bytes: 256 * 1024 * 1024,
             ttl_secs: 24 * 3600,
+            max_message_bytes: straw_proto::smtp::server::MAX_KEPT_MESSAGE,
         }
     }
 }
@@ -807,5 +834,38 @@ web = { protocol = "http" }
         let svc = &c.services["mail"];
         assert_eq!(svc.tls, UpstreamTls::None);
         assert!(svc.tls_config.is_none());
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    /// The memory budget's defaults, as examples/server.toml states them,
+    /// and the arithmetic its comment gives.
+    #[test]
+    fn memory_budget_defaults_and_their_arithmetic() {
+        let text = include_str!("../../../examples/server.toml");
+        let c: ServerConfig = toml::from_str(text).expect("example parses");
+        let d = ServerLimits::default();
+        assert_eq!(c.limits.tunnel_buffer_bytes, d.tunnel_buffer_bytes);
+        assert_eq!(c.limits.total_buffer_bytes, d.total_buffer_bytes);
+        assert_eq!(
+            c.smtp_resume.max_message_bytes,
+            ServerSmtpResume::default().max_message_bytes
+        );
+        let window = SessionOptions::default().stream_window;
+        assert_eq!(
+            d.tunnel_buffer_bytes / window,
+            128,
+            "streams at full window"
+        );
+        let per_tunnel = d.total_buffer_bytes / 5000;
+        assert!(
+            (200 << 10..220 << 10).contains(&per_tunnel),
+            "{per_tunnel} bytes each for 5,000 busy tunnels"
+        );
+        // 32 tunnels with every grant filled reach it; then credit stops.
+        assert_eq!(d.total_buffer_bytes / d.tunnel_buffer_bytes, 32);
     }
 }

@@ -28,6 +28,7 @@ pub mod gate;
 pub mod keyring;
 pub mod link;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod origin;
 pub mod partial;

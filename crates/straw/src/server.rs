@@ -280,6 +280,10 @@ pub async fn serve_with_relay(
     let logs = Arc::new(LogLimiter::new(Duration::from_secs(
         limits.log_interval_secs,
     )));
+    let memory = crate::memory::MemoryAccount::new(
+        limits.total_buffer_bytes,
+        Duration::from_secs(limits.log_interval_secs),
+    );
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -312,8 +316,12 @@ pub async fn serve_with_relay(
         let relay = relay.clone();
         let logs = logs.clone();
         let metrics = metrics.clone();
+        let memory = memory.clone();
         tokio::spawn(async move {
-            let r = handle(sock, peer, ticket, state, sessions, relay, &logs, metrics).await;
+            let r = handle(
+                sock, peer, ticket, state, sessions, relay, &logs, metrics, memory,
+            )
+            .await;
             if let Err(e) = r {
                 warn!("tunnel from {peer}: {e:#}");
             }
@@ -547,6 +555,7 @@ fn plan(
     ))
 }
 
+// What one connection needs from the server, each from its own owner.
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     mut sock: TcpStream,
@@ -557,6 +566,7 @@ async fn handle(
     relay: Option<SharedStore>,
     logs: &LogLimiter,
     metrics: Arc<Metrics>,
+    memory: Arc<crate::memory::MemoryAccount>,
 ) -> Result<()> {
     let cfg = &state.cfg;
     if let Err(e) = tcp::configure_tunnel(&sock, &cfg.tcp) {
@@ -644,6 +654,7 @@ async fn handle(
             info!(tunnel = %label, "tunnel up");
             let mut scfg = crate::client::session_config(Role::Server, &cfg.session);
             scfg.peer_stream_window = client_hello.stream_window;
+            scfg.recv_budget = cfg.limits.tunnel_buffer_bytes;
             scfg.transform_services = crate::client::transform_services(
                 cfg.services.iter().map(|(n, s)| (n, s.protocol)),
             );
@@ -652,7 +663,10 @@ async fn handle(
                 services: cfg.services.clone(),
                 tcp: cfg.tcp.clone(),
                 http: cfg.http.clone(),
-                smtp_store: relay.map(|r| (r, keys::encode_key(&client_key))),
+                smtp_store: relay.map(|r| {
+                    let max = cfg.smtp_resume.max_message_bytes;
+                    (r, keys::encode_key(&client_key), max)
+                }),
                 client: Some(ClientPolicy {
                     keys: state.authorized.clone(),
                     key: client_key,
@@ -663,6 +677,7 @@ async fn handle(
             let mut tunnel = Tunnel::new(transport, session, Some(dialer), stats, label.clone());
             tunnel.set_stop(stop);
             tunnel.set_metrics(metrics.tunnel(&name));
+            tunnel.set_memory_account(&memory);
             (id, Box::new(tunnel))
         }
     };
@@ -726,8 +741,9 @@ pub struct ServiceDialer {
     pub services: BTreeMap<String, ServerService>,
     pub tcp: TcpOptions,
     pub http: ServerHttp,
-    /// SMTP resume store, and the client's identity to key it by.
-    pub smtp_store: Option<(SharedStore, String)>,
+    /// SMTP resume store, the client's identity to key it by, and the
+    /// largest body kept.
+    pub smtp_store: Option<(SharedStore, String, u64)>,
     /// The client's `authorized_keys` options, read at each stream open.
     pub client: Option<ClientPolicy>,
 }

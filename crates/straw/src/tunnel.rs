@@ -161,7 +161,13 @@ pub struct Tunnel {
     user_timeout_set: Option<Duration>,
     /// The operator's counters (the server's; disabled elsewhere).
     metrics: crate::metrics::TunnelMetrics,
+    /// This tunnel's part of the server's memory budget, if it has one.
+    memory: Option<crate::memory::Share>,
 }
+
+/// How often a tunnel held back by the memory budget looks whether it has
+/// room again.
+const MEMORY_RECHECK: Duration = Duration::from_millis(50);
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -201,6 +207,7 @@ impl Tunnel {
             link_socket: None,
             user_timeout_set: None,
             metrics: Default::default(),
+            memory: None,
         }
     }
 
@@ -223,6 +230,27 @@ impl Tunnel {
 
     pub fn set_liveness(&mut self, cfg: LivenessConfig) {
         self.core.set_liveness(cfg);
+    }
+
+    /// Counts what this tunnel buffers in the server's memory budget and
+    /// holds it back while the budget is spent.
+    pub fn set_memory_account(&mut self, account: &Arc<crate::memory::MemoryAccount>) {
+        self.memory = Some(account.share());
+    }
+
+    /// Reports what the tunnel buffers; under pressure it reads and grants
+    /// nothing ([`straw_tunnel::Tunnel::set_memory_pressure`]).
+    fn account_memory(&mut self) {
+        let Some(share) = self.memory.as_mut() else {
+            return;
+        };
+        let over = share.set(self.core.buffered_bytes() as u64);
+        if over != self.core.memory_pressure() {
+            self.core.set_memory_pressure(over);
+            if over {
+                share.account().log_pressure(&self.label);
+            }
+        }
     }
 
     /// The socket the next [`Tunnel::run_link`] runs over (a duplicate
@@ -360,13 +388,19 @@ impl Tunnel {
                 }
                 self.core.set_link_backlog(out.len());
             }
+            self.account_memory();
             self.send_grants();
             self.send_local();
             self.publish_stats();
             if !opens_open && self.core.stream_count() == 0 && out_pos == out.len() {
                 return Ok(LinkEnded::Closed);
             }
-            let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
+            let mut deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
+            if self.core.memory_pressure() {
+                // Others drain the account without waking us: look again soon.
+                let soon = tokio::time::Instant::now() + MEMORY_RECHECK;
+                deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+            }
             tokio::select! {
                 r = rd.read(&mut rbuf) => {
                     let n = match r {

@@ -71,6 +71,12 @@ pub struct SessionConfig {
     /// Hard cap on unacked wire bytes, whatever the rate: bounds the replay
     /// buffer (and so memory) on fast links.
     pub max_inflight: u64,
+    /// Receive credit this side may have granted over all its streams at
+    /// once, in raw bytes: the most stream data the peer can make it hold.
+    /// Each stream's grant is at most `stream_window`, so a peer's OPEN is
+    /// refused when one more full window would not fit (the effective
+    /// stream cap is `recv_budget / stream_window`). `u64::MAX`: no bound.
+    pub recv_budget: u64,
 }
 
 /// Default of [`SessionConfig::fast_enter_rate`]: 16 KB/s of wire (128
@@ -124,6 +130,7 @@ impl SessionConfig {
             stored_enter_rate: STORED_ENTER_RATE,
             stored_exit_rate: STORED_EXIT_RATE,
             max_inflight: MAX_INFLIGHT,
+            recv_budget: u64::MAX,
         }
     }
 

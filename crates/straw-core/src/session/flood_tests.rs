@@ -9,7 +9,7 @@ use crate::codec::{CodecId, RecordDecoder};
 use crate::wire::{FrameDecoder, OpenFrame};
 
 /// A stored record of `frames`.
-fn record(frames: impl IntoIterator<Item = Frame>) -> Vec<u8> {
+pub(super) fn record(frames: impl IntoIterator<Item = Frame>) -> Vec<u8> {
     let mut rec = vec![CodecId::Stored as u8];
     for f in frames {
         f.encode(&mut rec);
@@ -24,7 +24,7 @@ fn server(max_streams: usize) -> (Session, Instant) {
     (Session::new(cfg, now), now)
 }
 
-fn open(stream: u64) -> Frame {
+pub(super) fn open(stream: u64) -> Frame {
     Frame::Open(OpenFrame {
         stream,
         service: Bytes::from_static(b"imap"),
@@ -33,7 +33,7 @@ fn open(stream: u64) -> Frame {
 }
 
 /// Everything the session transmits now, decoded to frames.
-fn transmitted(s: &mut Session, now: Instant) -> Vec<Frame> {
+pub(super) fn transmitted(s: &mut Session, now: Instant) -> Vec<Frame> {
     let cfg = s.config().clone();
     let mut dec = RecordDecoder::with_bulk(&cfg.decoder_limits, &cfg.bulk_decoder_limits);
     let mut frames = Vec::new();

@@ -117,15 +117,52 @@ impl Session {
     }
 
     /// The driver delivered `n` received bytes of `stream` to the local socket.
-    /// Grants the peer more credit once half the window is used.
+    /// Grants the peer more credit once half the window is used (not while
+    /// [`Session::set_credit_hold`] holds it back).
     pub fn consumed(&mut self, stream: u64, n: usize) {
         if let Some(s) = self.streams.get_mut(&stream) {
-            if let Some(limit) = s.consume(n as u64, self.cfg.stream_window) {
+            if let Some(limit) = s.consume(n as u64, self.cfg.stream_window, !self.credit_hold) {
                 self.control.push_back(Frame::Credit { stream, limit });
                 self.urgent_control = true;
             }
             self.maybe_forget(stream);
         }
+    }
+
+    /// Memory is short (`true`): grant no more credit and refuse the peer's
+    /// new streams, so that what the peer can make this side hold stops
+    /// growing. Lifting it grants what was held back.
+    pub fn set_credit_hold(&mut self, hold: bool) {
+        if std::mem::replace(&mut self.credit_hold, hold) == hold || hold {
+            return;
+        }
+        let window = self.cfg.stream_window;
+        for (&stream, s) in self.streams.iter_mut() {
+            if let Some(limit) = s.consume(0, window, true) {
+                self.control.push_back(Frame::Credit { stream, limit });
+                self.urgent_control = true;
+            }
+        }
+    }
+
+    pub fn credit_held(&self) -> bool {
+        self.credit_hold
+    }
+
+    /// Receive credit granted and not yet used up by delivered bytes, over
+    /// all streams: the most stream data the peer can make this side hold.
+    pub fn recv_granted(&self) -> u64 {
+        self.streams
+            .values()
+            .map(|s| s.recv_limit - s.recv_consumed)
+            .sum()
+    }
+
+    /// One more stream's full window fits in [`SessionConfig::recv_budget`]
+    /// (and memory is not short).
+    pub(super) fn window_fits(&self) -> bool {
+        let windows = (self.streams.len() as u64 + 1).saturating_mul(self.cfg.stream_window);
+        !self.credit_hold && windows <= self.cfg.recv_budget
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

@@ -33,6 +33,8 @@ mod tier;
 #[cfg(test)]
 mod flood_tests;
 #[cfg(test)]
+mod memory_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -186,6 +188,9 @@ pub struct Session {
     events: VecDeque<Event>,
     /// Frames without stream bytes in the record being handled.
     rx_budget: RecordBudget,
+    /// Memory is short (the driver's global account): no new credit, no
+    /// new streams from the peer, until it is lifted.
+    credit_hold: bool,
 
     // Sending.
     next_send_seq: u64,
@@ -253,6 +258,7 @@ impl Session {
             refusals_queued: 0,
             events: VecDeque::new(),
             rx_budget: RecordBudget::default(),
+            credit_hold: false,
             next_send_seq: 0,
             replay: VecDeque::new(),
             resend: 0,

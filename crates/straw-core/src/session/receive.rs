@@ -166,7 +166,7 @@ impl Session {
                 if open.stream % 2 != remote_parity || self.streams.contains_key(&open.stream) {
                     return Err(SessionError::BadStreamId(open.stream));
                 }
-                if self.streams.len() >= self.cfg.max_streams {
+                if self.streams.len() >= self.cfg.max_streams || !self.window_fits() {
                     return self.queue_refusal(open.stream, reset_code::REFUSED);
                 }
                 let transform = self.transforms(&open.service);

@@ -137,10 +137,10 @@ impl Stream {
     }
 
     /// Accounts `n` bytes delivered locally; returns a new credit limit to
-    /// announce once less than half the window is left.
-    pub fn consume(&mut self, n: u64, window: u64) -> Option<u64> {
+    /// announce once less than half the window is left (if `grant`).
+    pub fn consume(&mut self, n: u64, window: u64, grant: bool) -> Option<u64> {
         self.recv_consumed = (self.recv_consumed + n).min(self.recv_offset);
-        if self.fin_received {
+        if self.fin_received || !grant {
             return None;
         }
         let left = self.recv_limit - self.recv_consumed;

@@ -339,4 +339,8 @@ impl Accelerator for ServerAccel {
             self.fail(out, format!("HTTP request from the client side: {e}"));
         }
     }
+
+    fn tunnel_bytes_held(&self) -> usize {
+        self.req.avail().len()
+    }
 }

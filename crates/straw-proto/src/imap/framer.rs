@@ -56,6 +56,11 @@ impl Framer {
         self.first && self.lit_left == 0
     }
 
+    /// Bytes pushed and not yet handed out.
+    pub fn held(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
     pub fn push(&mut self, data: &[u8]) {
         if self.pos == self.buf.len() {
             self.buf.clear();

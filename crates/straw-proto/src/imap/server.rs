@@ -432,4 +432,8 @@ impl Accelerator for ServerAccel {
         self.pump_cmds(out);
         self.flush_answers(out);
     }
+
+    fn tunnel_bytes_held(&self) -> usize {
+        self.cmds.held()
+    }
 }

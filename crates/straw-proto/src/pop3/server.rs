@@ -254,4 +254,8 @@ impl Accelerator for ServerAccel {
             self.flush_owed = false;
         }
     }
+
+    fn tunnel_bytes_held(&self) -> usize {
+        self.inbuf.len()
+    }
 }

@@ -21,7 +21,7 @@
 
 use super::SYNTH_DATA;
 use super::client::{ClientAccel, Disp};
-use super::server::{Await, ServerAccel};
+use super::server::{Await, NO_RCPT, ServerAccel, too_big};
 use crate::Output;
 use crate::partial::prefix_hash;
 use crate::shared::lines::{DotScanner, trim_end, verb};
@@ -287,11 +287,33 @@ impl ServerAccel {
     /// Takes body bytes into the kept body; true once it is complete and
     /// `DATA` went to the real server.
     pub(super) fn keep(&mut self, out: &mut Output) -> bool {
+        let limit = self.kept_limit();
         let Some(k) = &mut self.kept else {
             return false;
         };
         let end = k.sc.scan(&self.inbuf);
         let n = end.unwrap_or(self.inbuf.len());
+        if (k.buf.len() + n) as u64 > limit {
+            // Refused as the real server would refuse it; the rest of the
+            // body is read and dropped, nothing more is kept.
+            let k = self.kept.take().expect("checked");
+            if let (Some(id), Some(store)) = (&k.id, &self.store) {
+                store.remove(&part_key(&self.client, id));
+            }
+            out.notes.push(format!(
+                "SMTP body refused: more than {limit} bytes (SIZE {}, limit {})",
+                self.size, self.max_message
+            ));
+            out.to_tunnel.extend(too_big(limit));
+            out.flush = true;
+            self.rcpt_ok = false;
+            // The scanner has seen these; the rest of the body follows them.
+            self.inbuf.drain(..n);
+            if end.is_none() {
+                self.body = Some((k.sc, false));
+            }
+            return true;
+        }
         let from = k.buf.len();
         k.buf.extend(self.inbuf.drain(..n));
         let store = self.store.as_ref().expect("kept bodies only with a store");
@@ -317,6 +339,7 @@ impl ServerAccel {
             return false;
         }
         let k = self.kept.take().expect("checked");
+        self.rcpt_ok = false;
         out.notes.push(format!(
             "SMTP body complete ({} bytes): DATA to the real server",
             k.buf.len()
@@ -334,6 +357,16 @@ impl ServerAccel {
         };
         if line == SYNTH_DATA {
             self.offered = None;
+            if !self.rcpt_ok {
+                // No transaction to keep a body for: refused as the real
+                // server would, and the body read and dropped.
+                out.notes
+                    .push("SMTP body refused: no recipient accepted".into());
+                out.to_tunnel.extend_from_slice(NO_RCPT);
+                out.flush = true;
+                self.body = Some((DotScanner::at_line_start(), false));
+                return true;
+            }
             self.kept = Some(Kept {
                 sc: DotScanner::at_line_start(),
                 buf: Vec::new(),
@@ -371,6 +404,7 @@ impl ServerAccel {
                 out.flush = true;
             }
             REST_VERB => match (parse_rest(line), self.offered.take()) {
+                _ if !self.rcpt_ok => self.fail(out, format!("{REST_VERB} with no recipient")),
                 (Some(n), Some(Offered::Partial(id, p))) if n == p.len() => {
                     let mut sc = DotScanner::at_line_start();
                     if sc.scan(&p).is_some() {

@@ -21,11 +21,29 @@ pub(super) enum Await {
     KeptEod,
     /// A command of the server side's own: the reply is not forwarded.
     Swallow,
+    /// `EHLO`: its reply may announce `SIZE`.
+    Ehlo,
+    /// `RCPT`: a 2xx makes a kept body possible.
+    Rcpt,
 }
+
+/// Default of [`ServerAccel::with_max_message`]: the largest body kept for
+/// resume when the real server announces no smaller `SIZE` (50 MiB, past
+/// what common servers accept: Postfix 10 MB, Gmail 25 MB, Exchange 35 MB).
+pub const MAX_KEPT_MESSAGE: u64 = 50 << 20;
+
+/// What the program hears for a kept body past the limit (RFC 5321
+/// §4.5.3.1.10); the rest of the body is read and dropped.
+pub(super) fn too_big(limit: u64) -> Vec<u8> {
+    format!("552 5.3.4 straw: message exceeds the limit of {limit} bytes\r\n").into_bytes()
+}
+
+/// The program's reply to a body with no accepted recipient.
+pub(super) const NO_RCPT: &[u8] = b"503 5.5.1 straw: no valid recipients\r\n";
 
 /// Server side: next to the real SMTP server; runs the dialogue in lockstep
 /// and forwards every reply.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServerAccel {
     pub(super) inbuf: Vec<u8>,
     pub(super) greeted: bool,
@@ -45,11 +63,56 @@ pub struct ServerAccel {
     pub(super) sending: Option<(Vec<u8>, Option<String>)>,
     pub(super) offered: Option<Offered>,
     pub(super) stats: AccelStats,
+    /// The real server accepted a `RCPT` of the current transaction.
+    pub(super) rcpt_ok: bool,
+    /// `SIZE` from the real server's EHLO reply (0: none or no limit).
+    pub(super) size: u64,
+    /// Largest body kept for resume (see [`MAX_KEPT_MESSAGE`]).
+    pub(super) max_message: u64,
+}
+
+impl Default for ServerAccel {
+    fn default() -> Self {
+        Self {
+            inbuf: Vec::new(),
+            greeted: false,
+            inflight: None,
+            reader: ReplyReader::default(),
+            body: None,
+            sasl_next: false,
+            failed: false,
+            store: None,
+            client: String::new(),
+            envelope: Vec::new(),
+            kept: None,
+            sending: None,
+            offered: None,
+            stats: AccelStats::default(),
+            rcpt_ok: false,
+            size: 0,
+            max_message: MAX_KEPT_MESSAGE,
+        }
+    }
 }
 
 impl ServerAccel {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps no body for resume past `max` bytes (nor past the real
+    /// server's `SIZE`, if smaller): the program gets a 552 instead.
+    pub fn with_max_message(mut self, max: u64) -> Self {
+        self.max_message = max;
+        self
+    }
+
+    /// The most body bytes kept for one message.
+    pub(super) fn kept_limit(&self) -> u64 {
+        match self.size {
+            0 => self.max_message,
+            s => s.min(self.max_message),
+        }
     }
 
     /// Keeps bodies in `store` (under `client`, the tunnel's client
@@ -105,9 +168,15 @@ impl ServerAccel {
             }
             let (v, _) = verb(&line);
             match v.as_str() {
-                "MAIL" => self.envelope = line.clone(),
+                "MAIL" => {
+                    self.envelope = line.clone();
+                    self.rcpt_ok = false;
+                }
                 "RCPT" => self.envelope.extend_from_slice(&line),
-                "RSET" | "HELO" | "EHLO" => self.envelope.clear(),
+                "RSET" | "HELO" | "EHLO" => {
+                    self.envelope.clear();
+                    self.rcpt_ok = false;
+                }
                 _ => {}
             }
             if self.resume_command(&line, out) {
@@ -121,6 +190,8 @@ impl ServerAccel {
                 match v.as_str() {
                     "DATA" => Await::PlainData,
                     "AUTH" => Await::Auth,
+                    "EHLO" => Await::Ehlo,
+                    "RCPT" => Await::Rcpt,
                     _ => Await::Reply,
                 }
             };
@@ -178,6 +249,8 @@ impl Accelerator for ServerAccel {
                     self.body = Some((DotScanner::at_line_start(), true))
                 }
                 Some(Await::Auth) => self.sasl_next = c == 334,
+                Some(Await::Ehlo) if c / 100 == 2 => self.size = ehlo_size(&r),
+                Some(Await::Rcpt) => self.rcpt_ok |= c / 100 == 2,
                 Some(_) => {}
             }
             self.step(out);
@@ -192,4 +265,24 @@ impl Accelerator for ServerAccel {
         self.inbuf.extend_from_slice(data);
         self.step(out);
     }
+
+    fn tunnel_bytes_held(&self) -> usize {
+        self.inbuf.len()
+    }
+}
+
+/// The `SIZE` an EHLO reply announces (RFC 1870), 0 if none.
+fn ehlo_size(reply: &[u8]) -> u64 {
+    reply
+        .split(|&b| b == b'\n')
+        .filter_map(|l| l.get(4..))
+        .find_map(|kw| {
+            let kw = String::from_utf8_lossy(kw);
+            let mut w = kw.split_whitespace();
+            w.next()
+                .filter(|k| k.eq_ignore_ascii_case("SIZE"))
+                .and_then(|_| w.next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -830,3 +830,86 @@ fn smtp_kept_body_refused_at_data_shows_the_refusal() {
     assert!(real.bodies.is_empty());
     assert!(st.c.is_empty() && st.s.is_empty());
 }
+
+// ------------------------------------------------- hostile kept bodies
+
+/// A server side with a store, greeted by a real server that announces
+/// `size` in its EHLO reply (none if 0), after `EHLO`.
+fn kept_server(store: &Arc<MemStore>, size: u64) -> ServerAccel {
+    let mut s = ServerAccel::new()
+        .with_store(store.clone(), "client-a")
+        .with_max_message(1 << 20);
+    let mut out = Output::default();
+    s.from_local(b"220 real ESMTP\r\n", true, &mut out);
+    s.from_tunnel(b"EHLO me\r\n", &mut out);
+    let ehlo = match size {
+        0 => "250-real\r\n250 8BITMIME\r\n".to_owned(),
+        n => format!("250-real\r\n250-SIZE {n}\r\n250 8BITMIME\r\n"),
+    };
+    s.from_local(ehlo.as_bytes(), true, &mut out);
+    s
+}
+
+/// Feeds `total` body bytes (no final dot) in 64 KiB pieces; returns what
+/// went to the client side and the most the accelerator ever held.
+fn flood_body(s: &mut ServerAccel, store: &MemStore, total: usize) -> (Vec<u8>, usize) {
+    let piece = b"x".repeat(64 * 1024 - 2);
+    let mut to_tunnel = Vec::new();
+    let mut most = 0;
+    let mut sent = 0;
+    while sent < total {
+        let mut out = Output::default();
+        s.from_tunnel(&piece, &mut out);
+        s.from_tunnel(b"\r\n", &mut out);
+        sent += piece.len() + 2;
+        assert!(out.fail.is_none(), "{:?}", out.fail);
+        to_tunnel.extend(out.to_tunnel);
+        let kept = s.kept.as_ref().map_or(0, |k| k.buf.len());
+        most = most.max(kept + s.inbuf.len() + store.bytes());
+    }
+    (to_tunnel, most)
+}
+
+/// Issue 12, item 2: `XSTRAW-DATA` with no recipient accepted used to put
+/// the server side in kept-body mode, and the body grew without bound.
+#[test]
+fn kept_body_needs_an_accepted_recipient() {
+    let store = Arc::new(MemStore::new());
+    let mut s = kept_server(&store, 0);
+    let mut out = Output::default();
+    s.from_tunnel(b"XSTRAW-DATA\r\n", &mut out);
+    assert_eq!(out.to_tunnel, b"503 5.5.1 straw: no valid recipients\r\n");
+    let (_, most) = flood_body(&mut s, &store, 8 << 20);
+    assert!(most < 70_000, "held {most} bytes of an 8 MiB body");
+    // The end of the dropped body leaves the dialogue where it was.
+    let mut out = Output::default();
+    s.from_tunnel(b".\r\nNOOP\r\n", &mut out);
+    assert_eq!(out.to_local, b"NOOP\r\n");
+}
+
+/// Issue 12, item 2: a kept body stops at the real server's SIZE (or the
+/// configured maximum): the program gets a 552, the rest is dropped.
+#[test]
+fn kept_body_is_capped_by_size_and_by_the_limit() {
+    for (size, limit) in [(300_000, 300_000), (0, 1 << 20), (8 << 20, 1 << 20)] {
+        let store = Arc::new(MemStore::new());
+        let mut s = kept_server(&store, size);
+        let mut out = Output::default();
+        s.from_tunnel(b"MAIL FROM:<a@x>\r\n", &mut out);
+        s.from_local(b"250 ok\r\n", true, &mut out);
+        s.from_tunnel(b"RCPT TO:<b@y>\r\n", &mut out);
+        s.from_local(b"250 ok\r\n", true, &mut out);
+        let mut out = Output::default();
+        s.from_tunnel(b"XSTRAW-DATA\r\n", &mut out);
+        assert!(out.to_tunnel.is_empty(), "kept: {:?}", out.to_tunnel);
+        let (to_tunnel, most) = flood_body(&mut s, &store, 4 << 20);
+        let refusal = format!("552 5.3.4 straw: message exceeds the limit of {limit} bytes\r\n");
+        assert_eq!(String::from_utf8_lossy(&to_tunnel), refusal, "SIZE {size}");
+        assert!(
+            most <= 2 * limit as usize + 70_000,
+            "held {most} bytes for a limit of {limit}"
+        );
+        assert_eq!(store.bytes(), 0, "the partial body is dropped");
+        assert!(s.kept.is_none());
+    }
+}
