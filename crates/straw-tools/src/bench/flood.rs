@@ -201,7 +201,7 @@ async fn flood_once(
     let mut sock = TcpStream::connect(server).await?;
     sock.set_nodelay(true)?;
     let ours = session_config(Role::Client, &SessionOptions::default());
-    let hello = straw_tunnel::handshake::our_hello(&ours, None);
+    let hello = straw_tunnel::handshake::client_hello(&ours, None, straw::client::next_timestamp());
     let (mut transport, payload) =
         noise::client_handshake(&mut sock, me, server_key, &hello.encode()).await?;
     let theirs = straw_tunnel::handshake::check_peer_hello(&ours, &payload)?;

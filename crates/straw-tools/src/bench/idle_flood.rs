@@ -226,7 +226,7 @@ async fn tunnel_up(
     server_key: &[u8; 32],
 ) -> Result<Duration> {
     let ours = session_config(Role::Client, &SessionOptions::default());
-    let hello = straw_tunnel::handshake::our_hello(&ours, None);
+    let hello = straw_tunnel::handshake::client_hello(&ours, None, straw::client::next_timestamp());
     let started = Instant::now();
     let mut sock = tcp::connect_tunnel(&addr.to_string(), &TcpOptions::default()).await?;
     let (_transport, payload) = tokio::time::timeout(
