@@ -95,6 +95,10 @@ pub struct AccelStats {
     /// completed on top of the part kept), and their bytes not sent again.
     pub message_resumes: u64,
     pub message_resume_bytes: u64,
+    /// Server side: commands that arrived already queued behind one still
+    /// awaiting the real server's reply (or, IMAP, a literal behind its
+    /// continuation): round trips over the link the program did not wait for.
+    pub link_waits_saved: u64,
 }
 
 /// What the client side remembered from earlier connections to a service:

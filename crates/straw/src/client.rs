@@ -491,6 +491,11 @@ fn new_tunnel(
     scfg.peer_stream_window = hello.stream_window;
     scfg.transform_services =
         transform_services(cfg.services.iter().map(|s| (&s.name, s.protocol)));
+    scfg.accounting_services = cfg
+        .services
+        .iter()
+        .map(|s| s.name.as_bytes().to_vec())
+        .collect();
     let session = Session::new(scfg, tokio::time::Instant::now().into_std());
     let mut t = Tunnel::new(transport, session, None, stats.clone(), cfg.server.clone());
     t.set_liveness(liveness_config(&cfg.session, &cfg.tcp));

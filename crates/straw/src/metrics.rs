@@ -24,7 +24,9 @@ use anyhow::{Context, Result};
 use prometheus::{
     CounterVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TEXT_FORMAT, TextEncoder,
 };
-use straw_core::session::SessionStats;
+use straw_core::session::{
+    SessionStats, WIRE_CLASS_CONTROL, WIRE_CLASS_FIRST_SERVICE, WIRE_CLASS_OTHER, WIRE_CLASSES,
+};
 use straw_proto::AccelStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -151,6 +153,11 @@ pub struct Metrics {
     raw_bytes: IntCounterVec,
     tunnel_wire_bytes: IntCounterVec,
     tunnel_raw_bytes: IntCounterVec,
+    wire_bytes: IntCounterVec,
+    /// The `service` label of each wire accounting class (the session's
+    /// classes: control, other, then [`Metrics::accounting_services`]).
+    class_labels: Vec<String>,
+    waits_saved: IntCounterVec,
     codec_cpu: CounterVec,
     resumes: IntCounterVec,
     message_resume_bytes: IntCounter,
@@ -175,6 +182,17 @@ impl Metrics {
     /// skips the per-record work).
     pub fn new(enabled: bool, services: impl IntoIterator<Item = String>) -> Arc<Metrics> {
         let r = Registry::new();
+        let services: BTreeSet<String> = services.into_iter().collect();
+        let mut class_labels = vec![String::new(); WIRE_CLASSES];
+        class_labels[WIRE_CLASS_CONTROL] = "control".into();
+        class_labels[WIRE_CLASS_OTHER] = "other".into();
+        for (i, s) in services
+            .iter()
+            .take(WIRE_CLASSES - WIRE_CLASS_FIRST_SERVICE)
+            .enumerate()
+        {
+            class_labels[WIRE_CLASS_FIRST_SERVICE + i] = s.clone();
+        }
         let codec_cpu = CounterVec::new(
             Opts::new(
                 "straw_codec_cpu_seconds_total",
@@ -189,7 +207,8 @@ impl Metrics {
             .expect("unique metric");
         let m = Metrics {
             enabled,
-            services: services.into_iter().collect(),
+            services,
+            class_labels,
             tunnels_connected: gauge(
                 &r,
                 "straw_tunnels_connected",
@@ -234,6 +253,27 @@ impl Metrics {
                  direction=up is from the client, down is to it",
                 &["client", "direction"],
             ),
+            wire_bytes: counter_vec(
+                &r,
+                "straw_wire_bytes_total",
+                "Tunnel record bytes by service: each record's bytes are shared among the \
+                 services whose stream bytes it carried, by their share of them; \
+                 service=control counts records without stream bytes (ACKs, credit, opens, \
+                 pings), bulk slice headers and records re-sent after a resume. The 18 bytes \
+                 of encryption framing per record are in straw_tunnel_wire_bytes_total only. \
+                 direction=up is received from the clients, down is sent to them",
+                &["service", "direction"],
+            ),
+            waits_saved: counter_vec(
+                &r,
+                "straw_accel_link_waits_saved_total",
+                "Commands that reached the server side of an accelerator already queued \
+                 behind one still awaiting the real server's reply (POP3, SMTP) or its \
+                 literal continuation (IMAP): each is a round trip over the link that the \
+                 mail program did not wait for, because the client side answered locally or \
+                 sent ahead. Counted when the stream ends",
+                &["service"],
+            ),
             codec_cpu,
             resumes: counter_vec(
                 &r,
@@ -274,6 +314,21 @@ impl Metrics {
         for kind in ["tunnel", "message"] {
             m.resumes.with_label_values(&[kind]);
         }
+        // Per-service series show at zero only where tunnels count.
+        for label in m.class_labels.iter().filter(|l| enabled && !l.is_empty()) {
+            for d in ["up", "down"] {
+                m.wire_bytes.with_label_values(&[label, d]);
+            }
+        }
+        for s in m
+            .services
+            .iter()
+            .map(String::as_str)
+            .chain(["other"])
+            .filter(|_| enabled)
+        {
+            m.waits_saved.with_label_values(&[s]);
+        }
         Arc::new(m)
     }
 
@@ -285,6 +340,17 @@ impl Metrics {
     pub fn tunnel_up(self: &Arc<Self>) -> ConnectedGuard {
         self.tunnels_connected.inc();
         ConnectedGuard(self.clone())
+    }
+
+    /// The services the sessions count wire bytes for, in class order
+    /// ([`straw_core::session::SessionConfig::accounting_services`]); the
+    /// labels of [`Metrics::tunnel`]'s counters follow the same order.
+    pub fn accounting_services(&self) -> Vec<Vec<u8>> {
+        self.class_labels[WIRE_CLASS_FIRST_SERVICE..]
+            .iter()
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.as_bytes().to_vec())
+            .collect()
     }
 
     /// Where the parked-session count comes from at each scrape.
@@ -300,6 +366,12 @@ impl Metrics {
         }
         let wire = |d| self.tunnel_wire_bytes.with_label_values(&[c, d]);
         let raw = |d| self.tunnel_raw_bytes.with_label_values(&[c, d]);
+        let by_class = |d: &str| {
+            self.class_labels
+                .iter()
+                .map(|l| (!l.is_empty()).then(|| self.wire_bytes.with_label_values(&[l, d])))
+                .collect()
+        };
         TunnelMetrics {
             on: Some(Box::new(Active {
                 wire_up: wire("up"),
@@ -310,6 +382,10 @@ impl Metrics {
                 decode: self.codec_cpu.with_label_values(&["decode"]),
                 seen_raw_up: 0,
                 seen_raw_down: 0,
+                class_up: by_class("up"),
+                class_down: by_class("down"),
+                seen_class_up: [0; WIRE_CLASSES],
+                seen_class_down: [0; WIRE_CLASSES],
                 streams: HashMap::new(),
                 m: self.clone(),
             })),
@@ -405,8 +481,30 @@ struct Active {
     /// Session raw totals already added (the session counts cumulatively).
     seen_raw_up: u64,
     seen_raw_down: u64,
-    /// Each dialled stream's (up, down) counters of its service.
-    streams: HashMap<u64, (IntCounter, IntCounter)>,
+    /// Wire bytes by accounting class (None: a class no service has), and
+    /// the session's cumulative counts already added.
+    class_up: Vec<Option<IntCounter>>,
+    class_down: Vec<Option<IntCounter>>,
+    seen_class_up: [u64; WIRE_CLASSES],
+    seen_class_down: [u64; WIRE_CLASSES],
+    /// Each dialled stream's counters of its service.
+    streams: HashMap<u64, StreamCounters>,
+}
+
+struct StreamCounters {
+    up: IntCounter,
+    down: IntCounter,
+    waits_saved: IntCounter,
+}
+
+/// Adds to `counters` what `now` has beyond `seen` (both cumulative).
+fn add_new(counters: &[Option<IntCounter>], now: &[u64], seen: &mut [u64]) {
+    for ((c, &n), s) in counters.iter().zip(now).zip(seen.iter_mut()) {
+        if let Some(c) = c {
+            c.inc_by(n.saturating_sub(*s));
+        }
+        *s = (*s).max(n);
+    }
 }
 
 fn timed<T>(counter: &prometheus::Counter, f: impl FnOnce() -> T) -> T {
@@ -460,6 +558,16 @@ impl TunnelMetrics {
                 .inc_by(st.raw_bytes_sent.saturating_sub(a.seen_raw_down));
             a.seen_raw_up = a.seen_raw_up.max(st.raw_bytes_received);
             a.seen_raw_down = a.seen_raw_down.max(st.raw_bytes_sent);
+            add_new(
+                &a.class_up,
+                &st.wire_bytes_received_by_class,
+                &mut a.seen_class_up,
+            );
+            add_new(
+                &a.class_down,
+                &st.wire_bytes_sent_by_class,
+                &mut a.seen_class_down,
+            );
         }
     }
 
@@ -473,29 +581,36 @@ impl TunnelMetrics {
             };
             a.m.streams_opened.with_label_values(&[service]).inc();
             let c = |d| a.m.raw_bytes.with_label_values(&[service, d]);
-            let pair = (c("up"), c("down"));
-            a.streams.insert(stream, pair);
+            let counters = StreamCounters {
+                up: c("up"),
+                down: c("down"),
+                waits_saved: a.m.waits_saved.with_label_values(&[service]),
+            };
+            a.streams.insert(stream, counters);
         }
     }
 
     /// `n` bytes read from `stream`'s upstream socket.
     pub fn local_read(&self, stream: u64, n: usize) {
-        if let Some((_, down)) = self.on.as_ref().and_then(|a| a.streams.get(&stream)) {
-            down.inc_by(n as u64);
+        if let Some(c) = self.on.as_ref().and_then(|a| a.streams.get(&stream)) {
+            c.down.inc_by(n as u64);
         }
     }
 
     /// `n` bytes written to `stream`'s upstream socket.
     pub fn local_written(&self, stream: u64, n: usize) {
-        if let Some((up, _)) = self.on.as_ref().and_then(|a| a.streams.get(&stream)) {
-            up.inc_by(n as u64);
+        if let Some(c) = self.on.as_ref().and_then(|a| a.streams.get(&stream)) {
+            c.up.inc_by(n as u64);
         }
     }
 
     /// `stream` is gone; `stats`: its accelerator's counters.
     pub fn stream_closed(&mut self, stream: u64, stats: Option<&AccelStats>) {
         if let Some(a) = &mut self.on {
-            a.streams.remove(&stream);
+            let counters = a.streams.remove(&stream);
+            if let (Some(c), Some(st)) = (counters, stats) {
+                c.waits_saved.inc_by(st.link_waits_saved);
+            }
             if let Some(st) = stats.filter(|st| st.message_resumes > 0) {
                 a.m.resumes
                     .with_label_values(&["message"])
@@ -692,6 +807,10 @@ mod tests {
             raw_bytes_sent: 25,
             ..Default::default()
         };
+        let mut st = st;
+        st.wire_bytes_sent_by_class[WIRE_CLASS_CONTROL] = 7;
+        st.wire_bytes_sent_by_class[WIRE_CLASS_FIRST_SERVICE] = 11;
+        st.wire_bytes_received_by_class[WIRE_CLASS_OTHER] = 5;
         t.session(&st);
         t.session(&st); // cumulative: counted once
         t.wire_read(40);
@@ -699,6 +818,7 @@ mod tests {
         let resumed = AccelStats {
             message_resumes: 1,
             message_resume_bytes: 700,
+            link_waits_saved: 4,
             ..Default::default()
         };
         t.stream_closed(1, Some(&resumed));
@@ -719,6 +839,12 @@ mod tests {
             "straw_resumes_total{kind=\"message\"} 1".to_owned(),
             "straw_resumes_total{kind=\"tunnel\"} 0".to_owned(),
             "straw_message_resume_bytes_saved_total 700".to_owned(),
+            "straw_wire_bytes_total{direction=\"down\",service=\"control\"} 7".to_owned(),
+            "straw_wire_bytes_total{direction=\"down\",service=\"pop3\"} 11".to_owned(),
+            "straw_wire_bytes_total{direction=\"up\",service=\"other\"} 5".to_owned(),
+            "straw_wire_bytes_total{direction=\"up\",service=\"pop3\"} 0".to_owned(),
+            "straw_accel_link_waits_saved_total{service=\"pop3\"} 4".to_owned(),
+            "straw_accel_link_waits_saved_total{service=\"other\"} 0".to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -658,6 +658,7 @@ async fn handle(
             scfg.transform_services = crate::client::transform_services(
                 cfg.services.iter().map(|(n, s)| (n, s.protocol)),
             );
+            scfg.accounting_services = metrics.accounting_services();
             let session = Session::new(scfg, tokio::time::Instant::now().into_std());
             let dialer = Arc::new(ServiceDialer {
                 services: cfg.services.clone(),

@@ -159,6 +159,33 @@ async fn a_scrape_counts_the_bytes_streams_and_handshakes_of_a_real_tunnel() {
         assert!(wire >= sent as f64, "wire {dir} {wire} < {sent}");
         assert!(wire < 2.0 * sent as f64, "wire {dir} {wire}");
     }
+    // Wire bytes by service: the `test` stream's records carry at least its
+    // bytes; with control and other they add up to the tunnel's wire bytes
+    // less the encryption framing (18 bytes a record).
+    let by_service = |s: &HashMap<String, f64>, dir: &str| -> (f64, f64, f64) {
+        let prefix = format!(r#"straw_wire_bytes_total{{direction="{dir}","#);
+        let sum = s
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v)
+            .sum();
+        let test = s[&format!(r#"{prefix}service="test"}}"#)];
+        let tunnel =
+            s[&format!(r#"straw_tunnel_wire_bytes_total{{client="{c}",direction="{dir}"}}"#)];
+        (test, sum, tunnel)
+    };
+    let body = scrape_until(r.metrics, "wire bytes by service", |s| {
+        ["up", "down"].iter().all(|d| {
+            let (test, sum, tunnel) = by_service(s, d);
+            test >= sent as f64 && sum <= tunnel && sum >= 0.95 * tunnel
+        })
+    })
+    .await;
+    for dir in ["up", "down"] {
+        let (test, sum, tunnel) = by_service(&samples(&body), dir);
+        eprintln!("wire {dir}: service test {test}, all services {sum}, tunnel {tunnel}");
+        assert!(test < 1.1 * sent as f64, "{dir}: {test}");
+    }
     let encode = get(r#"straw_codec_cpu_seconds_total{op="encode"}"#);
     let decode = get(r#"straw_codec_cpu_seconds_total{op="decode"}"#);
     assert!(encode > 0.0 && decode > 0.0, "codec cpu {encode} {decode}");

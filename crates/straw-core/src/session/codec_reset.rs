@@ -36,6 +36,7 @@ impl Session {
         Frame::CodecReset.encode(&mut wire);
         self.encoder.reset();
         self.stats.codec_resets += 1;
+        self.stats.wire_bytes_sent_by_class[super::WIRE_CLASS_CONTROL] += wire.len() as u64;
         self.finish_record(now, wire)
     }
 }

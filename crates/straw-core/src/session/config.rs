@@ -51,6 +51,11 @@ pub struct SessionConfig {
     /// transform (mail, HTTP). Each side decides for what it sends; the DATA
     /// flag tells the peer, so the two configs need not agree.
     pub transform_services: Vec<Vec<u8>>,
+    /// Services whose wire bytes are counted apart
+    /// ([`SessionStats::wire_bytes_sent_by_class`](super::SessionStats)):
+    /// the n-th is class `WIRE_CLASS_FIRST_SERVICE + n`; past the 14th, and
+    /// any service not listed, count as `WIRE_CLASS_OTHER`.
+    pub accounting_services: Vec<Vec<u8>>,
     /// After this long without a compressed record, the sender resets its
     /// compression contexts to their primed state and tells the peer
     /// ([`crate::wire::Frame::CodecReset`]), so an idle tunnel holds no codec state on
@@ -123,6 +128,7 @@ impl SessionConfig {
             bulk_codec_params: CodecParams::default(),
             bulk_decoder_limits: DecoderLimits::default(),
             transform_services: Vec::new(),
+            accounting_services: Vec::new(),
             codec_idle_reset: Duration::from_secs(300),
             fast_codec: Some(CodecId::Lz4),
             fast_enter_rate: FAST_ENTER_RATE,

@@ -25,15 +25,14 @@ impl Session {
         }
         let id = self.next_local_stream;
         self.next_local_stream += 2;
-        self.streams.insert(
-            id,
-            Stream::new(
-                priority,
-                self.cfg.stream_window,
-                self.cfg.peer_stream_window,
-                self.transforms(service),
-            ),
+        let mut stream = Stream::new(
+            priority,
+            self.cfg.stream_window,
+            self.cfg.peer_stream_window,
+            self.transforms(service),
         );
+        stream.class = super::accounting::class_of(&self.cfg.accounting_services, service);
+        self.streams.insert(id, stream);
         self.control.push_back(Frame::Open(OpenFrame {
             stream: id,
             service: Bytes::copy_from_slice(service),

@@ -17,6 +17,7 @@
 //! - `tier`: the codec by measured rate; `codec_reset`: the idle reset;
 //! - `config`: [`SessionConfig`] and its defaults.
 
+mod accounting;
 mod ack;
 mod budget;
 mod codec_reset;
@@ -47,6 +48,9 @@ use crate::codec::{CodecError, RecordDecoder, RecordEncoder};
 use crate::transform::TransformError;
 use crate::wire::{Frame, WireError};
 
+pub use accounting::{
+    WIRE_CLASS_CONTROL, WIRE_CLASS_FIRST_SERVICE, WIRE_CLASS_OTHER, WIRE_CLASSES,
+};
 pub use config::{
     FAST_ENTER_RATE, FAST_EXIT_RATE, MAX_INFLIGHT, STORED_ENTER_RATE, STORED_EXIT_RATE,
     SessionConfig,
@@ -167,6 +171,11 @@ pub struct SessionStats {
     /// Times the sender switched to the fast codec, and back.
     pub fast_switches: u64,
     pub slow_switches: u64,
+    /// Wire bytes sent and received (records, before the link layer's
+    /// framing), by service class ([`SessionConfig::accounting_services`],
+    /// [`WIRE_CLASS_CONTROL`], [`WIRE_CLASS_OTHER`]); each sums to its total.
+    pub wire_bytes_sent_by_class: [u64; WIRE_CLASSES],
+    pub wire_bytes_received_by_class: [u64; WIRE_CLASSES],
 }
 
 pub struct Session {
@@ -224,6 +233,13 @@ pub struct Session {
     tier: Tier,
     /// Codec byte of the record being handled (for the received counters).
     rx_codec: u8,
+    /// Stream bytes by class in the record being built, the bulk unit being
+    /// compressed, and the record (or bulk slices) being handled.
+    tx_class_raw: accounting::ClassBytes,
+    rx_class_raw: accounting::ClassBytes,
+    /// Bulk slices received whose frames have not ended yet: their wire
+    /// bytes go to the streams of the frames that end them.
+    rx_bulk_unattributed: u64,
 
     // Receiving.
     records_received: u64,
@@ -278,6 +294,9 @@ impl Session {
             estimate,
             tier: Tier::Strong,
             rx_codec: 0,
+            tx_class_raw: [0; WIRE_CLASSES],
+            rx_class_raw: [0; WIRE_CLASSES],
+            rx_bulk_unattributed: 0,
             records_received: 0,
             last_ack_sent: 0,
             ack_due: None,

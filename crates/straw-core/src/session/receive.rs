@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::accounting;
 use super::flood::RecordBudget;
 use super::stream::Stream;
 use super::{Event, Priority, Role, Session, SessionError, data_flags, reset_code};
@@ -32,11 +33,17 @@ impl Session {
         // Handed over, not copied: payloads are slices of it.
         let frames = Bytes::from(std::mem::take(&mut self.decode_buf));
         let mut ack_eliciting = false;
+        self.rx_class_raw = [0; accounting::WIRE_CLASSES];
         for frame in FrameDecoder::new(frames) {
             let frame = frame?;
             ack_eliciting |= !matches!(frame, Frame::Ack { .. });
             self.handle_frame(now, frame)?;
         }
+        accounting::apportion(
+            record.len() as u64,
+            &mut self.rx_class_raw,
+            &mut self.stats.wire_bytes_received_by_class,
+        );
         if std::mem::take(&mut self.reset_decoder) {
             if !self.bulk_in.is_empty() {
                 return Err(SessionError::Codec(CodecError::Corrupt(
@@ -78,7 +85,20 @@ impl Session {
         for frame in FrameDecoder::new(Bytes::copy_from_slice(plain)) {
             self.handle_frame(now, frame?)?;
         }
+        // The slice's own header and ACKs are control; its body belongs to
+        // the frames it ends (a frame may span slices).
+        let header = (record.len() - slice.len()) as u64;
+        self.stats.wire_bytes_received_by_class[accounting::WIRE_CLASS_CONTROL] += header;
+        self.rx_bulk_unattributed += slice.len() as u64;
+        self.rx_class_raw = [0; accounting::WIRE_CLASSES];
         self.handle_bulk_slice(now)?;
+        if self.rx_class_raw.iter().any(|&n| n > 0) || self.bulk_in.is_empty() {
+            accounting::apportion(
+                std::mem::take(&mut self.rx_bulk_unattributed),
+                &mut self.rx_class_raw,
+                &mut self.stats.wire_bytes_received_by_class,
+            );
+        }
         if self.reset_decoder {
             return Err(SessionError::Codec(CodecError::Corrupt(
                 "codec reset in a bulk record".into(),
@@ -123,6 +143,7 @@ impl Session {
                 let Some(s) = self.streams.get_mut(&stream) else {
                     return Ok(()); // late data for a stream we reset
                 };
+                self.rx_class_raw[s.class as usize] += payload.len() as u64;
                 let transformed = flags & data_flags::TRANSFORM != 0;
                 let flags = flags & !data_flags::TRANSFORM;
                 let payload = if transformed {
@@ -170,15 +191,14 @@ impl Session {
                     return self.queue_refusal(open.stream, reset_code::REFUSED);
                 }
                 let transform = self.transforms(&open.service);
-                self.streams.insert(
-                    open.stream,
-                    Stream::new(
-                        Priority::Interactive,
-                        self.cfg.stream_window,
-                        self.cfg.peer_stream_window,
-                        transform,
-                    ),
+                let mut stream = Stream::new(
+                    Priority::Interactive,
+                    self.cfg.stream_window,
+                    self.cfg.peer_stream_window,
+                    transform,
                 );
+                stream.class = accounting::class_of(&self.cfg.accounting_services, &open.service);
+                self.streams.insert(open.stream, stream);
                 self.events.push_back(Event::Opened {
                     stream: open.stream,
                     service: open.service,

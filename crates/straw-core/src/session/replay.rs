@@ -128,6 +128,7 @@ impl Session {
         self.stats.records_resent += 1;
         self.stats.wire_bytes_resent += wire.len() as u64;
         self.stats.wire_bytes_sent += wire.len() as u64;
+        self.stats.wire_bytes_sent_by_class[super::WIRE_CLASS_CONTROL] += wire.len() as u64;
         Some(wire)
     }
 

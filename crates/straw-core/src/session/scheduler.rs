@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::accounting;
 use super::stream::Stream;
 use super::{Priority, Session};
 use crate::codec::CodecId;
@@ -74,6 +75,7 @@ impl Session {
             self.drain_control(&mut buf);
         }
         let mut raw_data = 0usize;
+        self.tx_class_raw = [0; accounting::WIRE_CLASSES];
         if want_data {
             raw_data = self.fill_data(&mut buf, target_raw, Lane::Interactive, cork_expired);
         }
@@ -115,6 +117,11 @@ impl Session {
         }
         self.stats.raw_bytes_sent += raw_data as u64;
         self.stats.raw_bytes_by_codec[wire[0] as usize % 8] += raw_data as u64;
+        accounting::apportion(
+            wire.len() as u64,
+            &mut self.tx_class_raw,
+            &mut self.stats.wire_bytes_sent_by_class,
+        );
         Some(self.finish_record(now, wire))
     }
 
@@ -127,6 +134,7 @@ impl Session {
                 return None;
             }
             let mut frames = Vec::new();
+            self.tx_class_raw = [0; accounting::WIRE_CLASSES];
             let idle = self.cork_deadline.is_some_and(|d| d <= now);
             let raw = self.fill_data(&mut frames, self.bulk_unit_raw(), Lane::Bulk, idle);
             if frames.is_empty() {
@@ -143,10 +151,22 @@ impl Session {
                 wire.extend_from_slice(&frames);
                 self.bulk_unit.clear();
                 self.stats.raw_bytes_by_codec[CodecId::Stored as usize] += raw as u64;
+                accounting::apportion(
+                    wire.len() as u64,
+                    &mut self.tx_class_raw,
+                    &mut self.stats.wire_bytes_sent_by_class,
+                );
                 return Some(self.finish_record(now, wire));
             }
             self.estimate.compression_sample(raw + 4, unit.len().max(1));
             self.stats.raw_bytes_by_codec[self.encoder.bulk_codec() as usize] += raw as u64;
+            // The unit's bytes belong to its streams; each slice's header
+            // and ACKs (below) are control.
+            accounting::apportion(
+                unit.len() as u64,
+                &mut self.tx_class_raw,
+                &mut self.stats.wire_bytes_sent_by_class,
+            );
             self.bulk_out.extend_from_slice(&unit);
         }
         // A short tail rides along rather than paying a packet of its own.
@@ -162,6 +182,7 @@ impl Session {
         wire.push(self.encoder.bulk_codec() as u8);
         crate::wire::put_varint(&mut wire, plain.len() as u64);
         wire.extend_from_slice(&plain);
+        self.stats.wire_bytes_sent_by_class[accounting::WIRE_CLASS_CONTROL] += wire.len() as u64;
         wire.extend_from_slice(&self.bulk_out.split_to(n));
         if self.bulk_out.is_empty() {
             self.bulk_unit.clear();
@@ -208,6 +229,7 @@ impl Session {
                     if n > 0 || s.tx_flushable() {
                         let (payload, flags) = s.take(n, idle, open, lane == Lane::Interactive);
                         self.pending_raw -= n as u64;
+                        self.tx_class_raw[s.class as usize] += payload.len() as u64;
                         self.transform_held =
                             self.transform_held + s.tx_held_lines() as u64 - held_lines as u64;
                         if !payload.is_empty() {

@@ -7,6 +7,8 @@ use crate::transform;
 
 pub(super) struct Stream {
     pub priority: Priority,
+    /// Its service's wire accounting class (see `accounting`).
+    pub class: u8,
     /// Local bytes not yet framed.
     pub pending: BytesMut,
     /// Raw bytes framed so far, and how far the peer lets us go.
@@ -36,6 +38,7 @@ pub(super) struct Stream {
 impl Stream {
     pub fn new(priority: Priority, recv_window: u64, send_window: u64, transform: bool) -> Self {
         Self {
+            class: super::WIRE_CLASS_OTHER as u8,
             tx: transform.then(transform::Encoder::new),
             rx: None,
             tx_stale: false,

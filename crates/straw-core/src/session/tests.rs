@@ -1497,3 +1497,124 @@ fn tiers_follow_the_rate_with_hysteresis() {
     let mut s = Session::new(c, Instant::now());
     assert_eq!(feed(&mut s, 1e9), (Tier::Strong, CodecId::Zstd));
 }
+
+/// Wire bytes by service: a bulk POP3 reply down and SMTP commands up over
+/// a 2,400 bit/s link. Each side's shares add up to its wire total, the
+/// receiver sees exactly the sender's shares, and each service's share is
+/// its own stream's.
+#[test]
+fn wire_bytes_are_shared_by_service_and_add_up() {
+    let services = vec![b"smtp".to_vec(), b"pop3".to_vec()];
+    let cfg = |role| {
+        let mut c = SessionConfig::new(role);
+        c.use_slow_link_zstd();
+        c.accounting_services = services.clone();
+        c.transform_services = vec![b"pop3".to_vec()];
+        c
+    };
+    let mut sim = Sim::with_configs(
+        240.0,
+        Duration::from_millis(500),
+        cfg(Role::Client),
+        cfg(Role::Server),
+    );
+    let pop3 = sim
+        .client
+        .open_stream(b"pop3", b"", Priority::Interactive)
+        .unwrap();
+    let smtp = sim
+        .client
+        .open_stream(b"smtp", b"", Priority::Interactive)
+        .unwrap();
+    let unknown = sim
+        .client
+        .open_stream(b"gopher", b"", Priority::Interactive)
+        .unwrap();
+    sim.client.send(pop3, b"RETR 1\r\n").unwrap();
+    sim.client.flush(pop3);
+    let mut reply = b"+OK\r\n".to_vec();
+    for i in 0..400 {
+        reply.extend_from_slice(format!("Line {i} of a message body, about mail.\r\n").as_bytes());
+    }
+    reply.extend_from_slice(b".\r\n");
+    let commands = b"EHLO boat\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n";
+    let mut off = 0;
+    let mut seen = 0;
+    for i in 0..200_000 {
+        sim.step(Duration::from_millis(5));
+        if i == 10 {
+            sim.client.send(smtp, commands).unwrap();
+            sim.client.flush(smtp);
+            sim.client.send(unknown, b"hello").unwrap();
+            sim.client.flush(unknown);
+        }
+        if off == 0 && !sim.server_events.is_empty() {
+            sim.server.set_priority(pop3, Priority::Bulk);
+        }
+        if !sim.server_events.is_empty() && off < reply.len() {
+            let cap = sim.server.send_capacity(pop3).min(reply.len() - off);
+            if cap > 0 {
+                sim.server.send(pop3, &reply[off..off + cap]).unwrap();
+                off += cap;
+                if off == reply.len() {
+                    sim.server.flush(pop3);
+                }
+            }
+        }
+        for (_, e) in &sim.client_events[seen..] {
+            if let Event::Data {
+                stream, payload, ..
+            } = e
+            {
+                sim.client.consumed(*stream, payload.len());
+            }
+        }
+        seen = sim.client_events.len();
+        let up_done = Sim::received(&sim.server_events, smtp).len() == commands.len()
+            && Sim::received(&sim.server_events, unknown).len() == 5;
+        if up_done && Sim::received(&sim.client_events, pop3) == reply {
+            break;
+        }
+    }
+    assert!(
+        Sim::received(&sim.client_events, pop3) == reply,
+        "reply not delivered"
+    );
+    // Let the last ACKs cross.
+    for _ in 0..1000 {
+        sim.step(Duration::from_millis(5));
+    }
+    let (c, s) = (sim.client.stats(), sim.server.stats());
+    assert!(
+        s.raw_bytes_by_codec[CodecId::ZstdBulk as usize] > 0,
+        "bulk lane unused: {s:?}"
+    );
+    for (st, side) in [(c, "client"), (s, "server")] {
+        assert_eq!(
+            st.wire_bytes_sent_by_class.iter().sum::<u64>(),
+            st.wire_bytes_sent,
+            "{side}"
+        );
+        assert_eq!(
+            st.wire_bytes_received_by_class.iter().sum::<u64>(),
+            st.wire_bytes_received,
+            "{side}"
+        );
+    }
+    assert_eq!(s.wire_bytes_sent_by_class, c.wire_bytes_received_by_class);
+    assert_eq!(c.wire_bytes_sent_by_class, s.wire_bytes_received_by_class);
+    let (smtp_c, pop3_c) = (WIRE_CLASS_FIRST_SERVICE, WIRE_CLASS_FIRST_SERVICE + 1);
+    let down = &s.wire_bytes_sent_by_class;
+    // The reply compresses; its share is most of the down link and less
+    // than its raw size.
+    assert!(down[pop3_c] > s.wire_bytes_sent / 2, "{down:?}");
+    assert!(down[pop3_c] < reply.len() as u64 / 2, "{down:?}");
+    assert_eq!(down[smtp_c], 0, "{down:?}");
+    let up = &c.wire_bytes_sent_by_class;
+    assert!(
+        up[smtp_c] > 0 && up[pop3_c] > 0 && up[WIRE_CLASS_OTHER] > 0,
+        "{up:?}"
+    );
+    assert!(up[WIRE_CLASS_CONTROL] > 0, "ACKs travel up: {up:?}");
+    eprintln!("wire by class, down {down:?}, up {up:?}");
+}

@@ -306,9 +306,13 @@ impl ServerAccel {
         }
         if line.first() == Some(&b'+') {
             if self.waiting.take().is_some() {
-                // The answer to our own synchronising literal.
+                // The answer to our own synchronising literal. The literal
+                // already here was sent ahead (LITERAL+ emulated by the
+                // client side): one wait for a `+` over the link saved.
                 self.resp_kind = RespKind::Untagged { flush: false };
+                let before = out.to_local.len();
                 self.pump_cmds(out);
+                self.stats.link_waits_saved += u64::from(out.to_local.len() > before);
                 return false;
             }
             self.resp_kind = RespKind::Cont;

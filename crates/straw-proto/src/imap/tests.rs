@@ -458,6 +458,19 @@ fn literal_plus_emulation_against_server_without_it() {
     assert_eq!(r.client.stats().link_waits, 1);
 }
 
+/// The literal came with its command (LITERAL+ emulated): the server side
+/// sends it on the real server's `+`, a wait over the link saved.
+#[test]
+fn a_literal_sent_ahead_counts_a_wait_saved() {
+    let mut r = Rig::new(&warm_cache(), false);
+    r.prog_take();
+    assert_eq!(
+        r.says(b"a1 APPEND INBOX {11}\r\nHello world\r\n"),
+        "+ OK\r\na1 OK [APPENDUID 1 3] Append completed.\r\n"
+    );
+    assert_eq!(r.server.stats().link_waits_saved, 1);
+}
+
 #[test]
 fn literal_plus_passes_when_server_has_it() {
     let mut r = Rig::new(&warm_cache(), true);

@@ -213,6 +213,9 @@ impl Accelerator for ServerAccel {
                     self.sasl_next = is_continuation(&self.reader.first);
                 }
                 self.send_next(out);
+                // The next command was already here: the client side sent
+                // it without waiting for this reply to cross the link.
+                self.stats.link_waits_saved += u64::from(self.inflight.is_some());
             }
         }
         // Release what we hold when the batch is answered, when a bulk reply

@@ -465,6 +465,7 @@ fn pop3_retr_streams_before_it_is_complete() {
     s.from_local(b"c\r\n.\r\n", false, &mut o);
     assert!(o.flush);
     assert_eq!(o.to_local, b"NOOP\r\n", "next command after the full reply");
+    assert_eq!(s.stats().link_waits_saved, 1, "NOOP came with RETR");
 }
 
 #[test]

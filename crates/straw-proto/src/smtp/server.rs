@@ -253,7 +253,12 @@ impl Accelerator for ServerAccel {
                 Some(Await::Rcpt) => self.rcpt_ok |= c / 100 == 2,
                 Some(_) => {}
             }
+            let idle = self.inflight.is_none();
             self.step(out);
+            // A command of the program's was already here: sent ahead by the
+            // client side without waiting for this reply to cross the link.
+            let ours = matches!(self.inflight, None | Some(Await::Swallow));
+            self.stats.link_waits_saved += u64::from(idle && !ours);
         }
     }
 

@@ -913,3 +913,26 @@ fn kept_body_is_capped_by_size_and_by_the_limit() {
         assert!(s.kept.is_none());
     }
 }
+
+/// A command that arrives behind one awaiting its reply is a link round
+/// trip the program did not wait for; the server side's own (RSET for a
+/// kept body, say) and a command sent when idle are not.
+#[test]
+fn commands_sent_ahead_count_waits_saved() {
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_tunnel(b"EHLO boat\r\nMAIL FROM:<a@b>\r\n", &mut o);
+    s.from_local(b"220 hi\r\n", true, &mut o);
+    assert_eq!(o.to_local, b"EHLO boat\r\n");
+    s.from_local(b"250 hi\r\n", true, &mut o);
+    assert_eq!(o.to_local, b"EHLO boat\r\nMAIL FROM:<a@b>\r\n");
+    s.from_local(b"250 ok\r\n", true, &mut o);
+    assert_eq!(
+        s.stats().link_waits_saved,
+        2,
+        "EHLO behind the greeting, MAIL behind EHLO"
+    );
+    s.from_tunnel(b"RCPT TO:<c@d>\r\n", &mut o);
+    s.from_local(b"250 ok\r\n", true, &mut o);
+    assert_eq!(s.stats().link_waits_saved, 2, "RCPT came alone");
+}
