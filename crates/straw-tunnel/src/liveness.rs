@@ -53,11 +53,30 @@ pub struct LivenessCheck {
     cfg: LivenessConfig,
     last_rx: Instant,
     probed_at: Option<Instant>,
+    /// This check's idle probe time: `idle_probe` moved by up to ±10%, so
+    /// that thousands of tunnels started together don't all probe (and make
+    /// the server answer) in the same instant, again and again.
+    idle_probe: Duration,
+}
+
+/// Spreads the checks' idle probe times: each check takes the next value.
+static JITTER_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `d` moved by a fraction in [-10%, +10%) picked by `seq` (SplitMix64).
+fn jittered(d: Duration, seq: u64) -> Duration {
+    let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+    d.mul_f64(0.9 + 0.2 * unit)
 }
 
 impl LivenessCheck {
     pub fn new(cfg: LivenessConfig, now: Instant) -> Self {
+        let seq = JITTER_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self {
+            idle_probe: jittered(cfg.idle_probe, seq),
             cfg,
             last_rx: now,
             probed_at: None,
@@ -122,8 +141,8 @@ impl LivenessCheck {
     fn probe_at(&self, loaded_rtt: Duration, expecting: bool) -> Option<Instant> {
         if expecting {
             Some(self.last_rx + loaded_rtt)
-        } else if !self.cfg.idle_probe.is_zero() {
-            Some(self.last_rx + self.cfg.idle_probe)
+        } else if !self.idle_probe.is_zero() {
+            Some(self.last_rx + self.idle_probe)
         } else {
             None
         }
@@ -133,6 +152,35 @@ impl LivenessCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_probes_of_many_tunnels_are_spread() {
+        let t0 = Instant::now();
+        let mut at: Vec<f64> = (0..5000)
+            .map(|_| {
+                let l = LivenessCheck::new(LivenessConfig::default(), t0);
+                let t = l.next_check(Duration::ZERO, false).unwrap();
+                t.duration_since(t0).as_secs_f64()
+            })
+            .collect();
+        at.sort_by(f64::total_cmp);
+        assert!(
+            at[0] >= 54.0 && at[4999] < 66.0,
+            "{} .. {}",
+            at[0],
+            at[4999]
+        );
+        // No second holds more than a few percent of them.
+        let busiest = (54..66)
+            .map(|s| {
+                at.iter()
+                    .filter(|&&t| t >= s as f64 && t < s as f64 + 1.0)
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert!(busiest < 600, "{busiest} of 5000 probe in one second");
+    }
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
@@ -171,8 +219,9 @@ mod tests {
         let mut l = LivenessCheck::new(cfg, t0);
         let rtt = LivenessCheck::loaded_rtt(None, 0.0);
         assert_eq!(rtt, UNMEASURED_RTT);
-        assert_eq!(l.poll(t0 + secs(59.0), rtt, false), Liveness::Fine);
-        assert_eq!(l.poll(t0 + secs(60.0), rtt, false), Liveness::Probe);
+        // 60 s, give or take the jitter (±10%).
+        assert_eq!(l.poll(t0 + secs(53.9), rtt, false), Liveness::Fine);
+        assert_eq!(l.poll(t0 + secs(66.0), rtt, false), Liveness::Probe);
         // A short RTT still gets the floor.
         let fast = LivenessCheck::loaded_rtt(Some(secs(0.01)), 0.0);
         assert_eq!(l.dead_after(fast), cfg.min_dead);

@@ -84,7 +84,8 @@ pub struct SessionOptions {
     /// Dead-link detection: a link that stays silent for a few loaded round
     /// trips after a PING is dropped (and resumed); never sooner than this.
     pub dead_after_min_secs: f64,
-    /// PING a link this quiet when nothing awaits an answer (0: never).
+    /// PING a link this quiet when nothing awaits an answer (0: never); each
+    /// tunnel moves it by up to ±10% so tunnels started together spread out.
     pub idle_ping_secs: u64,
     /// Server: how long to keep a session whose link ended with no
     /// connections in it (a client's idle hang-up), for the next dial.

@@ -30,6 +30,18 @@ pub use straw_tunnel::{Liveness, LivenessCheck, LivenessConfig};
 /// Encrypted bytes we let queue in user space before waiting for the socket.
 const WRITE_AHEAD: usize = 64 * 1024;
 
+/// The link's read buffer: small while the tunnel is idle, doubled each time
+/// a read fills it, back to small after [`BUFFERS_QUIET`] without a full
+/// read. A server holds thousands of idle tunnels; 64 KiB each would be most
+/// of their memory.
+const READ_BUF_MIN: usize = 2 * 1024;
+const READ_BUF_MAX: usize = 64 * 1024;
+/// After this long without a full read, the link's buffers give back what a
+/// burst made them hold.
+const BUFFERS_QUIET: Duration = Duration::from_secs(5);
+/// Buffers whose capacity is above this are dropped when quiet and empty.
+const IDLE_BUF_CAPACITY: usize = 4 * 1024;
+
 pub trait LocalIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> LocalIo for T {}
 
@@ -355,7 +367,8 @@ impl Tunnel {
     ) -> Result<LinkEnded> {
         let stop = self.stop.clone();
         let mut reader = MessageReader::new();
-        let mut rbuf = vec![0u8; 64 * 1024];
+        let mut rbuf = vec![0u8; READ_BUF_MIN];
+        let mut last_full_read = tokio::time::Instant::now();
         let mut out: Vec<u8> = Vec::new();
         let mut out_pos = 0usize;
         let mut plain = Vec::new();
@@ -395,7 +408,22 @@ impl Tunnel {
             if !opens_open && self.core.stream_count() == 0 && out_pos == out.len() {
                 return Ok(LinkEnded::Closed);
             }
+            if rbuf.len() > READ_BUF_MIN && last_full_read.elapsed() >= BUFFERS_QUIET {
+                rbuf = vec![0u8; READ_BUF_MIN];
+                if out_pos == out.len() && out.capacity() > IDLE_BUF_CAPACITY {
+                    out = Vec::new();
+                    out_pos = 0;
+                }
+                if plain.capacity() > IDLE_BUF_CAPACITY {
+                    plain = Vec::new();
+                }
+            }
             let mut deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
+            if rbuf.len() > READ_BUF_MIN {
+                // Wake to shrink the buffers even if nothing else is due.
+                let shrink = last_full_read + BUFFERS_QUIET;
+                deadline = Some(deadline.map_or(shrink, |d| d.min(shrink)));
+            }
             if self.core.memory_pressure() {
                 // Others drain the account without waking us: look again soon.
                 let soon = tokio::time::Instant::now() + MEMORY_RECHECK;
@@ -411,6 +439,12 @@ impl Tunnel {
                     self.core.link_heard(now());
                     self.metrics.wire_read(n);
                     reader.push(&rbuf[..n]);
+                    if n == rbuf.len() {
+                        last_full_read = tokio::time::Instant::now();
+                        if rbuf.len() < READ_BUF_MAX {
+                            rbuf = vec![0u8; (rbuf.len() * 2).min(READ_BUF_MAX)];
+                        }
+                    }
                     while let Some(msg) = reader.next_message() {
                         self.transport.decrypt(&msg, &mut plain)?;
                         self.metrics
