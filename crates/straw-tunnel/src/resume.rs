@@ -22,6 +22,10 @@ pub struct Limits {
     pub max_per_key: usize,
     /// Parked sessions over all keys; past it the oldest parked is evicted.
     pub max_parked: usize,
+    /// Memory of the parked sessions together, as reported when each was
+    /// parked ([`ResumeTable::park_sized`]); past it the oldest parked are
+    /// evicted.
+    pub max_parked_bytes: u64,
 }
 
 impl Limits {
@@ -30,6 +34,7 @@ impl Limits {
         max_running: usize::MAX,
         max_per_key: usize::MAX,
         max_parked: usize::MAX,
+        max_parked_bytes: u64::MAX,
     };
 }
 
@@ -51,6 +56,8 @@ pub struct ResumeTable<T, R> {
     running: usize,
     /// Numbers parkings, over the whole table.
     parkings: u64,
+    /// The sizes of the parked sessions, added up.
+    parked_bytes: u64,
 }
 
 struct Entry<T, R> {
@@ -70,6 +77,8 @@ struct Entry<T, R> {
     /// The parking number while parked, so that an expiry timer only drops
     /// the parking it was started for.
     parking: u64,
+    /// Its size while parked (0 while running).
+    bytes: u64,
 }
 
 enum Slot<T, R> {
@@ -114,6 +123,9 @@ pub enum Eviction {
     KeySessions,
     /// `max_parked` was reached and this was the oldest parked.
     Parked,
+    /// The parked sessions' memory passed `max_parked_bytes` and this was
+    /// the oldest parked.
+    ParkedBytes,
 }
 
 /// A parked session dropped to make room ([`ResumeTable::insert`],
@@ -140,6 +152,7 @@ impl<T, R> ResumeTable<T, R> {
             per_key: HashMap::new(),
             running: 0,
             parkings: 0,
+            parked_bytes: 0,
         }
     }
 }
@@ -177,6 +190,7 @@ impl<T, R: Clone> ResumeTable<T, R> {
             Slot::Parked(_) => {}
         }
         self.parked.remove(&e.parking);
+        self.parked_bytes -= std::mem::take(&mut e.bytes);
         self.running += 1;
         if current {
             // The client has the current ticket: the one before it is dead.
@@ -245,6 +259,7 @@ impl<T, R: Clone> ResumeTable<T, R> {
                 previous: None,
                 slot: Slot::Running(running),
                 parking: 0,
+                bytes: 0,
             },
         );
         debug_assert!(replaced.is_none(), "session ids are random");
@@ -265,22 +280,44 @@ impl<T, R: Clone> ResumeTable<T, R> {
         parked: T,
         confirmed: bool,
     ) -> Option<(u64, Vec<Evicted<T>>)> {
+        self.park_sized(id, parked, confirmed, 0)
+    }
+
+    /// [`ResumeTable::park`] for a session that holds `bytes` of memory,
+    /// counted against `max_parked_bytes` until it is resumed or dropped.
+    pub fn park_sized(
+        &mut self,
+        id: &SessionId,
+        parked: T,
+        confirmed: bool,
+        bytes: u64,
+    ) -> Option<(u64, Vec<Evicted<T>>)> {
         let e = self.entries.get_mut(id)?;
         match e.slot {
             Slot::Running(_) => self.running -= 1,
             Slot::Parked(_) => {
                 self.parked.remove(&e.parking);
+                self.parked_bytes -= e.bytes;
             }
         }
         self.parkings += 1;
         e.parking = self.parkings;
+        e.bytes = bytes;
+        self.parked_bytes += bytes;
         e.slot = Slot::Parked(parked);
         if confirmed {
             e.previous = None;
         }
         self.parked.insert(self.parkings, *id);
         let mut evicted = Vec::new();
-        while self.parked.len() > self.limits.max_parked {
+        loop {
+            let why = if self.parked.len() > self.limits.max_parked {
+                Eviction::Parked
+            } else if self.parked_bytes > self.limits.max_parked_bytes {
+                Eviction::ParkedBytes
+            } else {
+                break;
+            };
             let Some((_, oldest)) = self.parked.first_key_value().map(|(k, v)| (*k, *v)) else {
                 break;
             };
@@ -290,7 +327,7 @@ impl<T, R: Clone> ResumeTable<T, R> {
                     id: oldest,
                     client,
                     parked,
-                    why: Eviction::Parked,
+                    why,
                 });
             }
         }
@@ -318,6 +355,7 @@ impl<T, R: Clone> ResumeTable<T, R> {
         match e.slot {
             Slot::Parked(t) => {
                 self.parked.remove(&e.parking);
+                self.parked_bytes -= e.bytes;
                 Some(t)
             }
             Slot::Running(_) => {
@@ -355,6 +393,11 @@ impl<T, R: Clone> ResumeTable<T, R> {
     /// Sessions parked, waiting for their clients.
     pub fn parked_count(&self) -> usize {
         self.parked.len()
+    }
+
+    /// Memory of the parked sessions, as reported when they were parked.
+    pub fn parked_bytes(&self) -> u64 {
+        self.parked_bytes
     }
 
     /// Sessions, live and parked, of `client`.
@@ -400,6 +443,54 @@ mod tests {
         for (n, id) in &t.parked {
             assert_eq!(t.entries[id].parking, *n);
         }
+        let bytes: u64 = t.parked.values().map(|id| t.entries[id].bytes).sum();
+        assert_eq!(t.parked_bytes(), bytes);
+        assert!(
+            t.entries
+                .values()
+                .all(|e| matches!(e.slot, Slot::Parked(_)) || e.bytes == 0)
+        );
+    }
+
+    #[test]
+    fn max_parked_bytes_evicts_the_oldest_parked_until_within() {
+        let (alice, bob) = ([1u8; 32], [2u8; 32]);
+        let mut t: ResumeTable<u8, u32> = ResumeTable::new(Limits {
+            max_parked_bytes: 1000,
+            ..Limits::NONE
+        });
+        for n in 1..=5u8 {
+            let key = if n % 2 == 0 { bob } else { alice };
+            t.insert(sid(n), sid(n), key, n.into()).unwrap();
+        }
+        assert!(t.park_sized(&sid(1), 1, false, 400).unwrap().1.is_empty());
+        assert!(t.park_sized(&sid(2), 2, false, 400).unwrap().1.is_empty());
+        consistent(&t);
+        // 400 + 400 + 700 > 1000: the two oldest go.
+        let (_, ev) = t.park_sized(&sid(3), 3, false, 700).unwrap();
+        let gone: Vec<_> = ev.iter().map(|e| (e.parked, e.why)).collect();
+        assert_eq!(
+            gone,
+            [(1, Eviction::ParkedBytes), (2, Eviction::ParkedBytes)]
+        );
+        assert_eq!(t.parked_bytes(), 700);
+        consistent(&t);
+        // A resumed session no longer counts; parked again, its new size does.
+        assert!(matches!(
+            t.claim(&alice, &offer(3, 3), 30, sid(33)),
+            Claim::Resume { parked: 3, .. }
+        ));
+        assert_eq!(t.parked_bytes(), 0);
+        assert!(t.park_sized(&sid(3), 3, true, 100).unwrap().1.is_empty());
+        assert!(t.park_sized(&sid(4), 4, false, 100).unwrap().1.is_empty());
+        assert_eq!(t.parked_bytes(), 200);
+        assert_eq!(t.remove(&sid(3)), Some(3));
+        assert_eq!(t.parked_bytes(), 100);
+        // One session alone over the bound is not kept either.
+        let (_, ev) = t.park_sized(&sid(5), 5, false, 5000).unwrap();
+        assert_eq!(ev.len(), 2);
+        assert_eq!(t.parked_bytes(), 0);
+        consistent(&t);
     }
 
     #[test]

@@ -180,6 +180,10 @@ pub struct ServerLimits {
     /// Parked sessions (waiting for their clients) over all keys; past it
     /// the oldest parked is dropped.
     pub max_parked_sessions: usize,
+    /// Memory of the parked sessions together (bytes: codec state and what
+    /// they buffer, measured when each is parked); past it the oldest
+    /// parked are dropped.
+    pub max_parked_bytes: u64,
     /// Refuse a client whose handshake timestamp is further than this from
     /// our clock (0: never; only the per-key order is checked).
     pub max_clock_skew_secs: u64,
@@ -204,6 +208,10 @@ pub const TUNNEL_BUFFER_BYTES: u64 = 32 << 20;
 /// idle tunnel buffers nothing. At most this plus the credit outstanding
 /// when it bites is held (each tunnel's ≤ `tunnel_buffer_bytes`).
 pub const TOTAL_BUFFER_BYTES: u64 = 1 << 30;
+/// Default of [`ServerLimits::max_parked_bytes`]: 512 MiB, ~5,000 sessions
+/// of clients that vanished mid-transfer with codec state and some replay
+/// buffer each (~100 KiB).
+pub const MAX_PARKED_BYTES: u64 = 512 << 20;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -215,6 +223,7 @@ impl Default for ServerLimits {
             max_tunnels: 8192,
             max_sessions_per_key: 4,
             max_parked_sessions: 8192,
+            max_parked_bytes: MAX_PARKED_BYTES,
             max_clock_skew_secs: 0,
             tunnel_buffer_bytes: TUNNEL_BUFFER_BYTES,
             total_buffer_bytes: TOTAL_BUFFER_BYTES,
@@ -229,6 +238,7 @@ impl ServerLimits {
             max_running: self.max_tunnels,
             max_per_key: self.max_sessions_per_key,
             max_parked: self.max_parked_sessions,
+            max_parked_bytes: self.max_parked_bytes,
         }
     }
 

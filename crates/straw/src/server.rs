@@ -399,6 +399,13 @@ impl Sessions {
                     "limits.max_parked_sessions reached: dropped the oldest parked session (client {key}, {} streams)",
                     e.parked.stream_count()
                 ),
+                Eviction::ParkedBytes => warn_limited!(
+                    self.logs,
+                    "evicted-parked-bytes",
+                    "limits.max_parked_bytes reached: dropped the oldest parked session (client {key}, {} streams, {} bytes)",
+                    e.parked.stream_count(),
+                    e.parked.memory_bytes()
+                ),
             }
             tokio::spawn(e.parked.give_up(GIVE_UP_LINGER));
         }
@@ -409,7 +416,10 @@ impl Sessions {
     /// `confirmed`: the link carried a record from the client, which so
     /// holds the ticket granted on it (the one before it dies).
     fn park(&self, id: SessionId, tunnel: Tunnel, grace: Duration, label: String, confirmed: bool) {
-        let parked = self.lock().park(&id, Box::new(tunnel), confirmed);
+        let bytes = tunnel.memory_bytes();
+        let parked = self
+            .lock()
+            .park_sized(&id, Box::new(tunnel), confirmed, bytes);
         let Some((parks, evicted)) = parked else {
             return;
         };

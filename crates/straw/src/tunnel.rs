@@ -327,6 +327,11 @@ impl Tunnel {
         self.core.records_received()
     }
 
+    /// Memory the tunnel holds: codec state and buffered stream bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        (self.core.buffered_bytes() + self.core.session().codec_memory_bytes()) as u64
+    }
+
     /// Local streams attached.
     pub fn stream_count(&self) -> usize {
         self.core.stream_count()
