@@ -134,6 +134,12 @@ impl Tunnel {
         &self.session
     }
 
+    /// The link is gone and the session is put aside: its compression
+    /// state goes now (see [`Session::drop_encoder_state`]).
+    pub fn drop_encoder_state(&mut self) -> bool {
+        self.session.drop_encoder_state()
+    }
+
     /// Records received from the peer so far (for the resume handshake).
     pub fn records_received(&self) -> u64 {
         self.session.records_received()

@@ -327,6 +327,11 @@ impl Tunnel {
         self.core.records_received()
     }
 
+    /// Drops the compression state of a tunnel put aside for a resume.
+    pub fn drop_encoder_state(&mut self) -> bool {
+        self.core.drop_encoder_state()
+    }
+
     /// Memory the tunnel holds: codec state and buffered stream bytes.
     pub fn memory_bytes(&self) -> u64 {
         (self.core.buffered_bytes() + self.core.session().codec_memory_bytes()) as u64

@@ -11,6 +11,23 @@ use crate::codec::CodecId;
 use crate::wire::Frame;
 
 impl Session {
+    /// The link is gone and the session waits for its peer (the server
+    /// parks it): drops the compression contexts now rather than hold them
+    /// while parked. The peer's decoder is told by a CodecReset that goes
+    /// ahead of any new record, right after the re-sent ones (which need no
+    /// encoder). Not while a bulk unit is half sent: a reset may not fall
+    /// inside a unit. Returns whether the state was dropped.
+    pub fn drop_encoder_state(&mut self) -> bool {
+        if !self.bulk_out.is_empty() {
+            return false;
+        }
+        if self.encoder.memory_bytes() > 0 {
+            self.encoder.reset();
+            self.codec_reset_owed = true;
+        }
+        true
+    }
+
     /// When the idle codec contexts are to be reset, if they hold anything
     /// and nothing waits to be sent (which would use them again).
     pub(super) fn codec_reset_due(&self) -> Option<Instant> {
@@ -35,6 +52,7 @@ impl Session {
         self.drain_control(&mut wire);
         Frame::CodecReset.encode(&mut wire);
         self.encoder.reset();
+        self.codec_reset_owed = false;
         self.stats.codec_resets += 1;
         self.stats.wire_bytes_sent_by_class[super::WIRE_CLASS_CONTROL] += wire.len() as u64;
         self.finish_record(now, wire)

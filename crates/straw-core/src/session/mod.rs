@@ -251,6 +251,9 @@ pub struct Session {
     last_codec_use: Instant,
     /// A CodecReset arrived in the record being handled.
     reset_decoder: bool,
+    /// Our encoder's state was dropped (`drop_encoder_state`): a CodecReset
+    /// must reach the peer before any new record.
+    codec_reset_owed: bool,
     epoch: Instant,
 
     stats: SessionStats,
@@ -303,6 +306,7 @@ impl Session {
             ping_due: Some(now),
             last_codec_use: now,
             reset_decoder: false,
+            codec_reset_owed: false,
             epoch: now,
             stats: SessionStats::default(),
             cfg,

@@ -29,6 +29,9 @@ impl Session {
         if let Some(wire) = self.next_resend() {
             return Some(wire);
         }
+        if self.codec_reset_owed {
+            return Some(self.send_codec_reset(now));
+        }
         // The time test first keeps the rest off the per-record path.
         if now >= self.last_codec_use + self.cfg.codec_idle_reset
             && self.codec_reset_due().is_some_and(|t| t <= now)
