@@ -15,6 +15,27 @@ pub struct LivenessConfig {
     /// Upper bound for the tunnel socket's `TCP_USER_TIMEOUT`, which follows
     /// the link's dead-after time (zero: leave the socket alone).
     pub user_timeout_max: Duration,
+    /// Lower bound for it: the socket's whole keepalive cycle (idle time plus
+    /// every probe's interval). Below that, Linux ends an idle connection at
+    /// its first keepalive probe that isn't answered at once (tcp(7)), so a
+    /// quiet tunnel on a loaded server or a lossy link dies for nothing.
+    pub user_timeout_min: Duration,
+}
+
+impl LivenessConfig {
+    /// The `TCP_USER_TIMEOUT` for a link whose dead-link detection takes
+    /// `detection_bound`: half as long again, within the bounds; `None`:
+    /// leave the socket alone.
+    pub fn user_timeout(&self, detection_bound: Duration) -> Option<Duration> {
+        if self.user_timeout_max.is_zero() {
+            return None;
+        }
+        Some(
+            (detection_bound * 3 / 2)
+                .max(self.user_timeout_min)
+                .min(self.user_timeout_max),
+        )
+    }
 }
 
 impl Default for LivenessConfig {
@@ -23,6 +44,7 @@ impl Default for LivenessConfig {
             min_dead: Duration::from_secs(10),
             idle_probe: Duration::from_secs(60),
             user_timeout_max: Duration::from_secs(60),
+            user_timeout_min: Duration::ZERO,
         }
     }
 }
@@ -152,6 +174,23 @@ impl LivenessCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_timeout_follows_detection_within_the_keepalive_cycle_and_the_max() {
+        let cfg = LivenessConfig {
+            user_timeout_min: secs(40.0),
+            user_timeout_max: secs(60.0),
+            ..LivenessConfig::default()
+        };
+        assert_eq!(cfg.user_timeout(secs(10.0)), Some(secs(40.0)));
+        assert_eq!(cfg.user_timeout(secs(30.0)), Some(secs(45.0)));
+        assert_eq!(cfg.user_timeout(secs(100.0)), Some(secs(60.0)));
+        let off = LivenessConfig {
+            user_timeout_max: Duration::ZERO,
+            ..cfg
+        };
+        assert_eq!(off.user_timeout(secs(10.0)), None);
+    }
 
     #[test]
     fn idle_probes_of_many_tunnels_are_spread() {

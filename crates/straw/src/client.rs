@@ -51,6 +51,7 @@ pub fn liveness_config(s: &SessionOptions, t: &TcpOptions) -> LivenessConfig {
         min_dead: Duration::from_secs_f64(s.dead_after_min_secs.clamp(0.0, 86_400.0)),
         idle_probe: Duration::from_secs(s.idle_ping_secs),
         user_timeout_max: Duration::from_millis(t.user_timeout_ms.into()),
+        user_timeout_min: crate::link::tcp::keepalive_cycle(t),
     }
 }
 

@@ -23,7 +23,8 @@ pub struct TcpOptions {
     pub keepalive_secs: u64,
     /// TCP_USER_TIMEOUT in milliseconds (0 leaves the kernel default). On the
     /// tunnel socket this is the ceiling: the tunnel lowers it to follow the
-    /// measured link (1.5 × its dead-link detection time).
+    /// measured link (1.5 × its dead-link detection time), never below the
+    /// keepalive cycle.
     pub user_timeout_ms: u32,
     /// Optional TCP_MAXSEG cap for slow links.
     pub max_segment: Option<u32>,

@@ -280,14 +280,16 @@ impl Tunnel {
     /// Keeps the kernel's own dead-link timer near ours (a bit longer, so
     /// that ours, with its clearer message, normally fires first).
     fn tune_user_timeout(&mut self) {
-        let max = self.core.liveness().user_timeout_max;
         let Some(sock) = &self.link_socket else {
             return;
         };
-        if max.is_zero() {
+        let Some(want) = self
+            .core
+            .liveness()
+            .user_timeout(self.core.detection_bound())
+        else {
             return;
-        }
-        let want = (self.core.detection_bound() * 3 / 2).min(max);
+        };
         let close = self.user_timeout_set.is_some_and(|t| {
             let (a, b) = (t.as_secs_f64(), want.as_secs_f64());
             (a - b).abs() <= 0.2 * b

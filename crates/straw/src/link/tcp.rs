@@ -130,6 +130,29 @@ async fn connect_with(
     Err(last)
 }
 
+/// How long keepalive takes to give up on a silent peer: the idle time plus
+/// each probe's interval (zero with keepalive off). Must match
+/// [`configure_tunnel`].
+pub fn keepalive_cycle(opts: &TcpOptions) -> Duration {
+    if opts.keepalive_secs == 0 {
+        return Duration::ZERO;
+    }
+    let (idle, every) = keepalive_times(opts);
+    idle + every * KEEPALIVE_PROBES
+}
+
+/// Probes keepalive sends before it gives up.
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Keepalive's idle time and probe interval: probe every third of the idle
+/// time, so a silent peer is noticed after about twice the idle time.
+fn keepalive_times(opts: &TcpOptions) -> (Duration, Duration) {
+    (
+        Duration::from_secs(opts.keepalive_secs),
+        Duration::from_secs((opts.keepalive_secs / 3).max(1)),
+    )
+}
+
 /// Sets the tunnel options on a connected (or accepted) socket.
 pub fn configure_tunnel(s: &TcpStream, opts: &TcpOptions) -> io::Result<()> {
     let sock = SockRef::from(s);
@@ -140,12 +163,9 @@ pub fn configure_tunnel(s: &TcpStream, opts: &TcpOptions) -> io::Result<()> {
         sock.set_tcp_notsent_lowat(opts.notsent_lowat),
     )?;
     if opts.keepalive_secs > 0 {
-        // Probe every third of the idle time, three times: a silent peer is
-        // noticed after about twice the idle time.
-        let idle = Duration::from_secs(opts.keepalive_secs);
-        let every = Duration::from_secs((opts.keepalive_secs / 3).max(1));
+        let (idle, every) = keepalive_times(opts);
         let ka = TcpKeepalive::new().with_time(idle).with_interval(every);
-        let set = sock.set_tcp_keepalive(&ka.clone().with_retries(3));
+        let set = sock.set_tcp_keepalive(&ka.clone().with_retries(KEEPALIVE_PROBES));
         // Windows before 10 1703 (and Wine 8) lack TCP_KEEPCNT: keep the
         // time and interval, and Windows' own count of probes (10).
         #[cfg(windows)]
@@ -393,6 +413,23 @@ mod tests {
         // The MSS cap reached the connection.
         let mss = tcp_info(&client).unwrap().snd_mss;
         assert!(mss > 0 && mss <= 1000, "snd_mss {mss}");
+    }
+
+    /// With the defaults the tunnel's user timeout never undercuts the
+    /// keepalive cycle (tcp(7): a shorter one ends an idle connection at the
+    /// first late probe).
+    #[test]
+    fn default_user_timeout_floor_is_the_keepalive_cycle() {
+        let o = TcpOptions::default();
+        assert_eq!(keepalive_cycle(&o), Duration::from_secs(60));
+        let live = crate::client::liveness_config(&Default::default(), &o);
+        let fast_link = Duration::from_secs(10);
+        assert_eq!(live.user_timeout(fast_link), Some(Duration::from_secs(60)));
+        let off = TcpOptions {
+            keepalive_secs: 0,
+            ..o
+        };
+        assert_eq!(keepalive_cycle(&off), Duration::ZERO);
     }
 
     #[tokio::test]
