@@ -6,6 +6,9 @@ use std::time::Duration;
 
 /// How many recent rate samples the max filter remembers.
 const RATE_WINDOW: usize = 8;
+/// How many recent RTT samples the recent-minimum filter remembers: a link
+/// that became slower (the boat left the harbour's Wi-Fi) shows in as many.
+const RTT_WINDOW: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct LinkEstimate {
@@ -14,6 +17,8 @@ pub struct LinkEstimate {
     initial_rate: f64,
     srtt: Option<Duration>,
     min_rtt: Option<Duration>,
+    recent_rtts: [Option<Duration>; RTT_WINDOW],
+    next_rtt: usize,
     /// Wire bytes per raw byte, smoothed.
     ratio: f64,
 }
@@ -26,6 +31,8 @@ impl LinkEstimate {
             initial_rate: initial_rate.max(1.0),
             srtt: None,
             min_rtt: None,
+            recent_rtts: [None; RTT_WINDOW],
+            next_rtt: 0,
             ratio: 1.0,
         }
     }
@@ -50,6 +57,8 @@ impl LinkEstimate {
 
     pub fn rtt_sample(&mut self, rtt: Duration) {
         self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+        self.recent_rtts[self.next_rtt] = Some(rtt);
+        self.next_rtt = (self.next_rtt + 1) % RTT_WINDOW;
         self.srtt = Some(match self.srtt {
             None => rtt,
             Some(s) => (s * 7 + rtt) / 8,
@@ -62,6 +71,17 @@ impl LinkEstimate {
 
     pub fn min_rtt(&self) -> Option<Duration> {
         self.min_rtt
+    }
+
+    /// The shortest of the last few RTT samples.
+    pub fn recent_min_rtt(&self) -> Option<Duration> {
+        self.recent_rtts.iter().flatten().min().copied()
+    }
+
+    /// The link was replaced (a resume): its round trips say nothing of
+    /// the new one.
+    pub fn forget_rtts(&mut self) {
+        self.recent_rtts = [None; RTT_WINDOW];
     }
 
     pub fn compression_sample(&mut self, raw: usize, wire: usize) {

@@ -233,6 +233,7 @@ impl Session {
                 let sent = self.epoch + Duration::from_micros(stamp);
                 if sent <= now && sent >= self.rtt_valid_from {
                     self.estimate.rtt_sample(now - sent);
+                    self.update_fast();
                 }
             }
             Frame::Caps { .. } => {}

@@ -1667,3 +1667,24 @@ fn dropping_the_encoder_while_parked_keeps_the_stream_exact() {
     );
     assert_eq!(sim.server.stats().codec_resets, 1);
 }
+
+/// A round trip far shorter than any slow link allows moves the tunnel to
+/// the fast codec even when its delivery-rate estimate is low (as a starved
+/// compressor keeps it). A slow link's round trip changes nothing.
+#[test]
+fn a_short_round_trip_picks_the_fast_codec_whatever_the_rate_estimate() {
+    for (rtt, fast) in [
+        (Duration::from_micros(100), true),
+        (Duration::from_millis(5), true),
+        (Duration::from_millis(20), false),
+        (Duration::from_millis(900), false),
+    ] {
+        let mut c = SessionConfig::new(Role::Server);
+        c.initial_rate = 300.0;
+        let mut s = Session::new(c, Instant::now());
+        s.estimate.rtt_sample(rtt);
+        s.update_fast();
+        assert!(s.estimate().rate() < FAST_EXIT_RATE);
+        assert_eq!(s.is_fast(), fast, "{rtt:?}");
+    }
+}

@@ -16,13 +16,32 @@ pub enum Tier {
     Stored,
 }
 
+/// Wire bytes a PING or its PONG takes on the link at the least: the record
+/// (codec byte, frame, ACK), the link layer's framing and a TCP/IP header.
+const PING_WIRE_BYTES: f64 = 64.0;
+
 impl Session {
-    /// Picks the codec tier from the measured rate, with hysteresis.
+    /// The slowest link that could have carried a PING and its PONG (or a
+    /// record and its ACK) in the shortest round trip seen. Waiting on a busy
+    /// CPU only makes round trips longer, so unlike the delivery rate (which
+    /// a starved compressor holds down, keeping the strong codec and
+    /// starving the CPU further) this can only err low.
+    pub(super) fn rtt_rate_floor(&self) -> f64 {
+        match self.estimate.recent_min_rtt() {
+            Some(rtt) if !rtt.is_zero() => 2.0 * PING_WIRE_BYTES / rtt.as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    /// Picks the codec tier from the measured rate, with hysteresis. The
+    /// rate is at least [`Session::rtt_rate_floor`]: a round trip of a
+    /// millisecond proves a link far faster than the strong codec.
     pub(super) fn update_fast(&mut self) {
         if self.cfg.fast_codec.is_none() {
             return;
         }
-        let (rate, c) = (self.estimate.rate(), &self.cfg);
+        let rate = self.estimate.rate().max(self.rtt_rate_floor());
+        let c = &self.cfg;
         let tier = match self.tier {
             Tier::Strong if rate > c.stored_enter_rate => Tier::Stored,
             Tier::Strong if rate > c.fast_enter_rate => Tier::Fast,
