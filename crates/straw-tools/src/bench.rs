@@ -23,6 +23,7 @@ use straw_linkmodel::{LinkModel, Pipe};
 use straw::client::{LinkCodec, session_config, set_codec};
 use straw::config::SessionOptions;
 
+mod common;
 pub mod flood;
 pub mod idle_flood;
 pub mod throughput;
