@@ -122,6 +122,7 @@ fn main() -> ExitCode {
             straw_tools::bench::BenchCommand::Codec(a) => straw_tools::bench::run_codec_cli(&a),
             straw_tools::bench::BenchCommand::TrainDict(a) => straw_tools::bench::run_train_cli(&a),
             straw_tools::bench::BenchCommand::Flood(a) => straw_tools::bench::flood::run_cli(&a),
+            straw_tools::bench::BenchCommand::Load(a) => straw_tools::bench::load::run_cli(&a),
             straw_tools::bench::BenchCommand::Throughput(a) => {
                 straw_tools::bench::throughput::run_cli(&a)
             }

@@ -23,8 +23,10 @@ use straw_linkmodel::{LinkModel, Pipe};
 use straw::client::{LinkCodec, session_config, set_codec};
 use straw::config::SessionOptions;
 
+mod common;
 pub mod flood;
 pub mod idle_flood;
+pub mod load;
 pub mod throughput;
 
 /// Bytes Noise adds to every record: a 2-byte length and a 16-byte tag.
@@ -51,6 +53,9 @@ pub enum BenchCommand {
     /// An authorised client floods a real server while another tunnel's
     /// echo is timed: peak RSS vs the memory budget, echo p50/p99.
     Flood(flood::FloodArgs),
+    /// Many real tunnels against a real server at its defaults (issue 11):
+    /// handshakes/s, RSS per idle and busy tunnel, echo p50/p99, MB/s.
+    Load(load::LoadArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
 use clap::Args;
 use straw::client::session_config;
@@ -27,6 +27,8 @@ use straw_core::session::Role;
 use straw_core::wire::{Frame, OpenFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use super::common::{free_port, rss, wait_for_port, write_keys};
 
 #[derive(Args, Debug, Clone)]
 pub struct FloodArgs {
@@ -118,51 +120,6 @@ pub fn run_cli(args: &FloodArgs) -> Result<()> {
         r.budget_warnings
     );
     Ok(())
-}
-
-fn free_port() -> Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn write_keys(dir: &Path, who: &str) -> Result<Keypair> {
-    let kp = keys::generate();
-    let key = dir.join(format!("{who}.key"));
-    std::fs::write(&key, keys::encode_key(&kp.private))?;
-    #[cfg(unix)]
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    std::fs::write(
-        dir.join(format!("{who}.key.pub")),
-        keys::encode_key(&kp.public),
-    )?;
-    Ok(kp)
-}
-
-/// Resident set size of `pid` from /proc: (current, peak) in bytes.
-fn rss(pid: u32) -> Result<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        let l = s
-            .lines()
-            .find(|l| l.starts_with(name))
-            .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))?;
-        let kb: u64 = l
-            .split_whitespace()
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| anyhow!("bad {name} line"))?;
-        Ok(kb * 1024)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-async fn wait_for_port(addr: SocketAddr) -> Result<()> {
-    for _ in 0..200 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("nothing listens on {addr}")
 }
 
 /// A stored record of `frames`.

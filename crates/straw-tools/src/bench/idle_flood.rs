@@ -29,6 +29,8 @@ use straw::client::session_config;
 use straw::config::{SessionOptions, TcpOptions};
 use straw::link::{keys, noise, tcp};
 
+use super::common::write_keys;
+
 #[derive(Args, Debug, Clone)]
 pub struct IdleFloodArgs {
     /// The `straw` binary to run as the server (default: this one).
@@ -145,18 +147,9 @@ impl Drop for Server {
     }
 }
 
-fn write_key(dir: &Path, who: &str) -> Result<keys::Keypair> {
-    let kp = keys::generate();
-    let path = dir.join(format!("{who}.key"));
-    std::fs::write(&path, keys::encode_key(&kp.private))?;
-    #[cfg(unix)]
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    Ok(kp)
-}
-
 /// Starts `bin server` under the fd limit, logging to `dir/server.log`.
 fn spawn_server(bin: &Path, dir: &Path, listen: SocketAddr, fd_limit: u64) -> Result<Server> {
-    write_key(dir, "server")?;
+    write_keys(dir, "server")?;
     let config = dir.join("server.toml");
     std::fs::write(
         &config,
@@ -302,7 +295,7 @@ pub async fn run(args: &IdleFloodArgs) -> Result<IdleFloodReport> {
 }
 
 async fn measure(args: &IdleFloodArgs, bin: &Path, dir: &Path) -> Result<IdleFloodReport> {
-    let client = write_key(dir, "client")?;
+    let client = write_keys(dir, "client")?;
     std::fs::write(
         dir.join("authorized_clients"),
         keys::encode_key(&client.public),
