@@ -114,6 +114,9 @@ pub struct Activity {
     /// Its size when the protocol announced it (a LIST size, a literal's
     /// `{n}`, Content-Length, SMTP `SIZE=`).
     pub total: Option<u64>,
+    /// The bytes go from the program to the link (SMTP DATA, IMAP APPEND),
+    /// not towards the program.
+    pub upload: bool,
 }
 
 impl Activity {
@@ -122,7 +125,14 @@ impl Activity {
             what: what.into(),
             done,
             total,
+            upload: false,
         }
+    }
+
+    /// The same, going up.
+    pub fn upload(mut self) -> Self {
+        self.upload = true;
+        self
     }
 }
 

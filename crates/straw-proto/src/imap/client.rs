@@ -348,7 +348,7 @@ impl ClientAccel {
                 }
                 if let Some(l) = lit {
                     let what = format!("IMAP {} upload", self.last_verb);
-                    self.cmd_lit = (l.n > 0).then(|| Activity::new(what, 0, Some(l.n)));
+                    self.cmd_lit = (l.n > 0).then(|| Activity::new(what, 0, Some(l.n)).upload());
                 }
                 match lit {
                     Some(l) => {
@@ -765,7 +765,7 @@ mod activity_tests {
         c.from_local(b"a2 APPEND Sent {8}\r\nabcd", true, &mut out);
         assert_eq!(
             c.activity(),
-            Some(Activity::new("IMAP APPEND upload", 4, Some(8)))
+            Some(Activity::new("IMAP APPEND upload", 4, Some(8)).upload())
         );
         c.from_local(b"efgh\r\n", true, &mut out);
         assert_eq!(c.activity(), Some(Activity::new("IMAP APPEND", 0, None)));

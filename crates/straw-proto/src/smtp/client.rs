@@ -493,12 +493,12 @@ impl Accelerator for ClientAccel {
         };
         if self.body.is_some() {
             let done = self.body_len as u64;
-            return Some(Activity::new(format!("SMTP DATA {to}"), done, size));
+            return Some(Activity::new(format!("SMTP DATA {to}"), done, size).upload());
         }
         if self.expect.iter().any(|d| matches!(d, Disp::Eod { .. })) {
             let done = self.sent_len as u64;
             let what = format!("SMTP DATA {to}, awaiting the server's reply");
-            return Some(Activity::new(what, done, size.or(Some(done))));
+            return Some(Activity::new(what, done, size.or(Some(done))).upload());
         }
         None
     }
@@ -546,7 +546,7 @@ mod activity_tests {
         c.from_local(b"DATA\r\nSubject: hi\r\n\r\n", true, &mut out);
         assert_eq!(
             c.activity(),
-            Some(Activity::new("SMTP DATA to 2 recipients", 15, Some(40)))
+            Some(Activity::new("SMTP DATA to 2 recipients", 15, Some(40)).upload())
         );
         c.from_local(b"0123456789\r\n.\r\n", true, &mut out);
         let a = c.activity().unwrap();
