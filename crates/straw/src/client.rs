@@ -122,6 +122,7 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     let board = Arc::new(Board::new(
         cfg.server.clone(),
         cfg.link.cost_per_minute,
+        cfg.session.initial_rate_bps as f64 / 8.0,
         stats.clone(),
         now(),
     ));

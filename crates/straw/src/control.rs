@@ -209,6 +209,7 @@ mod tests {
         Arc::new(Board::new(
             "sat:7000".into(),
             1.5,
+            300.0,
             Arc::new(TunnelStats::default()),
             std::time::Instant::now(),
         ))

@@ -23,8 +23,9 @@ pub const STREAMS_MAX: usize = 100;
 /// The tunnel task publishes activities at most this often (and when a
 /// connection comes or goes).
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
-/// The receive rate is measured over this much recent time.
-const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// The receive rate is measured over this much recent time (the session's
+/// window grows at the start of a transfer: a long one lags behind it).
+const RATE_WINDOW: Duration = Duration::from_secs(5);
 /// Samples of the receive counter kept for it (one per publication).
 const RATE_SAMPLES: usize = 64;
 
@@ -63,8 +64,13 @@ pub struct LinkView {
     pub for_secs: f64,
     /// Why it is down, when it is.
     pub note: Option<String>,
-    /// The session's delivery-rate estimate (wire bytes/s, what we send).
+    /// The link rate the estimates use (wire bytes/s): the best of the
+    /// session's delivery-rate estimate and the receive rate measured so
+    /// far, and until one is measured the configured `initial_rate_bps`.
     pub rate_bytes_per_sec: u64,
+    /// The session's delivery-rate estimate: what we send gets through at
+    /// (low while we send little: it is measured on our own data).
+    pub send_bytes_per_sec: u64,
     /// Wire bytes/s received over the last 10 s while something arrived.
     pub down_bytes_per_sec: Option<u64>,
     pub rtt_ms: Option<u64>,
@@ -206,6 +212,8 @@ struct Inner {
     streams: Vec<StreamActivity>,
     /// (time, wire bytes received): the receive rate.
     received: VecDeque<(Instant, u64)>,
+    /// The best rate measured either way (bytes/s).
+    best_rate: f64,
     recent: VecDeque<Finished>,
 }
 
@@ -215,15 +223,20 @@ struct Inner {
 pub struct Board {
     server: String,
     cost_per_minute: f64,
+    /// The configured link rate, bytes/s: the estimates' rate until a
+    /// better one is measured.
+    nominal_rate: f64,
     started_unix_ms: u64,
     stats: Arc<TunnelStats>,
     inner: Mutex<Inner>,
 }
 
 impl Board {
+    /// `nominal_rate`: the configured link rate in bytes/s.
     pub fn new(
         server: String,
         cost_per_minute: f64,
+        nominal_rate: f64,
         stats: Arc<TunnelStats>,
         now: Instant,
     ) -> Self {
@@ -232,6 +245,11 @@ impl Board {
             server,
             cost_per_minute: if cost_per_minute.is_finite() {
                 cost_per_minute.max(0.0)
+            } else {
+                0.0
+            },
+            nominal_rate: if nominal_rate.is_finite() {
+                nominal_rate.max(0.0)
             } else {
                 0.0
             },
@@ -250,6 +268,7 @@ impl Board {
                 past_without: Some(0.0),
                 streams: Vec::new(),
                 received: VecDeque::new(),
+                best_rate: 0.0,
                 recent: VecDeque::new(),
             }),
         }
@@ -293,8 +312,8 @@ impl Board {
 
     /// The call ended (`why`): its billed minutes go to the totals.
     pub fn call_ended(&self, why: &str, now: Instant) {
-        let rate = self.rate();
         let mut i = self.lock();
+        let rate = self.link_rate(&i);
         if let Some(c) = i.call.take() {
             let secs = now.saturating_duration_since(c.start).as_secs_f64();
             let (minutes, cost) = billed(secs, self.cost_per_minute);
@@ -314,6 +333,16 @@ impl Board {
         self.stats.rate_estimate.load(Ordering::Relaxed) as f64
     }
 
+    /// The rate the estimates use: the best measured, else the configured.
+    fn link_rate(&self, i: &Inner) -> f64 {
+        let best = i.best_rate.max(self.rate());
+        if i.best_rate > 0.0 {
+            best
+        } else {
+            best.max(self.nominal_rate)
+        }
+    }
+
     /// The tunnel task's news: what each program connection is doing.
     /// Transfers that ended since the last call go to the recent list.
     pub fn publish(&self, now: Instant, streams: Vec<StreamActivity>) {
@@ -323,6 +352,8 @@ impl Board {
         let down = self.down_rate_now(now);
         let received = self.stats.wire_bytes_received.load(Ordering::Relaxed);
         let mut i = self.lock();
+        i.best_rate = i.best_rate.max(down.unwrap_or(0.0));
+        let link_rate = self.link_rate(&i);
         let ended_ms = unix_ms(SystemTime::now());
         let old = std::mem::take(&mut i.streams);
         for o in &old {
@@ -341,7 +372,11 @@ impl Board {
                 _ => a.done,
             };
             let r = if a.upload { ratio_up } else { ratio_down };
-            let dir_rate = if a.upload { rate } else { down.unwrap_or(rate) };
+            let dir_rate = if a.upload {
+                rate
+            } else {
+                down.unwrap_or(link_rate)
+            };
             let cost = r
                 .filter(|_| dir_rate >= 1.0)
                 .map(|r| bytes as f64 * r / dir_rate / 60.0 * self.cost_per_minute);
@@ -383,6 +418,7 @@ impl Board {
         let cpm = self.cost_per_minute;
         let i = self.lock();
         let down = down_rate(&i.received, now, received);
+        let link_rate = self.link_rate(&i);
         let call = i.call.map(|c| (c, counters(stats).since(c.at)));
         let call_secs = call.map_or(0.0, |(c, _)| {
             now.saturating_duration_since(c.start).as_secs_f64()
@@ -392,7 +428,7 @@ impl Board {
             None => (0, 0.0),
         };
         let without_call = match call {
-            Some((_, b)) => airtime_cost(b.raw(), rate, cpm),
+            Some((_, b)) => airtime_cost(b.raw(), link_rate, cpm),
             None => Some(0.0),
         };
         let mut streams: Vec<StreamView> = i
@@ -402,7 +438,11 @@ impl Board {
                 let a = s.activity.as_ref();
                 let upload = a.is_some_and(|a| a.upload);
                 let r = if upload { r_up } else { r_down };
-                let dir_rate = if upload { rate } else { down.unwrap_or(rate) };
+                let dir_rate = if upload {
+                    rate
+                } else {
+                    down.unwrap_or(link_rate)
+                };
                 stream_view(s, r, dir_rate)
             })
             .collect();
@@ -417,7 +457,8 @@ impl Board {
                 since_unix_ms: i.since_unix_ms,
                 for_secs: now.saturating_duration_since(i.since).as_secs_f64(),
                 note: i.note.clone(),
-                rate_bytes_per_sec: rate as u64,
+                rate_bytes_per_sec: link_rate as u64,
+                send_bytes_per_sec: rate as u64,
                 down_bytes_per_sec: down.map(|d| d as u64),
                 rtt_ms: (srtt > 0).then_some(srtt / 1000),
                 call: call.map(|(_, b)| b).unwrap_or_default(),
@@ -455,10 +496,17 @@ fn ratio(stats: &TunnelStats, up: bool) -> Option<f64> {
     (raw >= 1024).then(|| wire as f64 / raw as f64)
 }
 
-/// The receive rate from `samples` to `received` now: at least 2 s and
-/// 1 KB, so that a burst or a pause alone doesn't make it.
+/// The receive rate from `samples` to `received` now, from the last sample
+/// before bytes started to arrive (an idle time before a transfer is not
+/// the link's speed): at least 2 s and 1 KB, so that a burst alone doesn't
+/// make it.
 fn down_rate(samples: &VecDeque<(Instant, u64)>, now: Instant, received: u64) -> Option<f64> {
-    let (t0, r0) = samples.front()?;
+    let idle = samples
+        .iter()
+        .zip(samples.iter().skip(1))
+        .take_while(|(a, b)| a.1 == b.1)
+        .count();
+    let (t0, r0) = samples.get(idle)?;
     let secs = now.saturating_duration_since(*t0).as_secs_f64();
     let bytes = received.saturating_sub(*r0);
     (secs >= 2.0 && bytes >= 1024).then(|| bytes as f64 / secs)
@@ -583,9 +631,10 @@ pub fn render(s: &Snapshot) -> String {
     });
     let _ = writeln!(
         o,
-        "       rate {} B/s ({} bit/s){down}, {rtt}",
+        "       rate {} B/s ({} bit/s){down}, sending {} B/s, {rtt}",
         l.rate_bytes_per_sec,
-        l.rate_bytes_per_sec.saturating_mul(8)
+        l.rate_bytes_per_sec.saturating_mul(8),
+        l.send_bytes_per_sec
     );
     let c = &l.call;
     let _ = writeln!(
@@ -637,7 +686,11 @@ pub fn render(s: &Snapshot) -> String {
             } else {
                 &st.what
             };
-            let arrow = if st.upload { "^" } else { "v" };
+            let arrow = match (st.what.is_empty(), st.upload) {
+                (true, _) => " ",
+                (false, true) => "^",
+                (false, false) => "v",
+            };
             let progress = match st.percent {
                 Some(p) => format!("{} {:>3.0}%", bar(Some(p), 10), p),
                 None if st.what.is_empty() => String::new(),
@@ -711,7 +764,7 @@ mod tests {
         let stats = Arc::new(TunnelStats::default());
         let t0 = Instant::now();
         (
-            Board::new("sat:7000".into(), 1.5, stats.clone(), t0),
+            Board::new("sat:7000".into(), 1.5, 300.0, stats.clone(), t0),
             stats,
             t0,
         )
@@ -789,5 +842,25 @@ mod tests {
         let s = b.snapshot(t0);
         let back: Snapshot = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn the_receive_rate_leaves_out_the_idle_time_before_a_transfer() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let samples: VecDeque<_> = [(at(0), 100), (at(1), 100), (at(2), 100), (at(3), 1_100)]
+            .into_iter()
+            .collect();
+        // 3,000 bytes from t=2 to t=5: 1,000 B/s, not 600.
+        assert_eq!(down_rate(&samples, at(5), 3_100), Some(1_000.0));
+        // Too short or too little to say.
+        assert_eq!(down_rate(&samples, at(3), 1_100), None);
+        assert_eq!(down_rate(&samples, at(5), 600), None);
+        assert_eq!(down_rate(&VecDeque::new(), at(5), 600), None);
     }
 }
