@@ -121,10 +121,17 @@ async fn status_shows_a_pop3_retr_with_progress_total_and_eta() {
 
     // Poll while the message crosses.
     let mut seen = Vec::new();
+    let mut shown = false;
     let deadline = Instant::now() + Duration::from_secs(50);
     while !program.is_finished() && Instant::now() < deadline {
         let s = ask(&sock).await;
         if let Some(st) = s.streams.iter().find(|st| st.what.contains("RETR")) {
+            if st.percent.is_some_and(|p| p > 40.0) && !shown {
+                // The README's sample.
+                shown = true;
+                eprintln!("{}", straw::status::render(&s));
+                eprintln!("{}", serde_json::to_string_pretty(&s).unwrap());
+            }
             seen.push((st.clone(), s.link.clone(), Instant::now()));
         }
         tokio::time::sleep(Duration::from_millis(400)).await;
