@@ -93,6 +93,27 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show what crosses the link and what it costs (asks the running client).
+    ///
+    /// One screen: the link (state, measured rate and RTT, bytes this call),
+    /// the money (this call and since the client started, billed per started
+    /// minute; and an estimate without straw), every open connection with
+    /// what the program is doing, its progress and ETA, and the last
+    /// finished transfers. Exit status 1 if no client answers.
+    Status {
+        /// The client's config, to find its `[control] socket`.
+        #[arg(long, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The control socket (default: the client's state dir).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Redraw every SECS seconds (default 1) until interrupted.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// Print the snapshot as JSON (one line; one per redraw with --watch).
+        #[arg(long)]
+        json: bool,
+    },
     /// Emulate a slow, high-latency link as a TCP relay.
     Linksim(straw_tools::linksim::LinksimArgs),
     /// Measure compression on a corpus (see docs/codec.md).
@@ -118,6 +139,12 @@ fn main() -> ExitCode {
             .and_then(|c| runtime()?.block_on(straw::server::run(c))),
         Command::Client { config } => straw::config::ClientConfig::load(&config)
             .and_then(|c| runtime()?.block_on(straw::client::run(c))),
+        Command::Status {
+            config,
+            socket,
+            watch,
+            json,
+        } => straw::control::status_cli(config.as_deref(), socket.as_deref(), watch, json),
         Command::Bench(args) => match args.what {
             straw_tools::bench::BenchCommand::Codec(a) => straw_tools::bench::run_codec_cli(&a),
             straw_tools::bench::BenchCommand::TrainDict(a) => straw_tools::bench::run_train_cli(&a),

@@ -101,6 +101,60 @@ pub struct AccelStats {
     pub link_waits_saved: u64,
 }
 
+/// What a connection is doing now, for the user (`straw status`): a short
+/// description in the protocol's words and the progress of the reply or
+/// upload under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    /// E.g. `POP3 RETR 3 of 12`, `SMTP DATA to 2 recipients`,
+    /// `IMAP FETCH BODY[] uid 4417`, `GET http://host/path`.
+    pub what: String,
+    /// Bytes of the current reply (or upload) that went through so far.
+    pub done: u64,
+    /// Its size when the protocol announced it (a LIST size, a literal's
+    /// `{n}`, Content-Length, SMTP `SIZE=`).
+    pub total: Option<u64>,
+    /// The bytes go from the program to the link (SMTP DATA, IMAP APPEND),
+    /// not towards the program.
+    pub upload: bool,
+}
+
+impl Activity {
+    pub fn new(what: impl Into<String>, done: u64, total: Option<u64>) -> Self {
+        Self {
+            what: what.into(),
+            done,
+            total,
+            upload: false,
+        }
+    }
+
+    /// The same, going up.
+    pub fn upload(mut self) -> Self {
+        self.upload = true;
+        self
+    }
+}
+
+/// Longest description an accelerator puts in an [`Activity`] (a URL can be
+/// long; the status screen has one line per stream).
+pub const ACTIVITY_MAX: usize = 96;
+
+/// `s` cut to [`ACTIVITY_MAX`] characters, with `...` if it was longer, and
+/// control characters shown as `?` (they come from the peer's bytes).
+pub fn activity_text(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(ACTIVITY_MAX + 1)
+        .collect();
+    if out.chars().count() > ACTIVITY_MAX {
+        out = out.chars().take(ACTIVITY_MAX - 3).collect();
+        out.push_str("...");
+    }
+    out
+}
+
 /// What the client side remembered from earlier connections to a service:
 /// key → value, as put by [`Output::cache_put`]. Handed to a new accelerator.
 pub type Cache = std::collections::HashMap<String, Vec<u8>>;
@@ -144,5 +198,12 @@ pub trait Accelerator: Send {
     /// resume) are not counted.
     fn tunnel_bytes_held(&self) -> usize {
         0
+    }
+
+    /// What the program is doing on this connection, for the status screen
+    /// (client side). `None`: nothing worth saying (idle, or a side that
+    /// doesn't track it).
+    fn activity(&self) -> Option<Activity> {
+        None
     }
 }

@@ -20,7 +20,7 @@ mod tunnel;
 
 pub use liveness::{Liveness, LivenessCheck, LivenessConfig};
 pub use local::LocalOut;
-pub use tunnel::{Event, LinkDead, READ_CHUNK, Tunnel};
+pub use tunnel::{Event, LinkDead, READ_CHUNK, StreamActivity, Tunnel};
 
 #[cfg(test)]
 mod tests;

@@ -411,3 +411,30 @@ fn memory_pressure_stops_reads_and_credit() {
     shuttle(&mut c, &mut s, &mut now);
     assert!(c.poll_grant().is_some(), "credit came back once lifted");
 }
+
+/// An accelerator that says what it does.
+struct Busy;
+
+impl Accelerator for Busy {
+    fn from_local(&mut self, _: &[u8], _: bool, _: &mut Output) {}
+    fn from_tunnel(&mut self, _: &[u8], _: &mut Output) {}
+    fn activity(&self) -> Option<straw_proto::Activity> {
+        Some(straw_proto::Activity::new("busy", 1, Some(2)))
+    }
+}
+
+#[test]
+fn activities_list_program_connections_not_warm_ups() {
+    let t0 = Instant::now();
+    let (mut c, _s) = pair(t0);
+    let a = c.open_local("pop", Box::new(Busy), false).unwrap();
+    c.open_local("imap", Box::new(Busy), true).unwrap();
+    let b = c
+        .open_local("web", Box::new(Passthrough::default()), false)
+        .unwrap();
+    let got = c.activities();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[0].stream, got[0].service.as_str()), (a, "pop"));
+    assert_eq!(got[0].activity.as_ref().map(|x| x.done), Some(1));
+    assert_eq!((got[1].stream, got[1].activity.clone()), (b, None));
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use straw_core::session::{self, Priority, Session, SessionError, reset_code};
-use straw_proto::{AccelStats, Accelerator, Output};
+use straw_proto::{AccelStats, Accelerator, Activity, Output};
 use tracing::{debug, info, warn};
 
 use crate::liveness::{Liveness, LivenessCheck, LivenessConfig};
@@ -44,6 +44,15 @@ pub enum Event {
     LinkDead(LinkDead),
     /// Idle for the hang-up time: close the link, keep the session.
     IdleHangup,
+}
+
+/// One program connection, for the status screen ([`Tunnel::activities`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamActivity {
+    pub stream: u64,
+    pub service: String,
+    /// What its accelerator says it is doing (None: idle, or not told).
+    pub activity: Option<Activity>,
 }
 
 /// The silence that made [`Event::LinkDead`].
@@ -154,6 +163,27 @@ impl Tunnel {
     /// Local streams attached.
     pub fn stream_count(&self) -> usize {
         self.streams.len()
+    }
+
+    /// The program connections and what each is doing, by stream id
+    /// (straw's own warm-up connections left out). It asks every
+    /// accelerator: the driver calls it a few times a second, not per turn.
+    pub fn activities(&self) -> Vec<StreamActivity> {
+        let mut v: Vec<StreamActivity> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.warm_up)
+            .filter_map(|(&stream, s)| {
+                let accel = s.accel.as_ref()?;
+                Some(StreamActivity {
+                    stream,
+                    service: s.service.clone(),
+                    activity: accel.activity(),
+                })
+            })
+            .collect();
+        v.sort_by_key(|a| a.stream);
+        v
     }
 
     /// The memory budget over all tunnels is spent (`true`) or has room

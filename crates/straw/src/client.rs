@@ -23,6 +23,7 @@ use crate::config::{ClientConfig, Dial, Protocol, SessionOptions, TcpOptions};
 use crate::link::keys::{self, Keypair};
 use crate::link::{noise, tcp};
 use crate::partial::FileStore;
+use crate::status::Board;
 use crate::tunnel::{
     LinkEnded, LivenessConfig, OpenRequest, SharedCache, Tunnel, TunnelStats, sleep_until_opt,
 };
@@ -118,6 +119,15 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     let server_key = keys::load_public(&cfg.server_public_key)?;
     let (open_tx, opens) = mpsc::channel::<OpenRequest>(64);
     let warm_ups = listen(&cfg, open_tx)?;
+    let board = Arc::new(Board::new(
+        cfg.server.clone(),
+        cfg.link.cost_per_minute,
+        cfg.session.initial_rate_bps as f64 / 8.0,
+        stats.clone(),
+        now(),
+    ));
+    // Removes the socket when the client returns.
+    let _control = start_control(&cfg, &board);
     let min_backoff = Duration::from_millis(cfg.session.reconnect_min_ms.max(1));
     let mut c = Redialer {
         max_backoff: Duration::from_millis(cfg.session.reconnect_max_ms).max(min_backoff),
@@ -132,6 +142,7 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
         opens,
         warm_ups,
         stats,
+        board,
         keypair,
         server_key,
         cfg,
@@ -149,6 +160,7 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
             continue;
         }
         c.expire_kept().await;
+        c.board.dialling(now());
         let resume = c.kept.as_ref().map(|(t, r)| Resume {
             records_received: t.records_received(),
             ..r.clone()
@@ -171,7 +183,11 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
                     continue;
                 }
             }
-            Err(e) => warn!("cannot open tunnel to {}: {e:#}", c.cfg.server),
+            Err(e) => {
+                warn!("cannot open tunnel to {}: {e:#}", c.cfg.server);
+                let why = straw_proto::activity_text(&format!("cannot dial: {e:#}"));
+                c.board.waiting(&why, now());
+            }
         }
         let wake = tokio::time::Instant::now() + c.backoff;
         tokio::time::sleep_until(c.grace_end().map_or(wake, |d| d.min(wake))).await;
@@ -185,6 +201,8 @@ struct Redialer {
     keypair: Keypair,
     server_key: [u8; 32],
     stats: Arc<TunnelStats>,
+    /// What `straw status` shows.
+    board: Arc<Board>,
     opens: mpsc::Receiver<OpenRequest>,
     warm_ups: Vec<(String, AccelFactory)>,
     min_backoff: Duration,
@@ -212,6 +230,8 @@ impl Redialer {
         if !self.on_demand || self.pending.is_some() || busy {
             return true;
         }
+        self.board
+            .waiting("dial on demand: waiting for a program to connect", now());
         match self.opens.recv().await {
             Some(r) => {
                 self.pending = Some(r);
@@ -311,8 +331,20 @@ impl Redialer {
         }
         attach_warm_ups(&mut tunnel, &self.warm_ups, trigger.as_deref());
         let call = Call::start(&self.stats);
+        tunnel.set_board(self.board.clone());
+        self.board.call_started(now());
         let ended = tunnel.run_link(sock, &mut self.opens).await;
         call.report(&self.stats, self.cfg.link.cost_per_minute);
+        tunnel.publish_status(true);
+        let why = match &ended {
+            Ok(LinkEnded::Closed) => "closed".to_owned(),
+            Ok(LinkEnded::Idle) => "hung up when idle".to_owned(),
+            Ok(LinkEnded::Stopped) => "taken over by another connection".to_owned(),
+            Ok(LinkEnded::Lost(e)) => format!("lost: {e:#}"),
+            Err(e) => format!("failed: {e:#}"),
+        };
+        self.board
+            .call_ended(&straw_proto::activity_text(&why), now());
         if let Some(cmd) = &self.cfg.link.on_hangup
             && let Err(e) = run_hook("on_hangup", cmd, self.hook_timeout).await
         {
@@ -456,13 +488,38 @@ impl Call {
     /// Billed per started minute, as satellite airtime usually is.
     fn report(&self, stats: &TunnelStats, cost_per_minute: f64) {
         let secs = self.start.elapsed().as_secs_f64();
-        let minutes = (secs / 60.0).ceil().max(1.0);
+        let (minutes, cost) = crate::status::billed(secs, cost_per_minute);
         info!(
-            "dial-up ended: connected {secs:.1} s, {} bytes up, {} bytes down, cost {:.2} ({minutes} started minutes at {cost_per_minute:.2})",
+            "dial-up ended: connected {secs:.1} s, {} bytes up, {} bytes down, cost {cost:.2} ({minutes} started minutes at {cost_per_minute:.2})",
             stats.wire_bytes_sent.load(Ordering::Relaxed) - self.sent,
             stats.wire_bytes_received.load(Ordering::Relaxed) - self.received,
-            minutes * cost_per_minute,
         );
+    }
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Opens the control socket for `straw status`, if enabled. Without it the
+/// client still works: a warning, not an error.
+fn start_control(cfg: &ClientConfig, board: &Arc<Board>) -> Option<crate::control::Listening> {
+    if !cfg.control.enabled {
+        return None;
+    }
+    let Some(path) = cfg.control.socket() else {
+        warn!("no [control] socket and no HOME: straw status won't reach this client");
+        return None;
+    };
+    match crate::control::serve(&path, board.clone()) {
+        Ok(l) => {
+            info!("control socket {} (straw status)", path.display());
+            Some(l)
+        }
+        Err(e) => {
+            warn!("control socket: {e:#}; straw status won't reach this client");
+            None
+        }
     }
 }
 

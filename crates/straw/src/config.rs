@@ -510,6 +510,33 @@ impl ClientCache {
     }
 }
 
+/// Client `[control]`: the local socket `straw status` asks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientControl {
+    pub enabled: bool,
+    /// Default `$XDG_STATE_HOME/straw/control.sock` (or
+    /// `~/.local/state/straw/control.sock`).
+    pub socket: Option<PathBuf>,
+}
+
+impl Default for ClientControl {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            socket: None,
+        }
+    }
+}
+
+impl ClientControl {
+    /// The socket's path: the configured one, else in the user's state dir
+    /// (None if there is no home to put it in).
+    pub fn socket(&self) -> Option<PathBuf> {
+        self.socket.clone().or_else(|| state_dir("control.sock"))
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -544,6 +571,8 @@ pub struct ClientConfig {
     pub partial: ClientPartial,
     #[serde(default)]
     pub cache: ClientCache,
+    #[serde(default)]
+    pub control: ClientControl,
     #[serde(default)]
     pub tcp: TcpOptions,
     #[serde(default)]
@@ -697,6 +726,9 @@ impl ClientConfig {
             resolve(path, d);
         }
         if let Some(d) = &mut c.cache.dir {
+            resolve(path, d);
+        }
+        if let Some(d) = &mut c.control.socket {
             resolve(path, d);
         }
         if c.services.is_empty() {

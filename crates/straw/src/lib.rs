@@ -10,6 +10,8 @@
 //! - [`origin`]: where the HTTP proxy may connect (ports, SSRF, one lookup).
 //! - [`upstream`]: TLS (implicit or STARTTLS) towards the real servers.
 //! - [`metrics`]: the server's Prometheus endpoint for its operator.
+//! - [`status`] / [`control`]: what the client knows for `straw status`,
+//!   and the local socket that answers it.
 //! - [`setup`] / [`check`]: `straw init` (first configs and keys) and
 //!   `straw check` (load a config, try its keys and upstreams).
 
@@ -23,6 +25,7 @@ pub mod check;
 pub mod cli_docs;
 pub mod client;
 pub mod config;
+pub mod control;
 mod dialogue;
 pub mod gate;
 pub mod keyring;
@@ -36,5 +39,6 @@ mod pump;
 pub mod relay_store;
 pub mod server;
 pub mod setup;
+pub mod status;
 pub mod tunnel;
 pub mod upstream;

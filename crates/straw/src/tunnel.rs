@@ -117,6 +117,8 @@ pub struct TunnelStats {
     pub raw_bytes_received_by_codec: [AtomicU64; 8],
     /// The session's delivery-rate estimate, wire bytes per second.
     pub rate_estimate: AtomicU64,
+    /// The session's smoothed RTT in microseconds (0: not measured yet).
+    pub srtt_us: AtomicU64,
 }
 
 /// How [`Tunnel::run_link`] ended without a protocol error.
@@ -178,13 +180,17 @@ pub struct Tunnel {
     metrics: crate::metrics::TunnelMetrics,
     /// This tunnel's part of the server's memory budget, if it has one.
     memory: Option<crate::memory::Share>,
+    /// The client's status board, and when (with how many connections) it
+    /// last heard from us.
+    board: Option<Arc<crate::status::Board>>,
+    board_told: Option<(Instant, usize)>,
 }
 
 /// How often a tunnel held back by the memory budget looks whether it has
 /// room again.
 const MEMORY_RECHECK: Duration = Duration::from_millis(50);
 
-fn now() -> Instant {
+pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
@@ -224,6 +230,36 @@ impl Tunnel {
             path_checked: None,
             metrics: Default::default(),
             memory: None,
+            board: None,
+            board_told: None,
+        }
+    }
+
+    /// Tells `board` what each program connection is doing (the client's
+    /// `straw status`).
+    pub fn set_board(&mut self, board: Arc<crate::status::Board>) {
+        self.board = Some(board);
+        self.board_told = None;
+    }
+
+    /// Publishes the connections' activities to the board: at most every
+    /// [`crate::status::PUBLISH_EVERY`], and at once when a connection came
+    /// or went (`force`: now).
+    pub fn publish_status(&mut self, force: bool) {
+        let Some(board) = &self.board else {
+            return;
+        };
+        let t = now();
+        let count = self.core.stream_count();
+        let due = match self.board_told {
+            None => true,
+            Some((at, n)) => {
+                n != count || t.saturating_duration_since(at) >= crate::status::PUBLISH_EVERY
+            }
+        };
+        if force || due {
+            board.publish(t, self.core.activities());
+            self.board_told = Some((t, count));
         }
     }
 
@@ -444,6 +480,7 @@ impl Tunnel {
             self.send_grants();
             self.send_local();
             self.publish_stats();
+            self.publish_status(false);
             if !opens_open && self.core.stream_count() == 0 && out_pos == out.len() {
                 return Ok(LinkEnded::Closed);
             }
@@ -592,6 +629,12 @@ impl Tunnel {
             .store(session.codec_memory_bytes() as u64, Ordering::Relaxed);
         s.rate_estimate
             .store(session.estimate().rate() as u64, Ordering::Relaxed);
+        let srtt = session
+            .estimate()
+            .srtt()
+            .map_or(0, |d| d.as_micros().max(1));
+        s.srtt_us
+            .store(srtt.min(u64::MAX as u128) as u64, Ordering::Relaxed);
         for i in 0..8 {
             s.raw_bytes_sent_by_codec[i].store(st.raw_bytes_by_codec[i], Ordering::Relaxed);
             s.raw_bytes_received_by_codec[i]

@@ -10,7 +10,7 @@ use super::message::{
     request_framing, response_shape, status_of,
 };
 use super::policy::{HttpPolicy, absolute_uri, split_authority};
-use crate::{AccelStats, Accelerator, Output};
+use crate::{AccelStats, Accelerator, Activity, Output, activity_text};
 
 #[derive(Debug)]
 pub(super) enum RespState {
@@ -25,8 +25,13 @@ pub struct ClientAccel {
     req: Input,
     req_state: ReqState,
     origin: Option<(String, u16)>,
-    /// Outstanding requests: is it HEAD?
-    outstanding: VecDeque<bool>,
+    /// Outstanding requests: is it HEAD, and `GET http://...` for the
+    /// status screen.
+    outstanding: VecDeque<(bool, String)>,
+    /// The response under way: body bytes passed to the browser, and its
+    /// Content-Length.
+    resp_done: u64,
+    resp_total: Option<u64>,
     /// A local reply waiting for earlier responses to finish.
     deferred: Option<Vec<u8>>,
     resp: Input,
@@ -45,6 +50,8 @@ impl ClientAccel {
             req_state: ReqState::Head,
             origin: None,
             outstanding: VecDeque::new(),
+            resp_done: 0,
+            resp_total: None,
             deferred: None,
             resp: Input::default(),
             resp_state: RespState::Head,
@@ -66,11 +73,11 @@ impl ClientAccel {
         self.req_state = ReqState::Closed;
     }
 
-    fn forward(&mut self, out: &mut Output, bytes: &[u8], head_req: bool) {
+    fn forward(&mut self, out: &mut Output, bytes: &[u8], head_req: bool, what: String) {
         if self.outstanding.is_empty() {
             self.stats.link_waits += 1;
         }
-        self.outstanding.push_back(head_req);
+        self.outstanding.push_back((head_req, activity_text(&what)));
         out.to_tunnel.extend_from_slice(bytes);
     }
 
@@ -88,7 +95,7 @@ impl ClientAccel {
                 self.reply_locally(out, "403 Forbidden", &why);
                 return Ok(());
             }
-            self.forward(out, &h.bytes(), false);
+            self.forward(out, &h.bytes(), false, format!("CONNECT {target}"));
             self.req_state = ReqState::Raw;
             self.raw = true;
             self.unflushed = true;
@@ -120,7 +127,8 @@ impl ClientAccel {
             }
         }
         let framing = request_framing(&h)?;
-        self.forward(out, &h.bytes(), method.eq_ignore_ascii_case("HEAD"));
+        let head_req = method.eq_ignore_ascii_case("HEAD");
+        self.forward(out, &h.bytes(), head_req, format!("{method} {target}"));
         match framing {
             Some(f) => self.req_state = ReqState::Body(f),
             None => self.unflushed = true,
@@ -170,6 +178,7 @@ impl ClientAccel {
         loop {
             if self.raw {
                 let n = self.resp.avail().len();
+                self.resp_done = self.resp_done.saturating_add(n as u64);
                 out.to_local.extend_from_slice(&self.resp.take(n));
                 return Ok(());
             }
@@ -179,13 +188,15 @@ impl ClientAccel {
                         return Ok(());
                     };
                     let status = status_of(&h)?;
-                    let head_req = self.outstanding.front().copied().unwrap_or(false);
+                    let head_req = self.outstanding.front().is_some_and(|r| r.0);
                     let (body, fin) = response_shape(status, head_req);
                     out.to_local.extend_from_slice(&h.bytes());
                     if status == 101 {
                         self.raw = true;
                         continue;
                     }
+                    self.resp_done = 0;
+                    self.resp_total = None;
                     let framing = if !body {
                         Framing::Length(0)
                     } else if h.chunked() {
@@ -194,6 +205,7 @@ impl ClientAccel {
                         match h.content_length()? {
                             Some(n) => {
                                 out.bulk |= n > BULK_BODY;
+                                self.resp_total = Some(n);
                                 Framing::Length(n)
                             }
                             None => {
@@ -206,19 +218,25 @@ impl ClientAccel {
                     }
                     self.resp_state = RespState::Body(framing);
                 }
-                RespState::Body(f) => match relay_body(f, &mut self.resp, &mut out.to_local)? {
-                    Relayed::Waiting => return Ok(()),
-                    Relayed::Data => {}
-                    Relayed::End => {
-                        self.resp_state = RespState::Head;
-                        self.outstanding.pop_front();
-                        if self.outstanding.is_empty()
-                            && let Some(r) = self.deferred.take()
-                        {
-                            out.to_local.extend_from_slice(&r);
+                RespState::Body(f) => {
+                    let before = out.to_local.len();
+                    let relayed = relay_body(f, &mut self.resp, &mut out.to_local)?;
+                    let n = out.to_local.len().saturating_sub(before);
+                    self.resp_done = self.resp_done.saturating_add(n as u64);
+                    match relayed {
+                        Relayed::Waiting => return Ok(()),
+                        Relayed::Data => {}
+                        Relayed::End => {
+                            self.resp_state = RespState::Head;
+                            self.outstanding.pop_front();
+                            if self.outstanding.is_empty()
+                                && let Some(r) = self.deferred.take()
+                            {
+                                out.to_local.extend_from_slice(&r);
+                            }
                         }
                     }
-                },
+                }
             }
         }
     }
@@ -265,5 +283,58 @@ impl Accelerator for ClientAccel {
 
     fn stats(&self) -> AccelStats {
         self.stats
+    }
+
+    /// The request whose response is awaited or arriving, with the body
+    /// bytes so far and Content-Length (a CONNECT tunnel: bytes down).
+    fn activity(&self) -> Option<Activity> {
+        let (_, what) = self.outstanding.front()?;
+        let started = self.raw || matches!(self.resp_state, RespState::Body(_));
+        let (done, total) = if started {
+            (self.resp_done, self.resp_total)
+        } else {
+            (0, None)
+        };
+        Some(Activity::new(what.clone(), done, total))
+    }
+}
+
+#[cfg(test)]
+mod activity_tests {
+    use super::*;
+
+    #[test]
+    fn get_shows_the_url_and_content_length_progress() {
+        let mut c = ClientAccel::new(HttpPolicy::default());
+        let mut out = Output::default();
+        assert_eq!(c.activity(), None);
+        c.from_local(
+            b"GET http://example.org/a.txt HTTP/1.1\r\nHost: example.org\r\n\r\n",
+            true,
+            &mut out,
+        );
+        let want = |done, total| Some(Activity::new("GET http://example.org/a.txt", done, total));
+        assert_eq!(c.activity(), want(0, None));
+        c.from_tunnel(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123",
+            &mut out,
+        );
+        assert_eq!(c.activity(), want(4, Some(10)));
+        c.from_tunnel(b"456789", &mut out);
+        assert_eq!(c.activity(), None);
+    }
+
+    #[test]
+    fn long_urls_are_cut() {
+        let mut c = ClientAccel::new(HttpPolicy::default());
+        let mut out = Output::default();
+        let req = format!(
+            "GET http://example.org/{} HTTP/1.1\r\nHost: example.org\r\n\r\n",
+            "a".repeat(500)
+        );
+        c.from_local(req.as_bytes(), true, &mut out);
+        let a = c.activity().unwrap();
+        assert_eq!(a.what.chars().count(), crate::ACTIVITY_MAX);
+        assert!(a.what.ends_with("..."));
     }
 }

@@ -9,7 +9,7 @@ use super::reply::{cap_set, caps_of, greeting_sig, rewrite_caps, rewrite_line, s
 use super::resume::ClientOffer;
 use super::{BULK_LITERAL, CAPABILITY_KEY, GREETING_KEY, ImapConfig, LINK_LOST, resume};
 use crate::partial::SharedStore;
-use crate::{AccelStats, Accelerator, Cache, Output};
+use crate::{AccelStats, Accelerator, Activity, Cache, Output, activity_text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Greeting {
@@ -92,6 +92,14 @@ pub struct ClientAccel {
     pub(super) fetch_resp: Option<(u32, Option<u32>)>,
     /// Literal being kept in the store: key, bytes still to come.
     pub(super) keeping: Option<(String, u64)>,
+    /// For the status screen: the response literal passing to the program,
+    /// the command literal going up (APPEND), the last command's verb.
+    pub(super) resp_lit: Option<Activity>,
+    pub(super) cmd_lit: Option<Activity>,
+    pub(super) last_verb: String,
+    /// The response being read: sequence number and UID, for naming its
+    /// literal.
+    pub(super) resp_msg: (Option<u32>, Option<u32>),
 }
 
 impl ClientAccel {
@@ -135,6 +143,10 @@ impl ClientAccel {
             select_wait: false,
             fetch_resp: None,
             keeping: None,
+            resp_lit: None,
+            cmd_lit: None,
+            last_verb: String::new(),
+            resp_msg: (None, None),
         }
     }
 
@@ -206,6 +218,10 @@ impl ClientAccel {
             );
         }
         self.track_command(line, &verb, args, has_lit, out);
+        self.last_verb = match verb.as_str() {
+            "UID" => activity_text(&format!("UID {}", upper(word(args).0))),
+            v => activity_text(v),
+        };
         let auth = verb == "LOGIN" || verb == "AUTHENTICATE";
         self.pending.push(Pending {
             tag: tag.to_vec(),
@@ -330,6 +346,10 @@ impl ClientAccel {
                 if first && self.cont_tag.is_none() {
                     self.begin_command(&raw, lit.is_some(), out);
                 }
+                if let Some(l) = lit {
+                    let what = format!("IMAP {} upload", self.last_verb);
+                    self.cmd_lit = (l.n > 0).then(|| Activity::new(what, 0, Some(l.n)).upload());
+                }
                 match lit {
                     Some(l) => {
                         if l.plus {
@@ -353,6 +373,7 @@ impl ClientAccel {
             Ev::Lit(data) => {
                 out.to_tunnel.extend_from_slice(&data);
                 out.bulk |= self.cmd_bulk;
+                advance(&mut self.cmd_lit, data.len());
             }
         }
     }
@@ -520,6 +541,17 @@ impl ClientAccel {
             Ev::Line { raw, first, lit } => {
                 let mark = out.to_local.len();
                 if first {
+                    let line = content(&raw);
+                    self.resp_msg = (resume::fetch_seq(line), resume::uid_in(line));
+                } else if self.resp_msg.1.is_none() {
+                    self.resp_msg.1 = resume::uid_in(content(&raw));
+                }
+                self.resp_lit = None;
+                if let Some(l) = lit.filter(|l| l.n > 0) {
+                    let what = literal_activity(&raw[..l.open], self.resp_msg);
+                    self.resp_lit = Some(Activity::new(what, 0, Some(l.n)));
+                }
+                if first {
                     self.fetch_resp = None;
                     self.resp_pass = self.on_resp_start(&raw, out);
                 } else if self.resp_pass {
@@ -554,6 +586,7 @@ impl ClientAccel {
                     out.to_local.extend_from_slice(&data);
                     out.bulk |= self.resp_bulk;
                 }
+                advance(&mut self.resp_lit, data.len());
                 if let (Some((key, left)), Some(store)) = (&mut self.keeping, &self.store) {
                     store.append(key, &data);
                     *left -= data.len() as u64;
@@ -644,5 +677,97 @@ impl Accelerator for ClientAccel {
 
     fn stats(&self) -> AccelStats {
         self.stats
+    }
+
+    /// A literal on its way (a FETCH body down, an APPEND up) with its
+    /// announced size; else the command the program waits on.
+    fn activity(&self) -> Option<Activity> {
+        if let Some(a) = self.resp_lit.as_ref().or(self.cmd_lit.as_ref()) {
+            return Some(a.clone());
+        }
+        (self.awaited > 0).then(|| Activity::new(format!("IMAP {}", self.last_verb), 0, None))
+    }
+}
+
+/// Counts `n` more bytes of a literal; gone once it is complete.
+fn advance(lit: &mut Option<Activity>, n: usize) {
+    if let Some(a) = lit {
+        a.done = a.done.saturating_add(n as u64);
+        if a.total.is_some_and(|t| a.done >= t) {
+            *lit = None;
+        }
+    }
+}
+
+/// `IMAP FETCH BODY[] uid 4417` for a literal announced after
+/// `before_brace` in a response about message `(seq, uid)`.
+fn literal_activity(before_brace: &[u8], (seq, uid): (Option<u32>, Option<u32>)) -> String {
+    let text = String::from_utf8_lossy(before_brace);
+    let item = text
+        .trim_end_matches('~')
+        .trim_end()
+        .rsplit([' ', '('])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    let what = match (seq, uid) {
+        (_, Some(u)) => format!("IMAP FETCH {item} uid {u}"),
+        (Some(n), None) => format!("IMAP FETCH {item} message {n}"),
+        (None, None) => format!("IMAP {item} literal"),
+    };
+    activity_text(&what)
+}
+
+#[cfg(test)]
+mod activity_tests {
+    use super::*;
+
+    fn logged_in() -> (ClientAccel, Output) {
+        let mut c = ClientAccel::new(&Cache::new());
+        let mut out = Output::default();
+        c.start(&mut out);
+        c.from_tunnel(b"* OK ready\r\n", &mut out);
+        (c, out)
+    }
+
+    #[test]
+    fn fetch_literal_shows_item_uid_and_progress() {
+        let (mut c, mut out) = logged_in();
+        assert_eq!(c.activity(), None);
+        c.from_local(b"a1 UID FETCH 4417 (BODY.PEEK[])\r\n", true, &mut out);
+        assert_eq!(c.activity(), Some(Activity::new("IMAP UID FETCH", 0, None)));
+        c.from_tunnel(b"* 12 FETCH (UID 4417 BODY[] {20}\r\n0123456789", &mut out);
+        assert_eq!(
+            c.activity(),
+            Some(Activity::new("IMAP FETCH BODY[] uid 4417", 10, Some(20)))
+        );
+        c.from_tunnel(b"0123456789)\r\n", &mut out);
+        // The literal is complete; the tagged reply is still awaited.
+        assert_eq!(c.activity(), Some(Activity::new("IMAP UID FETCH", 0, None)));
+        c.from_tunnel(b"a1 OK done\r\n", &mut out);
+        assert_eq!(c.activity(), None);
+    }
+
+    #[test]
+    fn a_literal_without_uid_is_named_by_sequence_number() {
+        let (mut c, mut out) = logged_in();
+        c.from_local(b"a1 FETCH 3 (FLAGS BODY[TEXT])\r\n", true, &mut out);
+        c.from_tunnel(b"* 3 FETCH (FLAGS (\\Seen) BODY[TEXT] {5}\r\nab", &mut out);
+        assert_eq!(
+            c.activity(),
+            Some(Activity::new("IMAP FETCH BODY[TEXT] message 3", 2, Some(5)))
+        );
+    }
+
+    #[test]
+    fn append_upload_counts_the_literal() {
+        let (mut c, mut out) = logged_in();
+        c.from_local(b"a2 APPEND Sent {8}\r\nabcd", true, &mut out);
+        assert_eq!(
+            c.activity(),
+            Some(Activity::new("IMAP APPEND upload", 4, Some(8)).upload())
+        );
+        c.from_local(b"efgh\r\n", true, &mut out);
+        assert_eq!(c.activity(), Some(Activity::new("IMAP APPEND", 0, None)));
     }
 }

@@ -12,7 +12,7 @@ use super::{
 use crate::partial::SharedStore;
 use crate::shared::lines::{MAX_LINE, take_line, trim_end, verb};
 use crate::shared::owed::OwedReplies;
-use crate::{AccelStats, Accelerator, Cache, Output};
+use crate::{AccelStats, Accelerator, Activity, Cache, Output};
 
 /// Commands that commit nothing at QUIT: after only these, QUIT may be
 /// answered locally. Anything else (`DELE`, or a command straw doesn't know)
@@ -35,6 +35,8 @@ pub(super) enum Disp {
         id: u64,
         capa: bool,
         track: Track,
+        /// The message a `RETR` reply carries (for the status screen).
+        retr: Option<u32>,
     },
     /// Our own `UIDL n`, to key a RETR's partial: swallowed.
     OwnUidl(u32),
@@ -136,6 +138,8 @@ pub struct ClientAccel {
     pub(super) pf_retr: Option<RetrPrefetch>,
     /// The server side doesn't know abort lines (an older straw).
     pub(super) abort_refused: bool,
+    /// Body bytes of the reply at the front of `expect` received so far.
+    pub(super) reply_bytes: u64,
 }
 
 impl ClientAccel {
@@ -173,6 +177,7 @@ impl ClientAccel {
             retrieved: HashSet::new(),
             pf_retr: None,
             abort_refused: false,
+            reply_bytes: 0,
         }
     }
 
@@ -243,9 +248,15 @@ impl ClientAccel {
         out.to_tunnel.extend_from_slice(line);
         out.flush = true;
         let id = self.owed.owe_remote();
+        let retr = (verb(line).0 == "RETR").then(|| msg_arg(line)).flatten();
         self.expect.push_back(Expect {
             multi,
-            disp: Disp::Deliver { id, capa, track },
+            disp: Disp::Deliver {
+                id,
+                capa,
+                track,
+                retr,
+            },
             unblocks: false,
         });
         id
@@ -486,7 +497,9 @@ impl ClientAccel {
                     self.deliver(id, &reply, true);
                 }
             }
-            Disp::Deliver { id, capa, track } => {
+            Disp::Deliver {
+                id, capa, track, ..
+            } => {
                 match track {
                     Track::Uidl { multi } => self.learn_uidls(&reply, multi),
                     Track::List { multi } => self.learn_sizes(&reply, multi),
@@ -667,6 +680,7 @@ impl Accelerator for ClientAccel {
                     id,
                     capa: false,
                     track: Track::None | Track::Retr(_),
+                    ..
                 } => (e.multi, Some(*id)),
                 _ => (e.multi, None),
             };
@@ -683,6 +697,16 @@ impl Accelerator for ClientAccel {
                 Err(err) => return self.fail(out, err),
             };
             data = &data[n..];
+            // Body bytes only: a LIST size counts the message, not the
+            // status line.
+            let body = if was_body {
+                n
+            } else if self.reader.in_body() || done {
+                n.saturating_sub(self.reader.first.len())
+            } else {
+                0
+            };
+            self.reply_bytes = self.reply_bytes.saturating_add(body as u64);
             if let Err(err) = self.track_retr(was_body, &mut done) {
                 return self.fail(out, err);
             }
@@ -697,6 +721,7 @@ impl Accelerator for ClientAccel {
                 }
             }
             if done {
+                self.reply_bytes = 0;
                 let e = self.expect.pop_front().expect("front checked");
                 let reply = std::mem::take(&mut self.cur);
                 self.reply_done(e, reply, out);
@@ -708,5 +733,86 @@ impl Accelerator for ClientAccel {
 
     fn stats(&self) -> AccelStats {
         self.owed.stats
+    }
+
+    /// The RETR whose reply is arriving (a prefetch too: it costs link
+    /// time all the same), with its LIST size.
+    fn activity(&self) -> Option<Activity> {
+        let e = self.expect.front()?;
+        let Disp::Deliver {
+            retr: Some(msg), ..
+        } = &e.disp
+        else {
+            return None;
+        };
+        let of = match self.sizes.len() {
+            0 => String::new(),
+            n => format!(" of {n}"),
+        };
+        let total = self.sizes.get(msg).copied();
+        let done = total.map_or(self.reply_bytes, |t| self.reply_bytes.min(t));
+        Some(Activity::new(format!("POP3 RETR {msg}{of}"), done, total))
+    }
+}
+
+#[cfg(test)]
+mod activity_tests {
+    use super::*;
+
+    fn accel(prefetch_retr: u64) -> (ClientAccel, Output) {
+        let cfg = Pop3Config {
+            prefetch: false,
+            prefetch_retr_max_bytes: prefetch_retr,
+        };
+        let mut c = ClientAccel::new(cfg, &Cache::new());
+        let mut out = Output::default();
+        c.start(&mut out);
+        c.from_tunnel(b"+OK ready\r\n", &mut out);
+        c.from_local(b"LIST\r\n", true, &mut out);
+        c.from_tunnel(
+            b"+OK 3 messages\r\n1 100\r\n2 300\r\n3 50\r\n.\r\n",
+            &mut out,
+        );
+        (c, out)
+    }
+
+    #[test]
+    fn retr_shows_message_number_count_and_progress() {
+        let (mut c, mut out) = accel(0);
+        assert_eq!(c.activity(), None, "idle");
+        c.from_local(b"RETR 2\r\n", true, &mut out);
+        assert_eq!(
+            c.activity(),
+            Some(Activity::new("POP3 RETR 2 of 3", 0, Some(300)))
+        );
+        // The status line is not message bytes.
+        c.from_tunnel(b"+OK 300 octets\r\nabcdefghij", &mut out);
+        assert_eq!(c.activity().unwrap().done, 10);
+        c.from_tunnel(&[b'x'; 100], &mut out);
+        assert_eq!(c.activity().unwrap().done, 110);
+        // More than LIST said (dot-stuffing, the end line): capped at it.
+        c.from_tunnel(&[b'y'; 400], &mut out);
+        assert_eq!(c.activity().unwrap().done, 300);
+        c.from_tunnel(b"\r\n.\r\n", &mut out);
+        assert_eq!(c.activity(), None, "reply complete");
+    }
+
+    #[test]
+    fn a_prefetched_retr_is_shown_as_such_and_unknown_sizes_stay_unknown() {
+        let (mut c, mut out) = accel(64 * 1024);
+        c.from_local(b"RETR 9\r\n", true, &mut out);
+        assert_eq!(
+            c.activity(),
+            Some(Activity::new("POP3 RETR 9 of 3", 0, None))
+        );
+        c.from_tunnel(b"-ERR no such message\r\n", &mut out);
+        assert_eq!(c.activity(), None);
+        c.from_local(b"RETR 2\r\n", true, &mut out);
+        c.from_tunnel(b"+OK\r\nbody\r\n.\r\n", &mut out);
+        // RETR 3 went out behind it (LIST: 50 bytes): its reply is next.
+        assert_eq!(
+            c.activity(),
+            Some(Activity::new("POP3 RETR 3 of 3", 0, Some(50)))
+        );
     }
 }

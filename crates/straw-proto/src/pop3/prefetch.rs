@@ -92,6 +92,7 @@ impl ClientAccel {
                 id,
                 capa: false,
                 track,
+                retr: Some(n),
             },
             unblocks: false,
         });

@@ -12,7 +12,7 @@ use super::{
 use crate::partial::SharedStore;
 use crate::shared::lines::{DotScanner, take_line, trim_end, verb};
 use crate::shared::owed::OwedReplies;
-use crate::{AccelStats, Accelerator, Cache, Output};
+use crate::{AccelStats, Accelerator, Activity, Cache, Output};
 
 #[derive(Debug)]
 pub(super) enum Disp {
@@ -64,6 +64,8 @@ pub struct ClientAccel {
     /// Inside a message body from the program.
     pub(super) body: Option<DotScanner>,
     pub(super) body_len: usize,
+    /// The last body's length, while its end-of-data reply is awaited.
+    pub(super) sent_len: usize,
     /// Transaction counter (MAIL/RSET/HELO/EHLO start a new one).
     pub(super) txn: u64,
     /// Message resume (see [`resume`]): marks of unconfirmed messages.
@@ -104,6 +106,7 @@ impl ClientAccel {
             sasl_next: false,
             body: None,
             body_len: 0,
+            sent_len: 0,
             txn: 0,
             store: None,
             envelope: Vec::new(),
@@ -188,7 +191,7 @@ impl ClientAccel {
                     return;
                 }
                 self.body = None;
-                self.body_len = 0;
+                self.sent_len = std::mem::take(&mut self.body_len);
                 out.flush = true;
                 match self.data_err.take() {
                     // DATA was refused: that refusal is the answer.
@@ -478,5 +481,89 @@ impl Accelerator for ClientAccel {
 
     fn stats(&self) -> AccelStats {
         self.owed.stats
+    }
+
+    /// A message body on its way up, with the size MAIL FROM announced
+    /// (`SIZE=`), until the real server's end-of-data reply.
+    fn activity(&self) -> Option<Activity> {
+        let (rcpts, size) = envelope_shape(&self.envelope);
+        let to = match rcpts {
+            1 => "to 1 recipient".to_owned(),
+            n => format!("to {n} recipients"),
+        };
+        if self.body.is_some() {
+            let done = self.body_len as u64;
+            return Some(Activity::new(format!("SMTP DATA {to}"), done, size).upload());
+        }
+        if self.expect.iter().any(|d| matches!(d, Disp::Eod { .. })) {
+            // All sent; the same transfer until the reply says it is done.
+            let done = self.sent_len as u64;
+            let what = format!("SMTP DATA {to}");
+            return Some(Activity::new(what, done, size.or(Some(done))).upload());
+        }
+        None
+    }
+}
+
+/// Recipients in a transaction's MAIL and RCPT lines, and the `SIZE=` its
+/// MAIL FROM gave.
+fn envelope_shape(envelope: &[u8]) -> (usize, Option<u64>) {
+    let mut rcpts = 0;
+    let mut size = None;
+    for line in envelope.split_inclusive(|&b| b == b'\n') {
+        let (v, _) = verb(line);
+        if v == "RCPT" {
+            rcpts += 1;
+        } else if v == "MAIL" {
+            size = String::from_utf8_lossy(trim_end(line))
+                .split_ascii_whitespace()
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.eq_ignore_ascii_case("SIZE"))
+                .and_then(|(_, n)| n.parse().ok());
+        }
+    }
+    (rcpts, size)
+}
+
+#[cfg(test)]
+mod activity_tests {
+    use super::*;
+
+    #[test]
+    fn data_shows_recipients_and_the_announced_size() {
+        let mut c = ClientAccel::new(&Cache::new());
+        let mut out = Output::default();
+        c.start(&mut out);
+        c.from_tunnel(b"220 mx ready\r\n", &mut out);
+        c.from_local(b"EHLO boat\r\n", true, &mut out);
+        c.from_tunnel(b"250-mx\r\n250 SIZE 1000000\r\n", &mut out);
+        assert_eq!(c.activity(), None);
+        c.from_local(
+            b"MAIL FROM:<a@boat> size=40\r\nRCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\n",
+            true,
+            &mut out,
+        );
+        c.from_tunnel(b"250 ok\r\n250 ok\r\n250 ok\r\n", &mut out);
+        c.from_local(b"DATA\r\nSubject: hi\r\n\r\n", true, &mut out);
+        assert_eq!(
+            c.activity(),
+            Some(Activity::new("SMTP DATA to 2 recipients", 15, Some(40)).upload())
+        );
+        c.from_local(b"0123456789\r\n.\r\n", true, &mut out);
+        assert_eq!(
+            c.activity(),
+            Some(Activity::new("SMTP DATA to 2 recipients", 30, Some(40)).upload())
+        );
+        c.from_tunnel(b"354 go\r\n250 queued\r\n", &mut out);
+        assert_eq!(c.activity(), None);
+    }
+
+    #[test]
+    fn without_size_the_total_is_unknown() {
+        assert_eq!(
+            envelope_shape(b"MAIL FROM:<a>\r\nRCPT TO:<b>\r\n"),
+            (1, None)
+        );
+        assert_eq!(envelope_shape(b"MAIL FROM:<a> SIZE=x\r\n"), (0, None));
     }
 }
