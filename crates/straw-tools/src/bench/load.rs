@@ -882,6 +882,8 @@ async fn run_in(args: &LoadArgs, cm: &CmCost, dir: &Path) -> Result<LoadReport> 
     // 6. Hold everything idle, then count the live tunnels.
     tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
     let tunnels_alive_end = tunnels_up.saturating_sub(shared.dead.load(Ordering::Relaxed));
+    // Before the teardown below, whose closed tunnels are no failure.
+    let first_failure = shared.first_failure.lock().expect("lock").clone();
     if let Some(st) = server.try_wait()? {
         bail!("the server exited during the bench: {st}");
     }
@@ -891,7 +893,6 @@ async fn run_in(args: &LoadArgs, cm: &CmCost, dir: &Path) -> Result<LoadReport> 
 
     idle_ms.sort_by(f64::total_cmp);
     loaded_ms.sort_by(f64::total_cmp);
-    let first_failure = shared.first_failure.lock().expect("lock").clone();
     Ok(LoadReport {
         tunnels_requested: args.tunnels,
         tunnels_up,
