@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use straw_proto::Activity;
 use straw_tunnel::StreamActivity;
 
 use crate::tunnel::TunnelStats;
@@ -210,6 +211,9 @@ struct Inner {
     past_cost: f64,
     past_without: Option<f64>,
     streams: Vec<StreamActivity>,
+    /// Per connection: its current activity and (time, bytes done) samples
+    /// over the last [`PROGRESS_WINDOW`] (its own progress rate, for the ETA).
+    progress: std::collections::HashMap<u64, (String, VecDeque<(Instant, u64)>)>,
     /// (time, wire bytes received): the receive rate.
     received: VecDeque<(Instant, u64)>,
     /// The best rate measured either way (bytes/s).
@@ -268,6 +272,7 @@ impl Board {
                 past_without: Some(0.0),
                 streams: Vec::new(),
                 received: VecDeque::new(),
+                progress: std::collections::HashMap::new(),
                 best_rate: 0.0,
                 recent: VecDeque::new(),
             }),
@@ -390,6 +395,25 @@ impl Board {
             });
             i.recent.truncate(RECENT_MAX);
         }
+        i.progress.retain(|id, (what, _)| {
+            streams
+                .iter()
+                .any(|s| s.stream == *id && s.activity.as_ref().is_some_and(|a| a.what == *what))
+        });
+        for s in &streams {
+            if let Some(a) = &s.activity {
+                let (_, samples) = i
+                    .progress
+                    .entry(s.stream)
+                    .or_insert_with(|| (a.what.clone(), VecDeque::new()));
+                samples.push_back((now, a.done));
+                while samples.len() > 2
+                    && now.saturating_duration_since(samples[1].0) >= PROGRESS_WINDOW
+                {
+                    samples.pop_front();
+                }
+            }
+        }
         i.streams = streams;
         i.received.push_back((now, received));
         while i.received.len() > RATE_SAMPLES
@@ -443,7 +467,8 @@ impl Board {
                 } else {
                     down.unwrap_or(link_rate)
                 };
-                stream_view(s, r, dir_rate)
+                let own = i.progress.get(&s.stream).and_then(|(_, p)| own_rate(p));
+                stream_view(s, r, dir_rate, own)
             })
             .collect();
         let not_listed = streams.len().saturating_sub(STREAMS_MAX);
@@ -512,7 +537,27 @@ fn down_rate(samples: &VecDeque<(Instant, u64)>, now: Instant, received: u64) ->
     (secs >= 2.0 && bytes >= 1024).then(|| bytes as f64 / secs)
 }
 
-fn stream_view(s: &StreamActivity, ratio: Option<f64>, rate: f64) -> StreamView {
+/// How far back a transfer's own progress rate looks: long enough to span
+/// a few bulk units (progress comes in steps of ~2 s of link time), short
+/// enough to forget the session's first seconds of learning the link.
+const PROGRESS_WINDOW: Duration = Duration::from_secs(6);
+
+/// How fast a transfer itself has moved lately (raw bytes/s), once its
+/// samples span 3 s and 2 KB. It knows what the link-wide figures can't:
+/// how well this message compresses and what share of the link it gets.
+fn own_rate(samples: &VecDeque<(Instant, u64)>) -> Option<f64> {
+    let (&(t0, d0), &(t1, d1)) = (samples.front()?, samples.back()?);
+    let secs = t1.saturating_duration_since(t0).as_secs_f64();
+    let bytes = d1.saturating_sub(d0);
+    (secs >= 3.0 && bytes >= 2048).then(|| bytes as f64 / secs)
+}
+
+/// `own`: the transfer's own progress rate, raw bytes/s, if known. A
+/// transfer that has not started yet gets its bytes on the wire (at the
+/// direction's ratio so far) over the link's rate; one under way and too
+/// new for its own rate gets no ETA (the link-wide guess was off by up to
+/// 7x while the session was still learning the link).
+fn stream_view(s: &StreamActivity, ratio: Option<f64>, rate: f64, own: Option<f64>) -> StreamView {
     let Some(a) = &s.activity else {
         return StreamView {
             stream: s.stream,
@@ -530,8 +575,9 @@ fn stream_view(s: &StreamActivity, ratio: Option<f64>, rate: f64) -> StreamView 
         .total
         .filter(|&t| t > 0)
         .map(|t| a.done.min(t) as f64 * 100.0 / t as f64);
-    let eta_secs = match (a.total, ratio) {
-        (Some(t), Some(r)) if rate >= 1.0 => Some(t.saturating_sub(a.done) as f64 * r / rate),
+    let eta_secs = match (a.total, ratio, own) {
+        (Some(t), _, Some(own)) => Some(t.saturating_sub(a.done) as f64 / own),
+        (Some(t), Some(r), None) if rate >= 1.0 && a.done == 0 => Some(t as f64 * r / rate),
         _ => None,
     };
     StreamView {
@@ -797,19 +843,46 @@ mod tests {
     }
 
     #[test]
-    fn eta_is_bytes_left_times_ratio_over_rate() {
+    fn eta_before_a_transfer_moves_is_its_wire_bytes_over_the_rate() {
         let (b, stats, t0) = board();
         stats.rate_estimate.store(300, Ordering::Relaxed);
         stats.raw_bytes_received.store(10_000, Ordering::Relaxed);
         stats.wire_bytes_received.store(5_000, Ordering::Relaxed);
-        b.publish(t0, vec![pop(1, "POP3 RETR 1 of 2", 4_000, Some(10_000))]);
+        b.publish(t0, vec![pop(1, "POP3 RETR 1 of 2", 0, Some(6_000))]);
         let s = b.snapshot(t0);
         let st = &s.streams[0];
-        assert_eq!(st.percent, Some(40.0));
         assert_eq!(st.ratio, Some(0.5));
-        // 6,000 raw bytes left, half that on the wire, at 300 B/s.
+        // Not started: 6,000 raw bytes, half that on the wire, at 300 B/s.
         assert_eq!(st.eta_secs, Some(10.0));
+        b.publish(t0, vec![pop(1, "POP3 RETR 1 of 2", 2_400, Some(6_000))]);
+        let s = b.snapshot(t0);
+        assert_eq!(s.streams[0].percent, Some(40.0));
         assert!(render(&s).contains("[####......]  40%"), "{}", render(&s));
+    }
+
+    #[test]
+    fn eta_follows_the_transfers_own_progress_once_it_has_some() {
+        let (b, stats, t0) = board();
+        stats.rate_estimate.store(300, Ordering::Relaxed);
+        stats.raw_bytes_received.store(10_000, Ordering::Relaxed);
+        stats.wire_bytes_received.store(5_000, Ordering::Relaxed);
+        b.publish(t0, vec![pop(1, "POP3 RETR 1 of 2", 1_000, Some(41_000))]);
+        // 10 s later 20,000 more bytes: 2,000 B/s of its own, 20,000 left.
+        let t1 = t0 + Duration::from_secs(10);
+        b.publish(t1, vec![pop(1, "POP3 RETR 1 of 2", 21_000, Some(41_000))]);
+        assert_eq!(b.snapshot(t1).streams[0].eta_secs, Some(10.0));
+        // Only the last 6 s count: it slowed to 500 B/s.
+        let t2 = t1 + Duration::from_secs(6);
+        b.publish(t2, vec![pop(1, "POP3 RETR 1 of 2", 24_000, Some(41_000))]);
+        assert_eq!(b.snapshot(t2).streams[0].eta_secs, Some(17_000.0 / 500.0));
+        // The next message starts its own clock: link figures until it
+        // moves, then none until it has moved for 3 s.
+        b.publish(t2, vec![pop(1, "POP3 RETR 2 of 2", 0, Some(6_000))]);
+        let eta = b.snapshot(t2).streams[0].eta_secs.unwrap();
+        assert_eq!(eta, 6_000.0 * 0.5 / 300.0);
+        let t3 = t2 + Duration::from_secs(1);
+        b.publish(t3, vec![pop(1, "POP3 RETR 2 of 2", 3_000, Some(6_000))]);
+        assert_eq!(b.snapshot(t3).streams[0].eta_secs, None);
     }
 
     #[test]
