@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use straw_proto::Activity;
 use straw_tunnel::StreamActivity;
 
 use crate::tunnel::TunnelStats;
