@@ -5,6 +5,7 @@
 import argparse
 import fcntl
 import json
+import math
 import os
 import pwd
 import re
@@ -683,6 +684,21 @@ def targets(rat):
 
 NAMES = {"direct": "direct", "ssh": "ssh -C", "straw": "straw"}
 
+# The reference link's price: Iridium bills $1.50 for every started minute.
+COST_PER_MINUTE = 1.50
+
+
+def call_cost(seconds, per_minute=COST_PER_MINUTE):
+    """What a call of `seconds` costs, billed per started minute."""
+    return math.ceil(max(0.0, seconds) / 60.0 - 1e-9) * per_minute
+
+
+def way_cost(w):
+    """(session, session + setup) cost of a way: its seconds as one call."""
+    secs = w["seconds"]["total"]
+    setup = (w.get("setup") or {}).get("seconds") or 0.0
+    return call_cost(secs), call_cost(secs + setup)
+
 
 def fmt(v, spec, width):
     return f"{'-':>{width}}" if v is None else f"{v:{width}{spec}}"
@@ -733,15 +749,17 @@ def table(res):
                          + "; answered locally by straw: "
                          + ", ".join(f"{ph} {sw[ph]['local_replies']}" for ph in SERVICES if ph in sw))
         lines += ["", f"{'way':<8} {'up B':>8} {'down B':>8} {'up segs':>8} {'dn segs':>8}"
-                  f" {'link s up':>10} {'link s dn':>10} {'mail B':>8} {'mail/link':>9}  (session totals;"
-                  " mail B = what the programs sent and got)"]
+                  f" {'link s up':>10} {'link s dn':>10} {'mail B':>8} {'mail/link':>9}"
+                  f" {'$ call':>7} {'$ +setup':>8}  (session totals; mail B = what the programs sent"
+                  f" and got; $ = the session as one call at ${COST_PER_MINUTE:.2f} per started minute)"]
         for k in ok:
             ln = ways[k]["link"]
             pb = sum(ways[k].get("payload_bytes", {}).get(s, 0) for s in SERVICES) or None
             lines.append(f"{NAMES[k]:<8} {ln['up_bytes']:8d} {ln['down_bytes']:8d} "
                          f"{ln['up_segments']:8d} {ln['down_segments']:8d} "
                          f"{ln['up_secs']:10.1f} {ln['down_secs']:10.1f} {fmt(pb, 'd', 8)} "
-                         f"{fmt(pb and pb / max(1, link_bytes(ways[k])), '.2f', 9)}")
+                         f"{fmt(pb and pb / max(1, link_bytes(ways[k])), '.2f', 9)} "
+                         f"{way_cost(ways[k])[0]:7.2f} {way_cost(ways[k])[1]:8.2f}")
     tt = [(k, ways[k]["ttfb"]) for k in ok if ways[k].get("ttfb")]
     if tt:
         size = next((t.get("message_size") for _, t in tt if t.get("message_size")), None)

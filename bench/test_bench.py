@@ -169,6 +169,18 @@ class PerProtocol(unittest.TestCase):
         self.assertRegex(out, r"direct\s+1\.1\s+1\.2\s+1\.5\s+0\s+ok in 3\.0 s")
         self.assertIn("FAILED after 120.0 s: timeout", out)
 
+    def test_cost_per_started_minute(self):
+        self.assertEqual(bench.call_cost(0), 0)
+        self.assertEqual(bench.call_cost(1), 1.5)
+        self.assertEqual(bench.call_cost(60), 1.5)
+        self.assertEqual(bench.call_cost(60.5), 3.0)
+        out = bench.table(self.res())
+        # direct: 200 s is 4 started minutes, $6.00; straw 50 s, $1.50.
+        totals = {ln.split()[0]: ln.split() for ln in out.splitlines()
+                  if len(ln.split()) == 11 and ln.split()[1].isdigit()}
+        self.assertEqual(totals["direct"][-2:], ["6.00", "6.00"])
+        self.assertEqual(totals["straw"][-2:], ["1.50", "1.50"])
+
     def test_straw_waits_from_log(self):
         with tempfile.NamedTemporaryFile("w", delete=False) as f:
             f.write("x INFO straw::client: tunnel up\n"
