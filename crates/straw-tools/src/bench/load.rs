@@ -248,8 +248,8 @@ fn print_table(r: &LoadReport) {
     }
     println!(
         "past {:.0} busy 2,400 bit/s links per core, CM can't compress as fast as the links \
-         drain: the tier follows the link rate, not the CPU, so records leave late and every \
-         such link runs below line rate.",
+         drain: a slow link's tier stays on CM whatever the CPU, so records leave late and \
+         every such link runs below line rate.",
         r.cm_tunnels_per_core_at_2400
     );
 }
