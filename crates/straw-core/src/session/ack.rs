@@ -36,8 +36,13 @@ impl Session {
                 oldest_sent.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
             let interval = ack_elapsed.max(send_elapsed).max(batch_elapsed);
             self.last_acked_sent_at = r.sent_at;
-            self.estimate
-                .rate_sample(self.delivered - r.delivered_at_send, interval);
+            let bytes = self.delivered - r.delivered_at_send;
+            // An app-limited sample below the estimate says we had little to
+            // send, not that the link slowed: it would shrink the window
+            // (and, at the start, throw away the configured rate).
+            if !r.app_limited || self.estimate.would_raise(bytes, interval) {
+                self.estimate.rate_sample(bytes, interval);
+            }
             self.estimate
                 .rtt_sample(now.saturating_duration_since(r.sent_at));
             self.delivered_time = now;

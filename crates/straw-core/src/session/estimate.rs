@@ -55,6 +55,11 @@ impl LinkEstimate {
         self.next_sample = (self.next_sample + 1) % RATE_WINDOW;
     }
 
+    /// Whether a sample of `bytes` over `interval` is above the estimate.
+    pub fn would_raise(&self, bytes: u64, interval: Duration) -> bool {
+        bytes as f64 / interval.as_secs_f64().max(50e-6) > self.rate()
+    }
+
     pub fn rtt_sample(&mut self, rtt: Duration) {
         self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
         self.recent_rtts[self.next_rtt] = Some(rtt);

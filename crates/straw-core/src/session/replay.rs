@@ -20,6 +20,10 @@ pub(super) struct SentRecord {
     pub(super) first_sent_at_send: Instant,
     /// The peer answers it (it carries more than ACKs): see [`ack_eliciting`].
     pub(super) eliciting: bool,
+    /// Nothing else was waiting to be sent when it left: its delivery-rate
+    /// sample shows how much we had to send, not the link (BBR's
+    /// app-limited samples).
+    pub(super) app_limited: bool,
 }
 
 /// Whether the peer answers this record: any frame but ACK. Compressed
@@ -58,6 +62,7 @@ impl Session {
                 self.delivered_time
             },
             eliciting,
+            app_limited: !self.has_sendable_data() && self.bulk_out.is_empty(),
         });
         if self.unacked_bytes == 0 {
             self.delivered_time = now;

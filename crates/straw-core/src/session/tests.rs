@@ -1625,7 +1625,7 @@ fn wire_bytes_are_shared_by_service_and_add_up() {
 /// state go too.
 #[test]
 fn dropping_the_encoder_while_parked_keeps_the_stream_exact() {
-    let mut sim = Sim::new(20_000.0, Duration::from_millis(100));
+    let mut sim = Sim::new(8_000.0, Duration::from_millis(100));
     let id = sim
         .client
         .open_stream(b"mail", b"", Priority::Interactive)
@@ -1710,4 +1710,24 @@ fn the_kernels_path_rtt_keeps_a_starved_fast_link_on_the_fast_codec() {
     // The tier stays until the rate says otherwise (hysteresis); the floor
     // itself is gone.
     assert!(s.rtt_rate_floor() < 100.0, "{}", s.rtt_rate_floor());
+}
+
+/// A record that left with nothing else waiting (app-limited) shows what we
+/// had to send, not the link: its low delivery-rate sample must not replace
+/// the configured rate (BBR's rule). A record sent with more waiting counts.
+#[test]
+fn app_limited_samples_do_not_lower_the_rate() {
+    let mut sim = Sim::new(300.0, Duration::from_millis(500));
+    let id = sim
+        .client
+        .open_stream(b"mail", b"", Priority::Interactive)
+        .unwrap();
+    // A few small commands, each alone: app-limited records.
+    for _ in 0..10 {
+        sim.client.send(id, b"NOOP\r\n").unwrap();
+        sim.client.flush(id);
+        sim.run_for(Duration::from_secs(2));
+    }
+    let r = sim.client.estimate().rate();
+    assert!(r >= 300.0, "the configured 300 B/s fell to {r:.0} B/s");
 }
