@@ -273,6 +273,7 @@ impl CmCost {
 }
 
 /// CPU time of this thread.
+#[cfg(unix)]
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -281,6 +282,14 @@ fn thread_cpu() -> Duration {
     // SAFETY: clock_gettime writes only the struct we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Without a thread CPU clock (Windows): wall time, which on an idle
+/// machine is close (the CM figure runs on one thread before any tunnel).
+#[cfg(not(unix))]
+fn thread_cpu() -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
 }
 
 /// Encodes `text` through the server's CM bulk context (the download
