@@ -143,12 +143,6 @@ impl Tunnel {
         &self.session
     }
 
-    /// The kernel's minimum RTT of the link's connection (see
-    /// [`Session::set_path_min_rtt`]).
-    pub fn set_path_min_rtt(&mut self, rtt: Duration) {
-        self.session.set_path_min_rtt(rtt);
-    }
-
     /// The link is gone and the session is put aside: its compression
     /// state goes now (see [`Session::drop_encoder_state`]).
     pub fn drop_encoder_state(&mut self) -> bool {

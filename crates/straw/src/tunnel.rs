@@ -173,9 +173,6 @@ pub struct Tunnel {
     /// `TCP_USER_TIMEOUT` to the link (see [`Tunnel::set_link_socket`]).
     link_socket: Option<socket2::Socket>,
     user_timeout_set: Option<Duration>,
-    /// When the link socket's kernel RTT was last passed to the session.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    path_checked: Option<tokio::time::Instant>,
     /// The operator's counters (the server's; disabled elsewhere).
     metrics: crate::metrics::TunnelMetrics,
     /// This tunnel's part of the server's memory budget, if it has one.
@@ -227,7 +224,6 @@ impl Tunnel {
             label,
             link_socket: None,
             user_timeout_set: None,
-            path_checked: None,
             metrics: Default::default(),
             memory: None,
             board: None,
@@ -310,33 +306,11 @@ impl Tunnel {
     pub fn set_link_socket(&mut self, sock: Option<socket2::Socket>) {
         self.link_socket = sock;
         self.user_timeout_set = None;
-        self.path_checked = None;
     }
 
     /// A reply may take this long on the link as measured now.
     pub fn loaded_rtt(&self) -> Duration {
         self.core.loaded_rtt()
-    }
-
-    /// Once a second, hands the session the kernel's minimum RTT of the
-    /// link (Linux): the codec tier's CPU-proof floor.
-    fn check_path(&mut self) {
-        #[cfg(target_os = "linux")]
-        {
-            let due = self
-                .path_checked
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-            let Some(sock) = self.link_socket.as_ref().filter(|_| due) else {
-                return;
-            };
-            self.path_checked = Some(tokio::time::Instant::now());
-            if let Ok(info) = crate::link::tcp::tcp_info(sock)
-                && info.min_rtt_us > 0
-            {
-                self.core
-                    .set_path_min_rtt(Duration::from_micros(info.min_rtt_us.into()));
-            }
-        }
     }
 
     /// Keeps the kernel's own dead-link timer near ours (a bit longer, so
@@ -462,7 +436,6 @@ impl Tunnel {
                 None => {}
             }
             self.tune_user_timeout();
-            self.check_path();
             // Only build records when the socket has taken what we had, so that
             // priorities apply to data still in our hands.
             if out_pos == out.len() {

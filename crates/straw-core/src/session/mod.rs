@@ -251,9 +251,6 @@ pub struct Session {
     last_codec_use: Instant,
     /// A CodecReset arrived in the record being handled.
     reset_decoder: bool,
-    /// The path's shortest round trip as the kernel's TCP measures it
-    /// (the driver passes it in), free of our own CPU's delays.
-    path_min_rtt: Option<std::time::Duration>,
     /// Our encoder's state was dropped (`drop_encoder_state`): a CodecReset
     /// must reach the peer before any new record.
     codec_reset_owed: bool,
@@ -310,7 +307,6 @@ impl Session {
             last_codec_use: now,
             reset_decoder: false,
             codec_reset_owed: false,
-            path_min_rtt: None,
             epoch: now,
             stats: SessionStats::default(),
             cfg,

@@ -113,7 +113,6 @@ impl Session {
         self.delivered_time = now;
         self.rtt_valid_from = now;
         self.estimate.forget_rtts();
-        self.path_min_rtt = None;
         // A fresh RTT sample on the new connection.
         self.ping_due = Some(now);
         // The peer learnt our count from the handshake; an ACK may wait.

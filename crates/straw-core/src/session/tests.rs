@@ -1689,29 +1689,6 @@ fn a_short_round_trip_picks_the_fast_codec_whatever_the_rate_estimate() {
     }
 }
 
-/// Our own round trips grow when the CPU is busy; the kernel's minimum RTT
-/// of the connection does not, and keeps a loopback-fast tunnel on the fast
-/// codec. A resume (a new connection) forgets it.
-#[test]
-fn the_kernels_path_rtt_keeps_a_starved_fast_link_on_the_fast_codec() {
-    let mut c = SessionConfig::new(Role::Server);
-    c.initial_rate = 300.0;
-    let now = Instant::now();
-    let mut s = Session::new(c, now);
-    s.estimate.rtt_sample(Duration::from_secs(2));
-    s.update_fast();
-    assert!(!s.is_fast(), "a 2 s round trip proves nothing");
-    s.set_path_min_rtt(Duration::from_micros(60));
-    assert!(s.is_fast());
-    s.resume(now, 0).unwrap();
-    s.estimate.rtt_sample(Duration::from_secs(2));
-    s.update_fast();
-    assert!(s.path_min_rtt.is_none());
-    // The tier stays until the rate says otherwise (hysteresis); the floor
-    // itself is gone.
-    assert!(s.rtt_rate_floor() < 100.0, "{}", s.rtt_rate_floor());
-}
-
 /// A record that left with nothing else waiting (app-limited) shows what we
 /// had to send, not the link: its low delivery-rate sample must not replace
 /// the configured rate (BBR's rule). A record sent with more waiting counts.

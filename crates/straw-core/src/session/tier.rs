@@ -27,28 +27,9 @@ impl Session {
     /// a starved compressor holds down, keeping the strong codec and
     /// starving the CPU further) this can only err low.
     pub(super) fn rtt_rate_floor(&self) -> f64 {
-        let rtt = match (self.estimate.recent_min_rtt(), self.path_min_rtt) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(r) => r,
-                None => return 0.0,
-            },
-        };
-        if rtt.is_zero() {
-            return 0.0;
-        }
-        2.0 * PING_WIRE_BYTES / rtt.as_secs_f64()
-    }
-
-    /// The path's minimum RTT as the kernel's TCP measured it on the current
-    /// connection (`TCP_INFO`'s `tcpi_min_rtt`). Ours include the time our
-    /// records wait for a busy CPU and so grow under load; the kernel's
-    /// don't, and keep a LAN-fast tunnel on the fast codec when every
-    /// compressor on the server is starved.
-    pub fn set_path_min_rtt(&mut self, rtt: std::time::Duration) {
-        if self.path_min_rtt != Some(rtt) {
-            self.path_min_rtt = Some(rtt);
-            self.update_fast();
+        match self.estimate.recent_min_rtt() {
+            Some(rtt) if !rtt.is_zero() => 2.0 * PING_WIRE_BYTES / rtt.as_secs_f64(),
+            _ => 0.0,
         }
     }
 

@@ -299,7 +299,8 @@ pub struct TcpInfo {
 /// The one `unsafe` in straw: `getsockopt` into a plain C struct.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-pub fn tcp_info(s: &impl std::os::fd::AsRawFd) -> io::Result<TcpInfo> {
+pub fn tcp_info(s: &TcpStream) -> io::Result<TcpInfo> {
+    use std::os::fd::AsRawFd;
     // libc's glibc tcp_info matches the kernel's linux/tcp.h layout, newer
     // fields included; the kernel copies min(len, its size) and reports it.
     // SAFETY: tcp_info is plain integers, so all-zero is a valid value.
