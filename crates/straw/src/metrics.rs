@@ -449,7 +449,7 @@ fn open_fds() -> Option<usize> {
 
 /// CPU time this thread has used, where the platform tells it cheaply.
 #[allow(unsafe_code)]
-fn thread_cpu() -> Option<Duration> {
+pub fn thread_cpu() -> Option<Duration> {
     #[cfg(unix)]
     {
         let mut ts = libc::timespec {

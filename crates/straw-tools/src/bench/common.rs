@@ -56,3 +56,18 @@ pub async fn wait_for_port(addr: SocketAddr) -> Result<()> {
     }
     bail!("nothing listens on {addr}")
 }
+
+/// Raises this process's open-files limit (Unix) and fails unless `need`
+/// files fit, naming `what` needs them.
+pub fn fd_room(need: u64, what: &str) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let ours = straw::gate::raise_fd_limit()?;
+        if ours < need {
+            anyhow::bail!("this process may open only {ours} files, fewer than {what} need");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (need, what);
+    Ok(())
+}

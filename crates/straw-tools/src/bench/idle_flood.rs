@@ -29,7 +29,7 @@ use straw::client::session_config;
 use straw::config::{SessionOptions, TcpOptions};
 use straw::link::{keys, noise, tcp};
 
-use super::common::write_keys;
+use super::common::{fd_room, write_keys};
 
 #[derive(Args, Debug, Clone)]
 pub struct IdleFloodArgs {
@@ -270,16 +270,10 @@ async fn keep_open(mut idle: Vec<TcpStream>, addr: SocketAddr, sources: u8, stop
 
 pub async fn run(args: &IdleFloodArgs) -> Result<IdleFloodReport> {
     // This process holds the idle connections itself.
-    #[cfg(unix)]
-    {
-        let ours = straw::gate::raise_fd_limit()?;
-        if ours < args.connections as u64 + 64 {
-            bail!(
-                "this process may open only {ours} files, fewer than {} connections need",
-                args.connections
-            );
-        }
-    }
+    fd_room(
+        args.connections as u64 + 64,
+        &format!("{} connections", args.connections),
+    )?;
     let bin = match &args.server_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("cannot find this binary")?,

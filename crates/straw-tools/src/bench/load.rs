@@ -32,7 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::common::{free_port, rss, wait_for_port, write_keys};
+use super::common::{fd_room, free_port, rss, wait_for_port, write_keys};
 
 /// Bytes of each echo probe.
 const PROBE_BYTES: usize = 100;
@@ -272,24 +272,12 @@ impl CmCost {
     }
 }
 
-/// CPU time of this thread.
-#[cfg(unix)]
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the struct we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// Without a thread CPU clock (Windows): wall time, which on an idle
+/// CPU time of this thread ([`straw::metrics::thread_cpu`]); where the
+/// platform has no thread clock (Windows), wall time, which on an idle
 /// machine is close (the CM figure runs on one thread before any tunnel).
-#[cfg(not(unix))]
 fn thread_cpu() -> Duration {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed()
+    straw::metrics::thread_cpu().unwrap_or_else(|| START.get_or_init(Instant::now).elapsed())
 }
 
 /// Encodes `text` through the server's CM bulk context (the download
@@ -704,16 +692,10 @@ async fn echo_once(probe: &mpsc::Sender<Cmd>) -> Option<f64> {
 }
 
 pub async fn run(args: &LoadArgs, cm: &CmCost) -> Result<LoadReport> {
-    #[cfg(unix)]
-    {
-        let ours = straw::gate::raise_fd_limit()?;
-        if ours < args.tunnels as u64 + 256 {
-            bail!(
-                "this process may open only {ours} files, fewer than {} tunnels need",
-                args.tunnels
-            );
-        }
-    }
+    fd_room(
+        args.tunnels as u64 + 256,
+        &format!("{} tunnels", args.tunnels),
+    )?;
     let dir = std::env::temp_dir().join(format!("straw-bench-load-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

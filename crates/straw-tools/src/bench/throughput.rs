@@ -266,15 +266,7 @@ fn configs(
     local: SocketAddr,
 ) -> Result<(ServerConfig, ClientConfig)> {
     for who in ["server", "client"] {
-        let kp = keys::generate();
-        let key = dir.join(format!("{who}.key"));
-        std::fs::write(&key, keys::encode_key(&kp.private))?;
-        #[cfg(unix)]
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        std::fs::write(
-            dir.join(format!("{who}.key.pub")),
-            keys::encode_key(&kp.public),
-        )?;
+        super::common::write_keys(dir, who)?;
     }
     std::fs::copy(dir.join("client.key.pub"), dir.join("authorized_clients"))?;
     let server = dir.join("server.toml");
