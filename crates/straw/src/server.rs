@@ -415,16 +415,8 @@ impl Sessions {
     /// (closing its upstream connections) unless a client took it back.
     /// `confirmed`: the link carried a record from the client, which so
     /// holds the ticket granted on it (the one before it dies).
-    fn park(
-        &self,
-        id: SessionId,
-        mut tunnel: Tunnel,
-        grace: Duration,
-        label: String,
-        confirmed: bool,
-    ) {
-        // A parked session may wait hours: no compressor state meanwhile.
-        tunnel.drop_encoder_state();
+    fn park(&self, id: SessionId, tunnel: Tunnel, grace: Duration, label: String, confirmed: bool) {
+        // The compressor state stays: a redial resumes warm (tests/dial.rs).
         let bytes = tunnel.memory_bytes();
         let parked = self
             .lock()
