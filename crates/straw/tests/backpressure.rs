@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use straw_tools::linksim::{Link, LinkParams, bind_listener, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn program_writes_block_and_client_holds_at_most_its_bound() {
@@ -54,7 +54,13 @@ async fn program_writes_block_and_client_holds_at_most_its_bound() {
     let w = written.clone();
     let local = r.local;
     let writer = tokio::spawn(async move {
-        let mut s = TcpStream::connect(local).await.unwrap();
+        // A fixed send buffer, as a program has on an ordinary path: on
+        // loopback (64 KiB MTU) Linux sizes a new socket's send buffer from
+        // the MSS at connect, up to tcp_wmem's max (4 MiB here), and 1 MB
+        // would sit in the program's own socket whatever straw does.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_send_buffer_size(32 * 1024).unwrap();
+        let mut s = sock.connect(local).await.unwrap();
         // Incompressible, so link time is what it looks like.
         let data = random_bytes(1 << 20, 5);
         for chunk in data.chunks(1024) {
