@@ -206,4 +206,17 @@ pub trait Accelerator: Send {
     fn activity(&self) -> Option<Activity> {
         None
     }
+
+    /// Client side: `Some(why)` while new bulk transfers must not start
+    /// (the call's budget is spent), `None` again when they may. A program
+    /// asking for one meanwhile gets a temporary error in its protocol's
+    /// terms, chosen so that no mail program deletes or bounces anything;
+    /// interactive commands and transfers already under way go on.
+    fn hold_bulk(&mut self, _why: Option<&str>) {}
+}
+
+/// Words for a held-back transfer's error reply: `why` on one line, cut
+/// short, with nothing that could end the reply early.
+pub fn hold_words(why: &str) -> String {
+    activity_text(why).replace(['\r', '\n'], " ")
 }

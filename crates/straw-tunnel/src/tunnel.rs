@@ -94,6 +94,8 @@ pub struct Tunnel {
     link_backlog: usize,
     /// The server's memory budget is spent (see [`Tunnel::set_memory_pressure`]).
     pressure: bool,
+    /// Why new bulk transfers are held back (client: the call's budget).
+    bulk_hold: Option<String>,
     scratch: Output,
 }
 
@@ -114,6 +116,7 @@ impl Tunnel {
             idle_since: None,
             link_backlog: 0,
             pressure: false,
+            bulk_hold: None,
             scratch: Output::default(),
         }
     }
@@ -187,6 +190,19 @@ impl Tunnel {
     pub fn set_memory_pressure(&mut self, on: bool) {
         self.pressure = on;
         self.session.set_credit_hold(on);
+    }
+
+    /// Client: `Some(why)` while new bulk transfers must wait (the call's
+    /// budget is spent), for every connection's accelerator, present and
+    /// future (see [`Accelerator::hold_bulk`]).
+    pub fn set_bulk_hold(&mut self, why: Option<&str>) {
+        if self.bulk_hold.as_deref() == why {
+            return;
+        }
+        self.bulk_hold = why.map(str::to_owned);
+        for accel in self.streams.values_mut().filter_map(|s| s.accel.as_mut()) {
+            accel.hold_bulk(why);
+        }
     }
 
     pub fn memory_pressure(&self) -> bool {
@@ -387,6 +403,9 @@ impl Tunnel {
         // A cached greeting goes out before anything else.
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
+        if self.bulk_hold.is_some() {
+            accel.hold_bulk(self.bulk_hold.as_deref());
+        }
         accel.start(&mut out);
         if let Some(s) = self.streams.get_mut(&stream) {
             s.accel = Some(accel);

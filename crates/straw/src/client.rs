@@ -119,13 +119,16 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     let server_key = keys::load_public(&cfg.server_public_key)?;
     let (open_tx, opens) = mpsc::channel::<OpenRequest>(64);
     let warm_ups = listen(&cfg, open_tx)?;
-    let board = Arc::new(Board::new(
-        cfg.server.clone(),
-        cfg.link.cost_per_minute,
-        cfg.session.initial_rate_bps as f64 / 8.0,
-        stats.clone(),
-        now(),
-    ));
+    let board = Arc::new(
+        Board::new(
+            cfg.server.clone(),
+            cfg.link.cost_per_minute,
+            cfg.session.initial_rate_bps as f64 / 8.0,
+            stats.clone(),
+            now(),
+        )
+        .with_budget(cfg.link.budget_per_call),
+    );
     // Removes the socket when the client returns.
     let _control = start_control(&cfg, &board);
     let min_backoff = Duration::from_millis(cfg.session.reconnect_min_ms.max(1));

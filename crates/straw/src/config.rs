@@ -613,6 +613,12 @@ pub struct ClientLink {
     pub command_timeout_secs: u64,
     /// Airtime price per started minute, for the log line at hang-up.
     pub cost_per_minute: f64,
+    /// Money one call may cost (0 = no limit). Once the call's billed cost
+    /// (per started minute) reaches it, new bulk transfers wait for the
+    /// next call: POP3 RETR, IMAP body FETCH and SMTP MAIL get a temporary
+    /// error that makes no mail program delete or bounce anything; other
+    /// commands and transfers already under way go on.
+    pub budget_per_call: f64,
 }
 
 impl Default for ClientLink {
@@ -624,6 +630,7 @@ impl Default for ClientLink {
             on_hangup: None,
             command_timeout_secs: 60,
             cost_per_minute: 1.50,
+            budget_per_call: 0.0,
         }
     }
 }
@@ -733,6 +740,14 @@ impl ClientConfig {
         }
         if c.services.is_empty() {
             bail!("{}: no [[service]] configured", path.display());
+        }
+        for (key, v) in [
+            ("cost_per_minute", c.link.cost_per_minute),
+            ("budget_per_call", c.link.budget_per_call),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                bail!("{}: [link] {key} = {v}: must be 0 or more", path.display());
+            }
         }
         Ok(c)
     }

@@ -358,6 +358,7 @@ idle_hangup_secs = 0       # on demand: hang up after this long idle (0 = never)
 # on_dial = "ifup sat0"    # sh -c before each dial; must succeed
 # on_hangup = "ifdown sat0"
 cost_per_minute = 1.50     # for the hang-up log line; billed per started minute
+budget_per_call = 0        # money per call before big transfers wait for the next call (0 = no limit)
 
 # Interrupted messages and cached greetings are kept in ~/.local/state/straw
 # (Windows: %LOCALAPPDATA%\straw); [partial] dir and [cache] dir move them.

@@ -105,6 +105,16 @@ pub struct MoneyView {
     pub without_straw_call: Option<f64>,
     pub without_straw_total: Option<f64>,
     pub without_straw_how: String,
+    /// `[link] budget_per_call`, if set.
+    #[serde(default)]
+    pub budget_per_call: Option<f64>,
+    /// Seconds of this call left before new bulk transfers wait (see
+    /// [`Board::bulk_hold`]); None without a budget or a call.
+    #[serde(default)]
+    pub budget_left_secs: Option<f64>,
+    /// The budget is reached: new bulk transfers wait for the next call.
+    #[serde(default)]
+    pub budget_reached: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,6 +228,8 @@ struct Inner {
     /// The best rate measured either way (bytes/s).
     best_rate: f64,
     recent: VecDeque<Finished>,
+    /// This call's "budget reached" was logged.
+    budget_told: bool,
 }
 
 /// The client's live state for the status screen; shared between the
@@ -231,6 +243,8 @@ pub struct Board {
     nominal_rate: f64,
     started_unix_ms: u64,
     stats: Arc<TunnelStats>,
+    /// `[link] budget_per_call` (0: none).
+    budget: f64,
     inner: Mutex<Inner>,
 }
 
@@ -258,6 +272,7 @@ impl Board {
             },
             started_unix_ms: t,
             stats,
+            budget: 0.0,
             inner: Mutex::new(Inner {
                 state: LinkState::Down,
                 since: now,
@@ -274,8 +289,53 @@ impl Board {
                 progress: std::collections::HashMap::new(),
                 best_rate: 0.0,
                 recent: VecDeque::new(),
+                budget_told: false,
             }),
         }
+    }
+
+    /// Money one call may cost before new bulk transfers wait (0: none).
+    pub fn with_budget(mut self, per_call: f64) -> Self {
+        self.budget = if per_call.is_finite() {
+            per_call.max(0.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// Connected seconds a call may use before its budget is reached: the
+    /// whole minutes the budget pays for (billing is per started minute,
+    /// so those minutes are used to their end). None: no budget.
+    fn budget_secs(&self) -> Option<f64> {
+        (self.budget > 0.0 && self.cost_per_minute > 0.0)
+            .then(|| (self.budget / self.cost_per_minute + 1e-9).floor() * 60.0)
+    }
+
+    /// `Some(words)` while this call has used what its budget pays for:
+    /// new bulk transfers wait for the next call (the words go into the
+    /// programs' temporary errors). Logged once per call.
+    pub fn bulk_hold(&self, now: Instant) -> Option<String> {
+        let allowed = self.budget_secs()?;
+        let mut i = self.lock();
+        let call = i.call?;
+        let secs = now.saturating_duration_since(call.start).as_secs_f64();
+        if secs < allowed {
+            return None;
+        }
+        let (_, cost) = billed(secs, self.cost_per_minute);
+        if !std::mem::replace(&mut i.budget_told, true) {
+            tracing::warn!(
+                "call budget {} reached after {} (billed {}): new bulk transfers (POP3 RETR, IMAP body FETCH, SMTP MAIL) wait for the next call",
+                money(self.budget),
+                duration(secs),
+                money(cost)
+            );
+        }
+        Some(format!(
+            "this call's budget of {} is spent; new transfers wait for the next call",
+            money(self.budget)
+        ))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -311,6 +371,7 @@ impl Board {
             start: now,
             at: counters(&self.stats),
         });
+        i.budget_told = false;
         Self::set_state(&mut i, LinkState::Up, None, now);
     }
 
@@ -500,6 +561,13 @@ impl Board {
                 without_straw_call: without_call,
                 without_straw_total: i.past_without.zip(without_call).map(|(a, b)| a + b),
                 without_straw_how: WITHOUT_STRAW_HOW.into(),
+                budget_per_call: (self.budget > 0.0).then_some(self.budget),
+                budget_left_secs: self
+                    .budget_secs()
+                    .filter(|_| call.is_some())
+                    .map(|a| (a - call_secs).max(0.0)),
+                budget_reached: call.is_some()
+                    && self.budget_secs().is_some_and(|a| call_secs >= a),
             },
             streams,
             streams_not_listed: not_listed,
@@ -716,6 +784,16 @@ pub fn render(s: &Snapshot) -> String {
         opt(m.without_straw_call),
         opt(m.without_straw_total)
     );
+    if let Some(b) = m.budget_per_call {
+        let state = match m.budget_left_secs {
+            _ if m.budget_reached => {
+                "REACHED: new transfers (RETR, body FETCH, MAIL) wait for the next call".to_owned()
+            }
+            Some(left) => format!("{} of transfers left this call", duration(left)),
+            None => "no call now".to_owned(),
+        };
+        let _ = writeln!(o, "budget {} per call: {state}", money(b));
+    }
     let _ = writeln!(o);
     if s.streams.is_empty() {
         let _ = writeln!(o, "no connections open");
@@ -934,5 +1012,58 @@ mod rate_tests {
         assert_eq!(down_rate(&samples, at(3), 1_100), None);
         assert_eq!(down_rate(&samples, at(5), 600), None);
         assert_eq!(down_rate(&VecDeque::new(), at(5), 600), None);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    fn board(budget: f64) -> (Board, Instant) {
+        let t0 = Instant::now();
+        let stats = Arc::new(TunnelStats::default());
+        let b = Board::new("sat:7000".into(), 1.5, 300.0, stats, t0).with_budget(budget);
+        (b, t0)
+    }
+
+    #[test]
+    fn the_budget_is_reached_when_the_minutes_it_pays_for_are_used() {
+        let (b, t0) = board(3.0); // two minutes at $1.50
+        assert_eq!(b.bulk_hold(t0), None, "no call: nothing to hold");
+        b.call_started(t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(b.bulk_hold(at(119)), None, "the second paid minute runs");
+        let m = b.snapshot(at(119)).money;
+        assert_eq!(m.budget_per_call, Some(3.0));
+        assert_eq!(m.budget_left_secs, Some(1.0));
+        assert!(!m.budget_reached);
+
+        let why = b.bulk_hold(at(120)).expect("reached at 120 s");
+        assert!(why.contains("$3.00"), "{why}");
+        let m = b.snapshot(at(150)).money;
+        assert!(m.budget_reached);
+        assert_eq!(m.budget_left_secs, Some(0.0));
+        let text = render(&b.snapshot(at(150)));
+        assert!(text.contains("budget $3.00 per call: REACHED"), "{text}");
+
+        // The next call has its own budget.
+        b.call_ended("hung up", at(200));
+        assert_eq!(b.bulk_hold(at(200)), None);
+        b.call_started(at(300));
+        assert_eq!(b.bulk_hold(at(301)), None);
+    }
+
+    #[test]
+    fn a_budget_below_one_minute_holds_from_the_start_and_none_never_holds() {
+        let (b, t0) = board(1.0);
+        b.call_started(t0);
+        assert!(
+            b.bulk_hold(t0).is_some(),
+            "the first minute already costs $1.50"
+        );
+        let (b, t0) = board(0.0);
+        b.call_started(t0);
+        assert_eq!(b.bulk_hold(t0 + Duration::from_secs(86_400)), None);
+        assert_eq!(b.snapshot(t0).money.budget_per_call, None);
     }
 }

@@ -246,6 +246,9 @@ impl Tunnel {
             return;
         };
         let t = now();
+        // Each turn, before the next command is read: cheap, and a budget
+        // reached between two status publications still holds.
+        self.core.set_bulk_hold(board.bulk_hold(t).as_deref());
         let count = self.core.stream_count();
         let due = match self.board_told {
             None => true,

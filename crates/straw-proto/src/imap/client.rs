@@ -9,7 +9,7 @@ use super::reply::{cap_set, caps_of, greeting_sig, rewrite_caps, rewrite_line, s
 use super::resume::ClientOffer;
 use super::{BULK_LITERAL, CAPABILITY_KEY, GREETING_KEY, ImapConfig, LINK_LOST, resume};
 use crate::partial::SharedStore;
-use crate::{AccelStats, Accelerator, Activity, Cache, Output, activity_text};
+use crate::{AccelStats, Accelerator, Activity, Cache, Output, activity_text, hold_words};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Greeting {
@@ -100,6 +100,8 @@ pub struct ClientAccel {
     /// The response being read: sequence number and UID, for naming its
     /// literal.
     pub(super) resp_msg: (Option<u32>, Option<u32>),
+    /// Why message bodies are held back (the call's budget is spent), if so.
+    pub(super) bulk_held: Option<String>,
 }
 
 impl ClientAccel {
@@ -147,6 +149,7 @@ impl ClientAccel {
             cmd_lit: None,
             last_verb: String::new(),
             resp_msg: (None, None),
+            bulk_held: None,
         }
     }
 
@@ -329,6 +332,31 @@ impl ClientAccel {
         }
     }
 
+    /// A FETCH of message bodies while the call's budget is spent: refused
+    /// here with a tagged `NO [UNAVAILABLE]` (RFC 5530: temporary), not
+    /// sent. Only between responses, so that the line never lands inside
+    /// another reply; headers, flags and sizes still go.
+    fn held_back(&mut self, raw: &[u8], out: &mut Output) -> bool {
+        let Some(why) = &self.bulk_held else {
+            return false;
+        };
+        let (tag, rest) = word(content(raw));
+        let (verb, args) = word(rest);
+        let args = match upper(verb).as_str() {
+            "FETCH" => args,
+            "UID" if upper(word(args).0) == "FETCH" => word(args).1,
+            _ => return false,
+        };
+        if !fetches_bodies(args) || !self.resps.between_messages() || tag.is_empty() {
+            return false;
+        }
+        let done = format!(" NO [UNAVAILABLE] straw: {}\r\n", hold_words(why));
+        out.to_local.extend_from_slice(tag);
+        out.to_local.extend_from_slice(done.as_bytes());
+        self.stats.local_replies += 1;
+        true
+    }
+
     fn on_cmd(&mut self, ev: Ev, out: &mut Output) {
         match ev {
             Ev::Line { raw, first, lit } => {
@@ -341,6 +369,9 @@ impl ClientAccel {
                     // Sent on once the UID is known.
                     self.stashed = Some(raw);
                     self.lookup_wait = true;
+                    return;
+                }
+                if first && self.cont_tag.is_none() && lit.is_none() && self.held_back(&raw, out) {
                     return;
                 }
                 if first && self.cont_tag.is_none() {
@@ -675,6 +706,10 @@ impl Accelerator for ClientAccel {
         }
     }
 
+    fn hold_bulk(&mut self, why: Option<&str>) {
+        self.bulk_held = why.map(str::to_owned);
+    }
+
     fn stats(&self) -> AccelStats {
         self.stats
     }
@@ -690,6 +725,22 @@ impl Accelerator for ClientAccel {
 }
 
 /// Counts `n` more bytes of a literal; gone once it is complete.
+/// FETCH items that carry message text: `BODY[...]`/`BODY.PEEK[...]`
+/// (but not a `HEADER` section), `RFC822`, `RFC822.TEXT`, `BINARY[...]`.
+fn fetches_bodies(items: &[u8]) -> bool {
+    let items = upper(items);
+    let sections = ["BODY[", "BODY.PEEK[", "BINARY[", "BINARY.PEEK["];
+    let body = sections.iter().any(|open| {
+        items
+            .match_indices(open)
+            .any(|(i, _)| !items[i + open.len()..].starts_with("HEADER"))
+    });
+    let rfc822 = items
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+        .any(|w| w == "RFC822" || w == "RFC822.TEXT");
+    body || rfc822
+}
+
 fn advance(lit: &mut Option<Activity>, n: usize) {
     if let Some(a) = lit {
         a.done = a.done.saturating_add(n as u64);
@@ -769,5 +820,70 @@ mod activity_tests {
         );
         c.from_local(b"efgh\r\n", true, &mut out);
         assert_eq!(c.activity(), Some(Activity::new("IMAP APPEND", 0, None)));
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn body_items_are_told_from_headers_flags_and_sizes() {
+        for bulk in [
+            "1:5 (BODY[])",
+            "4417 (UID BODY.PEEK[] FLAGS)",
+            "3 (BODY[TEXT])",
+            "3 (BODY.PEEK[1.2])",
+            "3 RFC822",
+            "3 (RFC822.TEXT)",
+            "3 (binary.peek[1])",
+            "3 (BODY.PEEK[HEADER] BODY[])",
+        ] {
+            assert!(fetches_bodies(bulk.as_bytes()), "{bulk}");
+        }
+        for small in [
+            "1:* (FLAGS UID RFC822.SIZE)",
+            "1:* (UID BODY.PEEK[HEADER.FIELDS (FROM SUBJECT)])",
+            "3 (RFC822.HEADER)",
+            "3 BODYSTRUCTURE",
+            "3 (ENVELOPE INTERNALDATE)",
+        ] {
+            assert!(!fetches_bodies(small.as_bytes()), "{small}");
+        }
+    }
+
+    #[test]
+    fn a_spent_budget_refuses_body_fetches_here_and_lets_the_rest_go() {
+        let mut c = ClientAccel::new(&Cache::new());
+        let mut out = Output::default();
+        c.start(&mut out);
+        c.from_tunnel(b"* OK ready\r\n", &mut out);
+        c.from_local(b"a1 LOGIN u p\r\n", true, &mut out);
+        c.from_tunnel(b"a1 OK done\r\n", &mut out);
+        out.to_local.clear();
+        out.to_tunnel.clear();
+
+        c.hold_bulk(Some("call budget spent"));
+        c.from_local(b"a2 UID FETCH 4417 (BODY.PEEK[])\r\n", true, &mut out);
+        assert!(out.to_tunnel.is_empty(), "nothing went over the link");
+        assert_eq!(
+            out.to_local,
+            b"a2 NO [UNAVAILABLE] straw: call budget spent\r\n"
+        );
+        out.to_local.clear();
+        c.from_local(b"a3 UID FETCH 1:* (FLAGS RFC822.SIZE)\r\n", true, &mut out);
+        assert_eq!(out.to_tunnel, b"a3 UID FETCH 1:* (FLAGS RFC822.SIZE)\r\n");
+        c.from_tunnel(
+            b"* 1 FETCH (UID 4417 FLAGS () RFC822.SIZE 9)\r\na3 OK\r\n",
+            &mut out,
+        );
+        out.to_tunnel.clear();
+
+        c.hold_bulk(None);
+        c.from_local(b"a4 UID FETCH 4417 (BODY.PEEK[])\r\n", true, &mut out);
+        assert!(
+            out.to_tunnel
+                .ends_with(b"a4 UID FETCH 4417 (BODY.PEEK[])\r\n")
+        );
     }
 }

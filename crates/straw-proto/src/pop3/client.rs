@@ -12,7 +12,7 @@ use super::{
 use crate::partial::SharedStore;
 use crate::shared::lines::{MAX_LINE, take_line, trim_end, verb};
 use crate::shared::owed::OwedReplies;
-use crate::{AccelStats, Accelerator, Activity, Cache, Output};
+use crate::{AccelStats, Accelerator, Activity, Cache, Output, hold_words};
 
 /// Commands that commit nothing at QUIT: after only these, QUIT may be
 /// answered locally. Anything else (`DELE`, or a command straw doesn't know)
@@ -140,6 +140,8 @@ pub struct ClientAccel {
     pub(super) abort_refused: bool,
     /// Body bytes of the reply at the front of `expect` received so far.
     pub(super) reply_bytes: u64,
+    /// Why new RETRs are held back (the call's budget is spent), if they are.
+    pub(super) bulk_held: Option<String>,
 }
 
 impl ClientAccel {
@@ -178,6 +180,7 @@ impl ClientAccel {
             pf_retr: None,
             abort_refused: false,
             reply_bytes: 0,
+            bulk_held: None,
         }
     }
 
@@ -433,6 +436,13 @@ impl ClientAccel {
                     self.claim_prefetch();
                     self.retrieved.insert(m);
                     self.prefetch_retr(m, out);
+                }
+                _ if let Some(why) = &self.bulk_held => {
+                    // [SYS/TEMP] (RFC 3206): a temporary failure, so the
+                    // program keeps the message for a later session and
+                    // deletes nothing.
+                    let reply = format!("-ERR [SYS/TEMP] straw: {}\r\n", hold_words(why));
+                    self.owed.owe_local(reply.into_bytes());
                 }
                 _ => {
                     if self.retr(line, out)
@@ -731,6 +741,10 @@ impl Accelerator for ClientAccel {
         self.pump(out);
     }
 
+    fn hold_bulk(&mut self, why: Option<&str>) {
+        self.bulk_held = why.map(str::to_owned);
+    }
+
     fn stats(&self) -> AccelStats {
         self.owed.stats
     }
@@ -814,5 +828,47 @@ mod activity_tests {
             c.activity(),
             Some(Activity::new("POP3 RETR 3 of 3", 0, Some(50)))
         );
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_spent_budget_holds_back_retr_but_not_interactive_commands() {
+        let cfg = Pop3Config {
+            prefetch: false,
+            prefetch_retr_max_bytes: 64 * 1024,
+        };
+        let mut c = ClientAccel::new(cfg, &Cache::new());
+        let mut out = Output::default();
+        c.start(&mut out);
+        c.from_tunnel(b"+OK ready\r\n", &mut out);
+        c.from_local(b"LIST\r\n", true, &mut out);
+        c.from_tunnel(b"+OK 2 messages\r\n1 100\r\n2 50\r\n.\r\n", &mut out);
+        out.to_local.clear();
+        out.to_tunnel.clear();
+
+        c.hold_bulk(Some("budget $3.00\r\nper call\nspent"));
+        c.from_local(b"RETR 1\r\n", true, &mut out);
+        assert!(out.to_tunnel.is_empty(), "nothing asked over the link");
+        assert_eq!(
+            out.to_local,
+            b"-ERR [SYS/TEMP] straw: budget $3.00??per call?spent\r\n"
+        );
+        out.to_local.clear();
+        // Interactive commands still go over the link.
+        c.from_local(b"NOOP\r\n", true, &mut out);
+        assert_eq!(out.to_tunnel, b"NOOP\r\n");
+        c.from_tunnel(b"+OK\r\n", &mut out);
+        assert_eq!(out.to_local, b"+OK\r\n");
+        out.to_local.clear();
+        out.to_tunnel.clear();
+
+        // Budget lifted (a new call): RETR goes, and so does its prefetch.
+        c.hold_bulk(None);
+        c.from_local(b"RETR 1\r\n", true, &mut out);
+        assert_eq!(out.to_tunnel, b"RETR 1\r\nRETR 2\r\n");
     }
 }

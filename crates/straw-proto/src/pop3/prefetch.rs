@@ -36,7 +36,7 @@ impl ClientAccel {
     /// through the one resume path.
     pub(super) fn prefetch_retr(&mut self, after: u32, out: &mut Output) {
         let cap = self.cfg.prefetch_retr_max_bytes;
-        if cap == 0 || self.pf_retr.is_some() || self.failed {
+        if cap == 0 || self.pf_retr.is_some() || self.failed || self.bulk_held.is_some() {
             return;
         }
         let Some(n) = after.checked_add(1) else {

@@ -12,7 +12,7 @@ use super::{
 use crate::partial::SharedStore;
 use crate::shared::lines::{DotScanner, take_line, trim_end, verb};
 use crate::shared::owed::OwedReplies;
-use crate::{AccelStats, Accelerator, Activity, Cache, Output};
+use crate::{AccelStats, Accelerator, Activity, Cache, Output, hold_words};
 
 #[derive(Debug)]
 pub(super) enum Disp {
@@ -85,6 +85,11 @@ pub struct ClientAccel {
     pub(super) failed: bool,
     /// QUIT was answered: the program is done and expects nothing more.
     pub(super) quit_answered: bool,
+    /// Why new messages are held back (the call's budget is spent), if so.
+    pub(super) bulk_held: Option<String>,
+    /// The transaction whose MAIL was refused here for that: its RCPT and
+    /// DATA get the same temporary refusal, nothing goes over the link.
+    pub(super) held_txn: Option<u64>,
 }
 
 impl ClientAccel {
@@ -117,6 +122,8 @@ impl ClientAccel {
             data_err: None,
             failed: false,
             quit_answered: false,
+            bulk_held: None,
+            held_txn: None,
         }
     }
 
@@ -246,6 +253,23 @@ impl ClientAccel {
                 self.txn += 1;
                 self.envelope.clear();
                 self.forward(&line, out, |id| Disp::Deliver { id, resets: true });
+            }
+            "MAIL" if self.bulk_held.is_some() => {
+                // 451 (temporary): the program keeps the message queued and
+                // tries again later; nothing was sent, nothing bounces.
+                self.txn += 1;
+                self.envelope.clear();
+                self.held_txn = Some(self.txn);
+                let why = hold_words(self.bulk_held.as_deref().unwrap_or_default());
+                self.owed
+                    .owe_local(format!("451 4.7.0 straw: {why}\r\n").into_bytes());
+            }
+            "RCPT" | "DATA" if self.held_txn == Some(self.txn) => {
+                // Pipelined behind the refused MAIL (RFC 2920): refused the
+                // same temporary way, never a 5xx that could bounce.
+                self.owed.owe_local(
+                    b"451 4.7.0 straw: no transaction (MAIL was held back)\r\n".to_vec(),
+                );
             }
             "MAIL" => {
                 // Commits nothing; its real reply is checked, and a refusal
@@ -479,6 +503,10 @@ impl Accelerator for ClientAccel {
         self.pump(out);
     }
 
+    fn hold_bulk(&mut self, why: Option<&str>) {
+        self.bulk_held = why.map(str::to_owned);
+    }
+
     fn stats(&self) -> AccelStats {
         self.owed.stats
     }
@@ -565,5 +593,45 @@ mod activity_tests {
             (1, None)
         );
         assert_eq!(envelope_shape(b"MAIL FROM:<a> SIZE=x\r\n"), (0, None));
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_spent_budget_refuses_new_mail_temporarily_and_sends_nothing() {
+        let mut c = ClientAccel::new(&Cache::new());
+        let mut out = Output::default();
+        c.start(&mut out);
+        c.from_tunnel(b"220 mx ready\r\n", &mut out);
+        c.from_local(b"EHLO boat\r\n", true, &mut out);
+        c.from_tunnel(b"250-mx\r\n250 PIPELINING\r\n", &mut out);
+        out.to_local.clear();
+        out.to_tunnel.clear();
+
+        c.hold_bulk(Some("call budget spent"));
+        // A pipelined transaction: every reply temporary (4xx), none sent.
+        c.from_local(
+            b"MAIL FROM:<a@boat>\r\nRCPT TO:<b@x>\r\nDATA\r\n",
+            true,
+            &mut out,
+        );
+        assert!(out.to_tunnel.is_empty(), "nothing went over the link");
+        let replies = String::from_utf8(out.to_local.clone()).unwrap();
+        let codes: Vec<&str> = replies.lines().map(|l| &l[..9]).collect();
+        assert_eq!(codes, ["451 4.7.0"; 3], "{replies}");
+        assert!(replies.starts_with("451 4.7.0 straw: call budget spent\r\n"));
+        out.to_local.clear();
+
+        // Interactive commands still go; RSET ends the refused transaction.
+        c.from_local(b"NOOP\r\n", true, &mut out);
+        assert_eq!(out.to_tunnel, b"NOOP\r\n");
+        c.from_tunnel(b"250 ok\r\n", &mut out);
+        out.to_tunnel.clear();
+        c.hold_bulk(None);
+        c.from_local(b"MAIL FROM:<a@boat>\r\nRCPT TO:<b@x>\r\n", true, &mut out);
+        assert_eq!(out.to_tunnel, b"MAIL FROM:<a@boat>\r\nRCPT TO:<b@x>\r\n");
     }
 }
