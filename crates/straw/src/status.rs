@@ -55,6 +55,10 @@ pub struct Snapshot {
     pub streams_not_listed: usize,
     /// The last finished transfers, newest first.
     pub recent: Vec<Finished>,
+    /// POP3 messages held ashore or released, not fetched yet, newest
+    /// first (`[pop3] hold_over_bytes`; empty when off).
+    #[serde(default)]
+    pub held: Vec<crate::holds::HeldEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,6 +236,8 @@ pub struct Board {
     started_unix_ms: u64,
     stats: Arc<TunnelStats>,
     inner: Mutex<Inner>,
+    /// The POP3 hold record, if holding is on.
+    holds: std::sync::OnceLock<Arc<crate::holds::HoldFile>>,
 }
 
 impl Board {
@@ -275,7 +281,17 @@ impl Board {
                 best_rate: 0.0,
                 recent: VecDeque::new(),
             }),
+            holds: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Shows (and lets the control socket change) the POP3 hold record.
+    pub fn set_holds(&self, holds: Arc<crate::holds::HoldFile>) {
+        let _ = self.holds.set(holds);
+    }
+
+    pub fn holds(&self) -> Option<&Arc<crate::holds::HoldFile>> {
+        self.holds.get()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -504,6 +520,7 @@ impl Board {
             streams,
             streams_not_listed: not_listed,
             recent: i.recent.iter().cloned().collect(),
+            held: self.holds.get().map(|h| h.pending()).unwrap_or_default(),
         }
     }
 }
@@ -775,6 +792,25 @@ pub fn render(s: &Snapshot) -> String {
                 cut(&f.what, 40),
                 size(f.bytes),
                 f.cost.map_or("?".to_owned(), money)
+            );
+        }
+    }
+    if !s.held.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "held ashore (straw hold release ID)");
+        for h in &s.held {
+            let state = match h.state {
+                crate::holds::HoldState::Held => "held",
+                _ => "released",
+            };
+            let _ = writeln!(
+                o,
+                "  {}  {:<8} {:>10}  {:<30} {}",
+                h.id,
+                state,
+                size(h.size),
+                cut(&h.from, 30),
+                cut(&h.subject, 40)
             );
         }
     }
