@@ -88,8 +88,10 @@ pub(super) enum HoldMark {
     None,
     /// The stub of a held message.
     Stub { uid: String, size: u64 },
-    /// A released message, in full.
-    Released(String),
+    /// A released message (UIDL), once at least this many body bytes were
+    /// delivered (a RETR: 0; a `TOP n x`: its LIST size, so that only a
+    /// TOP that brought it whole counts).
+    Released(String, u64),
 }
 
 /// A RETR whose body is kept in the partial store as it arrives.
@@ -162,6 +164,8 @@ pub struct ClientAccel {
     pub(super) abort_refused: bool,
     /// Body bytes of the reply at the front of `expect` received so far.
     pub(super) reply_bytes: u64,
+    /// ... and of the last complete reply.
+    pub(super) last_reply_bytes: u64,
     /// Hold ashore (see [`super::hold`]): settings, this login's view of
     /// the mailbox, the prefetched STAT/UIDL kept until LIST is here.
     pub(super) hold: Option<HoldConfig>,
@@ -207,6 +211,7 @@ impl ClientAccel {
             pf_retr: None,
             abort_refused: false,
             reply_bytes: 0,
+            last_reply_bytes: 0,
             hold: None,
             hold_view: None,
             pf_raw: [None, None],
@@ -791,7 +796,7 @@ impl Accelerator for ClientAccel {
                 }
             }
             if done {
-                self.reply_bytes = 0;
+                self.last_reply_bytes = std::mem::take(&mut self.reply_bytes);
                 let e = self.expect.pop_front().expect("front checked");
                 let reply = std::mem::take(&mut self.cur);
                 self.reply_done(e, reply, out);

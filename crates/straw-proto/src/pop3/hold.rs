@@ -9,8 +9,9 @@
 //!   UIDLs are cut and hashed, see [`held_uidl`]): the stub is not the
 //!   original, and programs keeping "leave on server" state must not take
 //!   one for the other;
-//! - `RETR n` of such a message: the stub; `DELE n`: `+OK` answered here,
-//!   never sent (the original stays on the server);
+//! - `RETR n` of such a message: the stub; `TOP n x`: the stub's header
+//!   and x lines of it; `DELE n`: `+OK` answered here, never sent (the
+//!   original stays on the server);
 //! - each released message as one more number after the real ones, with
 //!   its own UIDL and real size (in LIST and STAT too). Commands on those
 //!   numbers go to the real message (found by UIDL at login); a released
@@ -232,27 +233,43 @@ pub fn addresses(from: &str) -> Vec<String> {
     out
 }
 
-/// Server side: one RETR whose reply becomes a stub (or, for an allowed
-/// sender, goes through as it is). Holds at most [`stub::SCAN_MAX`] bytes
-/// of the original; past that it only reads to the end.
+/// What the server side does with the real reply of a held RETR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Reading the header for the sender.
+    Undecided,
+    /// Allowed sender: the real reply goes through as it comes.
+    Pass,
+    /// Allowed sender, asked with `TOP n x`: kept whole, then cut.
+    PassTop,
+    /// The stub goes in its place.
+    Stub,
+}
+
+/// Server side: one RETR (or `TOP n x`, asked upstream as `RETR n`) whose
+/// reply becomes a stub, or for an allowed sender goes through as it is.
+/// Holds at most [`stub::SCAN_MAX`] bytes of the original; past that it
+/// only reads to the end.
 #[derive(Debug)]
 pub(crate) struct ServerHold {
     req: HoldRequest,
+    /// The program asked `TOP n x`: the reply is cut to x body lines.
+    top: Option<u64>,
     status: Option<Vec<u8>>,
     buf: Vec<u8>,
     total: u64,
-    /// Some(false): passing the real reply through; Some(true): stub.
-    decided: Option<bool>,
+    mode: Mode,
 }
 
 impl ServerHold {
-    pub(crate) fn new(req: HoldRequest) -> Self {
+    pub(crate) fn new(req: HoldRequest, top: Option<u64>) -> Self {
         Self {
             req,
+            top,
             status: None,
             buf: Vec::new(),
             total: 0,
-            decided: None,
+            mode: Mode::Undecided,
         }
     }
 
@@ -266,7 +283,7 @@ impl ServerHold {
         held: &mut Vec<u8>,
         notes: &mut Vec<String>,
     ) {
-        if self.decided == Some(false) {
+        if self.mode == Mode::Pass {
             held.extend_from_slice(piece);
             return;
         }
@@ -277,7 +294,7 @@ impl ServerHold {
             }
             let (status, body) = piece.split_at(status_len.min(piece.len()));
             if !status.starts_with(b"+OK") {
-                self.decided = Some(false);
+                self.mode = Mode::Pass;
                 held.extend_from_slice(NOT_HELD);
                 held.extend_from_slice(piece);
                 return;
@@ -288,7 +305,7 @@ impl ServerHold {
         self.total += rest.len() as u64;
         let room = stub::SCAN_MAX.saturating_sub(self.buf.len());
         let fits = rest.len() <= room;
-        if self.decided.is_none() {
+        if self.mode == Mode::Undecided {
             if fits {
                 self.buf.extend_from_slice(rest);
             }
@@ -306,19 +323,24 @@ impl ServerHold {
                 .iter()
                 .any(|a| self.req.except.iter().any(|e| e == a));
             if allowed {
-                self.decided = Some(false);
                 notes.push(format!(
                     "POP3 hold: sender {from:?} is on the allow-list; message sent whole"
                 ));
-                held.extend_from_slice(SENT_WHOLE);
-                held.extend_from_slice(&self.status.take().unwrap_or_default());
-                held.append(&mut self.buf);
-                if !fits {
-                    held.extend_from_slice(rest);
-                }
-                return;
             }
-            self.decided = Some(true);
+            self.mode = match (allowed, self.top) {
+                (true, None) => {
+                    held.extend_from_slice(SENT_WHOLE);
+                    held.extend_from_slice(&self.status.take().unwrap_or_default());
+                    held.append(&mut self.buf);
+                    if !fits {
+                        held.extend_from_slice(rest);
+                    }
+                    self.mode = Mode::Pass;
+                    return;
+                }
+                (true, Some(_)) => Mode::PassTop,
+                (false, _) => Mode::Stub,
+            };
             if !fits {
                 self.buf.extend_from_slice(&rest[..room]);
             }
@@ -329,15 +351,31 @@ impl ServerHold {
             return;
         }
         let original = stub::unstuff(&self.buf);
+        let cut = (self.total as usize) > self.buf.len();
+        let status = self.status.take().unwrap_or_default();
+        self.buf = Vec::new();
+        if self.mode == Mode::PassTop {
+            if cut {
+                // Never a cut message in a reply that says it is whole.
+                held.extend_from_slice(NOT_HELD);
+                held.extend_from_slice(b"-ERR straw: message too large to answer TOP\r\n");
+            } else {
+                held.extend_from_slice(SENT_WHOLE);
+                held.extend_from_slice(&status);
+                let lines = self.top.unwrap_or(u64::MAX);
+                held.extend_from_slice(&stub::stuff(&stub::top_of(&original, lines)));
+            }
+            return;
+        }
         let i = &self.req.info;
         // The size as LIST counts it: the original with CRLF line ends,
         // not dot-stuffed (close enough past the scan cap).
-        let size = if (self.total as usize) > self.buf.len() {
+        let size = if cut {
             self.total
         } else {
             original.len() as u64
         };
-        let stub = stub::build_stub(
+        let mut stub = stub::build_stub(
             &original,
             &StubInfo {
                 id: i.id.clone(),
@@ -347,6 +385,9 @@ impl ServerHold {
                 cost_cents: i.cents,
             },
         );
+        if let Some(lines) = self.top {
+            stub = stub::top_of(&stub, lines);
+        }
         notes.push(format!(
             "POP3 hold: {size}-byte message held ashore, {}-byte stub sent",
             stub.len()
@@ -354,7 +395,6 @@ impl ServerHold {
         held.extend_from_slice(HELD);
         held.extend_from_slice(format!("+OK {} octets (straw stub)\r\n", stub.len()).as_bytes());
         held.extend_from_slice(&stub::stuff(&stub));
-        self.buf = Vec::new();
     }
 }
 
@@ -609,10 +649,14 @@ impl ClientAccel {
                 "UIDL" => self
                     .owed
                     .owe_local(format!("+OK {n} {}\r\n", x.uid).into_bytes()),
-                "RETR" => {
+                "RETR" | "TOP" => {
                     self.discard_prefetch(out);
-                    self.retrieved.insert(x.real);
-                    let line = format!("RETR {}\r\n", x.real);
+                    let (line, min) = if v == "RETR" {
+                        self.retrieved.insert(x.real);
+                        (format!("RETR {}\r\n", x.real), 0)
+                    } else {
+                        (format!("TOP {} {rest}\r\n", x.real), x.size.max(1))
+                    };
                     self.forward(line.as_bytes(), true, false, out);
                     if let Some(Expect {
                         disp: Disp::Deliver { retr, hold, .. },
@@ -620,7 +664,7 @@ impl ClientAccel {
                     }) = self.expect.back_mut()
                     {
                         *retr = Some(n);
-                        *hold = HoldMark::Released(x.uid);
+                        *hold = HoldMark::Released(x.uid, min);
                     }
                 }
                 _ => {
@@ -652,20 +696,24 @@ impl ClientAccel {
                 );
                 None
             }
-            ("RETR", Some(uid)) if !self.hold_refused => {
+            ("RETR" | "TOP", Some(uid)) if !self.hold_refused => {
                 if self.pf_retr.as_ref().is_some_and(|p| p.msg != n) {
                     self.discard_prefetch(out);
                 }
-                self.retrieved.insert(n);
-                self.hold_retr(n, uid, size, out);
+                if v == "RETR" {
+                    self.retrieved.insert(n);
+                }
+                self.hold_retr(&line, n, uid, size, out);
                 None
             }
             _ => Some(line),
         }
     }
 
-    /// Asks for the stub of message `n` in place of its RETR.
-    fn hold_retr(&mut self, n: u32, uid: String, size: u64, out: &mut Output) {
+    /// Asks for the stub of message `n` in place of its RETR (or of its
+    /// `TOP n x`: the stub cut to x lines; fetchmail reads whole messages
+    /// with `TOP n 99999999`). A header-only TOP records nothing.
+    fn hold_retr(&mut self, line: &[u8], n: u32, uid: String, size: u64, out: &mut Output) {
         let Some(h) = self.hold.clone() else { return };
         let user = self.user.clone().unwrap_or_default();
         let id = h.store.id(&user, &uid);
@@ -679,15 +727,24 @@ impl ClientAccel {
             disp: Disp::Hold,
             unblocks: false,
         });
-        let line = format!("RETR {n}\r\n");
-        self.forward_tracked(line.as_bytes(), true, false, Track::Stub, out);
+        let header_only = verb(line).0 == "TOP"
+            && String::from_utf8_lossy(trim_end(line))
+                .split_ascii_whitespace()
+                .nth(2)
+                .is_some_and(|x| x.parse::<u64>() == Ok(0));
+        self.forward_tracked(line, true, false, Track::Stub, out);
         if let Some(Expect {
-            disp: Disp::Deliver { hold, stub, .. },
+            disp: Disp::Deliver {
+                hold, stub, retr, ..
+            },
             ..
         }) = self.expect.back_mut()
         {
             *stub = true;
-            *hold = HoldMark::Stub { uid, size };
+            *retr = Some(n);
+            if !header_only {
+                *hold = HoldMark::Stub { uid, size };
+            }
         }
     }
 
@@ -733,7 +790,10 @@ impl ClientAccel {
             HoldMark::Stub { uid, size } => {
                 h.store.stub_delivered(&user, &uid, &stub_info(reply, size));
             }
-            HoldMark::Released(uid) => h.store.fetched(&user, &uid),
+            HoldMark::Released(uid, min) if self.last_reply_bytes >= min => {
+                h.store.fetched(&user, &uid)
+            }
+            HoldMark::Released(..) => {}
         }
     }
 }

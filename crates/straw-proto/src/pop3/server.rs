@@ -74,10 +74,26 @@ impl ServerAccel {
                 }
             }
             if let Some(req) = self.hold_req.take() {
-                if v == "RETR" && arg && self.resume.is_none() {
-                    self.hold = Some(hold::ServerHold::new(req));
-                } else {
-                    self.held.extend_from_slice(hold::NOT_HELD);
+                let words: Vec<u64> = String::from_utf8_lossy(&line)
+                    .split_ascii_whitespace()
+                    .skip(1)
+                    .map_while(|w| w.parse().ok())
+                    .collect();
+                match (v.as_str(), words.as_slice()) {
+                    ("RETR", [_]) if self.resume.is_none() => {
+                        self.hold = Some(hold::ServerHold::new(req, None));
+                    }
+                    ("TOP", [n, x]) if self.resume.is_none() => {
+                        // The stub needs the whole original: asked as RETR
+                        // (the real server is close), cut to x lines here.
+                        self.hold = Some(hold::ServerHold::new(req, Some(*x)));
+                        let retr = format!("RETR {n}\r\n").into_bytes();
+                        out.to_local.extend_from_slice(&retr);
+                        self.inflight = Some((true, true));
+                        self.inflight_retr = None;
+                        return;
+                    }
+                    _ => self.held.extend_from_slice(hold::NOT_HELD),
                 }
             }
             if line == SKIP_LINE {

@@ -499,6 +499,19 @@ pub fn build_stub(original: &[u8], info: &StubInfo) -> Vec<u8> {
     m.into_bytes()
 }
 
+/// What `TOP n lines` shows of `msg`: its header, the blank line, and the
+/// first `lines` lines of its body.
+pub fn top_of(msg: &[u8], lines: u64) -> Vec<u8> {
+    let (head, body) = split_head(msg);
+    let mut out = head.to_vec();
+    out.extend_from_slice(&msg[head.len()..msg.len() - body.len()]);
+    let take = usize::try_from(lines).unwrap_or(usize::MAX);
+    for l in body.split_inclusive(|&b| b == b'\n').take(take) {
+        out.extend_from_slice(l);
+    }
+    out
+}
+
 /// The original's whole body as the stream carries it (dot-stuffed, ending
 /// `.\r\n`), back to the message's bytes.
 pub(crate) fn unstuff(stuffed: &[u8]) -> Vec<u8> {

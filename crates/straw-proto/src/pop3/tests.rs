@@ -1987,3 +1987,65 @@ fn hold_request_round_trips_and_bad_ones_are_refused() {
         vec!["cap@x.org", "b@y"]
     );
 }
+
+#[test]
+fn hold_top_of_a_held_message_is_the_stub_cut_to_its_lines() {
+    let store = Arc::new(MemHolds::default());
+    let mut rig = hold_rig(held_server("a@example.org"), &store, &[]);
+    login(&mut rig);
+    // mutt reads headers with TOP n 0: the stub's, nothing recorded.
+    let head = reply_text(&rig.send(b"TOP 2 0\r\n"));
+    assert!(
+        head.contains("\r\nSubject: [held ashore] the plot\r\n"),
+        "{head}"
+    );
+    assert!(head.ends_with("8bit\r\n\r\n.\r\n"), "{head}");
+    assert!(store.entries().is_empty());
+    // fetchmail reads whole messages with TOP n 99999999: the whole stub.
+    let all = reply_text(&rig.send(b"TOP 2 99999999\r\n"));
+    assert!(all.contains("straw hold release"), "{all}");
+    assert_eq!(store.entries().len(), 1);
+    let seen = reply_text(&rig.real.seen);
+    assert!(!seen.contains("TOP 2"), "asked upstream as RETR: {seen}");
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+}
+
+#[test]
+fn hold_top_of_an_allowed_sender_is_the_original_cut() {
+    let store = Arc::new(MemHolds::default());
+    let mut rig = hold_rig(held_server("cap@x.org"), &store, &["cap@x.org"]);
+    login(&mut rig);
+    let got = rig.send(b"TOP 2 2\r\n");
+    let mut real = held_server("cap@x.org");
+    real.authed = true;
+    let msg = real.msgs[1].clone();
+    let want = [
+        &format!("+OK {} octets\r\n", msg.len()).into_bytes()[..],
+        &stuff(&stub::top_of(&msg, 2)),
+    ]
+    .concat();
+    assert_text(&got, &want);
+    assert!(reply_text(&got).ends_with("\r\npreamble\r\n--b1\r\n.\r\n"));
+    assert!(store.entries().is_empty());
+}
+
+#[test]
+fn hold_released_message_read_with_top_counts_only_when_whole() {
+    let store = Arc::new(MemHolds::default());
+    let mut rig = hold_rig(held_server("a@example.org"), &store, &[]);
+    login(&mut rig);
+    rig.send(b"TOP 2 99999999\r\n");
+    store.release("bob", "uid-2");
+    let mut rig = hold_rig(held_server("a@example.org"), &store, &[]);
+    login(&mut rig);
+    // (The fake server answers any TOP whole, so a header-only TOP cannot
+    // be told apart here.)
+    let got = rig.send(b"TOP 4 99999999\r\n");
+    let want = direct(
+        held_server("a@example.org"),
+        &[b"USER bob\r\n", b"PASS secret\r\n", b"TOP 2 99999999\r\n"],
+    );
+    assert_ends_with(&want, &got);
+    assert!(store.released("bob").is_empty(), "delivered whole");
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+}
