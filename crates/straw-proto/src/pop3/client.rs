@@ -415,7 +415,6 @@ impl ClientAccel {
                 self.deleted.clear();
                 self.retrieved.clear();
                 self.hold_view = None;
-                self.pf_raw = [None, None];
             }
             "DELE" => self.deleted.extend(msg),
             _ => {}

@@ -564,28 +564,24 @@ impl ClientAccel {
             self.pf_raw[slot] = Some(std::mem::take(reply));
             return false;
         }
-        let (Some(h), Some(stat), Some(uidl)) = (
-            self.hold.clone(),
-            self.pf_raw[0].take(),
-            self.pf_raw[1].take(),
-        ) else {
+        let (stat, uidl) = (self.pf_raw[0].take(), self.pf_raw[1].take());
+        let (Some(h), Some(mut stat), Some(mut uidl)) = (self.hold.clone(), stat, uidl) else {
             return true;
         };
-        let mut replies = [stat, uidl, std::mem::take(reply)];
-        if replies.iter().all(|r| r.starts_with(b"+OK")) {
+        let mut list = std::mem::take(reply);
+        if [&stat, &uidl, &list].iter().all(|r| r.starts_with(b"+OK")) {
             let user = self.user.clone().unwrap_or_default();
             let released = h.store.released(&user);
-            let (view, gone) = HoldView::new(&replies[1], &replies[2], &released);
+            let (view, gone) = HoldView::new(&uidl, &list, &released);
             for uid in gone {
                 h.store.gone(&user, &uid);
             }
             let none = HashSet::new();
-            replies[0] = view.rewrite_stat(&replies[0], &none);
-            replies[1] = view.rewrite_listing(&replies[1], true, h.over_bytes, &none);
-            replies[2] = view.rewrite_listing(&replies[2], false, h.over_bytes, &none);
+            stat = view.rewrite_stat(&stat, &none);
+            uidl = view.rewrite_listing(&uidl, true, h.over_bytes, &none);
+            list = view.rewrite_listing(&list, false, h.over_bytes, &none);
             self.hold_view = Some(view);
         }
-        let [stat, uidl, list] = replies;
         for (s, r) in [(0, stat), (1, uidl)] {
             for id in std::mem::take(&mut self.pf_waiters[s]) {
                 self.deliver(id, &r, true);
