@@ -2049,3 +2049,37 @@ fn hold_released_message_read_with_top_counts_only_when_whole() {
     assert!(store.released("bob").is_empty(), "delivered whole");
     assert!(rig.fails.is_empty(), "{:?}", rig.fails);
 }
+
+#[test]
+fn hold_against_an_old_server_side_carries_the_message_and_asks_no_more() {
+    let store = Arc::new(MemHolds::default());
+    let mut c = ClientAccel::new(PF, &warm()).with_hold(HoldConfig {
+        over_bytes: 10,
+        except_from: vec![],
+        bits_per_sec: 2400,
+        cost_per_minute: 1.5,
+        store: store.clone(),
+    });
+    let mut out = Output::default();
+    c.start(&mut out);
+    c.from_tunnel(GREETING, &mut out);
+    c.from_local(b"USER bob\r\nPASS x\r\n", true, &mut out);
+    c.from_tunnel(
+        b"+OK\r\n+OK in\r\n+OK 2 150\r\n+OK\r\n1 a\r\n2 b\r\n.\r\n+OK\r\n1 5\r\n2 145\r\n.\r\n",
+        &mut out,
+    );
+    out.clear();
+    c.from_local(b"RETR 2\r\n", true, &mut out);
+    // The old server side passed the request line to the real server.
+    c.from_tunnel(
+        b"-ERR Unknown command.\r\n+OK\r\nthe original\r\n.\r\n",
+        &mut out,
+    );
+    assert_eq!(reply_text(&out.to_local), "+OK\r\nthe original\r\n.\r\n");
+    assert!(store.entries().is_empty());
+    assert!(out.notes.iter().any(|n| n.contains("older straw")));
+    out.clear();
+    c.from_local(b"RETR 2\r\n", true, &mut out);
+    assert_eq!(reply_text(&out.to_tunnel), "RETR 2\r\n", "asked once only");
+    assert!(out.fail.is_none());
+}
