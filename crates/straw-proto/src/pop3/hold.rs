@@ -696,10 +696,12 @@ impl ClientAccel {
                 if self.pf_retr.as_ref().is_some_and(|p| p.msg != n) {
                     self.discard_prefetch(out);
                 }
-                if v == "RETR" {
-                    self.retrieved.insert(n);
-                }
                 self.hold_retr(&line, n, uid, size, out);
+                if v == "RETR" {
+                    // The program reads on: the next message as usual.
+                    self.retrieved.insert(n);
+                    self.prefetch_retr(n, out);
+                }
                 None
             }
             _ => Some(line),

@@ -1780,6 +1780,11 @@ fn hold_retr_of_a_big_message_brings_a_stub_and_its_dele_stays_local() {
         "held messages are never prefetched"
     );
     let stub = rig.send(b"RETR 2\r\n");
+    assert_eq!(
+        asked(&rig.real, "RETR 3\r\n"),
+        1,
+        "the next one comes along"
+    );
     let text = reply_text(&stub);
     assert!(stub.len() < 8 * 1024, "{}", stub.len());
     assert!(text.starts_with("+OK"), "{text}");
