@@ -577,7 +577,11 @@ impl ClientAccel {
                 }
                 self.hold_delivered(hold, &reply);
                 if capa && ok {
-                    self.deliver(id, &rewrite_capa(&reply), true);
+                    let mut capa = rewrite_capa(&reply);
+                    if self.hold_on() {
+                        capa = super::hold::drop_sasl(&capa);
+                    }
+                    self.deliver(id, &capa, true);
                 } else {
                     self.deliver(id, &reply, true);
                 }

@@ -524,6 +524,17 @@ impl HoldView {
     }
 }
 
+/// CAPA towards the program with hold on: no `SASL` line, so that it logs
+/// in with USER/PASS, the login whose STAT/UIDL/LIST straw prefetches
+/// (without them nothing can be held, and big messages come whole).
+pub(crate) fn drop_sasl(capa: &[u8]) -> Vec<u8> {
+    capa.split_inclusive(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(i, l)| *i == 0 || verb(l).0 != "SASL")
+        .flat_map(|(_, l)| l.iter().copied())
+        .collect()
+}
+
 /// From, Subject and Date of a delivered stub (the mark taken off).
 fn stub_info(reply: &[u8], size: u64) -> HeldInfo {
     let body = reply

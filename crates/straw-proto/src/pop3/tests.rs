@@ -1968,6 +1968,17 @@ fn hold_activity_says_stub() {
 }
 
 #[test]
+fn hold_capa_offers_no_sasl_so_programs_log_in_with_user_pass() {
+    let store = Arc::new(MemHolds::default());
+    let mut rig = hold_rig(held_server("a@b"), &store, &[]);
+    let capa = reply_text(&rig.send(b"CAPA\r\n"));
+    assert_eq!(
+        capa,
+        "+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\nUSER\r\n.\r\n"
+    );
+}
+
+#[test]
 fn hold_uidl_of_long_uidls_is_bounded_distinct_and_stable() {
     let a = "x".repeat(70);
     let b = format!("{}y", "x".repeat(69));
