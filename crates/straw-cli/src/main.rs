@@ -52,6 +52,40 @@ enum Init {
     Server(straw::setup::InitServerArgs),
 }
 
+/// Which running client `straw hold` asks.
+#[derive(clap::Args)]
+struct ClientSocket {
+    /// The client's config, to find its `[control] socket`.
+    #[arg(long, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+    /// The control socket (default: the client's state dir).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Print the client's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum HoldCommand {
+    /// Show the messages held ashore and released (id, state, size, subject, sender).
+    List {
+        #[command(flatten)]
+        client: ClientSocket,
+    },
+    /// Fetch a held message: it comes as one more new message the next time
+    /// the mail program checks for mail, under its own UIDL.
+    ///
+    /// The stub already delivered stays; deleting it never deletes the
+    /// original on the server.
+    Release {
+        /// The id from the stub or from `straw hold list`.
+        id: String,
+        #[command(flatten)]
+        client: ClientSocket,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Write a first config and a new key pair (`straw init client` or
@@ -114,6 +148,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List or release POP3 messages held ashore (asks the running client).
+    ///
+    /// With `[pop3] hold_over_bytes` set in the client's config, a message
+    /// larger than that is not carried over the link: the mail program gets
+    /// a small stub naming its id. `straw hold release ID` lets the whole
+    /// message come as one more new message at the next mail check.
+    /// Exit status 1 if no client answers or the id is unknown.
+    #[command(subcommand)]
+    Hold(HoldCommand),
     /// Emulate a slow, high-latency link as a TCP relay.
     Linksim(straw_tools::linksim::LinksimArgs),
     /// Measure compression on a corpus (see docs/codec.md).
@@ -145,6 +188,15 @@ fn main() -> ExitCode {
             watch,
             json,
         } => straw::control::status_cli(config.as_deref(), socket.as_deref(), watch, json),
+        Command::Hold(h) => {
+            let (req, c) = match h {
+                HoldCommand::List { client } => (straw::control::HoldRequest::List, client),
+                HoldCommand::Release { id, client } => {
+                    (straw::control::HoldRequest::Release(id), client)
+                }
+            };
+            straw::control::hold_cli(c.config.as_deref(), c.socket.as_deref(), &req, c.json)
+        }
         Command::Bench(args) => match args.what {
             straw_tools::bench::BenchCommand::Codec(a) => straw_tools::bench::run_codec_cli(&a),
             straw_tools::bench::BenchCommand::TrainDict(a) => straw_tools::bench::run_train_cli(&a),

@@ -20,6 +20,9 @@ pub enum Side {
         cache: SharedCache,
         /// Interrupted transfers, to resume instead of fetching again.
         partials: Option<SharedStore>,
+        /// POP3 hold ashore (`[pop3] hold_over_bytes`), with this
+        /// service's view of the hold record.
+        hold: Option<pop3::HoldConfig>,
     },
     Server {
         http: http::HttpPolicy,
@@ -51,13 +54,19 @@ impl AccelFactory {
                 http: policy,
                 cache,
                 partials,
+                hold,
             } => {
                 let cache = cache.lock().expect("cache lock").clone();
                 let store = partials.clone();
                 match self.protocol {
                     Protocol::Tcp => Box::new(Passthrough::default()),
                     Protocol::Pop3 => with_store(
-                        pop3::ClientAccel::new(*pop3_cfg, &cache),
+                        match hold {
+                            Some(h) => {
+                                pop3::ClientAccel::new(*pop3_cfg, &cache).with_hold(h.clone())
+                            }
+                            None => pop3::ClientAccel::new(*pop3_cfg, &cache),
+                        },
                         store,
                         pop3::ClientAccel::with_store,
                     ),

@@ -118,7 +118,8 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     let keypair = keys::load_private_checked(&cfg.private_key, cfg.allow_insecure_keys)?;
     let server_key = keys::load_public(&cfg.server_public_key)?;
     let (open_tx, opens) = mpsc::channel::<OpenRequest>(64);
-    let warm_ups = listen(&cfg, open_tx)?;
+    let holds = open_holds(&cfg)?;
+    let warm_ups = listen(&cfg, open_tx, holds.as_ref())?;
     let board = Arc::new(
         Board::new(
             cfg.server.clone(),
@@ -129,6 +130,9 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
         )
         .with_budget(cfg.link.budget_per_call),
     );
+    if let Some(h) = holds {
+        board.set_holds(h);
+    }
     // Removes the socket when the client returns.
     let _control = start_control(&cfg, &board);
     let min_backoff = Duration::from_millis(cfg.session.reconnect_min_ms.max(1));
@@ -421,6 +425,7 @@ impl Redialer {
 fn listen(
     cfg: &ClientConfig,
     opens: mpsc::Sender<OpenRequest>,
+    holds: Option<&Arc<crate::holds::HoldFile>>,
 ) -> Result<Vec<(String, AccelFactory)>> {
     let partials = open_partials(cfg);
     let cache_dir = cfg.cache.dir();
@@ -455,6 +460,18 @@ fn listen(
                 partials: partials
                     .as_ref()
                     .map(|p| p.for_service(&svc.name) as SharedStore),
+                hold: holds.map(|h| pop3::HoldConfig {
+                    over_bytes: cfg.pop3.hold_over_bytes,
+                    except_from: cfg
+                        .pop3
+                        .hold_except_from
+                        .iter()
+                        .map(|a| a.to_ascii_lowercase())
+                        .collect(),
+                    bits_per_sec: cfg.pop3.hold_estimate_bits_per_sec,
+                    cost_per_minute: cfg.link.cost_per_minute,
+                    store: h.for_service(&svc.name),
+                }),
             },
         };
         if cfg.cache.warm_up {
@@ -621,6 +638,25 @@ fn attach_warm_ups(
 
 /// The store of interrupted transfers, if enabled and usable (a store that
 /// can't be opened only costs full transfers: warn and go on).
+/// The hold record, if `[pop3] hold_over_bytes` is set. Holding without
+/// a record would deliver stubs nobody can release: an error.
+fn open_holds(cfg: &ClientConfig) -> Result<Option<Arc<crate::holds::HoldFile>>> {
+    if cfg.pop3.hold_over_bytes == 0 {
+        return Ok(None);
+    }
+    let path = cfg
+        .pop3
+        .hold_file()
+        .context("[pop3] hold_over_bytes: no HOME or XDG_STATE_HOME for the hold record; set [pop3] hold_file")?;
+    let f = crate::holds::HoldFile::open(&path)?;
+    info!(
+        "POP3 messages over {} bytes are held ashore; record {}",
+        cfg.pop3.hold_over_bytes,
+        path.display()
+    );
+    Ok(Some(f))
+}
+
 fn open_partials(cfg: &ClientConfig) -> Option<Arc<FileStore>> {
     if !cfg.partial.enabled {
         return None;

@@ -417,6 +417,16 @@ pub struct ClientPop3 {
     /// many bytes, and answer the program's `RETR n+1` from that real reply
     /// (one held at a time; 0: never).
     pub prefetch_retr_max_bytes: u64,
+    /// Hold ashore: a message whose LIST size is larger is not carried; the
+    /// program gets a small stub instead, and the whole message after
+    /// `straw hold release ID` (0: off). Needs `prefetch`.
+    pub hold_over_bytes: u64,
+    /// Senders whose mail is never held (addresses, any case).
+    pub hold_except_from: Vec<String>,
+    /// The record of held messages; default `$XDG_STATE_HOME/straw/holds.json`.
+    pub hold_file: Option<PathBuf>,
+    /// The link rate the stub's time and cost estimate assumes.
+    pub hold_estimate_bits_per_sec: u64,
 }
 
 impl Default for ClientPop3 {
@@ -424,7 +434,45 @@ impl Default for ClientPop3 {
         Self {
             prefetch: true,
             prefetch_retr_max_bytes: 64 * 1024,
+            hold_over_bytes: 0,
+            hold_except_from: Vec::new(),
+            hold_file: None,
+            hold_estimate_bits_per_sec: 2400,
         }
+    }
+}
+
+impl ClientPop3 {
+    /// The hold record's path (None: no home to put it in).
+    pub fn hold_file(&self) -> Option<PathBuf> {
+        self.hold_file.clone().or_else(|| state_dir("holds.json"))
+    }
+
+    fn check(&self) -> Result<()> {
+        use straw_proto::pop3::hold::{ADDRESS_MAX, EXCEPT_MAX};
+        if self.hold_over_bytes == 0 {
+            return Ok(());
+        }
+        if !self.prefetch {
+            bail!(
+                "[pop3] hold_over_bytes needs prefetch = true (straw rewrites the login's STAT/UIDL/LIST replies to show held and released messages)"
+            );
+        }
+        if self.hold_except_from.len() > EXCEPT_MAX {
+            bail!("[pop3] hold_except_from: at most {EXCEPT_MAX} addresses");
+        }
+        for a in &self.hold_except_from {
+            if !a.contains('@')
+                || a.len() > ADDRESS_MAX
+                || a.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || "<>\",;".contains(c))
+            {
+                bail!(
+                    "[pop3] hold_except_from: {a:?} is not a plain address like captain@example.org"
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -738,6 +786,9 @@ impl ClientConfig {
         if let Some(d) = &mut c.control.socket {
             resolve(path, d);
         }
+        if let Some(d) = &mut c.pop3.hold_file {
+            resolve(path, d);
+        }
         if c.services.is_empty() {
             bail!("{}: no [[service]] configured", path.display());
         }
@@ -749,6 +800,7 @@ impl ClientConfig {
                 bail!("{}: [link] {key} = {v}: must be 0 or more", path.display());
             }
         }
+        c.pop3.check().with_context(|| path.display().to_string())?;
         Ok(c)
     }
 }
@@ -926,5 +978,35 @@ mod budget_tests {
         );
         // 32 tunnels with every grant filled reach it; then credit stops.
         assert_eq!(d.total_buffer_bytes / d.tunnel_buffer_bytes, 32);
+    }
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::*;
+
+    #[test]
+    fn hold_needs_prefetch_and_plain_addresses() {
+        let mut p = ClientPop3 {
+            hold_over_bytes: 51_200,
+            hold_except_from: vec!["Captain@Example.org".into()],
+            ..Default::default()
+        };
+        p.check().unwrap();
+        p.prefetch = false;
+        let e = p.check().unwrap_err().to_string();
+        assert!(e.contains("hold_over_bytes needs prefetch = true"), "{e}");
+        p.prefetch = true;
+        p.hold_except_from = vec!["Captain <c@x>".into()];
+        assert!(p.check().is_err());
+        // Off: nothing is checked.
+        p.hold_over_bytes = 0;
+        p.check().unwrap();
+        let c: ClientPop3 = toml::from_str(
+            "hold_over_bytes = 51200\nhold_except_from = [\"captain@example.org\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.hold_except_from, vec!["captain@example.org".to_owned()]);
+        assert!(c.prefetch);
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! A Unix socket in the client's state dir (the dir 0700, the socket 0600),
 //! never a network listener: only the user who runs the client may ask.
-//! One request line (`status`), one answer line, then the connection is
-//! closed. A peer gets [`REQUEST_MAX`] bytes and [`PEER_TIME`] to ask and
+//! One request line (`status`, `hold list`, `hold release ID`), one answer
+//! line, then the connection is closed. A peer gets [`REQUEST_MAX`] bytes and [`PEER_TIME`] to ask and
 //! be answered; at most [`CONNECTIONS_MAX`] are served at once, the rest are
 //! closed unanswered. Windows has no such socket here yet: the client runs
 //! without it and `straw status` says so.
@@ -35,14 +35,37 @@ fn answer(board: &Board, request: &[u8]) -> Vec<u8> {
     let mut out = match req.trim() {
         "status" | "" => serde_json::to_vec(&board.snapshot(crate::tunnel::now()))
             .unwrap_or_else(|e| error_json(&format!("cannot encode the snapshot: {e}"))),
+        "hold list" => match board.holds() {
+            Some(h) => {
+                serde_json::to_vec(&serde_json::json!({ "held": h.list() })).unwrap_or_default()
+            }
+            None => error_json(HOLD_OFF),
+        },
+        r if r.starts_with("hold release ") => {
+            let id = r["hold release ".len()..].trim();
+            match board.holds().map(|h| h.release(id)) {
+                Some(Ok(e)) => {
+                    serde_json::to_vec(&serde_json::json!({ "released": e })).unwrap_or_default()
+                }
+                Some(Err(why)) => error_json(&why),
+                None => error_json(HOLD_OFF),
+            }
+        }
         other => {
             let shown: String = other.chars().take(40).collect();
-            error_json(&format!("unknown request {shown:?}; ask \"status\""))
+            error_json(&format!(
+                "unknown request {shown:?}; ask \"status\", \"hold list\" or \"hold release ID\""
+            ))
         }
     };
     out.push(b'\n');
     out
 }
+
+/// The answer to `hold ...` when holding is off.
+#[cfg(unix)]
+const HOLD_OFF: &str =
+    "this client holds nothing ashore ([pop3] hold_over_bytes is not set in its config)";
 
 #[cfg(unix)]
 fn error_json(msg: &str) -> Vec<u8> {
@@ -248,6 +271,32 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    #[test]
+    fn hold_requests_list_and_release_and_say_when_holding_is_off() {
+        let b = board();
+        let off = String::from_utf8(answer(&b, b"hold list")).unwrap();
+        assert!(off.contains("hold_over_bytes is not set"), "{off}");
+        let d = dir("hold");
+        let f = crate::holds::HoldFile::open(&d.join("holds.json")).unwrap();
+        let s = f.for_service("pop3");
+        s.stub_delivered("bob", "u1", &Default::default());
+        let id = s.id("bob", "u1");
+        b.set_holds(f);
+        let list: serde_json::Value = serde_json::from_slice(&answer(&b, b"hold list")).unwrap();
+        assert_eq!(list["held"][0]["id"], id.as_str());
+        assert_eq!(list["held"][0]["state"], "held");
+        let snap = b.snapshot(crate::tunnel::now());
+        assert_eq!(snap.held.len(), 1);
+        assert!(crate::status::render(&snap).contains(&format!("{id}  held")));
+        let rel: serde_json::Value =
+            serde_json::from_slice(&answer(&b, format!("hold release {id}").as_bytes())).unwrap();
+        assert_eq!(rel["released"]["state"], "released");
+        assert_eq!(s.released("bob"), vec!["u1".to_owned()]);
+        let bad = String::from_utf8(answer(&b, b"hold release zzz")).unwrap();
+        assert!(bad.contains("no held message"), "{bad}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     #[tokio::test]
     async fn bad_requests_get_an_error_and_long_ones_are_cut() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -326,4 +375,100 @@ pub fn status_cli(
             None => return Ok(()),
         }
     }
+}
+
+/// What `straw hold` asks the running client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldRequest {
+    List,
+    Release(String),
+}
+
+/// `straw hold list` / `straw hold release ID`.
+pub fn hold_cli(
+    config: Option<&Path>,
+    socket: Option<&Path>,
+    req: &HoldRequest,
+    json: bool,
+) -> Result<()> {
+    let path = socket_path(config, socket)?;
+    let line = match req {
+        HoldRequest::List => "hold list".to_owned(),
+        HoldRequest::Release(id) => format!("hold release {id}"),
+    };
+    let v = ask_json(&path, &line)?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    match req {
+        HoldRequest::List => {
+            let held: Vec<crate::holds::HeldEntry> =
+                serde_json::from_value(v.get("held").cloned().unwrap_or_default())
+                    .context("not a hold list this straw understands")?;
+            if held.is_empty() {
+                println!("no messages held ashore");
+            }
+            for h in held {
+                let state = match h.state {
+                    crate::holds::HoldState::Held => "held",
+                    crate::holds::HoldState::Released => {
+                        "released (comes with the next mail check)"
+                    }
+                    crate::holds::HoldState::Fetched => "fetched",
+                };
+                println!(
+                    "{}  {}  {} bytes  {}\n          from {}  ({}, {})",
+                    h.id, state, h.size, h.subject, h.from, h.service, h.date
+                );
+            }
+        }
+        HoldRequest::Release(_) => {
+            let e: crate::holds::HeldEntry =
+                serde_json::from_value(v.get("released").cloned().unwrap_or_default())
+                    .context("not an answer this straw understands")?;
+            println!(
+                "released {} ({:?}, {} bytes): it comes as one more message the next time your mail program checks for mail",
+                e.id, e.subject, e.size
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sends one request line; the answer's JSON, or the client's error.
+#[cfg(unix)]
+fn ask_json(path: &Path, request: &str) -> Result<serde_json::Value> {
+    use std::io::{BufRead, Read, Write};
+    let mut sock = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no socket there".to_owned(),
+            std::io::ErrorKind::ConnectionRefused => "a stale socket, nobody listening".to_owned(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("no straw client is running at {} ({why})", path.display())
+    })?;
+    sock.set_read_timeout(Some(PEER_TIME))?;
+    sock.set_write_timeout(Some(PEER_TIME))?;
+    sock.write_all(format!("{request}\n").as_bytes())?;
+    let mut line = Vec::new();
+    std::io::BufReader::new((&sock).take(ANSWER_MAX))
+        .read_until(b'\n', &mut line)
+        .with_context(|| format!("reading the answer from {}", path.display()))?;
+    if line.is_empty() {
+        bail!(
+            "empty answer from {} (the client closed the connection)",
+            path.display()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&line).context("not JSON")?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("the client says: {e}");
+    }
+    Ok(v)
+}
+
+#[cfg(not(unix))]
+fn ask_json(_path: &Path, _request: &str) -> Result<serde_json::Value> {
+    bail!("{NOT_HERE}")
 }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod control;
 mod dialogue;
 pub mod gate;
+pub mod holds;
 pub mod keyring;
 pub mod link;
 pub mod logging;

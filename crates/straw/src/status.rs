@@ -55,6 +55,10 @@ pub struct Snapshot {
     pub streams_not_listed: usize,
     /// The last finished transfers, newest first.
     pub recent: Vec<Finished>,
+    /// POP3 messages held ashore or released, not fetched yet, newest
+    /// first (`[pop3] hold_over_bytes`; empty when off).
+    #[serde(default)]
+    pub held: Vec<crate::holds::HeldEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,6 +250,8 @@ pub struct Board {
     /// `[link] budget_per_call` (0: none).
     budget: f64,
     inner: Mutex<Inner>,
+    /// The POP3 hold record, if holding is on.
+    holds: std::sync::OnceLock<Arc<crate::holds::HoldFile>>,
 }
 
 impl Board {
@@ -291,6 +297,7 @@ impl Board {
                 recent: VecDeque::new(),
                 budget_told: false,
             }),
+            holds: std::sync::OnceLock::new(),
         }
     }
 
@@ -336,6 +343,15 @@ impl Board {
             "this call's budget of {} is spent; new transfers wait for the next call",
             money(self.budget)
         ))
+    }
+
+    /// Shows (and lets the control socket change) the POP3 hold record.
+    pub fn set_holds(&self, holds: Arc<crate::holds::HoldFile>) {
+        let _ = self.holds.set(holds);
+    }
+
+    pub fn holds(&self) -> Option<&Arc<crate::holds::HoldFile>> {
+        self.holds.get()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -572,6 +588,7 @@ impl Board {
             streams,
             streams_not_listed: not_listed,
             recent: i.recent.iter().cloned().collect(),
+            held: self.holds.get().map(|h| h.pending()).unwrap_or_default(),
         }
     }
 }
@@ -853,6 +870,25 @@ pub fn render(s: &Snapshot) -> String {
                 cut(&f.what, 40),
                 size(f.bytes),
                 f.cost.map_or("?".to_owned(), money)
+            );
+        }
+    }
+    if !s.held.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "held ashore (straw hold release ID)");
+        for h in &s.held {
+            let state = match h.state {
+                crate::holds::HoldState::Held => "held",
+                _ => "released",
+            };
+            let _ = writeln!(
+                o,
+                "  {}  {:<8} {:>10}  {:<30} {}",
+                h.id,
+                state,
+                size(h.size),
+                cut(&h.from, 30),
+                cut(&h.subject, 40)
             );
         }
     }

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use super::hold::{HoldConfig, HoldView};
 use super::prefetch::RetrPrefetch;
 use super::reply::{ReplyReader, is_continuation, multi_if_ok};
 use super::{
@@ -37,7 +38,13 @@ pub(super) enum Disp {
         track: Track,
         /// The message a `RETR` reply carries (for the status screen).
         retr: Option<u32>,
+        /// A held message's stub is expected (for the status screen).
+        stub: bool,
+        /// What hold records once the reply is delivered.
+        hold: HoldMark,
     },
+    /// The server side's answer to a hold request (see [`super::hold`]).
+    Hold,
     /// Our own `UIDL n`, to key a RETR's partial: swallowed.
     OwnUidl(u32),
     /// The server side's answer to a resume request (see [`resume`]).
@@ -68,6 +75,23 @@ pub(super) enum Track {
         multi: bool,
     },
     Retr(Box<RetrTrack>),
+    /// A held message's stub: read whole (it is small), then recorded.
+    Stub,
+    /// A STAT reply, rewritten by hold.
+    Stat,
+}
+
+/// What hold records when a reply was delivered (see [`super::hold`]).
+#[derive(Debug, Default)]
+pub(super) enum HoldMark {
+    #[default]
+    None,
+    /// The stub of a held message.
+    Stub { uid: String, size: u64 },
+    /// A released message (UIDL), once at least this many body bytes were
+    /// delivered (a RETR: 0; a `TOP n x`: its LIST size, so that only a
+    /// TOP that brought it whole counts).
+    Released(String, u64),
 }
 
 /// A RETR whose body is kept in the partial store as it arrives.
@@ -142,6 +166,15 @@ pub struct ClientAccel {
     pub(super) reply_bytes: u64,
     /// Why new RETRs are held back (the call's budget is spent), if they are.
     pub(super) bulk_held: Option<String>,
+    /// ... and of the last complete reply.
+    pub(super) last_reply_bytes: u64,
+    /// Hold ashore (see [`super::hold`]): settings, this login's view of
+    /// the mailbox, the prefetched STAT/UIDL kept until LIST is here.
+    pub(super) hold: Option<HoldConfig>,
+    pub(super) hold_view: Option<HoldView>,
+    pub(super) pf_raw: [Option<Vec<u8>>; 2],
+    /// The server side doesn't know hold requests (an older straw).
+    pub(super) hold_refused: bool,
 }
 
 impl ClientAccel {
@@ -181,7 +214,18 @@ impl ClientAccel {
             abort_refused: false,
             reply_bytes: 0,
             bulk_held: None,
+            last_reply_bytes: 0,
+            hold: None,
+            hold_view: None,
+            pf_raw: [None, None],
+            hold_refused: false,
         }
+    }
+
+    /// Holds big messages ashore (see [`super::hold`]).
+    pub fn with_hold(mut self, hold: HoldConfig) -> Self {
+        self.hold = Some(hold);
+        self
     }
 
     /// Keeps interrupted RETR bodies in `store` and resumes them.
@@ -259,6 +303,8 @@ impl ClientAccel {
                 capa,
                 track,
                 retr,
+                stub: false,
+                hold: HoldMark::None,
             },
             unblocks: false,
         });
@@ -322,6 +368,9 @@ impl ClientAccel {
             self.block_on_last();
             return;
         }
+        let Some(line) = self.hold_command(line, out) else {
+            return;
+        };
         let (verb, arg) = verb(&line);
         if !READ_ONLY.contains(&verb.as_str()) && !verb.starts_with("XSTRAW-") {
             self.may_commit = true;
@@ -368,6 +417,7 @@ impl ClientAccel {
                 self.sizes.clear();
                 self.deleted.clear();
                 self.retrieved.clear();
+                self.hold_view = None;
             }
             "DELE" => self.deleted.extend(msg),
             _ => {}
@@ -461,6 +511,9 @@ impl ClientAccel {
                 let track = Track::List { multi: !arg };
                 self.forward_tracked(&line, !arg, false, track, out);
             }
+            "STAT" if self.hold_view.is_some() => {
+                self.forward_tracked(&line, false, false, Track::Stat, out);
+            }
             _ => {
                 self.forward(&line, multi_if_ok(&verb, arg), verb == "CAPA", out);
             }
@@ -508,20 +561,42 @@ impl ClientAccel {
                 }
             }
             Disp::Deliver {
-                id, capa, track, ..
+                id,
+                capa,
+                track,
+                hold,
+                ..
             } => {
+                let mut reply = reply;
                 match track {
-                    Track::Uidl { multi } => self.learn_uidls(&reply, multi),
-                    Track::List { multi } => self.learn_sizes(&reply, multi),
+                    Track::Uidl { multi } => {
+                        self.learn_uidls(&reply, multi);
+                        if multi {
+                            reply = self.hold_rewrite(reply, 1);
+                        }
+                    }
+                    Track::List { multi } => {
+                        self.learn_sizes(&reply, multi);
+                        if multi {
+                            reply = self.hold_rewrite(reply, 2);
+                        }
+                    }
+                    Track::Stat => reply = self.hold_rewrite(reply, 0),
                     Track::Retr(t) => self.retr_done(&t),
-                    Track::None => {}
+                    Track::None | Track::Stub => {}
                 }
+                self.hold_delivered(hold, &reply);
                 if capa && ok {
-                    self.deliver(id, &rewrite_capa(&reply), true);
+                    let mut capa = rewrite_capa(&reply);
+                    if self.hold_on() {
+                        capa = super::hold::drop_sasl(&capa);
+                    }
+                    self.deliver(id, &capa, true);
                 } else {
                     self.deliver(id, &reply, true);
                 }
             }
+            Disp::Hold => self.hold_answer(&reply, out),
             Disp::OwnUidl(n) => {
                 let uid = resume::parse_uidl(&reply, false)
                     .into_iter()
@@ -596,16 +671,19 @@ impl ClientAccel {
                 self.deliver(id, &shown, true);
             }
             Disp::Prefetch(s) => {
+                let mut reply = reply;
                 if s == 1 {
                     self.learn_uidls(&reply, true);
                 }
                 if s == 2 {
                     self.learn_sizes(&reply, true);
                 }
-                for id in std::mem::take(&mut self.pf_waiters[s]) {
-                    self.deliver(id, &reply, true);
+                if self.hold_prefetched(s, &mut reply) {
+                    for id in std::mem::take(&mut self.pf_waiters[s]) {
+                        self.deliver(id, &reply, true);
+                    }
+                    self.pf_val[s] = Some(reply)
                 }
-                self.pf_val[s] = Some(reply)
             }
         }
         if e.unblocks {
@@ -731,7 +809,7 @@ impl Accelerator for ClientAccel {
                 }
             }
             if done {
-                self.reply_bytes = 0;
+                self.last_reply_bytes = std::mem::take(&mut self.reply_bytes);
                 let e = self.expect.pop_front().expect("front checked");
                 let reply = std::mem::take(&mut self.cur);
                 self.reply_done(e, reply, out);
@@ -754,16 +832,27 @@ impl Accelerator for ClientAccel {
     fn activity(&self) -> Option<Activity> {
         let e = self.expect.front()?;
         let Disp::Deliver {
-            retr: Some(msg), ..
+            retr: Some(msg),
+            stub,
+            ..
         } = &e.disp
         else {
             return None;
         };
-        let of = match self.sizes.len() {
+        let count = self.sizes.len() + self.hold_view.as_ref().map_or(0, |v| v.extras.len());
+        let of = match count {
             0 => String::new(),
             n => format!(" of {n}"),
         };
-        let total = self.sizes.get(msg).copied();
+        if *stub {
+            // The stub is small; the LIST size is the original's.
+            let what = format!("POP3 RETR {msg}{of} (held ashore, stub)");
+            return Some(Activity::new(what, self.reply_bytes, None));
+        }
+        let total = match self.hold_view.as_ref().and_then(|v| v.extra(*msg)) {
+            Some(x) => Some(x.size),
+            None => self.sizes.get(msg).copied(),
+        };
         let done = total.map_or(self.reply_bytes, |t| self.reply_bytes.min(t));
         Some(Activity::new(format!("POP3 RETR {msg}{of}"), done, total))
     }

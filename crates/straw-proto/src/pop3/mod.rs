@@ -25,17 +25,20 @@
 //! upstream, and the cache warm-up), bytes in and bytes out.
 
 pub mod client;
+pub mod hold;
 pub mod prefetch;
 pub mod reply;
 pub mod resume;
 pub mod server;
 pub mod starttls;
+pub mod stub;
 pub mod warm_up;
 
 #[cfg(test)]
 mod tests;
 
 pub use client::ClientAccel;
+pub use hold::{HoldConfig, HoldStore, MemHolds, SharedHolds};
 pub use server::ServerAccel;
 pub use starttls::StartTls;
 pub use warm_up::WarmUp;

@@ -45,7 +45,11 @@ impl ClientAccel {
         let Some(&size) = self.sizes.get(&n) else {
             return;
         };
-        if size > cap || self.deleted.contains(&n) || self.retrieved.contains(&n) {
+        if size > cap
+            || self.deleted.contains(&n)
+            || self.retrieved.contains(&n)
+            || self.would_hold(size)
+        {
             return;
         }
         let mut track = Track::None;
@@ -93,6 +97,8 @@ impl ClientAccel {
                 capa: false,
                 track,
                 retr: Some(n),
+                stub: false,
+                hold: super::client::HoldMark::None,
             },
             unblocks: false,
         });

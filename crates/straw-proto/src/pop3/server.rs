@@ -3,7 +3,7 @@
 //! a batch's replies back so that they cross the link together.
 
 use super::reply::{ReplyReader, is_continuation, multi_if_ok};
-use super::{ABORT_ACK, ABORT_VERB, ACK_LINE, PREFETCH_ABORTED, SKIP_LINE, msg_arg, resume};
+use super::{ABORT_ACK, ABORT_VERB, ACK_LINE, PREFETCH_ABORTED, SKIP_LINE, hold, msg_arg, resume};
 use crate::shared::lines::{take_line, unasked, verb};
 use crate::{AccelStats, Accelerator, Output};
 
@@ -29,6 +29,9 @@ pub struct ServerAccel {
     /// A resume request waiting for its RETR, and the RETR being resumed.
     resume_req: Option<(usize, String)>,
     resume: Option<resume::ServerResume>,
+    /// A hold request waiting for its RETR, and the RETR being held.
+    hold_req: Option<hold::HoldRequest>,
+    hold: Option<hold::ServerHold>,
     /// The message number of the RETR awaiting its reply.
     inflight_retr: Option<u32>,
     /// The reply in flight was aborted: read and dropped to its end.
@@ -70,12 +73,46 @@ impl ServerAccel {
                     self.held.extend_from_slice(resume::NOT_RESUMED);
                 }
             }
+            if let Some(req) = self.hold_req.take() {
+                let words: Vec<u64> = String::from_utf8_lossy(&line)
+                    .split_ascii_whitespace()
+                    .skip(1)
+                    .map_while(|w| w.parse().ok())
+                    .collect();
+                match (v.as_str(), words.as_slice()) {
+                    ("RETR", [_]) if self.resume.is_none() => {
+                        self.hold = Some(hold::ServerHold::new(req, None));
+                    }
+                    ("TOP", [n, x]) if self.resume.is_none() => {
+                        // The stub needs the whole original: asked as RETR
+                        // (the real server is close), cut to x lines here.
+                        self.hold = Some(hold::ServerHold::new(req, Some(*x)));
+                        let retr = format!("RETR {n}\r\n").into_bytes();
+                        out.to_local.extend_from_slice(&retr);
+                        self.inflight = Some((true, true));
+                        self.inflight_retr = None;
+                        return;
+                    }
+                    _ => self.held.extend_from_slice(hold::NOT_HELD),
+                }
+            }
             if line == SKIP_LINE {
                 self.held.extend_from_slice(PREFETCH_ABORTED);
                 continue;
             }
             if line == ACK_LINE {
                 self.held.extend_from_slice(ABORT_ACK);
+                continue;
+            }
+            if v == hold::VERB {
+                // Ours: answered with the next RETR's reply.
+                match hold::parse_request(&line) {
+                    Ok(req) => self.hold_req = Some(req),
+                    Err(e) => {
+                        out.notes.push(format!("POP3 hold request refused: {e}"));
+                        self.held.extend_from_slice(hold::NOT_HELD);
+                    }
+                }
                 continue;
             }
             if v != resume::VERB {
@@ -136,7 +173,11 @@ impl ServerAccel {
                 .find(|&j| verb(&lines[j]).0 == "RETR" && msg_arg(&lines[j]) == Some(n));
             if let Some(j) = queued {
                 lines[j] = SKIP_LINE.to_vec();
-            } else if self.inflight_retr == Some(n) && !self.dropping && self.resume.is_none() {
+            } else if self.inflight_retr == Some(n)
+                && !self.dropping
+                && self.resume.is_none()
+                && self.hold.is_none()
+            {
                 let end = self.reader.closing().unwrap_or(PREFETCH_ABORTED);
                 self.held.extend_from_slice(end);
                 self.dropping = true;
@@ -170,6 +211,30 @@ impl Accelerator for ServerAccel {
             } else {
                 &mut self.held
             };
+            if let Some(h) = &mut self.hold {
+                let mut piece = Vec::new();
+                let (n, done) = match self.reader.feed(data, multi, &mut piece) {
+                    Ok(r) => r,
+                    Err(e) => return self.fail(out, e),
+                };
+                let status_len = self.reader.first.len();
+                h.feed(&piece, status_len, done, &mut self.held, &mut out.notes);
+                if done {
+                    self.hold = None;
+                }
+                data = &data[n..];
+                out.bulk |= bulk;
+                if done {
+                    completed = true;
+                    completed_bulk |= bulk;
+                    self.inflight = None;
+                    self.inflight_retr = None;
+                    self.sasl_next = false;
+                    self.send_next(out);
+                    self.stats.link_waits_saved += u64::from(self.inflight.is_some());
+                }
+                continue;
+            }
             let (n, done) = match &mut self.resume {
                 None => match self.reader.feed(data, multi, sink) {
                     Ok(r) => r,

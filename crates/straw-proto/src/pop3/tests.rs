@@ -1693,3 +1693,409 @@ fn quit_after_any_dele_like_command_waits_for_the_server() {
         assert_eq!(o.to_tunnel, b"QUIT\r\n");
     }
 }
+
+// Hold ashore (see `hold`): a big message's RETR brings a stub, its DELE
+// is answered here, a released one is presented as one more message.
+
+use super::hold::{HoldConfig, HoldStore, MemHolds, held_uidl};
+
+const OVER: u64 = 50_000;
+
+/// A MIME mail with a text part and a base64 attachment, `kb` KB long.
+fn big_mail(from: &str, kb: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: {from}\r\nTo: bob@example.org\r\nSubject: the plot\r\nDate: Mon, 09 Sep 2002 10:00:00 +0000\r\n\
+         Message-ID: <big.1@example.org>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+         Here it is, caf=C3=A9.\r\n.a line with a dot\r\n--b1\r\n\
+         Content-Type: image/png; name=\"plot.png\"\r\nContent-Transfer-Encoding: base64\r\n\
+         Content-Disposition: attachment; filename=\"plot.png\"\r\n\r\n"
+    );
+    while m.len() < kb * 1024 {
+        m.push_str("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA\r\n");
+    }
+    m.push_str("--b1--\r\n");
+    m.into_bytes()
+}
+
+/// Three messages; the second is 60 KB (over OVER, under the RETR
+/// prefetch cap).
+fn held_server(from: &str) -> FakeDovecot {
+    let mut real = FakeDovecot::new(3);
+    real.msgs[1] = big_mail(from, 60);
+    real
+}
+
+fn hold_rig(real: FakeDovecot, store: &Arc<MemHolds>, except: &[&str]) -> Rig {
+    let c = ClientAccel::new(PFR, &warm()).with_hold(HoldConfig {
+        over_bytes: OVER,
+        except_from: except.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        bits_per_sec: 2400,
+        cost_per_minute: 1.5,
+        store: store.clone(),
+    });
+    Rig::wire(c, ServerAccel::new(), real)
+}
+
+fn login(rig: &mut Rig) {
+    rig.send(b"USER bob\r\n");
+    rig.send(b"PASS secret\r\n");
+}
+
+fn reply_text(r: &[u8]) -> String {
+    String::from_utf8_lossy(r).into_owned()
+}
+
+#[test]
+fn hold_retr_of_a_big_message_brings_a_stub_and_its_dele_stays_local() {
+    let store = Arc::new(MemHolds::default());
+    let mut rig = hold_rig(held_server("Alice <alice@example.org>"), &store, &[]);
+    login(&mut rig);
+    let uidl = reply_text(&rig.send(b"UIDL\r\n"));
+    assert_eq!(
+        uidl,
+        format!(
+            "+OK 3 messages:\r\n1 uid-1\r\n2 uid-2{}\r\n3 uid-3\r\n.\r\n",
+            hold::UIDL_SUFFIX
+        )
+    );
+    assert_eq!(
+        reply_text(&rig.send(b"UIDL 2\r\n")),
+        "+OK 2 uid-2~straw-held\r\n"
+    );
+    // Sizes are the real ones.
+    let list = reply_text(&rig.send(b"LIST\r\n"));
+    let real = held_server("Alice <alice@example.org>");
+    let rows: String = (1..=3)
+        .map(|i| format!("{i} {}\r\n", real.msgs[i - 1].len()))
+        .collect();
+    assert_eq!(list, format!("+OK 3 messages:\r\n{rows}.\r\n"));
+    // RETR 1 takes no RETR 2 along: it would be held.
+    let one = rig.send(b"RETR 1\r\n");
+    assert!(one.starts_with(b"+OK"));
+    assert_eq!(
+        asked(&rig.real, "RETR 2\r\n"),
+        0,
+        "held messages are never prefetched"
+    );
+    let stub = rig.send(b"RETR 2\r\n");
+    assert_eq!(
+        asked(&rig.real, "RETR 3\r\n"),
+        1,
+        "the next one comes along"
+    );
+    let text = reply_text(&stub);
+    assert!(stub.len() < 8 * 1024, "{}", stub.len());
+    assert!(text.starts_with("+OK"), "{text}");
+    assert!(
+        text.contains("\r\nSubject: [held ashore] the plot\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\r\nMessage-ID: <big.1@example.org>\r\n"),
+        "{text}"
+    );
+    let id = store.id("bob", "uid-2");
+    assert!(text.contains(&format!("straw hold release {id}")), "{text}");
+    assert!(text.contains("plot.png (image/png,"), "{text}");
+    assert!(
+        text.contains("Here it is, café.\r\n..a line with a dot\r\n"),
+        "dot-stuffed: {text}"
+    );
+    assert!(text.ends_with("\r\n.\r\n"));
+    // The stub is recorded, held.
+    let e = store.entries();
+    assert_eq!(e.len(), 1);
+    assert_eq!(
+        (e[0].0.as_str(), e[0].1.as_str(), e[0].2),
+        ("bob", "uid-2", false)
+    );
+    assert_eq!(e[0].3.subject, "the plot");
+    assert_eq!(e[0].3.from, "Alice <alice@example.org>");
+    assert_eq!(
+        e[0].3.size,
+        held_server("Alice <alice@example.org>").msgs[1].len() as u64
+    );
+    // DELE of the stub: answered here, never sent; QUIT still local.
+    let dele = reply_text(&rig.send(b"DELE 2\r\n"));
+    assert!(
+        dele.starts_with("+OK straw: message 2 stays on the server"),
+        "{dele}"
+    );
+    rig.send(b"QUIT\r\n");
+    let seen = reply_text(&rig.real.seen);
+    assert!(!seen.contains("DELE"), "{seen}");
+    assert!(!rig.real.deleted[1]);
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+}
+
+#[test]
+fn hold_released_message_is_one_more_number_with_its_own_uidl() {
+    let store = Arc::new(MemHolds::default());
+    let mut rig = hold_rig(held_server("alice@example.org"), &store, &[]);
+    login(&mut rig);
+    rig.send(b"RETR 2\r\n");
+    rig.send(b"QUIT\r\n");
+    store.release("bob", "uid-2");
+
+    let mut rig = hold_rig(held_server("alice@example.org"), &store, &[]);
+    login(&mut rig);
+    let real = held_server("alice@example.org");
+    let size = real.msgs[1].len();
+    let total: usize = real.msgs.iter().map(Vec::len).sum();
+    assert_eq!(
+        reply_text(&rig.send(b"STAT\r\n")),
+        format!("+OK 4 {}\r\n", total + size)
+    );
+    let uidl = reply_text(&rig.send(b"UIDL\r\n"));
+    assert!(
+        uidl.ends_with("2 uid-2~straw-held\r\n3 uid-3\r\n4 uid-2\r\n.\r\n"),
+        "{uidl}"
+    );
+    let list = reply_text(&rig.send(b"LIST\r\n"));
+    assert!(list.ends_with(&format!("4 {size}\r\n.\r\n")), "{list}");
+    assert_eq!(reply_text(&rig.send(b"UIDL 4\r\n")), "+OK 4 uid-2\r\n");
+    assert_eq!(
+        reply_text(&rig.send(b"LIST 4\r\n")),
+        format!("+OK 4 {size}\r\n")
+    );
+    // RETR 4 is the real RETR 2: the original, byte-exact.
+    let got = rig.send(b"RETR 4\r\n");
+    let want = direct(
+        held_server("alice@example.org"),
+        &[b"USER bob\r\n", b"PASS secret\r\n", b"RETR 2\r\n"],
+    );
+    assert_ends_with(&want, &got);
+    assert_eq!(
+        got.len(),
+        want.len() - GREETING.len() - "+OK\r\n+OK Logged in.\r\n".len()
+    );
+    assert_eq!(rig.c.activity(), None);
+    // Delivered in full once: no longer presented.
+    assert!(store.released("bob").is_empty());
+    // DELE 4 deletes the real message 2 (the program has the original).
+    assert_eq!(
+        reply_text(&rig.send(b"DELE 4\r\n")),
+        "+OK Marked to be deleted.\r\n"
+    );
+    assert!(rig.real.deleted[1]);
+    assert_eq!(
+        reply_text(&rig.send(b"STAT\r\n")),
+        format!("+OK 2 {}\r\n", total - size)
+    );
+    let uidl = reply_text(&rig.send(b"UIDL\r\n"));
+    assert_eq!(uidl, "+OK 2 messages:\r\n1 uid-1\r\n3 uid-3\r\n.\r\n");
+    // With a DELE sent, QUIT's reply is the real one.
+    rig.send(b"QUIT\r\n");
+    assert!(
+        reply_text(&rig.real.seen).contains("DELE 2\r\nSTAT"),
+        "{}",
+        reply_text(&rig.real.seen)
+    );
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+}
+
+#[test]
+fn hold_released_message_gone_from_the_mailbox_is_forgotten() {
+    let store = Arc::new(MemHolds::default());
+    store.stub_delivered("bob", "uid-9", &Default::default());
+    store.release("bob", "uid-9");
+    let mut rig = hold_rig(held_server("a@b"), &store, &[]);
+    login(&mut rig);
+    assert!(reply_text(&rig.send(b"STAT\r\n")).starts_with("+OK 3 "));
+    assert!(store.entries().is_empty());
+}
+
+#[test]
+fn hold_allow_listed_sender_gets_the_original() {
+    let store = Arc::new(MemHolds::default());
+    let from = "The Captain <Captain@Example.ORG>";
+    let mut rig = hold_rig(held_server(from), &store, &["captain@example.org"]);
+    login(&mut rig);
+    let got = rig.send(b"RETR 2\r\n");
+    let want = direct(
+        held_server(from),
+        &[b"USER bob\r\n", b"PASS secret\r\n", b"RETR 2\r\n"],
+    );
+    assert_ends_with(&want, &got);
+    assert!(got.len() > 60 * 1024);
+    assert!(store.entries().is_empty());
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+}
+
+#[test]
+fn hold_waits_for_the_login_listings_when_the_program_pipelines() {
+    let store = Arc::new(MemHolds::default());
+    let mut rig = hold_rig(held_server("a@example.org"), &store, &[]);
+    let got =
+        reply_text(&rig.send(b"USER bob\r\nPASS secret\r\nSTAT\r\nRETR 2\r\nDELE 2\r\nQUIT\r\n"));
+    assert!(got.contains("Subject: [held ashore] the plot"), "{got}");
+    assert!(got.contains("+OK straw: message 2 stays"), "{got}");
+    assert!(!reply_text(&rig.real.seen).contains("DELE"));
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+}
+
+#[test]
+fn hold_activity_says_stub() {
+    let store = Arc::new(MemHolds::default());
+    let mut c = ClientAccel::new(PF, &warm()).with_hold(HoldConfig {
+        over_bytes: 10,
+        except_from: vec![],
+        bits_per_sec: 2400,
+        cost_per_minute: 1.5,
+        store,
+    });
+    let mut out = Output::default();
+    c.start(&mut out);
+    c.from_tunnel(GREETING, &mut out);
+    c.from_local(b"USER bob\r\nPASS x\r\n", true, &mut out);
+    c.from_tunnel(
+        b"+OK\r\n+OK in\r\n+OK 2 150\r\n+OK\r\n1 a\r\n2 b\r\n.\r\n+OK\r\n1 5\r\n2 145\r\n.\r\n",
+        &mut out,
+    );
+    out.clear();
+    c.from_local(b"RETR 2\r\n", true, &mut out);
+    assert!(
+        reply_text(&out.to_tunnel).starts_with("XSTRAW-HOLD 1 "),
+        "{}",
+        reply_text(&out.to_tunnel)
+    );
+    c.from_tunnel(hold::HELD, &mut out);
+    let a = c.activity().unwrap();
+    assert_eq!(a.what, "POP3 RETR 2 of 2 (held ashore, stub)");
+    assert_eq!(a.total, None);
+}
+
+#[test]
+fn hold_capa_offers_no_sasl_so_programs_log_in_with_user_pass() {
+    let store = Arc::new(MemHolds::default());
+    let mut rig = hold_rig(held_server("a@b"), &store, &[]);
+    let capa = reply_text(&rig.send(b"CAPA\r\n"));
+    assert_eq!(
+        capa,
+        "+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\nUSER\r\n.\r\n"
+    );
+}
+
+#[test]
+fn hold_uidl_of_long_uidls_is_bounded_distinct_and_stable() {
+    let a = "x".repeat(70);
+    let b = format!("{}y", "x".repeat(69));
+    let (ha, hb) = (held_uidl(&a), held_uidl(&b));
+    assert!(ha.len() <= 70 && hb.len() <= 70);
+    assert_ne!(ha, hb);
+    assert_eq!(ha, held_uidl(&a));
+    assert!(ha.ends_with(hold::UIDL_SUFFIX));
+    assert_eq!(held_uidl("abc"), "abc~straw-held");
+}
+
+#[test]
+fn hold_request_round_trips_and_bad_ones_are_refused() {
+    let l = hold::request("ab12", 51200, 100, 300, &["a@b".into(), "c@d".into()]);
+    let r = hold::parse_request(&l).unwrap();
+    assert_eq!(r.except, vec!["a@b".to_owned(), "c@d".to_owned()]);
+    assert!(hold::parse_request(b"XSTRAW-HOLD 2 ab 1 2 3\r\n").is_err());
+    assert!(hold::parse_request(b"XSTRAW-HOLD 1 a/b 1 2 3\r\n").is_err());
+    assert!(hold::parse_request(b"XSTRAW-HOLD 1 ab 1 2\r\n").is_err());
+    assert_eq!(
+        hold::addresses("Cap <Cap@X.org>, b@y"),
+        vec!["cap@x.org", "b@y"]
+    );
+}
+
+#[test]
+fn hold_top_of_a_held_message_is_the_stub_cut_to_its_lines() {
+    let store = Arc::new(MemHolds::default());
+    let mut rig = hold_rig(held_server("a@example.org"), &store, &[]);
+    login(&mut rig);
+    // mutt reads headers with TOP n 0: the stub's, nothing recorded.
+    let head = reply_text(&rig.send(b"TOP 2 0\r\n"));
+    assert!(
+        head.contains("\r\nSubject: [held ashore] the plot\r\n"),
+        "{head}"
+    );
+    assert!(head.ends_with("8bit\r\n\r\n.\r\n"), "{head}");
+    assert!(store.entries().is_empty());
+    // fetchmail reads whole messages with TOP n 99999999: the whole stub.
+    let all = reply_text(&rig.send(b"TOP 2 99999999\r\n"));
+    assert!(all.contains("straw hold release"), "{all}");
+    assert_eq!(store.entries().len(), 1);
+    let seen = reply_text(&rig.real.seen);
+    assert!(!seen.contains("TOP 2"), "asked upstream as RETR: {seen}");
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+}
+
+#[test]
+fn hold_top_of_an_allowed_sender_is_the_original_cut() {
+    let store = Arc::new(MemHolds::default());
+    let mut rig = hold_rig(held_server("cap@x.org"), &store, &["cap@x.org"]);
+    login(&mut rig);
+    let got = rig.send(b"TOP 2 2\r\n");
+    let mut real = held_server("cap@x.org");
+    real.authed = true;
+    let msg = real.msgs[1].clone();
+    let want = [
+        &format!("+OK {} octets\r\n", msg.len()).into_bytes()[..],
+        &stuff(&stub::top_of(&msg, 2)),
+    ]
+    .concat();
+    assert_text(&got, &want);
+    assert!(reply_text(&got).ends_with("\r\npreamble\r\n--b1\r\n.\r\n"));
+    assert!(store.entries().is_empty());
+}
+
+#[test]
+fn hold_released_message_read_with_top_counts_only_when_whole() {
+    let store = Arc::new(MemHolds::default());
+    let mut rig = hold_rig(held_server("a@example.org"), &store, &[]);
+    login(&mut rig);
+    rig.send(b"TOP 2 99999999\r\n");
+    store.release("bob", "uid-2");
+    let mut rig = hold_rig(held_server("a@example.org"), &store, &[]);
+    login(&mut rig);
+    // (The fake server answers any TOP whole, so a header-only TOP cannot
+    // be told apart here.)
+    let got = rig.send(b"TOP 4 99999999\r\n");
+    let want = direct(
+        held_server("a@example.org"),
+        &[b"USER bob\r\n", b"PASS secret\r\n", b"TOP 2 99999999\r\n"],
+    );
+    assert_ends_with(&want, &got);
+    assert!(store.released("bob").is_empty(), "delivered whole");
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+}
+
+#[test]
+fn hold_against_an_old_server_side_carries_the_message_and_asks_no_more() {
+    let store = Arc::new(MemHolds::default());
+    let mut c = ClientAccel::new(PF, &warm()).with_hold(HoldConfig {
+        over_bytes: 10,
+        except_from: vec![],
+        bits_per_sec: 2400,
+        cost_per_minute: 1.5,
+        store: store.clone(),
+    });
+    let mut out = Output::default();
+    c.start(&mut out);
+    c.from_tunnel(GREETING, &mut out);
+    c.from_local(b"USER bob\r\nPASS x\r\n", true, &mut out);
+    c.from_tunnel(
+        b"+OK\r\n+OK in\r\n+OK 2 150\r\n+OK\r\n1 a\r\n2 b\r\n.\r\n+OK\r\n1 5\r\n2 145\r\n.\r\n",
+        &mut out,
+    );
+    out.clear();
+    c.from_local(b"RETR 2\r\n", true, &mut out);
+    // The old server side passed the request line to the real server.
+    c.from_tunnel(
+        b"-ERR Unknown command.\r\n+OK\r\nthe original\r\n.\r\n",
+        &mut out,
+    );
+    assert_eq!(reply_text(&out.to_local), "+OK\r\nthe original\r\n.\r\n");
+    assert!(store.entries().is_empty());
+    assert!(out.notes.iter().any(|n| n.contains("older straw")));
+    out.clear();
+    c.from_local(b"RETR 2\r\n", true, &mut out);
+    assert_eq!(reply_text(&out.to_tunnel), "RETR 2\r\n", "asked once only");
+    assert!(out.fail.is_none());
+}
