@@ -42,3 +42,4 @@ pub mod setup;
 pub mod status;
 pub mod tunnel;
 pub mod upstream;
+pub mod web;
