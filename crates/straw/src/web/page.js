@@ -178,13 +178,16 @@
   let lastOk = Date.now();
   let last = null;
 
+  // Replaces a section's content; absent parts (null) are left out.
+  const put = (id, parts) => $(id).replaceChildren(...parts.filter((p) => p !== null && p !== undefined));
+
   function render(s) {
-    $("link").replaceChildren(...link(s));
-    $("money").replaceChildren(...moneyView(s));
-    $("streams").replaceChildren(...streams(s));
-    $("chart").replaceChildren(...chartView(s));
-    $("recent").replaceChildren(...recent(s));
-    $("held").replaceChildren(...held(s));
+    put("link", link(s));
+    put("money", moneyView(s));
+    put("streams", streams(s));
+    put("chart", chartView(s));
+    put("recent", recent(s));
+    put("held", held(s));
     $("updated").textContent = "live \u00b7 updated " + clock(s.taken_unix_ms) + " UTC";
     document.body.dataset.live = "1";
     document.body.dataset.taken = String(s.taken_unix_ms);
