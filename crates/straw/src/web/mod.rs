@@ -247,7 +247,12 @@ pub fn answer(board: &Board, port: u16, req: &Request, body: &[u8]) -> Response 
         ("/hold/release", "POST") => {
             // Browsers send Origin with every POST; another site's page
             // (or none) is refused.
-            if req.origin.as_deref() != Some(&format!("http://{host}")) {
+            let ours = format!("http://{host}");
+            if !req
+                .origin
+                .as_deref()
+                .is_some_and(|o| o.eq_ignore_ascii_case(&ours))
+            {
                 return Response::text(403, "cross-origin request refused");
             }
             let form = req

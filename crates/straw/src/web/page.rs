@@ -263,13 +263,18 @@ fn recent(o: &mut String, s: &Snapshot) {
 /// Held messages, from a `held` array in the snapshot's JSON if it has one
 /// (objects with `id`, `from`, `subject`, `size`, `state`).
 fn held(o: &mut String, s: &Snapshot) {
-    o.push_str("<h2>Held ashore</h2>");
     let v = serde_json::to_value(s).unwrap_or_default();
     let list = v
         .get("held")
         .and_then(|h| h.as_array())
         .cloned()
         .unwrap_or_default();
+    held_list(o, &list);
+}
+
+/// The held section from the `held` array's entries.
+pub(crate) fn held_list(o: &mut String, list: &[serde_json::Value]) {
+    o.push_str("<h2>Held ashore</h2>");
     if list.is_empty() {
         o.push_str("<p class=\"empty\" id=\"held-empty\">no messages held</p>");
         return;
@@ -280,7 +285,7 @@ fn held(o: &mut String, s: &Snapshot) {
         Some(x) => x.to_string(),
     };
     o.push_str("<table><thead><tr><th>from</th><th>subject</th><th class=\"num\">size</th><th>state</th><th></th></tr></thead><tbody>");
-    for m in &list {
+    for m in list {
         let sz = m
             .get("size")
             .and_then(|x| x.as_u64())

@@ -219,6 +219,34 @@ fn the_page_reads_without_script_and_escapes_what_it_shows() {
 }
 
 #[test]
+fn held_messages_are_listed_with_a_release_form_each() {
+    let list: Vec<serde_json::Value> = serde_json::from_str(
+        r#"[{"id": "h-1", "from": "Ann <ann@example.org>", "subject": "<b>charts</b>", "size": 2400000, "state": "held"},
+            {"id": 7, "from": null, "subject": "x", "size": "big", "state": "releasing"}]"#,
+    )
+    .unwrap();
+    let mut o = String::new();
+    page::held_list(&mut o, &list);
+    assert!(o.contains("<td>Ann &lt;ann@example.org&gt;</td>"), "{o}");
+    assert!(o.contains("&lt;b&gt;charts&lt;/b&gt;"), "{o}");
+    assert!(
+        o.contains("<td class=\"num\">2.4 MB</td><td>held</td>"),
+        "{o}"
+    );
+    assert!(o.contains("name=\"id\" value=\"h-1\""), "{o}");
+    assert!(o.contains("name=\"id\" value=\"7\""), "{o}");
+    assert_eq!(
+        o.matches("<form method=\"post\" action=\"/hold/release\"")
+            .count(),
+        2
+    );
+    assert!(!o.contains("no messages held"));
+    let mut o = String::new();
+    page::held_list(&mut o, &[]);
+    assert!(o.contains("no messages held"));
+}
+
+#[test]
 fn status_json_is_the_snapshot_plus_history() {
     let b = board();
     let r = answer(&b, PORT, &get("/status.json", "[::1]:1180"), b"");
