@@ -3,8 +3,10 @@
 //!
 //! The [`Board`] is written by the redialler (link up, down, dialling; the
 //! calls and their cost) and by the tunnel task (each program connection's
-//! [`Activity`], a few times a second), and read by the control socket,
-//! which turns it into a [`Snapshot`] at the moment it is asked.
+//! [`Activity`], a few times a second), and read by the control socket and
+//! the web page ([`crate::web`]), which turn it into a [`Snapshot`] at the
+//! moment they are asked. It also keeps a day of per-minute link bytes and
+//! money ([`History`]) for the page's chart.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
