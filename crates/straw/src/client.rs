@@ -135,6 +135,15 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     }
     // Removes the socket when the client returns.
     let _control = start_control(&cfg, &board);
+    // The status page, if enabled; stops when the client returns. Like the
+    // control socket, a page that can't listen doesn't stop the mail.
+    let _web = match cfg.web.enabled {
+        true => crate::web::serve(cfg.web.listen, board.clone())
+            .await
+            .inspect_err(|e| warn!("status page: {e:#}; carrying on without it"))
+            .ok(),
+        false => None,
+    };
     let min_backoff = Duration::from_millis(cfg.session.reconnect_min_ms.max(1));
     let mut c = Redialer {
         max_backoff: Duration::from_millis(cfg.session.reconnect_max_ms).max(min_backoff),

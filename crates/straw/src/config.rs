@@ -585,6 +585,40 @@ impl ClientControl {
     }
 }
 
+/// Client `[web]`: the status page in a browser (opt-in).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientWeb {
+    pub enabled: bool,
+    /// A loopback address only: the page shows what the boat pays and lets
+    /// its user release held mail, and has no login.
+    pub listen: SocketAddr,
+}
+
+/// The page's default port, next to the mail ports (1110, 1143, 1025).
+pub const WEB_LISTEN_DEFAULT: &str = "127.0.0.1:1180";
+
+impl Default for ClientWeb {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: WEB_LISTEN_DEFAULT.parse().expect("a socket address"),
+        }
+    }
+}
+
+impl ClientWeb {
+    fn check(&self) -> Result<()> {
+        if !self.listen.ip().is_loopback() {
+            bail!(
+                "[web] listen = \"{}\": the status page listens on loopback only (127.0.0.1 or [::1]); it has no login and must not be reachable from the network",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -621,6 +655,8 @@ pub struct ClientConfig {
     pub cache: ClientCache,
     #[serde(default)]
     pub control: ClientControl,
+    #[serde(default)]
+    pub web: ClientWeb,
     #[serde(default)]
     pub tcp: TcpOptions,
     #[serde(default)]
@@ -801,6 +837,7 @@ impl ClientConfig {
             }
         }
         c.pop3.check().with_context(|| path.display().to_string())?;
+        c.web.check().with_context(|| path.display().to_string())?;
         Ok(c)
     }
 }
@@ -1008,5 +1045,41 @@ mod hold_tests {
         .unwrap();
         assert_eq!(c.hold_except_from, vec!["captain@example.org".to_owned()]);
         assert!(c.prefetch);
+    }
+}
+
+#[cfg(test)]
+mod web_tests {
+    use super::*;
+
+    fn load(tag: &str, web: &str) -> Result<ClientConfig> {
+        let dir =
+            std::env::temp_dir().join(format!("straw-config-web-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("client.toml");
+        let text = format!(
+            "server = \"127.0.0.1:1\"\nserver_public_key = \"s\"\nprivate_key = \"k\"\n[[service]]\nname = \"t\"\nlisten = \"127.0.0.1:2\"\n{web}"
+        );
+        std::fs::write(&path, text).unwrap();
+        let r = ClientConfig::load(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    #[test]
+    fn the_page_is_off_by_default_and_on_loopback_only() {
+        let c = load("default", "").unwrap();
+        assert!(!c.web.enabled);
+        assert_eq!(c.web.listen.to_string(), WEB_LISTEN_DEFAULT);
+        let c = load("v6", "[web]\nenabled = true\nlisten = \"[::1]:8080\"\n").unwrap();
+        assert!(c.web.enabled);
+        for addr in ["0.0.0.0:1180", "192.168.1.5:1180", "[::]:1180"] {
+            let e = load("bad", &format!("[web]\nlisten = \"{addr}\"\n")).unwrap_err();
+            assert!(format!("{e:#}").contains("loopback only"), "{e:#}");
+        }
+        // The example config parses and leaves it off.
+        let text = include_str!("../../../examples/client.toml");
+        let c: ClientConfig = toml::from_str(text).expect("example parses");
+        assert!(!c.web.enabled);
     }
 }

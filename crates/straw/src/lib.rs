@@ -43,3 +43,4 @@ pub mod setup;
 pub mod status;
 pub mod tunnel;
 pub mod upstream;
+pub mod web;

@@ -360,6 +360,12 @@ idle_hangup_secs = 0       # on demand: hang up after this long idle (0 = never)
 cost_per_minute = 1.50     # for the hang-up log line; billed per started minute
 budget_per_call = 0        # money per call before big transfers wait for the next call (0 = no limit)
 
+# A status page for the browser (what `straw status` shows, live, and a
+# chart of the last hours): off unless enabled, loopback only (no login).
+# [web]
+# enabled = true
+# listen = "127.0.0.1:1180"   # then open http://127.0.0.1:1180/
+
 # Interrupted messages and cached greetings are kept in ~/.local/state/straw
 # (Windows: %LOCALAPPDATA%\straw); [partial] dir and [cache] dir move them.
 "#

@@ -3,8 +3,10 @@
 //!
 //! The [`Board`] is written by the redialler (link up, down, dialling; the
 //! calls and their cost) and by the tunnel task (each program connection's
-//! [`Activity`], a few times a second), and read by the control socket,
-//! which turns it into a [`Snapshot`] at the moment it is asked.
+//! [`Activity`], a few times a second), and read by the control socket and
+//! the web page ([`crate::web`]), which turn it into a [`Snapshot`] at the
+//! moment they are asked. It also keeps a day of per-minute link bytes and
+//! money ([`History`]) for the page's chart.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -152,6 +154,103 @@ pub struct Finished {
     pub cost: Option<f64>,
 }
 
+/// Minutes of link history kept (one sample per minute: a day).
+pub const HISTORY_MINUTES: u64 = 24 * 60;
+
+/// One minute of the link: wire bytes each way and the airtime billed in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Minute {
+    /// Unix time of the minute's start, in minutes.
+    pub unix_min: u64,
+    pub wire_up: u64,
+    pub wire_down: u64,
+    pub cost: f64,
+}
+
+/// A bounded ring of [`Minute`]s for the web page's chart. Time is passed
+/// in (unix seconds); minutes when nothing moved are not stored.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    minutes: VecDeque<Minute>,
+    /// The totals at the last record (the client starts at zero).
+    last: (u64, u64, f64),
+}
+
+impl History {
+    /// Counts what the running totals (wire bytes up and down, money spent)
+    /// grew by since the last call into the minute of `unix_secs`. A clock
+    /// that steps back counts into the newest minute.
+    pub fn record(&mut self, unix_secs: u64, wire_up: u64, wire_down: u64, cost: f64) {
+        let cost = if cost.is_finite() { cost } else { self.last.2 };
+        let up = wire_up.saturating_sub(self.last.0);
+        let down = wire_down.saturating_sub(self.last.1);
+        let spent = (cost - self.last.2).max(0.0);
+        self.last = (wire_up, wire_down, cost.max(self.last.2));
+        if up == 0 && down == 0 && spent == 0.0 {
+            return;
+        }
+        let m = unix_secs / 60;
+        match self.minutes.back_mut() {
+            Some(b) if b.unix_min >= m => {
+                b.wire_up = b.wire_up.saturating_add(up);
+                b.wire_down = b.wire_down.saturating_add(down);
+                b.cost += spent;
+            }
+            _ => self.minutes.push_back(Minute {
+                unix_min: m,
+                wire_up: up,
+                wire_down: down,
+                cost: spent,
+            }),
+        }
+        let newest = self.minutes.back().map_or(m, |b| b.unix_min);
+        while self
+            .minutes
+            .front()
+            .is_some_and(|f| f.unix_min + HISTORY_MINUTES <= newest)
+            || self.minutes.len() > HISTORY_MINUTES as usize
+        {
+            self.minutes.pop_front();
+        }
+    }
+
+    /// Minutes stored.
+    pub fn len(&self) -> usize {
+        self.minutes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.minutes.is_empty()
+    }
+
+    /// The last `count` buckets of `bucket_mins` minutes each up to the one
+    /// holding `unix_secs`, oldest first, every bucket present (zero when
+    /// nothing moved); `unix_min` is each bucket's first minute.
+    pub fn buckets(&self, unix_secs: u64, bucket_mins: u64, count: usize) -> Vec<Minute> {
+        let bucket_mins = bucket_mins.max(1);
+        let count = count.min(HISTORY_MINUTES as usize);
+        let last = unix_secs / 60 / bucket_mins * bucket_mins;
+        let first = last.saturating_sub((count as u64).saturating_sub(1) * bucket_mins);
+        let mut out: Vec<Minute> = (0..count as u64)
+            .map(|k| Minute {
+                unix_min: first + k * bucket_mins,
+                ..Minute::default()
+            })
+            .filter(|b| b.unix_min <= last)
+            .collect();
+        for m in &self.minutes {
+            if m.unix_min < first || m.unix_min >= last + bucket_mins {
+                continue;
+            }
+            let b = &mut out[((m.unix_min - first) / bucket_mins) as usize];
+            b.wire_up = b.wire_up.saturating_add(m.wire_up);
+            b.wire_down = b.wire_down.saturating_add(m.wire_down);
+            b.cost += m.cost;
+        }
+        out
+    }
+}
+
 /// Minutes billed for a call of `secs` and what they cost: every started
 /// minute, and at least one for any call (as satellite airtime is billed).
 pub fn billed(secs: f64, cost_per_minute: f64) -> (u64, f64) {
@@ -234,6 +333,8 @@ struct Inner {
     recent: VecDeque<Finished>,
     /// This call's "budget reached" was logged.
     budget_told: bool,
+    /// Link bytes and money per minute (the web page's chart).
+    history: History,
 }
 
 /// The client's live state for the status screen; shared between the
@@ -296,6 +397,7 @@ impl Board {
                 best_rate: 0.0,
                 recent: VecDeque::new(),
                 budget_told: false,
+                history: History::default(),
             }),
             holds: std::sync::OnceLock::new(),
         }
@@ -389,6 +491,32 @@ impl Board {
         });
         i.budget_told = false;
         Self::set_state(&mut i, LinkState::Up, None, now);
+        self.sample_history(&mut i, now);
+    }
+
+    /// Adds what crossed and what was billed since the last sample to the
+    /// history (wall-clock minutes).
+    fn sample_history(&self, i: &mut Inner, now: Instant) {
+        let call_cost = i.call.map_or(0.0, |c| {
+            billed(
+                now.saturating_duration_since(c.start).as_secs_f64(),
+                self.cost_per_minute,
+            )
+            .1
+        });
+        let c = counters(&self.stats);
+        let secs = unix_ms(SystemTime::now()) / 1000;
+        i.history
+            .record(secs, c.wire_up, c.wire_down, i.past_cost + call_cost);
+    }
+
+    /// The link's history up to now: `count` buckets of `bucket_mins`
+    /// minutes, oldest first.
+    pub fn history(&self, now: Instant, bucket_mins: u64, count: usize) -> Vec<Minute> {
+        let mut i = self.lock();
+        self.sample_history(&mut i, now);
+        i.history
+            .buckets(unix_ms(SystemTime::now()) / 1000, bucket_mins, count)
     }
 
     /// The call ended (`why`): its billed minutes go to the totals.
@@ -406,6 +534,7 @@ impl Board {
             i.past_cost += cost;
             i.past_without = i.past_without.zip(without).map(|(a, b)| a + b);
         }
+        self.sample_history(&mut i, now);
         Self::set_state(&mut i, LinkState::Down, Some(why.to_owned()), now);
     }
 
@@ -491,6 +620,7 @@ impl Board {
             }
         }
         i.streams = streams;
+        self.sample_history(&mut i, now);
         i.received.push_back((now, received));
         while i.received.len() > RATE_SAMPLES
             || i.received
@@ -1101,5 +1231,66 @@ mod budget_tests {
         b.call_started(t0);
         assert_eq!(b.bulk_hold(t0 + Duration::from_secs(86_400)), None);
         assert_eq!(b.snapshot(t0).money.budget_per_call, None);
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    #[test]
+    fn minutes_sum_the_growth_of_the_totals() {
+        let mut h = History::default();
+        let t = 1_000 * 60; // the start of a minute, unix seconds
+        h.record(t, 100, 1_000, 1.5);
+        h.record(t + 30, 150, 3_000, 1.5);
+        h.record(t + 61, 160, 3_500, 3.0);
+        // Nothing moved for a while: no minutes stored for it.
+        h.record(t + 300, 160, 3_500, 3.0);
+        assert_eq!(h.len(), 2);
+        let b = h.buckets(t + 300, 1, 6);
+        assert_eq!(b.len(), 6);
+        assert_eq!(b[0].unix_min, 1_000);
+        assert_eq!((b[0].wire_up, b[0].wire_down, b[0].cost), (150, 3_000, 1.5));
+        assert_eq!((b[1].wire_up, b[1].wire_down, b[1].cost), (10, 500, 1.5));
+        assert!(b[2..].iter().all(|m| m.wire_down == 0 && m.cost == 0.0));
+        // Five-minute buckets, aligned on multiples of five: both minutes
+        // in the first, the one now in the second.
+        let b = h.buckets(t + 300, 5, 2);
+        assert_eq!(
+            b.iter().map(|m| m.unix_min).collect::<Vec<_>>(),
+            [1_000, 1_005]
+        );
+        assert_eq!((b[0].wire_down, b[0].cost), (3_500, 3.0));
+        assert_eq!(b[1].wire_down, 0);
+    }
+
+    #[test]
+    fn the_ring_keeps_a_day_and_survives_odd_clocks_and_counters() {
+        let mut h = History::default();
+        let t0 = 50_000 * 60;
+        for k in 0..3 * HISTORY_MINUTES {
+            h.record(t0 + k * 60, k * 10, k * 100, k as f64);
+        }
+        assert_eq!(h.len(), HISTORY_MINUTES as usize);
+        let now = t0 + (3 * HISTORY_MINUTES - 1) * 60;
+        // Hours on the hour: the last one has 20 minutes so far.
+        let b = h.buckets(now, 60, 24);
+        assert!(b[..23].iter().all(|m| m.wire_down == 6_000), "{b:?}");
+        assert_eq!(b[23].wire_down, 2_000);
+        // Asking for more than a day, or from before the epoch, is bounded.
+        assert_eq!(
+            h.buckets(now, 1, usize::MAX).len(),
+            HISTORY_MINUTES as usize
+        );
+        assert_eq!(h.buckets(30, 60, 10).len(), 1);
+        // The clock steps back: counted in the newest minute. Counters that
+        // go down (a restart of the tunnel's counts) or a NaN cost add nothing.
+        let newest = h.buckets(now, 1, 1)[0];
+        h.record(now - 3_600, 3 * HISTORY_MINUTES * 10 + 5, 0, f64::NAN);
+        let after = h.buckets(now, 1, 1)[0];
+        assert_eq!(after.wire_up, newest.wire_up + 15);
+        assert_eq!(after.wire_down, newest.wire_down);
+        assert_eq!(after.cost, newest.cost);
     }
 }
