@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::accounting;
-use super::stream::Stream;
+use super::stream::{Stream, WireBudget};
 use super::{Priority, Session};
 use crate::codec::CodecId;
 use crate::wire::Frame;
@@ -204,6 +204,8 @@ impl Session {
         idle: bool,
     ) -> usize {
         let mut used = 0usize;
+        // Bulk units: `budget` raw bytes are this many link bytes.
+        let ratio = self.estimate.compression_ratio();
         for class in [Priority::Interactive, Priority::Bulk] {
             loop {
                 let ids: Vec<u64> = self
@@ -230,21 +232,25 @@ impl Session {
                     let n = s.sendable().min(share).min(budget - used);
                     let (held, held_lines) = (s.tx_held(), s.tx_held_lines());
                     if n > 0 || s.tx_flushable() {
-                        let (payload, flags) = s.take(n, idle, open, lane == Lane::Interactive);
-                        self.pending_raw -= n as u64;
-                        self.tx_class_raw[s.class as usize] += payload.len() as u64;
+                        let wire = (lane == Lane::Bulk).then(|| WireBudget {
+                            wire: (budget - used) as f64 * ratio,
+                            ratio,
+                        });
+                        let t = s.take(n, idle, open, lane == Lane::Interactive, wire);
+                        self.pending_raw -= t.taken as u64;
+                        self.tx_class_raw[s.class as usize] += t.payload.len() as u64;
                         self.transform_held =
                             self.transform_held + s.tx_held_lines() as u64 - held_lines as u64;
-                        if !payload.is_empty() {
+                        if !t.payload.is_empty() {
                             Frame::Data {
                                 stream: id,
-                                flags,
-                                payload,
+                                flags: t.flags,
+                                payload: t.payload,
                             }
                             .encode(buf);
                         }
-                        used += n;
-                        progressed |= n > 0 || s.tx_held() < held;
+                        used = (used + t.cost).min(budget);
+                        progressed |= t.taken > 0 || s.tx_held() < held;
                     }
                     if s.fin_ready() {
                         s.fin_sent = true;
