@@ -140,6 +140,9 @@ pub struct ClientAccel {
     pub(super) abort_refused: bool,
     /// Body bytes of the reply at the front of `expect` received so far.
     pub(super) reply_bytes: u64,
+    /// The program sent QUIT: an end of input after it is a goodbye, not
+    /// an abandoned reply.
+    quit_sent: bool,
 }
 
 impl ClientAccel {
@@ -178,6 +181,7 @@ impl ClientAccel {
             pf_retr: None,
             abort_refused: false,
             reply_bytes: 0,
+            quit_sent: false,
         }
     }
 
@@ -346,6 +350,7 @@ impl ClientAccel {
                 .map(str::to_owned);
             self.uidls.clear();
         }
+        self.quit_sent |= verb == "QUIT";
         let msg = msg_arg(&line);
         if let Some(p) = &self.pf_retr {
             let useless = match verb.as_str() {
@@ -659,6 +664,15 @@ impl Accelerator for ClientAccel {
         self.pf_waiters = Default::default();
         self.expect.clear();
         self.pf_retr = None;
+    }
+
+    /// The program closed while a reply was still on its way and without
+    /// QUIT (a mail program dropping a long RETR): nothing will read the
+    /// rest, and the real server would end the session too.
+    fn local_eof(&mut self, out: &mut Output) {
+        if !self.failed && !self.quit_sent && self.owed.waiting() {
+            out.abandoned = true;
+        }
     }
 
     fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
