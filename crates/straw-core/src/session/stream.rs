@@ -169,7 +169,11 @@ impl Stream {
         let Some(enc) = &mut self.tx else {
             self.send_offset += n as u64;
             let payload = self.pending.split_to(n).freeze();
-            self.tx_stale = self.pending.is_empty() && open;
+            let drained = self.pending.is_empty();
+            self.tx_stale = drained && open;
+            if drained {
+                self.flush = false;
+            }
             return Take {
                 payload,
                 flags: 0,
