@@ -241,11 +241,21 @@ impl Session {
                         self.tx_class_raw[s.class as usize] += t.payload.len() as u64;
                         self.transform_held =
                             self.transform_held + s.tx_held_lines() as u64 - held_lines as u64;
-                        if !t.payload.is_empty() {
+                        // A transformed payload may end a frame mid-item.
+                        let mut payload = t.payload;
+                        if let Some(at) = t.split {
                             Frame::Data {
                                 stream: id,
                                 flags: t.flags,
-                                payload: t.payload,
+                                payload: payload.split_to(at),
+                            }
+                            .encode(buf);
+                        }
+                        if !payload.is_empty() {
+                            Frame::Data {
+                                stream: id,
+                                flags: t.flags,
+                                payload,
                             }
                             .encode(buf);
                         }

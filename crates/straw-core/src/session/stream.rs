@@ -24,6 +24,10 @@ pub(super) struct Take {
     pub taken: usize,
     /// What they cost against the caller's budget, in raw bytes.
     pub cost: usize,
+    /// The payload's first opaque chunk starts here (bulk takes, after
+    /// some text): end a frame there, so the text is delivered without
+    /// waiting for the chunk.
+    pub split: Option<usize>,
 }
 
 /// Pushes up to `n` of `pending`'s bytes through `enc` in slices of the
@@ -179,9 +183,11 @@ impl Stream {
                 flags: 0,
                 taken: n,
                 cost: n,
+                split: None,
             };
         };
         let mut out = Vec::with_capacity(n + 16);
+        enc.take_opaque_start();
         let (taken, cost) = match wire {
             None => {
                 enc.push(&self.pending.split_to(n), &mut out);
@@ -189,6 +195,9 @@ impl Stream {
             }
             Some(w) => push_within(enc, &mut self.pending, n, w, &mut out),
         };
+        let split = enc
+            .take_opaque_start()
+            .filter(|&at| wire.is_some() && at > 0);
         self.send_offset += taken as u64;
         let drained = self.pending.is_empty();
         let stale = std::mem::replace(&mut self.tx_stale, drained && open);
@@ -205,6 +214,7 @@ impl Stream {
             flags: data_flags::TRANSFORM,
             taken,
             cost,
+            split,
         }
     }
 

@@ -58,6 +58,9 @@ pub struct Encoder {
     /// Decoded bytes emitted so far in chunks of an already-compressed
     /// class (JPEG, PNG, ...): what no codec will shrink.
     opaque_emitted: u64,
+    /// Where in its `out` the first such chunk since the last
+    /// [`Encoder::take_opaque_start`] began.
+    opaque_start: Option<usize>,
 }
 
 impl Encoder {
@@ -101,6 +104,14 @@ impl Encoder {
     /// what they weigh, whatever the codec's ratio on text.
     pub fn opaque_emitted(&self) -> u64 {
         self.opaque_emitted
+    }
+
+    /// Where in `out` (as passed to the calls since the last time) the first
+    /// chunk of an already-compressed class began: a sender may end a DATA
+    /// frame there, so that the text before it isn't delivered only once
+    /// the chunk has crossed the link too.
+    pub fn take_opaque_start(&mut self) -> Option<usize> {
+        self.opaque_start.take()
     }
 
     /// Encodes `input`, appending to `out`. Holds back only what may still
@@ -332,6 +343,7 @@ impl Encoder {
         }
         if run.class.is_compressed() {
             self.opaque_emitted += self.chunk.len() as u64;
+            self.opaque_start.get_or_insert(out.len());
         }
         // A pending literal ESC followed by ESC stays literal: no T_LIT needed.
         self.pending_esc = false;
