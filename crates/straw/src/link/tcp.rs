@@ -403,6 +403,7 @@ mod tests {
             send_buffer: Some(96 * 1024),
             recv_buffer: Some(96 * 1024),
             local_recv_buffer: 4096,
+            local_recv_buffer_max: 256 * 1024,
             local_max_segment: 1400,
             upstream_recv_buffer: 65536,
         }
