@@ -139,7 +139,9 @@ impl Session {
             let mut frames = Vec::new();
             self.tx_class_raw = [0; accounting::WIRE_CLASSES];
             let idle = self.cork_deadline.is_some_and(|d| d <= now);
+            self.bulk_cut = None;
             let raw = self.fill_data(&mut frames, self.bulk_unit_raw(), Lane::Bulk, idle);
+            let cut = self.bulk_cut.take().unwrap_or(0);
             if frames.is_empty() {
                 // Only a transform's held bytes, not yet due: look again
                 // after a cork delay rather than at once.
@@ -148,7 +150,11 @@ impl Session {
             }
             self.stats.raw_bytes_sent += raw as u64;
             let mut unit = Vec::with_capacity(frames.len() / 2 + 64);
-            if self.encoder.encode_bulk_unit(&frames, &mut unit).is_err() {
+            if self
+                .encoder
+                .encode_bulk_unit_cut(&frames, cut, &mut unit)
+                .is_err()
+            {
                 // Whole frames, so they can travel as one stored record.
                 let mut wire = vec![CodecId::Stored as u8];
                 wire.extend_from_slice(&frames);
@@ -250,6 +256,8 @@ impl Session {
                                 payload: payload.split_to(at),
                             }
                             .encode(buf);
+                            // The unit's first such boundary ends a segment.
+                            self.bulk_cut.get_or_insert(buf.len());
                         }
                         if !payload.is_empty() {
                             Frame::Data {
