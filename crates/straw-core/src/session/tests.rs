@@ -1786,10 +1786,16 @@ fn an_abandoned_bulk_stream_stops_soon_and_another_reply_gets_through() {
     let reply = big_retr_reply();
     let (mut offset, mut got) = (0, 0);
     let mut max_unit = 0;
+    let asked = sim.now;
+    let mut first_byte = None;
     while got < 3100 {
         got += serve_bulk(&mut sim, big, &reply, &mut offset, &mut seen);
         max_unit = max_unit.max(sim.server.bulk_out.len());
+        if got > 0 && first_byte.is_none() {
+            first_byte = Some(sim.now - asked);
+        }
     }
+    eprintln!("first byte of the big reply after {first_byte:?}");
     sim.client.reset(big, reset_code::ABORTED);
     let dropped = sim.now;
     let wire_before = sim.server.stats().wire_bytes_sent;
