@@ -47,6 +47,12 @@ pub struct Output {
     /// Give up on this connection with this reason (e.g. a synthesised reply
     /// turned out to differ from the real one). The stream is reset.
     pub fail: Option<String>,
+    /// The program went away in the middle of an exchange (it closed its
+    /// connection before QUIT while a reply was still on its way): the
+    /// stream is reset, so that the peer stops sending what no one will
+    /// read. Nothing the program sent is lost by it: a real server drops a
+    /// session whose client left before QUIT just the same.
+    pub abandoned: bool,
     /// Values to remember for the next connection to this service (e.g. the
     /// real greeting and capability list), as (key, value).
     pub cache_put: Vec<(String, Vec<u8>)>,
@@ -70,6 +76,7 @@ impl Output {
         self.flush = false;
         self.bulk = false;
         self.fail = None;
+        self.abandoned = false;
         self.cache_put.clear();
         self.notes.clear();
     }

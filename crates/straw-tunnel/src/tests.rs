@@ -438,3 +438,58 @@ fn activities_list_program_connections_not_warm_ups() {
     assert_eq!(got[0].activity.as_ref().map(|x| x.done), Some(1));
     assert_eq!((got[1].stream, got[1].activity.clone()), (b, None));
 }
+
+/// Passes bytes through, and says the program left mid-reply at its end of
+/// input (as the POP3 client side does without QUIT).
+struct Leaves;
+
+impl Accelerator for Leaves {
+    fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {
+        out.to_tunnel.extend_from_slice(data);
+        out.flush = true;
+    }
+
+    fn from_tunnel(&mut self, data: &[u8], out: &mut Output) {
+        out.to_local.extend_from_slice(data);
+    }
+
+    fn local_eof(&mut self, out: &mut Output) {
+        out.abandoned = true;
+    }
+}
+
+#[test]
+fn a_program_leaving_mid_reply_resets_the_stream_and_the_peer_drops_it() {
+    let mut now = Instant::now();
+    let (mut c, mut s) = pair(now);
+    let (id, stream) = open_and_dial(
+        &mut c,
+        &mut s,
+        &mut now,
+        "pop3",
+        Box::new(Leaves),
+        b"RETR 1\r\n",
+    );
+    assert_eq!(local_bytes(&mut s, stream), b"RETR 1\r\n");
+    s.handle_local(stream, b"+OK 300000 octets\r\n", true);
+    shuttle(&mut s, &mut c, &mut now);
+    assert_eq!(local_bytes(&mut c, id), b"+OK 300000 octets\r\n");
+    c.local_eof(id);
+    // Reset at once, not a FIN that waits for a write to fail.
+    assert!(
+        events(&mut c)
+            .iter()
+            .any(|e| matches!(e, Event::StreamClosed { stream, .. } if *stream == id))
+    );
+    shuttle(&mut c, &mut s, &mut now);
+    assert!(
+        events(&mut s)
+            .iter()
+            .any(|e| matches!(e, Event::StreamClosed { stream: st, .. } if *st == stream))
+    );
+    assert_eq!(
+        s.stream_count(),
+        0,
+        "the server side let go of the real server"
+    );
+}

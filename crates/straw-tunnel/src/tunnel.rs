@@ -634,6 +634,14 @@ impl Tunnel {
             self.local_failed(stream);
             return;
         }
+        if std::mem::take(&mut out.abandoned) {
+            info!(
+                stream,
+                "the program left mid-reply: stream reset, the rest dropped"
+            );
+            self.local_failed(stream);
+            return;
+        }
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };

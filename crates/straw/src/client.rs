@@ -119,7 +119,7 @@ pub async fn run_with_stats(cfg: ClientConfig, stats: Arc<TunnelStats>) -> Resul
     let server_key = keys::load_public(&cfg.server_public_key)?;
     let (open_tx, opens) = mpsc::channel::<OpenRequest>(64);
     let holds = open_holds(&cfg)?;
-    let warm_ups = listen(&cfg, open_tx, holds.as_ref())?;
+    let warm_ups = listen(&cfg, open_tx, holds.as_ref(), &stats)?;
     let board = Arc::new(
         Board::new(
             cfg.server.clone(),
@@ -435,6 +435,7 @@ fn listen(
     cfg: &ClientConfig,
     opens: mpsc::Sender<OpenRequest>,
     holds: Option<&Arc<crate::holds::HoldFile>>,
+    stats: &Arc<TunnelStats>,
 ) -> Result<Vec<(String, AccelFactory)>> {
     let partials = open_partials(cfg);
     let cache_dir = cfg.cache.dir();
@@ -492,6 +493,7 @@ fn listen(
             factory,
             opens.clone(),
             cfg.tcp.clone(),
+            stats.clone(),
         ));
     }
     Ok(warm_ups)
@@ -692,6 +694,7 @@ async fn accept_loop(
     accel: AccelFactory,
     opens: mpsc::Sender<OpenRequest>,
     tcp_opts: TcpOptions,
+    stats: Arc<TunnelStats>,
 ) {
     loop {
         let sock = match listener.accept().await {
@@ -705,7 +708,7 @@ async fn accept_loop(
         let _ = tcp::configure_local(&sock, &tcp_opts);
         let req = OpenRequest {
             service: service.clone(),
-            io: Box::new(sock),
+            io: Box::new(LocalSocket::new(sock, &tcp_opts, stats.clone())),
             accel: accel.make(),
             cache: accel.cache().cloned(),
             warm_up: false,
@@ -713,5 +716,110 @@ async fn accept_loop(
         if opens.send(req).await.is_err() {
             return;
         }
+    }
+}
+
+/// Seconds of measured link time a program's socket may hold in our kernel
+/// once the link is fast (see [`LocalSocket`]).
+const LOCAL_BUFFER_SECS: f64 = 1.0;
+
+/// The receive buffer a program's socket should have for a link measured
+/// at `rate` wire bytes/s: `LOCAL_BUFFER_SECS` of it, never below `[tcp]
+/// local_recv_buffer` (slow links: backpressure) nor above
+/// `local_recv_buffer_max`.
+pub fn local_buffer_for(rate: u64, opts: &TcpOptions) -> usize {
+    let by_rate = (rate as f64 * LOCAL_BUFFER_SECS) as usize;
+    by_rate
+        .min(opts.local_recv_buffer_max)
+        .max(opts.local_recv_buffer)
+}
+
+/// A program's socket whose receive buffer follows the link. It starts at
+/// `[tcp] local_recv_buffer` (set on the listener: at 2,400 bit/s 4 KiB is
+/// already 13 s of link, and what the kernel holds the scheduler can't
+/// see), and grows before a read when the measured rate asks for more: on
+/// loopback a 4 KiB buffer let one upload through at 46-95 MB/s. It never
+/// shrinks (that stalls loopback transfers), so a link that slows down
+/// keeps what it had; new connections start small again.
+struct LocalSocket {
+    inner: tokio::net::TcpStream,
+    stats: Arc<TunnelStats>,
+    opts: TcpOptions,
+    size: usize,
+}
+
+impl LocalSocket {
+    fn new(inner: tokio::net::TcpStream, opts: &TcpOptions, stats: Arc<TunnelStats>) -> Self {
+        Self {
+            inner,
+            stats,
+            size: opts.local_recv_buffer,
+            opts: opts.clone(),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for LocalSocket {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let want = local_buffer_for(self.stats.rate_estimate.load(Ordering::Relaxed), &self.opts);
+        if want > self.size {
+            // A refusal costs speed only; don't try again for this size.
+            let _ = tcp::grow_local_recv_buffer(&self.inner, want);
+            self.size = want;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LocalSocket {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_buffers_stay_small_on_slow_links_and_grow_on_fast_ones() {
+        let o = TcpOptions::default();
+        // 2,400 bit/s: the 4 KiB floor (already 13 s of link).
+        assert_eq!(local_buffer_for(300, &o), o.local_recv_buffer);
+        // 1 Mbit/s: one second of it.
+        assert_eq!(local_buffer_for(125_000, &o), 125_000);
+        // Loopback: the cap.
+        assert_eq!(local_buffer_for(300_000_000, &o), o.local_recv_buffer_max);
+        // A cap at or below the floor: never grows.
+        let fixed = TcpOptions {
+            local_recv_buffer_max: 0,
+            ..TcpOptions::default()
+        };
+        assert_eq!(
+            local_buffer_for(300_000_000, &fixed),
+            fixed.local_recv_buffer
+        );
     }
 }

@@ -36,6 +36,9 @@ pub struct TcpOptions {
     /// SO_RCVBUF for sockets from local programs, small so that backpressure
     /// reaches the program instead of piling up in the kernel.
     pub local_recv_buffer: usize,
+    /// The most that buffer grows to when the measured link is fast (about
+    /// one second of it): one upload on loopback moved 46-95 MB/s with 4 KiB.
+    pub local_recv_buffer_max: usize,
     /// TCP_MAXSEG for sockets from local programs (0 = kernel default).
     pub local_max_segment: u32,
     /// SO_RCVBUF for the server's sockets to real servers.
@@ -54,6 +57,7 @@ impl Default for TcpOptions {
             send_buffer: None,
             recv_buffer: None,
             local_recv_buffer: 4096,
+            local_recv_buffer_max: 256 * 1024,
             local_max_segment: 1400,
             upstream_recv_buffer: 65536,
         }

@@ -278,13 +278,30 @@ impl RecordEncoder {
     /// Compresses a bulk unit in the bulk context, flushed at its end, and
     /// appends the bytes (no codec byte: they are cut into records later).
     pub fn encode_bulk_unit(&mut self, frames: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+        self.encode_bulk_unit_cut(frames, 0, out)
+    }
+
+    /// As [`Self::encode_bulk_unit`], and with CM a segment also ends at
+    /// `cut` (0: nowhere), so the peer decodes the frames before it without
+    /// waiting for the rest of the unit (zstd: one flush, as before).
+    pub fn encode_bulk_unit_cut(
+        &mut self,
+        frames: &[u8],
+        cut: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
         let start = out.len();
         let res = if let Some(p) = &self.bulk_params.cm {
             let enc = match &mut self.cm_bulk {
                 Some(enc) => enc,
                 slot => slot.insert(CmEncoder::new(p)?),
             };
-            enc.encode_unit(frames, out)
+            if cut > 0 && cut < frames.len() {
+                let (a, b) = frames.split_at(cut);
+                enc.encode_unit_parts(&[a, b], out)
+            } else {
+                enc.encode_unit(frames, out)
+            }
         } else {
             let enc = match &mut self.zstd_bulk {
                 Some(enc) => enc,

@@ -219,6 +219,9 @@ pub struct Session {
     /// frames it holds (they stay out of interactive records until it's sent).
     bulk_out: BytesMut,
     bulk_unit: BTreeSet<u64>,
+    /// Where in the bulk unit being filled text ends and a stream's opaque
+    /// chunk begins (see `Stream::take`): a segment ends there.
+    bulk_cut: Option<usize>,
     /// Received bulk bytes that don't yet make a whole frame.
     bulk_in: BytesMut,
     flush_requested: bool,
@@ -288,6 +291,7 @@ impl Session {
             transform_held: 0,
             bulk_out: BytesMut::new(),
             bulk_unit: BTreeSet::new(),
+            bulk_cut: None,
             bulk_in: BytesMut::new(),
             flush_requested: false,
             cork_deadline: None,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::accounting;
-use super::stream::Stream;
+use super::stream::{Stream, WireBudget};
 use super::{Priority, Session};
 use crate::codec::CodecId;
 use crate::wire::Frame;
@@ -139,7 +139,9 @@ impl Session {
             let mut frames = Vec::new();
             self.tx_class_raw = [0; accounting::WIRE_CLASSES];
             let idle = self.cork_deadline.is_some_and(|d| d <= now);
+            self.bulk_cut = None;
             let raw = self.fill_data(&mut frames, self.bulk_unit_raw(), Lane::Bulk, idle);
+            let cut = self.bulk_cut.take().unwrap_or(0);
             if frames.is_empty() {
                 // Only a transform's held bytes, not yet due: look again
                 // after a cork delay rather than at once.
@@ -148,7 +150,11 @@ impl Session {
             }
             self.stats.raw_bytes_sent += raw as u64;
             let mut unit = Vec::with_capacity(frames.len() / 2 + 64);
-            if self.encoder.encode_bulk_unit(&frames, &mut unit).is_err() {
+            if self
+                .encoder
+                .encode_bulk_unit_cut(&frames, cut, &mut unit)
+                .is_err()
+            {
                 // Whole frames, so they can travel as one stored record.
                 let mut wire = vec![CodecId::Stored as u8];
                 wire.extend_from_slice(&frames);
@@ -204,6 +210,8 @@ impl Session {
         idle: bool,
     ) -> usize {
         let mut used = 0usize;
+        // Bulk units: `budget` raw bytes are this many link bytes.
+        let ratio = self.estimate.compression_ratio();
         for class in [Priority::Interactive, Priority::Bulk] {
             loop {
                 let ids: Vec<u64> = self
@@ -230,21 +238,37 @@ impl Session {
                     let n = s.sendable().min(share).min(budget - used);
                     let (held, held_lines) = (s.tx_held(), s.tx_held_lines());
                     if n > 0 || s.tx_flushable() {
-                        let (payload, flags) = s.take(n, idle, open, lane == Lane::Interactive);
-                        self.pending_raw -= n as u64;
-                        self.tx_class_raw[s.class as usize] += payload.len() as u64;
+                        let wire = (lane == Lane::Bulk).then(|| WireBudget {
+                            wire: (budget - used) as f64 * ratio,
+                            ratio,
+                        });
+                        let t = s.take(n, idle, open, lane == Lane::Interactive, wire);
+                        self.pending_raw -= t.taken as u64;
+                        self.tx_class_raw[s.class as usize] += t.payload.len() as u64;
                         self.transform_held =
                             self.transform_held + s.tx_held_lines() as u64 - held_lines as u64;
+                        // A transformed payload may end a frame mid-item.
+                        let mut payload = t.payload;
+                        if let Some(at) = t.split {
+                            Frame::Data {
+                                stream: id,
+                                flags: t.flags,
+                                payload: payload.split_to(at),
+                            }
+                            .encode(buf);
+                            // The unit's first such boundary ends a segment.
+                            self.bulk_cut.get_or_insert(buf.len());
+                        }
                         if !payload.is_empty() {
                             Frame::Data {
                                 stream: id,
-                                flags,
+                                flags: t.flags,
                                 payload,
                             }
                             .encode(buf);
                         }
-                        used += n;
-                        progressed |= n > 0 || s.tx_held() < held;
+                        used = (used + t.cost).min(budget);
+                        progressed |= t.taken > 0 || s.tx_held() < held;
                     }
                     if s.fin_ready() {
                         s.fin_sent = true;

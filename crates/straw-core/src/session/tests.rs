@@ -1708,3 +1708,136 @@ fn app_limited_samples_do_not_lower_the_rate() {
     let r = sim.client.estimate().rate();
     assert!(r >= 300.0, "the configured 300 B/s fell to {r:.0} B/s");
 }
+
+// ---- Abandoned transfers -------------------------------------------------------
+
+/// A POP3 RETR reply like the bench's big message: headers and text, then a
+/// base64 PNG (incompressible), then more text.
+fn big_retr_reply() -> Vec<u8> {
+    use base64::Engine;
+    let mut out = b"+OK 300000 octets\r\n".to_vec();
+    out.extend_from_slice(&mail_text(3000));
+    out.extend_from_slice(b"\r\nContent-Transfer-Encoding: base64\r\n\r\n");
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&noise(200_000, 5));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(png);
+    for l in b64.as_bytes().chunks(76) {
+        out.extend_from_slice(l);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(&mail_text(40_000));
+    out.extend_from_slice(b"\r\n.\r\n");
+    out
+}
+
+/// The server side streams `data` on `id` as the tunnel does (within
+/// `send_capacity`), the client consuming it, until `until` says stop.
+fn serve_bulk(sim: &mut Sim, id: u64, data: &[u8], offset: &mut usize, seen: &mut usize) -> usize {
+    let cap = sim.server.send_capacity(id).min(data.len() - *offset);
+    if cap > 0 {
+        sim.server.send(id, &data[*offset..*offset + cap]).unwrap();
+        *offset += cap;
+    }
+    sim.step(Duration::from_millis(1));
+    let new = Sim::received(&sim.client_events[*seen..], id);
+    *seen = sim.client_events.len();
+    sim.client.consumed(id, new.len());
+    new.len()
+}
+
+#[test]
+fn an_abandoned_bulk_stream_stops_soon_and_another_reply_gets_through() {
+    let cfg = |role| {
+        let mut c = SessionConfig::new(role);
+        c.use_slow_link_cm();
+        c.transform_services = vec![b"pop3".to_vec()];
+        c
+    };
+    // 2,400 bit/s, 500 ms one way.
+    let rate = 300.0;
+    let mut sim = Sim::with_configs(
+        rate,
+        Duration::from_millis(500),
+        cfg(Role::Client),
+        cfg(Role::Server),
+    );
+    // A first message of text: the codec's ratio on mail (~0.1) is what
+    // the next unit is sized by.
+    let first = sim
+        .client
+        .open_stream(b"pop3", b"", Priority::Interactive)
+        .unwrap();
+    sim.run_for(Duration::from_secs(2));
+    sim.server.set_priority(first, Priority::Bulk);
+    let text = mail_text(30_000);
+    let (mut offset, mut seen, mut got) = (0, 0, 0);
+    while got < text.len() {
+        got += serve_bulk(&mut sim, first, &text, &mut offset, &mut seen);
+    }
+    let ratio = sim.server.estimate().compression_ratio();
+
+    // The big one; the program drops it once the attachment has begun.
+    let big = sim
+        .client
+        .open_stream(b"pop3", b"", Priority::Interactive)
+        .unwrap();
+    sim.run_for(Duration::from_secs(2));
+    sim.server.set_priority(big, Priority::Bulk);
+    let reply = big_retr_reply();
+    let (mut offset, mut got) = (0, 0);
+    let mut max_unit = 0;
+    let asked = sim.now;
+    let mut first_byte = None;
+    while got < 3100 {
+        got += serve_bulk(&mut sim, big, &reply, &mut offset, &mut seen);
+        max_unit = max_unit.max(sim.server.bulk_out.len());
+        if got > 0 && first_byte.is_none() {
+            first_byte = Some(sim.now - asked);
+        }
+    }
+    eprintln!("first byte of the big reply after {first_byte:?}");
+    sim.client.reset(big, reset_code::ABORTED);
+    let dropped = sim.now;
+    let wire_before = sim.server.stats().wire_bytes_sent;
+    let bound =
+        sim.server.inflight_limit() + 2 * (rate * sim.server.config().bulk_unit_secs) as u64;
+
+    // Another connection asks something the moment the big one is gone.
+    let ask = sim
+        .client
+        .open_stream(b"pop3", b"", Priority::Interactive)
+        .unwrap();
+    sim.client.send(ask, b"STAT\r\n").unwrap();
+    sim.client.flush(ask);
+    let mut answered = false;
+    while Sim::received(&sim.client_events, ask).is_empty() {
+        if !answered && Sim::received(&sim.server_events, ask) == b"STAT\r\n" {
+            sim.server.send(ask, b"+OK 13 345916\r\n").unwrap();
+            sim.server.flush(ask);
+            answered = true;
+        }
+        // The server side goes on feeding the big stream while it exists.
+        if sim.server.send_capacity(big) > 0 && offset < reply.len() {
+            let cap = sim.server.send_capacity(big).min(reply.len() - offset);
+            sim.server.send(big, &reply[offset..offset + cap]).unwrap();
+            offset += cap;
+        }
+        sim.step(Duration::from_millis(1));
+        assert!(sim.now - dropped < Duration::from_secs(60), "no reply");
+    }
+    let took = sim.now - dropped;
+    // Then whatever was committed for the dropped stream drains.
+    while sim.server.held() > sim.server.unacked_bytes() || !sim.down.is_idle(sim.now) {
+        sim.step(Duration::from_millis(1));
+    }
+    let after = sim.server.stats().wire_bytes_sent - wire_before;
+    eprintln!(
+        "abandoned at ratio {ratio:.2}, largest bulk unit {max_unit} B: server sent {after} B \
+         after the drop (bound {bound} B), reply after {took:?}"
+    );
+    assert!(after <= bound, "{after} B after the drop, bound {bound} B");
+    // Two round trips (the drop reaching the server, the question and its
+    // reply) plus what was already committed, at the link's rate.
+    let allowed = Duration::from_secs(2) + Duration::from_secs_f64(bound as f64 / rate);
+    assert!(took <= allowed, "reply after {took:?}, allowed {allowed:?}");
+}

@@ -51,6 +51,16 @@ pub struct Encoder {
     run: Option<Run>,
     /// Decoded bytes of the run not yet emitted (whole lines).
     chunk: Vec<u8>,
+    /// A chunk of an already-compressed class is emitted once it would
+    /// pass this many decoded bytes (0: [`MAX_CHUNK`]); see
+    /// [`Encoder::set_chunk_limit`].
+    chunk_limit: usize,
+    /// Decoded bytes emitted so far in chunks of an already-compressed
+    /// class (JPEG, PNG, ...): what no codec will shrink.
+    opaque_emitted: u64,
+    /// Where in its `out` the first such chunk since the last
+    /// [`Encoder::take_opaque_start`] began.
+    opaque_start: Option<usize>,
 }
 
 impl Encoder {
@@ -69,6 +79,39 @@ impl Encoder {
     /// (≤ `MIN_RUN_LINES × (MAX_LINE + 2)`), without the decoded chunk.
     pub fn held_lines(&self) -> usize {
         self.line.len() + self.cand.len()
+    }
+
+    /// Chunks of an already-compressed class ([`ContentClass::is_compressed`])
+    /// of at most `n` decoded bytes from the next line on (clamped to
+    /// 512..=[`MAX_CHUNK`]); text runs keep [`MAX_CHUNK`], their header is
+    /// worth sparing. A bulk unit on a slow link is a couple of seconds of
+    /// link time, far less than 4 KiB of a JPEG: a held chunk that big,
+    /// released at once, made one unit 13 s long.
+    pub fn set_chunk_limit(&mut self, n: usize) {
+        self.chunk_limit = n.clamp(512, MAX_CHUNK);
+    }
+
+    fn chunk_limit(&self) -> usize {
+        if self.chunk_limit == 0 {
+            MAX_CHUNK
+        } else {
+            self.chunk_limit
+        }
+    }
+
+    /// Decoded bytes emitted so far in chunks whose content is already
+    /// compressed ([`ContentClass::is_compressed`]): on the wire they cost
+    /// what they weigh, whatever the codec's ratio on text.
+    pub fn opaque_emitted(&self) -> u64 {
+        self.opaque_emitted
+    }
+
+    /// Where in `out` (as passed to the calls since the last time) the first
+    /// chunk of an already-compressed class began: a sender may end a DATA
+    /// frame there, so that the text before it isn't delivered only once
+    /// the chunk has crossed the link too.
+    pub fn take_opaque_start(&mut self) -> Option<usize> {
+        self.opaque_start.take()
     }
 
     /// Encodes `input`, appending to `out`. Holds back only what may still
@@ -205,11 +248,16 @@ impl Encoder {
     ) {
         if let Some(run) = &self.run {
             let run_len = run.len;
+            let limit = if run.class.is_compressed() {
+                self.chunk_limit()
+            } else {
+                MAX_CHUNK
+            };
             if let Some(sh) = &shape
                 && run.lf == lf
                 && len <= run_len
             {
-                if self.chunk.len() + sh.decoded.len() > MAX_CHUNK {
+                if self.chunk.len() + sh.decoded.len() > limit {
                     self.emit_chunk(out);
                 }
                 self.chunk.extend_from_slice(sh.decoded);
@@ -292,6 +340,10 @@ impl Encoder {
         let Some(run) = &self.run else { return };
         if self.chunk.is_empty() {
             return;
+        }
+        if run.class.is_compressed() {
+            self.opaque_emitted += self.chunk.len() as u64;
+            self.opaque_start.get_or_insert(out.len());
         }
         // A pending literal ESC followed by ESC stays literal: no T_LIT needed.
         self.pending_esc = false;

@@ -97,6 +97,9 @@ pub struct ClientAccel {
     pub(super) resp_lit: Option<Activity>,
     pub(super) cmd_lit: Option<Activity>,
     pub(super) last_verb: String,
+    /// The program sent LOGOUT: an end of input after it is a goodbye, not
+    /// an abandoned reply.
+    pub(super) logout_sent: bool,
     /// The response being read: sequence number and UID, for naming its
     /// literal.
     pub(super) resp_msg: (Option<u32>, Option<u32>),
@@ -119,6 +122,7 @@ impl ClientAccel {
             greeting: Greeting::Awaiting { served: false },
             authed: false,
             pending: Vec::new(),
+            logout_sent: false,
             awaited: 0,
             cont_tag: None,
             cmd_bulk: false,
@@ -195,6 +199,7 @@ impl ClientAccel {
             .pending
             .iter()
             .any(|p| p.kind == PendKind::Plain { auth: true });
+        self.logout_sent |= verb == "LOGOUT";
         let greeted = self.greeting != Greeting::Awaiting { served: false };
         if verb == "CAPABILITY"
             && !has_lit
@@ -666,6 +671,15 @@ impl Accelerator for ClientAccel {
         self.failed = true;
         if self.resps.between_messages() {
             out.to_local.extend_from_slice(LINK_LOST);
+        }
+    }
+
+    /// The program closed while a command's reply was still on its way and
+    /// without LOGOUT (a long FETCH dropped): nothing will read the rest,
+    /// and the real server would end the session too.
+    fn local_eof(&mut self, out: &mut Output) {
+        if !self.failed && !self.logout_sent && self.awaited > 0 {
+            out.abandoned = true;
         }
     }
 

@@ -534,6 +534,32 @@ fn idle_keepalives_never_cross() {
 }
 
 #[test]
+fn a_program_leaving_mid_fetch_abandons_the_stream() {
+    let start = |cmd: &[u8]| {
+        let mut c = ClientAccel::new(&warm_cache());
+        let mut o = Output::default();
+        c.start(&mut o);
+        c.from_tunnel(format!("{GREETING}\r\n").as_bytes(), &mut o);
+        c.from_local(cmd, true, &mut o);
+        c.from_tunnel(b"* 1 FETCH (BODY[] {300000}\r\nSubj", &mut o);
+        c
+    };
+    let mut c = start(b"a1 FETCH 1 BODY[]\r\n");
+    let mut o = Output::default();
+    c.local_eof(&mut o);
+    assert!(o.abandoned, "closed mid-FETCH without LOGOUT");
+    let mut c = start(b"a1 FETCH 1 BODY[]\r\na2 LOGOUT\r\n");
+    let mut o = Output::default();
+    c.local_eof(&mut o);
+    assert!(!o.abandoned, "after LOGOUT: a goodbye");
+    let mut c = ClientAccel::new(&warm_cache());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.local_eof(&mut o);
+    assert!(!o.abandoned, "nothing awaited");
+}
+
+#[test]
 fn fetch_literal_streams_incrementally() {
     let mut c = ClientAccel::new(&warm_cache());
     let mut s = ServerAccel::default();

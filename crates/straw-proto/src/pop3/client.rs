@@ -175,6 +175,9 @@ pub struct ClientAccel {
     pub(super) pf_raw: [Option<Vec<u8>>; 2],
     /// The server side doesn't know hold requests (an older straw).
     pub(super) hold_refused: bool,
+    /// The program sent QUIT: an end of input after it is a goodbye, not
+    /// an abandoned reply.
+    quit_sent: bool,
 }
 
 impl ClientAccel {
@@ -219,6 +222,7 @@ impl ClientAccel {
             hold_view: None,
             pf_raw: [None, None],
             hold_refused: false,
+            quit_sent: false,
         }
     }
 
@@ -398,6 +402,7 @@ impl ClientAccel {
                 .map(str::to_owned);
             self.uidls.clear();
         }
+        self.quit_sent |= verb == "QUIT";
         let msg = msg_arg(&line);
         if let Some(p) = &self.pf_retr {
             let useless = match verb.as_str() {
@@ -747,6 +752,15 @@ impl Accelerator for ClientAccel {
         self.pf_waiters = Default::default();
         self.expect.clear();
         self.pf_retr = None;
+    }
+
+    /// The program closed while a reply was still on its way and without
+    /// QUIT (a mail program dropping a long RETR): nothing will read the
+    /// rest, and the real server would end the session too.
+    fn local_eof(&mut self, out: &mut Output) {
+        if !self.failed && !self.quit_sent && self.owed.waiting() {
+            out.abandoned = true;
+        }
     }
 
     fn from_local(&mut self, data: &[u8], _drained: bool, out: &mut Output) {

@@ -469,6 +469,39 @@ fn pop3_retr_streams_before_it_is_complete() {
 }
 
 #[test]
+fn pop3_program_leaving_mid_reply_abandons_the_stream() {
+    let mid_retr = || {
+        let mut c = ClientAccel::new(PF, &warm());
+        let mut o = Output::default();
+        c.start(&mut o);
+        c.from_tunnel(GREETING, &mut o);
+        c.from_local(b"RETR 1\r\n", true, &mut o);
+        c.from_tunnel(b"+OK 300000 octets\r\nSubj", &mut o);
+        c
+    };
+    // Closed mid-RETR without QUIT: nobody will read the rest.
+    let mut c = mid_retr();
+    let mut o = Output::default();
+    c.local_eof(&mut o);
+    assert!(o.abandoned);
+    // QUIT first: its reply is still owed, the end of input is a goodbye.
+    let mut c = mid_retr();
+    let mut o = Output::default();
+    c.from_local(b"QUIT\r\n", true, &mut o);
+    o.clear();
+    c.local_eof(&mut o);
+    assert!(!o.abandoned);
+    // Nothing on its way: a plain end of input.
+    let mut c = ClientAccel::new(PF, &warm());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(GREETING, &mut o);
+    o.clear();
+    c.local_eof(&mut o);
+    assert!(!o.abandoned);
+}
+
+#[test]
 fn pop3_garbage_and_oversized_lines_fail_cleanly() {
     let mut c = ClientAccel::new(PF, &warm());
     let mut o = Output::default();

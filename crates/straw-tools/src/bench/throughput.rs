@@ -57,6 +57,11 @@ pub struct ThroughputArgs {
     /// `up`). Also lifts `local_max_segment`.
     #[arg(long)]
     pub local_recv_buffer: Option<usize>,
+    /// Override the client's `tcp.local_recv_buffer_max`, how far that
+    /// buffer grows on a fast link (at or below `local_recv_buffer`: it
+    /// never grows, as before it could).
+    #[arg(long)]
+    pub local_recv_buffer_max: Option<usize>,
     /// Also time each codec alone on the same text (the fast-link threshold
     /// rests on these speeds).
     #[arg(long)]
@@ -179,6 +184,9 @@ pub async fn run(args: &ThroughputArgs) -> Result<ThroughputReport> {
     if let Some(b) = args.local_recv_buffer {
         ccfg.tcp.local_recv_buffer = b;
         ccfg.tcp.local_max_segment = 0;
+    }
+    if let Some(b) = args.local_recv_buffer_max {
+        ccfg.tcp.local_recv_buffer_max = b;
     }
     let keypair = keys::load_private(&scfg.private_key)?;
     let authorized = keys::AuthorizedKeys::load(&scfg.authorized_keys)?;
@@ -554,6 +562,7 @@ mod tests {
                 json: false,
                 codec_speeds: false,
                 local_recv_buffer: None,
+                local_recv_buffer_max: None,
             };
             let r = tokio::time::timeout(Duration::from_secs(60), run(&args))
                 .await
@@ -601,6 +610,7 @@ mod tests {
             json: false,
             codec_speeds: false,
             local_recv_buffer: None,
+            local_recv_buffer_max: None,
         };
         let rt = tokio::runtime::Runtime::new().unwrap();
         assert!(rt.block_on(run(&args)).is_err());

@@ -29,9 +29,21 @@ impl CmEncoder {
     /// A bulk unit, one segment per run of like content ([`content_runs`]):
     /// `varint (n<<1|raw)`, `varint clen` if coded, the bytes.
     pub(crate) fn encode_unit(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+        self.encode_unit_parts(&[data], out)
+    }
+
+    /// One unit whose segments also end at each part's end, so the peer
+    /// decodes a part without waiting for the ones after it.
+    pub(crate) fn encode_unit_parts(
+        &mut self,
+        parts: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
         let m = self.slot.get()?;
-        for run in content_runs(data) {
-            put_segment(m, run, true, out);
+        for part in parts {
+            for run in content_runs(part) {
+                put_segment(m, run, true, out);
+            }
         }
         Ok(())
     }
