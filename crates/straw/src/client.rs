@@ -455,6 +455,7 @@ fn listen(
             }
             None => SharedCache::default(),
         };
+        let over = cfg.hold_over_bytes(svc);
         let factory = AccelFactory {
             protocol: svc.protocol,
             side: Side::Client {
@@ -470,8 +471,8 @@ fn listen(
                 partials: partials
                     .as_ref()
                     .map(|p| p.for_service(&svc.name) as SharedStore),
-                hold: holds.map(|h| pop3::HoldConfig {
-                    over_bytes: cfg.pop3.hold_over_bytes,
+                hold: holds.filter(|_| over > 0).map(|h| pop3::HoldConfig {
+                    over_bytes: over,
                     except_from: cfg
                         .pop3
                         .hold_except_from
@@ -652,7 +653,7 @@ fn attach_warm_ups(
 /// The hold record, if `[pop3] hold_over_bytes` is set. Holding without
 /// a record would deliver stubs nobody can release: an error.
 fn open_holds(cfg: &ClientConfig) -> Result<Option<Arc<crate::holds::HoldFile>>> {
-    if cfg.pop3.hold_over_bytes == 0 {
+    if !cfg.holds_any() {
         return Ok(None);
     }
     let path = cfg
@@ -660,11 +661,16 @@ fn open_holds(cfg: &ClientConfig) -> Result<Option<Arc<crate::holds::HoldFile>>>
         .hold_file()
         .context("[pop3] hold_over_bytes: no HOME or XDG_STATE_HOME for the hold record; set [pop3] hold_file")?;
     let f = crate::holds::HoldFile::open(&path)?;
-    info!(
-        "POP3 messages over {} bytes are held ashore; record {}",
-        cfg.pop3.hold_over_bytes,
-        path.display()
-    );
+    for svc in &cfg.services {
+        match cfg.hold_over_bytes(svc) {
+            0 => {}
+            over => info!(
+                "{}: POP3 messages over {over} bytes are held ashore; record {}",
+                svc.name,
+                path.display()
+            ),
+        }
+    }
     Ok(Some(f))
 }
 

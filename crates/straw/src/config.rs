@@ -452,9 +452,10 @@ impl ClientPop3 {
         self.hold_file.clone().or_else(|| state_dir("holds.json"))
     }
 
-    fn check(&self) -> Result<()> {
+    /// `holds`: some service holds mail ashore (its own threshold or this).
+    fn check(&self, holds: bool) -> Result<()> {
         use straw_proto::pop3::hold::{ADDRESS_MAX, EXCEPT_MAX};
-        if self.hold_over_bytes == 0 {
+        if !holds {
             return Ok(());
         }
         if !self.prefetch {
@@ -732,6 +733,26 @@ pub struct ClientService {
     pub protocol: Protocol,
     /// Local address the mail program or browser connects to.
     pub listen: SocketAddr,
+    /// POP3 only: this service's own `[pop3] hold_over_bytes` (0: nothing
+    /// held on it), so that one mailbox holds big mail ashore and another
+    /// doesn't. Unset: the `[pop3]` value.
+    #[serde(default)]
+    pub hold_over_bytes: Option<u64>,
+}
+
+impl ClientConfig {
+    /// The hold threshold of service `svc` (0: off there).
+    pub fn hold_over_bytes(&self, svc: &ClientService) -> u64 {
+        match svc.protocol {
+            Protocol::Pop3 => svc.hold_over_bytes.unwrap_or(self.pop3.hold_over_bytes),
+            _ => 0,
+        }
+    }
+
+    /// Some POP3 service holds big mail ashore.
+    pub fn holds_any(&self) -> bool {
+        self.services.iter().any(|s| self.hold_over_bytes(s) > 0)
+    }
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -840,7 +861,20 @@ impl ClientConfig {
                 bail!("{}: [link] {key} = {v}: must be 0 or more", path.display());
             }
         }
-        c.pop3.check().with_context(|| path.display().to_string())?;
+        if let Some(svc) = c
+            .services
+            .iter()
+            .find(|s| s.hold_over_bytes.is_some() && s.protocol != Protocol::Pop3)
+        {
+            bail!(
+                "{}: [[service]] {}: hold_over_bytes is for protocol = \"pop3\" services",
+                path.display(),
+                svc.name
+            );
+        }
+        c.pop3
+            .check(c.holds_any())
+            .with_context(|| path.display().to_string())?;
         c.web.check().with_context(|| path.display().to_string())?;
         Ok(c)
     }
@@ -1033,16 +1067,15 @@ mod hold_tests {
             hold_except_from: vec!["Captain@Example.org".into()],
             ..Default::default()
         };
-        p.check().unwrap();
+        p.check(true).unwrap();
         p.prefetch = false;
-        let e = p.check().unwrap_err().to_string();
+        let e = p.check(true).unwrap_err().to_string();
         assert!(e.contains("hold_over_bytes needs prefetch = true"), "{e}");
         p.prefetch = true;
         p.hold_except_from = vec!["Captain <c@x>".into()];
-        assert!(p.check().is_err());
+        assert!(p.check(true).is_err());
         // Off: nothing is checked.
-        p.hold_over_bytes = 0;
-        p.check().unwrap();
+        p.check(false).unwrap();
         let c: ClientPop3 = toml::from_str(
             "hold_over_bytes = 51200\nhold_except_from = [\"captain@example.org\"]\n",
         )
@@ -1085,5 +1118,54 @@ mod web_tests {
         let text = include_str!("../../../examples/client.toml");
         let c: ClientConfig = toml::from_str(text).expect("example parses");
         assert!(!c.web.enabled);
+    }
+}
+
+#[cfg(test)]
+mod hold_per_service_tests {
+    use super::*;
+
+    const BASE: &str = "server = \"127.0.0.1:1\"\nserver_public_key = \"s\"\nprivate_key = \"k\"\n";
+
+    #[test]
+    fn a_service_may_set_its_own_threshold_or_turn_holding_off() {
+        let text = format!(
+            "{BASE}[pop3]\nhold_over_bytes = 51200\n\
+             [[service]]\nname = \"work\"\nprotocol = \"pop3\"\nlisten = \"127.0.0.1:2\"\nhold_over_bytes = 0\n\
+             [[service]]\nname = \"home\"\nprotocol = \"pop3\"\nlisten = \"127.0.0.1:3\"\n\
+             [[service]]\nname = \"big\"\nprotocol = \"pop3\"\nlisten = \"127.0.0.1:4\"\nhold_over_bytes = 1000000\n\
+             [[service]]\nname = \"imap\"\nprotocol = \"imap\"\nlisten = \"127.0.0.1:5\"\n"
+        );
+        let c: ClientConfig = toml::from_str(&text).unwrap();
+        let over: Vec<u64> = c.services.iter().map(|s| c.hold_over_bytes(s)).collect();
+        assert_eq!(over, [0, 51_200, 1_000_000, 0]);
+        assert!(c.holds_any());
+
+        // Only a service turns it on: [pop3]'s prefetch rule still applies.
+        let text = format!(
+            "{BASE}[pop3]\nprefetch = false\n\
+             [[service]]\nname = \"p\"\nprotocol = \"pop3\"\nlisten = \"127.0.0.1:2\"\nhold_over_bytes = 9\n"
+        );
+        let e = load(&text).unwrap_err();
+        assert!(format!("{e:#}").contains("needs prefetch = true"), "{e:#}");
+        // Not a POP3 service: a clear error.
+        let text = format!(
+            "{BASE}[[service]]\nname = \"i\"\nprotocol = \"imap\"\nlisten = \"127.0.0.1:2\"\nhold_over_bytes = 9\n"
+        );
+        let e = load(&text).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("for protocol = \"pop3\""),
+            "{e:#}"
+        );
+    }
+
+    fn load(text: &str) -> Result<ClientConfig> {
+        let dir = std::env::temp_dir().join(format!("straw-config-hold-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("client.toml");
+        std::fs::write(&path, text).unwrap();
+        let r = ClientConfig::load(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
     }
 }
