@@ -56,7 +56,8 @@ pub fn decode(mut data: &[u8]) -> Result<Cache> {
             .parse()
             .map_err(|_| anyhow!("bad entry length {len:?}"))?;
         let rest = &data[nl + 1..];
-        if key.is_empty() || rest.len() < len + 1 || rest[len] != b'\n' {
+        // `<=`, not `< len + 1`: a length of usize::MAX must not wrap.
+        if key.is_empty() || rest.len() <= len || rest[len] != b'\n' {
             bail!("truncated entry {key:?}");
         }
         cache.insert(key.to_owned(), rest[..len].to_vec());
@@ -203,6 +204,8 @@ mod tests {
         }
         assert!(decode(b"straw-cache 1\nk 99999999999999999999\n").is_err());
         assert!(decode(b"straw-cache 1\nk 3\nabcX").is_err());
+        // The fuzzer's find: a length of usize::MAX (len + 1 wrapped to 0).
+        assert!(decode(b"straw-cache 1\nk 18446744073709551615\n+OK\r\n\n").is_err());
         assert!(decode(b"something else").is_err());
     }
 
