@@ -186,23 +186,8 @@ fn answer_error(msg: &str) -> Vec<u8> {
 /// Errors say in one line what is wrong (no client, not straw, ...).
 #[cfg(unix)]
 pub fn ask(path: &Path) -> Result<Snapshot> {
-    use std::io::{BufRead, Read, Write};
-    let mut sock = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
-        let why = match e.kind() {
-            std::io::ErrorKind::NotFound => "no socket there".to_owned(),
-            std::io::ErrorKind::ConnectionRefused => "a stale socket, nobody listening".to_owned(),
-            _ => e.to_string(),
-        };
-        anyhow::anyhow!("no straw client is running at {} ({why})", path.display())
-    })?;
-    sock.set_read_timeout(Some(PEER_TIME))?;
-    sock.set_write_timeout(Some(PEER_TIME))?;
-    sock.write_all(b"status\n")?;
-    let mut line = Vec::new();
-    std::io::BufReader::new((&sock).take(ANSWER_MAX))
-        .read_until(b'\n', &mut line)
-        .with_context(|| format!("reading the answer from {}", path.display()))?;
-    parse_answer(&line).with_context(|| format!("the answer from {}", path.display()))
+    let v = ask_json(path, "status")?;
+    serde_json::from_value(v).context("not a status snapshot this straw understands")
 }
 
 #[cfg(not(unix))]
@@ -212,6 +197,12 @@ pub fn ask(_path: &Path) -> Result<Snapshot> {
 
 /// A snapshot, or the error object the client sent instead.
 pub fn parse_answer(line: &[u8]) -> Result<Snapshot> {
+    serde_json::from_value(answer_value(line)?)
+        .context("not a status snapshot this straw understands")
+}
+
+/// One answer line's JSON, or the error object the client sent instead.
+fn answer_value(line: &[u8]) -> Result<serde_json::Value> {
     if line.is_empty() {
         bail!("empty answer (the client closed the connection)");
     }
@@ -219,7 +210,7 @@ pub fn parse_answer(line: &[u8]) -> Result<Snapshot> {
     if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
         bail!("the client says: {e}");
     }
-    serde_json::from_value(v).context("not a status snapshot this straw understands")
+    Ok(v)
 }
 
 #[cfg(all(test, unix))]
@@ -455,17 +446,7 @@ fn ask_json(path: &Path, request: &str) -> Result<serde_json::Value> {
     std::io::BufReader::new((&sock).take(ANSWER_MAX))
         .read_until(b'\n', &mut line)
         .with_context(|| format!("reading the answer from {}", path.display()))?;
-    if line.is_empty() {
-        bail!(
-            "empty answer from {} (the client closed the connection)",
-            path.display()
-        );
-    }
-    let v: serde_json::Value = serde_json::from_slice(&line).context("not JSON")?;
-    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        bail!("the client says: {e}");
-    }
-    Ok(v)
+    answer_value(&line).with_context(|| format!("the answer from {}", path.display()))
 }
 
 #[cfg(not(unix))]
