@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::client::{ClientAccel, Disp, Expect, HoldMark, Track};
+use super::reply::{ReplyStart, reply_start};
 use super::stub::{self, StubInfo};
 use super::{msg_arg, resume};
 use crate::Output;
@@ -287,21 +288,16 @@ impl ServerHold {
             held.extend_from_slice(piece);
             return;
         }
-        let mut rest = piece;
-        if self.status.is_none() {
-            if piece.is_empty() {
-                return;
-            }
-            let (status, body) = piece.split_at(status_len.min(piece.len()));
-            if !status.starts_with(b"+OK") {
+        let rest = match reply_start(&mut self.status, piece, status_len) {
+            ReplyStart::Wait => return,
+            ReplyStart::Refused => {
                 self.mode = Mode::Pass;
                 held.extend_from_slice(NOT_HELD);
                 held.extend_from_slice(piece);
                 return;
             }
-            self.status = Some(status.to_vec());
-            rest = body;
-        }
+            ReplyStart::Body(body) => body,
+        };
         self.total += rest.len() as u64;
         let room = stub::SCAN_MAX.saturating_sub(self.buf.len());
         let fits = rest.len() <= room;

@@ -96,3 +96,34 @@ impl ReplyReader {
         }
     }
 }
+
+/// The start of a real reply to one of straw's private requests (resume,
+/// hold), taken piece by piece: its `+OK` status line is kept in `status`.
+pub(crate) enum ReplyStart<'a> {
+    /// Nothing yet.
+    Wait,
+    /// Not `+OK`: the request is refused, the reply goes on as it is.
+    Refused,
+    /// The body bytes of this piece (all of it once the status is kept).
+    Body(&'a [u8]),
+}
+
+/// Splits `piece` at the status line (`status_len` long) the first time.
+pub(crate) fn reply_start<'a>(
+    status: &mut Option<Vec<u8>>,
+    piece: &'a [u8],
+    status_len: usize,
+) -> ReplyStart<'a> {
+    if status.is_some() {
+        return ReplyStart::Body(piece);
+    }
+    if piece.is_empty() {
+        return ReplyStart::Wait;
+    }
+    let (line, body) = piece.split_at(status_len.min(piece.len()));
+    if !line.starts_with(b"+OK") {
+        return ReplyStart::Refused;
+    }
+    *status = Some(line.to_vec());
+    ReplyStart::Body(body)
+}

@@ -14,6 +14,7 @@
 //! the status line), so the client side can splice it back unchanged.
 
 use super::client::{ClientAccel, Disp, Expect, RetrTrack, Track};
+use super::reply::{ReplyStart, reply_start};
 use crate::Output;
 use crate::partial::{RequestError, prefix_hash};
 use crate::shared::lines::trim_end;
@@ -143,21 +144,16 @@ impl ServerResume {
             held.extend_from_slice(piece);
             return;
         }
-        let mut rest = piece;
-        if self.status.is_none() {
-            if piece.is_empty() {
-                return;
-            }
-            let (status, body) = piece.split_at(status_len.min(piece.len()));
-            if !status.starts_with(b"+OK") {
+        let rest = match reply_start(&mut self.status, piece, status_len) {
+            ReplyStart::Wait => return,
+            ReplyStart::Refused => {
                 self.decided = true;
                 held.extend_from_slice(NOT_RESUMED);
                 held.extend_from_slice(piece);
                 return;
             }
-            self.status = Some(status.to_vec());
-            rest = body;
-        }
+            ReplyStart::Body(body) => body,
+        };
         self.prefix.extend_from_slice(rest);
         if self.prefix.len() < self.want && !done {
             return;
