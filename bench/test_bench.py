@@ -138,7 +138,7 @@ class PerProtocol(unittest.TestCase):
                           "ttfb_message": 11},
                "linksim": "test", "ways": ways}
         res["ratios"] = bench.ratios(ways)
-        res["targets"] = bench.targets(res["ratios"])
+        res["targets"] = bench.targets(res["ratios"], ways, 40)
         return res
 
     def test_phase_ratios_and_targets(self):
@@ -148,12 +148,38 @@ class PerProtocol(unittest.TestCase):
         self.assertAlmostEqual(r["phases"]["pop3"]["seconds"], 0.25)
         self.assertAlmostEqual(r["phases"]["imap"]["bytes"], 0.2)
         self.assertAlmostEqual(res["ratios"]["straw/ssh"]["phases"]["http"]["seconds"], 0.5)
-        self.assertTrue(res["targets"]["straw/direct"]["pass"])
-        self.assertTrue(res["targets"]["straw/ssh"]["pass"])
-        res["ways"]["straw"]["seconds"]["total"] = 60.0  # 0.6 of ssh's 100 s
-        t = bench.targets(bench.ratios(res["ways"]))
+        self.assertFalse(res["targets"]["straw/direct"]["pass"])  # 0.25 > 0.18
+        self.assertFalse(res["targets"]["straw/ssh"]["pass"])  # 0.5 > 0.40
+        res["ways"]["straw"]["seconds"]["total"] = 30.0  # 0.15 of direct, 0.3 of ssh
+        t = bench.targets(bench.ratios(res["ways"]), res["ways"])
         self.assertTrue(t["straw/direct"]["pass"])
+        self.assertTrue(t["straw/ssh"]["pass"])
+        res["ways"]["straw"]["seconds"]["total"] = 45.0  # 0.225 of direct, 0.45 of ssh
+        t = bench.targets(bench.ratios(res["ways"]), res["ways"])
         self.assertFalse(t["straw/ssh"]["pass"])
+        # The straw way's recovery failed: no recovery target can be judged.
+        self.assertNotIn("recovery straw/direct", t)
+
+    def test_bytes_per_packet_and_recovery_targets(self):
+        res = self.res()
+        st = res["ways"]["straw"]
+        st["link"] = dict(bench.ZERO, down_bytes=3600, down_segments=10, up_bytes=200,
+                          up_segments=10)
+        st["ttfb"]["recover"] = {"ok": True, "seconds": 2.0}
+        t = bench.targets(res["ratios"], res["ways"], 40)
+        self.assertAlmostEqual(t["down B/packet"]["value"], 400.0)
+        self.assertTrue(t["down B/packet"]["pass"])
+        self.assertAlmostEqual(t["recovery straw/direct"]["ratio"], 2.0 / 3.0)
+        self.assertTrue(t["recovery straw/direct"]["pass"])
+        st["link"]["down_segments"] = 12  # (3600 + 480) / 12 = 340 B per packet
+        st["ttfb"]["recover"] = {"ok": True, "seconds": 3.5}
+        t = bench.targets(res["ratios"], res["ways"], 40)
+        self.assertAlmostEqual(t["down B/packet"]["value"], 340.0)
+        self.assertFalse(t["down B/packet"]["pass"])
+        self.assertFalse(t["recovery straw/direct"]["pass"])
+        out = bench.table(dict(res, targets=t))
+        self.assertRegex(out, r"down B/packet +340 +\(target >= 400\) +MISS")
+        self.assertIsNone(bench.per_packet(bench.ZERO, "down", 40))
 
     def test_table(self):
         out = bench.table(self.res())
@@ -164,7 +190,7 @@ class PerProtocol(unittest.TestCase):
         self.assertEqual(rows["pop3"].replace("|", " ").split(),
                          ["pop3", "100.0", "30000", "16", "50.0", "30000", "16", "25.0", "6000", "3",
                           "0.25", "0.20", "0.50", "0.20"])
-        self.assertRegex(out, r"straw/direct +0\.25 +\(target <= 0\.3\) +PASS")
+        self.assertRegex(out, r"straw/direct +0\.25 +\(target <= 0\.18\) +MISS")
         self.assertIn("answered locally by straw: pop3 5", out)
         self.assertRegex(out, r"direct\s+1\.1\s+1\.2\s+1\.5\s+0\s+ok in 3\.0 s")
         self.assertIn("FAILED after 120.0 s: timeout", out)
@@ -177,7 +203,7 @@ class PerProtocol(unittest.TestCase):
         out = bench.table(self.res())
         # direct: 200 s is 4 started minutes, $6.00; straw 50 s, $1.50.
         totals = {ln.split()[0]: ln.split() for ln in out.splitlines()
-                  if len(ln.split()) == 11 and ln.split()[1].isdigit()}
+                  if len(ln.split()) == 13 and ln.split()[1].isdigit()}
         self.assertEqual(totals["direct"][-2:], ["6.00", "6.00"])
         self.assertEqual(totals["straw"][-2:], ["1.50", "1.50"])
 
