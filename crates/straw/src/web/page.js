@@ -178,6 +178,10 @@
 
   let lastOk = Date.now();
   let last = null;
+  // The held list as last drawn: redrawn only when it changes, so that a
+  // Release button is not replaced under a click (pressed before a poll,
+  // released after it) or keyboard focus.
+  let heldDrawn = null;
 
   // Replaces a section's content; absent parts (null) are left out.
   const put = (id, parts) => $(id).replaceChildren(...parts.filter((p) => p !== null && p !== undefined));
@@ -188,7 +192,11 @@
     put("streams", streams(s));
     put("chart", chartView(s));
     put("recent", recent(s));
-    put("held", held(s));
+    const heldNow = JSON.stringify(s.held ?? null);
+    if (heldNow !== heldDrawn) {
+      put("held", held(s));
+      heldDrawn = heldNow;
+    }
     $("updated").textContent = "live \u00b7 updated " + clock(s.taken_unix_ms) + " UTC";
     document.body.dataset.live = "1";
     document.body.dataset.taken = String(s.taken_unix_ms);
