@@ -462,6 +462,7 @@ fn listen(
                 pop3: pop3::Pop3Config {
                     prefetch: cfg.pop3.prefetch,
                     prefetch_retr_max_bytes: cfg.pop3.prefetch_retr_max_bytes,
+                    prefetch_retr_depth: cfg.pop3.prefetch_retr_depth,
                 },
                 http: http::HttpPolicy {
                     blocked_hosts: cfg.http.blocked_hosts.clone(),

@@ -419,8 +419,13 @@ pub struct ClientPop3 {
     pub prefetch: bool,
     /// With `RETR n`, also ask for `RETR n+1` if LIST says it is at most this
     /// many bytes, and answer the program's `RETR n+1` from that real reply
-    /// (one held at a time; 0: never).
+    /// (0: never). With a depth over 1, the most the messages asked ahead
+    /// may add up to (LIST sizes).
     pub prefetch_retr_max_bytes: u64,
+    /// How many messages to ask for ahead of the program (1: only `n+1`).
+    /// One ahead leaves the link idle for a round trip after each message
+    /// shorter than that on the link.
+    pub prefetch_retr_depth: u32,
     /// Hold ashore: a message whose LIST size is larger is not carried; the
     /// program gets a small stub instead, and the whole message after
     /// `straw hold release ID` (0: off). Needs `prefetch`.
@@ -438,6 +443,7 @@ impl Default for ClientPop3 {
         Self {
             prefetch: true,
             prefetch_retr_max_bytes: 64 * 1024,
+            prefetch_retr_depth: straw_proto::pop3::DEFAULT_PREFETCH_RETR_DEPTH,
             hold_over_bytes: 0,
             hold_except_from: Vec::new(),
             hold_file: None,

@@ -159,7 +159,9 @@ pub struct ClientAccel {
     /// what counts, and only its reply to QUIT may confirm it.
     may_commit: bool,
     pub(super) retrieved: HashSet<u32>,
-    pub(super) pf_retr: Option<RetrPrefetch>,
+    /// `RETR`s asked ahead of the program, in order: a run of consecutive
+    /// messages after the last one it asked for.
+    pub(super) pf_retr: VecDeque<RetrPrefetch>,
     /// The server side doesn't know abort lines (an older straw).
     pub(super) abort_refused: bool,
     /// Body bytes of the reply at the front of `expect` received so far.
@@ -213,7 +215,7 @@ impl ClientAccel {
             deleted: HashSet::new(),
             may_commit: false,
             retrieved: HashSet::new(),
-            pf_retr: None,
+            pf_retr: VecDeque::new(),
             abort_refused: false,
             reply_bytes: 0,
             bulk_held: None,
@@ -259,9 +261,7 @@ impl ClientAccel {
         if self.owed.deliver(id, bytes, end) {
             return;
         }
-        if let Some(p) = &mut self.pf_retr
-            && p.id == id
-        {
+        if let Some(p) = self.pf_retr.iter_mut().find(|p| p.id == id) {
             p.buf.extend_from_slice(bytes);
             p.done = end;
         }
@@ -404,13 +404,13 @@ impl ClientAccel {
         }
         self.quit_sent |= verb == "QUIT";
         let msg = msg_arg(&line);
-        if let Some(p) = &self.pf_retr {
+        if let Some(front) = self.pf_retr.front().map(|p| p.msg) {
             let useless = match verb.as_str() {
                 "QUIT" | "USER" | "PASS" | "APOP" | "AUTH" => true,
-                // The prefetched reply would no longer be what RETR says.
-                "DELE" => msg == Some(p.msg),
+                // A prefetched reply would no longer be what RETR says.
+                "DELE" => msg.is_some_and(|m| self.pf_retr.iter().any(|p| p.msg == m)),
                 // The program went elsewhere; prefetch after that instead.
-                "RETR" => msg != Some(p.msg),
+                "RETR" => msg != Some(front),
                 _ => false,
             };
             if useless {
@@ -487,7 +487,7 @@ impl ClientAccel {
                 self.block_on_last();
             }
             "RETR" if arg => match msg {
-                Some(m) if self.pf_retr.as_ref().is_some_and(|p| p.msg == m) => {
+                Some(m) if self.pf_retr.front().is_some_and(|p| p.msg == m) => {
                     self.claim_prefetch();
                     self.retrieved.insert(m);
                     self.prefetch_retr(m, out);
@@ -751,7 +751,7 @@ impl Accelerator for ClientAccel {
         self.owed.clear();
         self.pf_waiters = Default::default();
         self.expect.clear();
-        self.pf_retr = None;
+        self.pf_retr.clear();
     }
 
     /// The program closed while a reply was still on its way and without
@@ -816,7 +816,7 @@ impl Accelerator for ClientAccel {
                 // Stream long replies (RETR) to the program as they come.
                 let piece = std::mem::take(&mut self.cur);
                 self.deliver(id, &piece, false);
-                if self.pf_retr.as_ref().is_some_and(|p| p.buf.len() > p.limit) {
+                if self.pf_retr.iter().any(|p| p.buf.len() > p.limit) {
                     out.notes
                         .push("POP3 prefetched RETR is longer than LIST said: dropped".into());
                     self.discard_prefetch(out);
@@ -880,6 +880,7 @@ mod activity_tests {
         let cfg = Pop3Config {
             prefetch: false,
             prefetch_retr_max_bytes: prefetch_retr,
+            prefetch_retr_depth: 1,
         };
         let mut c = ClientAccel::new(cfg, &Cache::new());
         let mut out = Output::default();
@@ -943,6 +944,7 @@ mod budget_tests {
         let cfg = Pop3Config {
             prefetch: false,
             prefetch_retr_max_bytes: 64 * 1024,
+            prefetch_retr_depth: 1,
         };
         let mut c = ClientAccel::new(cfg, &Cache::new());
         let mut out = Output::default();

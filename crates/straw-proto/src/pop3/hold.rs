@@ -700,7 +700,7 @@ impl ClientAccel {
                 None
             }
             ("RETR" | "TOP", Some(uid)) if !self.hold_refused => {
-                if self.pf_retr.as_ref().is_some_and(|p| p.msg != n) {
+                if self.pf_retr.front().is_some_and(|p| p.msg != n) {
                     self.discard_prefetch(out);
                 }
                 self.hold_retr(&line, n, uid, size, out);

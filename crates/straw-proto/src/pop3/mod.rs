@@ -64,12 +64,19 @@ pub struct Pop3Config {
     /// Ask for `STAT`, `UIDL` and `LIST` together with `PASS`.
     pub prefetch: bool,
     /// With `RETR n`, also send `RETR n+1` when LIST says it is at most this
-    /// many bytes (0: never). See [`prefetch`].
+    /// many bytes (0: never). See [`prefetch`]. With a depth over 1, it also
+    /// bounds the LIST sizes of all messages asked ahead together.
     pub prefetch_retr_max_bytes: u64,
+    /// How many messages may be asked ahead of the program (0 counts as 1).
+    pub prefetch_retr_depth: u32,
 }
 
 /// The config's default for [`Pop3Config::prefetch_retr_max_bytes`].
 pub const DEFAULT_PREFETCH_RETR_MAX_BYTES: u64 = 64 * 1024;
+/// The config's default for [`Pop3Config::prefetch_retr_depth`]: one message
+/// ahead leaves the link idle for a round trip whenever a message takes less
+/// link time than that (small mail at 2,400 bit/s); three cover it.
+pub const DEFAULT_PREFETCH_RETR_DEPTH: u32 = 3;
 
 /// Client side → server side, in-band: `XSTRAW-ABORT <n>` cuts short the
 /// prefetched `RETR n` sent before it (see [`ServerAccel`]). Answered

@@ -1,6 +1,10 @@
-//! `RETR n` takes `RETR n+1` along: the program reads its mail in order,
-//! and the next message's reply, asked for early, is on its way while the
-//! program still reads this one. RETR commits nothing, so asking early
+//! `RETR n` takes `RETR n+1` (and up to the configured depth, `n+2`, ...)
+//! along: the program reads its mail in order, and the next messages'
+//! replies, asked for early, are on their way while the program still reads
+//! this one. With one message ahead, a message shorter on the link than a
+//! round trip leaves the link idle (the program asks for `n+1` only once `n`
+//! is in, and only then is `n+2` asked): a 350-byte message at 2,400 bit/s
+//! is 1.2 s, about one Iridium round trip. RETR commits nothing, so asking early
 //! changes nothing on the server. A prefetch that turns useless while it
 //! still streams (QUIT, DELE of it, a RETR elsewhere) is cut short in-band
 //! with `XSTRAW-ABORT n` (answered by the [server side](super::server)).
@@ -9,11 +13,11 @@ use super::client::{ClientAccel, Disp, Expect, RetrTrack, Track};
 use super::{ABORT_VERB, resume};
 use crate::Output;
 
-/// The one `RETR n+1` sent ahead of the program (pipelined behind its
-/// `RETR n`). Its real reply is kept here until the program asks for it; it
-/// then becomes an ordinary owed reply and streams on as it comes. Bounded:
-/// only sent when LIST says the message fits the configured cap, and
-/// dropped if the reply outgrows [`Self::limit`].
+/// One `RETR` sent ahead of the program (pipelined behind its `RETR n`).
+/// Its real reply is kept here until the program asks for it; it then
+/// becomes an ordinary owed reply and streams on as it comes. Bounded: only
+/// sent when LIST says the messages asked ahead fit the configured cap
+/// together, and all dropped if a reply outgrows its [`Self::limit`].
 ///
 /// Link waits: the program's `RETR n+1` counts as one only if none of the
 /// prefetched reply has arrived and nothing else is owed to the program (it
@@ -25,32 +29,47 @@ pub(crate) struct RetrPrefetch {
     pub(super) id: u64,
     pub(super) buf: Vec<u8>,
     pub(super) done: bool,
+    /// Its LIST size.
+    pub(super) size: u64,
     /// Most bytes held: LIST sizes count octets before dot-stuffing.
     pub(super) limit: usize,
 }
 
 impl ClientAccel {
-    /// After the program's `RETR after`: sends `RETR after+1` too if it is
-    /// likely wanted and small (see [`RetrPrefetch`]). Skipped while a
-    /// partial of it may be stored: the program's own RETR then resumes it
-    /// through the one resume path.
+    /// After the program's `RETR after`: asks for the messages after it too,
+    /// as many as the depth allows, while each is likely wanted and all fit
+    /// the cap together (see [`RetrPrefetch`]); stops at the first that
+    /// doesn't. Skipped while a partial of it may be stored: the program's
+    /// own RETR then resumes it through the one resume path.
     pub(super) fn prefetch_retr(&mut self, after: u32, out: &mut Output) {
-        let cap = self.cfg.prefetch_retr_max_bytes;
-        if cap == 0 || self.pf_retr.is_some() || self.failed || self.bulk_held.is_some() {
-            return;
+        let depth = self.cfg.prefetch_retr_depth.max(1) as usize;
+        while self.pf_retr.len() < depth {
+            let last = self.pf_retr.back().map_or(after, |p| p.msg);
+            if !self.prefetch_one(last, out) {
+                break;
+            }
         }
-        let Some(n) = after.checked_add(1) else {
-            return;
+    }
+
+    /// Sends `RETR last+1` ahead if it may go; false if it may not.
+    fn prefetch_one(&mut self, last: u32, out: &mut Output) -> bool {
+        let cap = self.cfg.prefetch_retr_max_bytes;
+        if cap == 0 || self.failed || self.bulk_held.is_some() {
+            return false;
+        }
+        let Some(n) = last.checked_add(1) else {
+            return false;
         };
         let Some(&size) = self.sizes.get(&n) else {
-            return;
+            return false;
         };
-        if size > cap
+        let ahead: u64 = self.pf_retr.iter().map(|p| p.size).sum();
+        if ahead.saturating_add(size) > cap
             || self.deleted.contains(&n)
             || self.retrieved.contains(&n)
             || self.would_hold(size)
         {
-            return;
+            return false;
         }
         let mut track = Track::None;
         if let (Some(store), Some(user)) = (self.store.clone(), self.user.clone()) {
@@ -58,14 +77,14 @@ impl ClientAccel {
                 Some(Some(uid)) => {
                     let key = resume::key(&user, uid);
                     if store.get(&key).is_some() {
-                        return;
+                        return false;
                     }
                     Some(key)
                 }
                 Some(None) => None,
                 None => {
                     if store.any_with_prefix(&resume::account_prefix(&user)) {
-                        return;
+                        return false;
                     }
                     if !self.prefetch_uidl_pending() {
                         // Keys the body in the store, as for the program's RETR.
@@ -104,19 +123,21 @@ impl ClientAccel {
         });
         let limit =
             usize::try_from(size.saturating_mul(2).saturating_add(1024)).unwrap_or(usize::MAX);
-        self.pf_retr = Some(RetrPrefetch {
+        self.pf_retr.push_back(RetrPrefetch {
             msg: n,
             id,
             buf: Vec::new(),
             done: false,
+            size,
             limit,
         });
+        true
     }
 
-    /// The program asks for the prefetched message: owe it its real reply,
-    /// what has arrived now and the rest as it comes.
+    /// The program asks for the first prefetched message: owe it its real
+    /// reply, what has arrived now and the rest as it comes.
     pub(super) fn claim_prefetch(&mut self) {
-        let Some(p) = self.pf_retr.take() else {
+        let Some(p) = self.pf_retr.pop_front() else {
             return;
         };
         if !p.buf.is_empty() || p.done {
@@ -127,16 +148,18 @@ impl ClientAccel {
         self.owed.owe_with_id(p.id, p.buf, p.done);
     }
 
-    /// The prefetched message won't be asked for (or outgrew its bound):
-    /// forget it, and if it is still arriving, stop recording it and ask the
-    /// server side to cut it short.
+    /// The prefetched messages won't be asked for (or one outgrew its
+    /// bound): forget them, and for each still arriving, stop recording it
+    /// and ask the server side to cut it short.
     pub(super) fn discard_prefetch(&mut self, out: &mut Output) {
-        let Some(p) = self.pf_retr.take() else {
-            return;
-        };
-        if p.done {
-            return;
+        for p in std::mem::take(&mut self.pf_retr) {
+            if !p.done {
+                self.abort_prefetch(p, out);
+            }
         }
+    }
+
+    fn abort_prefetch(&mut self, p: RetrPrefetch, out: &mut Output) {
         for e in &mut self.expect {
             if let Disp::Deliver {
                 id,

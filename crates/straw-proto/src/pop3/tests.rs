@@ -236,6 +236,7 @@ fn warm() -> Cache {
 const PF: Pop3Config = Pop3Config {
     prefetch: true,
     prefetch_retr_max_bytes: 0,
+    prefetch_retr_depth: 1,
 };
 
 #[test]
@@ -623,6 +624,7 @@ fn logged_in() -> ClientAccel {
         Pop3Config {
             prefetch: false,
             prefetch_retr_max_bytes: 0,
+            prefetch_retr_depth: 1,
         },
         &Cache::new(),
     );
@@ -815,6 +817,7 @@ fn retr_resume_without_prefetch_asks_uidl_first() {
     let cfg = Pop3Config {
         prefetch: false,
         prefetch_retr_max_bytes: 0,
+        prefetch_retr_depth: 1,
     };
     let (mem, store) = mem();
     let full = direct_retr(big_server(0), &LOGIN);
@@ -839,6 +842,7 @@ fn retr_resume_uses_the_programs_uidl_listing() {
     let cfg = Pop3Config {
         prefetch: false,
         prefetch_retr_max_bytes: 0,
+        prefetch_retr_depth: 1,
     };
     let (mem, store) = mem();
     cut_attempt(cfg, big_server(0), &store, 15_000);
@@ -901,6 +905,7 @@ fn retr_waiting_for_its_uidl_keeps_pipelined_replies_in_order() {
     let cfg = Pop3Config {
         prefetch: false,
         prefetch_retr_max_bytes: 0,
+        prefetch_retr_depth: 1,
     };
     let (mem, store) = mem();
     cut_attempt(cfg, big_server(0), &store, 15_000);
@@ -978,6 +983,7 @@ fn retr_pipelined_with_the_login_uses_the_prefetched_uidl() {
 const PFR: Pop3Config = Pop3Config {
     prefetch: true,
     prefetch_retr_max_bytes: DEFAULT_PREFETCH_RETR_MAX_BYTES,
+    prefetch_retr_depth: 1,
 };
 
 /// The benchmark's poplib session: USER, PASS, STAT, LIST, RETR 1..10, QUIT.
@@ -1055,13 +1061,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn retr_prefetch_any_split_of_the_program_stream_is_exact(
-        cuts in proptest::collection::vec(0usize..400, 0..12)
+        cuts in proptest::collection::vec(0usize..400, 0..12),
+        depth in 1u32..5,
     ) {
         let steps = bench_session();
         let all: Vec<u8> = steps.concat();
         let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % all.len()).collect();
         cuts.sort();
-        let mut rig = Rig::new(PFR, &warm(), FakeDovecot::new(10));
+        let cfg = Pop3Config { prefetch_retr_depth: depth, ..PFR };
+        let mut rig = Rig::new(cfg, &warm(), FakeDovecot::new(10));
         let mut last = 0;
         for c in cuts.into_iter().chain([all.len()]) {
             rig.send(&all[last..c]);
@@ -1075,6 +1083,102 @@ proptest! {
         want.extend(b"QUIT\r\n");
         prop_assert_eq!(&rig.real.seen, &want, "each RETR asked once, in order");
         prop_assert!(rig.fails.is_empty());
+    }
+}
+
+/// Three messages asked ahead, as straw's config has it by default.
+const PFR3: Pop3Config = Pop3Config {
+    prefetch_retr_depth: 3,
+    ..PFR
+};
+
+#[test]
+fn retr_prefetch_three_ahead_bench_session_is_exact_and_asks_each_once() {
+    let steps = bench_session();
+    for n in [10, 12] {
+        let expected = direct(FakeDovecot::new(n), &refs(&steps));
+        let mut rig = Rig::new(PFR3, &warm(), FakeDovecot::new(n));
+        for s in &steps {
+            rig.send(s);
+        }
+        assert_text(&rig.program_saw, &expected);
+        assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+        assert_eq!(rig.c.stats().link_waits, 2, "PASS + RETR 1");
+        for i in 1..=10 {
+            assert_eq!(asked(&rig.real, &format!("RETR {i}\r\n")), 1, "RETR {i}");
+        }
+        // RETR 10 asked for 11 and 12 ahead (when they exist); QUIT ends it.
+        assert_eq!(asked(&rig.real, "RETR 11\r\n"), usize::from(n > 10));
+        assert_eq!(asked(&rig.real, "RETR 12\r\n"), usize::from(n > 10));
+        assert_eq!(asked(&rig.real, "RETR 13\r\n"), 0);
+    }
+}
+
+#[test]
+fn retr_prefetch_three_ahead_keeps_a_run_of_three_within_the_cap() {
+    let mut c = listed(PFR3, &[10, 10, 10, 10, 10, 10]);
+    let mut o = Output::default();
+    c.from_local(b"RETR 1\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 1\r\nRETR 2\r\nRETR 3\r\nRETR 4\r\n");
+    o.clear();
+    c.from_tunnel(b"+OK\r\na\r\n.\r\n+OK\r\nb\r\n.\r\n", &mut o);
+    assert_eq!(o.to_local, b"+OK\r\na\r\n.\r\n", "2 is held for the program");
+    o.clear();
+    // The program's RETR 2 is served here and one more is asked ahead.
+    c.from_local(b"RETR 2\r\n", true, &mut o);
+    assert_eq!(o.to_local, b"+OK\r\nb\r\n.\r\n");
+    assert_eq!(o.to_tunnel, b"RETR 5\r\n");
+    o.clear();
+    // Messages 3 and 4 arrive; 3 is claimed, 6 asked; past 6 nothing.
+    c.from_tunnel(b"+OK\r\nc\r\n.\r\n+OK\r\nd\r\n.\r\n", &mut o);
+    c.from_local(b"RETR 3\r\n", true, &mut o);
+    assert_eq!(o.to_local, b"+OK\r\nc\r\n.\r\n");
+    assert_eq!(o.to_tunnel, b"RETR 6\r\n");
+    o.clear();
+    c.from_local(b"RETR 4\r\n", true, &mut o);
+    assert_eq!(o.to_local, b"+OK\r\nd\r\n.\r\n");
+    assert!(o.to_tunnel.is_empty(), "no message 7");
+
+    // The cap bounds the sizes asked ahead together: 25 bytes, messages of
+    // 10: two ahead, not three.
+    let cfg = Pop3Config {
+        prefetch_retr_max_bytes: 25,
+        ..PFR3
+    };
+    let mut c = listed(cfg, &[10, 10, 10, 10, 10]);
+    let mut o = Output::default();
+    c.from_local(b"RETR 1\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 1\r\nRETR 2\r\nRETR 3\r\n");
+    // ... and the run stops at a message that doesn't fit.
+    let mut c = listed(PFR3, &[10, 10, 70_000, 10]);
+    let mut o = Output::default();
+    c.from_local(b"RETR 1\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"RETR 1\r\nRETR 2\r\n");
+}
+
+#[test]
+fn retr_prefetch_three_ahead_all_cut_short_when_the_program_goes_elsewhere() {
+    for (cmd, want) in [
+        (&b"QUIT\r\n"[..], &b"QUIT\r\n"[..]),
+        (b"RETR 5\r\n", b"RETR 5\r\n"),
+        (b"DELE 3\r\n", b"DELE 3\r\n"),
+    ] {
+        let mut c = listed(PFR3, &[10, 10, 10, 10, 10]);
+        let mut o = Output::default();
+        c.from_local(b"RETR 1\r\n", true, &mut o);
+        // 1 and half of 2 are in: 2 is still arriving, 3 and 4 not begun.
+        c.from_tunnel(b"+OK\r\na\r\n.\r\n+OK\r\nb", &mut o);
+        o.clear();
+        c.from_local(cmd, true, &mut o);
+        let sent = String::from_utf8_lossy(&o.to_tunnel).into_owned();
+        assert!(
+            sent.contains("XSTRAW-ABORT 2\r\nXSTRAW-ABORT 3\r\nXSTRAW-ABORT 4\r\n"),
+            "{}: {sent}",
+            String::from_utf8_lossy(cmd)
+        );
+        assert!(sent.contains(std::str::from_utf8(want).unwrap()), "{sent}");
+        assert!(c.pf_retr.is_empty());
+        assert!(o.fail.is_none(), "{:?}", o.fail);
     }
 }
 
@@ -1156,6 +1260,7 @@ fn retr_prefetch_respects_the_size_cap_and_zero_disables() {
         let cfg = Pop3Config {
             prefetch: true,
             prefetch_retr_max_bytes: cap,
+            prefetch_retr_depth: 1,
         };
         let mut rig = Rig::new(cfg, &warm(), real.clone());
         for s in &steps[..3] {
@@ -1179,6 +1284,7 @@ fn retr_prefetch_without_list_data_does_nothing() {
     let cfg = Pop3Config {
         prefetch: false,
         prefetch_retr_max_bytes: DEFAULT_PREFETCH_RETR_MAX_BYTES,
+        prefetch_retr_depth: 1,
     };
     let mut rig = Rig::new(cfg, &warm(), FakeDovecot::new(3));
     for s in [&b"USER bob\r\n"[..], b"PASS secret\r\n", b"RETR 1\r\n"] {
@@ -1316,10 +1422,10 @@ fn retr_prefetch_holds_one_message_within_its_bound() {
     for _ in 0..100 {
         c.from_tunnel(&line, &mut o);
         c.from_tunnel(b"\r\n", &mut o);
-        most = most.max(c.pf_retr.as_ref().map_or(0, |p| p.buf.len()));
+        most = most.max(c.pf_retr.front().map_or(0, |p| p.buf.len()));
     }
     assert!(most <= 2 * 100 + 1024, "held {most}");
-    assert!(c.pf_retr.is_none(), "dropped");
+    assert!(c.pf_retr.is_empty(), "dropped");
     assert_eq!(o.to_tunnel, b"XSTRAW-ABORT 2\r\n");
     assert!(o.to_local.is_empty());
     o.clear();
