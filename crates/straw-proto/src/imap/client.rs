@@ -7,7 +7,11 @@ use std::collections::HashMap;
 use super::framer::{Ev, Framed, Framer, content, with_literal};
 use super::reply::{cap_set, caps_of, greeting_sig, rewrite_caps, rewrite_line, show, upper, word};
 use super::resume::ClientOffer;
-use super::{BULK_LITERAL, CAPABILITY_KEY, GREETING_KEY, ImapConfig, LINK_LOST, resume};
+use super::select::{Prefetch, Tagged};
+use super::{
+    AUTHED_CAPABILITY_KEY, BULK_LITERAL, CAPABILITY_KEY, GREETING_KEY, ImapConfig, LINK_LOST,
+    resume,
+};
 use crate::partial::SharedStore;
 use crate::{AccelStats, Accelerator, Activity, Cache, Output, activity_text, hold_words};
 
@@ -105,6 +109,26 @@ pub struct ClientAccel {
     pub(super) resp_msg: (Option<u32>, Option<u32>),
     /// Why message bodies are held back (the call's budget is spent), if so.
     pub(super) bulk_held: Option<String>,
+    /// `SELECT INBOX` asked for with the login (see [`super::select`]).
+    pub(super) prefetch_select: bool,
+    pub(super) prefetch_tried: bool,
+    pub(super) prefetch: Option<Prefetch>,
+    /// The LOGIN just begun takes the prefetch behind it.
+    pub(super) prefetch_now: bool,
+    /// Cached post-login capabilities.
+    pub(super) authed_caps: Option<Vec<String>>,
+    /// This connection's post-login capabilities list UNSELECT, once known.
+    pub(super) unselect_now: Option<bool>,
+    /// Our UNSELECT in flight: its tag, and whether our SELECT succeeded
+    /// (None: not known yet).
+    pub(super) unselecting: Option<(Vec<u8>, Option<bool>)>,
+    /// A program command waits for that UNSELECT (it is in `stashed`).
+    pub(super) unselect_wait: bool,
+    /// Tagged replies to come before untagged mailbox updates stop being
+    /// about the prefetched INBOX (they are swallowed till then).
+    pub(super) stale: usize,
+    /// The current response is kept for the prefetch.
+    pub(super) resp_keep: bool,
 }
 
 impl ClientAccel {
@@ -114,6 +138,9 @@ impl ClientAccel {
 
     pub fn with_config(cache: &Cache, cfg: ImapConfig) -> Self {
         let cached_caps = cache.get(CAPABILITY_KEY).and_then(|l| caps_of(content(l)));
+        let authed_caps = cache
+            .get(AUTHED_CAPABILITY_KEY)
+            .and_then(|l| caps_of(content(l)));
         ClientAccel {
             cached_greeting: cache.get(GREETING_KEY).map(|g| content(g).to_vec()),
             cached_caps,
@@ -154,6 +181,16 @@ impl ClientAccel {
             last_verb: String::new(),
             resp_msg: (None, None),
             bulk_held: None,
+            prefetch_select: cfg.prefetch_select,
+            prefetch_tried: false,
+            prefetch: None,
+            prefetch_now: false,
+            authed_caps,
+            unselect_now: None,
+            unselecting: None,
+            unselect_wait: false,
+            stale: 0,
+            resp_keep: false,
         }
     }
 
@@ -231,6 +268,10 @@ impl ClientAccel {
             v => activity_text(v),
         };
         let auth = verb == "LOGIN" || verb == "AUTHENTICATE";
+        if verb == "LOGIN" && !has_lit && !self.authed && self.want_prefetch() {
+            // Sent right behind the LOGIN line (see on_cmd).
+            self.prefetch_now = true;
+        }
         self.pending.push(Pending {
             tag: tag.to_vec(),
             kind: PendKind::Plain { auth },
@@ -250,7 +291,7 @@ impl ClientAccel {
     /// pipelined behind it can only be offered once UIDVALIDITY is known.
     fn drain_cmds(&mut self, out: &mut Output) {
         loop {
-            if self.lookup_wait {
+            if self.lookup_wait || self.unselect_wait {
                 return;
             }
             if self.selecting.is_some()
@@ -380,6 +421,9 @@ impl ClientAccel {
                     return;
                 }
                 if first && self.cont_tag.is_none() {
+                    if self.prefetch_cmd(&raw, lit.is_some(), out) {
+                        return;
+                    }
                     self.begin_command(&raw, lit.is_some(), out);
                 }
                 if let Some(l) = lit {
@@ -403,6 +447,10 @@ impl ClientAccel {
                     None => {
                         out.to_tunnel.extend_from_slice(&raw);
                         self.unflushed = true;
+                        if std::mem::take(&mut self.prefetch_now) {
+                            let tag = word(content(&raw)).0.to_vec();
+                            self.send_prefetch(&tag, out);
+                        }
                     }
                 }
             }
@@ -456,6 +504,9 @@ impl ClientAccel {
         let (w, _) = word(rest);
         let w = upper(w);
         if tag == b"*" {
+            if let Some(pass) = self.prefetch_untagged(raw, out) {
+                return pass;
+            }
             self.track_untagged(line);
             if let Some((seq, Some(uid))) = self.fetch_resp
                 && self.lookups.iter().any(|l| l.1 == seq)
@@ -492,6 +543,8 @@ impl ClientAccel {
                     .any(|p| p.kind == PendKind::Plain { auth: true });
                 if !self.authed && !auth_pending {
                     out.cache_put.push((CAPABILITY_KEY.into(), line.to_vec()));
+                } else if self.authed {
+                    self.learn_authed_caps(line, out);
                 }
             }
             if w == "BYE" && self.pending.iter().any(|p| p.kind == PendKind::LocalLogout) {
@@ -499,6 +552,12 @@ impl ClientAccel {
             }
             out.to_local.extend_from_slice(&rewrite_line(raw));
             return true;
+        }
+        match self.prefetch_tagged(raw, out) {
+            Tagged::Other => {}
+            Tagged::Ours => return false,
+            // Not ours any more: nothing of the prefetch is left to match.
+            Tagged::As(raw) => return self.on_resp_start(&raw, out),
         }
         if let Some(i) = self.lookups.iter().position(|l| l.0 == tag) {
             self.lookups.remove(i);
@@ -565,6 +624,7 @@ impl ClientAccel {
                 self.awaited -= 1;
                 if auth && w == "OK" {
                     self.authed = true;
+                    self.learn_authed_caps(line, out);
                 }
                 out.to_local.extend_from_slice(&rewrite_line(raw));
                 true
@@ -589,12 +649,15 @@ impl ClientAccel {
                 }
                 if first {
                     self.fetch_resp = None;
+                    self.resp_keep = false;
                     self.resp_pass = self.on_resp_start(&raw, out);
                 } else if self.resp_pass {
                     if let Some((_, uid @ None)) = &mut self.fetch_resp {
                         *uid = resume::uid_in(content(&raw));
                     }
                     out.to_local.extend_from_slice(&raw);
+                } else if self.resp_keep {
+                    self.keep_prefetched(&raw, out);
                 }
                 self.resp_bulk = lit.is_some_and(|l| l.n > BULK_LITERAL);
                 match lit {
@@ -621,6 +684,8 @@ impl ClientAccel {
                 if self.resp_pass {
                     out.to_local.extend_from_slice(&data);
                     out.bulk |= self.resp_bulk;
+                } else if self.resp_keep {
+                    self.keep_prefetched(&data, out);
                 }
                 advance(&mut self.resp_lit, data.len());
                 if let (Some((key, left)), Some(store)) = (&mut self.keeping, &self.store) {
@@ -701,7 +766,8 @@ impl Accelerator for ClientAccel {
         if self.failed {
             return;
         }
-        if self.select_wait || (self.stashed.is_some() && !self.lookup_wait) {
+        if self.select_wait || (self.stashed.is_some() && !self.lookup_wait && !self.unselect_wait)
+        {
             self.select_wait = false;
             if let Some(raw) = self.stashed.take() {
                 self.replaying = true;
@@ -729,12 +795,15 @@ impl Accelerator for ClientAccel {
     }
 
     /// A literal on its way (a FETCH body down, an APPEND up) with its
-    /// announced size; else the command the program waits on.
+    /// announced size; else the command the program waits on (`SELECT`
+    /// also when it takes the rest of the one asked for with the login,
+    /// `UNSELECT (straw)` while a command waits for straw's own UNSELECT).
     fn activity(&self) -> Option<Activity> {
         if let Some(a) = self.resp_lit.as_ref().or(self.cmd_lit.as_ref()) {
             return Some(a.clone());
         }
-        (self.awaited > 0).then(|| Activity::new(format!("IMAP {}", self.last_verb), 0, None))
+        (self.awaited > 0 || self.unselect_wait)
+            .then(|| Activity::new(format!("IMAP {}", self.last_verb), 0, None))
     }
 }
 

@@ -7,6 +7,63 @@
 //! LOGOUT once nothing else is outstanding) and checks each of those against
 //! the real reply when it arrives.
 //!
+//! # SELECT INBOX with the login
+//!
+//! Nearly every program logs in and then selects INBOX (imaplib, mutt,
+//! Thunderbird; CAPABILITY, LIST or NAMESPACE may come between). So with
+//! a program `LOGIN` (one line, no literal; not AUTHENTICATE, whose SASL
+//! exchange may take continuation lines that a command behind it would be
+//! read as) the client side sends `xstraw.<n> SELECT INBOX` of its own in
+//! the same flush, and the program's `SELECT INBOX` (`"INBOX"`, any case,
+//! no parameters, once LOGIN's OK has come) is answered with that real
+//! response: its untagged lines as the server sent them and its tagged
+//! completion under the program's tag, response code and text unchanged
+//! (`[READ-WRITE]`); what has not come yet follows as it comes. One round
+//! trip saved. It is asked only once per connection.
+//!
+//! SELECT, not EXAMINE: EXAMINE would select read-only, and the program's
+//! SELECT needs `[READ-WRITE]`, so it could not be answered from it. SELECT
+//! commits nothing a later SELECT, EXAMINE, UNSELECT or LOGOUT would not
+//! leave as it was: no expunge; the one trace is that this session takes
+//! the `\Recent` flags of new messages even when the program then opens
+//! another mailbox.
+//!
+//! Until the program selects, the server has a mailbox selected that the
+//! program does not know of, and the rule is:
+//! - LOGIN refused: the server answers our SELECT with BAD; swallowed.
+//! - The program's commands whose meaning and answer are the same with a
+//!   mailbox selected (CAPABILITY, NOOP, ID, NAMESPACE, LIST, LSUB, XLIST,
+//!   STATUS, CREATE, SUBSCRIBE, UNSUBSCRIBE, APPEND, quota/ACL/metadata
+//!   reads) go as they are. The untagged INBOX updates the server may add
+//!   (`* n EXISTS/RECENT/EXPUNGE/FETCH`, `* FLAGS`, `* VANISHED`) are held
+//!   after the prefetched response, where a real SELECT response may carry
+//!   them too, so the program learns them if it selects INBOX.
+//! - SELECT or EXAMINE of anything else (or of INBOX with parameters, or
+//!   before LOGIN's reply), EXAMINE INBOX, LOGOUT: they replace or end the
+//!   selection themselves without expunging (RFC 3501 6.3.1), so they go
+//!   as they are; the rest of the prefetched response, and INBOX updates
+//!   until the replies to everything sent before them are in, are dropped.
+//! - Anything else first gets an UNSELECT of straw's own (RFC 3691: no
+//!   expunge). Commands that act on the selected mailbox (CLOSE, EXPUNGE,
+//!   CHECK, FETCH, STORE, COPY, MOVE, SEARCH, SORT, THREAD, UID, UNSELECT)
+//!   wait for its OK, so a program's CLOSE can never expunge an INBOX it did
+//!   not select (it gets the server's answer for no mailbox selected); the
+//!   rest (ENABLE, IDLE, DELETE, RENAME, unknown ones) go right behind it.
+//!   An UNSELECT refused after our SELECT succeeded fails the connection.
+//!
+//! So the prefetch is only made when UNSELECT is known to be there: listed
+//! in the cached post-login capabilities (learned from LOGIN's
+//! `[CAPABILITY ...]` code or a CAPABILITY once logged in, [`AUTHED_CAPABILITY_KEY`])
+//! or the cached pre-login ones. Should this connection's post-login list
+//! lack it after all, a command that needs the selection undone fails the
+//! connection instead. The prefetched response and the updates held behind
+//! it are kept up to 64 KiB; past that they are dropped and the program's
+//! SELECT INBOX crosses as usual (INBOX already selected is no harm to it).
+//! The program's SELECT INBOX counts as a local reply if anything of the
+//! response had come, else as a link wait; the prefetched UIDVALIDITY keys
+//! message resume exactly as that of a program SELECT. `prefetch_select`
+//! in [`ImapConfig`] turns it off.
+//!
 //! The files follow the layers: `framer` cuts lines and literals,
 //! [`reply`] reads capability lists and greetings, [`client`] is the
 //! program's side, [`server`] the real server's side, and [`resume`]
@@ -19,6 +76,7 @@ pub mod reply;
 pub mod resume;
 #[cfg(test)]
 mod resume_tests;
+mod select;
 pub mod server;
 pub mod starttls;
 #[cfg(test)]
@@ -36,6 +94,8 @@ pub use warm_up::WarmUp;
 pub const GREETING_KEY: &str = "imap.greeting";
 /// Cache key: the real pre-login `* CAPABILITY ...` line (no CRLF).
 pub const CAPABILITY_KEY: &str = "imap.capability";
+/// Cache key: the post-login capability list as a `* CAPABILITY ...` line.
+pub const AUTHED_CAPABILITY_KEY: &str = "imap.capability.authed";
 /// Told to the program when the tunnel is gone for good.
 pub const LINK_LOST: &[u8] = b"* BYE straw: link lost\r\n";
 
@@ -54,6 +114,9 @@ pub struct ImapConfig {
     pub max_literal: u64,
     /// Longest line (outside literals) accepted in either direction.
     pub max_line: usize,
+    /// Client side: send `SELECT INBOX` along with the program's LOGIN and
+    /// answer its own `SELECT INBOX` from that (see the module docs).
+    pub prefetch_select: bool,
 }
 
 impl Default for ImapConfig {
@@ -61,6 +124,7 @@ impl Default for ImapConfig {
         ImapConfig {
             max_literal: 64 << 20,
             max_line: 1 << 20,
+            prefetch_select: true,
         }
     }
 }

@@ -11,6 +11,11 @@ const GREETING: &str = "* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID EN
 const POST_CAPS: &str =
     "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT THREAD=REFS MOVE COMPRESS=DEFLATE";
 
+/// The untagged part of the fake's SELECT INBOX response.
+const SELECT_INBOX: &str = "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n* 2 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 1] UIDs valid\r\n";
+const SELECT_OTHER: &str =
+    "* FLAGS ()\r\n* 0 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 7] UIDs valid\r\n";
+
 /// A scripted real server: answers whole commands, honours synchronising
 /// literals (and refuses APPEND to "Refuse"), records everything it reads.
 struct FakeDovecot {
@@ -24,6 +29,17 @@ struct FakeDovecot {
     cur: Vec<u8>,
     commands: Vec<Vec<u8>>,
     body: Vec<u8>,
+    /// Capabilities in LOGIN's OK.
+    post_caps: String,
+    logged_in: bool,
+    /// Selected mailbox, and whether read-write.
+    selected: Option<(String, bool)>,
+    /// Mailboxes a CLOSE expunged.
+    expunged: Vec<String>,
+    /// Untagged updates sent with the next NOOP while a mailbox is selected.
+    updates: Vec<u8>,
+    /// More untagged lines in the response to SELECT INBOX.
+    select_extra: Vec<u8>,
 }
 
 impl FakeDovecot {
@@ -37,6 +53,12 @@ impl FakeDovecot {
             cur: Vec::new(),
             commands: Vec::new(),
             body: b"Subject: hi\r\n\r\nHello there.\r\n".to_vec(),
+            post_caps: POST_CAPS.into(),
+            logged_in: false,
+            selected: None,
+            expunged: Vec::new(),
+            updates: Vec::new(),
+            select_extra: Vec::new(),
         };
         f.out.extend_from_slice(GREETING.as_bytes());
         f.out.extend_from_slice(b"\r\n");
@@ -108,17 +130,49 @@ impl FakeDovecot {
                 t,
                 b" OK Pre-login capabilities listed, post-login capabilities have more.\r\n",
             ]),
-            "LOGIN" => self.reply(&[
-                t,
-                b" OK [CAPABILITY ",
-                POST_CAPS.as_bytes(),
-                b"] Logged in\r\n",
-            ]),
-            "SELECT" => self.reply(&[
-                b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n* 2 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 1] UIDs valid\r\n",
-                t,
-                b" OK [READ-WRITE] Select completed.\r\n",
-            ]),
+            "LOGIN" if args.ends_with(b" wrong") => {
+                self.reply(&[t, b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"])
+            }
+            "LOGIN" => {
+                self.logged_in = true;
+                let caps = self.post_caps.clone();
+                self.reply(&[t, b" OK [CAPABILITY ", caps.as_bytes(), b"] Logged in\r\n"])
+            }
+            "SELECT" | "EXAMINE" | "UNSELECT" | "CLOSE" if !self.logged_in => {
+                self.reply(&[t, b" BAD Error in IMAP command received by server.\r\n"])
+            }
+            "SELECT" | "EXAMINE" => {
+                let rw = verb == "SELECT";
+                let name = super::resume::astring(args).map(|(m, _)| m.to_ascii_uppercase());
+                self.selected = None;
+                match name.as_deref() {
+                    Some("INBOX") => {
+                        let extra = self.select_extra.clone();
+                        self.reply(&[SELECT_INBOX.as_bytes(), &extra, t]);
+                    }
+                    Some("OTHER") => self.reply(&[SELECT_OTHER.as_bytes(), t]),
+                    _ => {
+                        return self.reply(&[t, b" NO Mailbox doesn't exist\r\n"]);
+                    }
+                }
+                self.selected = Some((name.unwrap_or_default(), rw));
+                self.reply(&[if rw {
+                    b" OK [READ-WRITE] Select completed.\r\n"
+                } else {
+                    b" OK [READ-ONLY] Examine completed.\r\n"
+                }]);
+            }
+            "UNSELECT" | "CLOSE" => match self.selected.take() {
+                None => self.reply(&[t, b" BAD No mailbox selected.\r\n"]),
+                Some((name, rw)) => {
+                    if verb == "CLOSE" && rw {
+                        self.expunged.push(name);
+                    }
+                    self.reply(&[t, b" OK Done.\r\n"])
+                }
+            },
+            "ENABLE" => self.reply(&[t, b" OK Enabled.\r\n"]),
+            "LIST" => self.reply(&[b"* LIST (\\HasNoChildren) \".\" INBOX\r\n", t, b" OK List completed.\r\n"]),
             "FETCH" if args.windows(6).any(|w| w == b"BODY[]") => {
                 let body = self.body.clone();
                 self.reply(&[
@@ -150,7 +204,13 @@ impl FakeDovecot {
                 self.reply(&[&idle, b" OK Idle completed.\r\n"])
             }
             "LOGOUT" => self.reply(&[b"* BYE Logging out\r\n", t, b" OK Logout completed.\r\n"]),
-            "NOOP" => self.reply(&[t, b" OK NOOP completed.\r\n"]),
+            "NOOP" => {
+                if self.selected.is_some() {
+                    let u = std::mem::take(&mut self.updates);
+                    self.reply(&[&u]);
+                }
+                self.reply(&[t, b" OK NOOP completed.\r\n"])
+            }
             _ => self.reply(&[t, b" BAD Error in IMAP command received by server.\r\n"]),
         }
     }
@@ -173,8 +233,12 @@ struct Rig {
 
 impl Rig {
     fn new(cache: &Cache, literal_plus: bool) -> Self {
+        Self::with_client(ClientAccel::new(cache), literal_plus)
+    }
+
+    fn with_client(client: ClientAccel, literal_plus: bool) -> Self {
         let mut r = Rig {
-            client: ClientAccel::new(cache),
+            client,
             server: ServerAccel::default(),
             real: FakeDovecot::new(literal_plus),
             prog: Vec::new(),
@@ -337,7 +401,13 @@ fn warm_session_exact_bytes_and_three_link_waits() {
         "* BYE Logging out\r\na5 OK Logout completed.\r\n"
     );
     assert!(r.fails.is_empty(), "{:?}", r.fails);
-    assert!(r.puts.is_empty(), "nothing changed: {:?}", r.puts);
+    // Nothing changed but the post-login list, cached the first time.
+    let keys: Vec<&str> = r.puts.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(keys, [AUTHED_CAPABILITY_KEY]);
+    assert_eq!(
+        r.puts[0].1,
+        format!("* CAPABILITY {POST_CAPS}").into_bytes()
+    );
     let s = r.client.stats();
     assert_eq!(s.link_waits, 3, "LOGIN, SELECT, FETCH");
     assert_eq!(s.local_replies, 3, "greeting, CAPABILITY, LOGOUT");
@@ -434,7 +504,13 @@ fn capability_after_login_crosses() {
             "a2 OK Pre-login capabilities listed, post-login capabilities have more.\r\n"
         )
     );
-    assert!(r.puts.is_empty(), "post-login caps are not cached");
+    // Post-login caps are not taken for the pre-login ones (LOGIN's
+    // [CAPABILITY] code is kept under its own key).
+    assert!(
+        r.puts.iter().all(|p| p.0 == AUTHED_CAPABILITY_KEY),
+        "{:?}",
+        r.puts
+    );
     assert_eq!(r.client.stats().link_waits, 2);
 }
 
@@ -782,4 +858,476 @@ fn link_lost_inside_a_fetch_literal_just_closes() {
     assert!(out.fail.is_none(), "{:?}", out.fail);
     assert!(out.to_local.ends_with(b"half"));
     assert!(lost(&mut c).is_empty());
+}
+
+// SELECT INBOX asked for with the login (see the module docs).
+
+const POST_CAPS_UNSELECT: &str = "IMAP4rev1 SASL-IR ID ENABLE IDLE UNSELECT SORT MOVE";
+
+/// [`warm_cache`] plus a post-login list with UNSELECT.
+fn unselect_cache() -> Cache {
+    let mut c = warm_cache();
+    c.insert(
+        AUTHED_CAPABILITY_KEY.into(),
+        format!("* CAPABILITY {POST_CAPS_UNSELECT}").into_bytes(),
+    );
+    c
+}
+
+/// A warm session whose server offers UNSELECT: the prefetch is on.
+fn pf_rig() -> Rig {
+    let mut r = Rig::new(&unselect_cache(), false);
+    r.real.post_caps = POST_CAPS_UNSELECT.into();
+    r.prog_take();
+    r
+}
+
+fn select_inbox_reply(tag: &str) -> String {
+    format!("{SELECT_INBOX}{tag} OK [READ-WRITE] Select completed.\r\n")
+}
+
+fn commands(r: &Rig) -> Vec<String> {
+    r.real.commands.iter().map(|c| show(c)).collect()
+}
+
+/// LOGIN, then SELECT INBOX once LOGIN's OK is in: with the prefetch the
+/// program's SELECT never crosses.
+fn login_then_select(r: &mut Rig) -> String {
+    let login = r.says(b"a1 LOGIN bob secret\r\n");
+    assert!(login.starts_with("a1 OK [CAPABILITY ") && login.ends_with("Logged in\r\n"));
+    r.says(b"a2 SELECT INBOX\r\n")
+}
+
+#[test]
+fn prefetched_select_inbox_answers_the_program_and_saves_a_wait() {
+    let mut r = pf_rig();
+    let o = r.client_takes(b"a1 LOGIN bob secret\r\n");
+    assert_eq!(
+        show(&o.to_tunnel),
+        "a1 LOGIN bob secret\r\nxstraw.1 SELECT INBOX\r\n",
+        "in the same flush"
+    );
+    assert!(o.flush);
+    r.take(o, true);
+    r.pump();
+    r.prog_take();
+    let seen = r.real.commands.len();
+    let o = r.client_takes(b"a2 SELECT INBOX\r\n");
+    assert!(o.to_tunnel.is_empty(), "nothing crosses");
+    assert_eq!(show(&o.to_local), select_inbox_reply("a2"));
+    r.take(o, true);
+    r.pump();
+    assert_eq!(r.real.commands.len(), seen);
+    r.send(b"a3 FETCH 1:* (ENVELOPE)\r\n");
+    assert!(r.prog_take().ends_with("a3 OK Fetch completed.\r\n"));
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    let with = r.client.stats();
+
+    // The same without the prefetch: one wait more, one local reply less.
+    let mut cache = unselect_cache();
+    let off = ImapConfig {
+        prefetch_select: false,
+        ..Default::default()
+    };
+    let mut plain = Rig::with_client(ClientAccel::with_config(&cache, off), false);
+    plain.real.post_caps = POST_CAPS_UNSELECT.into();
+    plain.prog.clear();
+    assert_eq!(login_then_select(&mut plain), select_inbox_reply("a2"));
+    plain.send(b"a3 FETCH 1:* (ENVELOPE)\r\n");
+    assert!(!commands(&plain).iter().any(|c| c.starts_with("xstraw")));
+    let without = plain.client.stats();
+    assert_eq!(
+        with.link_waits + 1,
+        without.link_waits,
+        "{with:?} {without:?}"
+    );
+    assert_eq!(with.local_replies, without.local_replies + 1);
+    assert_eq!(with.link_waits, 2, "LOGIN, FETCH");
+
+    // Without UNSELECT known, no prefetch.
+    cache.remove(AUTHED_CAPABILITY_KEY);
+    let mut r = Rig::new(&cache, false);
+    r.prog_take();
+    assert_eq!(login_then_select(&mut r), select_inbox_reply("a2"));
+    assert_eq!(
+        commands(&r),
+        ["a1 LOGIN bob secret\r\n", "a2 SELECT INBOX\r\n"]
+    );
+}
+
+#[test]
+fn quoted_any_case_inbox_is_claimed_and_the_tag_is_the_programs() {
+    for sel in ["\"INBOX\"", "inbox", "\"InBoX\""] {
+        let mut r = pf_rig();
+        r.says(b"t1 LOGIN bob secret\r\n");
+        let cmd = format!("t.2 SELECT {sel}\r\n");
+        assert_eq!(r.says(cmd.as_bytes()), select_inbox_reply("t.2"), "{sel}");
+        assert_eq!(r.real.commands.len(), 2, "{sel}");
+    }
+}
+
+#[test]
+fn a_refused_login_swallows_the_prefetch_and_asks_once() {
+    let mut r = pf_rig();
+    assert_eq!(
+        r.says(b"a1 LOGIN bob wrong\r\n"),
+        "a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+    );
+    let login = r.says(b"a2 LOGIN bob secret\r\n");
+    assert!(login.starts_with("a2 OK"), "{login}");
+    assert_eq!(r.says(b"a3 SELECT INBOX\r\n"), select_inbox_reply("a3"));
+    assert_eq!(
+        commands(&r),
+        [
+            "a1 LOGIN bob wrong\r\n",
+            "xstraw.1 SELECT INBOX\r\n",
+            "a2 LOGIN bob secret\r\n",
+            "a3 SELECT INBOX\r\n"
+        ]
+    );
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+}
+
+#[test]
+fn selecting_another_mailbox_or_examine_just_replaces_the_prefetch() {
+    for (cmd, reply) in [
+        (
+            "a2 SELECT Other\r\n",
+            format!("{SELECT_OTHER}a2 OK [READ-WRITE] Select completed.\r\n"),
+        ),
+        (
+            "a2 EXAMINE INBOX\r\n",
+            format!("{SELECT_INBOX}a2 OK [READ-ONLY] Examine completed.\r\n"),
+        ),
+        (
+            "a2 SELECT INBOX (CONDSTORE)\r\n",
+            format!("{SELECT_INBOX}a2 OK [READ-WRITE] Select completed.\r\n"),
+        ),
+    ] {
+        let mut r = pf_rig();
+        r.says(b"a1 LOGIN bob secret\r\n");
+        // An INBOX update still to come is not the new mailbox's.
+        r.real.updates = b"* 3 EXISTS\r\n".to_vec();
+        assert_eq!(r.says(b"a0 NOOP\r\n"), "a0 OK NOOP completed.\r\n");
+        assert_eq!(r.says(cmd.as_bytes()), reply, "{cmd}");
+        let c = commands(&r);
+        assert_eq!(c[3], cmd);
+        assert!(!c.iter().any(|c| c.contains("UNSELECT")), "{c:?}");
+        r.send(b"a3 CLOSE\r\n");
+        assert_eq!(r.prog_take(), "a3 OK Done.\r\n");
+        assert!(r.fails.is_empty(), "{:?}", r.fails);
+    }
+}
+
+#[test]
+fn a_select_pipelined_behind_login_crosses_and_the_prefetch_is_swallowed() {
+    let mut r = pf_rig();
+    let got = r.says(b"a1 LOGIN bob secret\r\na2 SELECT INBOX\r\n");
+    assert!(got.starts_with("a1 OK"), "{got}");
+    assert!(got.ends_with(&select_inbox_reply("a2")), "{got}");
+    assert_eq!(got.matches("EXISTS").count(), 1, "{got}");
+    assert_eq!(
+        commands(&r),
+        [
+            "a1 LOGIN bob secret\r\n",
+            "xstraw.1 SELECT INBOX\r\n",
+            "a2 SELECT INBOX\r\n"
+        ]
+    );
+}
+
+#[test]
+fn close_before_any_select_unselects_first_and_never_expunges_inbox() {
+    let mut r = pf_rig();
+    r.says(b"a1 LOGIN bob secret\r\n");
+    let o = r.client_takes(b"a2 CLOSE\r\n");
+    assert_eq!(show(&o.to_tunnel), "xstraw.2 UNSELECT\r\n", "CLOSE waits");
+    assert!(o.flush);
+    assert_eq!(
+        r.client.activity(),
+        Some(crate::Activity::new("IMAP UNSELECT (straw)", 0, None))
+    );
+    r.take(o, true);
+    r.pump();
+    // The answer the server gives with no mailbox selected.
+    assert_eq!(r.prog_take(), "a2 BAD No mailbox selected.\r\n");
+    assert!(r.real.expunged.is_empty(), "{:?}", r.real.expunged);
+    let c = commands(&r);
+    assert_eq!(&c[2..], ["xstraw.2 UNSELECT\r\n", "a2 CLOSE\r\n"]);
+    // The program's own SELECT crosses now, and its CLOSE acts.
+    assert_eq!(r.says(b"a3 SELECT INBOX\r\n"), select_inbox_reply("a3"));
+    assert_eq!(r.says(b"a4 CLOSE\r\n"), "a4 OK Done.\r\n");
+    assert_eq!(r.real.expunged, ["INBOX"]);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert_eq!(
+        r.client.stats().link_waits,
+        5,
+        "LOGIN, UNSELECT, CLOSE, SELECT, CLOSE"
+    );
+}
+
+#[test]
+fn close_pipelined_behind_login_waits_for_the_unselect_too() {
+    let mut r = pf_rig();
+    let got = r.says(b"a1 LOGIN bob secret\r\na2 CLOSE\r\n");
+    assert!(
+        got.ends_with("Logged in\r\na2 BAD No mailbox selected.\r\n"),
+        "{got}"
+    );
+    assert!(r.real.expunged.is_empty());
+    // A refused LOGIN: our SELECT and UNSELECT fail, and that is fine.
+    let mut r = pf_rig();
+    let got = r.says(b"a1 LOGIN bob wrong\r\na2 CLOSE\r\n");
+    assert_eq!(
+        got,
+        "a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\na2 BAD Error in IMAP command received by server.\r\n"
+    );
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+}
+
+#[test]
+fn commands_meant_for_no_mailbox_get_an_unselect_pipelined_before_them() {
+    let mut r = pf_rig();
+    r.says(b"a1 LOGIN bob secret\r\n");
+    let o = r.client_takes(b"a2 ENABLE QRESYNC\r\n");
+    assert_eq!(
+        show(&o.to_tunnel),
+        "xstraw.2 UNSELECT\r\na2 ENABLE QRESYNC\r\n"
+    );
+    r.take(o, true);
+    r.pump();
+    assert_eq!(r.prog_take(), "a2 OK Enabled.\r\n");
+    assert_eq!(r.says(b"a3 SELECT INBOX\r\n"), select_inbox_reply("a3"));
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+}
+
+#[test]
+fn a_refused_unselect_after_a_good_select_fails_the_connection() {
+    let mut r = pf_rig();
+    r.says(b"a1 LOGIN bob secret\r\n");
+    // The server forgets the selection behind the pair's back.
+    r.real.selected = None;
+    r.send(b"a2 CLOSE\r\n");
+    assert_eq!(r.prog_take(), "");
+    assert!(r.fails[0].contains("refused UNSELECT"), "{:?}", r.fails);
+    assert!(!commands(&r).contains(&"a2 CLOSE\r\n".to_string()));
+}
+
+#[test]
+fn a_server_without_unselect_after_login_fails_rather_than_guess() {
+    let mut r = pf_rig();
+    r.real.post_caps = POST_CAPS.into();
+    r.says(b"a1 LOGIN bob secret\r\n");
+    assert!(
+        r.puts.iter().any(|p| p.0 == AUTHED_CAPABILITY_KEY),
+        "relearned"
+    );
+    // What needs no undoing still works.
+    assert_eq!(r.says(b"a2 LIST \"\" *\r\n").matches("a2 OK").count(), 1);
+    r.send(b"a3 CLOSE\r\n");
+    assert!(
+        r.fails[0].contains("no longer offers UNSELECT"),
+        "{:?}",
+        r.fails
+    );
+    assert!(r.real.expunged.is_empty());
+}
+
+#[test]
+fn inbox_updates_while_held_reach_the_program_with_its_select() {
+    let mut r = pf_rig();
+    r.says(b"a1 LOGIN bob secret\r\n");
+    r.real.updates = b"* 3 EXISTS\r\n* 1 RECENT\r\n* 1 FETCH (FLAGS (\\Seen))\r\n".to_vec();
+    // Neither NOOP nor LIST shows an update about a mailbox not selected.
+    assert_eq!(r.says(b"a2 NOOP\r\n"), "a2 OK NOOP completed.\r\n");
+    assert_eq!(
+        r.says(b"a3 LIST \"\" *\r\n"),
+        "* LIST (\\HasNoChildren) \".\" INBOX\r\na3 OK List completed.\r\n"
+    );
+    assert_eq!(
+        r.says(b"a4 SELECT INBOX\r\n"),
+        format!(
+            "{SELECT_INBOX}* 3 EXISTS\r\n* 1 RECENT\r\n* 1 FETCH (FLAGS (\\Seen))\r\na4 OK [READ-WRITE] Select completed.\r\n"
+        )
+    );
+    // Once selected, updates pass.
+    r.real.updates = b"* 4 EXISTS\r\n".to_vec();
+    assert_eq!(
+        r.says(b"a5 NOOP\r\n"),
+        "* 4 EXISTS\r\na5 OK NOOP completed.\r\n"
+    );
+    assert_eq!(commands(&r).len(), 5, "a4 never crossed");
+}
+
+#[test]
+fn an_oversized_prefetch_is_dropped_and_the_programs_select_crosses() {
+    let mut r = pf_rig();
+    let line = format!("* OK [X-PAD] {}\r\n", "x".repeat(100));
+    let extra = line.repeat(PREFETCH_LINES);
+    r.real.select_extra = extra.clone().into_bytes();
+    r.says(b"a1 LOGIN bob secret\r\n");
+    let got = r.says(b"a2 SELECT INBOX\r\n");
+    assert_eq!(
+        got,
+        format!("{SELECT_INBOX}{extra}a2 OK [READ-WRITE] Select completed.\r\n")
+    );
+    assert_eq!(commands(&r)[2], "a2 SELECT INBOX\r\n");
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert_eq!(r.client.stats().link_waits, 2);
+}
+
+/// Lines of 116 bytes: just over the 64 KiB kept.
+const PREFETCH_LINES: usize = 580;
+
+#[test]
+fn logout_with_the_prefetch_unclaimed_is_answered_and_checked() {
+    let mut r = pf_rig();
+    r.says(b"a1 LOGIN bob secret\r\n");
+    assert_eq!(
+        r.says(b"a2 LOGOUT\r\n"),
+        "* BYE Logging out\r\na2 OK Logout completed.\r\n"
+    );
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert!(!commands(&r).iter().any(|c| c.contains("UNSELECT")));
+}
+
+/// The bytes the client side gets from the server side for LOGIN and the
+/// prefetch, a literal in the SELECT response included (a hostile server's
+/// odd line), and what the program should get for its SELECT INBOX.
+fn prefetch_stream() -> (Vec<u8>, String) {
+    let mut real = FakeDovecot::new(false);
+    real.post_caps = POST_CAPS_UNSELECT.into();
+    real.select_extra = b"* OK [X-ODD] {5}\r\nhello\r\n".to_vec();
+    let mut s = ServerAccel::default();
+    let mut o = Output::default();
+    s.from_local(&std::mem::take(&mut real.out), true, &mut o);
+    let mut o = Output::default();
+    s.from_tunnel(b"a1 LOGIN bob secret\r\nxstraw.1 SELECT INBOX\r\n", &mut o);
+    real.feed(&o.to_local);
+    let mut o = Output::default();
+    s.from_local(&std::mem::take(&mut real.out), true, &mut o);
+    let want = format!(
+        "{SELECT_INBOX}* OK [X-ODD] {{5}}\r\nhello\r\na2 OK [READ-WRITE] Select completed.\r\n"
+    );
+    (o.to_tunnel, want)
+}
+
+#[test]
+fn split_reads_at_every_byte_boundary_give_the_same_bytes() {
+    let (down, want) = prefetch_stream();
+    let login_end = down
+        .windows(11)
+        .position(|w| w == b"Logged in\r\n")
+        .unwrap()
+        + 11;
+    let first_line_end = login_end + SELECT_INBOX.find("\r\n").unwrap() + 2;
+    for k in 0..=down.len() {
+        for bytewise in [false, true] {
+            let mut c = ClientAccel::new(&unselect_cache());
+            let mut o = Output::default();
+            c.start(&mut o);
+            c.from_tunnel(format!("{GREETING}\r\n").as_bytes(), &mut o);
+            c.from_local(b"a1 LOGIN bob secret\r\n", true, &mut o);
+            o.to_local.clear();
+            let pieces: Vec<&[u8]> = if bytewise {
+                std::iter::once(&down[..k])
+                    .chain(down[k..].chunks(1))
+                    .collect()
+            } else {
+                vec![&down[..k], &down[k..]]
+            };
+            let (mut mark, mut fed, mut waited) = (None, 0, false);
+            for p in pieces {
+                c.from_tunnel(p, &mut o);
+                fed += p.len();
+                // The program sends SELECT once it has LOGIN's OK.
+                if mark.is_none() && o.to_local.ends_with(b"Logged in\r\n") {
+                    mark = Some(o.to_local.len());
+                    // Not one line of the prefetched response is in yet.
+                    waited = fed < first_line_end;
+                    c.from_local(b"a2 SELECT INBOX\r\n", true, &mut o);
+                }
+            }
+            let mark = mark.expect("LOGIN's OK came");
+            assert_eq!(o.fail, None, "k={k}");
+            assert_eq!(show(&o.to_local[mark..]), want, "k={k} bytewise={bytewise}");
+            assert_eq!(
+                show(&o.to_tunnel),
+                "a1 LOGIN bob secret\r\nxstraw.1 SELECT INBOX\r\n",
+                "k={k}"
+            );
+            let s = c.stats();
+            assert_eq!(s.link_waits, 1 + u64::from(waited), "k={k}");
+            assert_eq!(s.local_replies, 2 - u64::from(waited), "k={k}");
+            assert_eq!(c.activity(), None, "k={k}");
+        }
+    }
+}
+
+#[test]
+fn prefetch_records_uidvalidity_like_a_program_select() {
+    let store: crate::partial::SharedStore = std::sync::Arc::new(crate::partial::MemStore::new());
+    for split in [false, true] {
+        let mut r = pf_rig();
+        r.client = ClientAccel::new(&unselect_cache()).with_store(store.clone());
+        let mut o = Output::default();
+        r.client.start(&mut o);
+        r.client
+            .from_tunnel(format!("{GREETING}\r\n").as_bytes(), &mut o);
+        if split {
+            // The program's SELECT comes before our SELECT's reply.
+            let o = r.client_takes(b"a1 LOGIN bob secret\r\n");
+            r.take(o, true);
+            while !r.c2s.is_empty() || !r.real.out.is_empty() {
+                r.hop();
+            }
+            let down = std::mem::take(&mut r.s2c);
+            let cut = down
+                .windows(11)
+                .position(|w| w == b"Logged in\r\n")
+                .unwrap()
+                + 11;
+            let mut o = Output::default();
+            r.client.from_tunnel(&down[..cut], &mut o);
+            r.client.from_local(b"a2 SELECT INBOX\r\n", true, &mut o);
+            assert_eq!(r.client.mailbox, None, "not yet");
+            r.client.from_tunnel(&down[cut..], &mut o);
+            assert!(show(&o.to_local).ends_with(&select_inbox_reply("a2")));
+        } else {
+            login_then_select(&mut r);
+        }
+        assert_eq!(
+            r.client.mailbox,
+            Some(("INBOX".to_string(), 1)),
+            "split={split}"
+        );
+        assert_eq!(r.client.user.as_deref(), Some("bob"));
+    }
+}
+
+proptest! {
+    #[test]
+    fn hostile_bytes_after_a_prefetched_login_never_panic(
+        data in proptest::collection::vec(any::<u8>(), 0..400),
+        cut in 0usize..400,
+        then in 0usize..4,
+    ) {
+        let mut c = ClientAccel::new(&unselect_cache());
+        let mut o = Output::default();
+        c.start(&mut o);
+        c.from_local(b"a1 LOGIN bob secret\r\n", true, &mut o);
+        let mut stream = format!("{GREETING}\r\na1 OK Logged in\r\n").into_bytes();
+        stream.extend_from_slice(&data);
+        let cut = cut.min(stream.len());
+        c.from_tunnel(&stream[..cut], &mut o);
+        let cmd: &[u8] = [
+            &b"a2 SELECT INBOX\r\n"[..],
+            b"a2 CLOSE\r\n",
+            b"a2 NOOP\r\n",
+            b"a2 EXAMINE INBOX\r\n",
+        ][then];
+        c.from_local(cmd, true, &mut o);
+        c.from_tunnel(&stream[cut..], &mut o);
+        c.from_tunnel(b"xstraw.1 OK done\r\nxstraw.2 NO no\r\n", &mut o);
+    }
 }
