@@ -19,7 +19,10 @@
 //! response: its untagged lines as the server sent them and its tagged
 //! completion under the program's tag, response code and text unchanged
 //! (`[READ-WRITE]`); what has not come yet follows as it comes. One round
-//! trip saved. It is asked only once per connection.
+//! trip saved. It is asked only once per connection. The server side does
+//! not flush LOGIN's tagged reply on its own when straw's SELECT is right
+//! behind it (the cork timer still bounds the delay), so the program finds
+//! the SELECT response here as soon as it has its login.
 //!
 //! SELECT, not EXAMINE: EXAMINE would select read-only, and the program's
 //! SELECT needs `[READ-WRITE]`, so it could not be answered from it. SELECT

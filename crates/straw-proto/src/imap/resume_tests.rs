@@ -131,8 +131,12 @@ struct Rig {
 
 impl Rig {
     fn new(store: &SharedStore, real: FakeImap, old_server: bool) -> Self {
+        Self::with_cache(store, real, old_server, &Cache::new())
+    }
+
+    fn with_cache(store: &SharedStore, real: FakeImap, old_server: bool, cache: &Cache) -> Self {
         let mut r = Rig {
-            client: ClientAccel::new(&Cache::new()).with_store(store.clone()),
+            client: ClientAccel::new(cache).with_store(store.clone()),
             server: (!old_server).then(ServerAccel::default),
             real,
             prog: Vec::new(),
@@ -484,4 +488,31 @@ fn resumed_answer_without_its_literal_fails_the_connection() {
     assert!(o.fail.is_some(), "a splice with no literal must fail");
     // The real response passes; nothing is spliced anywhere.
     assert_eq!(o.to_local, b"* 5 FETCH (FLAGS (\\Seen))\r\n");
+}
+
+#[test]
+fn a_select_inbox_asked_with_the_login_keys_resume_like_the_programs_own() {
+    let b = body(0, 40_000);
+    let (_m, store) = mem();
+    cut(&store, &b, UID_FETCH.as_bytes(), 15_000);
+    // A server known to offer UNSELECT: the prefetch is on.
+    let mut cache = Cache::new();
+    cache.insert(
+        AUTHED_CAPABILITY_KEY.into(),
+        b"* CAPABILITY IMAP4rev1 UNSELECT".to_vec(),
+    );
+    let mut r = Rig::with_cache(&store, FakeImap::new(b.clone()), false, &cache);
+    assert!(r.run(b"a LOGIN bob pw\r\n"));
+    assert!(r.run(b"b SELECT INBOX\r\n"));
+    assert_eq!(r.real.seen, ["a LOGIN bob pw", "xstraw.1 SELECT INBOX"]);
+    let before = (r.prog.len(), r.down);
+    assert!(r.run(UID_FETCH.as_bytes()));
+    assert!(
+        r.down - before.1 < 40_000 - 15_000 + 1_000,
+        "{} bytes crossed for 25000 missing",
+        r.down - before.1
+    );
+    let want = direct(&b, UID_FETCH.as_bytes());
+    let greeting = want.iter().position(|&c| c == b'\n').unwrap() + 1;
+    assert!(r.prog[before.0..] == want[greeting..], "not byte-exact");
 }

@@ -1,6 +1,7 @@
 //! `SELECT INBOX` asked for with the login (see the [module docs](super)
-//! for the rule): the client side's half. The server side does nothing
-//! special; the command crosses as any other.
+//! for the rule): the client side's half. The command crosses as any
+//! other; the server side only leaves LOGIN's reply unflushed when it is
+//! followed by it.
 
 use super::client::{ClientAccel, PendKind, Pending};
 use super::framer::content;

@@ -46,6 +46,12 @@ pub struct ServerAccel {
     /// A FETCH response held while it may carry the offered literal.
     hold: Option<Hold>,
     stats: AccelStats,
+    /// The tag of the last command if it was a LOGIN.
+    last_login: Option<Vec<u8>>,
+    /// A LOGIN with the client side's `SELECT INBOX` right behind it: its
+    /// tagged reply is not flushed alone, so that the program, once it
+    /// has it, finds the SELECT's reply there too.
+    login_cork: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +93,8 @@ impl ServerAccel {
             answers: Vec::new(),
             hold: None,
             stats: AccelStats::default(),
+            last_login: None,
+            login_cork: None,
         }
     }
 
@@ -262,6 +270,13 @@ impl ServerAccel {
                         if lit.is_none() && self.resume_cmd(&raw, &verb, out) {
                             continue;
                         }
+                        let login = self.last_login.take();
+                        if verb == "LOGIN" {
+                            self.last_login = Some(tag.to_vec());
+                        } else if verb == "SELECT" && tag.starts_with(resume::TAG_PREFIX.as_bytes())
+                        {
+                            self.login_cork = login;
+                        }
                         if verb == "IDLE" {
                             self.idle_tag = Some(tag.to_vec());
                         }
@@ -336,6 +351,10 @@ impl ServerAccel {
             return true;
         }
         self.resp_kind = RespKind::Tagged;
+        if self.login_cork.as_deref() == Some(tag) {
+            self.login_cork = None;
+            self.resp_kind = RespKind::Untagged { flush: false };
+        }
         if self.idle_tag.as_deref() == Some(tag) {
             self.idle_tag = None;
         }

@@ -908,9 +908,15 @@ fn prefetched_select_inbox_answers_the_program_and_saves_a_wait() {
         "in the same flush"
     );
     assert!(o.flush);
+    let flushes = r.flushes;
     r.take(o, true);
     r.pump();
     r.prog_take();
+    assert_eq!(
+        r.flushes,
+        flushes + 1,
+        "LOGIN's reply leaves with the SELECT's"
+    );
     let seen = r.real.commands.len();
     let o = r.client_takes(b"a2 SELECT INBOX\r\n");
     assert!(o.to_tunnel.is_empty(), "nothing crosses");
