@@ -15,6 +15,7 @@ use crate::tunnel::SharedCache;
 pub enum Side {
     Client {
         pop3: pop3::Pop3Config,
+        imap: imap::ImapConfig,
         http: http::HttpPolicy,
         /// What earlier connections cached (greetings, capabilities).
         cache: SharedCache,
@@ -51,6 +52,7 @@ impl AccelFactory {
         match &self.side {
             Side::Client {
                 pop3: pop3_cfg,
+                imap: imap_cfg,
                 http: policy,
                 cache,
                 partials,
@@ -76,7 +78,7 @@ impl AccelFactory {
                         smtp::ClientAccel::with_store,
                     ),
                     Protocol::Imap => with_store(
-                        imap::ClientAccel::new(&cache),
+                        imap::ClientAccel::with_config(&cache, *imap_cfg),
                         store,
                         imap::ClientAccel::with_store,
                     ),

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use straw_core::session::{Role, Session, SessionConfig};
 use straw_core::wire::{Hello, Resume};
 use straw_proto::partial::SharedStore;
-use straw_proto::{http, pop3};
+use straw_proto::{http, imap, pop3};
 use straw_tunnel::handshake::{
     ResumePlan, Timestamps, check_peer_hello, client_hello, plan_client_resume, unix_nanos,
 };
@@ -463,6 +463,10 @@ fn listen(
                     prefetch: cfg.pop3.prefetch,
                     prefetch_retr_max_bytes: cfg.pop3.prefetch_retr_max_bytes,
                     prefetch_retr_depth: cfg.pop3.prefetch_retr_depth,
+                },
+                imap: imap::ImapConfig {
+                    prefetch_select: cfg.imap.prefetch_select,
+                    ..Default::default()
                 },
                 http: http::HttpPolicy {
                     blocked_hosts: cfg.http.blocked_hosts.clone(),

@@ -410,6 +410,24 @@ pub struct ClientHttp {
     pub blocked_hosts: Vec<String>,
 }
 
+/// Client-side IMAP options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientImap {
+    /// Send `SELECT INBOX` with the program's LOGIN and answer its own
+    /// `SELECT INBOX` from that real reply (only where the server offers
+    /// UNSELECT, to undo it when the program wants something else).
+    pub prefetch_select: bool,
+}
+
+impl Default for ClientImap {
+    fn default() -> Self {
+        Self {
+            prefetch_select: true,
+        }
+    }
+}
+
 /// Client-side POP3 options.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -660,6 +678,8 @@ pub struct ClientConfig {
     pub http: ClientHttp,
     #[serde(default)]
     pub pop3: ClientPop3,
+    #[serde(default)]
+    pub imap: ClientImap,
     #[serde(default)]
     pub partial: ClientPartial,
     #[serde(default)]
@@ -1065,6 +1085,14 @@ mod budget_tests {
 #[cfg(test)]
 mod hold_tests {
     use super::*;
+
+    #[test]
+    fn imap_select_prefetch_is_on_unless_turned_off() {
+        assert!(ClientImap::default().prefetch_select);
+        let c: ClientImap = toml::from_str("prefetch_select = false").unwrap();
+        assert!(!c.prefetch_select);
+        assert!(toml::from_str::<ClientImap>("prefetch = true").is_err());
+    }
 
     #[test]
     fn hold_needs_prefetch_and_plain_addresses() {
