@@ -118,5 +118,53 @@ class ImapTest(unittest.TestCase):
         self.assertEqual(self.imap.noop()[0], "OK")
 
 
+class ImapBeforeSelectTest(unittest.TestCase):
+    """What a program does after LOGIN and before (or instead of) SELECT
+    INBOX: through straw, which selects INBOX ahead with the login, the
+    answers must be those of a server with no mailbox selected."""
+
+    def login(self):
+        m = imaplib.IMAP4(*IMAP, timeout=TIMEOUT)
+        self.addCleanup(lambda: m.state == "LOGOUT" or m.shutdown())
+        self.assertEqual(m.login(USER_A, PASSWORD)[0], "OK")
+        return m
+
+    def test_close_before_select_expunges_nothing(self):
+        seeded = manifest(USER_A)
+        m = self.login()
+        m.select("INBOX")
+        self.assertEqual(m.store("1", "+FLAGS", r"(\Deleted)")[0], "OK")
+        m.logout()  # LOGOUT never expunges
+        try:
+            m = self.login()
+            # No mailbox selected: the server refuses CLOSE.
+            with self.assertRaises(imaplib.IMAP4.error):
+                m._simple_command("CLOSE")
+            typ, data = m.select("INBOX")
+            self.assertEqual(typ, "OK")
+            self.assertEqual(int(data[0]), len(seeded), "CLOSE expunged INBOX")
+            m.logout()
+        finally:
+            m = self.login()
+            m.select("INBOX")
+            m.store("1", "-FLAGS", r"(\Deleted)")
+            m.logout()
+
+    def test_examine_other_mailbox_and_list_before_select(self):
+        m = self.login()
+        typ, data = m.list()
+        self.assertEqual(typ, "OK")
+        self.assertTrue(any(b"INBOX" in d for d in data), data)
+        typ, data = m.select("INBOX", readonly=True)
+        self.assertEqual(typ, "OK")
+        self.assertIn("READ-ONLY", m.untagged_responses)
+        typ, _ = m.select("No-Such-Mailbox")
+        self.assertEqual(typ, "NO")
+        typ, data = m.select("INBOX")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(int(data[0]), len(manifest(USER_A)))
+        m.logout()
+
+
 if __name__ == "__main__":
     unittest.main()
