@@ -209,6 +209,17 @@ impl Tunnel {
         self.pressure
     }
 
+    /// The host's codec CPU is saturated and this tunnel uses a real part
+    /// of it (`true`), or no longer: its session keeps to the fast codec
+    /// meanwhile ([`straw_core::session::Session::set_cpu_degraded`]).
+    pub fn set_cpu_degraded(&mut self, on: bool) {
+        self.session.set_cpu_degraded(on);
+    }
+
+    pub fn cpu_degraded(&self) -> bool {
+        self.session.cpu_degraded()
+    }
+
     /// Bytes of stream data held on this side of the link: the peer's bytes
     /// not yet written to local sockets (queued, waiting for a dial, or
     /// held by accelerators) and local bytes the session holds for the

@@ -24,6 +24,7 @@ pub mod cache;
 pub mod check;
 pub mod cli_docs;
 pub mod client;
+pub mod codec_load;
 pub mod config;
 pub mod control;
 mod dialogue;

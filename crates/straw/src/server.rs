@@ -284,6 +284,7 @@ pub async fn serve_with_relay(
         limits.total_buffer_bytes,
         Duration::from_secs(limits.log_interval_secs),
     );
+    let codec_load = crate::codec_load::CodecLoad::for_host(crate::tunnel::now());
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -317,9 +318,10 @@ pub async fn serve_with_relay(
         let logs = logs.clone();
         let metrics = metrics.clone();
         let memory = memory.clone();
+        let codec_load = codec_load.clone();
         tokio::spawn(async move {
             let r = handle(
-                sock, peer, ticket, state, sessions, relay, &logs, metrics, memory,
+                sock, peer, ticket, state, sessions, relay, &logs, metrics, memory, codec_load,
             )
             .await;
             if let Err(e) = r {
@@ -578,6 +580,7 @@ async fn handle(
     logs: &LogLimiter,
     metrics: Arc<Metrics>,
     memory: Arc<crate::memory::MemoryAccount>,
+    codec_load: Arc<crate::codec_load::CodecLoad>,
 ) -> Result<()> {
     let cfg = &state.cfg;
     if let Err(e) = tcp::configure_tunnel(&sock, &cfg.tcp) {
@@ -690,6 +693,7 @@ async fn handle(
             tunnel.set_stop(stop);
             tunnel.set_metrics(metrics.tunnel(&name));
             tunnel.set_memory_account(&memory);
+            tunnel.set_codec_load(&codec_load);
             (id, Box::new(tunnel))
         }
     };

@@ -177,6 +177,8 @@ pub struct Tunnel {
     metrics: crate::metrics::TunnelMetrics,
     /// This tunnel's part of the server's memory budget, if it has one.
     memory: Option<crate::memory::Share>,
+    /// This tunnel's codec CPU in the server's account (None: not counted).
+    codec_load: Option<crate::codec_load::CodecShare>,
     /// The client's status board, and when (with how many connections) it
     /// last heard from us.
     board: Option<Arc<crate::status::Board>>,
@@ -226,6 +228,7 @@ impl Tunnel {
             user_timeout_set: None,
             metrics: Default::default(),
             memory: None,
+            codec_load: None,
             board: None,
             board_told: None,
         }
@@ -287,6 +290,37 @@ impl Tunnel {
     /// holds it back while the budget is spent.
     pub fn set_memory_account(&mut self, account: &Arc<crate::memory::MemoryAccount>) {
         self.memory = Some(account.share());
+    }
+
+    /// Counts this tunnel's codec CPU in the server's account; while codec
+    /// work saturates the cores and this tunnel takes a real share of it,
+    /// its session keeps to the fast codec (see [`crate::codec_load`]).
+    pub fn set_codec_load(&mut self, load: &Arc<crate::codec_load::CodecLoad>) {
+        self.codec_load = Some(load.share(now()));
+    }
+
+    /// Counts `cpu` of building (`encode`) or taking in records.
+    fn codec_cpu(&mut self, cpu: Option<Duration>, encode: bool) {
+        let Some(cpu) = cpu else {
+            return;
+        };
+        if encode {
+            self.metrics.encode_cpu(cpu);
+        } else {
+            self.metrics.decode_cpu(cpu);
+        }
+        if let Some(share) = self.codec_load.as_mut() {
+            share.add(cpu);
+        }
+    }
+
+    fn account_codec_load(&mut self, t: std::time::Instant) {
+        if let Some(share) = self.codec_load.as_mut() {
+            let on = share.degraded(t);
+            if on != self.core.cpu_degraded() {
+                self.core.set_cpu_degraded(on);
+            }
+        }
     }
 
     /// Reports what the tunnel buffers; under pressure it reads and grants
@@ -444,8 +478,16 @@ impl Tunnel {
             if out_pos == out.len() {
                 out.clear();
                 out_pos = 0;
+                let timing = self.metrics.enabled() || self.codec_load.is_some();
                 while out.len() < WRITE_AHEAD {
-                    let Some(rec) = self.metrics.encode(|| self.core.poll_transmit(t)) else {
+                    let rec = if timing {
+                        let (rec, cpu) = crate::metrics::cpu_timed(|| self.core.poll_transmit(t));
+                        self.codec_cpu(cpu, true);
+                        rec
+                    } else {
+                        self.core.poll_transmit(t)
+                    };
+                    let Some(rec) = rec else {
                         break;
                     };
                     self.transport.encrypt(&rec, &mut out)?;
@@ -453,6 +495,7 @@ impl Tunnel {
                 self.core.set_link_backlog(out.len());
             }
             self.account_memory();
+            self.account_codec_load(t);
             self.send_grants();
             self.send_local();
             self.publish_stats();
@@ -499,8 +542,10 @@ impl Tunnel {
                     }
                     while let Some(msg) = reader.next_message() {
                         self.transport.decrypt(&msg, &mut plain)?;
-                        self.metrics
-                            .decode(|| self.core.handle_record(now(), &plain))?;
+                        let (r, cpu) =
+                            crate::metrics::cpu_timed(|| self.core.handle_record(now(), &plain));
+                        self.codec_cpu(cpu, false);
+                        r?;
                     }
                 }
                 r = wr.write(&out[out_pos..]), if out_pos < out.len() => {

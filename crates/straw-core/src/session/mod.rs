@@ -171,6 +171,9 @@ pub struct SessionStats {
     /// Times the sender switched to the fast codec, and back.
     pub fast_switches: u64,
     pub slow_switches: u64,
+    /// Times the driver said the host's codec CPU was saturated with this
+    /// session among its users ([`Session::set_cpu_degraded`]).
+    pub cpu_degraded: u64,
     /// Wire bytes sent and received (records, before the link layer's
     /// framing), by service class ([`SessionConfig::accounting_services`],
     /// [`WIRE_CLASS_CONTROL`], [`WIRE_CLASS_OTHER`]); each sums to its total.
@@ -234,6 +237,9 @@ pub struct Session {
     estimate: LinkEstimate,
     /// Which codec new records use, by the measured rate.
     tier: Tier,
+    /// The host's codec CPU is saturated and this session is among those
+    /// that use it: at least the fast tier, whatever the rate says.
+    cpu_degraded: bool,
     /// Codec byte of the record being handled (for the received counters).
     rx_codec: u8,
     /// Stream bytes by class in the record being built, the bulk unit being
@@ -300,6 +306,7 @@ impl Session {
             last_acked_sent_at: now,
             estimate,
             tier: Tier::Strong,
+            cpu_degraded: false,
             rx_codec: 0,
             tx_class_raw: [0; WIRE_CLASSES],
             rx_class_raw: [0; WIRE_CLASSES],

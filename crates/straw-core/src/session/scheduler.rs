@@ -38,6 +38,11 @@ impl Session {
         {
             return Some(self.send_codec_reset(now));
         }
+        // The fast tiers never use the strong codecs' contexts (megabytes):
+        // both sides drop them now, not after the idle reset.
+        if self.is_fast() && self.bulk_out.is_empty() && self.encoder.memory_bytes() > 0 {
+            return Some(self.send_codec_reset(now));
+        }
         if (self.has_sendable_data() || !self.control.is_empty()) && self.cork_deadline.is_none() {
             self.cork_deadline = Some(now + self.cork_delay());
         }

@@ -1841,3 +1841,67 @@ fn an_abandoned_bulk_stream_stops_soon_and_another_reply_gets_through() {
     let allowed = Duration::from_secs(2) + Duration::from_secs_f64(bound as f64 / rate);
     assert!(took <= allowed, "reply after {took:?}, allowed {allowed:?}");
 }
+
+/// The driver says the host's codec CPU is saturated and this session uses
+/// a real share of it: new records go LZ4 at any measured rate, both sides
+/// drop the strong codec's contexts at once (a CodecReset, not after the
+/// idle reset), and when the pressure ends a slow link's rate brings the
+/// strong codec back. Every byte arrives exact throughout.
+#[test]
+fn cpu_degraded_session_goes_fast_and_frees_the_strong_contexts() {
+    let mut sim = Sim::new(2_000.0, Duration::from_millis(200));
+    let id = sim
+        .client
+        .open_stream(b"mail", b"", Priority::Interactive)
+        .unwrap();
+    let mut sent = Vec::new();
+    let send = |sim: &mut Sim, sent: &mut Vec<u8>, text: &[u8]| {
+        sim.client.send(id, text).unwrap();
+        sim.client.flush(id);
+        sent.extend_from_slice(text);
+        sim.run_for(Duration::from_secs(5));
+        let got = Sim::received(&sim.server_events, id);
+        assert!(got == *sent, "{} of {} bytes", got.len(), sent.len());
+    };
+    send(&mut sim, &mut sent, &mail_text(3000));
+    assert_eq!(sim.client.tier(), Tier::Strong);
+    assert!(sim.client.codec_memory_bytes() > 64 * 1024);
+    assert!(sim.server.codec_memory_bytes() > 64 * 1024);
+
+    sim.client.set_cpu_degraded(true);
+    assert!(sim.client.cpu_degraded());
+    assert_eq!(
+        (sim.client.tier(), sim.client.record_codec()),
+        (Tier::Fast, CodecId::Lz4)
+    );
+    send(&mut sim, &mut sent, &mail_text(3000));
+    assert_eq!(sim.client.stats().codec_resets, 1);
+    assert_eq!(
+        sim.server.stats().codec_resets,
+        0,
+        "the server's own encoder is its own"
+    );
+    assert_eq!(sim.client.codec_memory_bytes(), 0);
+    assert!(
+        sim.server.codec_memory_bytes() <= 64 * 1024,
+        "the peer's decoder too: {}",
+        sim.server.codec_memory_bytes()
+    );
+    assert!(
+        sim.client.stats().raw_bytes_by_codec[CodecId::Lz4 as usize] > 0,
+        "{:?}",
+        sim.client.stats().raw_bytes_by_codec
+    );
+    // Degraded on a slow link: the rate alone would say strong.
+    assert_eq!(sim.client.tier(), Tier::Fast);
+    assert_eq!(sim.client.stats().cpu_degraded, 1);
+
+    sim.client.set_cpu_degraded(false);
+    assert_eq!(
+        (sim.client.tier(), sim.client.record_codec()),
+        (Tier::Strong, CodecId::Zstd)
+    );
+    let before = sim.client.stats().raw_bytes_by_codec[CodecId::Zstd as usize];
+    send(&mut sim, &mut sent, &mail_text(2000));
+    assert!(sim.client.stats().raw_bytes_by_codec[CodecId::Zstd as usize] > before);
+}

@@ -33,21 +33,46 @@ impl Session {
         }
     }
 
+    /// The driver's word that the host's CPU is saturated by codec work and
+    /// that this session takes a real part of it (or no longer: `false`).
+    /// While on, new records use at least the fast codec: the rate this
+    /// session measures can't say it, because a starved compressor holds it
+    /// down (the strong codec then keeps itself, and everyone, starved).
+    /// Off, the measured rate decides again, with its hysteresis.
+    pub fn set_cpu_degraded(&mut self, on: bool) {
+        if on != self.cpu_degraded {
+            self.cpu_degraded = on;
+            if on {
+                self.stats.cpu_degraded += 1;
+            }
+            self.update_fast();
+        }
+    }
+
+    pub fn cpu_degraded(&self) -> bool {
+        self.cpu_degraded
+    }
+
     /// Picks the codec tier from the measured rate, with hysteresis. The
     /// rate is at least [`Session::rtt_rate_floor`]: a round trip of a
-    /// millisecond proves a link far faster than the strong codec.
+    /// millisecond proves a link far faster than the strong codec. A
+    /// [degraded](Self::set_cpu_degraded) session stays off the strong tier.
     pub(super) fn update_fast(&mut self) {
         if self.cfg.fast_codec.is_none() {
             return;
         }
         let rate = self.estimate.rate().max(self.rtt_rate_floor());
         let c = &self.cfg;
-        let tier = match self.tier {
+        let by_rate = match self.tier {
             Tier::Strong if rate > c.stored_enter_rate => Tier::Stored,
             Tier::Strong if rate > c.fast_enter_rate => Tier::Fast,
             Tier::Fast | Tier::Stored if rate < c.fast_exit_rate => Tier::Strong,
             Tier::Fast if rate > c.stored_enter_rate => Tier::Stored,
             Tier::Stored if rate < c.stored_exit_rate => Tier::Fast,
+            t => t,
+        };
+        let tier = match by_rate {
+            Tier::Strong if self.cpu_degraded => Tier::Fast,
             t => t,
         };
         if (self.tier == Tier::Strong) != (tier == Tier::Strong) {

@@ -1122,7 +1122,10 @@ fn retr_prefetch_three_ahead_keeps_a_run_of_three_within_the_cap() {
     assert_eq!(o.to_tunnel, b"RETR 1\r\nRETR 2\r\nRETR 3\r\nRETR 4\r\n");
     o.clear();
     c.from_tunnel(b"+OK\r\na\r\n.\r\n+OK\r\nb\r\n.\r\n", &mut o);
-    assert_eq!(o.to_local, b"+OK\r\na\r\n.\r\n", "2 is held for the program");
+    assert_eq!(
+        o.to_local, b"+OK\r\na\r\n.\r\n",
+        "2 is held for the program"
+    );
     o.clear();
     // The program's RETR 2 is served here and one more is asked ahead.
     c.from_local(b"RETR 2\r\n", true, &mut o);

@@ -248,8 +248,9 @@ fn print_table(r: &LoadReport) {
     }
     println!(
         "past {:.0} busy 2,400 bit/s links per core, CM can't compress as fast as the links \
-         drain: a slow link's tier stays on CM whatever the CPU, so records leave late and \
-         every such link runs below line rate.",
+         drain: codec work then passes 40% of the cores, and the server moves the tunnels \
+         using the most of it to LZ4 (about 2.5x the wire bytes of CM on mail) until it drops \
+         below 20%, rather than let every link run below line rate (straw::codec_load).",
         r.cm_tunnels_per_core_at_2400
     );
 }
