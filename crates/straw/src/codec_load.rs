@@ -166,6 +166,9 @@ impl CodecShare {
     pub fn add(&mut self, cpu: Duration) {
         self.window_ns = self.window_ns.saturating_add(cpu.as_nanos() as u64);
         self.load.add(cpu);
+        // A user from its first work on, so that the first judgement
+        // already divides by every tunnel that works.
+        self.set_user(true);
     }
 
     /// Whether this tunnel should keep off the strong codec now.
@@ -228,19 +231,17 @@ mod tests {
         let mut shares: Vec<CodecShare> = (0..21).map(|_| load.share(t0)).collect();
         let mut duty = vec![0.06; 20];
         duty.push(0.004);
-        // The first period counts the users; the second judges shares.
-        period(&load, &mut shares, &duty, t0 + SAMPLE);
+        let d = period(&load, &mut shares, &duty, t0 + SAMPLE);
         assert!(load.pressure(t0 + SAMPLE), "1.2 of 2 cores is over 40%");
         assert_eq!(load.users(), 21);
-        let d = period(&load, &mut shares, &duty, t0 + 2 * SAMPLE);
         assert!(d[..20].iter().all(|&x| x), "busy tunnels degrade: {d:?}");
         assert!(!d[20], "the slow link keeps the strong codec");
         // Degraded, the busy ones cost little: the pressure ends and every
         // tunnel's measured rate decides again.
         let mut duty = vec![0.005; 20];
         duty.push(0.004);
-        let d = period(&load, &mut shares, &duty, t0 + 3 * SAMPLE);
-        assert!(!load.pressure(t0 + 3 * SAMPLE), "{}", load.rate());
+        let d = period(&load, &mut shares, &duty, t0 + 2 * SAMPLE);
+        assert!(!load.pressure(t0 + 2 * SAMPLE), "{}", load.rate());
         assert!(d.iter().all(|&x| !x), "{d:?}");
     }
 
@@ -256,10 +257,13 @@ mod tests {
         assert_eq!(load.users(), 3);
         shares.pop();
         assert_eq!(load.users(), 2);
+        // A period without codec work: no longer a user.
+        let _ = period(&load, &mut shares, &[0.0, 0.3], t0 + 2 * SAMPLE);
+        assert_eq!(load.users(), 1);
         // Slow links alone filling the cores degrade too (past what the
         // cores can compress for them): rather that than all running late.
-        let d = period(&load, &mut shares, &[0.9, 0.9], t0 + 2 * SAMPLE);
-        assert!(load.pressure(t0 + 2 * SAMPLE));
+        let d = period(&load, &mut shares, &[0.9, 0.9], t0 + 3 * SAMPLE);
+        assert!(load.pressure(t0 + 3 * SAMPLE));
         assert!(d.iter().all(|&x| x), "{d:?}");
     }
 }

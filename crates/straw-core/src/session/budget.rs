@@ -81,6 +81,8 @@ impl Session {
     pub(super) fn bulk_unit_raw(&self) -> usize {
         let raw =
             self.estimate.rate() * self.cfg.bulk_unit_secs / self.estimate.compression_ratio();
-        (raw as usize).clamp(self.record_target_raw(), self.cfg.max_record)
+        (raw as usize)
+            .clamp(self.record_target_raw(), self.cfg.max_record)
+            .min(self.cfg.max_bulk_unit.max(1))
     }
 }

@@ -45,6 +45,11 @@ pub struct SessionConfig {
     /// and never below `min_bulk_slice` bytes (header cost stays < 1%).
     pub bulk_slice_secs: f64,
     pub min_bulk_slice: usize,
+    /// Most raw bytes in one bulk unit: the strong codec compresses a unit
+    /// in one go on the runtime's thread (CM: ~2.5 ms per KB), so this
+    /// bounds how long any other tunnel's reply can wait behind it. Units
+    /// share their history, so smaller ones cost only a flush each.
+    pub max_bulk_unit: usize,
     pub bulk_codec_params: CodecParams,
     pub bulk_decoder_limits: DecoderLimits,
     /// Services whose outgoing stream data goes through the base64
@@ -125,6 +130,7 @@ impl SessionConfig {
             bulk_unit_secs: 2.0,
             bulk_slice_secs: 0.25,
             min_bulk_slice: 4096,
+            max_bulk_unit: 16 * 1024,
             bulk_codec_params: CodecParams::default(),
             bulk_decoder_limits: DecoderLimits::default(),
             transform_services: Vec::new(),

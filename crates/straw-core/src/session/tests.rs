@@ -630,12 +630,14 @@ fn resume_after_cut_delivers_everything_once() {
     let (clean_up, clean_down, _) = transfer_with_cuts(&up, &down, &[]);
     assert_eq!(clean_up, up);
     assert_eq!(clean_down, down);
-    let (got_up, got_down, sim) = transfer_with_cuts(&up, &down, &[300, 800, 1500]);
+    // Early enough to fall inside the transfer (16 KiB bulk units let it
+    // reach the fast tier sooner than 60 KiB ones did).
+    let (got_up, got_down, sim) = transfer_with_cuts(&up, &down, &[100, 250, 400]);
     assert_eq!(got_up.len(), up.len());
     assert!(got_up == up, "upstream bytes differ");
     assert!(got_down == down, "downstream bytes differ");
     let st = sim.client.stats();
-    assert!(st.records_resent > 0, "the cuts lost nothing?");
+    assert!(st.records_resent > 0, "the cuts lost nothing? {st:?}");
     // Only what was in flight at each cut travels twice.
     assert!(st.wire_bytes_resent < st.wire_bytes_sent / 2, "{st:?}");
     // Each side saw exactly one OPEN and one FIN.
@@ -1904,4 +1906,54 @@ fn cpu_degraded_session_goes_fast_and_frees_the_strong_contexts() {
     let before = sim.client.stats().raw_bytes_by_codec[CodecId::Zstd as usize];
     send(&mut sim, &mut sent, &mail_text(2000));
     assert!(sim.client.stats().raw_bytes_by_codec[CodecId::Zstd as usize] > before);
+}
+
+/// The strong codec compresses a bulk unit in one go on the runtime's
+/// thread, so a unit's size bounds how long another tunnel's reply can wait
+/// behind it: at rates just below the fast tier a unit would otherwise be
+/// `max_record` (60 KiB, ~150 ms of CM).
+#[test]
+fn bulk_units_never_pass_max_bulk_unit() {
+    let mut sim = Sim::new(12_000.0, Duration::from_millis(50));
+    let id = sim
+        .client
+        .open_stream(b"mail", b"", Priority::Bulk)
+        .unwrap();
+    let text = mail_text(400_000);
+    let (mut off, mut most, mut seen) = (0, 0, 0);
+    for _ in 0..20_000 {
+        let cap = sim.client.send_capacity(id).min(text.len() - off);
+        if cap > 0 {
+            sim.client.send(id, &text[off..off + cap]).unwrap();
+            off += cap;
+        }
+        sim.step(Duration::from_millis(1));
+        // The program reads everything at once.
+        for (_, e) in &sim.server_events[seen..] {
+            if let Event::Data {
+                stream, payload, ..
+            } = e
+            {
+                sim.server.consumed(*stream, payload.len());
+            }
+        }
+        seen = sim.server_events.len();
+        most = most.max(sim.client.bulk_unit_raw());
+        if Sim::received(&sim.server_events, id).len() == text.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        sim.client.tier(),
+        Tier::Strong,
+        "12 kB/s is below the fast tier"
+    );
+    let cfg = sim.client.config();
+    assert!(most <= cfg.max_bulk_unit, "{most}");
+    // Without the bound the rate would have asked for more.
+    let unbounded = (sim.client.estimate().rate() * cfg.bulk_unit_secs
+        / sim.client.estimate().compression_ratio()) as usize;
+    assert!(unbounded > cfg.max_bulk_unit, "{unbounded}");
+    let got = Sim::received(&sim.server_events, id);
+    assert!(got == text, "{} of {} bytes", got.len(), text.len());
 }

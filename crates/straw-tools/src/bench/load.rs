@@ -59,7 +59,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1000)]
     pub tunnels: usize,
     /// How many of those tunnels download bulk data at once.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, visible_alias = "active", default_value_t = 20)]
     pub bulk: usize,
     /// MiB each bulk tunnel downloads from the `source` upstream.
     #[arg(long, default_value_t = 64)]
@@ -70,7 +70,7 @@ pub struct LoadArgs {
     pub bulk_timeout_secs: u64,
     /// Seconds to hold every tunnel idle at the end before counting the
     /// live ones (issue 11 asks for 600).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, visible_alias = "hold", default_value_t = 60)]
     pub hold_secs: u64,
     /// Time between echo probes, milliseconds.
     #[arg(long, default_value_t = 20)]
