@@ -130,7 +130,7 @@ impl SessionConfig {
             bulk_unit_secs: 2.0,
             bulk_slice_secs: 0.25,
             min_bulk_slice: 4096,
-            max_bulk_unit: 16 * 1024,
+            max_bulk_unit: 8 * 1024,
             bulk_codec_params: CodecParams::default(),
             bulk_decoder_limits: DecoderLimits::default(),
             transform_services: Vec::new(),
