@@ -631,8 +631,8 @@ fn resume_after_cut_delivers_everything_once() {
     assert_eq!(clean_up, up);
     assert_eq!(clean_down, down);
     // Early enough to fall inside the transfer (16 KiB bulk units let it
-    // reach the fast tier sooner than 60 KiB ones did).
-    let (got_up, got_down, sim) = transfer_with_cuts(&up, &down, &[100, 250, 400]);
+    // reach the fast tier sooner than 60 KiB ones did; 8 KiB sooner still).
+    let (got_up, got_down, sim) = transfer_with_cuts(&up, &down, &[50, 150, 300]);
     assert_eq!(got_up.len(), up.len());
     assert!(got_up == up, "upstream bytes differ");
     assert!(got_down == down, "downstream bytes differ");
