@@ -566,8 +566,9 @@ def straw_setup(a, straw):
         proto = straw_proto(a, s)
         lines += ["", "[[service]]", f'name = "{s}"', f'protocol = "{proto}"',
                   f'listen = "127.0.0.1:{STRAW_LOCAL[s]}"']
+    extra = ["", "# --client-toml"] + a.client_toml if a.client_toml else []
     with open(os.path.join(d, "client.toml"), "w") as f:
-        f.write("\n".join(lines + session) + "\n")
+        f.write("\n".join(lines + session + extra) + "\n")
     return d
 
 
@@ -851,6 +852,9 @@ def main():
     ap.add_argument("--delay", type=int, default=int(env("STRAW_BENCH_DELAY", "500")),
                     help="one-way delay, ms (env STRAW_BENCH_DELAY; default 500)")
     ap.add_argument("--mss", type=int, default=536)
+    ap.add_argument("--client-toml", action="append", default=[], metavar="LINE",
+                    help="a line appended to straw's client.toml (repeatable), e.g. '[imap]' "
+                         "then 'prefetch_select = false'")
     ap.add_argument("--session-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="a line for both straw configs' [session] (repeatable), e.g. inflight_secs=3")
     ap.add_argument("--overhead", type=int, default=40)

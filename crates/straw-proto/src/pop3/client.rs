@@ -758,7 +758,20 @@ impl Accelerator for ClientAccel {
     /// QUIT (a mail program dropping a long RETR): nothing will read the
     /// rest, and the real server would end the session too.
     fn local_eof(&mut self, out: &mut Output) {
-        if !self.failed && !self.quit_sent && self.owed.waiting() {
+        if self.failed {
+            return;
+        }
+        // After a QUIT that commits nothing (answered here), what may still
+        // come is replies no one will read: prefetched messages, the rest
+        // of a RETR the program stopped reading. The reset stops them; the
+        // real server, dropped without QUIT, has nothing to commit either.
+        let after_idle_quit = self.quit_sent
+            && !self.may_commit
+            && self
+                .expect
+                .iter()
+                .any(|e| matches!(e.disp, Disp::Deliver { .. }));
+        if (!self.quit_sent && self.owed.waiting()) || after_idle_quit {
             out.abandoned = true;
         }
     }

@@ -485,10 +485,19 @@ fn pop3_program_leaving_mid_reply_abandons_the_stream() {
     let mut o = Output::default();
     c.local_eof(&mut o);
     assert!(o.abandoned);
-    // QUIT first: its reply is still owed, the end of input is a goodbye.
+    // QUIT first, nothing deleted: the QUIT commits nothing, and the rest
+    // of the RETR is read by no one: stopped too.
     let mut c = mid_retr();
     let mut o = Output::default();
     c.from_local(b"QUIT\r\n", true, &mut o);
+    o.clear();
+    c.local_eof(&mut o);
+    assert!(o.abandoned);
+    // A DELE before QUIT: the QUIT must reach the real server (it commits
+    // the deletion), so the end of input is a goodbye, not a reset.
+    let mut c = mid_retr();
+    let mut o = Output::default();
+    c.from_local(b"DELE 2\r\nQUIT\r\n", true, &mut o);
     o.clear();
     c.local_eof(&mut o);
     assert!(!o.abandoned);
@@ -1183,6 +1192,22 @@ fn retr_prefetch_three_ahead_all_cut_short_when_the_program_goes_elsewhere() {
         assert!(c.pf_retr.is_empty());
         assert!(o.fail.is_none(), "{:?}", o.fail);
     }
+}
+
+#[test]
+fn retr_prefetch_three_ahead_stopped_when_the_program_leaves_after_quit() {
+    // The program reads 2 of 6 and says QUIT (answered here: nothing was
+    // deleted); messages 3-5 were asked ahead and still arrive.
+    let mut c = listed(PFR3, &[10, 10, 10, 10, 10, 10]);
+    let mut o = Output::default();
+    c.from_local(b"RETR 1\r\n", true, &mut o);
+    c.from_tunnel(b"+OK\r\na\r\n.\r\n+OK\r\nb\r\n.\r\n", &mut o);
+    c.from_local(b"RETR 2\r\nQUIT\r\n", true, &mut o);
+    assert!(o.to_local.ends_with(b"+OK Logging out.\r\n"));
+    o.clear();
+    // It closes: the stream is reset, so the peer stops sending them.
+    c.local_eof(&mut o);
+    assert!(o.abandoned);
 }
 
 #[test]
