@@ -157,19 +157,6 @@ pub struct CodecShare {
 }
 
 impl CodecShare {
-    /// Runs `f` (codec work: building or taking in records), counting its
-    /// CPU time on this thread.
-    pub fn timed<T>(&mut self, f: impl FnOnce() -> T) -> T {
-        let Some(start) = crate::metrics::thread_cpu() else {
-            return f();
-        };
-        let out = f();
-        if let Some(end) = crate::metrics::thread_cpu() {
-            self.add(end.saturating_sub(start));
-        }
-        out
-    }
-
     /// Counts `cpu` of codec work by this tunnel.
     pub fn add(&mut self, cpu: Duration) {
         self.window_ns = self.window_ns.saturating_add(cpu.as_nanos() as u64);
