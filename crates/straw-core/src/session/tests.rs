@@ -159,6 +159,20 @@ impl Sim {
         }
     }
 
+    /// The local program reads at once every byte `events` delivered since
+    /// `seen`: `session` gets the stream credit back.
+    fn consume_new(events: &[(Instant, Event)], seen: &mut usize, session: &mut Session) {
+        for (_, e) in &events[*seen..] {
+            if let Event::Data {
+                stream, payload, ..
+            } = e
+            {
+                session.consumed(*stream, payload.len());
+            }
+        }
+        *seen = events.len();
+    }
+
     fn received(events: &[(Instant, Event)], stream: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for (_, e) in events {
@@ -599,20 +613,8 @@ fn transfer_with_cuts_in(
         sim.step(Duration::from_millis(1));
         server_open |= !sim.server_events.is_empty();
         // The local programs read everything at once.
-        for (events, seen, session) in [
-            (&sim.server_events, &mut s_seen, &mut sim.server),
-            (&sim.client_events, &mut c_seen, &mut sim.client),
-        ] {
-            for (_, e) in &events[*seen..] {
-                if let Event::Data {
-                    stream, payload, ..
-                } = e
-                {
-                    session.consumed(*stream, payload.len());
-                }
-            }
-            *seen = events.len();
-        }
+        Sim::consume_new(&sim.server_events, &mut s_seen, &mut sim.server);
+        Sim::consume_new(&sim.client_events, &mut c_seen, &mut sim.client);
         let done = |ev: &[(Instant, Event)]| ev.iter().any(|(_, e)| matches!(e, Event::Fin { .. }));
         if done(&sim.server_events) && done(&sim.client_events) {
             break;
@@ -1563,15 +1565,7 @@ fn wire_bytes_are_shared_by_service_and_add_up() {
                 }
             }
         }
-        for (_, e) in &sim.client_events[seen..] {
-            if let Event::Data {
-                stream, payload, ..
-            } = e
-            {
-                sim.client.consumed(*stream, payload.len());
-            }
-        }
-        seen = sim.client_events.len();
+        Sim::consume_new(&sim.client_events, &mut seen, &mut sim.client);
         let up_done = Sim::received(&sim.server_events, smtp).len() == commands.len()
             && Sim::received(&sim.server_events, unknown).len() == 5;
         if up_done && Sim::received(&sim.client_events, pop3) == reply {
@@ -1929,15 +1923,7 @@ fn bulk_units_never_pass_max_bulk_unit() {
         }
         sim.step(Duration::from_millis(1));
         // The program reads everything at once.
-        for (_, e) in &sim.server_events[seen..] {
-            if let Event::Data {
-                stream, payload, ..
-            } = e
-            {
-                sim.server.consumed(*stream, payload.len());
-            }
-        }
-        seen = sim.server_events.len();
+        Sim::consume_new(&sim.server_events, &mut seen, &mut sim.server);
         most = most.max(sim.client.bulk_unit_raw());
         if Sim::received(&sim.server_events, id).len() == text.len() {
             break;
