@@ -219,25 +219,23 @@ class Browser:
             self.ws.close()
             self.ws = None
         if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            self._signal_group(signal.SIGTERM)
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                self._signal_group(signal.SIGKILL)
                 self.proc.wait(5)
         if self.proc:
             # Helpers (zygote, renderers) may outlive the main process.
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self._signal_group(signal.SIGKILL)
         shutil.rmtree(self.profile, ignore_errors=True)
+
+    def _signal_group(self, sig):
+        """Sends `sig` to Chromium's process group, if any of it is left."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def __enter__(self):
         return self
