@@ -287,6 +287,22 @@ impl Tunnel {
         self.session.poll_transmit(now)
     }
 
+    /// Bulk units leave as jobs for other threads
+    /// ([`Session::set_bulk_offload`]).
+    pub fn set_bulk_offload(&mut self, on: bool) {
+        self.session.set_bulk_offload(on);
+    }
+
+    /// A bulk unit to compress elsewhere ([`Session::poll_bulk_job`]).
+    pub fn poll_bulk_job(&mut self) -> Option<straw_core::codec::BulkJob> {
+        self.session.poll_bulk_job()
+    }
+
+    /// A job from [`Tunnel::poll_bulk_job`] is back.
+    pub fn bulk_job_done(&mut self, job: straw_core::codec::BulkJob) {
+        self.session.bulk_job_done(job);
+    }
+
     /// How many encrypted bytes still wait for the link socket.
     pub fn set_link_backlog(&mut self, bytes: usize) {
         self.link_backlog = bytes;

@@ -246,10 +246,105 @@ impl DecoderLimits {
 pub struct RecordEncoder {
     params: CodecParams,
     zstd: Option<ZstdEncoder>,
-    bulk_params: CodecParams,
-    zstd_bulk: Option<ZstdEncoder>,
     cm: Option<CmEncoder>,
-    cm_bulk: Option<CmEncoder>,
+    /// The bulk lane's context; `None` while a [`BulkJob`] has it out.
+    bulk: Option<BulkEncoder>,
+    bulk_codec: CodecId,
+}
+
+/// The bulk lane's compression context ([`CodecId::CmBulk`] or
+/// [`CodecId::ZstdBulk`]), apart from the record contexts so that it can be
+/// lent to another thread for a unit ([`BulkJob`]) while records go on.
+pub struct BulkEncoder {
+    params: CodecParams,
+    zstd: Option<ZstdEncoder>,
+    cm: Option<CmEncoder>,
+}
+
+impl BulkEncoder {
+    fn new(params: &CodecParams) -> Self {
+        Self {
+            params: params.clone(),
+            zstd: None,
+            cm: None,
+        }
+    }
+
+    fn encode_unit_cut(
+        &mut self,
+        frames: &[u8],
+        cut: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        let start = out.len();
+        let res = if let Some(p) = &self.params.cm {
+            let enc = match &mut self.cm {
+                Some(enc) => enc,
+                slot => slot.insert(CmEncoder::new(p)?),
+            };
+            if cut > 0 && cut < frames.len() {
+                let (a, b) = frames.split_at(cut);
+                enc.encode_unit_parts(&[a, b], out)
+            } else {
+                enc.encode_unit(frames, out)
+            }
+        } else {
+            let enc = match &mut self.zstd {
+                Some(enc) => enc,
+                slot => slot.insert(ZstdEncoder::new(&self.params)?),
+            };
+            enc.encode(frames, out)
+        };
+        if res.is_err() {
+            out.truncate(start);
+        }
+        res
+    }
+
+    fn reset(&mut self) {
+        self.zstd = None;
+        self.cm = None;
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.zstd.as_ref().map_or(0, ZstdEncoder::memory_bytes)
+            + self.cm.as_ref().map_or(0, CmEncoder::memory_bytes)
+    }
+}
+
+/// One bulk unit to compress anywhere (a server's codec threads): it holds
+/// the bulk context meanwhile, and goes back with
+/// [`RecordEncoder::bulk_job_done`]. Pure CPU, no I/O.
+pub struct BulkJob {
+    encoder: BulkEncoder,
+    frames: Vec<u8>,
+    cut: usize,
+    out: Vec<u8>,
+    result: Option<Result<(), CodecError>>,
+}
+
+impl BulkJob {
+    /// Compresses the unit (once; later calls do nothing).
+    pub fn run(&mut self) {
+        if self.result.is_none() {
+            let res = self
+                .encoder
+                .encode_unit_cut(&self.frames, self.cut, &mut self.out);
+            self.result = Some(res);
+        }
+    }
+
+    /// Raw bytes of frames in the unit.
+    pub fn raw_len(&self) -> usize {
+        self.frames.len()
+    }
+}
+
+/// A [`BulkJob`] back: the compressed unit, or the frames it could not
+/// compress (to send stored).
+pub enum BulkOutcome {
+    Compressed(Vec<u8>),
+    Failed { frames: Vec<u8>, error: CodecError },
 }
 
 impl RecordEncoder {
@@ -262,17 +357,54 @@ impl RecordEncoder {
         Self {
             params: params.clone(),
             zstd: None,
-            bulk_params: bulk.clone(),
-            zstd_bulk: None,
             cm: None,
-            cm_bulk: None,
+            bulk: Some(BulkEncoder::new(bulk)),
+            bulk_codec: bulk.bulk_codec(),
         }
     }
 
     /// The codec byte of the records that carry [`Self::encode_bulk_unit`]'s
     /// output: [`CodecId::CmBulk`] if the bulk parameters have a CM context.
     pub fn bulk_codec(&self) -> CodecId {
-        self.bulk_params.bulk_codec()
+        self.bulk_codec
+    }
+
+    /// Lends the bulk context out with one unit to compress, as
+    /// [`Self::encode_bulk_unit_cut`] would; until [`Self::bulk_job_done`]
+    /// the bulk lane can't be used (`Err` gives the frames back if it is
+    /// out already).
+    pub fn bulk_job(&mut self, frames: Vec<u8>, cut: usize) -> Result<BulkJob, Vec<u8>> {
+        let Some(encoder) = self.bulk.take() else {
+            return Err(frames);
+        };
+        let out = Vec::with_capacity(frames.len() / 2 + 64);
+        Ok(BulkJob {
+            encoder,
+            frames,
+            cut,
+            out,
+            result: None,
+        })
+    }
+
+    /// Takes the bulk context back from a job, and hands out its result
+    /// (running it here if no one did).
+    pub fn bulk_job_done(&mut self, mut job: BulkJob) -> BulkOutcome {
+        job.run();
+        self.bulk = Some(job.encoder);
+        match job.result {
+            Some(Ok(())) => BulkOutcome::Compressed(job.out),
+            Some(Err(error)) => BulkOutcome::Failed {
+                frames: job.frames,
+                error,
+            },
+            None => unreachable!("run() sets the result"),
+        }
+    }
+
+    /// Whether a [`BulkJob`] has the bulk context out.
+    pub fn bulk_job_out(&self) -> bool {
+        self.bulk.is_none()
     }
 
     /// Compresses a bulk unit in the bulk context, flushed at its end, and
@@ -290,29 +422,12 @@ impl RecordEncoder {
         cut: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        let start = out.len();
-        let res = if let Some(p) = &self.bulk_params.cm {
-            let enc = match &mut self.cm_bulk {
-                Some(enc) => enc,
-                slot => slot.insert(CmEncoder::new(p)?),
-            };
-            if cut > 0 && cut < frames.len() {
-                let (a, b) = frames.split_at(cut);
-                enc.encode_unit_parts(&[a, b], out)
-            } else {
-                enc.encode_unit(frames, out)
-            }
-        } else {
-            let enc = match &mut self.zstd_bulk {
-                Some(enc) => enc,
-                slot => slot.insert(ZstdEncoder::new(&self.bulk_params)?),
-            };
-            enc.encode(frames, out)
-        };
-        if res.is_err() {
-            out.truncate(start);
+        match &mut self.bulk {
+            Some(bulk) => bulk.encode_unit_cut(frames, cut, out),
+            None => Err(CodecError::Internal(
+                "the bulk context is out with a job".into(),
+            )),
         }
-        res
     }
 
     /// Appends `codec byte || compressed(frames)` to `out`, flushed, so the
@@ -377,20 +492,23 @@ impl RecordEncoder {
     }
 
     /// Drops all compression state. The peer's decoder must be reset at the
-    /// same record boundary.
+    /// same record boundary. Not while a [`BulkJob`] is out: its context
+    /// would come back with the old state (callers wait for it).
     pub fn reset(&mut self) {
+        debug_assert!(self.bulk.is_some(), "reset with a bulk job out");
         self.zstd = None;
-        self.zstd_bulk = None;
         self.cm = None;
-        self.cm_bulk = None;
+        if let Some(bulk) = &mut self.bulk {
+            bulk.reset();
+        }
     }
 
-    /// Bytes of compression state currently allocated.
+    /// Bytes of compression state currently allocated (here, not out with
+    /// a job).
     pub fn memory_bytes(&self) -> usize {
         self.zstd.as_ref().map_or(0, ZstdEncoder::memory_bytes)
-            + self.zstd_bulk.as_ref().map_or(0, ZstdEncoder::memory_bytes)
             + self.cm.as_ref().map_or(0, CmEncoder::memory_bytes)
-            + self.cm_bulk.as_ref().map_or(0, CmEncoder::memory_bytes)
+            + self.bulk.as_ref().map_or(0, BulkEncoder::memory_bytes)
     }
 }
 

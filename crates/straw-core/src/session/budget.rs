@@ -1,7 +1,7 @@
 //! How much the session may hold ahead of the link, and how big its records
 //! and bulk units are: all in link time, from the measured rate.
 
-use super::Session;
+use super::{Priority, Session};
 
 impl Session {
     /// Unacked wire bytes allowed on the link: `inflight_secs` of link time,
@@ -33,7 +33,26 @@ impl Session {
     /// Bytes currently held ahead of the link: waiting raw bytes, a compressed
     /// bulk unit not yet sent, and sent but unacked records.
     pub fn held(&self) -> u64 {
-        self.unacked_bytes + self.pending_raw + self.transform_held + self.bulk_out.len() as u64
+        self.unacked_bytes
+            + self.pending_raw
+            + self.transform_held
+            + self.bulk_out.len() as u64
+            + self.bulk_frames_out()
+    }
+
+    /// What an interactive stream's room counts against: [`Self::held`]
+    /// without the bulk bytes not yet on the link (queued on bulk streams,
+    /// out in a unit, or compressed and not yet cut). Together with those,
+    /// at most two held bounds.
+    pub(super) fn held_ahead_of_interactive(&self) -> u64 {
+        let bulk_queued: u64 = self
+            .streams
+            .values()
+            .filter(|s| s.priority == Priority::Bulk)
+            .map(|s| s.pending.len() as u64)
+            .sum();
+        self.held()
+            .saturating_sub(bulk_queued + self.bulk_out.len() as u64 + self.bulk_frames_out())
     }
 
     pub(super) fn note_held(&mut self) {

@@ -18,7 +18,7 @@ impl Session {
     /// encoder). Not while a bulk unit is half sent: a reset may not fall
     /// inside a unit. Returns whether the state was dropped.
     pub fn drop_encoder_state(&mut self) -> bool {
-        if !self.bulk_out.is_empty() {
+        if self.bulk_unit_unsent() {
             return false;
         }
         if self.encoder.memory_bytes() > 0 {
@@ -34,7 +34,7 @@ impl Session {
         let idle = self.cfg.codec_idle_reset;
         // Cheapest first: this runs on every poll_timeout.
         if idle.is_zero()
-            || !self.bulk_out.is_empty()
+            || self.bulk_unit_unsent()
             || self.has_sendable_data()
             || self.encoder.memory_bytes() == 0
         {

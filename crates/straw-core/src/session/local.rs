@@ -54,10 +54,15 @@ impl Session {
         if s.fin_queued || s.reset {
             return 0;
         }
+        // A reply has a lane of its own: bulk bytes not on the link yet (a
+        // unit the codec threads may take a while to compress) don't hold it
+        // back. Interactive bytes still keep to the bound among themselves.
+        let held = match s.priority {
+            Priority::Interactive => self.held_ahead_of_interactive(),
+            Priority::Bulk => self.held(),
+        };
         // Framing and codec bytes grow a batch a little when it becomes a record.
-        let room = self
-            .held_bound()
-            .saturating_sub(self.held() + FRAMING_RESERVE);
+        let room = self.held_bound().saturating_sub(held + FRAMING_RESERVE);
         room.min(s.credit_room()) as usize
     }
 

@@ -15,6 +15,7 @@
 //! - `receive`: records and frames in; `ack`: acks both ways and the rate
 //!   samples they give (`estimate`); `replay`: unacked records and resume;
 //! - `tier`: the codec by measured rate; `codec_reset`: the idle reset;
+//! - `offload`: bulk units compressed on the driver's threads;
 //! - `config`: [`SessionConfig`] and its defaults.
 
 mod accounting;
@@ -25,6 +26,7 @@ mod config;
 mod estimate;
 mod flood;
 mod local;
+mod offload;
 mod receive;
 mod replay;
 mod scheduler;
@@ -44,7 +46,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::codec::{CodecError, RecordDecoder, RecordEncoder};
+use crate::codec::{BulkJob, CodecError, RecordDecoder, RecordEncoder};
 use crate::transform::TransformError;
 use crate::wire::{Frame, WireError};
 
@@ -60,6 +62,7 @@ pub use flood::{FloodKind, MAX_EMPTY_DATA_PER_RECORD, MIN_FREE_FRAMES_PER_RECORD
 pub use tier::Tier;
 
 use flood::RecordBudget;
+use offload::PendingUnit;
 use replay::SentRecord;
 use stream::Stream;
 
@@ -222,6 +225,15 @@ pub struct Session {
     /// frames it holds (they stay out of interactive records until it's sent).
     bulk_out: BytesMut,
     bulk_unit: BTreeSet<u64>,
+    /// Bulk units leave as [`BulkJob`]s for the driver to compress on other
+    /// threads, instead of inside `poll_transmit` (see `set_bulk_offload`).
+    bulk_offload: bool,
+    /// A unit's job, for the driver to take.
+    bulk_job: Option<BulkJob>,
+    /// The unit out with its job, until `bulk_job_done`.
+    bulk_pending: Option<PendingUnit>,
+    /// A unit whose compression failed, as one stored record to send.
+    bulk_stored: Option<Vec<u8>>,
     /// Where in the bulk unit being filled text ends and a stream's opaque
     /// chunk begins (see `Stream::take`): a segment ends there.
     bulk_cut: Option<usize>,
@@ -297,6 +309,10 @@ impl Session {
             transform_held: 0,
             bulk_out: BytesMut::new(),
             bulk_unit: BTreeSet::new(),
+            bulk_offload: false,
+            bulk_job: None,
+            bulk_pending: None,
+            bulk_stored: None,
             bulk_cut: None,
             bulk_in: BytesMut::new(),
             flush_requested: false,

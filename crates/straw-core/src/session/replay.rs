@@ -62,7 +62,7 @@ impl Session {
                 self.delivered_time
             },
             eliciting,
-            app_limited: !self.has_sendable_data() && self.bulk_out.is_empty(),
+            app_limited: !self.has_sendable_data() && !self.bulk_unit_unsent(),
         });
         if self.unacked_bytes == 0 {
             self.delivered_time = now;

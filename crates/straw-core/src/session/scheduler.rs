@@ -40,7 +40,7 @@ impl Session {
         }
         // The fast tiers never use the strong codecs' contexts (megabytes):
         // both sides drop them now, not after the idle reset.
-        if self.is_fast() && self.bulk_out.is_empty() && self.encoder.memory_bytes() > 0 {
+        if self.is_fast() && !self.bulk_unit_unsent() && self.encoder.memory_bytes() > 0 {
             return Some(self.send_codec_reset(now));
         }
         if (self.has_sendable_data() || !self.control.is_empty()) && self.cork_deadline.is_none() {
@@ -136,6 +136,12 @@ impl Session {
     /// The next slice of the bulk unit, compressing a new unit if the last
     /// one is sent and bulk data is due.
     pub(super) fn poll_bulk(&mut self, now: Instant) -> Option<Bytes> {
+        if let Some(wire) = self.bulk_stored.take() {
+            return Some(self.send_stored_unit(now, wire));
+        }
+        if self.bulk_pending.is_some() {
+            return None; // the unit's job is not back yet
+        }
         if self.bulk_out.is_empty() {
             self.bulk_unit.clear();
             if !self.data_ready(now, Lane::Bulk) {
@@ -154,34 +160,12 @@ impl Session {
                 return None;
             }
             self.stats.raw_bytes_sent += raw as u64;
-            let mut unit = Vec::with_capacity(frames.len() / 2 + 64);
-            if self
-                .encoder
-                .encode_bulk_unit_cut(&frames, cut, &mut unit)
-                .is_err()
-            {
-                // Whole frames, so they can travel as one stored record.
-                let mut wire = vec![CodecId::Stored as u8];
-                wire.extend_from_slice(&frames);
-                self.bulk_unit.clear();
-                self.stats.raw_bytes_by_codec[CodecId::Stored as usize] += raw as u64;
-                accounting::apportion(
-                    wire.len() as u64,
-                    &mut self.tx_class_raw,
-                    &mut self.stats.wire_bytes_sent_by_class,
-                );
-                return Some(self.finish_record(now, wire));
+            if let Some(stored) = self.compress_unit(now, frames, cut, raw) {
+                return Some(stored);
             }
-            self.estimate.compression_sample(raw + 4, unit.len().max(1));
-            self.stats.raw_bytes_by_codec[self.encoder.bulk_codec() as usize] += raw as u64;
-            // The unit's bytes belong to its streams; each slice's header
-            // and ACKs (below) are control.
-            accounting::apportion(
-                unit.len() as u64,
-                &mut self.tx_class_raw,
-                &mut self.stats.wire_bytes_sent_by_class,
-            );
-            self.bulk_out.extend_from_slice(&unit);
+            if self.bulk_out.is_empty() {
+                return None; // out with a job
+            }
         }
         // A short tail rides along rather than paying a packet of its own.
         let target = self.bulk_slice_target();
@@ -308,6 +292,10 @@ impl Session {
         any && (flush || self.cork_deadline.is_some_and(|d| d <= now) || raw >= target)
     }
 
+    fn data_waiting(&self, lane: Lane) -> bool {
+        self.lane_streams(lane).any(|(_, s)| s.has_output())
+    }
+
     pub(super) fn has_sendable_data(&self) -> bool {
         self.streams.values().any(Stream::has_output)
     }
@@ -346,9 +334,13 @@ impl Session {
         if self.resend > 0 {
             return Some(self.epoch);
         }
+        // Nor while only the bulk lane has data and its unit is out with a
+        // job: the job's return wakes the driver.
+        let lane_open =
+            window_open && (self.bulk_pending.is_none() || self.data_waiting(Lane::Interactive));
         let cork = self
             .cork_deadline
-            .filter(|_| window_open || !self.control.is_empty());
+            .filter(|_| lane_open || !self.control.is_empty());
         [self.ack_due, cork, self.ping_due, self.codec_reset_due()]
             .into_iter()
             .flatten()

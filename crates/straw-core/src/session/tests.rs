@@ -1,6 +1,7 @@
 //! Session tests over a deterministic in-memory link: two sessions, each
 //! direction serialised at a rate with a one-way delay, time stepped by hand.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,6 +39,11 @@ struct Sim {
     max_client_overshoot: i64,
     max_client_unacked: u64,
     client_max_record: usize,
+    /// The server's offloaded bulk jobs (`Session::set_bulk_offload`), with
+    /// when each was taken; they come back after `job_delay`, or never
+    /// while it is `None` (busy codec threads).
+    server_jobs: VecDeque<(Instant, crate::codec::BulkJob)>,
+    job_delay: Option<Duration>,
 }
 
 impl Sim {
@@ -99,6 +105,8 @@ impl Sim {
             max_client_overshoot: i64::MIN,
             max_client_unacked: 0,
             client_max_record: 0,
+            server_jobs: VecDeque::new(),
+            job_delay: Some(Duration::ZERO),
         }
     }
 
@@ -123,6 +131,16 @@ impl Sim {
                 None => break,
             }
         }
+        while let Some(delay) = self.job_delay
+            && self
+                .server_jobs
+                .front()
+                .is_some_and(|(t, _)| *t + delay <= now)
+        {
+            let (_, mut job) = self.server_jobs.pop_front().expect("front");
+            job.run();
+            self.server.bulk_job_done(job);
+        }
         while self.down.is_idle(now) {
             match self.server.poll_transmit(now) {
                 Some(r) => {
@@ -130,6 +148,9 @@ impl Sim {
                 }
                 None => break,
             }
+        }
+        while let Some(job) = self.server.poll_bulk_job() {
+            self.server_jobs.push_back((now, job));
         }
         let overshoot = self.client.unacked_bytes() as i64 - self.client.inflight_limit() as i64;
         self.max_client_overshoot = self.max_client_overshoot.max(overshoot);
@@ -1942,4 +1963,188 @@ fn bulk_units_never_pass_max_bulk_unit() {
     assert!(unbounded > cfg.max_bulk_unit, "{unbounded}");
     let got = Sim::received(&sim.server_events, id);
     assert!(got == text, "{} of {} bytes", got.len(), text.len());
+}
+
+/// The server pushes `data` on bulk stream `id` as far as credit allows.
+fn push_bulk(sim: &mut Sim, id: u64, data: &[u8], offset: &mut usize) {
+    let cap = sim.server.send_capacity(id).min(data.len() - *offset);
+    if cap > 0 {
+        sim.server.send(id, &data[*offset..*offset + cap]).unwrap();
+        sim.server.flush(id);
+        *offset += cap;
+    }
+}
+
+/// Offloaded units (a server's codec threads) arrive byte-exact and as
+/// compressed as inline ones, whatever the jobs' delay.
+#[test]
+fn offloaded_bulk_units_are_byte_exact() {
+    use crate::codec::{CmParams, CodecParams, DecoderLimits};
+    let cm = CmParams {
+        table_log: 16,
+        match_log: 14,
+        priming: None,
+    };
+    for (strong, delay_ms) in [(false, 0), (false, 7), (true, 0), (true, 40)] {
+        let mut c = SessionConfig::new(Role::Client);
+        let mut s = SessionConfig::new(Role::Server);
+        if strong {
+            for cfg in [&mut c, &mut s] {
+                cfg.bulk_codec_params = CodecParams {
+                    cm: Some(cm),
+                    ..CodecParams::default()
+                };
+                cfg.bulk_decoder_limits = DecoderLimits {
+                    cm: Some(cm),
+                    ..DecoderLimits::default()
+                };
+            }
+        }
+        let mut sim = Sim::with_configs(12_000.0, Duration::from_millis(50), c, s);
+        sim.server.set_bulk_offload(true);
+        sim.job_delay = Some(Duration::from_millis(delay_ms));
+        let id = sim
+            .client
+            .open_stream(b"bulk", b"", Priority::Bulk)
+            .unwrap();
+        sim.run_for(Duration::from_millis(200));
+        sim.server.set_priority(id, Priority::Bulk);
+        let data = mail_text(300_000);
+        let (mut off, mut seen) = (0, 0);
+        for _ in 0..60_000 {
+            push_bulk(&mut sim, id, &data, &mut off);
+            sim.step(Duration::from_millis(1));
+            Sim::consume_new(&sim.client_events, &mut seen, &mut sim.client);
+            if Sim::received(&sim.client_events, id).len() == data.len() {
+                break;
+            }
+        }
+        let got = Sim::received(&sim.client_events, id);
+        assert!(
+            got == data,
+            "{delay_ms} ms: {} of {}",
+            got.len(),
+            data.len()
+        );
+        let st = sim.server.stats();
+        let bulk_codec = if strong {
+            CodecId::CmBulk
+        } else {
+            CodecId::ZstdBulk
+        };
+        assert!(by_codec(st, bulk_codec) > 200_000, "{delay_ms} ms: {st:?}");
+        assert!(
+            st.wire_bytes_sent * 3 < data.len() as u64,
+            "{delay_ms} ms: wire {}",
+            st.wire_bytes_sent
+        );
+        assert!(st.max_held <= st.held_bound_at_max, "{st:?}");
+        assert!(!sim.server.bulk_job_pending());
+    }
+}
+
+/// The fairness rule in the session: while a bulk unit is out being
+/// compressed, and its job does not come back at all (the codec threads are
+/// busy with other tunnels), an interactive reply still leaves at once, and
+/// the session does not spin on a past deadline meanwhile.
+#[test]
+fn interactive_reply_never_waits_for_a_bulk_job() {
+    let mut sim = Sim::new(12_000.0, Duration::from_millis(50));
+    sim.server.set_bulk_offload(true);
+    let bulk = sim
+        .client
+        .open_stream(b"bulk", b"", Priority::Bulk)
+        .unwrap();
+    let chat = sim
+        .client
+        .open_stream(b"chat", b"", Priority::Interactive)
+        .unwrap();
+    sim.run_for(Duration::from_millis(200));
+    sim.server.set_priority(bulk, Priority::Bulk);
+    let data = mail_text(200_000);
+    let (mut off, mut seen) = (0, 0);
+    for _ in 0..300 {
+        push_bulk(&mut sim, bulk, &data, &mut off);
+        sim.step(Duration::from_millis(1));
+        Sim::consume_new(&sim.client_events, &mut seen, &mut sim.client);
+    }
+    assert!(Sim::received(&sim.client_events, bulk).len() > 10_000);
+    // From now on, no job comes back.
+    sim.job_delay = None;
+    for _ in 0..200 {
+        push_bulk(&mut sim, bulk, &data, &mut off);
+        sim.step(Duration::from_millis(1));
+        Sim::consume_new(&sim.client_events, &mut seen, &mut sim.client);
+    }
+    assert!(sim.server.bulk_job_pending(), "a unit is out with its job");
+    let stalled_at = Sim::received(&sim.client_events, bulk).len();
+    // The bulk lane is stuck; the session must not ask to be woken for it.
+    assert!(
+        sim.server.poll_timeout().is_none_or(|t| t > sim.now),
+        "a deadline in the past while only the job can move things"
+    );
+    let asked = sim.now;
+    sim.client.send(chat, b"a1 NOOP\r\n").unwrap();
+    sim.client.flush(chat);
+    let mut replied = false;
+    for _ in 0..1_000 {
+        sim.step(Duration::from_millis(1));
+        if !replied && Sim::received(&sim.server_events, chat) == b"a1 NOOP\r\n" {
+            sim.server.send(chat, b"a1 OK\r\n").unwrap();
+            sim.server.flush(chat);
+            replied = true;
+        }
+        if Sim::received(&sim.client_events, chat) == b"a1 OK\r\n" {
+            break;
+        }
+    }
+    let took = sim.now - asked;
+    assert_eq!(Sim::received(&sim.client_events, chat), b"a1 OK\r\n");
+    // One round trip (100 ms) and a little serialisation, no bulk compression.
+    assert!(took <= Duration::from_millis(130), "reply took {took:?}");
+    assert!(sim.server.bulk_job_pending(), "the job is still out");
+    assert_eq!(Sim::received(&sim.client_events, bulk).len(), stalled_at);
+    // The jobs come back: the bulk goes on, byte-exact.
+    sim.job_delay = Some(Duration::ZERO);
+    for _ in 0..60_000 {
+        push_bulk(&mut sim, bulk, &data, &mut off);
+        sim.step(Duration::from_millis(1));
+        Sim::consume_new(&sim.client_events, &mut seen, &mut sim.client);
+        if Sim::received(&sim.client_events, bulk).len() == data.len() {
+            break;
+        }
+    }
+    assert!(Sim::received(&sim.client_events, bulk) == data);
+}
+
+/// No codec reset falls while a unit is out (its context would come back
+/// with the old state): the idle reset and the parked drop wait for it.
+#[test]
+fn no_codec_reset_while_a_bulk_job_is_out() {
+    let mut c = SessionConfig::new(Role::Client);
+    let mut s = SessionConfig::new(Role::Server);
+    c.codec_idle_reset = Duration::from_millis(50);
+    s.codec_idle_reset = Duration::from_millis(50);
+    let mut sim = Sim::with_configs(300.0, Duration::from_millis(100), c, s);
+    sim.server.set_bulk_offload(true);
+    sim.job_delay = None;
+    let id = sim
+        .client
+        .open_stream(b"bulk", b"", Priority::Bulk)
+        .unwrap();
+    sim.run_for(Duration::from_millis(500));
+    sim.server.set_priority(id, Priority::Bulk);
+    let data = mail_text(3_000);
+    sim.server.send(id, &data).unwrap();
+    sim.server.finish(id);
+    sim.run_for(Duration::from_millis(300));
+    assert!(sim.server.bulk_job_pending());
+    assert!(!sim.server.drop_encoder_state(), "parked drop must wait");
+    let resets = sim.server.stats().codec_resets;
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.server.stats().codec_resets, resets, "idle reset waited");
+    sim.job_delay = Some(Duration::ZERO);
+    sim.run_for(Duration::from_secs(30));
+    assert!(Sim::received(&sim.client_events, id) == data);
+    assert!(sim.server.stats().codec_resets > resets, "then it came");
 }
