@@ -25,6 +25,7 @@ pub mod check;
 pub mod cli_docs;
 pub mod client;
 pub mod codec_load;
+pub mod codec_pool;
 pub mod config;
 pub mod control;
 mod dialogue;

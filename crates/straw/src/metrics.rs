@@ -148,6 +148,9 @@ pub struct Metrics {
     tunnels_parked: IntGauge,
     /// Counts parked sessions at scrape time (set by the server).
     parked_source: Mutex<Option<Box<dyn Fn() -> usize + Send + Sync>>>,
+    codec_queue: IntGauge,
+    /// Counts bulk units waiting for a codec thread at scrape time.
+    codec_queue_source: Mutex<Option<Box<dyn Fn() -> usize + Send + Sync>>>,
     handshakes: IntCounterVec,
     streams_opened: IntCounterVec,
     raw_bytes: IntCounterVec,
@@ -220,6 +223,12 @@ impl Metrics {
                 "Sessions without a connection, kept for a resume",
             ),
             parked_source: Mutex::new(None),
+            codec_queue: gauge(
+                &r,
+                "straw_codec_queue",
+                "Bulk units waiting for a codec thread (at most one per tunnel)",
+            ),
+            codec_queue_source: Mutex::new(None),
             handshakes: counter_vec(
                 &r,
                 "straw_handshakes_total",
@@ -358,6 +367,14 @@ impl Metrics {
         *self.parked_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
     }
 
+    /// Where the codec threads' queue length comes from at each scrape.
+    pub fn set_codec_queue_source(&self, f: impl Fn() -> usize + Send + Sync + 'static) {
+        *self
+            .codec_queue_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
     /// The counters of one tunnel of the client labelled `c` (disabled if
     /// this is).
     pub fn tunnel(self: &Arc<Self>, c: &str) -> TunnelMetrics {
@@ -397,6 +414,14 @@ impl Metrics {
         if let Some(f) = &*self.parked_source.lock().unwrap_or_else(|e| e.into_inner()) {
             self.tunnels_parked.set(f() as i64);
         }
+        let queue = self
+            .codec_queue_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = &*queue {
+            self.codec_queue.set(f() as i64);
+        }
+        drop(queue);
         if let Some(rss) = resident_memory() {
             self.resident_memory.set(rss as i64);
         }
@@ -796,6 +821,7 @@ mod tests {
     fn rendering_names_every_metric_with_help() {
         let m = Metrics::new(true, ["pop3".to_owned()]);
         m.set_parked_source(|| 3);
+        m.set_codec_queue_source(|| 2);
         let mut t = m.tunnel(&client_label(&[1; 32]));
         t.stream_opened(1, "pop3");
         // A service the client made up: one bounded label for all of them.
@@ -829,6 +855,7 @@ mod tests {
         let c = client_label(&[1; 32]);
         for line in [
             "straw_tunnels_parked 3".to_owned(),
+            "straw_codec_queue 2".to_owned(),
             "straw_streams_opened_total{service=\"pop3\"} 1".to_owned(),
             "straw_streams_opened_total{service=\"other\"} 2".to_owned(),
             "straw_raw_bytes_total{direction=\"up\",service=\"pop3\"} 10".to_owned(),

@@ -284,7 +284,12 @@ pub async fn serve_with_relay(
         limits.total_buffer_bytes,
         Duration::from_secs(limits.log_interval_secs),
     );
-    let codec_load = crate::codec_load::CodecLoad::for_host(crate::tunnel::now());
+    let codecs = Codecs {
+        load: crate::codec_load::CodecLoad::for_host(crate::tunnel::now()),
+        pool: crate::codec_pool::CodecPool::for_host(),
+    };
+    let pool = codecs.pool.clone();
+    metrics.set_codec_queue_source(move || pool.queued());
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -318,10 +323,10 @@ pub async fn serve_with_relay(
         let logs = logs.clone();
         let metrics = metrics.clone();
         let memory = memory.clone();
-        let codec_load = codec_load.clone();
+        let codecs = codecs.clone();
         tokio::spawn(async move {
             let r = handle(
-                sock, peer, ticket, state, sessions, relay, &logs, metrics, memory, codec_load,
+                sock, peer, ticket, state, sessions, relay, &logs, metrics, memory, codecs,
             )
             .await;
             if let Err(e) = r {
@@ -568,6 +573,13 @@ fn plan(
     ))
 }
 
+/// The host's codec CPU account and the threads bulk units are compressed on.
+#[derive(Clone)]
+struct Codecs {
+    load: Arc<crate::codec_load::CodecLoad>,
+    pool: Arc<crate::codec_pool::CodecPool>,
+}
+
 // What one connection needs from the server, each from its own owner.
 #[allow(clippy::too_many_arguments)]
 async fn handle(
@@ -580,7 +592,7 @@ async fn handle(
     logs: &LogLimiter,
     metrics: Arc<Metrics>,
     memory: Arc<crate::memory::MemoryAccount>,
-    codec_load: Arc<crate::codec_load::CodecLoad>,
+    codecs: Codecs,
 ) -> Result<()> {
     let cfg = &state.cfg;
     if let Err(e) = tcp::configure_tunnel(&sock, &cfg.tcp) {
@@ -693,7 +705,8 @@ async fn handle(
             tunnel.set_stop(stop);
             tunnel.set_metrics(metrics.tunnel(&name));
             tunnel.set_memory_account(&memory);
-            tunnel.set_codec_load(&codec_load);
+            tunnel.set_codec_load(&codecs.load);
+            tunnel.set_codec_pool(&codecs.pool);
             (id, Box::new(tunnel))
         }
     };

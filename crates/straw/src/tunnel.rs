@@ -179,11 +179,22 @@ pub struct Tunnel {
     memory: Option<crate::memory::Share>,
     /// This tunnel's codec CPU in the server's account (None: not counted).
     codec_load: Option<crate::codec_load::CodecShare>,
+    /// The server's codec threads, where bulk units are compressed (None:
+    /// inline, as a client does), and where their jobs come back (made
+    /// with the first job: a channel costs an idle tunnel ~1 KiB).
+    codec_pool: Option<Arc<crate::codec_pool::CodecPool>>,
+    bulk_done: Option<(
+        mpsc::UnboundedSender<BulkDone>,
+        mpsc::UnboundedReceiver<BulkDone>,
+    )>,
     /// The client's status board, and when (with how many connections) it
     /// last heard from us.
     board: Option<Arc<crate::status::Board>>,
     board_told: Option<(Instant, usize)>,
 }
+
+/// A bulk job back from the codec threads, with the CPU it took.
+type BulkDone = Box<(straw_core::codec::BulkJob, Option<Duration>)>;
 
 /// How often a tunnel held back by the memory budget looks whether it has
 /// room again.
@@ -197,6 +208,14 @@ pub(crate) fn now() -> Instant {
 pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next message of a channel not made yet: never.
+async fn recv_opt<T, S>(ch: &mut Option<(S, mpsc::UnboundedReceiver<T>)>) -> Option<T> {
+    match ch {
+        Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -229,6 +248,8 @@ impl Tunnel {
             metrics: Default::default(),
             memory: None,
             codec_load: None,
+            codec_pool: None,
+            bulk_done: None,
             board: None,
             board_told: None,
         }
@@ -297,6 +318,38 @@ impl Tunnel {
     /// its session keeps to the fast codec (see [`crate::codec_load`]).
     pub fn set_codec_load(&mut self, load: &Arc<crate::codec_load::CodecLoad>) {
         self.codec_load = Some(load.share(now()));
+    }
+
+    /// Compresses this tunnel's bulk units on `pool`'s threads instead of
+    /// in this task ([`crate::codec_pool`]).
+    pub fn set_codec_pool(&mut self, pool: &Arc<crate::codec_pool::CodecPool>) {
+        self.codec_pool = Some(pool.clone());
+        self.core.set_bulk_offload(true);
+    }
+
+    /// Hands the session's next bulk unit to the codec threads.
+    fn submit_bulk_jobs(&mut self) {
+        let Some(pool) = &self.codec_pool else {
+            return;
+        };
+        while let Some(mut job) = self.core.poll_bulk_job() {
+            let done = self
+                .bulk_done
+                .get_or_insert_with(mpsc::unbounded_channel)
+                .0
+                .clone();
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let done_job = pool
+                    .run(move || {
+                        let ((), cpu) = crate::metrics::cpu_timed(|| job.run());
+                        Box::new((job, cpu))
+                    })
+                    .await;
+                // A tunnel gone meanwhile no longer needs its unit.
+                let _ = done.send(done_job);
+            });
+        }
     }
 
     /// Counts `cpu` of building (`encode`) or taking in records.
@@ -494,13 +547,18 @@ impl Tunnel {
                 }
                 self.core.set_link_backlog(out.len());
             }
+            self.submit_bulk_jobs();
             self.account_memory();
             self.account_codec_load(t);
             self.send_grants();
             self.send_local();
             self.publish_stats();
             self.publish_status(false);
-            if !opens_open && self.core.stream_count() == 0 && out_pos == out.len() {
+            if !opens_open
+                && self.core.stream_count() == 0
+                && out_pos == out.len()
+                && !self.core.session().bulk_job_pending()
+            {
                 return Ok(LinkEnded::Closed);
             }
             if rbuf.len() > READ_BUF_MIN && last_full_read.elapsed() >= BUFFERS_QUIET {
@@ -556,6 +614,14 @@ impl Tunnel {
                             self.metrics.wire_written(n);
                         }
                         Err(e) => return Ok(LinkEnded::Lost(anyhow!(e).context("link write failed"))),
+                    }
+                }
+                done = recv_opt(&mut self.bulk_done) => {
+                    // We hold a sender ourselves, so this never yields None.
+                    if let Some(done) = done {
+                        let (job, cpu) = *done;
+                        self.codec_cpu(cpu, true);
+                        self.core.bulk_job_done(job);
                     }
                 }
                 msg = self.pump_rx.recv() => {
