@@ -6,7 +6,10 @@
 //! then opens `--tunnels` Noise tunnels, each a small driver over the
 //! sans-IO [`Session`] (no local sockets), keeps them idle, makes `--bulk`
 //! of them download `--bulk-mib` MiB each, and times a 100-byte echo on one
-//! more tunnel throughout. Reported: handshakes per second, the server's RSS
+//! more tunnel throughout (from a thread of its own, with its echo upstream,
+//! while the other tunnels' threads run at `--generator-nice`: they stand in
+//! for other machines' clients, so their decoding should not decide what
+//! the probe measures of the server). Reported: handshakes per second, the server's RSS
 //! per idle and per busy tunnel and after the bulk, the echo's p50 idle and
 //! p99 loaded, the aggregate MB/s, how many tunnels are still up after
 //! `--hold-secs`, and what CM costs per MB (measured here, without a server)
@@ -15,7 +18,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,6 +78,12 @@ pub struct LoadArgs {
     /// Time between echo probes, milliseconds.
     #[arg(long, default_value_t = 20)]
     pub probe_ms: u64,
+    /// Nice value of this process's tunnel threads, which stand in for the
+    /// clients of other machines and here share the server's cores: above
+    /// 0 they yield to the server and the probe (the probe and its echo
+    /// upstream have a thread of their own at normal priority). 0: equal.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub generator_nice: i32,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -118,6 +127,8 @@ pub struct LoadReport {
     pub bulk_timed_out: bool,
     pub aggregate_mb_s: f64,
     pub hold_s: u64,
+    /// The load generator's nice value (`--generator-nice`).
+    pub generator_nice: i32,
     /// CM on mail-like text, the bulk lane of the server's sending direction
     /// (what a mail download goes through), in 4 KiB units.
     pub cm_encode_cpu_s_per_mb: f64,
@@ -139,8 +150,10 @@ pub fn run_cli(args: &LoadArgs) -> Result<()> {
     }
     // Measured first, on this thread, before anything else runs here.
     let cm = cm_cost(&mail_corpus(1 << 20))?;
+    let nice = args.generator_nice;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(move || load_generator_priority(nice))
         .build()?;
     let r = rt.block_on(run(args, &cm));
     // The tunnel drivers run until dropped: don't wait for them.
@@ -207,6 +220,10 @@ fn print_table(r: &LoadReport) {
                 r.echo_probes_loaded,
                 r.echo_probe_failures
             ),
+        ),
+        (
+            "load generator",
+            format!("nice {} (the probe: 0)", r.generator_nice),
         ),
         (
             "server RSS peak in bulk",
@@ -485,8 +502,9 @@ enum Cmd {
     /// Open a stream to `source`, ask for `bytes` and read to its end;
     /// answer with the bytes received.
     Bulk { bytes: u64, done: BulkDone },
-    /// Send [`PROBE_BYTES`] on the (kept) echo stream; answer when all are back.
-    Echo { done: oneshot::Sender<()> },
+    /// Send [`PROBE_BYTES`] on the (kept) echo stream; answer with the
+    /// milliseconds until all were back, timed by the driver itself.
+    Echo { done: oneshot::Sender<f64> },
 }
 
 /// Counters shared by all drivers.
@@ -560,7 +578,7 @@ async fn drive(
     let mut echo_stream: Option<u64> = None;
     // Echo bytes sent and not yet back, and the probe waiting for them.
     let mut echo_owed = 0usize;
-    let mut echo_wait: Option<oneshot::Sender<()>> = None;
+    let mut echo_wait: Option<(Instant, oneshot::Sender<f64>)> = None;
     loop {
         while let Some(ev) = session.poll_event() {
             match ev {
@@ -577,9 +595,9 @@ async fn drive(
                     } else if echo_stream == Some(stream) {
                         echo_owed = echo_owed.saturating_sub(n);
                         if echo_owed == 0
-                            && let Some(done) = echo_wait.take()
+                            && let Some((sent, done)) = echo_wait.take()
                         {
-                            let _ = done.send(());
+                            let _ = done.send(sent.elapsed().as_secs_f64() * 1000.0);
                         }
                     }
                 }
@@ -644,6 +662,7 @@ async fn drive(
                     bulk = Some((id, 0, done));
                 }
                 Some(Cmd::Echo { done }) => {
+                    let sent = Instant::now();
                     let id = match echo_stream {
                         Some(id) => id,
                         None => {
@@ -655,7 +674,7 @@ async fn drive(
                     session.send(id, &[b'p'; PROBE_BYTES])?;
                     session.flush(id);
                     echo_owed += PROBE_BYTES;
-                    echo_wait = Some(done);
+                    echo_wait = Some((sent, done));
                 }
             },
             _ = sleep_until_opt(deadline) => {}
@@ -683,12 +702,86 @@ fn spawn_driver(
 /// One echo round trip on the probe tunnel, milliseconds; `None` if it
 /// took over 5 s or the tunnel is gone.
 async fn echo_once(probe: &mpsc::Sender<Cmd>) -> Option<f64> {
-    let t = Instant::now();
     let (done, back) = oneshot::channel();
     probe.send(Cmd::Echo { done }).await.ok()?;
     match tokio::time::timeout(Duration::from_secs(5), back).await {
-        Ok(Ok(())) => Some(t.elapsed().as_secs_f64() * 1000.0),
+        Ok(Ok(ms)) => Some(ms),
         _ => None,
+    }
+}
+
+/// The load generator's threads stand in for other machines (a thousand
+/// boats' clients): on this one host they run below the server and the
+/// probe's priority, so that what the probe times is the server, not a
+/// queue for the cores behind the clients' own decoding.
+fn load_generator_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take no pointers; on failure the
+    // thread keeps its priority.
+    unsafe {
+        if nice != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
+/// Echo probes every `every` until `stop`, on the probe's runtime (so that
+/// a busy main runtime can't skip probes while the server is slow): the
+/// round trips in milliseconds and the probes that failed.
+async fn probe_loop(
+    probe: mpsc::Sender<Cmd>,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> (Vec<f64>, usize) {
+    let (mut ms, mut failures) = (Vec::new(), 0);
+    while !stop.load(Ordering::Relaxed) {
+        match echo_once(&probe).await {
+            Some(t) => ms.push(t),
+            None => failures += 1,
+        }
+        tokio::time::sleep(every).await;
+    }
+    (ms, failures)
+}
+
+/// A one-thread runtime of its own for the echo probe and its upstream: the
+/// probe times the server, and a boat's client or the echo host are not
+/// busy decoding 20 other tunnels' downloads as this process's main
+/// runtime is. Stops when dropped.
+struct ProbeRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl ProbeRuntime {
+    fn start() -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("bench-probe".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+                rt.shutdown_timeout(Duration::from_millis(200));
+            })?;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+        })
+    }
+}
+
+impl Drop for ProbeRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
@@ -719,9 +812,15 @@ async fn run_in(args: &LoadArgs, cm: &CmCost, dir: &Path) -> Result<LoadReport> 
         .map(|k| keys::encode_key(&k.public) + "\n")
         .collect();
     std::fs::write(dir.join("authorized_clients"), authorized)?;
-    let echo = TcpListener::bind("127.0.0.1:0").await?;
+    let probe_rt = ProbeRuntime::start()?;
+    let echo = std::net::TcpListener::bind("127.0.0.1:0")?;
+    echo.set_nonblocking(true)?;
     let echo_addr = echo.local_addr()?;
-    tokio::spawn(echo_server(echo));
+    probe_rt.handle.spawn(async move {
+        if let Ok(l) = TcpListener::from_std(echo) {
+            echo_server(l).await;
+        }
+    });
     let source = TcpListener::bind("127.0.0.1:0").await?;
     let source_addr = source.local_addr()?;
     tokio::spawn(source_server(source, Arc::new(mail_corpus(1 << 20))));
@@ -786,25 +885,27 @@ async fn run_in(args: &LoadArgs, cm: &CmCost, dir: &Path) -> Result<LoadReport> 
     let idle = rss(pid)?.0;
 
     // 3. The echo probe on a tunnel of its own, idle.
-    let probe_key = clients.last().expect("probe key");
-    let (sock, t, s) = connect(tunnel, args.tunnels, probe_key, &key)
-        .await
+    let probe_key = clients.last().expect("probe key").clone();
+    let n = args.tunnels;
+    let probe = probe_rt
+        .handle
+        .spawn(async move {
+            let (sock, t, s) = connect(tunnel, n, &probe_key, &key).await?;
+            anyhow::Ok(spawn_driver(sock, t, s, Arc::new(Shared::default())))
+        })
+        .await?
         .context("the probe's tunnel")?;
-    let probe = spawn_driver(sock, t, s, Arc::new(Shared::default()));
     for _ in 0..10 {
         echo_once(&probe).await.context("probe warm-up")?;
     }
     let probe_every = Duration::from_millis(args.probe_ms);
-    let mut failures = 0;
-    let mut idle_ms = Vec::new();
-    let until = Instant::now() + IDLE_PROBE;
-    while Instant::now() < until {
-        match echo_once(&probe).await {
-            Some(ms) => idle_ms.push(ms),
-            None => failures += 1,
-        }
-        tokio::time::sleep(probe_every).await;
-    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let idle_probes = probe_rt
+        .handle
+        .spawn(probe_loop(probe.clone(), probe_every, stop.clone()));
+    tokio::time::sleep(IDLE_PROBE).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut idle_ms, mut failures) = idle_probes.await?;
 
     // 4. Bulk on the first `--bulk` tunnels, probing meanwhile.
     let bulk_each = args.bulk_mib << 20;
@@ -853,15 +954,14 @@ async fn run_in(args: &LoadArgs, cm: &CmCost, dir: &Path) -> Result<LoadReport> 
             }
         })
     };
-    let mut loaded_ms = Vec::new();
-    while !bulk_all.is_finished() {
-        match echo_once(&probe).await {
-            Some(ms) => loaded_ms.push(ms),
-            None => failures += 1,
-        }
-        tokio::time::sleep(probe_every).await;
-    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaded = probe_rt
+        .handle
+        .spawn(probe_loop(probe.clone(), probe_every, stop.clone()));
     let (bulk_completed, bulk_end) = bulk_all.await?;
+    stop.store(true, Ordering::Relaxed);
+    let (mut loaded_ms, loaded_failures) = loaded.await?;
+    failures += loaded_failures;
     sampler.abort();
     let bulk_s = (bulk_end - bulk_started).as_secs_f64();
     let bulk_bytes = shared.bulk_bytes.load(Ordering::Relaxed);
@@ -881,6 +981,7 @@ async fn run_in(args: &LoadArgs, cm: &CmCost, dir: &Path) -> Result<LoadReport> 
     }
     drop(tunnels);
     drop(probe);
+    drop(probe_rt);
     let _ = server.kill().await;
 
     idle_ms.sort_by(f64::total_cmp);
@@ -916,6 +1017,7 @@ async fn run_in(args: &LoadArgs, cm: &CmCost, dir: &Path) -> Result<LoadReport> 
         bulk_timed_out: bulk_completed < bulk_n && Instant::now() >= bulk_deadline,
         aggregate_mb_s: bulk_bytes as f64 / 1e6 / bulk_s,
         hold_s: args.hold_secs,
+        generator_nice: args.generator_nice,
         cm_encode_cpu_s_per_mb: cm.encode_s_per_mb,
         cm_decode_cpu_s_per_mb: cm.decode_s_per_mb,
         cm_ratio: cm.ratio,
