@@ -9,7 +9,8 @@
 //! so CPU time is measured: each tunnel times its codec work on its own
 //! thread's CPU clock (waiting for a core costs nothing), all tunnels add
 //! it to one account, and every [`SAMPLE`] the account says whether codec
-//! work takes more than [`PRESSURE_ENTER`] of the cores.
+//! work took more than [`PRESSURE_ENTER`] of the cores for
+//! [`PRESSURE_SAMPLES`] samples in a row.
 //!
 //! Which tunnels degrade: those taking at least half a fair share of that
 //! codec CPU (the account's rate over the tunnels that did codec work). A
@@ -21,7 +22,7 @@
 //! then decides again (a fast link keeps the fast codec by its rate).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Codec work above this fraction of the cores: pressure.
@@ -32,6 +33,12 @@ pub const PRESSURE_EXIT: f64 = 0.2;
 /// noticed, the strong codec holds every worker (seen: echo p99 1.2 s at
 /// 1 s, 0.3-0.6 s at 250 ms).
 pub const SAMPLE: Duration = Duration::from_millis(100);
+/// Samples in a row over [`PRESSURE_ENTER`] before the pressure is on: a
+/// tunnel's codec warming up (priming its CM context, ~0.1-0.3 s of a core)
+/// is not a saturated host, and degrading it costs its link bytes (seen:
+/// 1.26x on a 300 KB RETR). The interactive replies don't wait meanwhile:
+/// bulk compression runs on the codec threads ([`crate::codec_pool`]).
+pub const PRESSURE_SAMPLES: u32 = 5;
 /// A sample spanning more than this (nothing looked: all were idle) only
 /// restarts the count: spread over the idle time, a burst that just began
 /// would look small.
@@ -50,6 +57,8 @@ pub struct CodecLoad {
     /// Codec CPU per second over the last sample (f64 bits), in cores.
     rate_bits: AtomicU64,
     pressure: AtomicBool,
+    /// Samples in a row over [`PRESSURE_ENTER`] while the pressure is off.
+    over_samples: AtomicU32,
     /// Tunnels whose last window had codec work.
     users: AtomicUsize,
 }
@@ -65,6 +74,7 @@ impl CodecLoad {
             sampled_cpu_ns: AtomicU64::new(0),
             rate_bits: AtomicU64::new(0f64.to_bits()),
             pressure: AtomicBool::new(false),
+            over_samples: AtomicU32::new(0),
             users: AtomicUsize::new(0),
         })
     }
@@ -114,6 +124,7 @@ impl CodecLoad {
             let cpu = self.cpu_ns.load(Ordering::Relaxed);
             let prev = self.sampled_cpu_ns.swap(cpu, Ordering::Relaxed);
             if wall - last > STALE.as_nanos() as u64 {
+                self.over_samples.store(0, Ordering::Relaxed);
                 return self.pressure.load(Ordering::Relaxed);
             }
             let rate = cpu.saturating_sub(prev) as f64 / (wall - last) as f64;
@@ -121,9 +132,15 @@ impl CodecLoad {
             let was = self.pressure.load(Ordering::Relaxed);
             let on = if was {
                 rate > PRESSURE_EXIT * self.cores
+            } else if rate > PRESSURE_ENTER * self.cores {
+                self.over_samples.fetch_add(1, Ordering::Relaxed) + 1 >= PRESSURE_SAMPLES
             } else {
-                rate > PRESSURE_ENTER * self.cores
+                self.over_samples.store(0, Ordering::Relaxed);
+                false
             };
+            if on {
+                self.over_samples.store(0, Ordering::Relaxed);
+            }
             if on != was {
                 self.pressure.store(on, Ordering::Relaxed);
                 if on {
@@ -217,6 +234,46 @@ mod tests {
         shares.iter_mut().map(|s| s.degraded(t)).collect()
     }
 
+    /// [`PRESSURE_SAMPLES`] periods ending at `end` (what it takes to turn
+    /// the pressure on); the last period's verdicts.
+    fn sustained(
+        load: &CodecLoad,
+        shares: &mut [CodecShare],
+        duty: &[f64],
+        end: Instant,
+    ) -> Vec<bool> {
+        let n = PRESSURE_SAMPLES;
+        let mut d = Vec::new();
+        for i in 0..n {
+            d = period(load, shares, duty, end - SAMPLE * (n - 1 - i));
+        }
+        d
+    }
+
+    #[test]
+    fn a_short_burst_is_no_pressure() {
+        let t0 = Instant::now();
+        let load = CodecLoad::new(2, t0);
+        let mut shares = vec![load.share(t0)];
+        // One tunnel priming its codec: a whole core for a few samples.
+        let mut t = t0;
+        for _ in 1..PRESSURE_SAMPLES {
+            t += SAMPLE;
+            assert_eq!(period(&load, &mut shares, &[1.0], t), [false]);
+            assert!(!load.pressure(t));
+        }
+        t += SAMPLE;
+        assert_eq!(period(&load, &mut shares, &[0.1], t), [false]);
+        // The count starts again.
+        for _ in 1..PRESSURE_SAMPLES {
+            t += SAMPLE;
+            assert!(!period(&load, &mut shares, &[1.0], t)[0]);
+        }
+        t += SAMPLE;
+        let _ = period(&load, &mut shares, &[1.0], t);
+        assert!(load.pressure(t), "sustained, it is");
+    }
+
     #[test]
     fn busy_tunnels_degrade_under_pressure_and_a_slow_link_keeps_the_strong_codec() {
         let t0 = Instant::now();
@@ -226,8 +283,9 @@ mod tests {
         let mut shares: Vec<CodecShare> = (0..21).map(|_| load.share(t0)).collect();
         let mut duty = vec![0.06; 20];
         duty.push(0.004);
-        let d = period(&load, &mut shares, &duty, t0 + SAMPLE);
-        assert!(load.pressure(t0 + SAMPLE), "1.2 of 2 cores is over 40%");
+        let on = t0 + SAMPLE * PRESSURE_SAMPLES;
+        let d = sustained(&load, &mut shares, &duty, on);
+        assert!(load.pressure(on), "1.2 of 2 cores is over 40%");
         assert_eq!(load.users(), 21);
         assert!(d[..20].iter().all(|&x| x), "busy tunnels degrade: {d:?}");
         assert!(!d[20], "the slow link keeps the strong codec");
@@ -235,8 +293,8 @@ mod tests {
         // tunnel's measured rate decides again.
         let mut duty = vec![0.005; 20];
         duty.push(0.004);
-        let d = period(&load, &mut shares, &duty, t0 + 2 * SAMPLE);
-        assert!(!load.pressure(t0 + 2 * SAMPLE), "{}", load.rate());
+        let d = period(&load, &mut shares, &duty, on + SAMPLE);
+        assert!(!load.pressure(on + SAMPLE), "{}", load.rate());
         assert!(d.iter().all(|&x| !x), "{d:?}");
     }
 
@@ -249,14 +307,9 @@ mod tests {
         // it would be 1.8% of the cores; it is counted from its start.
         let t1 = t0 + Duration::from_secs(10);
         assert!(!load.pressure(t1), "a stale sample restarts the count");
-        let d = period(&load, &mut shares, &[0.9, 0.9], t1 + SAMPLE);
-        assert!(load.pressure(t1 + SAMPLE), "{}", load.rate());
-        // The tunnels' own first window spans the idle time: judged next.
-        let d = if d.iter().all(|&x| x) {
-            d
-        } else {
-            period(&load, &mut shares, &[0.9, 0.9], t1 + 2 * SAMPLE)
-        };
+        let on = t1 + SAMPLE * PRESSURE_SAMPLES;
+        let d = sustained(&load, &mut shares, &[0.9, 0.9], on);
+        assert!(load.pressure(on), "{}", load.rate());
         assert!(d.iter().all(|&x| x), "{d:?}");
     }
 
@@ -277,8 +330,9 @@ mod tests {
         assert_eq!(load.users(), 1);
         // Slow links alone filling the cores degrade too (past what the
         // cores can compress for them): rather that than all running late.
-        let d = period(&load, &mut shares, &[0.9, 0.9], t0 + 3 * SAMPLE);
-        assert!(load.pressure(t0 + 3 * SAMPLE));
+        let on = t0 + SAMPLE * (2 + PRESSURE_SAMPLES);
+        let d = sustained(&load, &mut shares, &[0.9, 0.9], on);
+        assert!(load.pressure(on));
         assert!(d.iter().all(|&x| x), "{d:?}");
     }
 }

@@ -249,6 +249,9 @@ pub struct Session {
     estimate: LinkEstimate,
     /// Which codec new records use, by the measured rate.
     tier: Tier,
+    /// The tier the measured rate alone picks (with its hysteresis); `tier`
+    /// differs only while [`Self::cpu_degraded`] forces the fast codec.
+    rate_tier: Tier,
     /// The host's codec CPU is saturated and this session is among those
     /// that use it: at least the fast tier, whatever the rate says.
     cpu_degraded: bool,
@@ -322,6 +325,7 @@ impl Session {
             last_acked_sent_at: now,
             estimate,
             tier: Tier::Strong,
+            rate_tier: Tier::Strong,
             cpu_degraded: false,
             rx_codec: 0,
             tx_class_raw: [0; WIRE_CLASSES],

@@ -1923,6 +1923,35 @@ fn cpu_degraded_session_goes_fast_and_frees_the_strong_contexts() {
     assert!(sim.client.stats().raw_bytes_by_codec[CodecId::Zstd as usize] > before);
 }
 
+/// A link between the fast codec's exit and entry rates (8 KB/s: 64
+/// kbit/s) keeps the strong codec by its rate. A moment of CPU pressure
+/// must not leave it on the fast one for good: the rate's hysteresis runs
+/// on the rate's own choice (seen: one 240 ms burst made a 300 KB RETR
+/// cost 1.26x the link bytes).
+#[test]
+fn a_degraded_moment_between_the_fast_rates_goes_back_to_strong() {
+    let mut sim = Sim::new(8_000.0, Duration::from_millis(100));
+    let id = sim
+        .client
+        .open_stream(b"mail", b"", Priority::Interactive)
+        .unwrap();
+    let text = mail_text(20_000);
+    sim.client.send(id, &text).unwrap();
+    sim.client.flush(id);
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(Sim::received(&sim.server_events, id), text);
+    let rate = sim.client.estimate().rate();
+    assert!(
+        (FAST_EXIT_RATE..FAST_ENTER_RATE).contains(&rate),
+        "measured {rate} B/s"
+    );
+    assert_eq!(sim.client.tier(), Tier::Strong);
+    sim.client.set_cpu_degraded(true);
+    assert_eq!(sim.client.tier(), Tier::Fast);
+    sim.client.set_cpu_degraded(false);
+    assert_eq!(sim.client.tier(), Tier::Strong);
+}
+
 /// The strong codec compresses a bulk unit in one go on the runtime's
 /// thread, so a unit's size bounds how long another tunnel's reply can wait
 /// behind it: at rates just below the fast tier a unit would otherwise be

@@ -63,7 +63,10 @@ impl Session {
         }
         let rate = self.estimate.rate().max(self.rtt_rate_floor());
         let c = &self.cfg;
-        let by_rate = match self.tier {
+        // The hysteresis runs on the rate's own choice, not on a tier the
+        // CPU forced: a 64 kbit/s link (between exit and entry) degraded
+        // for a moment must come back to the strong codec, not stay fast.
+        let by_rate = match self.rate_tier {
             Tier::Strong if rate > c.stored_enter_rate => Tier::Stored,
             Tier::Strong if rate > c.fast_enter_rate => Tier::Fast,
             Tier::Fast | Tier::Stored if rate < c.fast_exit_rate => Tier::Strong,
@@ -71,6 +74,7 @@ impl Session {
             Tier::Stored if rate < c.stored_exit_rate => Tier::Fast,
             t => t,
         };
+        self.rate_tier = by_rate;
         let tier = match by_rate {
             Tier::Strong if self.cpu_degraded => Tier::Fast,
             t => t,
