@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(feature = "system-alloc")))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -11,7 +11,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// variable still overrides them). A background thread purges freed pages:
 /// a server whose tunnels finished a burst gives the memory back within
 /// seconds rather than keeping it, as glibc's malloc does.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(feature = "system-alloc")))]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:2000,muzzy_decay_ms:0\0";

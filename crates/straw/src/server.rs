@@ -581,6 +581,11 @@ struct Codecs {
 }
 
 // What one connection needs from the server, each from its own owner.
+//
+// Its future is every idle tunnel's task, so the futures of the ends that
+// take a `Tunnel` by value (refusal, revocation, give-up) are boxed: inline
+// they made each task 18.9 KB, boxed 2.6 KB (idle RSS per tunnel 30.5 ->
+// 12.4 KiB at 2,000 tunnels).
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     mut sock: TcpStream,
@@ -650,7 +655,13 @@ async fn handle(
                 Some(Plan::Fresh { id, .. }) => sessions.remove(&id),
                 None => {}
             }
-            crate::gate::refuse(&mut sock, failed, deadline, &ticket.evicted).await;
+            Box::pin(crate::gate::refuse(
+                &mut sock,
+                failed,
+                deadline,
+                &ticket.evicted,
+            ))
+            .await;
             return Ok(());
         }
     };
@@ -719,7 +730,7 @@ async fn handle(
     // Runs while the key stays authorised (a reload may remove it).
     let mut live = state.authorized.register(&client_key);
     let Some(result) = live.unless_revoked(tunnel.run_link(sock, &mut opens)).await else {
-        close_revoked(&sessions, id, *tunnel, &label).await;
+        Box::pin(close_revoked(&sessions, id, *tunnel, &label)).await;
         return Ok(());
     };
     // A record from the client on this link: it got the ticket granted here.
@@ -754,7 +765,7 @@ async fn handle(
         Err(e) => {
             sessions.remove(&id);
             warn!(tunnel = %label, "tunnel failed: {}", crate::client::describe_end(&Err(e), &stats));
-            tunnel.give_up(GIVE_UP_LINGER).await;
+            Box::pin(tunnel.give_up(GIVE_UP_LINGER)).await;
         }
     }
     if live.is_revoked() {
