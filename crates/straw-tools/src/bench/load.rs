@@ -55,6 +55,9 @@ const AFTER_BULK: Duration = Duration::from_secs(30);
 const LINK_2400_BYTES_PER_S: f64 = 300.0;
 /// Raw bytes per CM bulk unit in the codec measurement.
 const CM_UNIT: usize = 4096;
+/// Raw bytes per record of a degraded tunnel's bulk data (the bulk unit's
+/// bound under CPU pressure).
+const DEGRADED_UNIT: usize = 8192;
 
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
@@ -134,6 +137,10 @@ pub struct LoadReport {
     pub cm_encode_cpu_s_per_mb: f64,
     pub cm_decode_cpu_s_per_mb: f64,
     pub cm_ratio: f64,
+    /// LZ4's ratio on the same text, and its wire bytes per CM wire byte:
+    /// the link cost of a tunnel degraded under CPU pressure.
+    pub lz4_ratio: f64,
+    pub degraded_wire_bytes_vs_cm: f64,
     pub cm_tunnels_per_core_at_2400: f64,
 }
 
@@ -256,6 +263,13 @@ fn print_table(r: &LoadReport) {
             "CM 2,400 bit/s links per core",
             format!("{:.0}", r.cm_tunnels_per_core_at_2400),
         ),
+        (
+            "degraded (LZ4) wire bytes",
+            format!(
+                "{:.2}x CM's (LZ4 ratio {:.2})",
+                r.degraded_wire_bytes_vs_cm, r.lz4_ratio
+            ),
+        ),
     ];
     for (k, v) in rows {
         println!("{k:<30} {v}");
@@ -265,10 +279,10 @@ fn print_table(r: &LoadReport) {
     }
     println!(
         "past {:.0} busy 2,400 bit/s links per core, CM can't compress as fast as the links \
-         drain: codec work then passes 40% of the cores, and the server moves the tunnels \
-         using the most of it to LZ4 (about 2.5x the wire bytes of CM on mail) until it drops \
-         below 20%, rather than let every link run below line rate (straw::codec_load).",
-        r.cm_tunnels_per_core_at_2400
+         drain: codec work then passes 40% of the cores for half a second, and the server \
+         moves the tunnels using the most of it to LZ4 ({:.2}x the wire bytes of CM here) until \
+         it drops below 20%, rather than let every link run below line rate (straw::codec_load).",
+        r.cm_tunnels_per_core_at_2400, r.degraded_wire_bytes_vs_cm
     );
 }
 
@@ -278,6 +292,9 @@ pub struct CmCost {
     pub encode_s_per_mb: f64,
     pub decode_s_per_mb: f64,
     pub ratio: f64,
+    /// The same text as LZ4 records: what a tunnel degraded under CPU
+    /// pressure sends.
+    pub lz4_ratio: f64,
 }
 
 impl CmCost {
@@ -339,11 +356,20 @@ pub fn cm_cost(text: &[u8]) -> Result<CmCost> {
         bail!("CM round trip changed the text");
     }
     let wire: usize = units.iter().map(|u| u.len() - 1).sum();
+    // What a degraded tunnel sends instead: LZ4 records (no shared history)
+    // of at most a bulk unit each.
+    let mut lz4_wire = 0;
+    for chunk in text.chunks(DEGRADED_UNIT) {
+        let mut rec = Vec::new();
+        enc.encode(CodecId::Lz4, chunk, &mut rec)?;
+        lz4_wire += rec.len() - 1;
+    }
     let mb = text.len() as f64 / 1e6;
     Ok(CmCost {
         encode_s_per_mb: enc_s / mb,
         decode_s_per_mb: dec_s / mb,
         ratio: text.len() as f64 / wire.max(1) as f64,
+        lz4_ratio: text.len() as f64 / lz4_wire.max(1) as f64,
     })
 }
 
@@ -1021,6 +1047,8 @@ async fn run_in(args: &LoadArgs, cm: &CmCost, dir: &Path) -> Result<LoadReport> 
         cm_encode_cpu_s_per_mb: cm.encode_s_per_mb,
         cm_decode_cpu_s_per_mb: cm.decode_s_per_mb,
         cm_ratio: cm.ratio,
+        lz4_ratio: cm.lz4_ratio,
+        degraded_wire_bytes_vs_cm: cm.ratio / cm.lz4_ratio,
         cm_tunnels_per_core_at_2400: cm.tunnels_per_core_at_2400(),
     })
 }
@@ -1067,11 +1095,20 @@ mod tests {
     }
 
     #[test]
+    fn the_codec_measurement_round_trips_and_prices_the_degraded_codec() {
+        let c = cm_cost(&mail_corpus(64 * 1024)).unwrap();
+        assert!(c.encode_s_per_mb > 0.0 && c.decode_s_per_mb > 0.0, "{c:?}");
+        // LZ4 without shared history compresses, but far less than CM.
+        assert!(c.lz4_ratio > 1.2 && c.ratio > 1.5 * c.lz4_ratio, "{c:?}");
+    }
+
+    #[test]
     fn tunnels_per_core_follow_cost_and_ratio() {
         let c = CmCost {
             encode_s_per_mb: 0.5,
             decode_s_per_mb: 0.5,
             ratio: 4.0,
+            lz4_ratio: 2.0,
         };
         // 1,200 raw B/s per link, 1 µs of CPU per raw byte: 833 links.
         assert!((c.tunnels_per_core_at_2400() - 1e6 / 1200.0).abs() < 1e-6);
