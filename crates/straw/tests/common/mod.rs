@@ -15,9 +15,30 @@ use straw::tunnel::TunnelStats;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+/// A loopback port nobody listens on, for a server the test starts later.
+/// Taken below Linux's ephemeral range (32768-60999): a port from
+/// `bind(:0)` is an ephemeral one, and before the test binds it another
+/// test's outgoing connection could take it (seen in CI: one test's server
+/// failed with "address in use" and the other's transfer came up short).
+/// Each call goes on with this process's walk through 20000-31999, which
+/// starts at a place set by the process id.
 pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            n < SPAN,
+            "no free loopback port left in {BASE}-{}",
+            BASE + SPAN - 1
+        );
+        let port = (BASE + (start + n) % SPAN) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
