@@ -92,8 +92,14 @@ async fn transfer_survives_three_cuts_byte_exact() {
         cut as f64 / clean as f64
     );
     assert!(resumes >= 3, "only {resumes} resumes");
+    // Only what was in flight at each cut travels twice. At 20 Mbit/s that
+    // is up to a few 60 KiB records per side sitting in socket buffers: 3
+    // cuts cost 1.03-1.12x here (30 runs). Issue 5's 1.1x is for a 300 KB
+    // RETR at 64 kbit/s, in scripts/e2e-cuts (1.02-1.05x). This test met
+    // 1.1x only while a re-send skipped after an ACK made some runs cheaper
+    // by a whole record, and 61,440 bytes short.
     assert!(
-        cut as f64 <= 1.1 * clean as f64,
+        cut as f64 <= 1.2 * clean as f64,
         "{cut} link bytes with cuts vs {clean} without"
     );
 }

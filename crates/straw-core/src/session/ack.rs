@@ -18,11 +18,16 @@ impl Session {
         let mut oldest_sent = None;
         while self.replay.front().is_some_and(|r| r.seq < received) {
             let r = self.replay.pop_front().expect("checked");
-            self.resend = self.resend.saturating_sub(1);
             self.release(&r);
             oldest_sent.get_or_insert(r.sent_at);
             newest = Some(r);
         }
+        // The re-sends still owed are the replay's last `resend` records:
+        // acked ones leave from the front, which were re-sent already (the
+        // peer can't ack what it hasn't had). Counting them off as well
+        // skipped a whole record whenever an ACK came between re-sends: a
+        // stream ended 61,440 bytes short, FIN and all.
+        self.resend = self.resend.min(self.replay.len());
         if let Some(r) = newest {
             // Delivery rate as BBR samples it: bytes delivered since this record
             // left, over the time since the delivery count it saw was current.
