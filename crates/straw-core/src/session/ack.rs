@@ -22,12 +22,6 @@ impl Session {
             oldest_sent.get_or_insert(r.sent_at);
             newest = Some(r);
         }
-        // The re-sends still owed are the replay's last `resend` records:
-        // acked ones leave from the front, which were re-sent already (the
-        // peer can't ack what it hasn't had). Counting them off as well
-        // skipped a whole record whenever an ACK came between re-sends: a
-        // stream ended 61,440 bytes short, FIN and all.
-        self.resend = self.resend.min(self.replay.len());
         if let Some(r) = newest {
             // Delivery rate as BBR samples it: bytes delivered since this record
             // left, over the time since the delivery count it saw was current.

@@ -210,9 +210,12 @@ pub struct Session {
     // Sending.
     next_send_seq: u64,
     replay: VecDeque<SentRecord>,
-    /// After a resume: how many replay records (from the front) to re-send
-    /// before any new record.
-    resend: usize,
+    /// After a resume, the records `resend_next..resend_end` (sequence
+    /// numbers) are re-sent before any new record. By sequence, not by
+    /// count: acks leaving from the replay's front and new records joining
+    /// its back move no re-send.
+    resend_next: u64,
+    resend_end: u64,
     /// PONGs for PINGs sent before this moment measure the outage, not the RTT.
     rtt_valid_from: Instant,
     unacked_bytes: u64,
@@ -304,7 +307,8 @@ impl Session {
             credit_hold: false,
             next_send_seq: 0,
             replay: VecDeque::new(),
-            resend: 0,
+            resend_next: 0,
+            resend_end: 0,
             rtt_valid_from: now,
             unacked_bytes: 0,
             unacked_eliciting: 0,

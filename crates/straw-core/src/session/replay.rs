@@ -103,7 +103,8 @@ impl Session {
             let r = self.replay.pop_front().expect("checked");
             self.release(&r);
         }
-        self.resend = self.replay.len();
+        self.resend_next = peer_received;
+        self.resend_end = self.next_send_seq;
         for r in &mut self.replay {
             r.sent_at = now;
             r.delivered_at_send = self.delivered;
@@ -121,16 +122,26 @@ impl Session {
 
     /// Records waiting to be re-sent after [`Session::resume`].
     pub fn resend_pending(&self) -> usize {
-        self.resend
+        self.resend_end.saturating_sub(self.resend_from()) as usize
+    }
+
+    /// The next record to re-send: never one already acked (a count of the
+    /// replay's last records skipped one whenever an ACK came between
+    /// re-sends, and a stream ended 61,440 bytes short, FIN and all).
+    fn resend_from(&self) -> u64 {
+        let oldest = self.replay.front().map_or(self.next_send_seq, |r| r.seq);
+        self.resend_next.max(oldest)
     }
 
     pub(super) fn next_resend(&mut self) -> Option<Bytes> {
-        if self.resend == 0 {
+        let seq = self.resend_from();
+        if seq >= self.resend_end {
             return None;
         }
-        let idx = self.replay.len() - self.resend;
-        self.resend -= 1;
-        let wire = self.replay[idx].wire.clone();
+        self.resend_next = seq + 1;
+        // Replay records are numbered without gaps from the oldest.
+        let first = self.replay.front()?.seq;
+        let wire = self.replay[(seq - first) as usize].wire.clone();
         self.stats.records_resent += 1;
         self.stats.wire_bytes_resent += wire.len() as u64;
         self.stats.wire_bytes_sent += wire.len() as u64;

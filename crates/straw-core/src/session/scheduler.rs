@@ -331,7 +331,7 @@ impl Session {
         // A cork timer is only worth waking for if its record may be sent;
         // with the window closed, the next ACK is what moves things.
         let window_open = self.unacked_bytes < self.inflight_limit();
-        if self.resend > 0 {
+        if self.resend_pending() > 0 {
             return Some(self.epoch);
         }
         // Nor while only the bulk lane has data and its unit is out with a
