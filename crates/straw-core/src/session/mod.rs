@@ -250,10 +250,9 @@ pub struct Session {
     /// Send time of the newest acked record (BBR's first_sent_time).
     last_acked_sent_at: Instant,
     estimate: LinkEstimate,
-    /// Which codec new records use, by the measured rate.
-    tier: Tier,
-    /// The tier the measured rate alone picks (with its hysteresis); `tier`
-    /// differs only while [`Self::cpu_degraded`] forces the fast codec.
+    /// The codec tier the measured rate picks (with its hysteresis); new
+    /// records use it unless [`Self::cpu_degraded`] forces the fast one
+    /// ([`Session::tier`]).
     rate_tier: Tier,
     /// The host's codec CPU is saturated and this session is among those
     /// that use it: at least the fast tier, whatever the rate says.
@@ -328,7 +327,6 @@ impl Session {
             delivered_time: now,
             last_acked_sent_at: now,
             estimate,
-            tier: Tier::Strong,
             rate_tier: Tier::Strong,
             cpu_degraded: false,
             rx_codec: 0,

@@ -41,11 +41,13 @@ impl Session {
     /// Off, the measured rate decides again, with its hysteresis.
     pub fn set_cpu_degraded(&mut self, on: bool) {
         if on != self.cpu_degraded {
+            let was_fast = self.is_fast();
             self.cpu_degraded = on;
             if on {
                 self.stats.cpu_degraded += 1;
             }
-            self.update_fast();
+            self.pick_rate_tier();
+            self.count_switch(was_fast);
         }
     }
 
@@ -58,15 +60,21 @@ impl Session {
     /// millisecond proves a link far faster than the strong codec. A
     /// [degraded](Self::set_cpu_degraded) session stays off the strong tier.
     pub(super) fn update_fast(&mut self) {
+        let was_fast = self.is_fast();
+        self.pick_rate_tier();
+        self.count_switch(was_fast);
+    }
+
+    /// The hysteresis runs on the rate's own choice, not on a tier the CPU
+    /// forced: a 64 kbit/s link (between exit and entry) degraded for a
+    /// moment must come back to the strong codec, not stay fast.
+    fn pick_rate_tier(&mut self) {
         if self.cfg.fast_codec.is_none() {
             return;
         }
         let rate = self.estimate.rate().max(self.rtt_rate_floor());
         let c = &self.cfg;
-        // The hysteresis runs on the rate's own choice, not on a tier the
-        // CPU forced: a 64 kbit/s link (between exit and entry) degraded
-        // for a moment must come back to the strong codec, not stay fast.
-        let by_rate = match self.rate_tier {
+        self.rate_tier = match self.rate_tier {
             Tier::Strong if rate > c.stored_enter_rate => Tier::Stored,
             Tier::Strong if rate > c.fast_enter_rate => Tier::Fast,
             Tier::Fast | Tier::Stored if rate < c.fast_exit_rate => Tier::Strong,
@@ -74,33 +82,32 @@ impl Session {
             Tier::Stored if rate < c.stored_exit_rate => Tier::Fast,
             t => t,
         };
-        self.rate_tier = by_rate;
-        let tier = match by_rate {
-            Tier::Strong if self.cpu_degraded => Tier::Fast,
-            t => t,
-        };
-        if (self.tier == Tier::Strong) != (tier == Tier::Strong) {
-            if tier == Tier::Strong {
-                self.stats.slow_switches += 1;
-            } else {
-                self.stats.fast_switches += 1;
-            }
+    }
+
+    fn count_switch(&mut self, was_fast: bool) {
+        match (was_fast, self.is_fast()) {
+            (true, false) => self.stats.slow_switches += 1,
+            (false, true) => self.stats.fast_switches += 1,
+            _ => {}
         }
-        self.tier = tier;
     }
 
     /// Whether new records use a cheap codec (the link outruns the strong one).
     pub fn is_fast(&self) -> bool {
-        self.tier != Tier::Strong
+        self.tier() != Tier::Strong
     }
 
+    /// The rate's tier, or the fast one while the CPU is degraded.
     pub fn tier(&self) -> Tier {
-        self.tier
+        match self.rate_tier {
+            Tier::Strong if self.cpu_degraded && self.cfg.fast_codec.is_some() => Tier::Fast,
+            t => t,
+        }
     }
 
     /// The codec of the next interactive record worth compressing.
     pub fn record_codec(&self) -> CodecId {
-        match (self.tier, self.cfg.fast_codec) {
+        match (self.tier(), self.cfg.fast_codec) {
             (Tier::Strong, _) | (_, None) => self.cfg.codec,
             (Tier::Fast, Some(c)) => c,
             (Tier::Stored, Some(_)) => CodecId::Stored,
