@@ -130,17 +130,18 @@ impl CodecLoad {
             let rate = cpu.saturating_sub(prev) as f64 / (wall - last) as f64;
             self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
             let was = self.pressure.load(Ordering::Relaxed);
-            let on = if was {
-                rate > PRESSURE_EXIT * self.cores
-            } else if rate > PRESSURE_ENTER * self.cores {
-                self.over_samples.fetch_add(1, Ordering::Relaxed) + 1 >= PRESSURE_SAMPLES
+            // The streak counts only while the pressure is off.
+            let streak = if !was && rate > PRESSURE_ENTER * self.cores {
+                self.over_samples.fetch_add(1, Ordering::Relaxed) + 1
             } else {
                 self.over_samples.store(0, Ordering::Relaxed);
-                false
+                0
             };
-            if on {
-                self.over_samples.store(0, Ordering::Relaxed);
-            }
+            let on = if was {
+                rate > PRESSURE_EXIT * self.cores
+            } else {
+                streak >= PRESSURE_SAMPLES
+            };
             if on != was {
                 self.pressure.store(on, Ordering::Relaxed);
                 if on {

@@ -55,9 +55,6 @@ const AFTER_BULK: Duration = Duration::from_secs(30);
 const LINK_2400_BYTES_PER_S: f64 = 300.0;
 /// Raw bytes per CM bulk unit in the codec measurement.
 const CM_UNIT: usize = 4096;
-/// Raw bytes per record of a degraded tunnel's bulk data (the bulk unit's
-/// bound under CPU pressure).
-const DEGRADED_UNIT: usize = 8192;
 
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
@@ -357,9 +354,9 @@ pub fn cm_cost(text: &[u8]) -> Result<CmCost> {
     }
     let wire: usize = units.iter().map(|u| u.len() - 1).sum();
     // What a degraded tunnel sends instead: LZ4 records (no shared history)
-    // of at most a bulk unit each.
+    // of at most a bulk unit each (the session's bound).
     let mut lz4_wire = 0;
-    for chunk in text.chunks(DEGRADED_UNIT) {
+    for chunk in text.chunks(server.max_bulk_unit) {
         let mut rec = Vec::new();
         enc.encode(CodecId::Lz4, chunk, &mut rec)?;
         lz4_wire += rec.len() - 1;
