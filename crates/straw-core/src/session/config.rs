@@ -32,6 +32,11 @@ pub struct SessionConfig {
     pub decoder_limits: DecoderLimits,
     /// Per-packet header cost the cork timer weighs against waiting.
     pub packet_overhead: usize,
+    /// Payload of one link segment (the path's TCP MSS; 536 is TCP's
+    /// default, an MTU of 576). On a slow link a bulk slice fills one, so
+    /// bulk pays one packet header and one record's framing per full
+    /// segment instead of per second of goodput.
+    pub segment_payload: usize,
     /// What the link layer adds to each record (Noise: length + AEAD tag).
     pub frame_overhead: usize,
     /// Bulk streams are compressed in units of about this many seconds of
@@ -126,6 +131,7 @@ impl SessionConfig {
             codec_params: CodecParams::default(),
             decoder_limits: DecoderLimits::default(),
             packet_overhead: 40,
+            segment_payload: 536,
             frame_overhead: 18,
             bulk_unit_secs: 2.0,
             bulk_slice_secs: 0.25,

@@ -264,7 +264,11 @@ fn inflight_stays_within_rate_times_target() {
     sim.run_for(Duration::from_secs(30));
     // At most one record beyond the limit: the one that was sent while under it.
     let record = sim.client_max_record as i64;
-    assert!(record <= (sim.client.record_target() * 3 / 2) as i64 + 16);
+    let slice = sim
+        .client
+        .record_target()
+        .max(sim.client.bulk_slice_target());
+    assert!(record <= (slice * 3 / 2) as i64 + 16);
     assert!(
         sim.max_client_overshoot <= record,
         "unacked exceeded the limit by {} (record {record})",
@@ -1283,6 +1287,63 @@ fn bulk_slices_stay_small_on_faster_links() {
     );
     // Without the bound, slices would be a whole record.
     assert!(sim.client.record_target() > min_slice * 3 / 2 + 64);
+}
+
+/// At 2,400 bit/s a 1 s record is ~240 B, under half a 536-byte segment:
+/// bulk slices fill a segment instead, so bulk pays one packet header and
+/// one record's framing per segment. Exact, and fewer records.
+#[test]
+fn bulk_slices_fill_a_segment_on_a_slow_link() {
+    let run = |segment_payload: usize| {
+        let mut c = SessionConfig::new(Role::Client);
+        let mut s = SessionConfig::new(Role::Server);
+        c.record_secs = 1.0;
+        s.record_secs = 1.0;
+        c.segment_payload = segment_payload;
+        let mut sim = Sim::with_configs(300.0, Duration::from_millis(500), c, s);
+        push_stream(
+            &mut sim,
+            &mail_text(40_000),
+            Priority::Bulk,
+            Duration::from_secs(120),
+        );
+        let st = sim.client.stats();
+        // Link bytes with the packet headers (the sim charges 40 B each).
+        let link = sim.up.wire().stats();
+        let link_bytes = link.bytes + 40 * link.segments;
+        (
+            sim.client_max_record,
+            st.records_sent,
+            link_bytes,
+            sim.client.record_target(),
+        )
+    };
+    let (largest, records, wire, record_target) = run(536);
+    // A slice is a segment less the framing; a short tail may ride along.
+    assert!(
+        largest > record_target * 3 / 2,
+        "largest record {largest} B"
+    );
+    assert!(
+        largest <= (536 - 18) * 3 / 2 + 16,
+        "largest record {largest} B"
+    );
+    // A segment as small as a record: slices are records, as before.
+    let (small_largest, small_records, small_wire, _) = run(0);
+    assert!(small_largest < largest, "{small_largest} vs {largest}");
+    eprintln!(
+        "segment slices: {records} records, {wire} link B; record slices: {small_records}, {small_wire} link B"
+    );
+    assert!(
+        records * 5 < small_records * 4,
+        "records {records} vs {small_records} with record-sized slices"
+    );
+    // Each record saved is a packet header (and, on the real link, 18 B of
+    // Noise framing the sim does not charge).
+    assert!(
+        wire + 40 * (small_records - records) <= small_wire + 64,
+        "{wire} vs {small_wire} link bytes"
+    );
 }
 
 /// After `codec_idle_reset` without compressed records, each side resets its
