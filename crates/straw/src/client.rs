@@ -463,6 +463,7 @@ fn listen(
                     prefetch: cfg.pop3.prefetch,
                     prefetch_retr_max_bytes: cfg.pop3.prefetch_retr_max_bytes,
                     prefetch_retr_depth: cfg.pop3.prefetch_retr_depth,
+                    prefetch_first: cfg.pop3.prefetch_first,
                 },
                 imap: imap::ImapConfig {
                     prefetch_select: cfg.imap.prefetch_select,

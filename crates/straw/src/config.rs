@@ -444,6 +444,11 @@ pub struct ClientPop3 {
     /// One ahead leaves the link idle for a round trip after each message
     /// shorter than that on the link.
     pub prefetch_retr_depth: u32,
+    /// With the login, also ask for message 1 if LIST says it is at most
+    /// `prefetch_retr_max_bytes`: the program's first RETR, which nearly
+    /// always follows the listing at once, then finds it on its way instead
+    /// of waiting a round trip. Not with hold ashore on.
+    pub prefetch_first: bool,
     /// Hold ashore: a message whose LIST size is larger is not carried; the
     /// program gets a small stub instead, and the whole message after
     /// `straw hold release ID` (0: off). Needs `prefetch`.
@@ -462,6 +467,7 @@ impl Default for ClientPop3 {
             prefetch: true,
             prefetch_retr_max_bytes: 64 * 1024,
             prefetch_retr_depth: straw_proto::pop3::DEFAULT_PREFETCH_RETR_DEPTH,
+            prefetch_first: true,
             hold_over_bytes: 0,
             hold_except_from: Vec::new(),
             hold_file: None,

@@ -180,6 +180,8 @@ pub struct ClientAccel {
     /// The program sent QUIT: an end of input after it is a goodbye, not
     /// an abandoned reply.
     quit_sent: bool,
+    /// The program's `RETR` waits for a conditional prefetch's status line.
+    pub(super) pf_status_wait: bool,
 }
 
 impl ClientAccel {
@@ -225,6 +227,7 @@ impl ClientAccel {
             pf_raw: [None, None],
             hold_refused: false,
             quit_sent: false,
+            pf_status_wait: false,
         }
     }
 
@@ -264,6 +267,10 @@ impl ClientAccel {
         if let Some(p) = self.pf_retr.iter_mut().find(|p| p.id == id) {
             p.buf.extend_from_slice(bytes);
             p.done = end;
+            if self.pf_status_wait && p.status().is_some() {
+                self.pf_status_wait = false;
+                self.blocked = false;
+            }
         }
         // Otherwise a discarded prefetch: dropped.
     }
@@ -457,6 +464,7 @@ impl ClientAccel {
                         });
                     }
                     self.pf_usable = [true; 3];
+                    self.prefetch_first(out);
                 }
             }
             "QUIT" if !self.may_commit && self.held_user.is_none() => {
@@ -485,6 +493,17 @@ impl ClientAccel {
                 self.user = None;
                 self.forward(&line, !arg, false, out);
                 self.block_on_last();
+            }
+            "RETR"
+                if arg
+                    && msg.is_some_and(|m| self.pf_retr.front().is_some_and(|p| p.msg == m))
+                    && self.conditional_front().is_none() =>
+            {
+                // Asked with the login: whether it came or was refused is
+                // in its status line, which is still on its way.
+                self.inbuf.splice(0..0, line);
+                self.blocked = true;
+                self.pf_status_wait = true;
             }
             "RETR" if arg => match msg {
                 Some(m) if self.pf_retr.front().is_some_and(|p| p.msg == m) => {
@@ -894,6 +913,7 @@ mod activity_tests {
             prefetch: false,
             prefetch_retr_max_bytes: prefetch_retr,
             prefetch_retr_depth: 1,
+            prefetch_first: false,
         };
         let mut c = ClientAccel::new(cfg, &Cache::new());
         let mut out = Output::default();
@@ -958,6 +978,7 @@ mod budget_tests {
             prefetch: false,
             prefetch_retr_max_bytes: 64 * 1024,
             prefetch_retr_depth: 1,
+            prefetch_first: false,
         };
         let mut c = ClientAccel::new(cfg, &Cache::new());
         let mut out = Output::default();

@@ -69,6 +69,9 @@ pub struct Pop3Config {
     pub prefetch_retr_max_bytes: u64,
     /// How many messages may be asked ahead of the program (0 counts as 1).
     pub prefetch_retr_depth: u32,
+    /// With the login, also ask for message 1 if it is at most
+    /// `prefetch_retr_max_bytes` (`XSTRAW-RETR-UPTO`, see [`prefetch`]).
+    pub prefetch_first: bool,
 }
 
 /// The config's default for [`Pop3Config::prefetch_retr_max_bytes`].
@@ -85,6 +88,12 @@ pub const DEFAULT_PREFETCH_RETR_DEPTH: u32 = 3;
 /// another.
 pub const ABORT_VERB: &str = "XSTRAW-ABORT";
 pub(crate) const ABORT_ACK: &[u8] = b"+OK\r\n";
+/// Client side → server side, in-band: `XSTRAW-RETR-UPTO <n> <max>` asks
+/// for `RETR n` if `LIST n` says it is at most `max` octets; otherwise it is
+/// answered [`UPTO_REFUSED`]. Sent with the login, before the listing is
+/// known (see [`prefetch`]).
+pub const UPTO_VERB: &str = "XSTRAW-RETR-UPTO";
+pub(crate) const UPTO_REFUSED: &[u8] = b"-ERR straw: not prefetched\r\n";
 /// The reply to an aborted prefetch whose status line was not sent yet.
 pub(crate) const PREFETCH_ABORTED: &[u8] = b"-ERR straw: prefetch aborted\r\n";
 /// Server side's internal stand-ins in its command queue (never upstream):

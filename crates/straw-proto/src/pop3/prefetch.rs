@@ -10,7 +10,7 @@
 //! with `XSTRAW-ABORT n` (answered by the [server side](super::server)).
 
 use super::client::{ClientAccel, Disp, Expect, RetrTrack, Track};
-use super::{ABORT_VERB, resume};
+use super::{ABORT_VERB, UPTO_VERB, resume};
 use crate::Output;
 
 /// One `RETR` sent ahead of the program (pipelined behind its `RETR n`).
@@ -33,6 +33,18 @@ pub(crate) struct RetrPrefetch {
     pub(super) size: u64,
     /// Most bytes held: LIST sizes count octets before dot-stuffing.
     pub(super) limit: usize,
+    /// Asked with the login as `XSTRAW-RETR-UPTO`, before LIST was known:
+    /// its reply may be the server side's refusal, which the program's own
+    /// `RETR` must not get (see [`ClientAccel::prefetch_first`]).
+    pub(super) conditional: bool,
+}
+
+impl RetrPrefetch {
+    /// The reply's status line, once it is complete.
+    pub(super) fn status(&self) -> Option<&[u8]> {
+        let end = self.buf.iter().position(|&b| b == b'\n')?;
+        Some(&self.buf[..=end])
+    }
 }
 
 impl ClientAccel {
@@ -130,8 +142,91 @@ impl ClientAccel {
             done: false,
             size,
             limit,
+            conditional: false,
         });
         true
+    }
+
+    /// With the login: asks the server side for message 1 if LIST says it
+    /// fits the prefetch cap (`XSTRAW-RETR-UPTO 1 cap`). The program's first
+    /// `RETR` nearly always follows LIST at once, and without this its body
+    /// starts a round trip after the listing: the link idles meanwhile
+    /// (~2 s on Iridium). The server side asks `LIST 1` itself, then `RETR 1`
+    /// or answers [`UPTO_REFUSED`](super::UPTO_REFUSED); an older server
+    /// side passes the line on and the real server's `-ERR` says the same.
+    /// Not with hold ashore (its numbering and stubs come from LIST) nor
+    /// while a partial of this account may be stored (resume has one path).
+    pub(super) fn prefetch_first(&mut self, out: &mut Output) {
+        let cap = self.cfg.prefetch_retr_max_bytes;
+        if !self.cfg.prefetch_first
+            || cap == 0
+            || self.failed
+            || self.bulk_held.is_some()
+            || self.hold.is_some()
+        {
+            return;
+        }
+        let mut track = Track::None;
+        if let Some(store) = &self.store {
+            let Some(user) = &self.user else {
+                return;
+            };
+            if store.any_with_prefix(&resume::account_prefix(user)) {
+                return;
+            }
+            // Keyed by the prefetched UIDL listing, which arrives first.
+            track = Track::Retr(Box::new(RetrTrack {
+                msg: 1,
+                key: None,
+                offered: None,
+                resumed: false,
+                spliced: false,
+                storing: false,
+                record: true,
+            }));
+        }
+        out.to_tunnel
+            .extend_from_slice(format!("{UPTO_VERB} 1 {cap}\r\n").as_bytes());
+        let id = self.owed.fresh_id();
+        self.expect.push_back(Expect {
+            multi: true,
+            disp: Disp::Deliver {
+                id,
+                capa: false,
+                track,
+                retr: Some(1),
+                stub: false,
+                hold: super::client::HoldMark::None,
+            },
+            unblocks: false,
+        });
+        let limit =
+            usize::try_from(cap.saturating_mul(2).saturating_add(1024)).unwrap_or(usize::MAX);
+        self.pf_retr.push_back(RetrPrefetch {
+            msg: 1,
+            id,
+            buf: Vec::new(),
+            done: false,
+            size: 0,
+            limit,
+            conditional: true,
+        });
+    }
+
+    /// The program's `RETR` of the front prefetch, if that was asked
+    /// conditionally: `Some(true)` if it may be claimed, `Some(false)` if
+    /// the server side refused it (dropped: the program's RETR goes as
+    /// usual), `None` while its status line is still on its way.
+    pub(super) fn conditional_front(&mut self) -> Option<bool> {
+        let p = self.pf_retr.front()?;
+        if !p.conditional {
+            return Some(true);
+        }
+        let ok = p.status()?.starts_with(b"+OK");
+        if !ok {
+            self.pf_retr.pop_front();
+        }
+        Some(ok)
     }
 
     /// The program asks for the first prefetched message: owe it its real
@@ -152,6 +247,9 @@ impl ClientAccel {
     /// bound): forget them, and for each still arriving, stop recording it
     /// and ask the server side to cut it short.
     pub(super) fn discard_prefetch(&mut self, out: &mut Output) {
+        if std::mem::take(&mut self.pf_status_wait) {
+            self.blocked = false;
+        }
         for p in std::mem::take(&mut self.pf_retr) {
             if !p.done {
                 self.abort_prefetch(p, out);

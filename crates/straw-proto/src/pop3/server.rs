@@ -3,7 +3,10 @@
 //! a batch's replies back so that they cross the link together.
 
 use super::reply::{ReplyReader, is_continuation, multi_if_ok};
-use super::{ABORT_ACK, ABORT_VERB, ACK_LINE, PREFETCH_ABORTED, SKIP_LINE, hold, msg_arg, resume};
+use super::{
+    ABORT_ACK, ABORT_VERB, ACK_LINE, PREFETCH_ABORTED, SKIP_LINE, UPTO_REFUSED, UPTO_VERB, hold,
+    msg_arg, resume,
+};
 use crate::shared::lines::{take_line, unasked, verb};
 use crate::{AccelStats, Accelerator, Output};
 
@@ -39,7 +42,28 @@ pub struct ServerAccel {
     dropped: usize,
     /// A bulk reply's end is held (or was sent) without its flush yet.
     flush_owed: bool,
+    /// An `XSTRAW-RETR-UPTO` whose `LIST n` is in flight.
+    probe: Option<Probe>,
     stats: AccelStats,
+}
+
+/// `XSTRAW-RETR-UPTO n max` while the real server answers our `LIST n`.
+#[derive(Debug)]
+struct Probe {
+    msg: u32,
+    max: u64,
+    /// The client side gave it up meanwhile: answered as an aborted prefetch.
+    aborted: bool,
+    reply: Vec<u8>,
+}
+
+/// `XSTRAW-RETR-UPTO n max` → `(n, max)`.
+fn parse_upto(line: &[u8]) -> Option<(u32, u64)> {
+    let text = String::from_utf8_lossy(line);
+    let mut words = text.split_ascii_whitespace().skip(1);
+    let n = words.next()?.parse().ok()?;
+    let max = words.next()?.parse().ok()?;
+    words.next().is_none().then_some((n, max))
 }
 
 impl ServerAccel {
@@ -115,6 +139,26 @@ impl ServerAccel {
                 }
                 continue;
             }
+            if v == UPTO_VERB {
+                // Ours: `LIST n` first (the real server is close), then
+                // `RETR n` or a refusal, in this line's place.
+                let Some((msg, max)) = parse_upto(&line) else {
+                    out.notes.push("POP3: malformed RETR-UPTO line".into());
+                    self.held.extend_from_slice(UPTO_REFUSED);
+                    continue;
+                };
+                out.to_local
+                    .extend_from_slice(format!("LIST {msg}\r\n").as_bytes());
+                self.inflight = Some((false, false));
+                self.inflight_retr = None;
+                self.probe = Some(Probe {
+                    msg,
+                    max,
+                    aborted: false,
+                    reply: Vec::new(),
+                });
+                return;
+            }
             if v != resume::VERB {
                 break line;
             }
@@ -139,6 +183,28 @@ impl ServerAccel {
         };
         out.to_local.extend_from_slice(&line);
         self.inflight = Some(kind);
+    }
+
+    /// The real server answered the `LIST n` of an `XSTRAW-RETR-UPTO`: ask
+    /// for the message if it fits, else refuse in the line's place.
+    fn after_probe(&mut self, p: Probe, out: &mut Output) {
+        self.inflight = None;
+        let size = String::from_utf8_lossy(&p.reply)
+            .strip_prefix("+OK")
+            .and_then(|rest| rest.split_ascii_whitespace().nth(1).map(str::to_owned))
+            .and_then(|w| w.parse::<u64>().ok());
+        if p.aborted {
+            self.held.extend_from_slice(PREFETCH_ABORTED);
+        } else if size.is_some_and(|size| size <= p.max) {
+            out.to_local
+                .extend_from_slice(format!("RETR {}\r\n", p.msg).as_bytes());
+            self.inflight = Some((true, true));
+            self.inflight_retr = Some(p.msg);
+            return;
+        } else {
+            self.held.extend_from_slice(UPTO_REFUSED);
+        }
+        self.send_next(out);
     }
 
     /// Acts on abort lines as soon as they arrive, ahead of the commands
@@ -168,11 +234,14 @@ impl ServerAccel {
                     .push("POP3: abort line without a message number".into());
                 continue;
             };
-            let queued = (0..i)
-                .rev()
-                .find(|&j| verb(&lines[j]).0 == "RETR" && msg_arg(&lines[j]) == Some(n));
+            let queued = (0..i).rev().find(|&j| {
+                let v = verb(&lines[j]).0;
+                (v == "RETR" || v == UPTO_VERB) && msg_arg(&lines[j]) == Some(n)
+            });
             if let Some(j) = queued {
                 lines[j] = SKIP_LINE.to_vec();
+            } else if let Some(p) = self.probe.as_mut().filter(|p| p.msg == n) {
+                p.aborted = true;
             } else if self.inflight_retr == Some(n)
                 && !self.dropping
                 && self.resume.is_none()
@@ -205,6 +274,20 @@ impl Accelerator for ServerAccel {
                     return self.fail(out, unasked("POP3 server", data));
                 }
             };
+            if let Some(p) = &mut self.probe {
+                let (n, done) = match self.reader.feed(data, false, &mut p.reply) {
+                    Ok(r) => r,
+                    Err(e) => return self.fail(out, e),
+                };
+                data = &data[n..];
+                if done {
+                    let p = self.probe.take().expect("checked");
+                    self.after_probe(p, out);
+                    completed = true;
+                    self.stats.link_waits_saved += u64::from(self.inflight.is_some());
+                }
+                continue;
+            }
             let mut dropped = Vec::new();
             let sink = if self.dropping {
                 &mut dropped

@@ -237,6 +237,7 @@ const PF: Pop3Config = Pop3Config {
     prefetch: true,
     prefetch_retr_max_bytes: 0,
     prefetch_retr_depth: 1,
+    prefetch_first: false,
 };
 
 #[test]
@@ -634,6 +635,7 @@ fn logged_in() -> ClientAccel {
             prefetch: false,
             prefetch_retr_max_bytes: 0,
             prefetch_retr_depth: 1,
+            prefetch_first: false,
         },
         &Cache::new(),
     );
@@ -827,6 +829,7 @@ fn retr_resume_without_prefetch_asks_uidl_first() {
         prefetch: false,
         prefetch_retr_max_bytes: 0,
         prefetch_retr_depth: 1,
+        prefetch_first: false,
     };
     let (mem, store) = mem();
     let full = direct_retr(big_server(0), &LOGIN);
@@ -852,6 +855,7 @@ fn retr_resume_uses_the_programs_uidl_listing() {
         prefetch: false,
         prefetch_retr_max_bytes: 0,
         prefetch_retr_depth: 1,
+        prefetch_first: false,
     };
     let (mem, store) = mem();
     cut_attempt(cfg, big_server(0), &store, 15_000);
@@ -915,6 +919,7 @@ fn retr_waiting_for_its_uidl_keeps_pipelined_replies_in_order() {
         prefetch: false,
         prefetch_retr_max_bytes: 0,
         prefetch_retr_depth: 1,
+        prefetch_first: false,
     };
     let (mem, store) = mem();
     cut_attempt(cfg, big_server(0), &store, 15_000);
@@ -993,6 +998,7 @@ const PFR: Pop3Config = Pop3Config {
     prefetch: true,
     prefetch_retr_max_bytes: DEFAULT_PREFETCH_RETR_MAX_BYTES,
     prefetch_retr_depth: 1,
+    prefetch_first: false,
 };
 
 /// The benchmark's poplib session: USER, PASS, STAT, LIST, RETR 1..10, QUIT.
@@ -1072,12 +1078,13 @@ proptest! {
     fn retr_prefetch_any_split_of_the_program_stream_is_exact(
         cuts in proptest::collection::vec(0usize..400, 0..12),
         depth in 1u32..5,
+        first in any::<bool>(),
     ) {
         let steps = bench_session();
         let all: Vec<u8> = steps.concat();
         let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % all.len()).collect();
         cuts.sort();
-        let cfg = Pop3Config { prefetch_retr_depth: depth, ..PFR };
+        let cfg = Pop3Config { prefetch_retr_depth: depth, prefetch_first: first, ..PFR };
         let mut rig = Rig::new(cfg, &warm(), FakeDovecot::new(10));
         let mut last = 0;
         for c in cuts.into_iter().chain([all.len()]) {
@@ -1086,6 +1093,9 @@ proptest! {
         }
         prop_assert_eq!(&rig.program_saw, &direct(FakeDovecot::new(10), &refs(&steps)));
         let mut want = b"USER bob\r\nPASS secret\r\nSTAT\r\nUIDL\r\nLIST\r\n".to_vec();
+        if first {
+            want.extend(b"LIST 1\r\n");
+        }
         for i in 1..=10 {
             want.extend(format!("RETR {i}\r\n").bytes());
         }
@@ -1289,6 +1299,7 @@ fn retr_prefetch_respects_the_size_cap_and_zero_disables() {
             prefetch: true,
             prefetch_retr_max_bytes: cap,
             prefetch_retr_depth: 1,
+            prefetch_first: false,
         };
         let mut rig = Rig::new(cfg, &warm(), real.clone());
         for s in &steps[..3] {
@@ -1313,6 +1324,7 @@ fn retr_prefetch_without_list_data_does_nothing() {
         prefetch: false,
         prefetch_retr_max_bytes: DEFAULT_PREFETCH_RETR_MAX_BYTES,
         prefetch_retr_depth: 1,
+        prefetch_first: false,
     };
     let mut rig = Rig::new(cfg, &warm(), FakeDovecot::new(3));
     for s in [&b"USER bob\r\n"[..], b"PASS secret\r\n", b"RETR 1\r\n"] {
@@ -2265,4 +2277,213 @@ fn hold_against_an_old_server_side_carries_the_message_and_asks_no_more() {
     c.from_local(b"RETR 2\r\n", true, &mut out);
     assert_eq!(reply_text(&out.to_tunnel), "RETR 2\r\n", "asked once only");
     assert!(out.fail.is_none());
+}
+
+// ------------------------------------------- message 1 asked with the login
+
+/// As straw's config has it by default.
+const PFR_FIRST: Pop3Config = Pop3Config {
+    prefetch_first: true,
+    ..PFR3
+};
+
+#[test]
+fn first_retr_asked_with_the_login_makes_the_bench_session_one_wait() {
+    let steps = bench_session();
+    for n in [10, 12] {
+        let expected = direct(FakeDovecot::new(n), &refs(&steps));
+        let mut rig = Rig::new(PFR_FIRST, &warm(), FakeDovecot::new(n));
+        for s in &steps {
+            rig.send(s);
+        }
+        assert_text(&rig.program_saw, &expected);
+        assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+        // Without it: PASS + RETR 1 (retr_prefetch_three_ahead_bench_session...).
+        assert_eq!(rig.c.stats().link_waits, 1, "PASS only");
+        for i in 1..=10 {
+            assert_eq!(asked(&rig.real, &format!("RETR {i}\r\n")), 1, "RETR {i}");
+        }
+        assert_eq!(
+            asked(&rig.real, "LIST 1\r\n"),
+            1,
+            "the server side's size check"
+        );
+        assert_eq!(asked(&rig.real, "XSTRAW"), 0, "straw's verbs stay in straw");
+    }
+}
+
+#[test]
+fn first_retr_over_the_cap_is_refused_and_the_programs_retr_crosses() {
+    let steps = bench_session();
+    // Message 1 of the fake is ~120 bytes: a cap below it refuses it.
+    let cfg = Pop3Config {
+        prefetch_retr_max_bytes: 100,
+        ..PFR_FIRST
+    };
+    let expected = direct(FakeDovecot::new(3), &refs(&steps));
+    let mut rig = Rig::new(cfg, &warm(), FakeDovecot::new(3));
+    for s in &steps {
+        rig.send(s);
+    }
+    assert_text(&rig.program_saw, &expected);
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+    assert_eq!(asked(&rig.real, "LIST 1\r\n"), 1);
+    assert_eq!(asked(&rig.real, "RETR 1\r\n"), 1, "only the program's own");
+    assert!(!String::from_utf8_lossy(&rig.program_saw).contains("straw"));
+    // Every message is over that cap: PASS and each RETR wait, as without it.
+    assert_eq!(rig.c.stats().link_waits, 11, "PASS + 10 RETR");
+}
+
+#[test]
+fn first_retr_not_wanted_is_cut_short_and_the_program_gets_its_choice() {
+    let steps: Vec<Vec<u8>> = [
+        "USER bob\r\n",
+        "PASS secret\r\n",
+        "UIDL\r\n",
+        "RETR 2\r\n",
+        "RETR 1\r\n",
+        "QUIT\r\n",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let expected = direct(FakeDovecot::new(3), &refs(&steps));
+    let mut rig = Rig::new(PFR_FIRST, &warm(), FakeDovecot::new(3));
+    for s in &steps {
+        rig.send(s);
+    }
+    assert_text(&rig.program_saw, &expected);
+    assert!(rig.fails.is_empty(), "{:?}", rig.fails);
+    assert_eq!(asked(&rig.real, "RETR 2\r\n"), 1);
+    // The login's RETR 1 was answered here already (the rig is lockstep),
+    // so the program's later RETR 1 is asked again: never served stale.
+    assert_eq!(asked(&rig.real, "RETR 1\r\n"), 2);
+}
+
+#[test]
+fn first_retr_with_hold_ashore_is_not_asked() {
+    let mut c = ClientAccel::new(PFR_FIRST, &warm()).with_hold(HoldConfig {
+        over_bytes: OVER,
+        except_from: Vec::new(),
+        bits_per_sec: 2400,
+        cost_per_minute: 1.5,
+        store: Arc::new(MemHolds::default()),
+    });
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(GREETING, &mut o);
+    c.from_local(b"USER bob\r\nPASS x\r\n", true, &mut o);
+    assert!(
+        !String::from_utf8_lossy(&o.to_tunnel).contains("XSTRAW"),
+        "{:?}",
+        String::from_utf8_lossy(&o.to_tunnel)
+    );
+}
+
+/// The program asks `RETR 1` before anything of the login's replies came:
+/// it waits for the conditional reply's status line, then is served from it
+/// (or, refused, sends its own RETR).
+#[test]
+fn first_retr_asked_before_its_status_line_waits_for_it() {
+    for refused in [false, true] {
+        let mut c = ClientAccel::new(PFR_FIRST, &warm());
+        let mut o = Output::default();
+        c.start(&mut o);
+        c.from_tunnel(GREETING, &mut o);
+        o = Output::default();
+        c.from_local(b"USER bob\r\nPASS x\r\nRETR 1\r\n", true, &mut o);
+        assert_eq!(
+            o.to_tunnel,
+            format!("USER bob\r\nPASS x\r\nSTAT\r\nUIDL\r\nLIST\r\n{UPTO_VERB} 1 {DEFAULT_PREFETCH_RETR_MAX_BYTES}\r\n")
+                .as_bytes(),
+            "the program's RETR 1 waits"
+        );
+        o = Output::default();
+        c.from_tunnel(
+            b"+OK\r\n+OK Logged in.\r\n+OK 1 9\r\n+OK\r\n1 u1\r\n.\r\n+OK\r\n1 9\r\n.\r\n",
+            &mut o,
+        );
+        assert!(
+            o.to_tunnel.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&o.to_tunnel)
+        );
+        let status: &[u8] = if refused {
+            UPTO_REFUSED
+        } else {
+            b"+OK 9 octets\r\n"
+        };
+        c.from_tunnel(status, &mut o);
+        if refused {
+            assert_eq!(
+                o.to_tunnel, b"RETR 1\r\n",
+                "refused: the program's own RETR"
+            );
+            c.from_tunnel(b"+OK 9 octets\r\nhi there\r\n.\r\n", &mut o);
+        } else {
+            assert!(o.to_tunnel.starts_with(b"RETR 2") || o.to_tunnel.is_empty());
+            c.from_tunnel(b"hi there\r\n.\r\n", &mut o);
+        }
+        assert!(
+            o.to_local.ends_with(b"+OK 9 octets\r\nhi there\r\n.\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(&o.to_local)
+        );
+        assert!(!String::from_utf8_lossy(&o.to_local).contains("straw"));
+    }
+}
+
+/// The server side alone: `LIST n` first, then `RETR n` only if it fits;
+/// a refusal or an abort in the line's place, and the next command goes on.
+#[test]
+fn server_side_retr_upto_checks_the_size_first() {
+    let start = || {
+        let mut s = ServerAccel::new();
+        let mut o = Output::default();
+        s.from_local(GREETING, true, &mut o);
+        (s, Output::default())
+    };
+    // Fits: RETR 1 follows, its reply streams.
+    let (mut s, mut o) = start();
+    s.from_tunnel(format!("{UPTO_VERB} 1 100\r\n").as_bytes(), &mut o);
+    assert_eq!(o.to_local, b"LIST 1\r\n");
+    o = Output::default();
+    s.from_local(b"+OK 1 50\r\n", true, &mut o);
+    assert_eq!(o.to_local, b"RETR 1\r\n");
+    assert!(
+        o.to_tunnel.is_empty(),
+        "the LIST reply is the server side's own"
+    );
+    s.from_local(b"+OK 50 octets\r\nbody\r\n.\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"+OK 50 octets\r\nbody\r\n.\r\n");
+
+    // Too big, or no such message: refused, and the next command goes.
+    for list_reply in [&b"+OK 1 500\r\n"[..], b"-ERR There's no message.\r\n"] {
+        let (mut s, mut o) = start();
+        s.from_tunnel(format!("{UPTO_VERB} 1 100\r\nNOOP\r\n").as_bytes(), &mut o);
+        o = Output::default();
+        s.from_local(list_reply, true, &mut o);
+        assert_eq!(o.to_local, b"NOOP\r\n");
+        s.from_local(b"+OK\r\n", true, &mut o);
+        assert_eq!(o.to_tunnel, [UPTO_REFUSED, b"+OK\r\n"].concat());
+    }
+
+    // Aborted while its LIST is out: answered as an aborted prefetch.
+    let (mut s, mut o) = start();
+    s.from_tunnel(format!("{UPTO_VERB} 1 100\r\n").as_bytes(), &mut o);
+    s.from_tunnel(format!("{ABORT_VERB} 1\r\n").as_bytes(), &mut o);
+    o = Output::default();
+    s.from_local(b"+OK 1 50\r\n", true, &mut o);
+    assert!(
+        o.to_local.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&o.to_local)
+    );
+    assert_eq!(o.to_tunnel, [PREFETCH_ABORTED, ABORT_ACK].concat());
+
+    // Malformed: refused without asking.
+    let (mut s, mut o) = start();
+    s.from_tunnel(format!("{UPTO_VERB} one\r\n").as_bytes(), &mut o);
+    assert!(o.to_local.is_empty());
+    assert_eq!(o.to_tunnel, UPTO_REFUSED);
 }
