@@ -102,6 +102,11 @@ impl Session {
             }
         };
         let wire = self.bulk_unit_outcome(raw, class_raw, outcome)?;
+        if !self.bulk_out.is_empty() {
+            // Behind what is still to be sliced: never overtakes it.
+            self.bulk_stored = Some(wire);
+            return None;
+        }
         Some(self.send_stored_unit(now, wire))
     }
 
