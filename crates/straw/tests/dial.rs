@@ -27,6 +27,11 @@ fn pop3_answer(line: &str) -> (Vec<u8>, bool) {
             false,
         );
     }
+    if verb == "LIST"
+        && let Some(n) = line.split_whitespace().nth(1)
+    {
+        return (format!("+OK {n} 1507\r\n").into_bytes(), false);
+    }
     let reply: &[u8] = match verb.as_str() {
         "STAT" => b"+OK 3 4521\r\n",
         "UIDL" => b"+OK\r\n1 000001a4f3c2\r\n2 000001a4f3c3\r\n3 000001a4f3c4\r\n.\r\n",

@@ -78,6 +78,9 @@ fn pop3_answer(line: &str) -> (Vec<u8>, bool) {
         "RETR" if (1..=MESSAGES).contains(&n) => retr_reply(n),
         "RETR" => b"-ERR no such message\r\n".to_vec(),
         "STAT" => format!("+OK {MESSAGES} 99999\r\n").into_bytes(),
+        "LIST" if (1..=MESSAGES).contains(&n) => {
+            format!("+OK {n} {}\r\n", mail(n).len()).into_bytes()
+        }
         "LIST" => list_reply(),
         "UIDL" => uidl_reply(),
         "PASS" => b"+OK Logged in.\r\n".to_vec(),

@@ -43,6 +43,9 @@ fn message() -> Vec<u8> {
 fn pop3_answer(msg: &[u8], line: &str) -> (Vec<u8>, bool) {
     let v = verb(line);
     let reply = match v.as_str() {
+        "LIST" if line.split_whitespace().nth(1) == Some("1") => {
+            format!("+OK 1 {}\r\n", msg.len()).into_bytes()
+        }
         "LIST" => format!("+OK 2 messages\r\n1 {}\r\n2 100\r\n.\r\n", msg.len()).into_bytes(),
         "UIDL" => b"+OK\r\n1 a1\r\n2 a2\r\n.\r\n".to_vec(),
         "STAT" => format!("+OK 2 {}\r\n", msg.len() + 100).into_bytes(),
