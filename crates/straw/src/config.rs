@@ -445,9 +445,10 @@ pub struct ClientPop3 {
     /// shorter than that on the link.
     pub prefetch_retr_depth: u32,
     /// With the login, also ask for message 1 if LIST says it is at most
-    /// `prefetch_retr_max_bytes`: the program's first RETR, which nearly
-    /// always follows the listing at once, then finds it on its way instead
-    /// of waiting a round trip. Not with hold ashore on.
+    /// `prefetch_retr_max_bytes`, for an account whose last session began
+    /// with `RETR 1` (a program that deletes what it fetched): its first
+    /// RETR then finds the message on its way instead of waiting a round
+    /// trip. Not with hold ashore on.
     pub prefetch_first: bool,
     /// Hold ashore: a message whose LIST size is larger is not carried; the
     /// program gets a small stub instead, and the whole message after

@@ -8,7 +8,8 @@ use super::hold::{HoldConfig, HoldView};
 use super::prefetch::RetrPrefetch;
 use super::reply::{ReplyReader, is_continuation, multi_if_ok};
 use super::{
-    GREETING_KEY, LINK_LOST, PREFETCH, Pop3Config, QUIT_OK, has_apop_timestamp, msg_arg, resume,
+    FIRST_RETR_KEY, GREETING_KEY, LINK_LOST, PREFETCH, Pop3Config, QUIT_OK, has_apop_timestamp,
+    msg_arg, resume,
 };
 use crate::partial::SharedStore;
 use crate::shared::lines::{MAX_LINE, take_line, trim_end, verb};
@@ -182,6 +183,10 @@ pub struct ClientAccel {
     quit_sent: bool,
     /// The program's `RETR` waits for a conditional prefetch's status line.
     pub(super) pf_status_wait: bool,
+    /// Accounts whose last session began with `RETR 1` (from the cache).
+    pub(super) first_was_1: HashSet<String>,
+    /// This login's first `RETR` was seen (and remembered).
+    pub(super) first_retr_seen: bool,
 }
 
 impl ClientAccel {
@@ -228,6 +233,12 @@ impl ClientAccel {
             hold_refused: false,
             quit_sent: false,
             pf_status_wait: false,
+            first_was_1: cache
+                .iter()
+                .filter(|(_, v)| v.as_slice() == b"1")
+                .filter_map(|(k, _)| k.strip_prefix(FIRST_RETR_KEY).map(str::to_owned))
+                .collect(),
+            first_retr_seen: false,
         }
     }
 
@@ -424,8 +435,12 @@ impl ClientAccel {
                 self.discard_prefetch(out);
             }
         }
+        if verb == "RETR" && arg && !self.first_retr_seen {
+            self.remember_first_retr(msg == Some(1), out);
+        }
         match verb.as_str() {
             "USER" | "APOP" | "AUTH" => {
+                self.first_retr_seen = false;
                 self.sizes.clear();
                 self.deleted.clear();
                 self.retrieved.clear();

@@ -54,6 +54,10 @@ use crate::shared::lines::trim_end;
 
 /// Cache key of the last real greeting (empty: don't serve one).
 pub const GREETING_KEY: &str = "pop3.greeting";
+/// Cache key prefix, then the account: `1` if the program's first `RETR`
+/// of that account's last session was `RETR 1` (see
+/// [`Pop3Config::prefetch_first`]).
+pub const FIRST_RETR_KEY: &str = "pop3.first-retr.";
 /// The local reply to a `QUIT` that commits nothing.
 pub(crate) const QUIT_OK: &[u8] = b"+OK Logging out.\r\n";
 /// The program's next reply when the tunnel is gone for good.
@@ -70,7 +74,8 @@ pub struct Pop3Config {
     /// How many messages may be asked ahead of the program (0 counts as 1).
     pub prefetch_retr_depth: u32,
     /// With the login, also ask for message 1 if it is at most
-    /// `prefetch_retr_max_bytes` (`XSTRAW-RETR-UPTO`, see [`prefetch`]).
+    /// `prefetch_retr_max_bytes` (`XSTRAW-RETR-UPTO`, see [`prefetch`]),
+    /// when the program began the account's last session with `RETR 1`.
     pub prefetch_first: bool,
 }
 

@@ -1085,7 +1085,7 @@ proptest! {
         let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % all.len()).collect();
         cuts.sort();
         let cfg = Pop3Config { prefetch_retr_depth: depth, prefetch_first: first, ..PFR };
-        let mut rig = Rig::new(cfg, &warm(), FakeDovecot::new(10));
+        let mut rig = Rig::new(cfg, &warm_first(), FakeDovecot::new(10));
         let mut last = 0;
         for c in cuts.into_iter().chain([all.len()]) {
             rig.send(&all[last..c]);
@@ -2281,6 +2281,13 @@ fn hold_against_an_old_server_side_carries_the_message_and_asks_no_more() {
 
 // ------------------------------------------- message 1 asked with the login
 
+/// A cache that remembers bob's last session began with `RETR 1`.
+fn warm_first() -> Cache {
+    let mut c = warm();
+    c.insert(format!("{FIRST_RETR_KEY}bob"), b"1".to_vec());
+    c
+}
+
 /// As straw's config has it by default.
 const PFR_FIRST: Pop3Config = Pop3Config {
     prefetch_first: true,
@@ -2292,7 +2299,7 @@ fn first_retr_asked_with_the_login_makes_the_bench_session_one_wait() {
     let steps = bench_session();
     for n in [10, 12] {
         let expected = direct(FakeDovecot::new(n), &refs(&steps));
-        let mut rig = Rig::new(PFR_FIRST, &warm(), FakeDovecot::new(n));
+        let mut rig = Rig::new(PFR_FIRST, &warm_first(), FakeDovecot::new(n));
         for s in &steps {
             rig.send(s);
         }
@@ -2321,7 +2328,7 @@ fn first_retr_over_the_cap_is_refused_and_the_programs_retr_crosses() {
         ..PFR_FIRST
     };
     let expected = direct(FakeDovecot::new(3), &refs(&steps));
-    let mut rig = Rig::new(cfg, &warm(), FakeDovecot::new(3));
+    let mut rig = Rig::new(cfg, &warm_first(), FakeDovecot::new(3));
     for s in &steps {
         rig.send(s);
     }
@@ -2348,7 +2355,7 @@ fn first_retr_not_wanted_is_cut_short_and_the_program_gets_its_choice() {
     .map(|s| s.as_bytes().to_vec())
     .collect();
     let expected = direct(FakeDovecot::new(3), &refs(&steps));
-    let mut rig = Rig::new(PFR_FIRST, &warm(), FakeDovecot::new(3));
+    let mut rig = Rig::new(PFR_FIRST, &warm_first(), FakeDovecot::new(3));
     for s in &steps {
         rig.send(s);
     }
@@ -2362,7 +2369,7 @@ fn first_retr_not_wanted_is_cut_short_and_the_program_gets_its_choice() {
 
 #[test]
 fn first_retr_with_hold_ashore_is_not_asked() {
-    let mut c = ClientAccel::new(PFR_FIRST, &warm()).with_hold(HoldConfig {
+    let mut c = ClientAccel::new(PFR_FIRST, &warm_first()).with_hold(HoldConfig {
         over_bytes: OVER,
         except_from: Vec::new(),
         bits_per_sec: 2400,
@@ -2386,7 +2393,7 @@ fn first_retr_with_hold_ashore_is_not_asked() {
 #[test]
 fn first_retr_asked_before_its_status_line_waits_for_it() {
     for refused in [false, true] {
-        let mut c = ClientAccel::new(PFR_FIRST, &warm());
+        let mut c = ClientAccel::new(PFR_FIRST, &warm_first());
         let mut o = Output::default();
         c.start(&mut o);
         c.from_tunnel(GREETING, &mut o);
@@ -2486,4 +2493,60 @@ fn server_side_retr_upto_checks_the_size_first() {
     s.from_tunnel(format!("{UPTO_VERB} one\r\n").as_bytes(), &mut o);
     assert!(o.to_local.is_empty());
     assert_eq!(o.to_tunnel, UPTO_REFUSED);
+}
+
+/// Asked only for an account whose last session began with `RETR 1`: the
+/// first session learns it, one that began elsewhere forgets it.
+#[test]
+fn first_retr_is_asked_only_after_a_session_that_began_with_it() {
+    let steps = bench_session();
+    let mut first = Rig::new(PFR_FIRST, &warm(), FakeDovecot::new(3));
+    for s in &steps[..5] {
+        first.send(s);
+    }
+    assert_eq!(
+        asked(&first.real, "LIST 1\r\n"),
+        0,
+        "nothing remembered yet"
+    );
+    let cache = first.cache();
+    assert_eq!(
+        cache
+            .get(&format!("{FIRST_RETR_KEY}bob"))
+            .map(Vec::as_slice),
+        Some(&b"1"[..])
+    );
+
+    let mut warm = warm();
+    warm.extend(cache);
+    let elsewhere: Vec<Vec<u8>> = ["USER bob\r\n", "PASS secret\r\n", "RETR 3\r\n", "QUIT\r\n"]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    let expected = direct(FakeDovecot::new(3), &refs(&elsewhere));
+    let mut second = Rig::new(PFR_FIRST, &warm, FakeDovecot::new(3));
+    for s in &elsewhere {
+        second.send(s);
+    }
+    assert_text(&second.program_saw, &expected);
+    assert_eq!(asked(&second.real, "LIST 1\r\n"), 1, "remembered: asked");
+    let cache = second.cache();
+    assert_eq!(
+        cache
+            .get(&format!("{FIRST_RETR_KEY}bob"))
+            .map(Vec::as_slice),
+        Some(&b""[..])
+    );
+
+    warm.extend(cache);
+    let mut third = Rig::new(PFR_FIRST, &warm, FakeDovecot::new(3));
+    for s in &elsewhere {
+        third.send(s);
+    }
+    assert_eq!(
+        asked(&third.real, "LIST 1\r\n"),
+        0,
+        "forgotten after RETR 3"
+    );
+    assert!(third.fails.is_empty(), "{:?}", third.fails);
 }
