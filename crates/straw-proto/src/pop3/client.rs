@@ -114,6 +114,22 @@ pub(super) struct RetrTrack {
     pub(super) record: bool,
 }
 
+impl RetrTrack {
+    /// A RETR of `msg` to be kept in the store under `key` (or the key its
+    /// UIDL gives once known), offering `offered` as a stored prefix.
+    pub(super) fn track(msg: u32, key: Option<String>, offered: Option<Vec<u8>>) -> Track {
+        Track::Retr(Box::new(RetrTrack {
+            msg,
+            key,
+            offered,
+            resumed: false,
+            spliced: false,
+            storing: false,
+            record: true,
+        }))
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Expect {
     pub(super) multi: bool,

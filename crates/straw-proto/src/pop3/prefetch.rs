@@ -106,44 +106,10 @@ impl ClientAccel {
                 }
             };
             if key.is_some() || !matches!(self.uidls.get(&n), Some(None)) {
-                track = Track::Retr(Box::new(RetrTrack {
-                    msg: n,
-                    key,
-                    offered: None,
-                    resumed: false,
-                    spliced: false,
-                    storing: false,
-                    record: true,
-                }));
+                track = RetrTrack::track(n, key, None);
             }
         }
-        out.to_tunnel
-            .extend_from_slice(format!("RETR {n}\r\n").as_bytes());
-        out.flush = true;
-        let id = self.owed.fresh_id();
-        self.expect.push_back(Expect {
-            multi: true,
-            disp: Disp::Deliver {
-                id,
-                capa: false,
-                track,
-                retr: Some(n),
-                stub: false,
-                hold: super::client::HoldMark::None,
-            },
-            unblocks: false,
-        });
-        let limit =
-            usize::try_from(size.saturating_mul(2).saturating_add(1024)).unwrap_or(usize::MAX);
-        self.pf_retr.push_back(RetrPrefetch {
-            msg: n,
-            id,
-            buf: Vec::new(),
-            done: false,
-            size,
-            limit,
-            conditional: false,
-        });
+        self.ask_ahead(format!("RETR {n}\r\n"), n, size, false, track, out);
         true
     }
 
@@ -186,18 +152,25 @@ impl ClientAccel {
                 return;
             }
             // Keyed by the prefetched UIDL listing, which arrives first.
-            track = Track::Retr(Box::new(RetrTrack {
-                msg: 1,
-                key: None,
-                offered: None,
-                resumed: false,
-                spliced: false,
-                storing: false,
-                record: true,
-            }));
+            track = RetrTrack::track(1, None, None);
         }
-        out.to_tunnel
-            .extend_from_slice(format!("{UPTO_VERB} 1 {cap}\r\n").as_bytes());
+        self.ask_ahead(format!("{UPTO_VERB} 1 {cap}\r\n"), 1, cap, true, track, out);
+    }
+
+    /// Sends `line`, a RETR of `msg` asked ahead of the program, and keeps
+    /// its reply (at most twice `bound`, LIST's size or the cap, plus a
+    /// little: LIST sizes count octets before dot-stuffing) until asked.
+    fn ask_ahead(
+        &mut self,
+        line: String,
+        msg: u32,
+        bound: u64,
+        conditional: bool,
+        track: Track,
+        out: &mut Output,
+    ) {
+        out.to_tunnel.extend_from_slice(line.as_bytes());
+        out.flush = true;
         let id = self.owed.fresh_id();
         self.expect.push_back(Expect {
             multi: true,
@@ -205,22 +178,22 @@ impl ClientAccel {
                 id,
                 capa: false,
                 track,
-                retr: Some(1),
+                retr: Some(msg),
                 stub: false,
                 hold: super::client::HoldMark::None,
             },
             unblocks: false,
         });
         let limit =
-            usize::try_from(cap.saturating_mul(2).saturating_add(1024)).unwrap_or(usize::MAX);
+            usize::try_from(bound.saturating_mul(2).saturating_add(1024)).unwrap_or(usize::MAX);
         self.pf_retr.push_back(RetrPrefetch {
-            msg: 1,
+            msg,
             id,
             buf: Vec::new(),
             done: false,
-            size: 0,
+            size: if conditional { 0 } else { bound },
             limit,
-            conditional: true,
+            conditional,
         });
     }
 

@@ -262,15 +262,7 @@ impl ClientAccel {
                 unblocks: false,
             });
         }
-        let track = Track::Retr(Box::new(RetrTrack {
-            msg,
-            key,
-            offered,
-            resumed: false,
-            spliced: false,
-            storing: false,
-            record: true,
-        }));
+        let track = RetrTrack::track(msg, key, offered);
         self.forward_tracked(&line, true, false, track, out);
         true
     }
