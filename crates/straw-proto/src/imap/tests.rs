@@ -1337,3 +1337,47 @@ proptest! {
         c.from_tunnel(b"xstraw.1 OK done\r\nxstraw.2 NO no\r\n", &mut o);
     }
 }
+
+/// The server side holds LOGIN's tagged reply when straw's SELECT INBOX is
+/// right behind it, until the SELECT's response starts: both leave in one
+/// piece, whatever the session's cork (a fraction of a millisecond on a
+/// fast link; tests/e2e/test_waits.py counted a SELECT wait at 512 kbit/s).
+#[test]
+fn server_side_holds_the_login_reply_until_the_prefetched_select_answers() {
+    let mut s = ServerAccel::default();
+    let mut o = Output::default();
+    s.from_local(format!("{GREETING}\r\n").as_bytes(), true, &mut o);
+    let mut o = Output::default();
+    s.from_tunnel(b"a1 LOGIN bob secret\r\nxstraw.1 SELECT INBOX\r\n", &mut o);
+    assert_eq!(
+        o.to_local,
+        b"a1 LOGIN bob secret\r\nxstraw.1 SELECT INBOX\r\n"
+    );
+    let mut o = Output::default();
+    s.from_local(
+        b"a1 OK [CAPABILITY IMAP4rev1 UNSELECT] Logged in\r\n",
+        true,
+        &mut o,
+    );
+    assert!(
+        o.to_tunnel.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&o.to_tunnel)
+    );
+    assert!(!o.flush);
+    s.from_local(b"* FLAGS (\\Seen)\r\n* 3 EXISTS\r\n", true, &mut o);
+    assert_eq!(
+        o.to_tunnel,
+        b"a1 OK [CAPABILITY IMAP4rev1 UNSELECT] Logged in\r\n* FLAGS (\\Seen)\r\n* 3 EXISTS\r\n"
+    );
+    // A real server that closes instead: the held reply still goes.
+    let mut s = ServerAccel::default();
+    let mut o = Output::default();
+    s.from_local(format!("{GREETING}\r\n").as_bytes(), true, &mut o);
+    s.from_tunnel(b"a1 LOGIN bob secret\r\nxstraw.1 SELECT INBOX\r\n", &mut o);
+    let mut o = Output::default();
+    s.from_local(b"a1 OK Logged in\r\n", true, &mut o);
+    s.local_eof(&mut o);
+    assert_eq!(o.to_tunnel, b"a1 OK Logged in\r\n");
+    assert!(o.flush);
+}
