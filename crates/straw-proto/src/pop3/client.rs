@@ -451,8 +451,11 @@ impl ClientAccel {
                 self.discard_prefetch(out);
             }
         }
-        if verb == "RETR" && arg && !self.first_retr_seen {
-            self.remember_first_retr(msg == Some(1), out);
+        if verb == "RETR" && arg {
+            if !self.first_retr_seen {
+                self.remember_first_retr(msg == Some(1), out);
+            }
+            self.drop_refused_front(msg);
         }
         match verb.as_str() {
             "USER" | "APOP" | "AUTH" => {
@@ -525,11 +528,7 @@ impl ClientAccel {
                 self.forward(&line, !arg, false, out);
                 self.block_on_last();
             }
-            "RETR"
-                if arg
-                    && msg.is_some_and(|m| self.pf_retr.front().is_some_and(|p| p.msg == m))
-                    && self.conditional_front().is_none() =>
-            {
+            "RETR" if arg && self.front_status_pending(msg) => {
                 // Asked with the login: whether it came or was refused is
                 // in its status line, which is still on its way.
                 self.inbuf.splice(0..0, line);

@@ -217,20 +217,25 @@ impl ClientAccel {
         }
     }
 
-    /// The program's `RETR` of the front prefetch, if that was asked
-    /// conditionally: `Some(true)` if it may be claimed, `Some(false)` if
-    /// the server side refused it (dropped: the program's RETR goes as
-    /// usual), `None` while its status line is still on its way.
-    pub(super) fn conditional_front(&mut self) -> Option<bool> {
-        let p = self.pf_retr.front()?;
-        if !p.conditional {
-            return Some(true);
-        }
-        let ok = p.status()?.starts_with(b"+OK");
-        if !ok {
+    /// The front prefetch is `msg`'s, asked with the login, and its status
+    /// line (came, or refused) is still on its way.
+    pub(super) fn front_status_pending(&self, msg: Option<u32>) -> bool {
+        self.pf_retr
+            .front()
+            .is_some_and(|p| Some(p.msg) == msg && p.conditional && p.status().is_none())
+    }
+
+    /// The front prefetch is `msg`'s and the server side refused it:
+    /// dropped, so the program's own `RETR` crosses as usual.
+    pub(super) fn drop_refused_front(&mut self, msg: Option<u32>) {
+        let refused = self.pf_retr.front().is_some_and(|p| {
+            Some(p.msg) == msg
+                && p.conditional
+                && p.status().is_some_and(|s| !s.starts_with(b"+OK"))
+        });
+        if refused {
             self.pf_retr.pop_front();
         }
-        Some(ok)
     }
 
     /// The program asks for the first prefetched message: owe it its real
