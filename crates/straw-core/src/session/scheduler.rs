@@ -201,7 +201,7 @@ impl Session {
         wire.extend_from_slice(&plain);
         self.stats.wire_bytes_sent_by_class[accounting::WIRE_CLASS_CONTROL] += wire.len() as u64;
         wire.extend_from_slice(&self.bulk_out.split_to(n));
-        if self.bulk_out.is_empty() && self.bulk_pending.is_none() && self.bulk_stored.is_none() {
+        if !self.bulk_unit_unsent() {
             self.bulk_unit.clear();
         }
         Some(self.finish_record(now, wire))
