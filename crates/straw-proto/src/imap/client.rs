@@ -119,6 +119,8 @@ pub struct ClientAccel {
     pub(super) authed_caps: Option<Vec<String>>,
     /// This connection's post-login capabilities list UNSELECT, once known.
     pub(super) unselect_now: Option<bool>,
+    /// A `* CAPABILITY` that came within the login's response.
+    login_caps: Option<Vec<u8>>,
     /// Our UNSELECT in flight: its tag, and whether our SELECT succeeded
     /// (None: not known yet).
     pub(super) unselecting: Option<(Vec<u8>, Option<bool>)>,
@@ -187,6 +189,7 @@ impl ClientAccel {
             prefetch_now: false,
             authed_caps,
             unselect_now: None,
+            login_caps: None,
             unselecting: None,
             unselect_wait: false,
             stale: 0,
@@ -545,6 +548,15 @@ impl ClientAccel {
                     out.cache_put.push((CAPABILITY_KEY.into(), line.to_vec()));
                 } else if self.authed {
                     self.learn_authed_caps(line, out);
+                } else if self
+                    .pending
+                    .first()
+                    .is_some_and(|p| p.kind == PendKind::Plain { auth: true })
+                {
+                    // Part of the login's response (Dovecot, when the
+                    // program asked for capabilities before): the
+                    // post-login list, once the login succeeds.
+                    self.login_caps = Some(line.to_vec());
                 }
             }
             if w == "BYE" && self.pending.iter().any(|p| p.kind == PendKind::LocalLogout) {
@@ -622,9 +634,13 @@ impl ClientAccel {
             }
             PendKind::Plain { auth } => {
                 self.awaited -= 1;
+                let login_caps = self.login_caps.take();
                 if auth && w == "OK" {
                     self.authed = true;
-                    self.learn_authed_caps(line, out);
+                    match login_caps {
+                        Some(caps) if caps_of(line).is_none() => self.learn_authed_caps(&caps, out),
+                        _ => self.learn_authed_caps(line, out),
+                    }
                 }
                 out.to_local.extend_from_slice(&rewrite_line(raw));
                 true
@@ -942,7 +958,11 @@ mod budget_tests {
         c.start(&mut out);
         c.from_tunnel(b"* OK ready\r\n", &mut out);
         c.from_local(b"a1 LOGIN u p\r\n", true, &mut out);
-        c.from_tunnel(b"a1 OK done\r\n", &mut out);
+        // No UNSELECT in sight: the server side declines straw's SELECT.
+        c.from_tunnel(
+            b"a1 OK done\r\nxstraw.1 NO [XSTRAW-NOT-SELECTED] straw: not selected\r\n",
+            &mut out,
+        );
         out.to_local.clear();
         out.to_tunnel.clear();
 

@@ -19,10 +19,10 @@
 //! response: its untagged lines as the server sent them and its tagged
 //! completion under the program's tag, response code and text unchanged
 //! (`[READ-WRITE]`); what has not come yet follows as it comes. One round
-//! trip saved. It is asked only once per connection. The server side does
-//! not flush LOGIN's tagged reply on its own when straw's SELECT is right
-//! behind it (the cork timer still bounds the delay), so the program finds
-//! the SELECT response here as soon as it has its login.
+//! trip saved. It is asked only once per connection. The server side holds
+//! LOGIN's tagged reply when straw's SELECT is right behind it, until the
+//! SELECT's response starts (or the real server closes), so the program
+//! finds the SELECT response here as soon as it has its login.
 //!
 //! SELECT, not EXAMINE: EXAMINE would select read-only, and the program's
 //! SELECT needs `[READ-WRITE]`, so it could not be answered from it. SELECT
@@ -59,7 +59,15 @@
 //! `[CAPABILITY ...]` code or a CAPABILITY once logged in, [`AUTHED_CAPABILITY_KEY`])
 //! or the cached pre-login ones. Should this connection's post-login list
 //! lack it after all, a command that needs the selection undone fails the
-//! connection instead. The prefetched response and the updates held behind
+//! connection instead. While the post-login list is not known (a fresh
+//! install: servers list UNSELECT only once logged in), the client side
+//! sends `xstraw.<n> XSTRAW-SELECT 1 INBOX` instead: the server side keeps
+//! it and the commands behind it until LOGIN's tagged reply, then sends
+//! `SELECT INBOX` under that tag if the login worked and the reply's
+//! `[CAPABILITY ...]` lists UNSELECT, or else answers `xstraw.<n> NO
+//! [XSTRAW-NOT-SELECTED]` right behind it, which the client side swallows
+//! as it would a failed SELECT (an older server side passes the line on, and
+//! the real server's `BAD` means the same). The prefetched response and the updates held behind
 //! it are kept up to 64 KiB; past that they are dropped and the program's
 //! SELECT INBOX crosses as usual (INBOX already selected is no harm to it).
 //! The program's SELECT INBOX counts as a local reply if anything of the

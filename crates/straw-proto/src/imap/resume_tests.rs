@@ -371,7 +371,12 @@ fn old_server_side_means_a_full_transfer() {
     // The real server's BAD for the request never reaches the program.
     let all = [s.as_slice(), b"d UID FETCH 11 (BODY.PEEK[])\r\n"].concat();
     assert!(r.prog == direct(&b, &all), "not byte-exact");
-    let offers = r.real.seen.iter().filter(|l| l.contains("XSTRAW")).count();
+    let offers = r
+        .real
+        .seen
+        .iter()
+        .filter(|l| l.contains("XSTRAW-PARTIAL"))
+        .count();
     assert_eq!(offers, 1, "no more offers once refused");
 }
 
@@ -471,18 +476,19 @@ fn resumed_answer_without_its_literal_fails_the_connection() {
     c.from_tunnel(b"* OK ready\r\n", &mut o);
     c.from_local(LOGIN, true, &mut o);
     c.from_tunnel(
-        b"a OK in\r\n* OK [UIDVALIDITY 1700000000] x\r\nb OK sel\r\n",
+        b"a OK in\r\nxstraw.1 NO [XSTRAW-NOT-SELECTED] straw: not selected\r\n\
+          * OK [UIDVALIDITY 1700000000] x\r\nb OK sel\r\n",
         &mut o,
     );
     let mut o = Output::default();
     c.from_local(b"c UID FETCH 11 (BODY.PEEK[])\r\n", true, &mut o);
     assert!(
         o.to_tunnel
-            .starts_with(b"xstraw.1 XSTRAW-PARTIAL 1 11 BODY[] 4000 ")
+            .starts_with(b"xstraw.2 XSTRAW-PARTIAL 1 11 BODY[] 4000 ")
     );
     let mut o = Output::default();
     c.from_tunnel(
-        b"xstraw.1 OK [XSTRAW-RESUMED] straw: resumed\r\n* 5 FETCH (FLAGS (\\Seen))\r\n",
+        b"xstraw.2 OK [XSTRAW-RESUMED] straw: resumed\r\n* 5 FETCH (FLAGS (\\Seen))\r\n",
         &mut o,
     );
     assert!(o.fail.is_some(), "a splice with no literal must fail");

@@ -1,7 +1,7 @@
 //! `SELECT INBOX` asked for with the login (see the [module docs](super)
 //! for the rule): the client side's half. The command crosses as any
-//! other; the server side only leaves LOGIN's reply unflushed when it is
-//! followed by it.
+//! other (or as [`COND_SELECT`]); the server side holds LOGIN's reply
+//! until the SELECT's response starts.
 
 use super::client::{ClientAccel, PendKind, Pending};
 use super::framer::content;
@@ -13,6 +13,18 @@ use crate::Output;
 /// up to this size; beyond, it is dropped and the program's own `SELECT
 /// INBOX` crosses as usual.
 pub(crate) const PREFETCH_MAX: usize = 64 * 1024;
+
+/// The prefetch when UNSELECT is not known to be there (a fresh install:
+/// the cached capabilities are the pre-login ones, and servers list
+/// UNSELECT only once logged in). The server side keeps it, and what
+/// follows, from the real server until LOGIN's tagged reply: if that is OK
+/// and its `[CAPABILITY ...]` lists UNSELECT, it sends `SELECT INBOX` under
+/// the same tag; else it answers [`COND_SELECT_DECLINED`] itself. An older
+/// server side passes it on, and the real server's `BAD` means the same.
+pub(crate) const COND_SELECT: &str = "XSTRAW-SELECT 1 INBOX";
+pub(crate) const COND_SELECT_VERB: &str = "XSTRAW-SELECT";
+/// The server side's answer when it did not select (after the tag).
+pub(crate) const COND_SELECT_DECLINED: &str = "NO [XSTRAW-NOT-SELECTED] straw: not selected";
 
 /// What becomes of the prefetched selection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,19 +137,29 @@ impl ClientAccel {
     }
 
     /// At a program `LOGIN` (no literal, not logged in): whether to ask for
-    /// INBOX right behind it.
+    /// INBOX right behind it: when UNSELECT is known to be there, or the
+    /// post-login capabilities are not known yet (the server side then
+    /// checks LOGIN's, [`COND_SELECT`]).
     pub(super) fn want_prefetch(&mut self) -> bool {
-        let go = self.prefetch_select && !self.prefetch_tried && self.unselect_known();
+        let go = self.prefetch_select
+            && !self.prefetch_tried
+            && (self.unselect_known() || self.authed_caps.is_none());
         self.prefetch_tried |= go;
         go
     }
 
-    /// Sends our `SELECT INBOX` behind the LOGIN with tag `login_tag`.
+    /// Sends our `SELECT INBOX` behind the LOGIN with tag `login_tag`, or
+    /// [`COND_SELECT`] when UNSELECT is not known to be there.
     pub(super) fn send_prefetch(&mut self, login_tag: &[u8], out: &mut Output) {
         self.own_seq += 1;
         let tag = format!("{}{}", TAG_PREFIX, self.own_seq);
+        let cmd = if self.unselect_known() {
+            "SELECT INBOX"
+        } else {
+            COND_SELECT
+        };
         out.to_tunnel
-            .extend_from_slice(format!("{tag} SELECT INBOX\r\n").as_bytes());
+            .extend_from_slice(format!("{tag} {cmd}\r\n").as_bytes());
         self.prefetch = Some(Prefetch {
             tag: tag.into_bytes(),
             login_tag: login_tag.to_vec(),

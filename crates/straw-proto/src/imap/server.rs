@@ -4,6 +4,7 @@
 
 use super::framer::{Ev, Framed, Framer, Lit, content, with_literal};
 use super::reply::{caps_of, upper, word};
+use super::select::{COND_SELECT, COND_SELECT_DECLINED, COND_SELECT_VERB};
 use super::{BULK_RESP_LITERAL, ImapConfig, LITERAL_MINUS_MAX, resume};
 use crate::partial::prefix_hash;
 use crate::{AccelStats, Accelerator, Output};
@@ -57,6 +58,13 @@ pub struct ServerAccel {
     /// the session's cork alone is a fraction of a millisecond on a fast
     /// link, less than the real server takes to answer the SELECT.
     login_held: Vec<u8>,
+    /// The client side's [`COND_SELECT`] behind a LOGIN: (its tag, the
+    /// LOGIN's tag). Commands stop here until LOGIN's reply decides it.
+    cond_select: Option<(Vec<u8>, Vec<u8>)>,
+    /// Whether the last capability list seen since then lists UNSELECT
+    /// (Dovecot sends `* CAPABILITY` before LOGIN's OK when the client asked
+    /// for them before, else a `[CAPABILITY ...]` code in it).
+    cond_unselect: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +109,8 @@ impl ServerAccel {
             last_login: None,
             login_cork: None,
             login_held: Vec::new(),
+            cond_select: None,
+            cond_unselect: None,
         }
     }
 
@@ -252,6 +262,9 @@ impl ServerAccel {
 
     fn learn_caps(&mut self, line: &[u8]) {
         if let Some(c) = caps_of(line) {
+            if self.cond_select.is_some() {
+                self.cond_unselect = Some(c.iter().any(|a| a.eq_ignore_ascii_case("UNSELECT")));
+            }
             self.literal_plus = c.iter().any(|a| a.eq_ignore_ascii_case("LITERAL+"));
             self.literal_minus = c.iter().any(|a| a.eq_ignore_ascii_case("LITERAL-"));
         }
@@ -260,7 +273,7 @@ impl ServerAccel {
     /// Feed the real server commands from the stream, stopping at a
     /// synchronising literal until the real server answers it.
     fn pump_cmds(&mut self, out: &mut Output) {
-        while self.waiting.is_none() && !self.failed {
+        while self.waiting.is_none() && self.cond_select.is_none() && !self.failed {
             let ev = match self.cmds.next_ev() {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return,
@@ -278,6 +291,12 @@ impl ServerAccel {
                             continue;
                         }
                         let login = self.last_login.take();
+                        if tag.starts_with(resume::TAG_PREFIX.as_bytes())
+                            && verb == COND_SELECT_VERB
+                        {
+                            self.cond_select_cmd(&raw, lit.is_some(), login, out);
+                            continue;
+                        }
                         if verb == "LOGIN" {
                             self.last_login = Some(tag.to_vec());
                         } else if verb == "SELECT" && tag.starts_with(resume::TAG_PREFIX.as_bytes())
@@ -315,6 +334,59 @@ impl ServerAccel {
                 }
             }
         }
+    }
+
+    /// The client side's [`COND_SELECT`]: kept until LOGIN's reply when it
+    /// follows a LOGIN as it should; else declined at once.
+    fn cond_select_cmd(
+        &mut self,
+        raw: &[u8],
+        has_lit: bool,
+        login: Option<Vec<u8>>,
+        out: &mut Output,
+    ) {
+        let tag = self.cur_tag.clone();
+        match login {
+            Some(login) if !has_lit && content(raw).ends_with(COND_SELECT.as_bytes()) => {
+                self.cond_select = Some((tag, login));
+                self.cond_unselect = None;
+            }
+            _ => {
+                // Malformed or out of place: its literal, if any, is dropped.
+                self.swallow = has_lit;
+                out.notes.push(format!(
+                    "IMAP conditional SELECT not behind a LOGIN, or malformed: {:?}",
+                    String::from_utf8_lossy(&raw[..raw.len().min(80)])
+                ));
+                self.answer(&tag, COND_SELECT_DECLINED);
+            }
+        }
+    }
+
+    /// LOGIN's tagged reply with a [`COND_SELECT`] behind it: `SELECT
+    /// INBOX` under its tag if the login worked and this server offers
+    /// UNSELECT (the client side undoes a selection the program never asked
+    /// for with it), else our answer right behind the reply. The commands
+    /// held behind it go on either way. Returns whether the reply went on
+    /// (then it is flushed as any tagged reply).
+    fn decide_cond_select(&mut self, raw: &[u8], out: &mut Output) -> bool {
+        let Some((tag, _)) = self.cond_select.take() else {
+            return true;
+        };
+        let ok = word(word(content(raw)).1).0.eq_ignore_ascii_case(b"OK");
+        let select = ok && self.cond_unselect == Some(true);
+        if select {
+            out.to_local.extend_from_slice(&tag);
+            out.to_local.extend_from_slice(b" SELECT INBOX\r\n");
+            self.resp_kind = RespKind::Untagged { flush: false };
+            self.login_held = raw.to_vec();
+        } else {
+            out.to_tunnel.extend_from_slice(raw);
+            self.answer(&tag, COND_SELECT_DECLINED);
+            out.to_tunnel.append(&mut self.answers);
+        }
+        self.pump_cmds(out);
+        !select
     }
 
     fn on_resp_start(&mut self, raw: &[u8], out: &mut Output) -> bool {
@@ -358,6 +430,13 @@ impl ServerAccel {
             return true;
         }
         self.resp_kind = RespKind::Tagged;
+        if self
+            .cond_select
+            .as_ref()
+            .is_some_and(|(_, login)| login == tag)
+        {
+            return self.decide_cond_select(raw, out);
+        }
         if self.login_cork.as_deref() == Some(tag) {
             self.login_cork = None;
             self.resp_kind = RespKind::Untagged { flush: false };

@@ -31,6 +31,9 @@ struct FakeDovecot {
     body: Vec<u8>,
     /// Capabilities in LOGIN's OK.
     post_caps: String,
+    /// As Dovecot: once a CAPABILITY was asked before LOGIN, the post-login
+    /// list comes as `* CAPABILITY` ahead of a plain OK.
+    caps_asked: Option<bool>,
     logged_in: bool,
     /// Selected mailbox, and whether read-write.
     selected: Option<(String, bool)>,
@@ -54,6 +57,7 @@ impl FakeDovecot {
             commands: Vec::new(),
             body: b"Subject: hi\r\n\r\nHello there.\r\n".to_vec(),
             post_caps: POST_CAPS.into(),
+            caps_asked: None,
             logged_in: false,
             selected: None,
             expunged: Vec::new(),
@@ -123,20 +127,30 @@ impl FakeDovecot {
             upper(verb)
         };
         match verb.as_str() {
-            "CAPABILITY" => self.reply(&[
+            "CAPABILITY" => {
+                if let Some(asked) = &mut self.caps_asked {
+                    *asked = true;
+                }
+                self.reply(&[
                 b"* CAPABILITY ",
                 CAPS.as_bytes(),
                 b"\r\n",
                 t,
                 b" OK Pre-login capabilities listed, post-login capabilities have more.\r\n",
-            ]),
+                ])
+            }
             "LOGIN" if args.ends_with(b" wrong") => {
                 self.reply(&[t, b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"])
             }
             "LOGIN" => {
                 self.logged_in = true;
                 let caps = self.post_caps.clone();
-                self.reply(&[t, b" OK [CAPABILITY ", caps.as_bytes(), b"] Logged in\r\n"])
+                if self.caps_asked == Some(true) {
+                    self.reply(&[b"* CAPABILITY ", caps.as_bytes(), b"\r\n"]);
+                    self.reply(&[t, b" OK Logged in\r\n"])
+                } else {
+                    self.reply(&[t, b" OK [CAPABILITY ", caps.as_bytes(), b"] Logged in\r\n"])
+                }
             }
             "SELECT" | "EXAMINE" | "UNSELECT" | "CLOSE" if !self.logged_in => {
                 self.reply(&[t, b" BAD Error in IMAP command received by server.\r\n"])
@@ -851,7 +865,10 @@ fn link_lost_inside_a_fetch_literal_just_closes() {
     let (mut c, mut out) = started();
     c.from_tunnel(format!("{GREETING}\r\n").as_bytes(), &mut out);
     c.from_local(b"a1 LOGIN bob pw\r\n", true, &mut out);
-    c.from_tunnel(b"a1 OK Logged in\r\n", &mut out);
+    c.from_tunnel(
+        b"a1 OK Logged in\r\nxstraw.1 NO [XSTRAW-NOT-SELECTED] straw: not selected\r\n",
+        &mut out,
+    );
     c.from_local(b"a2 FETCH 1 BODY[]\r\n", true, &mut out);
     out.clear();
     c.from_tunnel(b"* 1 FETCH (BODY[] {100}\r\nSubject: half", &mut out);
@@ -1380,4 +1397,265 @@ fn server_side_holds_the_login_reply_until_the_prefetched_select_answers() {
     s.local_eof(&mut o);
     assert_eq!(o.to_tunnel, b"a1 OK Logged in\r\n");
     assert!(o.flush);
+}
+
+// The conditional SELECT of a fresh install (UNSELECT not known yet).
+
+/// A warm session whose post-login capabilities are not cached yet: the
+/// client side asks for INBOX on condition.
+fn cold_rig(post_caps: &str) -> Rig {
+    let mut r = Rig::new(&warm_cache(), false);
+    r.real.post_caps = post_caps.into();
+    r.prog_take();
+    r
+}
+
+#[test]
+fn a_fresh_install_selects_ahead_once_logins_reply_shows_unselect() {
+    let mut r = cold_rig(POST_CAPS_UNSELECT);
+    let o = r.client_takes(b"a1 LOGIN bob secret\r\n");
+    assert_eq!(
+        show(&o.to_tunnel),
+        "a1 LOGIN bob secret\r\nxstraw.1 XSTRAW-SELECT 1 INBOX\r\n"
+    );
+    r.take(o, true);
+    // The server side keeps it until LOGIN's reply.
+    let mut o = Output::default();
+    r.server.from_tunnel(&std::mem::take(&mut r.c2s), &mut o);
+    assert_eq!(show(&o.to_local), "a1 LOGIN bob secret\r\n");
+    r.take(o, false);
+    let flushes = r.flushes;
+    r.pump();
+    assert_eq!(
+        r.flushes,
+        flushes + 1,
+        "LOGIN's reply leaves with the SELECT's"
+    );
+    let login = r.prog_take();
+    assert!(login.starts_with("a1 OK [CAPABILITY "), "{login}");
+    assert_eq!(
+        commands(&r),
+        ["a1 LOGIN bob secret\r\n", "xstraw.1 SELECT INBOX\r\n"]
+    );
+    let o = r.client_takes(b"a2 SELECT INBOX\r\n");
+    assert!(o.to_tunnel.is_empty(), "nothing crosses");
+    assert_eq!(show(&o.to_local), select_inbox_reply("a2"));
+    assert_eq!(r.client.stats().link_waits, 1, "LOGIN only");
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    // Learned for the next connection, which asks without condition.
+    let caps = r
+        .puts
+        .iter()
+        .find(|(k, _)| k == AUTHED_CAPABILITY_KEY)
+        .map(|(_, v)| show(v))
+        .expect("post-login capabilities cached");
+    assert!(caps.contains("UNSELECT"), "{caps}");
+    let mut cache = warm_cache();
+    cache.insert(AUTHED_CAPABILITY_KEY.into(), caps.into_bytes());
+    let mut next = Rig::new(&cache, false);
+    let o = next.client_takes(b"a1 LOGIN bob secret\r\n");
+    assert!(show(&o.to_tunnel).ends_with("xstraw.1 SELECT INBOX\r\n"));
+}
+
+#[test]
+fn without_unselect_after_login_the_server_side_declines_and_nothing_is_selected() {
+    let mut r = cold_rig(POST_CAPS);
+    assert!(login_then_select(&mut r).ends_with("a2 OK [READ-WRITE] Select completed.\r\n"));
+    assert_eq!(
+        commands(&r),
+        ["a1 LOGIN bob secret\r\n", "a2 SELECT INBOX\r\n"],
+        "the real server never saw straw's SELECT"
+    );
+    // The program's CLOSE acts on its own selection: no UNSELECT, no failure.
+    assert_eq!(r.says(b"a3 CLOSE\r\n"), "a3 OK Done.\r\n");
+    assert_eq!(r.real.expunged, ["INBOX"]);
+    assert_eq!(r.client.stats().link_waits, 3, "LOGIN, SELECT, CLOSE");
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    // The list is cached now, and without UNSELECT the next login asks nothing.
+    let caps = r
+        .puts
+        .iter()
+        .find(|(k, _)| k == AUTHED_CAPABILITY_KEY)
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let mut cache = warm_cache();
+    cache.insert(AUTHED_CAPABILITY_KEY.into(), caps);
+    let mut next = Rig::new(&cache, false);
+    let o = next.client_takes(b"a1 LOGIN bob secret\r\n");
+    assert_eq!(show(&o.to_tunnel), "a1 LOGIN bob secret\r\n");
+}
+
+#[test]
+fn the_conditional_select_keeps_commands_behind_it_in_order() {
+    // A refused LOGIN: declined, and nothing is asked again.
+    let mut r = cold_rig(POST_CAPS_UNSELECT);
+    let got = r.says(b"a1 LOGIN bob wrong\r\na2 SELECT Other\r\n");
+    assert_eq!(
+        got,
+        format!(
+            "a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\na2 BAD Error in IMAP command received by server.\r\n"
+        )
+    );
+    assert_eq!(
+        commands(&r),
+        ["a1 LOGIN bob wrong\r\n", "a2 SELECT Other\r\n"]
+    );
+    // A program that pipelines another mailbox behind its LOGIN: straw's
+    // SELECT goes first, the program's replaces it.
+    let mut r = cold_rig(POST_CAPS_UNSELECT);
+    let got = r.says(b"a1 LOGIN bob secret\r\na2 SELECT Other\r\n");
+    assert!(
+        got.ends_with(&format!(
+            "{SELECT_OTHER}a2 OK [READ-WRITE] Select completed.\r\n"
+        )),
+        "{got}"
+    );
+    assert!(!got.contains("xstraw"), "{got}");
+    assert_eq!(
+        commands(&r),
+        [
+            "a1 LOGIN bob secret\r\n",
+            "xstraw.1 SELECT INBOX\r\n",
+            "a2 SELECT Other\r\n"
+        ]
+    );
+    assert_eq!(r.says(b"a3 CLOSE\r\n"), "a3 OK Done.\r\n");
+    assert_eq!(r.real.expunged, ["OTHER"]);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+}
+
+#[test]
+fn a_conditional_select_out_of_place_or_malformed_is_declined() {
+    for (cmd, note) in [
+        ("xstraw.1 XSTRAW-SELECT 1 INBOX\r\n", true),
+        ("a1 NOOP\r\nxstraw.1 XSTRAW-SELECT 1 INBOX\r\n", true),
+        (
+            "a1 LOGIN bob secret\r\nxstraw.1 XSTRAW-SELECT 2 Other\r\n",
+            true,
+        ),
+        (
+            "a1 LOGIN bob secret\r\nxstraw.1 XSTRAW-SELECT {3+}\r\nabc\r\n",
+            true,
+        ),
+    ] {
+        let mut s = ServerAccel::default();
+        let mut o = Output::default();
+        s.from_local(format!("{GREETING}\r\n").as_bytes(), true, &mut o);
+        let mut o = Output::default();
+        s.from_tunnel(cmd.as_bytes(), &mut o);
+        assert!(!show(&o.to_local).contains("xstraw"), "{cmd:?}");
+        assert!(
+            show(&o.to_tunnel)
+                .starts_with("xstraw.1 NO [XSTRAW-NOT-SELECTED] straw: not selected\r\n")
+                || cmd.starts_with("a1 "),
+            "{cmd:?}: {:?}",
+            show(&o.to_tunnel)
+        );
+        assert_eq!(o.notes.is_empty(), !note, "{cmd:?}");
+        assert!(o.fail.is_none(), "{cmd:?}");
+    }
+    // Behind LOGIN: the answer waits for LOGIN's reply, in reply order.
+    let mut s = ServerAccel::default();
+    let mut o = Output::default();
+    s.from_local(format!("{GREETING}\r\n").as_bytes(), true, &mut o);
+    let mut o = Output::default();
+    s.from_tunnel(
+        b"a1 LOGIN bob secret\r\nxstraw.1 XSTRAW-SELECT 1 INBOX\r\na2 NOOP\r\n",
+        &mut o,
+    );
+    assert_eq!(
+        show(&o.to_local),
+        "a1 LOGIN bob secret\r\n",
+        "the rest waits"
+    );
+    assert!(o.to_tunnel.is_empty());
+    let mut o = Output::default();
+    s.from_local(b"a1 OK Logged in\r\n", true, &mut o);
+    assert_eq!(
+        show(&o.to_tunnel),
+        "a1 OK Logged in\r\nxstraw.1 NO [XSTRAW-NOT-SELECTED] straw: not selected\r\n",
+        "no capability list: not selected"
+    );
+    assert!(o.flush);
+    assert_eq!(show(&o.to_local), "a2 NOOP\r\n");
+}
+
+#[test]
+fn an_older_server_side_passes_the_conditional_select_and_the_bad_is_swallowed() {
+    let mut c = ClientAccel::new(&warm_cache());
+    let mut o = Output::default();
+    c.start(&mut o);
+    c.from_tunnel(format!("{GREETING}\r\n").as_bytes(), &mut o);
+    let mut o = Output::default();
+    c.from_local(b"a1 LOGIN bob secret\r\n", true, &mut o);
+    assert!(show(&o.to_tunnel).ends_with("xstraw.1 XSTRAW-SELECT 1 INBOX\r\n"));
+    let mut o = Output::default();
+    c.from_tunnel(
+        b"a1 OK [CAPABILITY IMAP4rev1 UNSELECT] Logged in\r\n\
+          xstraw.1 BAD Error in IMAP command XSTRAW-SELECT: Unknown command.\r\n",
+        &mut o,
+    );
+    assert_eq!(
+        show(&o.to_local),
+        "a1 OK [CAPABILITY IMAP4rev1 UNSELECT LITERAL+] Logged in\r\n",
+        "the BAD is swallowed"
+    );
+    let mut o = Output::default();
+    c.from_local(b"a2 SELECT INBOX\r\n", true, &mut o);
+    assert_eq!(
+        show(&o.to_tunnel),
+        "a2 SELECT INBOX\r\n",
+        "the program's crosses"
+    );
+    assert!(o.fail.is_none());
+}
+
+#[test]
+fn post_login_capabilities_ahead_of_logins_ok_count_too() {
+    // Dovecot once the program asked CAPABILITY before LOGIN (straw's
+    // client side checks its cached answer with the real server).
+    let mut r = cold_rig(POST_CAPS_UNSELECT);
+    r.real.caps_asked = Some(false);
+    assert!(
+        r.says(b"a0 CAPABILITY\r\n")
+            .ends_with("a0 OK CAPABILITY completed\r\n")
+    );
+    let login = r.says(b"a1 LOGIN bob secret\r\n");
+    assert!(
+        login.starts_with("* CAPABILITY ") && login.ends_with("a1 OK Logged in\r\n"),
+        "{login}"
+    );
+    assert_eq!(r.says(b"a2 SELECT INBOX\r\n"), select_inbox_reply("a2"));
+    assert_eq!(
+        commands(&r),
+        [
+            "a0 CAPABILITY\r\n",
+            "a1 LOGIN bob secret\r\n",
+            "xstraw.1 SELECT INBOX\r\n"
+        ]
+    );
+    assert_eq!(r.client.stats().link_waits, 1, "LOGIN only");
+    // The client side learned the post-login list from that line.
+    let caps = r
+        .puts
+        .iter()
+        .find(|(k, _)| k == AUTHED_CAPABILITY_KEY)
+        .map(|(_, v)| show(v))
+        .expect("post-login capabilities cached");
+    assert!(caps.contains("UNSELECT") && caps.contains("MOVE"), "{caps}");
+    // Without UNSELECT in that line: declined.
+    let mut r = cold_rig(POST_CAPS);
+    r.real.caps_asked = Some(false);
+    r.says(b"a0 CAPABILITY\r\n");
+    assert!(
+        login_then_select_untagged(&mut r).ends_with("a2 OK [READ-WRITE] Select completed.\r\n")
+    );
+    assert!(!commands(&r).iter().any(|c| c.starts_with("xstraw")));
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+}
+
+fn login_then_select_untagged(r: &mut Rig) -> String {
+    let login = r.says(b"a1 LOGIN bob secret\r\n");
+    assert!(login.ends_with("a1 OK Logged in\r\n"), "{login}");
+    r.says(b"a2 SELECT INBOX\r\n")
 }
