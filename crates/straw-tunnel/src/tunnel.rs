@@ -284,7 +284,12 @@ impl Tunnel {
     /// The next plaintext record for the link. The driver asks only once the
     /// socket took what it had, so that priorities apply to data still here.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
-        self.session.poll_transmit(now)
+        let record = self.session.poll_transmit(now);
+        if let Some(r) = &record {
+            // Which records cross, to read against linksim's segment trace.
+            tracing::trace!(tunnel = %self.label, len = r.len(), codec = r[0], "record out");
+        }
+        record
     }
 
     /// Bulk units leave as jobs for other threads
@@ -673,6 +678,14 @@ impl Tunnel {
             return;
         };
         if !out.to_tunnel.is_empty() || out.flush {
+            tracing::trace!(
+                tunnel = %self.label,
+                stream,
+                len = out.to_tunnel.len(),
+                flush = out.flush,
+                bulk = out.bulk,
+                "stream data out"
+            );
             // A stream the peer reset is gone from the session; drop quietly.
             let _ = self.session.send(stream, &out.to_tunnel);
             if out.bulk && !std::mem::replace(&mut s.bulk, true) {

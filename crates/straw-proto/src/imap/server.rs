@@ -65,6 +65,10 @@ pub struct ServerAccel {
     /// (Dovecot sends `* CAPABILITY` before LOGIN's OK when the client asked
     /// for them before, else a `[CAPABILITY ...]` code in it).
     cond_unselect: Option<bool>,
+    /// A LOGOUT sent: its BYE and tagged reply are not flushed, since the
+    /// real server closes right behind them and the stream's end joins them
+    /// in one record (the session's cork bounds the wait should it not).
+    logging_out: bool,
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +115,7 @@ impl ServerAccel {
             login_held: Vec::new(),
             cond_select: None,
             cond_unselect: None,
+            logging_out: false,
         }
     }
 
@@ -306,6 +311,7 @@ impl ServerAccel {
                         if verb == "IDLE" {
                             self.idle_tag = Some(tag.to_vec());
                         }
+                        self.logging_out |= verb == "LOGOUT";
                         if verb == "IDLE" || verb == "AUTHENTICATE" {
                             self.cont_tag = Some(tag.to_vec());
                         }
@@ -424,7 +430,7 @@ impl ServerAccel {
             }
             let bye = w.eq_ignore_ascii_case(b"BYE");
             self.resp_kind = RespKind::Untagged {
-                flush: idling || bye,
+                flush: idling || (bye && !self.logging_out),
             };
             out.to_tunnel.extend_from_slice(raw);
             return true;
@@ -448,6 +454,9 @@ impl ServerAccel {
         }
         if self.cont_tag.as_deref() == Some(tag) {
             self.cont_tag = None;
+        }
+        if self.logging_out {
+            self.resp_kind = RespKind::Untagged { flush: false };
         }
         if self.waiting.as_deref() == Some(tag) {
             // The real server refused the literal: it will not read it, so

@@ -437,8 +437,10 @@ fn warm_session_exact_bytes_and_three_link_waits() {
             "a5 LOGOUT\r\n"
         ]
     );
-    // Server side flushed at each tagged reply (and the greeting).
-    assert_eq!(r.flushes, 6);
+    // Server side flushed at each tagged reply (and the greeting) but
+    // LOGOUT's: the real server closes behind it, and the stream's end
+    // joins it in one record.
+    assert_eq!(r.flushes, 5);
 }
 
 #[test]

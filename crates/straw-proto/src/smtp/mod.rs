@@ -13,6 +13,12 @@
 //! swallows the body and the client shows the refusal as the end-of-data
 //! reply. A failed `MAIL` shows as the reply to each `RCPT` after it.
 //!
+//! The server side runs the real dialogue in lockstep. A reply whose next
+//! command is already there (the client side sent both without waiting, so
+//! it answered this one itself or the program pipelines) is held until that
+//! command's reply, up to 4 KiB: a warm session's greeting, EHLO, MAIL and
+//! RCPT replies cross in one record and one IP packet, not four.
+//!
 //! The files follow the layers: [`reply`] reads SMTP replies, [`client`] is
 //! the program's side, [`server`] the real server's side, and [`resume`]
 //! message resume. [`StartTls`] and [`WarmUp`] are the runtime's own short

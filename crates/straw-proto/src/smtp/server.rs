@@ -25,6 +25,12 @@ pub(super) enum Await {
     Ehlo,
     /// `RCPT`: a 2xx makes a kept body possible.
     Rcpt,
+    Quit,
+}
+
+/// A `DATA` whose 354 the client side gave the program itself.
+fn stood_in(a: Option<Await>) -> bool {
+    matches!(a, Some(Await::SynthData | Await::KeptData))
 }
 
 /// Default of [`ServerAccel::with_max_message`]: the largest body kept for
@@ -37,6 +43,10 @@ pub const MAX_KEPT_MESSAGE: u64 = 50 << 20;
 pub(super) fn too_big(limit: u64) -> Vec<u8> {
     format!("552 5.3.4 straw: message exceeds the limit of {limit} bytes\r\n").into_bytes()
 }
+
+/// At most this much of replies is held for the next one (a long pipeline
+/// of commands still crosses in records of about this size).
+const HOLD_MAX: usize = 4096;
 
 /// The program's reply to a body with no accepted recipient.
 pub(super) const NO_RCPT: &[u8] = b"503 5.5.1 straw: no valid recipients\r\n";
@@ -69,6 +79,15 @@ pub struct ServerAccel {
     pub(super) size: u64,
     /// Largest body kept for resume (see [`MAX_KEPT_MESSAGE`]).
     pub(super) max_message: u64,
+    /// A reply held while the command behind it, already here, is with the
+    /// real server: it rides with that one's reply instead of taking an IP
+    /// packet of its own. The client side sent both without waiting, so it
+    /// either answered this one itself (greeting, EHLO, MAIL) or the program
+    /// pipelines; the hold is the real server's answer time, which is
+    /// close. The 354 to [`SYNTH_DATA`] (answered by the client side too,
+    /// also when the server side keeps the body) waits for the end-of-data
+    /// reply.
+    pub(super) held: Vec<u8>,
 }
 
 impl Default for ServerAccel {
@@ -91,6 +110,7 @@ impl Default for ServerAccel {
             rcpt_ok: false,
             size: 0,
             max_message: MAX_KEPT_MESSAGE,
+            held: Vec::new(),
         }
     }
 }
@@ -98,6 +118,18 @@ impl Default for ServerAccel {
 impl ServerAccel {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether the next command is here whole and [`Self::step`] sends it
+    /// to the real server at once (not a body, a SASL line or one of the
+    /// pair's own lines, which may answer on the stream themselves).
+    fn next_command_here(&self) -> bool {
+        let own = b"XSTRAW-";
+        self.inflight.is_none()
+            && self.body.is_none()
+            && !self.sasl_next
+            && self.inbuf.contains(&b'\n')
+            && !(self.inbuf.len() >= own.len() && self.inbuf[..own.len()].eq_ignore_ascii_case(own))
     }
 
     /// Keeps no body for resume past `max` bytes (nor past the real
@@ -192,6 +224,7 @@ impl ServerAccel {
                     "AUTH" => Await::Auth,
                     "EHLO" => Await::Ehlo,
                     "RCPT" => Await::Rcpt,
+                    "QUIT" => Await::Quit,
                     _ => Await::Reply,
                 }
             };
@@ -219,10 +252,6 @@ impl Accelerator for ServerAccel {
             let Some(r) = reply else { continue };
             let c = code(&r);
             let inflight = std::mem::take(&mut self.inflight);
-            if inflight != Some(Await::Swallow) {
-                out.to_tunnel.extend_from_slice(&r);
-                out.flush = true;
-            }
             match inflight {
                 None => self.greeted = true,
                 Some(Await::KeptData) if c == 354 => {
@@ -253,6 +282,21 @@ impl Accelerator for ServerAccel {
                 Some(Await::Rcpt) => self.rcpt_ok |= c / 100 == 2,
                 Some(_) => {}
             }
+            if inflight == Some(Await::Swallow) {
+                out.flush |= !self.held.is_empty();
+                out.to_tunnel.append(&mut self.held);
+            } else if (self.next_command_here() || (stood_in(inflight) && c == 354))
+                && self.held.len() + r.len() <= HOLD_MAX
+            {
+                self.held.extend_from_slice(&r);
+            } else {
+                out.to_tunnel.append(&mut self.held);
+                out.to_tunnel.extend_from_slice(&r);
+                // QUIT's reply: the real server closes right behind it, and
+                // the stream's end joins it in one record (the cork bounds
+                // the wait should it not).
+                out.flush |= inflight != Some(Await::Quit);
+            }
             let idle = self.inflight.is_none();
             self.step(out);
             // A command of the program's was already here: sent ahead by the
@@ -273,6 +317,14 @@ impl Accelerator for ServerAccel {
 
     fn tunnel_bytes_held(&self) -> usize {
         self.inbuf.len()
+    }
+
+    /// The real server closed: a reply still held goes now.
+    fn local_eof(&mut self, out: &mut Output) {
+        if !self.held.is_empty() {
+            out.to_tunnel.append(&mut self.held);
+            out.flush = true;
+        }
     }
 }
 

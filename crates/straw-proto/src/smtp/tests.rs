@@ -936,3 +936,110 @@ fn commands_sent_ahead_count_waits_saved() {
     s.from_local(b"250 ok\r\n", true, &mut o);
     assert_eq!(s.stats().link_waits_saved, 2, "RCPT came alone");
 }
+
+/// A reply whose next command is already here (the client side answered
+/// it itself: greeting, EHLO, MAIL) waits on the server side for that
+/// command's reply, so a warm session's first wait crosses in one record,
+/// one IP packet, not four.
+#[test]
+fn replies_ride_with_the_next_ones_while_commands_are_queued() {
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_tunnel(b"EHLO me\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\n", &mut o);
+    s.from_local(b"220 mx ESMTP\r\n", true, &mut o);
+    assert!(o.to_tunnel.is_empty(), "held");
+    assert!(!o.flush);
+    assert_eq!(o.to_local, b"EHLO me\r\n", "lockstep");
+    s.from_local(b"250-mx\r\n250 SIZE 1000\r\n", true, &mut o);
+    s.from_local(b"250 2.1.0 Ok\r\n", true, &mut o);
+    assert!(
+        o.to_tunnel.is_empty() && !o.flush,
+        "{:?}",
+        String::from_utf8_lossy(&o.to_tunnel)
+    );
+    assert_eq!(
+        o.to_local,
+        b"EHLO me\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\n"
+    );
+    s.from_local(b"250 2.1.5 Ok\r\n", true, &mut o);
+    assert_eq!(
+        o.to_tunnel,
+        b"220 mx ESMTP\r\n250-mx\r\n250 SIZE 1000\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+    );
+    assert!(o.flush);
+
+    // Nothing behind MAIL yet: its reply goes at once.
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(b"220 mx ESMTP\r\n", true, &mut o);
+    assert!(o.flush, "the greeting of a program that waits for it");
+    s.from_tunnel(b"MAIL FROM:<a@x>\r\n", &mut o);
+    let mut o = Output::default();
+    s.from_local(b"553 5.1.8 no\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"553 5.1.8 no\r\n");
+    assert!(o.flush);
+
+    // The pair's own lines are never waited behind (they may answer here).
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(b"220 mx ESMTP\r\n", true, &mut o);
+    s.from_tunnel(b"RCPT TO:<b@x>\r\nXSTRAW-DATA\r\n", &mut o);
+    let mut o = Output::default();
+    s.from_local(b"250 2.1.5 Ok\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"250 2.1.5 Ok\r\n");
+    assert!(o.flush);
+
+    // The 354 the client side stood in for goes with the end-of-data reply;
+    // a refusal at once.
+    for (real, held) in [(&b"354 go\r\n"[..], true), (b"451 later\r\n", false)] {
+        let mut s = ServerAccel::new();
+        let mut o = Output::default();
+        s.from_local(b"220 mx ESMTP\r\n", true, &mut o);
+        s.from_tunnel(b"XSTRAW-DATA\r\nSubject: x\r\n", &mut o);
+        let mut o = Output::default();
+        s.from_local(real, true, &mut o);
+        assert_eq!(o.to_tunnel.is_empty(), held);
+        assert_eq!(o.flush, !held);
+        s.from_tunnel(b"\r\nhi\r\n.\r\n", &mut o);
+        if held {
+            s.from_local(b"250 2.0.0 accepted\r\n", true, &mut o);
+            assert_eq!(o.to_tunnel, b"354 go\r\n250 2.0.0 accepted\r\n");
+            assert!(o.flush);
+        }
+    }
+
+    // QUIT's reply waits for the stream's end (the session's cork).
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(b"220 mx ESMTP\r\n", true, &mut o);
+    s.from_tunnel(b"QUIT\r\n", &mut o);
+    let mut o = Output::default();
+    s.from_local(b"221 2.0.0 Bye\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"221 2.0.0 Bye\r\n");
+    assert!(!o.flush);
+
+    // A long pipeline: what is held stays bounded.
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(b"220 mx ESMTP\r\n", true, &mut o);
+    s.from_tunnel(&b"NOOP\r\n".repeat(2000), &mut o);
+    let mut o = Output::default();
+    let mut most = 0;
+    for _ in 0..1999 {
+        s.from_local(b"250 2.0.0 Ok\r\n", true, &mut o);
+        most = most.max(s.held.len());
+    }
+    assert!(most <= 4096, "{most}");
+    assert!(o.flush && o.to_tunnel.len() >= 1999 * 14 - 4096);
+
+    // A real server that closes instead of answering the RCPT.
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(b"220 mx ESMTP\r\n", true, &mut o);
+    s.from_tunnel(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\n", &mut o);
+    let mut o = Output::default();
+    s.from_local(b"250 2.1.0 Ok\r\n", true, &mut o);
+    s.local_eof(&mut o);
+    assert_eq!(o.to_tunnel, b"250 2.1.0 Ok\r\n");
+    assert!(o.flush);
+}
