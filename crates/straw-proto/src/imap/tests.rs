@@ -1445,18 +1445,29 @@ fn a_fresh_install_selects_ahead_once_logins_reply_shows_unselect() {
     assert_eq!(r.client.stats().link_waits, 1, "LOGIN only");
     assert!(r.fails.is_empty(), "{:?}", r.fails);
     // Learned for the next connection, which asks without condition.
-    let caps = r
-        .puts
+    assert!(learned_authed_caps(&r).contains("UNSELECT"));
+    assert!(next_login_sends(&r).ends_with("xstraw.1 SELECT INBOX\r\n"));
+}
+
+/// The post-login capability line `r`'s client side cached.
+fn learned_authed_caps(r: &Rig) -> String {
+    r.puts
         .iter()
         .find(|(k, _)| k == AUTHED_CAPABILITY_KEY)
         .map(|(_, v)| show(v))
-        .expect("post-login capabilities cached");
-    assert!(caps.contains("UNSELECT"), "{caps}");
+        .expect("post-login capabilities cached")
+}
+
+/// What the next connection's client side sends for the program's LOGIN,
+/// with what `r` cached.
+fn next_login_sends(r: &Rig) -> String {
     let mut cache = warm_cache();
-    cache.insert(AUTHED_CAPABILITY_KEY.into(), caps.into_bytes());
+    cache.insert(
+        AUTHED_CAPABILITY_KEY.into(),
+        learned_authed_caps(r).into_bytes(),
+    );
     let mut next = Rig::new(&cache, false);
-    let o = next.client_takes(b"a1 LOGIN bob secret\r\n");
-    assert!(show(&o.to_tunnel).ends_with("xstraw.1 SELECT INBOX\r\n"));
+    show(&next.client_takes(b"a1 LOGIN bob secret\r\n").to_tunnel)
 }
 
 #[test]
@@ -1474,17 +1485,7 @@ fn without_unselect_after_login_the_server_side_declines_and_nothing_is_selected
     assert_eq!(r.client.stats().link_waits, 3, "LOGIN, SELECT, CLOSE");
     assert!(r.fails.is_empty(), "{:?}", r.fails);
     // The list is cached now, and without UNSELECT the next login asks nothing.
-    let caps = r
-        .puts
-        .iter()
-        .find(|(k, _)| k == AUTHED_CAPABILITY_KEY)
-        .map(|(_, v)| v.clone())
-        .unwrap();
-    let mut cache = warm_cache();
-    cache.insert(AUTHED_CAPABILITY_KEY.into(), caps);
-    let mut next = Rig::new(&cache, false);
-    let o = next.client_takes(b"a1 LOGIN bob secret\r\n");
-    assert_eq!(show(&o.to_tunnel), "a1 LOGIN bob secret\r\n");
+    assert_eq!(next_login_sends(&r), "a1 LOGIN bob secret\r\n");
 }
 
 #[test]
@@ -1638,12 +1639,7 @@ fn post_login_capabilities_ahead_of_logins_ok_count_too() {
     );
     assert_eq!(r.client.stats().link_waits, 1, "LOGIN only");
     // The client side learned the post-login list from that line.
-    let caps = r
-        .puts
-        .iter()
-        .find(|(k, _)| k == AUTHED_CAPABILITY_KEY)
-        .map(|(_, v)| show(v))
-        .expect("post-login capabilities cached");
+    let caps = learned_authed_caps(&r);
     assert!(caps.contains("UNSELECT") && caps.contains("MOVE"), "{caps}");
     // Without UNSELECT in that line: declined.
     let mut r = cold_rig(POST_CAPS);
