@@ -17,7 +17,8 @@
 //! command is already there (the client side sent both without waiting, so
 //! it answered this one itself or the program pipelines) is held until that
 //! command's reply, up to 4 KiB: a warm session's greeting, EHLO, MAIL and
-//! RCPT replies cross in one record and one IP packet, not four.
+//! RCPT replies cross in one record and one IP packet, not four. An
+//! end-of-data reply is never held: it commits a message.
 //!
 //! The files follow the layers: [`reply`] reads SMTP replies, [`client`] is
 //! the program's side, [`server`] the real server's side, and [`resume`]

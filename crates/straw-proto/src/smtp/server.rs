@@ -28,6 +28,12 @@ pub(super) enum Await {
     Quit,
 }
 
+/// An end-of-data reply: it commits a message, so it is never held behind
+/// a slower next command (a cut meanwhile would leave the program unsure).
+fn end_of_data(a: Option<Await>) -> bool {
+    matches!(a, Some(Await::Eod | Await::KeptEod))
+}
+
 /// A `DATA` whose 354 the client side gave the program itself.
 fn stood_in(a: Option<Await>) -> bool {
     matches!(a, Some(Await::SynthData | Await::KeptData))
@@ -285,7 +291,8 @@ impl Accelerator for ServerAccel {
             if inflight == Some(Await::Swallow) {
                 out.flush |= !self.held.is_empty();
                 out.to_tunnel.append(&mut self.held);
-            } else if (self.next_command_here() || (stood_in(inflight) && c == 354))
+            } else if ((self.next_command_here() && !end_of_data(inflight))
+                || (stood_in(inflight) && c == 354))
                 && self.held.len() + r.len() <= HOLD_MAX
             {
                 self.held.extend_from_slice(&r);

@@ -1008,6 +1008,19 @@ fn replies_ride_with_the_next_ones_while_commands_are_queued() {
         }
     }
 
+    // An end-of-data reply commits a message: never held, even with the
+    // next transaction's MAIL already here.
+    let mut s = ServerAccel::new();
+    let mut o = Output::default();
+    s.from_local(b"220 mx ESMTP\r\n", true, &mut o);
+    s.from_tunnel(b"XSTRAW-DATA\r\nhi\r\n.\r\nMAIL FROM:<a@x>\r\n", &mut o);
+    s.from_local(b"354 go\r\n", true, &mut o);
+    let mut o = Output::default();
+    s.from_local(b"250 2.0.0 accepted\r\n", true, &mut o);
+    assert_eq!(o.to_tunnel, b"354 go\r\n250 2.0.0 accepted\r\n");
+    assert!(o.flush);
+    assert_eq!(o.to_local, b"MAIL FROM:<a@x>\r\n");
+
     // QUIT's reply waits for the stream's end (the session's cork).
     let mut s = ServerAccel::new();
     let mut o = Output::default();
