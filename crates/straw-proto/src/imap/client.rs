@@ -9,8 +9,8 @@ use super::reply::{cap_set, caps_of, greeting_sig, rewrite_caps, rewrite_line, s
 use super::resume::ClientOffer;
 use super::select::{Prefetch, Tagged};
 use super::{
-    AUTHED_CAPABILITY_KEY, BULK_LITERAL, CAPABILITY_KEY, GREETING_KEY, ImapConfig, LINK_LOST,
-    resume,
+    AUTHED_CAPABILITY_KEY, BULK_LITERAL, CAPABILITY_KEY, COND_SELECT_DECLINED_KEY, GREETING_KEY,
+    ImapConfig, LINK_LOST, resume,
 };
 use crate::partial::SharedStore;
 use crate::{AccelStats, Accelerator, Activity, Cache, Output, activity_text, hold_words};
@@ -121,6 +121,8 @@ pub struct ClientAccel {
     pub(super) unselect_now: Option<bool>,
     /// A `* CAPABILITY` that came within the login's response.
     login_caps: Option<Vec<u8>>,
+    /// The conditional SELECT is not asked (see [`COND_SELECT_DECLINED_KEY`]).
+    pub(super) cond_declined: bool,
     /// Our UNSELECT in flight: its tag, and whether our SELECT succeeded
     /// (None: not known yet).
     pub(super) unselecting: Option<(Vec<u8>, Option<bool>)>,
@@ -144,6 +146,7 @@ impl ClientAccel {
             .get(AUTHED_CAPABILITY_KEY)
             .and_then(|l| caps_of(content(l)));
         ClientAccel {
+            cond_declined: cache.get(COND_SELECT_DECLINED_KEY).is_some(),
             cached_greeting: cache.get(GREETING_KEY).map(|g| content(g).to_vec()),
             cached_caps,
             cmds: Framer::new(cfg.max_line, cfg.max_literal),

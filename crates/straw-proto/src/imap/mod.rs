@@ -67,7 +67,10 @@
 //! `[CAPABILITY ...]` lists UNSELECT, or else answers `xstraw.<n> NO
 //! [XSTRAW-NOT-SELECTED]` right behind it, which the client side swallows
 //! as it would a failed SELECT (an older server side passes the line on, and
-//! the real server's `BAD` means the same). The prefetched response and the updates held behind
+//! the real server's `BAD` means the same). A decline after a good login
+//! whose reply listed no capabilities at all is remembered
+//! ([`COND_SELECT_DECLINED_KEY`]): that server would be asked in vain at
+//! every login. The prefetched response and the updates held behind
 //! it are kept up to 64 KiB; past that they are dropped and the program's
 //! SELECT INBOX crosses as usual (INBOX already selected is no harm to it).
 //! The program's SELECT INBOX counts as a local reply if anything of the
@@ -107,6 +110,10 @@ pub const GREETING_KEY: &str = "imap.greeting";
 pub const CAPABILITY_KEY: &str = "imap.capability";
 /// Cache key: the post-login capability list as a `* CAPABILITY ...` line.
 pub const AUTHED_CAPABILITY_KEY: &str = "imap.capability.authed";
+/// Cache key, set when the server side declined straw's conditional SELECT
+/// after a good login whose reply showed no capability list: that server
+/// would be asked in vain at every login (see the module docs).
+pub const COND_SELECT_DECLINED_KEY: &str = "imap.select-ahead.declined";
 /// Told to the program when the tunnel is gone for good.
 pub const LINK_LOST: &[u8] = b"* BYE straw: link lost\r\n";
 

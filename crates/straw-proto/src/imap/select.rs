@@ -143,7 +143,7 @@ impl ClientAccel {
     pub(super) fn want_prefetch(&mut self) -> bool {
         let go = self.prefetch_select
             && !self.prefetch_tried
-            && (self.unselect_known() || self.authed_caps.is_none());
+            && (self.unselect_known() || (self.authed_caps.is_none() && !self.cond_declined));
         self.prefetch_tried |= go;
         go
     }
@@ -349,6 +349,18 @@ impl ClientAccel {
         }
         if let Some((_, s @ None)) = &mut self.unselecting {
             *s = Some(ok);
+        }
+        let declined = b"[XSTRAW-NOT-SELECTED]";
+        if !ok
+            && p.login_ok == Some(true)
+            && self.authed_caps.is_none()
+            && line.windows(declined.len()).any(|w| w == declined)
+        {
+            // A good login and still no capability list: this server never
+            // shows one, and would be asked in vain at every login.
+            self.cond_declined = true;
+            out.cache_put
+                .push((super::COND_SELECT_DECLINED_KEY.into(), b"1".to_vec()));
         }
         match std::mem::replace(&mut p.mode, Mode::Dropped) {
             Mode::Claimed(ptag) => {

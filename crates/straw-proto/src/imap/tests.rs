@@ -34,6 +34,8 @@ struct FakeDovecot {
     /// As Dovecot: once a CAPABILITY was asked before LOGIN, the post-login
     /// list comes as `* CAPABILITY` ahead of a plain OK.
     caps_asked: Option<bool>,
+    /// LOGIN's OK shows no capability list in either form.
+    login_caps_hidden: bool,
     logged_in: bool,
     /// Selected mailbox, and whether read-write.
     selected: Option<(String, bool)>,
@@ -58,6 +60,7 @@ impl FakeDovecot {
             body: b"Subject: hi\r\n\r\nHello there.\r\n".to_vec(),
             post_caps: POST_CAPS.into(),
             caps_asked: None,
+            login_caps_hidden: false,
             logged_in: false,
             selected: None,
             expunged: Vec::new(),
@@ -145,7 +148,9 @@ impl FakeDovecot {
             "LOGIN" => {
                 self.logged_in = true;
                 let caps = self.post_caps.clone();
-                if self.caps_asked == Some(true) {
+                if self.login_caps_hidden {
+                    self.reply(&[t, b" OK Logged in\r\n"])
+                } else if self.caps_asked == Some(true) {
                     self.reply(&[b"* CAPABILITY ", caps.as_bytes(), b"\r\n"]);
                     self.reply(&[t, b" OK Logged in\r\n"])
                 } else {
@@ -1486,6 +1491,7 @@ fn without_unselect_after_login_the_server_side_declines_and_nothing_is_selected
     assert!(r.fails.is_empty(), "{:?}", r.fails);
     // The list is cached now, and without UNSELECT the next login asks nothing.
     assert_eq!(next_login_sends(&r), "a1 LOGIN bob secret\r\n");
+    assert!(!r.puts.iter().any(|(k, _)| k == COND_SELECT_DECLINED_KEY));
 }
 
 #[test]
@@ -1656,4 +1662,36 @@ fn login_then_select_untagged(r: &mut Rig) -> String {
     let login = r.says(b"a1 LOGIN bob secret\r\n");
     assert!(login.ends_with("a1 OK Logged in\r\n"), "{login}");
     r.says(b"a2 SELECT INBOX\r\n")
+}
+
+#[test]
+fn a_server_that_never_shows_its_capabilities_is_not_asked_again() {
+    let mut r = cold_rig(POST_CAPS_UNSELECT);
+    r.real.login_caps_hidden = true;
+    let login = r.says(b"a1 LOGIN bob secret\r\n");
+    assert_eq!(login, "a1 OK Logged in\r\n");
+    assert_eq!(r.says(b"a2 SELECT INBOX\r\n"), select_inbox_reply("a2"));
+    assert_eq!(
+        commands(&r),
+        ["a1 LOGIN bob secret\r\n", "a2 SELECT INBOX\r\n"],
+        "declined: nothing to tell UNSELECT by"
+    );
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    let cache: Cache = warm_cache()
+        .into_iter()
+        .chain(r.puts.iter().cloned())
+        .collect();
+    assert!(cache.contains_key(COND_SELECT_DECLINED_KEY));
+    let mut next = Rig::new(&cache, false);
+    let o = next.client_takes(b"a1 LOGIN bob secret\r\n");
+    assert_eq!(
+        show(&o.to_tunnel),
+        "a1 LOGIN bob secret\r\n",
+        "not asked again"
+    );
+    // A refused login teaches nothing.
+    let mut r = cold_rig(POST_CAPS_UNSELECT);
+    r.real.login_caps_hidden = true;
+    r.says(b"a1 LOGIN bob wrong\r\n");
+    assert!(!r.puts.iter().any(|(k, _)| k == COND_SELECT_DECLINED_KEY));
 }
