@@ -350,11 +350,10 @@ impl ClientAccel {
         if let Some((_, s @ None)) = &mut self.unselecting {
             *s = Some(ok);
         }
-        let declined = b"[XSTRAW-NOT-SELECTED]";
         if !ok
             && p.login_ok == Some(true)
             && self.authed_caps.is_none()
-            && line.windows(declined.len()).any(|w| w == declined)
+            && line.ends_with(COND_SELECT_DECLINED.as_bytes())
         {
             // A good login and still no capability list: this server never
             // shows one, and would be asked in vain at every login.
