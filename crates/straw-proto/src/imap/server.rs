@@ -384,8 +384,7 @@ impl ServerAccel {
         if select {
             out.to_local.extend_from_slice(&tag);
             out.to_local.extend_from_slice(b" SELECT INBOX\r\n");
-            self.resp_kind = RespKind::Untagged { flush: false };
-            self.login_held = raw.to_vec();
+            self.hold_login_reply(raw);
         } else {
             out.to_tunnel.extend_from_slice(raw);
             self.answer(&tag, COND_SELECT_DECLINED);
@@ -393,6 +392,13 @@ impl ServerAccel {
         }
         self.pump_cmds(out);
         !select
+    }
+
+    /// LOGIN's tagged reply with straw's SELECT behind it: kept in
+    /// [`Self::login_held`] until the SELECT's response starts.
+    fn hold_login_reply(&mut self, raw: &[u8]) {
+        self.resp_kind = RespKind::Untagged { flush: false };
+        self.login_held = raw.to_vec();
     }
 
     fn on_resp_start(&mut self, raw: &[u8], out: &mut Output) -> bool {
@@ -445,8 +451,7 @@ impl ServerAccel {
         }
         if self.login_cork.as_deref() == Some(tag) {
             self.login_cork = None;
-            self.resp_kind = RespKind::Untagged { flush: false };
-            self.login_held = raw.to_vec();
+            self.hold_login_reply(raw);
             return false;
         }
         if self.idle_tag.as_deref() == Some(tag) {
