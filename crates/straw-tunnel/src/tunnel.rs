@@ -287,7 +287,7 @@ impl Tunnel {
         let record = self.session.poll_transmit(now);
         if let Some(r) = &record {
             // Which records cross, to read against linksim's segment trace.
-            tracing::trace!(tunnel = %self.label, len = r.len(), codec = r[0], "record out");
+            tracing::trace!(tunnel = %self.label, len = r.len(), codec = ?r.first(), "record out");
         }
         record
     }
