@@ -25,6 +25,7 @@ pub(super) enum Await {
     Ehlo,
     /// `RCPT`: a 2xx makes a kept body possible.
     Rcpt,
+    /// `QUIT`: the real server closes behind its reply (not flushed).
     Quit,
 }
 
