@@ -287,7 +287,15 @@ impl Tunnel {
         let record = self.session.poll_transmit(now);
         if let Some(r) = &record {
             // Which records cross, to read against linksim's segment trace.
-            tracing::trace!(tunnel = %self.label, len = r.len(), codec = ?r.first(), "record out");
+            tracing::trace!(
+                tunnel = %self.label,
+                len = r.len(),
+                codec = ?r.first(),
+                rate = self.session.estimate().rate() as u64,
+                unacked = self.session.unacked_bytes(),
+                window = self.session.inflight_limit(),
+                "record out"
+            );
         }
         record
     }
@@ -602,6 +610,7 @@ impl Tunnel {
     }
 
     fn peer_data(&mut self, stream: u64, bytes: &Bytes) {
+        tracing::trace!(tunnel = %self.label, stream, len = bytes.len(), "stream data in");
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
@@ -695,6 +704,9 @@ impl Tunnel {
             if out.flush {
                 self.session.flush(stream);
             }
+        }
+        if !out.to_local.is_empty() {
+            tracing::trace!(tunnel = %self.label, stream, len = out.to_local.len(), "stream data to program");
         }
         s.queue(std::mem::take(&mut out.to_local), consumed);
     }
