@@ -294,6 +294,8 @@ impl Tunnel {
                 rate = self.session.estimate().rate() as u64,
                 unacked = self.session.unacked_bytes(),
                 window = self.session.inflight_limit(),
+                pipe = self.session.pipe_limit(),
+                queued_ms = self.session.link_queued(now).as_millis() as u64,
                 "record out"
             );
         }

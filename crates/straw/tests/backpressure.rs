@@ -89,13 +89,14 @@ async fn program_writes_block_and_client_holds_at_most_its_bound() {
         "held {max_held} > bound {bound}"
     );
     // The bound itself is a few seconds of link time (240 B/s here): the
-    // in-flight window (2 s, or the ack loop's round trip plus one 2 s bulk
-    // slice when that is longer; most of it is on the link, not queued) plus
-    // one bulk unit (2 s). Measured 1,174–1,924 B: the ack loop's term
-    // follows the measured RTT, which a loaded machine stretches.
+    // pipe the link clock may fill (the ack loop's round trip, the slice on
+    // the link, one record; the first two are on the link or the wire, not
+    // queued) plus one bulk unit (2 s). Measured 1,670-2,053 B (1,174-1,924
+    // with the ack window alone): the round trip term follows the measured
+    // RTT, which a loaded machine stretches.
     assert!(
-        bound <= 8 * 240,
-        "bound {bound} B is more than 8 s of link time"
+        bound <= 9 * 240,
+        "bound {bound} B is more than 9 s of link time"
     );
     writer.abort();
 }

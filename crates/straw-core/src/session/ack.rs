@@ -14,6 +14,7 @@ impl Session {
         if received > self.next_send_seq {
             return Err(SessionError::BadAck(received));
         }
+        let delivered_before = self.delivered;
         let mut newest: Option<SentRecord> = None;
         let mut oldest_sent = None;
         while self.replay.front().is_some_and(|r| r.seq < received) {
@@ -44,6 +45,10 @@ impl Session {
             }
             self.estimate
                 .rtt_sample(now.saturating_duration_since(r.sent_at));
+            if let (Some(rtt), Some(oldest)) = (self.estimate.min_rtt(), oldest_sent) {
+                let batch = self.delivered - delivered_before;
+                self.link_clock.acked(now, r.departs, oldest, batch, rtt);
+            }
             self.delivered_time = now;
             self.update_fast();
         }

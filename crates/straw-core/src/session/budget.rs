@@ -1,6 +1,10 @@
 //! How much the session may hold ahead of the link, and how big its records
 //! and bulk units are: all in link time, from the measured rate.
 
+use std::time::{Duration, Instant};
+
+use super::link_clock::PACE_LEAD;
+use super::scheduler::Lane;
 use super::{Priority, Session};
 
 /// What a bulk slice's record adds before its compressed bytes: codec byte,
@@ -39,7 +43,49 @@ impl Session {
     /// The most the session holds ahead of the link: the in-flight window plus
     /// one record's (or bulk unit's) worth of raw bytes waiting to be framed.
     pub fn held_bound(&self) -> u64 {
-        self.inflight_limit() + self.record_target_raw().max(self.bulk_unit_raw()) as u64
+        self.pipe_limit() + self.record_target_raw().max(self.bulk_unit_raw()) as u64
+    }
+
+    /// Unacked wire bytes allowed while the link clock says the link is
+    /// about to free (the link clock, `session/link_clock.rs`): what the ack loop
+    /// holds with the link busy, a round trip (and the peer's ACK delay) of
+    /// link time plus the record about to leave, and a small record's margin
+    /// (the next one may go while under it). Never less than
+    /// [`Self::inflight_limit`]; `max_inflight` bounds it as well.
+    pub fn pipe_limit(&self) -> u64 {
+        let Some(rtt) = self.estimate.min_rtt() else {
+            return self.inflight_limit();
+        };
+        let rate = self.estimate.rate();
+        let record = self.record_target();
+        let leaving = self.bulk_slice_target().max(record);
+        let pipe = rate * (rtt + self.cfg.ack_delay).as_secs_f64() + (leaving + record) as f64;
+        (pipe as u64)
+            .min(self.cfg.max_inflight)
+            .max(self.inflight_limit())
+    }
+
+    /// Whether a record of `lane` may be handed to the link now: the ack
+    /// window is open, or the link is about to free and the pipe has room.
+    /// Interactive records keep one record's room in the pipe that bulk
+    /// slices may not take, so a reply never waits for an ack behind them.
+    pub(super) fn window_open(&self, now: Instant, lane: Lane) -> bool {
+        self.unacked_bytes < self.inflight_limit()
+            || (self.link_clock.queued(now) <= PACE_LEAD
+                && self.unacked_bytes < self.pipe_limit() + self.pipe_reserve(lane))
+    }
+
+    pub(super) fn pipe_reserve(&self, lane: Lane) -> u64 {
+        match lane {
+            Lane::Interactive => self.record_target() as u64,
+            Lane::Bulk => 0,
+        }
+    }
+
+    /// Link time still queued ahead of a record handed over now, as the
+    /// link clock sees it.
+    pub fn link_queued(&self, now: Instant) -> Duration {
+        self.link_clock.queued(now)
     }
 
     /// Bytes currently held ahead of the link: waiting raw bytes, a compressed

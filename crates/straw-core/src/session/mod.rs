@@ -25,6 +25,7 @@ mod codec_reset;
 mod config;
 mod estimate;
 mod flood;
+mod link_clock;
 mod local;
 mod offload;
 mod receive;
@@ -219,6 +220,10 @@ pub struct Session {
     /// PONGs for PINGs sent before this moment measure the outage, not the RTT.
     rtt_valid_from: Instant,
     unacked_bytes: u64,
+    /// When what was handed to the link will have left it (pacing).
+    link_clock: link_clock::LinkClock,
+    /// A record waits for the link clock, not an ack: when to look again.
+    pace_wake: Option<Instant>,
     /// Unacked records the peer will answer (see `replay::ack_eliciting`).
     unacked_eliciting: usize,
     pending_raw: u64,
@@ -228,6 +233,10 @@ pub struct Session {
     /// frames it holds (they stay out of interactive records until it's sent).
     bulk_out: BytesMut,
     bulk_unit: BTreeSet<u64>,
+    /// Streams of the unsent unit that the peer reset, and since when all
+    /// of them are: what is left of it is read by no one (see `poll_bulk`).
+    bulk_unit_reset: BTreeSet<u64>,
+    bulk_dead_since: Option<Instant>,
     /// Bulk units leave as [`BulkJob`]s for the driver to compress on other
     /// threads, instead of inside `poll_transmit` (see `set_bulk_offload`).
     bulk_offload: bool,
@@ -310,11 +319,15 @@ impl Session {
             resend_end: 0,
             rtt_valid_from: now,
             unacked_bytes: 0,
+            link_clock: link_clock::LinkClock::default(),
+            pace_wake: None,
             unacked_eliciting: 0,
             pending_raw: 0,
             transform_held: 0,
             bulk_out: BytesMut::new(),
             bulk_unit: BTreeSet::new(),
+            bulk_unit_reset: BTreeSet::new(),
+            bulk_dead_since: None,
             bulk_offload: false,
             bulk_job: None,
             bulk_pending: None,

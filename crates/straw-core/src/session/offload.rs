@@ -62,6 +62,17 @@ impl Session {
 
     /// Whether the bulk lane waits on a job or has a stored unit to send:
     /// no codec reset may fall before it.
+    pub(super) fn clear_bulk_unit(&mut self) {
+        self.bulk_unit.clear();
+        self.bulk_unit_reset.clear();
+        self.bulk_dead_since = None;
+    }
+
+    /// Every stream with frames in the unsent unit was reset by the peer.
+    pub(super) fn bulk_unit_dead(&self) -> bool {
+        !self.bulk_unit.is_empty() && self.bulk_unit.is_subset(&self.bulk_unit_reset)
+    }
+
     pub(super) fn bulk_unit_unsent(&self) -> bool {
         !self.bulk_out.is_empty() || self.bulk_pending.is_some() || self.bulk_stored.is_some()
     }
@@ -149,7 +160,7 @@ impl Session {
 
     /// Sends a unit that went stored; its streams may use records again.
     pub(super) fn send_stored_unit(&mut self, now: Instant, wire: Vec<u8>) -> Bytes {
-        self.bulk_unit.clear();
+        self.clear_bulk_unit();
         self.finish_record(now, wire)
     }
 }

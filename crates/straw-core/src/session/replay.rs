@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::link_clock::Departure;
 use super::{Session, SessionError};
 use crate::codec::CodecId;
 
@@ -18,6 +19,8 @@ pub(super) struct SentRecord {
     pub(super) delivered_time_at_send: Instant,
     /// When the newest record acked at this one's sending was itself sent.
     pub(super) first_sent_at_send: Instant,
+    /// When the link clock said it would have left the link.
+    pub(super) departs: Departure,
     /// The peer answers it (it carries more than ACKs): see [`ack_eliciting`].
     pub(super) eliciting: bool,
     /// Nothing else was waiting to be sent when it left: its delivery-rate
@@ -46,7 +49,11 @@ impl Session {
         let wire = Bytes::from(wire);
         let eliciting = ack_eliciting(&wire);
         self.unacked_eliciting += usize::from(eliciting);
+        let departs = self
+            .link_clock
+            .sent(now, self.link_bytes(&wire), self.estimate.rate());
         self.replay.push_back(SentRecord {
+            departs,
             seq: self.next_send_seq,
             wire: wire.clone(),
             sent_at: now,
@@ -105,7 +112,14 @@ impl Session {
         }
         self.resend_next = peer_received;
         self.resend_end = self.next_send_seq;
+        // A new link: the re-sent records are all that is queued on it.
+        self.link_clock.restart();
+        let rate = self.estimate.rate();
+        let overhead = self.record_overhead() as u64;
         for r in &mut self.replay {
+            r.departs = self
+                .link_clock
+                .sent(now, r.wire.len() as u64 + overhead, rate);
             r.sent_at = now;
             r.delivered_at_send = self.delivered;
             r.delivered_time_at_send = now;

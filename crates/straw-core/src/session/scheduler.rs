@@ -46,7 +46,16 @@ impl Session {
         if (self.has_sendable_data() || !self.control.is_empty()) && self.cork_deadline.is_none() {
             self.cork_deadline = Some(now + self.cork_delay());
         }
-        let window_open = self.unacked_bytes < self.inflight_limit();
+        let window_open = self.window_open(now, Lane::Interactive);
+        let bulk_open = self.window_open(now, Lane::Bulk);
+        // Closed only until the link frees: the clock, not an ack, opens it.
+        let pipe_full =
+            self.unacked_bytes >= self.pipe_limit() + self.pipe_reserve(Lane::Interactive);
+        self.pace_wake = if window_open || pipe_full {
+            None
+        } else {
+            self.link_clock.wake_at(now)
+        };
         let want_data = window_open && self.data_ready(now, Lane::Interactive);
         let cork_expired = self.cork_deadline.is_some_and(|d| d <= now);
         let want_control = !self.control.is_empty()
@@ -55,11 +64,7 @@ impl Session {
             || (self.ack_due.is_some() && (want_data || want_control));
         let ping = self.ping_due.is_some_and(|d| d <= now);
         if !want_data && !want_control && !want_ack && !ping {
-            let record = if window_open {
-                self.poll_bulk(now)
-            } else {
-                None
-            };
+            let record = if bulk_open { self.poll_bulk(now) } else { None };
             // The bulk lane may just have taken the last bytes the cork was
             // waiting on; a stale deadline would wake the driver forever.
             if !self.has_sendable_data() && self.control.is_empty() {
@@ -149,7 +154,7 @@ impl Session {
         if self.bulk_pending.is_none() && self.bulk_stored.is_none() && self.bulk_out.len() < target
         {
             if self.bulk_out.is_empty() {
-                self.bulk_unit.clear();
+                self.clear_bulk_unit();
             }
             if self.data_ready(now, Lane::Bulk) {
                 let mut frames = Vec::new();
@@ -178,10 +183,30 @@ impl Session {
         let more = self.bulk_pending.is_some()
             || self.bulk_stored.is_some()
             || self.data_waiting(Lane::Bulk);
+        // What is left of a unit whose streams the peer reset (a program
+        // that left mid-reply, a prefetch it never asked for) is read by no
+        // one: it crosses only to keep the codec's history in step. A
+        // program that left often starts its next session at once, so it
+        // waits a round trip for that session's replies to go first,
+        // unless bulk data is queued behind it.
+        if self.bulk_unit_dead() && !more {
+            let wait = self.estimate.min_rtt().unwrap_or(Duration::from_secs(1));
+            let due = *self.bulk_dead_since.get_or_insert(now) + wait;
+            if now < due {
+                self.pace_wake = Some(self.pace_wake.map_or(due, |w| w.min(due)));
+                return None;
+            }
+        }
         // Short of a slice with more to come and a full slice still on the
         // link: wait for more (Nagle's rule, per slice) rather than send a
-        // segment that is mostly header; the next ACK or unit sends it.
-        if self.bulk_out.len() < target && more && self.unacked_bytes >= target as u64 {
+        // segment that is mostly header; the next ACK or unit sends it, or
+        // the link clock, before the link would idle.
+        if self.bulk_out.len() < target
+            && more
+            && self.unacked_bytes >= target as u64
+            && let Some(at) = self.link_clock.wake_at(now)
+        {
+            self.pace_wake = Some(at);
             return None;
         }
         // A short tail rides along rather than paying a packet of its own,
@@ -202,7 +227,7 @@ impl Session {
         self.stats.wire_bytes_sent_by_class[accounting::WIRE_CLASS_CONTROL] += wire.len() as u64;
         wire.extend_from_slice(&self.bulk_out.split_to(n));
         if !self.bulk_unit_unsent() {
-            self.bulk_unit.clear();
+            self.clear_bulk_unit();
         }
         Some(self.finish_record(now, wire))
     }
@@ -348,8 +373,11 @@ impl Session {
     /// nothing else happens.
     pub fn poll_timeout(&self) -> Option<Instant> {
         // A cork timer is only worth waking for if its record may be sent;
-        // with the window closed, the next ACK is what moves things.
-        let window_open = self.unacked_bytes < self.inflight_limit();
+        // with the window closed, the next ACK (or the link clock) is what
+        // moves things. The clock opened it at the last poll if it set no
+        // wake and the pipe has room.
+        let window_open = self.unacked_bytes < self.inflight_limit()
+            || (self.pace_wake.is_none() && self.unacked_bytes < self.pipe_limit());
         if self.resend_pending() > 0 {
             return Some(self.epoch);
         }
@@ -360,10 +388,20 @@ impl Session {
         let cork = self
             .cork_deadline
             .filter(|_| lane_open || !self.control.is_empty());
-        [self.ack_due, cork, self.ping_due, self.codec_reset_due()]
-            .into_iter()
-            .flatten()
-            .min()
+        // The link clock opens the window only for something to send.
+        let pace = self.pace_wake.filter(|_| {
+            self.has_sendable_data() || !self.bulk_out.is_empty() || self.bulk_stored.is_some()
+        });
+        [
+            self.ack_due,
+            cork,
+            self.ping_due,
+            self.codec_reset_due(),
+            pace,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Schedules a PING (RTT measurement) for `at`.

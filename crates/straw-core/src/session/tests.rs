@@ -41,6 +41,8 @@ struct Sim {
     client_max_record: usize,
     /// Wire sizes of the client's bulk-lane records (bulk slices), in order.
     client_bulk_records: Vec<usize>,
+    /// When each client record was handed over, and whether it was a slice.
+    client_records: Vec<(Instant, bool)>,
     /// The server's offloaded bulk jobs (`Session::set_bulk_offload`), with
     /// when each was taken; they come back after `job_delay`, or never
     /// while it is `None` (busy codec threads).
@@ -108,6 +110,7 @@ impl Sim {
             max_client_unacked: 0,
             client_max_record: 0,
             client_bulk_records: Vec::new(),
+            client_records: Vec::new(),
             server_jobs: VecDeque::new(),
             job_delay: Some(Duration::ZERO),
         }
@@ -128,9 +131,11 @@ impl Sim {
             match self.client.poll_transmit(now) {
                 Some(r) => {
                     self.client_max_record = self.client_max_record.max(r.len());
-                    if crate::codec::CodecId::from_u8(r[0]).is_some_and(|c| c.is_bulk()) {
+                    let bulk = crate::codec::CodecId::from_u8(r[0]).is_some_and(|c| c.is_bulk());
+                    if bulk {
                         self.client_bulk_records.push(r.len());
                     }
+                    self.client_records.push((now, bulk));
                     let t = self.up.push(now, r);
                     self.up_busy.push((t.start, t.end));
                 }
@@ -1327,14 +1332,17 @@ fn bulk_slices_fill_a_segment_on_a_slow_link() {
         )
     };
     let (largest, records, wire, record_target, slices) = run(536);
-    // Once a full slice is on the link, units are topped up behind what is
-    // left of the last one and a short rest waits for more, so no slice but
-    // the last is mostly header (a unit is ~1.2 segments here). Before, while
-    // the link is idle at the start, short slices go at once.
+    // Once a slice of half a segment or more is on the link, units are
+    // topped up behind what is left of the last one and a short rest waits
+    // for more, so no slice but the last is mostly header (a unit is ~1.2
+    // segments here). Before, while the link is idle at the start, short
+    // slices go at once. (This text compresses 30x, so the held bound, in
+    // raw bytes, caps a unit: slices grow to a full segment over ~8 slices
+    // while the link clock hands each over as the link frees.)
     let full = slices
         .iter()
-        .position(|&n| n >= 536 - 18 - 16)
-        .expect("a full slice");
+        .position(|&n| n >= 536 / 2)
+        .expect("a slice of half a segment");
     let short: Vec<usize> = slices[full..slices.len() - 1]
         .iter()
         .copied()
@@ -2289,4 +2297,136 @@ fn no_codec_reset_while_a_bulk_job_is_out() {
     sim.run_for(Duration::from_secs(30));
     assert!(Sim::received(&sim.client_events, id) == data);
     assert!(sim.server.stats().codec_resets > resets, "then it came");
+}
+
+/// Mail-like bulk on Iridium: replies of a few KB, each flushed at its end,
+/// read from the program as fast as the session takes them (a POP3 server
+/// side with prefetched RETRs). Slices are about a segment (1.8 s of link),
+/// longer than the round trip: with the ack window alone, the next slice
+/// waited for an ack that comes a round trip after the link had idled.
+#[test]
+fn mail_bulk_keeps_the_link_busy_with_slices_longer_than_the_round_trip() {
+    let mut sim = Sim::new(300.0, Duration::from_millis(500));
+    let id = sim
+        .client
+        .open_stream(b"bulk", b"", Priority::Bulk)
+        .unwrap();
+    let data = mail_text(200_000);
+    let mut offset = 0;
+    let mut next_flush = 3_000;
+    let from = sim.now + Duration::from_secs(10);
+    for _ in 0..70_000 {
+        let cap = sim
+            .client
+            .send_capacity(id)
+            .min(data.len() - offset)
+            .min(next_flush - offset);
+        if cap > 0 {
+            sim.client.send(id, &data[offset..offset + cap]).unwrap();
+            offset += cap;
+            if offset == next_flush {
+                sim.client.flush(id);
+                next_flush += 3_000;
+            }
+        }
+        sim.step(Duration::from_millis(1));
+    }
+    let u = sim.up_utilisation(from, sim.now);
+    eprintln!(
+        "busy {:.1}%, {} B sent, window {} pipe {}",
+        u * 100.0,
+        offset,
+        sim.client.inflight_limit(),
+        sim.client.pipe_limit()
+    );
+    assert!(u > 0.95, "link busy only {:.1}% of the time", u * 100.0);
+}
+
+/// A program that leaves mid-reply often starts its next session at once
+/// (the bench's POP3 QUIT, then IMAP LOGIN). What is left of a unit whose
+/// stream the peer reset is read by no one: it waits a round trip behind
+/// the new session's records, then still crosses, so the codec's history
+/// stays in step and later bulk decodes.
+#[test]
+fn a_unit_left_by_a_reset_stream_waits_behind_the_next_reply() {
+    let mut sim = Sim::new(300.0, Duration::from_millis(500));
+    let bulk = sim
+        .client
+        .open_stream(b"bulk", b"", Priority::Bulk)
+        .unwrap();
+    // Four bits a byte: units of several slices each.
+    let text: Vec<u8> = noise(20_000, 3).iter().map(|b| b'a' + (b & 15)).collect();
+    sim.client.send(bulk, &text).unwrap();
+    sim.client.flush(bulk);
+    sim.run_for(Duration::from_secs(3));
+    // Right after a slice left, with more of its unit still here.
+    let slices = sim.client_bulk_records.len();
+    while sim.client_bulk_records.len() == slices || !sim.client.bulk_unit_unsent() {
+        sim.step(Duration::from_millis(1));
+    }
+    // The peer gives the stream up; the reset arrives ~0.5 s before that
+    // slice has left (1.9 s of link) and the next would go.
+    sim.run_for(Duration::from_millis(900));
+    sim.server.reset(bulk, 1);
+    while !sim
+        .client_events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::Reset { .. }))
+    {
+        sim.step(Duration::from_millis(1));
+    }
+    assert!(sim.client.bulk_unit_dead());
+    let reset_at = sim.now;
+    // The program's next session asks just after the link freed.
+    sim.run_for(Duration::from_millis(750));
+    let asked = sim.now;
+    let chat = sim
+        .client
+        .open_stream(b"chat", b"", Priority::Interactive)
+        .unwrap();
+    sim.client.send(chat, b"a1 LOGIN x y\r\n").unwrap();
+    sim.client.flush(chat);
+    sim.run_for(Duration::from_secs(30));
+    // No slice nobody reads went out while the link was free, and the reply
+    // went first: it crossed in about a one-way trip (with the slice ahead
+    // of it, 2.3 s).
+    let dead_slices: Vec<_> = sim
+        .client_records
+        .iter()
+        .filter(|(t, bulk)| *bulk && *t >= reset_at && *t < asked)
+        .collect();
+    assert!(dead_slices.is_empty(), "{dead_slices:?}");
+    let first = sim
+        .client_records
+        .iter()
+        .find(|(t, _)| *t >= asked)
+        .expect("a record after the ask");
+    assert!(
+        !first.1,
+        "a dead slice went first: {:?}",
+        sim.client_records
+    );
+    let (arrived, _) = sim
+        .server_events
+        .iter()
+        .find(|(_, e)| matches!(e, Event::Data { stream, .. } if *stream == chat))
+        .expect("the reply arrived");
+    assert!(
+        *arrived - asked < Duration::from_secs(1),
+        "the reply took {:?}",
+        *arrived - asked
+    );
+    assert_eq!(Sim::received(&sim.server_events, chat), b"a1 LOGIN x y\r\n");
+    // The dead unit did cross: nothing is left, and a new bulk stream's
+    // data decodes on the other side.
+    assert!(!sim.client.bulk_unit_unsent());
+    let next = sim
+        .client
+        .open_stream(b"bulk", b"", Priority::Bulk)
+        .unwrap();
+    let data = mail_text(6_000);
+    sim.client.send(next, &data).unwrap();
+    sim.client.flush(next);
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(Sim::received(&sim.server_events, next), data);
 }
