@@ -50,17 +50,11 @@ pub(super) struct Departure {
 impl LinkClock {
     /// The link's rate from ack spacing, if measured.
     pub(super) fn rate(&self) -> Option<f64> {
-        let mut r: Vec<f64> = self
-            .rate_samples
-            .iter()
-            .copied()
-            .filter(|&r| r > 0.0)
-            .collect();
-        if r.is_empty() {
-            return None;
-        }
+        // Asked per record: sorted on the stack, unset samples (0) first.
+        let mut r = self.rate_samples;
         r.sort_by(f64::total_cmp);
-        Some(r[r.len() / 2])
+        let set = r.iter().position(|&x| x > 0.0)?;
+        Some(r[set + (RATE_SAMPLES - set) / 2])
     }
 
     /// A record of `link_bytes` (headers included) was handed over at
