@@ -233,9 +233,8 @@ pub struct Session {
     /// frames it holds (they stay out of interactive records until it's sent).
     bulk_out: BytesMut,
     bulk_unit: BTreeSet<u64>,
-    /// Streams of the unsent unit that the peer reset, and since when all
-    /// of them are: what is left of it is read by no one (see `poll_bulk`).
-    bulk_unit_reset: BTreeSet<u64>,
+    /// Since when what is left of the unit is read by no one (see
+    /// `bulk_unit_dead` and `poll_bulk`).
     bulk_dead_since: Option<Instant>,
     /// Bulk units leave as [`BulkJob`]s for the driver to compress on other
     /// threads, instead of inside `poll_transmit` (see `set_bulk_offload`).
@@ -326,7 +325,6 @@ impl Session {
             transform_held: 0,
             bulk_out: BytesMut::new(),
             bulk_unit: BTreeSet::new(),
-            bulk_unit_reset: BTreeSet::new(),
             bulk_dead_since: None,
             bulk_offload: false,
             bulk_job: None,

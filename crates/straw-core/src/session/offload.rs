@@ -60,19 +60,19 @@ impl Session {
             + self.bulk_stored.as_ref().map_or(0, Vec::len)) as u64
     }
 
-    /// Whether the bulk lane waits on a job or has a stored unit to send:
-    /// no codec reset may fall before it.
     pub(super) fn clear_bulk_unit(&mut self) {
         self.bulk_unit.clear();
-        self.bulk_unit_reset.clear();
         self.bulk_dead_since = None;
     }
 
-    /// Every stream with frames in the unsent unit was reset by the peer.
+    /// Compressed bytes are left and every stream with frames in them was
+    /// reset by the peer (a reset takes its stream out of the unit).
     pub(super) fn bulk_unit_dead(&self) -> bool {
-        !self.bulk_unit.is_empty() && self.bulk_unit.is_subset(&self.bulk_unit_reset)
+        self.bulk_unit.is_empty() && !self.bulk_out.is_empty()
     }
 
+    /// Whether the bulk lane waits on a job or has a stored unit to send:
+    /// no codec reset may fall before it.
     pub(super) fn bulk_unit_unsent(&self) -> bool {
         !self.bulk_out.is_empty() || self.bulk_pending.is_some() || self.bulk_stored.is_some()
     }

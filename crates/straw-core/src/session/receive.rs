@@ -214,9 +214,8 @@ impl Session {
                 }
             }
             Frame::Reset { stream, code } => {
-                if self.bulk_unit.contains(&stream) {
-                    self.bulk_unit_reset.insert(stream);
-                }
+                // Its frames in the unsent unit are read by no one now.
+                self.bulk_unit.remove(&stream);
                 if let Some(s) = self.streams.remove(&stream) {
                     self.pending_raw -= s.pending.len() as u64;
                     self.transform_held -= s.tx_held_lines() as u64;
