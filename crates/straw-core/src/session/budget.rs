@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use super::link_clock::PACE_LEAD;
-use super::scheduler::Lane;
 use super::{Priority, Session};
 
 /// What a bulk slice's record adds before its compressed bytes: codec byte,
@@ -46,9 +44,9 @@ impl Session {
         self.pipe_limit() + self.record_target_raw().max(self.bulk_unit_raw()) as u64
     }
 
-    /// Unacked wire bytes allowed while the link clock says the link is
-    /// about to free (the link clock, `session/link_clock.rs`): what the ack loop
-    /// holds with the link busy, a round trip (and the peer's ACK delay) of
+    /// Unacked wire bytes allowed while the link clock
+    /// (`session/link_clock.rs`) says the link is about to free: what the ack
+    /// loop holds with the link busy, a round trip (and the peer's ACK delay) of
     /// link time plus the record about to leave, and a small record's margin
     /// (the next one may go while under it). Never less than
     /// [`Self::inflight_limit`]; `max_inflight` bounds it as well.
@@ -63,23 +61,6 @@ impl Session {
         (pipe as u64)
             .min(self.cfg.max_inflight)
             .max(self.inflight_limit())
-    }
-
-    /// Whether a record of `lane` may be handed to the link now: the ack
-    /// window is open, or the link is about to free and the pipe has room.
-    /// Interactive records keep one record's room in the pipe that bulk
-    /// slices may not take, so a reply never waits for an ack behind them.
-    pub(super) fn window_open(&self, now: Instant, lane: Lane) -> bool {
-        self.unacked_bytes < self.inflight_limit()
-            || (self.link_clock.queued(now) <= PACE_LEAD
-                && self.unacked_bytes < self.pipe_limit() + self.pipe_reserve(lane))
-    }
-
-    pub(super) fn pipe_reserve(&self, lane: Lane) -> u64 {
-        match lane {
-            Lane::Interactive => self.record_target() as u64,
-            Lane::Bulk => 0,
-        }
     }
 
     /// Link time still queued ahead of a record handed over now, as the

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::accounting;
+use super::link_clock::PACE_LEAD;
 use super::stream::{Stream, WireBudget};
 use super::{Priority, Session};
 use crate::codec::CodecId;
@@ -46,11 +47,17 @@ impl Session {
         if (self.has_sendable_data() || !self.control.is_empty()) && self.cork_deadline.is_none() {
             self.cork_deadline = Some(now + self.cork_delay());
         }
-        let window_open = self.window_open(now, Lane::Interactive);
-        let bulk_open = self.window_open(now, Lane::Bulk);
+        // The ack window is open, or the link is about to free and the pipe
+        // has room; interactive records keep one record's room in the pipe
+        // that bulk slices may not take, so a reply never waits for an ack
+        // behind them.
+        let acked_open = self.unacked_bytes < self.inflight_limit();
+        let clock_open = self.link_clock.queued(now) <= PACE_LEAD;
+        let pipe = self.pipe_limit();
+        let pipe_full = self.unacked_bytes >= pipe + self.record_target() as u64;
+        let window_open = acked_open || (clock_open && !pipe_full);
+        let bulk_open = acked_open || (clock_open && self.unacked_bytes < pipe);
         // Closed only until the link frees: the clock, not an ack, opens it.
-        let pipe_full =
-            self.unacked_bytes >= self.pipe_limit() + self.pipe_reserve(Lane::Interactive);
         self.pace_wake = if window_open || pipe_full {
             None
         } else {
