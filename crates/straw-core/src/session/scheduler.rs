@@ -382,7 +382,10 @@ impl Session {
         // A cork timer is only worth waking for if its record may be sent;
         // with the window closed, the next ACK (or the link clock) is what
         // moves things. The clock opened it at the last poll if it set no
-        // wake and the pipe has room.
+        // wake and the pipe has room: bulk's room, without the interactive
+        // reserve, or a corked bulk unit in the reserve band would wake the
+        // driver at once, again and again (an interactive record there waits
+        // for the next ack instead).
         let window_open = self.unacked_bytes < self.inflight_limit()
             || (self.pace_wake.is_none() && self.unacked_bytes < self.pipe_limit());
         if self.resend_pending() > 0 {
