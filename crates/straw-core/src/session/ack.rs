@@ -43,8 +43,16 @@ impl Session {
             if !r.app_limited || self.estimate.would_raise(bytes, interval) {
                 self.estimate.rate_sample(bytes, interval);
             }
-            self.estimate
-                .rtt_sample(now.saturating_duration_since(r.sent_at));
+            // Its own bytes had to cross before the peer could ack it: at the
+            // fastest rate we believe in, so the rest errs long.
+            let rate = (self.estimate.rate())
+                .max(self.link_clock.rate().unwrap_or(0.0))
+                .max(self.cfg.initial_rate);
+            let own = (r.wire.len() + self.cfg.frame_overhead) as f64 / rate;
+            self.estimate.rtt_sample_behind(
+                now.saturating_duration_since(r.sent_at),
+                Duration::from_secs_f64(own),
+            );
             if let (Some(rtt), Some(oldest)) = (self.estimate.min_rtt(), oldest_sent) {
                 let batch = self.delivered - delivered_before;
                 self.link_clock.acked(now, r.departs, oldest, batch, rtt);

@@ -20,7 +20,7 @@ impl Session {
         let rate = self.estimate.rate();
         let by_rate = rate * self.cfg.inflight_secs;
         let record = self.record_target() as f64;
-        // min_rtt comes from the smallest records (acks): the bare round trip.
+        // min_rtt: round trips less the acked record's own link time.
         // Not widened for a bulk slice's own link time: that kept a 2,400
         // bit/s link busier (tests/interactive.rs moved 13.8-14.7 KB of bulk
         // instead of 12.1-12.2, the bench's mail session ~1.5 s faster) but
