@@ -605,6 +605,85 @@ fn an_upload_from_the_start_measures_the_loop_without_its_own_records() {
     );
 }
 
+/// A reply that reaches the sender in pieces a few milliseconds apart while
+/// a slice is still on the link leaves as one record when the link frees,
+/// not one short record (and packet) per piece: it could not leave sooner.
+#[test]
+fn bulk_pieces_behind_a_busy_link_wait_to_leave_together() {
+    let t0 = Instant::now();
+    let mut c = SessionConfig::new(Role::Server);
+    c.initial_rate = 300.0;
+    let mut s = Session::new(c, t0);
+    // A measured round trip: the pipe beyond the ack window is open.
+    s.estimate.rtt_sample(Duration::from_secs(1));
+    let id = s.open_stream(b"test", b"", Priority::Bulk).unwrap();
+    let mut sent = Vec::new();
+    let drain = |s: &mut Session, now: Instant, sent: &mut Vec<(Instant, usize)>| {
+        while let Some(r) = s.poll_transmit(now) {
+            sent.push((now, r.len()));
+        }
+    };
+    // One slice on the link, the ack window still open behind it.
+    s.send(id, &noise(520, 1)).unwrap();
+    s.flush(id);
+    drain(&mut s, t0, &mut sent);
+    assert!(!sent.is_empty());
+    let first = sent.len();
+    // The first piece of the next reply, then the second 10 ms later.
+    let ms = Duration::from_millis(1);
+    s.send(id, &noise(100, 2)).unwrap();
+    s.flush(id);
+    drain(&mut s, t0 + 10 * ms, &mut sent);
+    s.send(id, &noise(150, 3)).unwrap();
+    s.flush(id);
+    drain(&mut s, t0 + 20 * ms, &mut sent);
+    assert_eq!(sent.len(), first, "sent while the link was busy: {sent:?}");
+    // The driver wakes when the link clock says it frees.
+    let wake = s.poll_timeout().expect("a wake for the held bytes");
+    assert!(wake > t0 + Duration::from_secs(1), "{:?}", wake - t0);
+    drain(&mut s, wake, &mut sent);
+    let later = &sent[first..];
+    assert_eq!(later.len(), 1, "{sent:?}");
+    assert_eq!(s.held(), s.unacked_bytes, "both pieces in it");
+}
+
+/// A sender that often waits on its peer takes delivery samples with round
+/// trips in them (181-250 B/s on a 300 B/s link in the bench): units and
+/// windows follow the link clock's rate, measured from ack spacing, but
+/// never above the configured rate.
+#[test]
+fn units_and_windows_follow_the_link_clock_when_delivery_samples_run_low() {
+    let t0 = Instant::now();
+    let sec = Duration::from_secs(1);
+    let mut c = SessionConfig::new(Role::Server);
+    c.initial_rate = 300.0;
+    let mut s = Session::new(c, t0);
+    for _ in 0..8 {
+        s.estimate.rate_sample(180, sec);
+    }
+    let low = (s.bulk_unit_raw(), s.inflight_limit());
+    assert_eq!(s.budget_rate(), 180.0);
+    // Records queued behind each other, acked 1 s apart: 300 B/s.
+    let acks_apart = |s: &mut Session, link_bytes: u64| {
+        let start = t0 + 10 * sec;
+        let d: Vec<_> = (0..4)
+            .map(|_| s.link_clock.sent(start, link_bytes, 180.0))
+            .collect();
+        for (i, d) in (1u32..).zip(d) {
+            s.link_clock
+                .acked(start + (i + 1) * sec, d, start, link_bytes, sec);
+        }
+    };
+    acks_apart(&mut s, 300);
+    assert_eq!(s.budget_rate(), 300.0);
+    let high = (s.bulk_unit_raw(), s.inflight_limit());
+    assert!(high.0 > low.0 && high.1 > low.1, "{low:?} -> {high:?}");
+    // Acks twice as fast: the configured rate still caps it.
+    acks_apart(&mut s, 600);
+    assert_eq!(s.link_clock.rate(), Some(600.0));
+    assert_eq!(s.budget_rate(), 300.0);
+}
+
 proptest! {
     #[test]
     fn garbage_records_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
