@@ -17,7 +17,7 @@ impl Session {
     /// any less starves the link, the delivery rate it measures falls, and
     /// the window with it (seen: 56% busy on Iridium at 2 s).
     pub fn inflight_limit(&self) -> u64 {
-        let rate = self.budget_rate();
+        let rate = self.estimate.rate();
         let by_rate = rate * self.cfg.inflight_secs;
         let record = self.record_target() as f64;
         // min_rtt: round trips less the acked record's own link time.
@@ -54,25 +54,13 @@ impl Session {
         let Some(rtt) = self.estimate.min_rtt() else {
             return self.inflight_limit();
         };
-        let rate = self.budget_rate();
+        let rate = self.estimate.rate();
         let record = self.record_target();
         let leaving = self.bulk_slice_target().max(record);
         let pipe = rate * (rtt + self.cfg.ack_delay).as_secs_f64() + (leaving + record) as f64;
         (pipe as u64)
             .min(self.cfg.max_inflight)
             .max(self.inflight_limit())
-    }
-
-    /// The rate records, slices, units and windows are sized by: the
-    /// delivery-rate estimate, or the link clock's own rate (ack spacing)
-    /// when that is higher but not above the configured one. A sender that
-    /// often waits on its peer (a POP3 server between RETRs) takes delivery
-    /// samples with round trips in them: 181-250 B/s on a 300 B/s link,
-    /// which cut slices and units short (bench: 88-171-byte records, each
-    /// its own packet).
-    pub(super) fn budget_rate(&self) -> f64 {
-        let clock = self.link_clock.rate().unwrap_or(0.0);
-        self.estimate.rate().max(clock.min(self.cfg.initial_rate))
     }
 
     /// Link time still queued ahead of a record handed over now, as the
@@ -117,7 +105,7 @@ impl Session {
     /// Target wire size of one record: about `record_secs` of link time,
     /// headers included.
     pub fn record_target(&self) -> usize {
-        let t = (self.budget_rate() * self.cfg.record_secs) as usize;
+        let t = (self.estimate.rate() * self.cfg.record_secs) as usize;
         t.saturating_sub(self.record_overhead())
             .clamp(self.cfg.min_record, self.cfg.max_record)
     }
@@ -129,7 +117,7 @@ impl Session {
     /// ~10% of the link rather than ~20%. An interactive record waits behind
     /// at most one such slice (1.8 s at 2,400 bit/s) on top of the window.
     pub(super) fn bulk_slice_target(&self) -> usize {
-        let by_time = (self.budget_rate() * self.cfg.bulk_slice_secs) as usize;
+        let by_time = (self.estimate.rate() * self.cfg.bulk_slice_secs) as usize;
         let segment = self
             .cfg
             .segment_payload
@@ -158,7 +146,8 @@ impl Session {
 
     /// Raw bytes compressed as one bulk unit: about `bulk_unit_secs` of link time.
     pub(super) fn bulk_unit_raw(&self) -> usize {
-        let raw = self.budget_rate() * self.cfg.bulk_unit_secs / self.estimate.compression_ratio();
+        let raw =
+            self.estimate.rate() * self.cfg.bulk_unit_secs / self.estimate.compression_ratio();
         (raw as usize)
             .clamp(self.record_target_raw(), self.cfg.max_record)
             .min(self.cfg.max_bulk_unit.max(1))

@@ -204,14 +204,12 @@ impl Session {
                 return None;
             }
         }
-        // Short of a slice with a full slice still on the link: wait for more
-        // (Nagle's rule, per slice) rather than send a segment that is mostly
-        // header; the next ACK or unit sends it, or the link clock, before
-        // the link would idle. Also with nothing more queued yet: it could
-        // not leave sooner, and a server's reply often comes in pieces a few
-        // milliseconds apart (bench: 146- and 124-byte records, each its own
-        // packet, between two halves of one message).
+        // Short of a slice with more to come and a full slice still on the
+        // link: wait for more (Nagle's rule, per slice) rather than send a
+        // segment that is mostly header; the next ACK or unit sends it, or
+        // the link clock, before the link would idle.
         if self.bulk_out.len() < target
+            && more
             && self.unacked_bytes >= target as u64
             && let Some(at) = self.link_clock.wake_at(now)
         {
