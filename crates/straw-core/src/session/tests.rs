@@ -116,6 +116,17 @@ impl Sim {
         }
     }
 
+    /// Opens a bulk stream on the client and hands it `data`, flushed.
+    fn send_bulk(&mut self, data: &[u8]) -> u64 {
+        let id = self
+            .client
+            .open_stream(b"test", b"", Priority::Bulk)
+            .unwrap();
+        self.client.send(id, data).unwrap();
+        self.client.flush(id);
+        id
+    }
+
     fn step(&mut self, dt: Duration) {
         self.now += dt;
         let now = self.now;
@@ -266,12 +277,7 @@ fn credit_exhaustion_stops_sender_until_consumed() {
 fn inflight_stays_within_rate_times_target() {
     let rate = 300.0;
     let mut sim = Sim::new(rate, Duration::from_millis(500));
-    let id = sim
-        .client
-        .open_stream(b"test", b"", Priority::Bulk)
-        .unwrap();
-    sim.client.send(id, &noise(20_000, 5)).unwrap();
-    sim.client.flush(id);
+    let id = sim.send_bulk(&noise(20_000, 5));
     sim.run_for(Duration::from_secs(30));
     // At most one record beyond the limit: the one that was sent while under it.
     let record = sim.client_max_record as i64;
@@ -299,12 +305,7 @@ fn bulk_keeps_a_long_ack_loop_link_busy() {
     sim.up.model_mut().overhead = 18 + 40; // every record its own packet
     sim.down.model_mut().overhead = 18 + 40;
     sim.client.cfg.record_secs = 1.0; // as straw's default config
-    let id = sim
-        .client
-        .open_stream(b"test", b"", Priority::Bulk)
-        .unwrap();
-    sim.client.send(id, &noise(40_000, 7)).unwrap();
-    sim.client.flush(id);
+    let id = sim.send_bulk(&noise(40_000, 7));
     sim.run_for(Duration::from_secs(15));
     let (from, got_before) = (sim.now, Sim::received(&sim.server_events, id).len());
     sim.run_for(Duration::from_secs(60));
@@ -533,12 +534,7 @@ fn bad_ack_and_wrong_parity_are_errors() {
 #[test]
 fn reset_reaches_peer_and_drops_stream() {
     let mut sim = Sim::new(100_000.0, Duration::from_millis(10));
-    let id = sim
-        .client
-        .open_stream(b"test", b"", Priority::Bulk)
-        .unwrap();
-    sim.client.send(id, b"hello").unwrap();
-    sim.client.flush(id);
+    let id = sim.send_bulk(b"hello");
     sim.run_for(Duration::from_millis(200));
     sim.client.reset(id, reset_code::ABORTED);
     sim.run_for(Duration::from_millis(200));
@@ -553,12 +549,7 @@ fn reset_reaches_peer_and_drops_stream() {
 #[test]
 fn rtt_and_rate_are_measured() {
     let mut sim = Sim::new(300.0, Duration::from_millis(500));
-    let id = sim
-        .client
-        .open_stream(b"test", b"", Priority::Bulk)
-        .unwrap();
-    sim.client.send(id, &noise(3_000, 2)).unwrap();
-    sim.client.flush(id);
+    sim.send_bulk(&noise(3_000, 2));
     sim.run_for(Duration::from_secs(15));
     let rtt = sim.client.estimate().min_rtt().unwrap();
     assert!(
@@ -571,9 +562,9 @@ fn rtt_and_rate_are_measured() {
 
 /// An upload that starts with the session never lets the link idle: every
 /// ack comes behind the acked record's own bytes and those queued ahead of
-/// it. The round trip the windows are sized by must not keep that queue in
-/// it (it held the windows 1 s of link too wide, and kept them so: a record
-/// queued behind each other measured the same again).
+/// it. The round trip the windows are sized by must not keep the acked
+/// record's own link time (it held the windows 1 s of link too wide, and
+/// kept them so: each record, queued behind the last, measured the same).
 #[test]
 fn an_upload_from_the_start_measures_the_loop_without_its_own_records() {
     let mut sim = Sim::new(300.0, Duration::from_millis(250));
@@ -583,12 +574,7 @@ fn an_upload_from_the_start_measures_the_loop_without_its_own_records() {
     // first data in one packet (seen: 2.6-3.0 s on this link): no sample
     // here either.
     sim.client.ping_due = None;
-    let id = sim
-        .client
-        .open_stream(b"test", b"", Priority::Bulk)
-        .unwrap();
-    sim.client.send(id, &noise(20_000, 3)).unwrap();
-    sim.client.flush(id);
+    sim.send_bulk(&noise(20_000, 3));
     sim.run_for(Duration::from_secs(20));
     let rtt = sim.client.estimate().min_rtt().unwrap();
     eprintln!(
