@@ -44,12 +44,15 @@ impl Session {
                 self.estimate.rate_sample(bytes, interval);
             }
             // Its own bytes had to cross before the peer could ack it: at the
-            // fastest rate we believe in, so the rest errs long.
-            let rate = (self.estimate.rate())
+            // fastest rate we believe in, and without the packet header
+            // (records share segments), so the rest errs long.
+            let rate = self
+                .estimate
+                .rate()
                 .max(self.link_clock.rate().unwrap_or(0.0))
                 .max(self.cfg.initial_rate);
             let own = (r.wire.len() + self.cfg.frame_overhead) as f64 / rate;
-            self.estimate.rtt_sample_behind(
+            self.estimate.record_rtt_sample(
                 now.saturating_duration_since(r.sent_at),
                 Duration::from_secs_f64(own),
             );

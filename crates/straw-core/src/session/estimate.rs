@@ -61,17 +61,16 @@ impl LinkEstimate {
     }
 
     pub fn rtt_sample(&mut self, rtt: Duration) {
-        self.rtt_sample_behind(rtt, Duration::ZERO);
+        self.record_rtt_sample(rtt, Duration::ZERO);
     }
 
-    /// A round trip of which `on_link` went on our own bytes leaving the
-    /// link (those queued ahead of the record, and its own): the minimum
-    /// keeps only the rest. The windows are sized from it as the bare ack
-    /// loop; with our queue in it, a sender that never lets the link idle
-    /// (a big upload from the start) measured 2.4 s on a 0.8 s loop, and
-    /// the windows grew by the difference.
-    pub fn rtt_sample_behind(&mut self, rtt: Duration, on_link: Duration) {
-        let bare = rtt.saturating_sub(on_link);
+    /// The round trip of a record whose own bytes took `own_link_time` to
+    /// cross: the minimum keeps only the rest. The windows are sized from it
+    /// as the bare ack loop; with the record in it, a sender that never lets
+    /// the link idle (a big upload from the start) measured 2.35 s on a
+    /// 0.8 s loop, and the windows grew by the difference.
+    pub fn record_rtt_sample(&mut self, rtt: Duration, own_link_time: Duration) {
+        let bare = rtt.saturating_sub(own_link_time);
         self.min_rtt = Some(self.min_rtt.map_or(bare, |m| m.min(bare)));
         self.recent_rtts[self.next_rtt] = Some(rtt);
         self.next_rtt = (self.next_rtt + 1) % RTT_WINDOW;

@@ -60,6 +60,7 @@ impl Session {
             + self.bulk_stored.as_ref().map_or(0, Vec::len)) as u64
     }
 
+    /// A new unit begins: no streams in it, nothing in it dead.
     pub(super) fn clear_bulk_unit(&mut self) {
         self.bulk_unit.clear();
         self.bulk_dead_since = None;
